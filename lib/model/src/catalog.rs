@@ -1,0 +1,576 @@
+//! The cross-file rules: which of the parsed vassal files may run.
+//!
+//! A [`Catalog`] is built from every file found in the admin directory and the
+//! reseller drop directories, plus what ran before. It decides, for each name,
+//! whether the newest file runs, the last good version keeps running (with the
+//! reason the new one was refused), or nothing runs. Budgets of reserved groups,
+//! domain ownership, unique user names and the reseller's own directory are
+//! checked here; nothing here touches the system.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use crate::config::{ConfigError, GroupFile, Limits, Mode, SiteFile, VassalFile};
+use crate::name::{Domain, Name};
+use crate::size::Size;
+
+/// Where a file was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The admin vassal directory.
+    Admin,
+    /// A reseller group's drop directory.
+    Drop(Name),
+}
+
+/// One file as read from disk.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The vassal name (file stem).
+    pub name: Name,
+    /// The file's path.
+    pub path: PathBuf,
+    /// Which directory it was found in.
+    pub source: Source,
+    /// The parse result.
+    pub parsed: Result<VassalFile, ConfigError>,
+}
+
+/// What should happen to one vassal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Run this file. `reason` says why a newer file was refused, if one was.
+    Run {
+        /// The accepted file (a site's `group` is filled in for drop-directory sites).
+        file: VassalFile,
+        /// Whether the limits are dynamic (a site of an overcommitted group).
+        dynamic: bool,
+        /// Why the newest file is not the one running, if that is so.
+        reason: Option<String>,
+    },
+    /// Nothing runs under this name.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// The file to run, if any.
+    pub fn file(&self) -> Option<&VassalFile> {
+        match self {
+            Verdict::Run { file, .. } => Some(file),
+            Verdict::Reject { .. } => None,
+        }
+    }
+
+    /// The reason to show, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Verdict::Run { reason, .. } => reason.as_deref(),
+            Verdict::Reject { reason } => Some(reason),
+        }
+    }
+}
+
+/// The decision for every vassal name, and the files shadowed by a name clash.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// One verdict per name.
+    pub verdicts: BTreeMap<Name, Verdict>,
+    /// Files that could not be considered because another file holds the name.
+    pub shadowed: Vec<(Name, PathBuf, String)>,
+}
+
+/// Answers whether a login name already exists on the host.
+pub trait HostUsers {
+    /// True if `name` is a host account (tenants may not take it).
+    fn exists(&self, name: &str) -> bool;
+}
+
+impl<F: Fn(&str) -> bool> HostUsers for F {
+    fn exists(&self, name: &str) -> bool {
+        self(name)
+    }
+}
+
+#[derive(Default)]
+struct Usage {
+    memory: u64,
+    storage: u64,
+    cpu: f64,
+    pids: u64,
+    sites: u64,
+}
+
+struct Pass<'a> {
+    host_users: &'a dyn HostUsers,
+    groups: BTreeMap<Name, GroupFile>,
+    users: BTreeMap<Name, Name>,
+    domains: BTreeMap<Domain, Name>,
+    usage: BTreeMap<Name, Usage>,
+}
+
+impl Catalog {
+    /// Decides every vassal from the files found and what ran before.
+    pub fn build(
+        entries: Vec<Entry>,
+        previous: &BTreeMap<Name, VassalFile>,
+        host_users: &dyn HostUsers,
+    ) -> Catalog {
+        let mut cat = Catalog::default();
+        let mut by_name: BTreeMap<Name, Entry> = BTreeMap::new();
+        // The admin directory wins a name clash; otherwise the first path in order.
+        let mut entries = entries;
+        entries.sort_by(|a, b| {
+            (a.source != Source::Admin, &a.path).cmp(&(b.source != Source::Admin, &b.path))
+        });
+        for e in entries {
+            if let Some(holder) = by_name.get(&e.name) {
+                let why = format!("name {} is already used by {}", e.name, holder.path.display());
+                cat.shadowed.push((e.name.clone(), e.path, why));
+            } else {
+                by_name.insert(e.name.clone(), e);
+            }
+        }
+
+        let mut pass = Pass {
+            host_users,
+            groups: BTreeMap::new(),
+            users: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            usage: BTreeMap::new(),
+        };
+
+        // Groups first: sites are checked against them.
+        for (name, e) in &by_name {
+            let new = match (&e.source, &e.parsed) {
+                (Source::Drop(_), Ok(VassalFile::Group(_))) => {
+                    Err("a reseller's directory may hold sites only".to_owned())
+                }
+                (_, Ok(VassalFile::Group(g))) => Ok(g.clone()),
+                (_, Ok(VassalFile::Site(_))) => continue,
+                (_, Err(err)) => Err(err.to_string()),
+            };
+            let old = match previous.get(name) {
+                Some(VassalFile::Group(g)) => Some(g),
+                _ => None,
+            };
+            if e.parsed.is_err() && !matches!(previous.get(name), Some(VassalFile::Group(_))) {
+                // An unreadable file that did not run as a group: decide it with the sites.
+                continue;
+            }
+            let verdict = pass.try_group(name, new, old);
+            cat.verdicts.insert(name.clone(), verdict);
+        }
+        // A group whose file was removed keeps running while sites still belong to it.
+        let mut orphaned = BTreeSet::new();
+        for (name, old) in previous {
+            if let (VassalFile::Group(g), false) = (old, by_name.contains_key(name)) {
+                if pass.claim_user(name, &old.user(name)).is_ok() {
+                    pass.groups.insert(name.clone(), g.clone());
+                    orphaned.insert(name.clone());
+                }
+            }
+        }
+
+        // Sites: those that ran before keep their claims first, then new ones by name.
+        let mut order: Vec<&Name> = by_name
+            .iter()
+            .filter(|(n, _)| !cat.verdicts.contains_key(*n))
+            .map(|(n, _)| n)
+            .collect();
+        order.sort_by_key(|n| (!matches!(previous.get(*n), Some(VassalFile::Site(_))), *n));
+        for name in order {
+            let e = &by_name[name];
+            let new = match &e.parsed {
+                Ok(VassalFile::Site(s)) => pass.place_site(name, &e.source, s),
+                Ok(VassalFile::Group(_)) => continue,
+                Err(err) => Err(err.to_string()),
+            };
+            let verdict = match new {
+                Ok(v) => v,
+                Err(why) => match previous.get(name) {
+                    Some(VassalFile::Site(old)) => match pass.place_site(name, &e.source, old) {
+                        Ok(Verdict::Run { file, dynamic, .. }) => Verdict::Run {
+                            file,
+                            dynamic,
+                            reason: Some(why),
+                        },
+                        _ => Verdict::Reject { reason: why },
+                    },
+                    _ => Verdict::Reject { reason: why },
+                },
+            };
+            cat.verdicts.insert(name.clone(), verdict);
+        }
+
+        for name in orphaned {
+            let holders: Vec<String> = cat
+                .verdicts
+                .iter()
+                .filter(|(_, v)| matches!(v.file(), Some(VassalFile::Site(s)) if s.group.as_ref() == Some(&name)))
+                .map(|(n, _)| n.to_string())
+                .collect();
+            if !holders.is_empty() {
+                let file = previous[&name].clone();
+                let reason = format!(
+                    "file removed; kept running while it holds sites: {}",
+                    holders.join(", ")
+                );
+                cat.verdicts.insert(
+                    name,
+                    Verdict::Run {
+                        file,
+                        dynamic: false,
+                        reason: Some(reason),
+                    },
+                );
+            }
+        }
+        cat
+    }
+}
+
+impl Pass<'_> {
+    fn claim_user(&mut self, vassal: &Name, user: &Name) -> Result<(), String> {
+        if let Some(holder) = self.users.get(user) {
+            if holder != vassal {
+                return Err(format!("user {user} is already taken by {holder}"));
+            }
+        }
+        if self.host_users.exists(user.as_str()) {
+            return Err(format!("user {user} is a host account"));
+        }
+        self.users.insert(user.clone(), vassal.clone());
+        Ok(())
+    }
+
+    fn try_group(
+        &mut self,
+        name: &Name,
+        new: Result<GroupFile, String>,
+        old: Option<&GroupFile>,
+    ) -> Verdict {
+        let new = new.and_then(|g| {
+            self.claim_user(name, &VassalFile::Group(g.clone()).user(name))?;
+            Ok(g)
+        });
+        match (new, old) {
+            (Ok(g), _) => {
+                self.groups.insert(name.clone(), g.clone());
+                Verdict::Run {
+                    file: VassalFile::Group(g),
+                    dynamic: false,
+                    reason: None,
+                }
+            }
+            (Err(why), Some(old)) => {
+                match self.claim_user(name, &VassalFile::Group(old.clone()).user(name)) {
+                    Ok(()) => {
+                        self.groups.insert(name.clone(), old.clone());
+                        Verdict::Run {
+                            file: VassalFile::Group(old.clone()),
+                            dynamic: false,
+                            reason: Some(why),
+                        }
+                    }
+                    Err(_) => Verdict::Reject { reason: why },
+                }
+            }
+            (Err(why), None) => Verdict::Reject { reason: why },
+        }
+    }
+
+    fn place_site(&mut self, name: &Name, source: &Source, site: &SiteFile) -> Result<Verdict, String> {
+        let mut site = site.clone();
+        if let Source::Drop(owner) = source {
+            match &site.group {
+                Some(g) if g != owner => {
+                    return Err(format!(
+                        "a site in {owner}'s directory may only belong to {owner}, not {g}"
+                    ))
+                }
+                _ => site.group = Some(owner.clone()),
+            }
+        }
+        let mut dynamic = false;
+        if let Some(gname) = &site.group {
+            let group = self
+                .groups
+                .get(gname)
+                .ok_or_else(|| format!("group {gname} does not exist"))?;
+            let used = self.usage.get(gname);
+            if let (Some(max), Some(u)) = (group.limits.sites, used) {
+                if u.sites >= max {
+                    return Err(format!("group {gname} already holds its maximum of {max} sites"));
+                }
+            }
+            match group.mode {
+                Mode::Overcommit => dynamic = true,
+                Mode::Reserved => check_budget(gname, &group.limits, used, &site.limits)?,
+            }
+        }
+        for d in &site.domains {
+            if let Some(owner) = self.domains.get(d) {
+                if owner != name {
+                    return Err(format!("domain {d} is already owned by {owner}"));
+                }
+            }
+        }
+        let user = site.user.clone().unwrap_or_else(|| name.clone());
+        self.claim_user(name, &user)?;
+        for d in &site.domains {
+            self.domains.insert(d.clone(), name.clone());
+        }
+        if let Some(g) = &site.group {
+            let u = self.usage.entry(g.clone()).or_default();
+            u.sites += 1;
+            u.memory += site.limits.memory.map_or(0, |s| s.0);
+            u.storage += site.limits.storage.map_or(0, |s| s.0);
+            u.cpu += site.limits.cpu.unwrap_or(0.0);
+            u.pids += site.limits.pids.unwrap_or(0);
+        }
+        Ok(Verdict::Run {
+            file: VassalFile::Site(site),
+            dynamic,
+            reason: None,
+        })
+    }
+}
+
+fn check_budget(group: &Name, budget: &Limits, used: Option<&Usage>, want: &Limits) -> Result<(), String> {
+    let zero = Usage::default();
+    let used = used.unwrap_or(&zero);
+    let sizes = [
+        ("memory", budget.memory, used.memory, want.memory),
+        ("storage", budget.storage, used.storage, want.storage),
+    ];
+    for (key, budget, used, want) in sizes {
+        if let Some(budget) = budget {
+            let left = budget.0.saturating_sub(used);
+            match want {
+                None => return Err(format!("limits.{key} must be set: group {group} is reserved with a {key} budget of {budget}")),
+                Some(w) if w.0 > left => {
+                    return Err(format!(
+                        "limits.{key} {w} exceeds group {group}'s reserved {key} budget of {budget}: {} left",
+                        Size(left)
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(budget) = budget.cpu {
+        let left = (budget - used.cpu).max(0.0);
+        match want.cpu {
+            None => return Err(format!("limits.cpu must be set: group {group} is reserved with a cpu budget of {budget}")),
+            // A thousandth of a core of slack absorbs float rounding in the sum.
+            Some(w) if w > left + 1e-3 => {
+                return Err(format!(
+                    "limits.cpu {w} exceeds group {group}'s reserved cpu budget of {budget}: {left:.2} left"
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(budget) = budget.pids {
+        let left = budget.saturating_sub(used.pids);
+        match want.pids {
+            None => return Err(format!("limits.pids must be set: group {group} is reserved with a pids budget of {budget}")),
+            Some(w) if w > left => {
+                return Err(format!(
+                    "limits.pids {w} exceeds group {group}'s reserved pids budget of {budget}: {left} left"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        s.parse().unwrap()
+    }
+
+    fn entry(name: &str, text: &str) -> Entry {
+        Entry {
+            name: n(name),
+            path: PathBuf::from(format!("/admin/{name}.toml")),
+            source: Source::Admin,
+            parsed: VassalFile::parse(&n(name), text),
+        }
+    }
+
+    fn drop_entry(group: &str, name: &str, text: &str) -> Entry {
+        Entry {
+            source: Source::Drop(n(group)),
+            path: PathBuf::from(format!("/home/{group}/vassals/{name}.toml")),
+            ..entry(name, text)
+        }
+    }
+
+    fn no_host_users(_: &str) -> bool {
+        false
+    }
+
+    fn build(entries: Vec<Entry>, prev: &BTreeMap<Name, VassalFile>) -> Catalog {
+        Catalog::build(entries, prev, &no_host_users)
+    }
+
+    fn running(cat: &Catalog) -> BTreeMap<Name, VassalFile> {
+        cat.verdicts
+            .iter()
+            .filter_map(|(n, v)| v.file().map(|f| (n.clone(), f.clone())))
+            .collect()
+    }
+
+    const GROUP: &str = "kind = \"group\"\n[limits]\nmemory = \"512M\"\npids = 300\nsites = 3\n";
+
+    fn site(group: &str, mem: &str) -> String {
+        format!("kind = \"site\"\ngroup = \"{group}\"\n[limits]\nmemory = \"{mem}\"\npids = 100\n")
+    }
+
+    #[test]
+    fn reserved_budget_names_what_is_left() {
+        let cat = build(
+            vec![
+                entry("group1", GROUP),
+                entry("site52", &site("group1", "256M")),
+                entry("site53", &site("group1", "200M")),
+                entry("site54", &site("group1", "100M")),
+            ],
+            &BTreeMap::new(),
+        );
+        assert!(cat.verdicts[&n("site52")].file().is_some());
+        assert!(cat.verdicts[&n("site53")].file().is_some());
+        let why = cat.verdicts[&n("site54")].reason().unwrap();
+        assert_eq!(
+            why,
+            "limits.memory 100M exceeds group group1's reserved memory budget of 512M: 56M left"
+        );
+    }
+
+    #[test]
+    fn reserved_requires_limits_and_overcommit_is_dynamic() {
+        let cat = build(
+            vec![entry("group1", GROUP), entry("site52", "kind = \"site\"\ngroup = \"group1\"")],
+            &BTreeMap::new(),
+        );
+        assert!(cat.verdicts[&n("site52")].reason().unwrap().contains("limits.memory must be set"));
+
+        let over = "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"512M\"\n";
+        let cat = build(
+            vec![
+                entry("group1", over),
+                entry("site52", &site("group1", "400M")),
+                entry("site53", &site("group1", "400M")),
+            ],
+            &BTreeMap::new(),
+        );
+        for s in ["site52", "site53"] {
+            assert!(matches!(cat.verdicts[&n(s)], Verdict::Run { dynamic: true, .. }), "{s}");
+        }
+    }
+
+    #[test]
+    fn site_count_domains_users_groups() {
+        let cat = build(
+            vec![
+                entry("group1", GROUP),
+                entry("a", &site("group1", "10M")),
+                entry("b", &site("group1", "10M")),
+                entry("c", &site("group1", "10M")),
+                entry("d", &site("group1", "10M")),
+                entry("e", "kind = \"site\"\ndomains = [\"x.com\"]"),
+                entry("f", "kind = \"site\"\ndomains = [\"x.com\"]"),
+                entry("g", "kind = \"site\"\nuser = \"e\""),
+                entry("h", "kind = \"site\"\ngroup = \"nope\""),
+                entry("root-site", "kind = \"site\"\nuser = \"root\""),
+            ],
+            &BTreeMap::new(),
+        );
+        let reason = |s: &str| cat.verdicts[&n(s)].reason().unwrap_or("").to_owned();
+        assert!(reason("d").contains("maximum of 3 sites"), "{}", reason("d"));
+        assert_eq!(reason("f"), "domain x.com is already owned by e");
+        assert_eq!(reason("g"), "user e is already taken by e");
+        assert_eq!(reason("h"), "group nope does not exist");
+        let with_root = Catalog::build(
+            vec![entry("root-site", "kind = \"site\"\nuser = \"root\"")],
+            &BTreeMap::new(),
+            &|u: &str| u == "root",
+        );
+        assert_eq!(with_root.verdicts[&n("root-site")].reason(), Some("user root is a host account"));
+    }
+
+    #[test]
+    fn bad_edit_keeps_last_good_version() {
+        let first = build(vec![entry("group1", GROUP), entry("site52", &site("group1", "256M"))], &BTreeMap::new());
+        let prev = running(&first);
+        let cat = build(
+            vec![entry("group1", GROUP), entry("site52", "kind = \"site\"\nbogus = 1")],
+            &prev,
+        );
+        let v = &cat.verdicts[&n("site52")];
+        assert_eq!(v.file(), prev.get(&n("site52")));
+        assert!(v.reason().unwrap().contains("unknown field"));
+
+        // Over budget after an edit: the old version keeps its claim.
+        let cat = build(vec![entry("group1", GROUP), entry("site52", &site("group1", "1G"))], &prev);
+        let v = &cat.verdicts[&n("site52")];
+        assert_eq!(v.file(), prev.get(&n("site52")));
+        assert!(v.reason().unwrap().contains("exceeds"));
+    }
+
+    #[test]
+    fn running_sites_keep_their_claims_over_new_ones() {
+        let prev = running(&build(vec![entry("zz", "kind = \"site\"\ndomains = [\"x.com\"]")], &BTreeMap::new()));
+        let cat = build(
+            vec![
+                entry("aa", "kind = \"site\"\ndomains = [\"x.com\"]"),
+                entry("zz", "kind = \"site\"\ndomains = [\"x.com\"]"),
+            ],
+            &prev,
+        );
+        assert!(cat.verdicts[&n("zz")].file().is_some());
+        assert_eq!(cat.verdicts[&n("aa")].reason(), Some("domain x.com is already owned by zz"));
+    }
+
+    #[test]
+    fn drop_directories_are_confined() {
+        let cat = build(
+            vec![
+                entry("group1", GROUP),
+                entry("group2", GROUP),
+                drop_entry("group1", "mine", "kind = \"site\"\n[limits]\nmemory = \"10M\"\npids = 10"),
+                drop_entry("group1", "theirs", &site("group2", "10M")),
+                drop_entry("group1", "sneaky", GROUP),
+                drop_entry("group1", "group2", &site("group1", "10M")),
+            ],
+            &BTreeMap::new(),
+        );
+        match &cat.verdicts[&n("mine")] {
+            Verdict::Run { file: VassalFile::Site(s), .. } => assert_eq!(s.group, Some(n("group1"))),
+            v => panic!("{v:?}"),
+        }
+        assert!(cat.verdicts[&n("theirs")].reason().unwrap().contains("may only belong to group1"));
+        assert!(cat.verdicts[&n("sneaky")].reason().unwrap().contains("sites only"));
+        assert!(cat.verdicts[&n("group2")].file().is_some());
+        assert_eq!(cat.shadowed.len(), 1);
+        assert!(cat.shadowed[0].2.contains("already used by /admin/group2.toml"));
+    }
+
+    #[test]
+    fn removed_group_is_kept_while_it_holds_sites() {
+        let prev = running(&build(vec![entry("group1", GROUP), entry("site52", &site("group1", "10M"))], &BTreeMap::new()));
+        let cat = build(vec![entry("site52", &site("group1", "10M"))], &prev);
+        assert!(cat.verdicts[&n("site52")].file().is_some());
+        assert!(cat.verdicts[&n("group1")].reason().unwrap().contains("holds sites: site52"));
+        let cat = build(vec![], &prev);
+        assert!(cat.verdicts.is_empty());
+    }
+}

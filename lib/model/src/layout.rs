@@ -1,0 +1,155 @@
+//! THE path scheme: where vassal files, homes, state and runtime files live.
+//! Every component takes its paths from a [`Layout`], so tests run in temporary
+//! directories and nobody joins an unchecked string onto a path.
+
+use std::path::PathBuf;
+
+use crate::name::Name;
+
+/// Default admin vassal directory.
+pub const DEFAULT_VASSALS: &str = "/etc/imperium/vassals";
+/// Default root of the tenants' homes.
+pub const DEFAULT_HOME_ROOT: &str = "/home/virtual";
+/// Default persistent state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/imperium";
+/// Default runtime directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/imperium";
+/// Default name of the emperor's cgroup subtree.
+pub const DEFAULT_CGROUP_ROOT: &str = "imperium";
+/// The cgroup of sites that belong to no reseller.
+pub const ADMIN_CGROUP: &str = "_admin";
+/// The leaf of a group's cgroup that holds the reseller's own container.
+pub const SELF_CGROUP: &str = "_self";
+
+/// The directories an emperor works in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The admin vassal directory.
+    pub vassals: PathBuf,
+    /// Root of homes: `<home_root>/<group>/<site>`, `<home_root>/<site>`.
+    pub home_root: PathBuf,
+    /// Persistent state.
+    pub state_dir: PathBuf,
+    /// Runtime files.
+    pub run_dir: PathBuf,
+    /// The cgroup subtree, relative to each hierarchy's root (may contain `/`).
+    pub cgroup_root: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            vassals: DEFAULT_VASSALS.into(),
+            home_root: DEFAULT_HOME_ROOT.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            run_dir: DEFAULT_RUN_DIR.into(),
+            cgroup_root: DEFAULT_CGROUP_ROOT.into(),
+        }
+    }
+}
+
+impl Layout {
+    /// A group's tree, which is also the reseller's home.
+    pub fn group_home(&self, group: &Name) -> PathBuf {
+        self.home_root.join(group.as_str())
+    }
+
+    /// A reseller's drop directory.
+    pub fn drop_dir(&self, group: &Name) -> PathBuf {
+        self.group_home(group).join("vassals")
+    }
+
+    /// A site's home: inside its group's tree, or directly under the home root.
+    pub fn site_home(&self, group: Option<&Name>, site: &Name) -> PathBuf {
+        match group {
+            Some(g) => self.group_home(g).join(site.as_str()),
+            None => self.home_root.join(site.as_str()),
+        }
+    }
+
+    /// The symlink `<home_root>/<site>` that points into a group's tree.
+    pub fn site_link(&self, site: &Name) -> PathBuf {
+        self.home_root.join(site.as_str())
+    }
+
+    /// The uid allocation table.
+    pub fn uid_table(&self) -> PathBuf {
+        self.state_dir.join("uids.json")
+    }
+
+    /// Where deleted sites' homes are archived.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.state_dir.join("archive")
+    }
+
+    /// The control socket of the emperor.
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir.join("emperor.sock")
+    }
+
+    /// The runtime record of a running vassal (init pid and identity).
+    pub fn record(&self, name: &Name) -> PathBuf {
+        self.run_dir.join("vassals").join(format!("{name}.json"))
+    }
+
+    /// The directory of runtime records.
+    pub fn records_dir(&self) -> PathBuf {
+        self.run_dir.join("vassals")
+    }
+
+    /// The skeleton root a container pivots into.
+    pub fn root_dir(&self, name: &Name) -> PathBuf {
+        self.run_dir.join("roots").join(name.as_str())
+    }
+
+    /// A vassal's socket directory, shared into its container as `/run/imperium/sockets`.
+    pub fn sockets(&self, name: &Name) -> PathBuf {
+        self.run_dir.join("sockets").join(name.as_str())
+    }
+
+    /// A vassal's cgroup path relative to each hierarchy's root.
+    pub fn cgroup(&self, kind_group: Option<&Name>, name: &Name, is_group: bool) -> String {
+        let root = self.cgroup_root.trim_matches('/');
+        match (is_group, kind_group) {
+            (true, _) => format!("{root}/{name}/{SELF_CGROUP}"),
+            (false, Some(g)) => format!("{root}/{g}/{name}"),
+            (false, None) => format!("{root}/{ADMIN_CGROUP}/{name}"),
+        }
+    }
+
+    /// A group's own cgroup (the parent of its sites and of its `_self` leaf).
+    pub fn group_cgroup(&self, group: &Name) -> String {
+        format!("{}/{group}", self.cgroup_root.trim_matches('/'))
+    }
+}
+
+/// Where a container sees things, whatever the host layout.
+pub mod inside {
+    /// The socket directory inside every container.
+    pub const SOCKETS: &str = "/run/imperium/sockets";
+    /// The home of user `user` inside its container.
+    pub fn home(user: &str) -> String {
+        format!("/home/{user}")
+    }
+    /// The directory in the home that is mounted on `/usr/local`.
+    pub const USR_LOCAL_IN_HOME: &str = "usr-local";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let l = Layout::default();
+        let g: Name = "group1".parse().unwrap();
+        let s: Name = "site52".parse().unwrap();
+        assert_eq!(l.site_home(Some(&g), &s), PathBuf::from("/home/virtual/group1/site52"));
+        assert_eq!(l.site_home(None, &s), PathBuf::from("/home/virtual/site52"));
+        assert_eq!(l.drop_dir(&g), PathBuf::from("/home/virtual/group1/vassals"));
+        assert_eq!(l.cgroup(Some(&g), &s, false), "imperium/group1/site52");
+        assert_eq!(l.cgroup(None, &s, false), "imperium/_admin/site52");
+        assert_eq!(l.cgroup(None, &g, true), "imperium/group1/_self");
+        assert_eq!(l.record(&s), PathBuf::from("/run/imperium/vassals/site52.json"));
+    }
+}
