@@ -1,1 +1,17 @@
-//! placeholder
+//! imperium's kernel edge: starting a container's init (clone3 into new
+//! namespaces, mounts, pivot_root, privileges dropped, seccomp, exec), holding
+//! processes by pidfd, and cgroup trees on v1 and v2.
+//!
+//! This is the only crate of the workspace, besides the cdylibs' FFI modules, that
+//! may say `unsafe`; every such block carries a `// SAFETY:` comment. It knows
+//! nothing of vassal files: callers hand it plain, prepared data.
+#![warn(missing_docs)]
+
+pub mod cgroup;
+pub mod launch;
+pub mod pidfd;
+pub mod seccomp;
+
+pub use cgroup::{CgroupError, CgroupTree, Limits as CgroupLimits};
+pub use launch::{ChildPlan, LaunchError, MountOp};
+pub use pidfd::Pidfd;

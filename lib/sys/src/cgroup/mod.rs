@@ -1,0 +1,227 @@
+//! cgroup trees, v2 and v1 behind one trait.
+//!
+//! Both implementations are rooted: they take the directories they work in, so
+//! unit tests run them against a fake tree in a temporary directory, and
+//! [`detect`] picks the real one from what the host mounts. Paths handed to the
+//! trait are relative to each hierarchy's root (`imperium/group1/site52`).
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod v1;
+mod v2;
+
+pub use v1::V1;
+pub use v2::V2;
+
+/// A cgroup operation that failed, with the file it touched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CgroupError {
+    /// Reading or writing a cgroup file or directory.
+    #[error("{op} {path}: {err}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The kernel's answer.
+        #[source]
+        err: io::Error,
+    },
+    /// A path that is not a clean relative path.
+    #[error("cgroup path {0:?} is not a clean relative path")]
+    BadPath(String),
+    /// The host mounts no usable cgroup hierarchy for a controller.
+    #[error("no cgroup hierarchy found for {0}")]
+    Missing(&'static str),
+    /// Freezing or thawing did not settle in time.
+    #[error("{path}: {what} did not settle within {waited:?}")]
+    Timeout {
+        /// The cgroup.
+        path: PathBuf,
+        /// Freeze, thaw, or empty.
+        what: &'static str,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+type Result<T> = std::result::Result<T, CgroupError>;
+
+/// Limits written to a cgroup. `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Limits {
+    /// Hard memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU bandwidth in cores.
+    pub cpu: Option<f64>,
+    /// Maximum tasks.
+    pub pids: Option<u64>,
+}
+
+/// Usage figures of a cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Memory in use, bytes.
+    pub memory: u64,
+    /// Tasks.
+    pub pids: u64,
+}
+
+/// Which cgroup layout a tree drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Controllers on separate v1 hierarchies (legacy or hybrid hosts).
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+/// The CPU period used for bandwidth limits, in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// One emperor's view of a cgroup tree.
+pub trait CgroupTree: Send + Sync + std::fmt::Debug {
+    /// v1 or v2.
+    fn version(&self) -> Version;
+    /// Creates `path` and its parents (and, on v2, enables the controllers down to it).
+    fn create(&self, path: &str) -> Result<()>;
+    /// Writes the limits of `path`.
+    fn set_limits(&self, path: &str, limits: &Limits) -> Result<()>;
+    /// Moves `pid` into `path`.
+    fn attach(&self, path: &str, pid: i32) -> Result<()>;
+    /// The processes directly in `path`.
+    fn procs(&self, path: &str) -> Result<Vec<i32>>;
+    /// Freezes or thaws `path` and everything below it, and waits until it settles.
+    fn freeze(&self, path: &str, frozen: bool) -> Result<()>;
+    /// Whether `path` is frozen.
+    fn is_frozen(&self, path: &str) -> Result<bool>;
+    /// Kills every process in `path` and below.
+    fn kill_all(&self, path: &str) -> Result<()>;
+    /// Removes `path` and every cgroup below it (they must hold no process).
+    fn remove(&self, path: &str) -> Result<()>;
+    /// Usage of `path`.
+    fn stats(&self, path: &str) -> Result<Stats>;
+    /// Whether `path` exists.
+    fn exists(&self, path: &str) -> bool;
+}
+
+/// Picks the tree the host provides: v2 when `/sys/fs/cgroup` is the unified
+/// hierarchy, otherwise the v1 hierarchies listed in `/proc/self/mountinfo`.
+pub fn detect() -> Result<Box<dyn CgroupTree>> {
+    let root = Path::new("/sys/fs/cgroup");
+    let fs = nix::sys::statfs::statfs(root).map_err(|e| io_err("statfs", root, e.into()))?;
+    if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Ok(Box::new(V2::new(root.to_path_buf())));
+    }
+    let mountinfo = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(mountinfo).map_err(|e| io_err("read", mountinfo, e))?;
+    Ok(Box::new(V1::from_mountinfo(&text)?))
+}
+
+pub(crate) fn io_err(op: &'static str, path: &Path, err: io::Error) -> CgroupError {
+    CgroupError::Io {
+        op,
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// Joins a relative cgroup path onto a hierarchy root, refusing `..` and absolute paths.
+pub(crate) fn join(root: &Path, rel: &str) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(CgroupError::BadPath(rel.to_owned()));
+    }
+    Ok(root.join(p))
+}
+
+pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
+    let path = dir.join(file);
+    std::fs::write(&path, value).map_err(|e| io_err("write", &path, e))
+}
+
+pub(crate) fn read(dir: &Path, file: &str) -> Result<String> {
+    let path = dir.join(file);
+    std::fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))
+}
+
+pub(crate) fn read_procs(dir: &Path) -> Result<Vec<i32>> {
+    match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err("read", &dir.join("cgroup.procs"), e)),
+    }
+}
+
+pub(crate) fn mkdir_p(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err("mkdir", dir, e))
+}
+
+/// Removes `dir` and the cgroup directories below it, deepest first. A cgroup
+/// directory is removed with rmdir (its files vanish with it); EBUSY is retried
+/// for a short while, since the last tasks may still be exiting.
+pub(crate) fn rmdir_tree(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("list", dir, e)),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            rmdir_tree(&entry.path())?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // A fake tree in a temporary directory holds plain files: clear them first.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && !is_cgroupfs(dir) => {
+                for f in std::fs::read_dir(dir).map_err(|e| io_err("list", dir, e))?.flatten() {
+                    let _ = std::fs::remove_file(f.path());
+                }
+                std::fs::remove_dir(dir).map_err(|e| io_err("rmdir", dir, e))?;
+                return Ok(());
+            }
+            Err(e) => return Err(io_err("rmdir", dir, e)),
+        }
+    }
+}
+
+fn is_cgroupfs(dir: &Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
+    statfs(dir)
+        .map(|s| s.filesystem_type() == CGROUP_SUPER_MAGIC || s.filesystem_type() == CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Polls `check` until it returns true or `limit` passes.
+pub(crate) fn settle(path: &Path, what: &'static str, limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            return Err(CgroupError::Timeout {
+                path: path.to_path_buf(),
+                what,
+                waited: limit,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+pub(crate) fn kill_pids(pids: &[i32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}

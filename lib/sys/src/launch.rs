@@ -1,0 +1,458 @@
+//! Starting a container's init.
+//!
+//! The emperor is a threaded tokio process, so the child side of the clone may
+//! only make async-signal-safe calls: everything it needs (C strings, pointer
+//! arrays, the seccomp program, the executable's fd) is prepared in
+//! [`Prepared`] before `clone3`, and the child then makes plain syscalls until
+//! `execveat`. Parent and child talk over two pipes: the parent releases the
+//! child once it has put it in its cgroup; the child reports the step and errno
+//! of a failure on the other pipe, which closes on a successful exec.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int, c_ulong, c_void, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::pidfd::Pidfd;
+
+/// One mount the child makes before pivot_root. Targets are host paths under the new root.
+#[derive(Debug, Clone)]
+pub struct MountOp {
+    /// Source (a path for binds, a name for pseudo filesystems).
+    pub source: Option<CString>,
+    /// Where, as a host path inside the new root.
+    pub target: CString,
+    /// Filesystem type; `None` for binds.
+    pub fstype: Option<CString>,
+    /// `MS_*` flags of the mount itself.
+    pub flags: c_ulong,
+    /// Filesystem data (`mode=1777,size=...`).
+    pub data: Option<CString>,
+    /// For binds: flags of a remount that follows (read-only, nosuid, ...).
+    pub remount: Option<c_ulong>,
+}
+
+/// Everything the child does, prepared by the parent.
+#[derive(Debug)]
+pub struct ChildPlan {
+    /// `CLONE_NEW*` flags for clone3. `CLONE_NEWCGROUP` is done after the cgroup join.
+    pub namespaces: c_int,
+    /// The host path of the new root (a directory).
+    pub root: CString,
+    /// Mounts, in order.
+    pub mounts: Vec<MountOp>,
+    /// Hostname in the new UTS namespace.
+    pub hostname: Option<CString>,
+    /// Bring `lo` up in the new network namespace.
+    pub loopback_up: bool,
+    /// Remount the new root read-only at the end.
+    pub readonly_root: bool,
+    /// The tenant's uid.
+    pub uid: u32,
+    /// The tenant's gid.
+    pub gid: u32,
+    /// Working directory inside the container.
+    pub workdir: CString,
+    /// The program to run, opened by the parent (O_PATH) so it need not be inside the root.
+    pub exe: OwnedFd,
+    /// argv.
+    pub argv: Vec<CString>,
+    /// envp.
+    pub env: Vec<CString>,
+    /// A BPF program (array of `sock_filter`), loaded last before exec.
+    pub seccomp: Option<Vec<u8>>,
+}
+
+/// The step of the child that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum Step {
+    /// Waiting for the parent.
+    Sync = 1,
+    /// unshare(CLONE_NEWCGROUP).
+    CgroupNs,
+    /// Opening /dev/null for stdin.
+    Stdin,
+    /// Making / private.
+    Private,
+    /// Binding the new root onto itself.
+    RootBind,
+    /// One of the plan's mounts.
+    Mount,
+    /// A bind remount.
+    Remount,
+    /// sethostname.
+    Hostname,
+    /// Bringing lo up.
+    Loopback,
+    /// pivot_root and detaching the old root.
+    Pivot,
+    /// Remounting / read-only.
+    RootReadonly,
+    /// Dropping capabilities and switching ids.
+    Privileges,
+    /// no_new_privs.
+    NoNewPrivs,
+    /// Loading the seccomp filter.
+    Seccomp,
+    /// execveat.
+    Exec,
+}
+
+impl Step {
+    fn from_u32(v: u32) -> Option<Step> {
+        use Step::*;
+        [Sync, CgroupNs, Stdin, Private, RootBind, Mount, Remount, Hostname, Loopback, Pivot, RootReadonly, Privileges, NoNewPrivs, Seccomp, Exec]
+            .into_iter()
+            .find(|s| *s as u32 == v)
+    }
+}
+
+/// Why a launch failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LaunchError {
+    /// The parent could not set up (pipes, clone3).
+    #[error("{op}: {err}")]
+    Parent {
+        /// The call.
+        op: &'static str,
+        /// Its error.
+        #[source]
+        err: std::io::Error,
+    },
+    /// The child failed before exec.
+    #[error("container setup failed at {step:?} (mount #{index}): {err}")]
+    Child {
+        /// Which step.
+        step: Step,
+        /// For `Mount`/`Remount`, which mount of the plan.
+        index: u32,
+        /// The errno.
+        #[source]
+        err: std::io::Error,
+    },
+    /// The caller's hook between clone and release (the cgroup join) failed.
+    #[error("before release: {0}")]
+    Hook(String),
+}
+
+impl LaunchError {
+    /// Whether trying again later may succeed (a shortage, not a bad plan).
+    pub fn is_transient(&self) -> bool {
+        let errno = match self {
+            LaunchError::Parent { err, .. } | LaunchError::Child { err, .. } => err.raw_os_error(),
+            LaunchError::Hook(_) => return true,
+        };
+        matches!(errno, Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY | libc::EINTR | libc::ENOSPC | libc::EMFILE | libc::ENFILE))
+    }
+}
+
+/// The raw, pointer-level form of a plan: what the child reads.
+struct Prepared<'a> {
+    plan: &'a ChildPlan,
+    argv: Vec<*const c_char>,
+    env: Vec<*const c_char>,
+    fprog: Option<libc::sock_fprog>,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: pipe2 writes two fds into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(LaunchError::Parent {
+            op: "pipe2",
+            err: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Starts the init described by `plan`. `before_release(pid)` runs in the parent
+/// after the clone and before the child does anything (the cgroup join goes
+/// there). Returns the init's pidfd once it has exec'd.
+pub fn spawn(
+    plan: &ChildPlan,
+    before_release: impl FnOnce(i32) -> Result<(), String>,
+) -> Result<Pidfd, LaunchError> {
+    let mut argv: Vec<*const c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut env: Vec<*const c_char> = plan.env.iter().map(|a| a.as_ptr()).collect();
+    env.push(std::ptr::null());
+    let fsize = std::mem::size_of::<libc::sock_filter>();
+    let fprog = plan.seccomp.as_ref().map(|p| libc::sock_fprog {
+        len: (p.len() / fsize) as u16,
+        filter: p.as_ptr() as *mut libc::sock_filter,
+    });
+    let prep = Prepared { plan, argv, env, fprog };
+
+    let (sync_rd, sync_wr) = pipe()?;
+    let (err_rd, err_wr) = pipe()?;
+    let mut pidfd: c_int = -1;
+    let args = CloneArgs {
+        flags: libc::CLONE_PIDFD as u64 | (plan.namespaces & !libc::CLONE_NEWCGROUP) as u64,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the
+    // child gets a copy of this address space and returns 0 here. The child runs
+    // only `child()`, which makes async-signal-safe calls and never returns.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return Err(LaunchError::Parent {
+            op: "clone3",
+            err: std::io::Error::last_os_error(),
+        });
+    }
+    if pid == 0 {
+        // SAFETY: we are the child; see `child` for what it may do.
+        unsafe { child(&prep, sync_rd.as_raw_fd(), err_wr.as_raw_fd()) }
+    }
+    let pid = pid as i32;
+    // SAFETY: clone3 stored a fresh pidfd in `pidfd`.
+    let pidfd = Pidfd::from_owned(unsafe { OwnedFd::from_raw_fd(pidfd) }, pid);
+    drop(sync_rd);
+    drop(err_wr);
+
+    let abort = |pidfd: &Pidfd| {
+        let _ = pidfd.signal(libc::SIGKILL);
+        wait_reaped(pidfd);
+    };
+    if let Err(e) = before_release(pid) {
+        abort(&pidfd);
+        return Err(LaunchError::Hook(e));
+    }
+    // SAFETY: writing one byte from a local to our pipe's write end.
+    let w = unsafe { libc::write(sync_wr.as_raw_fd(), [1u8].as_ptr() as *const c_void, 1) };
+    if w != 1 {
+        let err = std::io::Error::last_os_error();
+        abort(&pidfd);
+        return Err(LaunchError::Parent { op: "releasing the child", err });
+    }
+    drop(sync_wr);
+    let mut report = [0u8; 12];
+    let n = read_full(err_rd.as_raw_fd(), &mut report);
+    if n == 0 {
+        return Ok(pidfd);
+    }
+    wait_reaped(&pidfd);
+    let word = |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
+    Err(LaunchError::Child {
+        step: Step::from_u32(word(0)).unwrap_or(Step::Exec),
+        index: word(8),
+        err: std::io::Error::from_raw_os_error(word(4) as i32),
+    })
+}
+
+fn wait_reaped(pidfd: &Pidfd) {
+    for _ in 0..5000 {
+        if !matches!(pidfd.try_reap(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn read_full(fd: RawFd, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled tail of `buf`.
+        let r = unsafe { libc::read(fd, buf[got..].as_mut_ptr() as *mut c_void, buf.len() - got) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if r <= 0 {
+            break;
+        }
+        got += r as usize;
+    }
+    got
+}
+
+/// Reports a failed step to the parent and exits. Async-signal-safe.
+///
+/// # Safety
+/// Only for the child of `spawn`.
+unsafe fn fail(err_fd: RawFd, step: Step, index: u32) -> ! {
+    // SAFETY: errno location is thread-local and valid in the child.
+    let errno = unsafe { *libc::__errno_location() } as u32;
+    let mut msg = [0u8; 12];
+    msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    msg[4..8].copy_from_slice(&errno.to_ne_bytes());
+    msg[8..].copy_from_slice(&index.to_ne_bytes());
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(err_fd, msg.as_ptr() as *const c_void, msg.len());
+        libc::_exit(127)
+    }
+}
+
+fn opt_ptr(s: &Option<CString>) -> *const c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// The child: plain syscalls on prepared data, then exec.
+///
+/// # Safety
+/// Only called in the child of `clone3`, once. It allocates nothing and calls
+/// only async-signal-safe functions.
+unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
+    let plan = p.plan;
+    // SAFETY (whole body): each call below is a raw syscall wrapper on pointers
+    // into `p`, which the parent built before the clone and which this copy of
+    // the address space keeps alive until exec.
+    unsafe {
+        let mut byte = 0u8;
+        loop {
+            let r = libc::read(sync_fd, &mut byte as *mut u8 as *mut c_void, 1);
+            if r == 1 {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            fail(err_fd, Step::Sync, 0);
+        }
+        libc::close(sync_fd);
+
+        // The parent put us in our cgroup: a new cgroup namespace is rooted there.
+        if plan.namespaces & libc::CLONE_NEWCGROUP != 0 && libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
+            fail(err_fd, Step::CgroupNs, 0);
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null < 0 || libc::dup2(null, 0) < 0 {
+            fail(err_fd, Step::Stdin, 0);
+        }
+        if null > 2 {
+            libc::close(null);
+        }
+
+        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) < 0 {
+            fail(err_fd, Step::Private, 0);
+        }
+        let root = plan.root.as_ptr();
+        if libc::mount(root, root, std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) < 0 {
+            fail(err_fd, Step::RootBind, 0);
+        }
+        for (i, m) in plan.mounts.iter().enumerate() {
+            let data = opt_ptr(&m.data) as *const c_void;
+            if libc::mount(opt_ptr(&m.source), m.target.as_ptr(), opt_ptr(&m.fstype), m.flags, data) < 0 {
+                fail(err_fd, Step::Mount, i as u32);
+            }
+            if let Some(flags) = m.remount {
+                let f = libc::MS_BIND | libc::MS_REMOUNT | flags;
+                if libc::mount(std::ptr::null(), m.target.as_ptr(), std::ptr::null(), f, std::ptr::null()) < 0 {
+                    fail(err_fd, Step::Remount, i as u32);
+                }
+            }
+        }
+        if let Some(h) = &plan.hostname {
+            if libc::sethostname(h.as_ptr(), h.as_bytes().len()) < 0 {
+                fail(err_fd, Step::Hostname, 0);
+            }
+        }
+        if plan.loopback_up && !loopback_up() {
+            fail(err_fd, Step::Loopback, 0);
+        }
+
+        // pivot_root(".", ".") stacks the old root on the new one; detaching
+        // it leaves the new root alone (no put_old directory needed).
+        if libc::chdir(root) < 0
+            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) < 0
+            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) < 0
+            || libc::chdir(c"/".as_ptr()) < 0
+        {
+            fail(err_fd, Step::Pivot, 0);
+        }
+        if plan.readonly_root {
+            let f = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+            if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), f, std::ptr::null()) < 0 {
+                fail(err_fd, Step::RootReadonly, 0);
+            }
+        }
+
+        // Drop every capability for good: the bounding set first (needs
+        // CAP_SETPCAP, so before the uid change), then ids, then what is left.
+        for cap in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        let gid = plan.gid;
+        if libc::setgroups(1, &gid) < 0
+            || libc::setresgid(gid, gid, gid) < 0
+            || libc::setresuid(plan.uid, plan.uid, plan.uid) < 0
+        {
+            fail(err_fd, Step::Privileges, 0);
+        }
+        // struct __user_cap_header_struct { u32 version; int pid; }, version 3
+        // takes two __user_cap_data_struct { u32 effective, permitted, inheritable; }.
+        let mut hdr: [u32; 2] = [0x2008_0522, 0];
+        let data = [0u32; 6];
+        if libc::syscall(libc::SYS_capset, &mut hdr as *mut _, data.as_ptr()) < 0
+            || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0
+        {
+            fail(err_fd, Step::Privileges, 0);
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(err_fd, Step::NoNewPrivs, 0);
+        }
+        if libc::chdir(plan.workdir.as_ptr()) < 0 {
+            libc::chdir(c"/".as_ptr());
+        }
+        if let Some(prog) = &p.fprog {
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, prog as *const libc::sock_fprog, 0, 0) < 0 {
+                fail(err_fd, Step::Seccomp, 0);
+            }
+        }
+        libc::syscall(
+            libc::SYS_execveat,
+            plan.exe.as_raw_fd(),
+            c"".as_ptr(),
+            p.argv.as_ptr(),
+            p.env.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        fail(err_fd, Step::Exec, 0)
+    }
+}
+
+/// Sets IFF_UP on `lo`. Async-signal-safe.
+///
+/// # Safety
+/// Plain socket and ioctl calls on a local struct.
+unsafe fn loopback_up() -> bool {
+    // SAFETY: socket/ioctl/close on a zeroed ifreq naming "lo".
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return false;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as c_char;
+        req.ifr_name[1] = b'o' as c_char;
+        let mut ok = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) >= 0;
+        if ok {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            ok = libc::ioctl(s, libc::SIOCSIFFLAGS, &req) >= 0;
+        }
+        libc::close(s);
+        ok
+    }
+}
