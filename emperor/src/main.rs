@@ -1,1 +1,195 @@
-fn main() {}
+//! `emperor`: the daemon (`serve`) and the operator's CLI.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use emperor::control::{self, Request};
+use model::backoff::Throttle;
+use model::layout;
+
+#[derive(Parser)]
+#[command(name = "emperor", version, about = "Keeps one container per reseller group and per site")]
+struct Cli {
+    /// The runtime directory (control socket, records).
+    #[arg(long, global = true, default_value = layout::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Serve {
+        /// The admin vassal directory.
+        #[arg(long, default_value = layout::DEFAULT_VASSALS)]
+        vassals: PathBuf,
+        /// The root of the tenants' homes.
+        #[arg(long, default_value = layout::DEFAULT_HOME_ROOT)]
+        home_root: PathBuf,
+        /// The persistent state directory.
+        #[arg(long, default_value = layout::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The cgroup subtree, relative to each hierarchy's root.
+        #[arg(long, default_value = layout::DEFAULT_CGROUP_ROOT)]
+        cgroup_root: String,
+        /// The vassal binary (default: `vassal` beside this program).
+        #[arg(long)]
+        vassal_bin: Option<PathBuf>,
+        /// Seconds an init has to exit after SIGTERM.
+        #[arg(long, default_value_t = 10.0)]
+        stop_grace: f64,
+        /// Throttle: the delay after the second quick death in a row, in seconds (doubles each time).
+        #[arg(long, default_value_t = 1.0)]
+        throttle_base: f64,
+        /// Throttle: the longest delay, in seconds.
+        #[arg(long, default_value_t = 60.0)]
+        throttle_max: f64,
+        /// Throttle: a run this long (seconds) resets the count.
+        #[arg(long, default_value_t = 30.0)]
+        healthy_after: f64,
+    },
+    /// Show every vassal.
+    Status {
+        /// JSON, one object per vassal.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and start a vassal.
+    Restart { name: String },
+    /// Freeze a vassal (a group: with its sites).
+    Suspend { name: String },
+    /// Thaw a vassal.
+    Resume { name: String },
+    /// Print a vassal's OCI runtime spec (config.json).
+    Spec { name: String },
+    /// Stop every vassal, then the emperor.
+    Shutdown,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(real_main(cli)) {
+        eprintln!("emperor: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    let req = match cli.cmd {
+        Cmd::Serve {
+            vassals,
+            home_root,
+            state_dir,
+            cgroup_root,
+            vassal_bin,
+            stop_grace,
+            throttle_base,
+            throttle_max,
+            healthy_after,
+        } => {
+            let vassal_exe = match vassal_bin {
+                Some(p) => p,
+                None => std::env::current_exe()?.with_file_name("vassal"),
+            };
+            if !vassal_exe.is_file() {
+                bail!("vassal binary {} not found (use --vassal-bin)", vassal_exe.display());
+            }
+            let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+            let cfg = emperor::Config {
+                layout: model::Layout {
+                    vassals,
+                    home_root,
+                    state_dir,
+                    run_dir: cli.run_dir,
+                    cgroup_root,
+                },
+                throttle: Throttle {
+                    base: secs(throttle_base),
+                    max: secs(throttle_max),
+                    healthy: secs(healthy_after),
+                },
+                stop_grace: secs(stop_grace),
+                vassal_exe,
+            };
+            let tree: Arc<dyn sys::CgroupTree> = Arc::from(sys::cgroup::detect().context("finding the cgroup hierarchies")?);
+            tracing::info!(version = ?tree.version(), "cgroups");
+            let shutdown = async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+                let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            };
+            emperor::run(cfg, tree, shutdown).await?;
+            return Ok(());
+        }
+        Cmd::Status { json } => {
+            let resp = control::call(&cli.run_dir.join("emperor.sock"), &Request::Status).await?;
+            if !resp.ok {
+                bail!("{}", resp.error.unwrap_or_default());
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&resp.data)?);
+            } else {
+                print_table(&resp.data);
+            }
+            return Ok(());
+        }
+        Cmd::Restart { name } => Request::Restart { name },
+        Cmd::Suspend { name } => Request::Suspend { name },
+        Cmd::Resume { name } => Request::Resume { name },
+        Cmd::Spec { name } => Request::Spec { name },
+        Cmd::Shutdown => Request::Shutdown,
+    };
+    let is_spec = matches!(req, Request::Spec { .. });
+    let resp = control::call(&cli.run_dir.join("emperor.sock"), &req).await?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_default());
+    }
+    if is_spec {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else if let Some(s) = resp.data.as_str() {
+        println!("{s}");
+    }
+    Ok(())
+}
+
+fn print_table(rows: &serde_json::Value) {
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    println!("{:<16} {:<6} {:<12} {:<10} {:>8} {:>6} {:<10} {:<8} REASON", "NAME", "KIND", "GROUP", "STATE", "PID", "UID", "MEMORY", "LIMITS");
+    for r in rows.as_array().into_iter().flatten() {
+        let mem = r["limits"]["memory"].as_str().unwrap_or("-");
+        let limits = if r["dynamic"].as_bool() == Some(true) { "dynamic" } else { "fixed" };
+        println!(
+            "{:<16} {:<6} {:<12} {:<10} {:>8} {:>6} {:<10} {:<8} {}",
+            s(&r["name"]),
+            s(&r["kind"]),
+            s(&r["group"]),
+            s(&r["state"]),
+            s(&r["pid"]),
+            s(&r["uid"]),
+            mem,
+            limits,
+            r["reason"].as_str().unwrap_or("")
+        );
+    }
+}

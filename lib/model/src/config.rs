@@ -247,7 +247,7 @@ pub enum VassalFile {
 }
 
 /// Names that would collide with the on-disk layout.
-const RESERVED: &[&str] = &["vassals", "archive", "sockets", "roots"];
+const RESERVED: &[&str] = &["vassals", "archive", "sockets", "roots", "usr-local"];
 
 impl VassalFile {
     /// Parses and validates the text of the file for the vassal `name`.
@@ -288,6 +288,15 @@ impl VassalFile {
             }
         }
         Ok(())
+    }
+
+    /// Reads back a file saved as JSON (in a runtime record).
+    pub fn from_json(value: serde_json::Value) -> Option<VassalFile> {
+        match value.get("kind")?.as_str()? {
+            "group" => serde_json::from_value(value).ok().map(VassalFile::Group),
+            "site" => serde_json::from_value(value).ok().map(VassalFile::Site),
+            _ => None,
+        }
     }
 
     /// `group` or `site`.

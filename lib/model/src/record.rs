@@ -31,8 +31,9 @@ pub struct VassalRecord {
     pub uid: u32,
     /// The cgroup path relative to each hierarchy's root.
     pub cgroup: String,
-    /// A digest of the configuration the init was started with.
-    pub config_hash: u64,
+    /// The accepted vassal file the init runs with (as JSON), so that a new
+    /// emperor can tell an in-place update from a restart.
+    pub config: serde_json::Value,
 }
 
 impl VassalRecord {
@@ -66,16 +67,6 @@ pub fn start_time(proc_root: &Path, pid: i32) -> io::Result<u64> {
         .ok_or_else(bad)
 }
 
-/// A stable digest (FNV-1a, 64 bits) of bytes, for "did the config change".
-pub fn digest(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,7 +84,7 @@ mod tests {
             start_time: t,
             uid: 30000,
             cgroup: "imperium/_admin/site1".into(),
-            config_hash: 1,
+            config: serde_json::json!({"kind": "site"}),
         };
         assert!(rec.is_alive(Path::new("/proc")));
         let reused = VassalRecord { start_time: t + 1, ..rec.clone() };

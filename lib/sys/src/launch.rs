@@ -4,7 +4,7 @@
 //! only make async-signal-safe calls: everything it needs (C strings, pointer
 //! arrays, the seccomp program, the executable's fd) is prepared in
 //! [`Prepared`] before `clone3`, and the child then makes plain syscalls until
-//! `execveat`. Parent and child talk over two pipes: the parent releases the
+//! `execve`. Parent and child talk over two pipes: the parent releases the
 //! child once it has put it in its cgroup; the child reports the step and errno
 //! of a failure on the other pipe, which closes on a successful exec.
 #![allow(unsafe_code)]
@@ -52,14 +52,16 @@ pub struct ChildPlan {
     pub gid: u32,
     /// Working directory inside the container.
     pub workdir: CString,
-    /// The program to run, opened by the parent (O_PATH) so it need not be inside the root.
-    pub exe: OwnedFd,
+    /// The program to run, as a path inside the new root.
+    pub exe: CString,
     /// argv.
     pub argv: Vec<CString>,
     /// envp.
     pub env: Vec<CString>,
     /// A BPF program (array of `sock_filter`), loaded last before exec.
     pub seccomp: Option<Vec<u8>>,
+    /// Resource limits: (`RLIMIT_*`, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
 }
 
 /// The step of the child that failed.
@@ -93,16 +95,18 @@ pub enum Step {
     Privileges,
     /// no_new_privs.
     NoNewPrivs,
+    /// setrlimit.
+    Rlimit,
     /// Loading the seccomp filter.
     Seccomp,
-    /// execveat.
+    /// execve.
     Exec,
 }
 
 impl Step {
     fn from_u32(v: u32) -> Option<Step> {
         use Step::*;
-        [Sync, CgroupNs, Stdin, Private, RootBind, Mount, Remount, Hostname, Loopback, Pivot, RootReadonly, Privileges, NoNewPrivs, Seccomp, Exec]
+        [Sync, CgroupNs, Stdin, Private, RootBind, Mount, Remount, Hostname, Loopback, Pivot, RootReadonly, Privileges, NoNewPrivs, Rlimit, Seccomp, Exec]
             .into_iter()
             .find(|s| *s as u32 == v)
     }
@@ -122,7 +126,7 @@ pub enum LaunchError {
         err: std::io::Error,
     },
     /// The child failed before exec.
-    #[error("container setup failed at {step:?} (mount #{index}): {err}")]
+    #[error("container setup failed at {step:?}{}: {err}", match step { Step::Mount | Step::Remount | Step::Rlimit => format!(" #{index}"), _ => String::new() })]
     Child {
         /// Which step.
         step: Step,
@@ -389,6 +393,14 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
             }
         }
 
+        // Limits first: raising a hard limit needs CAP_SYS_RESOURCE.
+        for (i, (res, soft, hard)) in plan.rlimits.iter().enumerate() {
+            let lim = libc::rlimit { rlim_cur: *soft, rlim_max: *hard };
+            if libc::setrlimit(*res as _, &lim) < 0 {
+                fail(err_fd, Step::Rlimit, i as u32);
+            }
+        }
+
         // Drop every capability for good: the bounding set first (needs
         // CAP_SETPCAP, so before the uid change), then ids, then what is left.
         for cap in 0..64 {
@@ -421,14 +433,7 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
                 fail(err_fd, Step::Seccomp, 0);
             }
         }
-        libc::syscall(
-            libc::SYS_execveat,
-            plan.exe.as_raw_fd(),
-            c"".as_ptr(),
-            p.argv.as_ptr(),
-            p.env.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
+        libc::execve(plan.exe.as_ptr(), p.argv.as_ptr(), p.env.as_ptr());
         fail(err_fd, Step::Exec, 0)
     }
 }

@@ -168,3 +168,28 @@ mod tests {
         }
     }
 }
+
+/// Waits until the process held by `pidfd` has ended (its pidfd polls readable).
+#[cfg(feature = "tokio")]
+pub async fn exited(pidfd: std::sync::Arc<Pidfd>) {
+    struct Shared(std::sync::Arc<Pidfd>);
+    impl AsRawFd for Shared {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    // SAFETY: `Shared` holds an Arc of the Pidfd that owns the fd, so the fd
+    // stays open and unchanged for as long as the AsyncFd registration lives.
+    let afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Shared(pidfd.clone()), tokio::io::Interest::READABLE) };
+    match afd {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        // Registration can only fail if the reactor is gone; fall back to polling.
+        Err(_) => {
+            while !pidfd.has_exited() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

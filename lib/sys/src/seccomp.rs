@@ -30,7 +30,7 @@ pub const DENIED: &[&str] = &[
 ];
 
 /// Namespace flags refused in `clone`.
-const NS_FLAGS: [u64; 7] = [
+pub const NS_FLAGS: [u64; 7] = [
     libc::CLONE_NEWNS as u64,
     libc::CLONE_NEWUTS as u64,
     libc::CLONE_NEWIPC as u64,

@@ -1,0 +1,172 @@
+//! The imperium emperor: watches the admin vassal directory and the resellers'
+//! drop directories, and keeps one container per group and per site.
+//!
+//! `run` is the daemon; `control` is the socket protocol the CLI speaks. The
+//! kernel work lives in the `sys` crate and the file model in `model`: this
+//! crate decides what to do and when.
+
+pub mod control;
+pub mod manager;
+pub mod scan;
+pub mod spawner;
+pub mod spec;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sys::cgroup::CgroupTree;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub use manager::Config;
+use manager::{Event, Manager};
+
+/// How often the directories are read again even without an inotify event.
+pub const RESCAN: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Preparing directories or reading the uid table.
+    #[error("preparing the state: {0}")]
+    State(#[source] std::io::Error),
+    /// Another emperor answers on the control socket.
+    #[error("another emperor is running on {0}")]
+    AlreadyRunning(String),
+    /// Binding the control socket.
+    #[error("binding the control socket {path}: {err}")]
+    Socket {
+        /// The socket path.
+        path: String,
+        /// The error.
+        #[source]
+        err: std::io::Error,
+    },
+    /// Building the seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] sys::seccomp::SeccompError),
+    /// Setting up inotify.
+    #[error("inotify: {0}")]
+    Watch(#[source] std::io::Error),
+}
+
+/// Runs the emperor until `shutdown` resolves (sites keep running, for the next
+/// emperor to adopt) or a `shutdown` request has stopped every vassal.
+pub async fn run(cfg: Config, tree: Arc<dyn CgroupTree>, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let socket = cfg.layout.control_socket();
+    std::fs::create_dir_all(&cfg.layout.run_dir).map_err(RunError::State)?;
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(RunError::AlreadyRunning(socket.display().to_string()));
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|err| RunError::Socket {
+        path: socket.display().to_string(),
+        err,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+
+    let seccomp = sys::seccomp::default_program()?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut mgr = Manager::new(cfg.clone(), tree, seccomp, tx.clone()).map_err(RunError::State)?;
+    mgr.adopt();
+
+    let mut watcher = watch::Watcher::new(&cfg.layout.vassals, tx.clone()).map_err(RunError::Watch)?;
+    let inflight = Arc::new(());
+    tokio::spawn(serve_control(listener, tx.clone(), inflight.clone()));
+
+    mgr.reconcile();
+    watcher.follow(&mgr.drop_dirs());
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(vassals = %cfg.layout.vassals.display(), "emperor ready");
+
+    let mut rescan = tokio::time::interval(RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+    let mut dog = tokio::time::interval(if watchdog { Duration::from_micros(usec / 2) } else { Duration::from_secs(3600) });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("emperor exiting; vassals keep running");
+                break;
+            }
+            Some(ev) = rx.recv() => {
+                let mut files_changed = matches!(ev, Event::FilesChanged);
+                if !files_changed {
+                    mgr.handle(ev);
+                }
+                // Take every event already queued, so a burst of file events costs one scan.
+                while let Ok(ev) = rx.try_recv() {
+                    match ev {
+                        Event::FilesChanged => files_changed = true,
+                        ev => mgr.handle(ev),
+                    }
+                }
+                if files_changed {
+                    mgr.reconcile();
+                    watcher.follow(&mgr.drop_dirs());
+                }
+                if mgr.shutdown_done() {
+                    mgr.finish_shutdown();
+                    break;
+                }
+            }
+            _ = rescan.tick() => {
+                mgr.handle(Event::Rescan);
+                watcher.follow(&mgr.drop_dirs());
+            }
+            _ = dog.tick() => {
+                if watchdog {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket);
+    // Let the answers already given (the shutdown's own) reach their callers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&inflight) > 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+async fn serve_control(listener: UnixListener, tx: mpsc::UnboundedSender<Event>, inflight: Arc<()>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        let guard = inflight.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let mut rd = BufReader::new(rd.take(64 * 1024));
+            if rd.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let resp = match serde_json::from_str::<control::Request>(&line) {
+                Ok(req) => {
+                    let (rtx, rrx) = oneshot::channel();
+                    if tx.send(Event::Control(req, rtx)).is_err() {
+                        return;
+                    }
+                    match rrx.await {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    }
+                }
+                Err(e) => control::Response::err(format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            let _ = wr.write_all(&out).await;
+        });
+    }
+}

@@ -1,0 +1,836 @@
+//! The emperor's state machine: one task owns every vassal, and everything
+//! that happens (a file changed, an init exited, a restart is due, a stop
+//! finished, a control request) arrives as an [`Event`] on one channel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use model::backoff::{Backoff, Throttle};
+use model::catalog::{Catalog, Verdict};
+use model::config::Kind;
+use model::reconcile::{plan, Action};
+use model::record::{self, VassalRecord, SCHEMA_VERSION};
+use model::uids::UidTable;
+use model::{Layout, Name, VassalFile};
+use serde::Serialize;
+use sys::cgroup::CgroupTree;
+use sys::Pidfd;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::control::{Request, Response};
+use crate::spawner::{cgroup_limits, group_limits, Spawner};
+use crate::spec::{self, Input};
+
+/// Settings of a running emperor.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where everything lives.
+    pub layout: Layout,
+    /// Restart throttling.
+    pub throttle: Throttle,
+    /// How long an init has to exit after SIGTERM before everything in its cgroup is killed.
+    pub stop_grace: Duration,
+    /// The vassal binary.
+    pub vassal_exe: PathBuf,
+}
+
+/// Something that happened.
+#[derive(Debug)]
+pub enum Event {
+    /// A vassal file (or directory) changed.
+    FilesChanged,
+    /// The periodic rescan.
+    Rescan,
+    /// An init exited.
+    Exited {
+        /// The vassal.
+        name: Name,
+        /// Which start of it.
+        gen: u64,
+    },
+    /// A throttled restart is due.
+    RestartDue {
+        /// The vassal.
+        name: Name,
+        /// Which start of it.
+        gen: u64,
+    },
+    /// A stop finished.
+    StopDone {
+        /// The vassal.
+        name: Name,
+    },
+    /// A control request.
+    Control(Request, oneshot::Sender<Response>),
+}
+
+/// What to do once a vassal has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Its file is gone: archive it and forget it.
+    Remove,
+    /// Start it again (a restart).
+    Start,
+    /// The emperor is shutting down: forget it, keep its home.
+    Forget,
+}
+
+/// A vassal's state as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Being started, or waiting for a throttled restart.
+    Starting,
+    /// Its init runs.
+    Running,
+    /// Frozen.
+    Suspended,
+    /// Not running (being stopped, or waiting).
+    Stopped,
+    /// Could not be started, and will not be retried until its file changes or a restart is asked for.
+    Failed,
+    /// Its file was refused and no earlier version runs.
+    Rejected,
+}
+
+struct Init {
+    pidfd: Arc<Pidfd>,
+    exited: watch::Receiver<bool>,
+    started: Instant,
+}
+
+struct Vassal {
+    file: VassalFile,
+    dynamic: bool,
+    reason: Option<String>,
+    uid: Option<u32>,
+    state: State,
+    init: Option<Init>,
+    backoff: Backoff,
+    restarts: u32,
+    gen: u64,
+    stopping: Option<After>,
+}
+
+impl Vassal {
+    fn new(file: VassalFile, dynamic: bool) -> Vassal {
+        Vassal {
+            file,
+            dynamic,
+            reason: None,
+            uid: None,
+            state: State::Starting,
+            init: None,
+            backoff: Backoff::default(),
+            restarts: 0,
+            gen: 0,
+            stopping: None,
+        }
+    }
+
+    fn group(&self) -> Option<&Name> {
+        match &self.file {
+            VassalFile::Site(s) => s.group.as_ref(),
+            VassalFile::Group(_) => None,
+        }
+    }
+}
+
+/// One row of `emperor status`.
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    kind: Option<Kind>,
+    group: Option<String>,
+    state: State,
+    pid: Option<i32>,
+    uid: Option<u32>,
+    user: Option<String>,
+    cgroup: Option<String>,
+    limits: Option<model::config::Limits>,
+    dynamic: bool,
+    usage: Option<Usage>,
+    restarts: u32,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Usage {
+    memory: u64,
+    pids: u64,
+}
+
+/// The emperor.
+pub struct Manager {
+    cfg: Config,
+    tree: Arc<dyn CgroupTree>,
+    spawner: Spawner,
+    uids: UidTable,
+    vassals: BTreeMap<Name, Vassal>,
+    rejected: BTreeMap<Name, String>,
+    shadowed: Vec<(Name, PathBuf, String)>,
+    tx: mpsc::UnboundedSender<Event>,
+    shutdown_reply: Option<oneshot::Sender<Response>>,
+    suspended_groups: BTreeSet<Name>,
+}
+
+fn needs_restart(old: &VassalFile, new: &VassalFile) -> bool {
+    match (old, new) {
+        (VassalFile::Site(a), VassalFile::Site(b)) => {
+            a.group != b.group || a.user != b.user || a.container.rootfs != b.container.rootfs
+        }
+        (VassalFile::Group(a), VassalFile::Group(b)) => a.user != b.user || a.container.rootfs != b.container.rootfs,
+        _ => true,
+    }
+}
+
+impl Manager {
+    /// A manager; `tx` is the sender of its own event channel.
+    pub fn new(cfg: Config, tree: Arc<dyn CgroupTree>, seccomp: Vec<u8>, tx: mpsc::UnboundedSender<Event>) -> std::io::Result<Manager> {
+        for d in [&cfg.layout.state_dir, &cfg.layout.run_dir, &cfg.layout.records_dir(), &cfg.layout.archive_dir(), &cfg.layout.vassals, &cfg.layout.home_root] {
+            std::fs::create_dir_all(d)?;
+        }
+        let uids = UidTable::load(&cfg.layout.uid_table())?;
+        Ok(Manager {
+            spawner: Spawner::new(tree.clone(), seccomp),
+            cfg,
+            tree,
+            uids,
+            vassals: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            shadowed: Vec::new(),
+            tx,
+            shutdown_reply: None,
+            suspended_groups: BTreeSet::new(),
+        })
+    }
+
+    /// The drop directories to watch.
+    pub fn drop_dirs(&self) -> Vec<PathBuf> {
+        self.vassals
+            .iter()
+            .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
+            .map(|(n, _)| self.cfg.layout.drop_dir(n))
+            .collect()
+    }
+
+    /// Whether a shutdown has finished (every vassal stopped).
+    pub fn shutdown_done(&self) -> bool {
+        self.shutdown_reply.is_some() && self.vassals.is_empty()
+    }
+
+    /// Finishes a shutdown: removes the emperor's cgroup subtree and answers the caller.
+    pub fn finish_shutdown(&mut self) {
+        let _ = self.tree.remove(self.cfg.layout.cgroup_root.trim_matches('/'));
+        if let Some(tx) = self.shutdown_reply.take() {
+            let _ = tx.send(Response::ok(serde_json::json!("stopped")));
+        }
+    }
+
+    /// Re-adopts the inits a previous emperor left running.
+    pub fn adopt(&mut self) {
+        let Ok(rd) = std::fs::read_dir(self.cfg.layout.records_dir()) else { return };
+        let proc = std::path::Path::new("/proc");
+        for e in rd.flatten() {
+            let path = e.path();
+            let rec = match VassalRecord::load(&path) {
+                Ok(Some(r)) if r.schema_version == SCHEMA_VERSION => r,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "unreadable record removed");
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            };
+            let file = VassalFile::from_json(rec.config.clone());
+            let pidfd = Pidfd::open(rec.pid).ok().filter(|_| rec.is_alive(proc));
+            match (file, pidfd) {
+                (Some(file), Some(pidfd)) => {
+                    let mut v = Vassal::new(file, false);
+                    v.uid = Some(rec.uid);
+                    let frozen = self.tree.is_frozen(&rec.cgroup).unwrap_or(false);
+                    if let VassalFile::Group(_) = v.file {
+                        if self.tree.is_frozen(&self.cfg.layout.group_cgroup(&rec.name)).unwrap_or(false) {
+                            self.suspended_groups.insert(rec.name.clone());
+                        }
+                    }
+                    v.state = if frozen { State::Suspended } else { State::Running };
+                    tracing::info!(vassal = %rec.name, pid = rec.pid, "adopted");
+                    self.watch_init(&rec.name, &mut v, pidfd);
+                    self.vassals.insert(rec.name.clone(), v);
+                }
+                _ => {
+                    tracing::info!(vassal = %rec.name, pid = rec.pid, "record of a dead init removed");
+                    if self.tree.exists(&rec.cgroup) {
+                        let _ = self.tree.kill_all(&rec.cgroup);
+                        let _ = self.tree.remove(&rec.cgroup);
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
+    fn watch_init(&self, name: &Name, v: &mut Vassal, pidfd: Pidfd) {
+        v.gen += 1;
+        let pidfd = Arc::new(pidfd);
+        let (done_tx, done_rx) = watch::channel(false);
+        let tx = self.tx.clone();
+        let (name, gen) = (name.clone(), v.gen);
+        let fd = pidfd.clone();
+        tokio::spawn(async move {
+            sys::pidfd::exited(fd).await;
+            let _ = done_tx.send(true);
+            let _ = tx.send(Event::Exited { name, gen });
+        });
+        v.init = Some(Init {
+            pidfd,
+            exited: done_rx,
+            started: Instant::now(),
+        });
+    }
+
+    /// Reads the directories and brings what runs in line with them.
+    pub fn reconcile(&mut self) {
+        if self.shutdown_reply.is_some() {
+            return;
+        }
+        let groups: BTreeSet<Name> = self
+            .vassals
+            .iter()
+            .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let entries = crate::scan::scan(&self.cfg.layout, &groups);
+        let host = crate::scan::host_users();
+        let previous: BTreeMap<Name, VassalFile> = self
+            .vassals
+            .iter()
+            .filter(|(_, v)| v.stopping != Some(After::Remove))
+            .map(|(n, v)| (n.clone(), v.file.clone()))
+            .collect();
+        let cat = Catalog::build(entries, &previous, &|u: &str| host.contains(u));
+        self.shadowed = cat.shadowed;
+        self.rejected.clear();
+        let mut desired = BTreeMap::new();
+        for (name, verdict) in cat.verdicts {
+            match verdict {
+                Verdict::Run { file, dynamic, reason } => {
+                    if let Some(v) = self.vassals.get_mut(&name) {
+                        v.dynamic = dynamic;
+                        if v.reason.as_deref() != reason.as_deref() {
+                            if let Some(r) = &reason {
+                                tracing::warn!(vassal = %name, reason = %r, "file refused; last good version keeps running");
+                            }
+                        }
+                        // A start failure's reason stays until the next start.
+                        if reason.is_some() || v.state == State::Running || v.state == State::Suspended {
+                            v.reason = reason;
+                        }
+                    }
+                    desired.insert(name, (file, dynamic));
+                }
+                Verdict::Reject { reason } => {
+                    if self.rejected.get(&name) != Some(&reason) {
+                        tracing::warn!(vassal = %name, %reason, "file rejected");
+                    }
+                    self.rejected.insert(name, reason);
+                }
+            }
+        }
+        let want: BTreeMap<Name, VassalFile> = desired.iter().map(|(n, (f, _))| (n.clone(), f.clone())).collect();
+        let mut actions = plan(&want, &previous, needs_restart);
+        // Sites stop before their groups; groups start before their sites.
+        let is_group = |n: &Name, m: &BTreeMap<Name, VassalFile>| matches!(m.get(n), Some(VassalFile::Group(_)));
+        actions.sort_by_key(|a| match a {
+            Action::Stop(n) => (0, is_group(n, &previous)),
+            Action::Restart(_) => (1, false),
+            Action::Update(n) => (2, !is_group(n, &want)),
+            Action::Start(n) => (3, !is_group(n, &want)),
+        });
+        for action in actions {
+            match action {
+                Action::Stop(name) => self.begin_stop(&name, After::Remove),
+                Action::Restart(name) => {
+                    if let Some(v) = self.vassals.get_mut(&name) {
+                        v.file = want[&name].clone();
+                    }
+                    tracing::info!(vassal = %name, "configuration needs a restart");
+                    self.begin_stop(&name, After::Start);
+                }
+                Action::Update(name) => self.update(&name, want[&name].clone()),
+                Action::Start(name) => {
+                    let (file, dynamic) = desired[&name].clone();
+                    self.vassals.insert(name.clone(), Vassal::new(file, dynamic));
+                    self.start(&name);
+                }
+            }
+        }
+    }
+
+    fn update(&mut self, name: &Name, file: VassalFile) {
+        let Some(v) = self.vassals.get_mut(name) else { return };
+        v.file = file;
+        let result = match &v.file {
+            VassalFile::Group(_) => self.tree.set_limits(&self.cfg.layout.group_cgroup(name), &group_limits(&v.file)),
+            VassalFile::Site(s) => self.tree.set_limits(&self.cfg.layout.cgroup(s.group.as_ref(), name, false), &cgroup_limits(&v.file)),
+        };
+        match result {
+            Ok(()) => tracing::info!(vassal = %name, "limits applied in place"),
+            Err(e) => {
+                tracing::warn!(vassal = %name, error = %e, "applying limits failed");
+                v.reason = Some(format!("applying limits: {e}"));
+            }
+        }
+        if v.init.is_some() {
+            self.write_record(name);
+        }
+    }
+
+    fn input<'a>(&'a self, name: &'a Name, file: &'a VassalFile, uid: u32) -> Input<'a> {
+        Input {
+            name,
+            file,
+            uid,
+            layout: &self.cfg.layout,
+            vassal_exe: &self.cfg.vassal_exe,
+        }
+    }
+
+    fn start(&mut self, name: &Name) {
+        let Some(v) = self.vassals.get_mut(name) else { return };
+        let file = v.file.clone();
+        if let Some(g) = v.group().filter(|g| self.suspended_groups.contains(*g)).cloned() {
+            v.state = State::Stopped;
+            v.reason = Some(format!("group {g} is suspended; starts on resume"));
+            return;
+        }
+        let user = file.user(name);
+        let uid = match self.uids.allocate(user.as_str()) {
+            Ok((uid, changed)) => {
+                if changed {
+                    if let Err(e) = self.uids.save(&self.cfg.layout.uid_table()) {
+                        self.fail(name, format!("saving the uid table: {e}"), true);
+                        return;
+                    }
+                }
+                uid
+            }
+            Err(e) => return self.fail(name, e.to_string(), false),
+        };
+        if let VassalFile::Group(_) = file {
+            let cg = self.cfg.layout.group_cgroup(name);
+            if let Err(e) = self.tree.create(&cg).and_then(|_| self.tree.set_limits(&cg, &group_limits(&file))) {
+                return self.fail(name, e.to_string(), true);
+            }
+        }
+        let t0 = Instant::now();
+        let result = self.spawner.start(&self.input(name, &file, uid));
+        match result {
+            Ok(pidfd) => {
+                let pid = pidfd.pid();
+                let mut v = self.vassals.remove(name).expect("present");
+                v.uid = Some(uid);
+                v.state = State::Running;
+                v.reason = None;
+                self.watch_init(name, &mut v, pidfd);
+                self.vassals.insert(name.clone(), v);
+                self.write_record(name);
+                tracing::info!(vassal = %name, pid, uid, elapsed = ?t0.elapsed(), "started");
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                self.fail(name, format!("start failed: {e}"), transient);
+            }
+        }
+    }
+
+    fn fail(&mut self, name: &Name, reason: String, transient: bool) {
+        let Some(v) = self.vassals.get_mut(name) else { return };
+        tracing::warn!(vassal = %name, %reason, transient, "start failed");
+        if transient {
+            let delay = v.backoff.on_death(&self.cfg.throttle, Duration::ZERO);
+            v.state = State::Starting;
+            v.reason = Some(format!("{reason}; retry in {delay:?}"));
+            self.schedule_restart(name, delay);
+        } else {
+            v.state = State::Failed;
+            v.reason = Some(reason);
+        }
+    }
+
+    fn schedule_restart(&self, name: &Name, delay: Duration) {
+        let Some(v) = self.vassals.get(name) else { return };
+        let (tx, name, gen) = (self.tx.clone(), name.clone(), v.gen);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Event::RestartDue { name, gen });
+        });
+    }
+
+    fn write_record(&self, name: &Name) {
+        let Some(v) = self.vassals.get(name) else { return };
+        let (Some(init), Some(uid)) = (&v.init, v.uid) else { return };
+        let pid = init.pidfd.pid();
+        let Ok(start_time) = record::start_time(std::path::Path::new("/proc"), pid) else { return };
+        let rec = VassalRecord {
+            schema_version: SCHEMA_VERSION,
+            name: name.clone(),
+            kind: v.file.kind(),
+            pid,
+            start_time,
+            uid,
+            cgroup: self.input(name, &v.file, uid).cgroup(),
+            config: serde_json::to_value(&v.file).unwrap_or_default(),
+        };
+        if let Err(e) = model::atomic::write_json(&self.cfg.layout.record(name), &rec, 0o644) {
+            tracing::error!(vassal = %name, error = %e, "writing the runtime record failed");
+        }
+    }
+
+    fn cgroup_of(&self, name: &Name, v: &Vassal) -> String {
+        self.input(name, &v.file, 0).cgroup()
+    }
+
+    /// Stops a vassal in the background; `StopDone` follows.
+    fn begin_stop(&mut self, name: &Name, then: After) {
+        let Some(v) = self.vassals.get(name) else { return };
+        let cgroup = self.cgroup_of(name, v);
+        let group_cg = matches!(v.file, VassalFile::Group(_)).then(|| self.cfg.layout.group_cgroup(name));
+        let v = self.vassals.get_mut(name).expect("present");
+        v.stopping = Some(then);
+        v.state = State::Stopped;
+        v.reason = Some(match then {
+            After::Remove => "stopping: file removed".to_owned(),
+            After::Start => "restarting".to_owned(),
+            After::Forget => "stopping: emperor shutdown".to_owned(),
+        });
+        let init = v.init.as_ref().map(|i| (i.pidfd.clone(), i.exited.clone()));
+        let (tree, tx, name, grace) = (self.tree.clone(), self.tx.clone(), name.clone(), self.cfg.stop_grace);
+        tokio::spawn(async move {
+            let thaw = |cg: &str| {
+                if tree.is_frozen(cg).unwrap_or(false) {
+                    let _ = tree.freeze(cg, false);
+                }
+            };
+            if let Some(g) = &group_cg {
+                thaw(g);
+            }
+            thaw(&cgroup);
+            if let Some((pidfd, mut exited)) = init {
+                let _ = pidfd.signal(libc::SIGTERM);
+                let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_ok();
+                if !ended {
+                    tracing::warn!(vassal = %name, ?grace, "init ignored SIGTERM; killing its cgroup");
+                    let _ = tree.kill_all(&cgroup);
+                    let _ = pidfd.signal(libc::SIGKILL);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e)).await;
+                }
+                let _ = pidfd.try_reap();
+            }
+            // The init's death ends its pid namespace; wait for the cgroup to empty.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while tree.procs(&cgroup).map(|p| !p.is_empty()).unwrap_or(false) && Instant::now() < deadline {
+                let _ = tree.kill_all(&cgroup);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if let Err(e) = tree.remove(&cgroup) {
+                tracing::warn!(vassal = %name, error = %e, "removing the cgroup failed");
+            }
+            let _ = tx.send(Event::StopDone { name });
+        });
+    }
+
+    /// Handles one event.
+    pub fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::FilesChanged | Event::Rescan => self.reconcile(),
+            Event::Exited { name, gen } => self.exited(&name, gen),
+            Event::RestartDue { name, gen } => {
+                if let Some(v) = self.vassals.get(&name) {
+                    if v.gen == gen && v.init.is_none() && v.stopping.is_none() && v.state == State::Starting {
+                        self.start(&name);
+                    }
+                }
+            }
+            Event::StopDone { name } => self.stop_done(&name),
+            Event::Control(req, reply) => self.control(req, reply),
+        }
+    }
+
+    fn exited(&mut self, name: &Name, gen: u64) {
+        let Some(v) = self.vassals.get_mut(name) else { return };
+        if v.gen != gen || v.stopping.is_some() {
+            return;
+        }
+        let Some(init) = v.init.take() else { return };
+        let exit = init.pidfd.try_reap().ok().flatten().map(|e| e.to_string()).unwrap_or_else(|| "exited".into());
+        let uptime = init.started.elapsed();
+        let delay = v.backoff.on_death(&self.cfg.throttle, uptime);
+        v.restarts += 1;
+        v.state = State::Starting;
+        v.reason = Some(format!("init {exit} after {uptime:.1?}; restart in {delay:?}"));
+        tracing::warn!(vassal = %name, %exit, ?uptime, ?delay, "init died; restart scheduled");
+        let _ = std::fs::remove_file(self.cfg.layout.record(name));
+        let cgroup = self.cgroup_of(name, self.vassals.get(name).expect("present"));
+        let _ = self.tree.kill_all(&cgroup);
+        if delay.is_zero() {
+            self.start(name);
+        } else {
+            self.schedule_restart(name, delay);
+        }
+    }
+
+    fn stop_done(&mut self, name: &Name) {
+        let Some(v) = self.vassals.get_mut(name) else { return };
+        let then = v.stopping.take();
+        v.init = None;
+        let _ = std::fs::remove_file(self.cfg.layout.record(name));
+        let _ = std::fs::remove_dir_all(self.cfg.layout.root_dir(name));
+        tracing::info!(vassal = %name, "stopped");
+        match then {
+            Some(After::Start) => {
+                v.restarts += 1;
+                v.state = State::Starting;
+                self.start(name);
+            }
+            Some(After::Remove) => {
+                let v = self.vassals.remove(name).expect("present");
+                self.archive(name, &v);
+                self.reconcile();
+            }
+            Some(After::Forget) | None => {
+                let v = self.vassals.remove(name).expect("present");
+                let _ = std::fs::remove_dir_all(self.cfg.layout.sockets(name));
+                if let VassalFile::Group(_) = v.file {
+                    let _ = self.tree.remove(&self.cfg.layout.group_cgroup(name));
+                }
+                self.continue_shutdown();
+            }
+        }
+    }
+
+    /// Moves a removed vassal's home into the archive and removes its runtime traces.
+    fn archive(&mut self, name: &Name, v: &Vassal) {
+        let l = &self.cfg.layout;
+        let _ = std::fs::remove_dir_all(l.sockets(name));
+        let home = match &v.file {
+            VassalFile::Group(_) => {
+                let _ = self.tree.remove(&l.group_cgroup(name));
+                self.suspended_groups.remove(name);
+                l.group_home(name)
+            }
+            VassalFile::Site(s) => {
+                if s.group.is_some() {
+                    let link = l.site_link(name);
+                    if link.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+                        let _ = std::fs::remove_file(link);
+                    }
+                }
+                l.site_home(s.group.as_ref(), name)
+            }
+        };
+        if home.symlink_metadata().is_err() {
+            return;
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let dest = l.archive_dir().join(format!("{name}-{stamp}"));
+        let moved = std::fs::rename(&home, &dest).or_else(|e| {
+            // Another filesystem: let mv copy and remove.
+            if e.raw_os_error() == Some(libc::EXDEV) {
+                let ok = std::process::Command::new("mv").arg(&home).arg(&dest).status().map(|s| s.success()).unwrap_or(false);
+                if ok {
+                    return Ok(());
+                }
+            }
+            Err(e)
+        });
+        match moved {
+            Ok(()) => tracing::info!(vassal = %name, archive = %dest.display(), "home archived"),
+            Err(e) => tracing::error!(vassal = %name, error = %e, "archiving the home failed; it stays in place"),
+        }
+    }
+
+    fn continue_shutdown(&mut self) {
+        if self.shutdown_reply.is_none() {
+            return;
+        }
+        let sites_left = self.vassals.values().any(|v| matches!(v.file, VassalFile::Site(_)));
+        let names: Vec<Name> = self
+            .vassals
+            .iter()
+            .filter(|(_, v)| v.stopping.is_none() && (!sites_left || matches!(v.file, VassalFile::Site(_))))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in names {
+            self.begin_stop(&n, After::Forget);
+        }
+    }
+
+    fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        let answer = match req {
+            Request::Status => Response::ok(serde_json::to_value(self.status()).unwrap_or_default()),
+            Request::Shutdown => {
+                tracing::info!("shutdown requested: stopping every vassal");
+                self.shutdown_reply = Some(reply);
+                self.continue_shutdown();
+                return;
+            }
+            Request::Restart { name } => self.with_vassal(&name, |m, n| {
+                let v = m.vassals.get_mut(n).expect("present");
+                if v.stopping.is_some() {
+                    return Err(format!("{n} is already stopping"));
+                }
+                if v.init.is_none() {
+                    v.backoff = Backoff::default();
+                    v.gen += 1;
+                    m.start(n);
+                } else {
+                    m.begin_stop(n, After::Start);
+                }
+                Ok(serde_json::json!("restarting"))
+            }),
+            Request::Suspend { name } => self.with_vassal(&name, |m, n| m.freeze(n, true)),
+            Request::Resume { name } => self.with_vassal(&name, |m, n| m.freeze(n, false)),
+            Request::Spec { name } => self.with_vassal(&name, |m, n| {
+                let v = &m.vassals[n];
+                let uid = match v.uid {
+                    Some(u) => u,
+                    None => m.uids.users.get(v.file.user(n).as_str()).copied().ok_or("no uid allocated yet")?,
+                };
+                let s = spec::build(&m.input(n, &v.file, uid)).map_err(|e| e.to_string())?;
+                serde_json::to_value(&s).map_err(|e| e.to_string())
+            }),
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn with_vassal(&mut self, name: &str, f: impl FnOnce(&mut Manager, &Name) -> Result<serde_json::Value, String>) -> Response {
+        let found = name.parse::<Name>().ok().filter(|n| self.vassals.contains_key(n));
+        match found {
+            Some(n) => match f(self, &n) {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(e),
+            },
+            None => match name.parse::<Name>().ok().and_then(|n| self.rejected.get(&n).cloned()) {
+                Some(why) => Response::err(format!("{name} is not running: {why}")),
+                None => Response::err(format!("no vassal named {name:?}")),
+            },
+        }
+    }
+
+    fn freeze(&mut self, name: &Name, frozen: bool) -> Result<serde_json::Value, String> {
+        let v = &self.vassals[name];
+        if v.init.is_none() || v.stopping.is_some() {
+            return Err(format!("{name} is not running"));
+        }
+        let is_group = matches!(v.file, VassalFile::Group(_));
+        let cg = if is_group { self.cfg.layout.group_cgroup(name) } else { self.cgroup_of(name, v) };
+        if !frozen {
+            if let Some(g) = v.group() {
+                if self.suspended_groups.contains(g) {
+                    return Err(format!("{name}'s group {g} is suspended; resume the group"));
+                }
+            }
+        }
+        self.tree.freeze(&cg, frozen).map_err(|e| e.to_string())?;
+        let state = if frozen { State::Suspended } else { State::Running };
+        self.vassals.get_mut(name).expect("present").state = state;
+        if is_group {
+            if frozen {
+                self.suspended_groups.insert(name.clone());
+            } else {
+                self.suspended_groups.remove(name);
+                // Sites frozen on their own stay frozen; the others run again.
+                let sites: Vec<Name> = self.vassals.iter().filter(|(_, s)| s.group() == Some(name)).map(|(n, _)| n.clone()).collect();
+                for s in sites {
+                    let cg = self.cgroup_of(&s, &self.vassals[&s]);
+                    let own = self.tree.is_frozen(&cg).unwrap_or(false);
+                    let sv = self.vassals.get_mut(&s).expect("present");
+                    if sv.init.is_some() {
+                        sv.state = if own { State::Suspended } else { State::Running };
+                    } else if sv.state == State::Stopped && sv.stopping.is_none() {
+                        sv.state = State::Starting;
+                        self.start(&s);
+                    }
+                }
+            }
+        }
+        tracing::info!(vassal = %name, frozen, "freezer");
+        Ok(serde_json::json!(if frozen { "suspended" } else { "running" }))
+    }
+
+    fn status(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for (name, v) in &self.vassals {
+            let mut state = v.state;
+            let mut reason = v.reason.clone();
+            if let Some(g) = v.group() {
+                if self.suspended_groups.contains(g) && v.init.is_some() {
+                    state = State::Suspended;
+                    reason.get_or_insert_with(|| format!("group {g} is suspended"));
+                }
+            }
+            let cgroup = self.cgroup_of(name, v);
+            let usage = v.init.as_ref().and_then(|_| self.tree.stats(&cgroup).ok()).map(|s| Usage { memory: s.memory, pids: s.pids });
+            rows.push(Row {
+                name: name.to_string(),
+                kind: Some(v.file.kind()),
+                group: v.group().map(|g| g.to_string()).or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string())),
+                state,
+                pid: v.init.as_ref().map(|i| i.pidfd.pid()),
+                uid: v.uid,
+                user: Some(v.file.user(name).to_string()),
+                cgroup: Some(cgroup),
+                limits: Some(v.file.limits().clone()),
+                dynamic: v.dynamic,
+                usage,
+                restarts: v.restarts,
+                reason,
+            });
+        }
+        for (name, why) in &self.rejected {
+            if !self.vassals.contains_key(name) {
+                rows.push(Row {
+                    name: name.to_string(),
+                    kind: None,
+                    group: None,
+                    state: State::Rejected,
+                    pid: None,
+                    uid: None,
+                    user: None,
+                    cgroup: None,
+                    limits: None,
+                    dynamic: false,
+                    usage: None,
+                    restarts: 0,
+                    reason: Some(why.clone()),
+                });
+            }
+        }
+        for (name, path, why) in &self.shadowed {
+            rows.push(Row {
+                name: name.to_string(),
+                kind: None,
+                group: None,
+                state: State::Rejected,
+                pid: None,
+                uid: None,
+                user: None,
+                cgroup: None,
+                limits: None,
+                dynamic: false,
+                usage: None,
+                restarts: 0,
+                reason: Some(format!("{}: {why}", path.display())),
+            });
+        }
+        rows
+    }
+}
+

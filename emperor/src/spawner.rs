@@ -1,0 +1,319 @@
+//! Turns a vassal's OCI spec into a running container: prepares the host side
+//! (home, socket directory, skeleton root, cgroup), converts the spec into the
+//! child's plan and starts the init through `sys::launch`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use model::layout::inside;
+use model::VassalFile;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use sys::cgroup::{CgroupError, CgroupTree, Limits};
+use sys::launch::{ChildPlan, LaunchError, MountOp};
+use sys::Pidfd;
+
+use crate::spec::{self, Input, SpecError};
+
+/// Why a vassal could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The spec could not be built.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Preparing a directory or file on the host.
+    #[error("preparing {path}: {err}")]
+    Prepare {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        err: io::Error,
+    },
+    /// A path the emperor is about to mount is a symlink.
+    #[error("{0} is a symlink; refusing to mount it")]
+    Symlink(PathBuf),
+    /// Creating or limiting the cgroup.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Starting the init.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// A string with a NUL byte (cannot reach the kernel).
+    #[error("a path or argument holds a NUL byte")]
+    Nul,
+}
+
+impl SpawnError {
+    /// Whether a later try may succeed without a change of the file.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SpawnError::Launch(e) => e.is_transient(),
+            SpawnError::Cgroup(_) => true,
+            SpawnError::Prepare { err, .. } => {
+                matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EAGAIN | libc::ENOMEM))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prep<T>(path: &Path, r: io::Result<T>) -> Result<T, SpawnError> {
+    r.map_err(|err| SpawnError::Prepare {
+        path: path.to_path_buf(),
+        err,
+    })
+}
+
+/// Creates `dir` (not through a symlink) owned by `uid` with `mode`, or checks the existing one.
+fn owned_dir(dir: &Path, uid: Option<u32>, mode: u32) -> Result<(), SpawnError> {
+    match dir.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => return Err(SpawnError::Symlink(dir.to_path_buf())),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return prep(dir, Err(e)),
+    }
+    prep(dir, std::fs::create_dir_all(dir))?;
+    prep(dir, std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))?;
+    if let Some(uid) = uid {
+        prep(dir, chown(dir, Some(uid), Some(uid)))?;
+    }
+    Ok(())
+}
+
+/// Starts containers.
+#[derive(Debug)]
+pub struct Spawner {
+    tree: Arc<dyn CgroupTree>,
+    seccomp: Vec<u8>,
+}
+
+impl Spawner {
+    /// A spawner over this cgroup tree, with this compiled seccomp program.
+    pub fn new(tree: Arc<dyn CgroupTree>, seccomp: Vec<u8>) -> Spawner {
+        Spawner { tree, seccomp }
+    }
+
+    /// Prepares the host side of a vassal: its home (and `usr-local`), for a
+    /// group its drop directory, for a group's site the `<home_root>/<site>`
+    /// symlink, and the socket directory.
+    pub fn prepare_host(&self, inp: &Input<'_>) -> Result<(), SpawnError> {
+        let home = inp.home();
+        match inp.file {
+            VassalFile::Group(_) => {
+                // The group's tree holds its sites' homes: root owns it, so the
+                // reseller cannot swap a site's home for a symlink.
+                owned_dir(&home, None, 0o755)?;
+                owned_dir(&inp.layout.drop_dir(inp.name), Some(inp.uid), 0o750)?;
+            }
+            VassalFile::Site(s) => {
+                if let Some(g) = &s.group {
+                    owned_dir(&inp.layout.group_home(g), None, 0o755)?;
+                }
+                owned_dir(&home, Some(inp.uid), 0o750)?;
+                if s.group.is_some() {
+                    let link = inp.layout.site_link(inp.name);
+                    if link.symlink_metadata().is_err() {
+                        let target = home.strip_prefix(&inp.layout.home_root).unwrap_or(&home);
+                        prep(&link, std::os::unix::fs::symlink(target, &link))?;
+                    }
+                }
+            }
+        }
+        owned_dir(&home.join(inside::USR_LOCAL_IN_HOME), Some(inp.uid), 0o755)?;
+        let sockets = inp.layout.sockets(inp.name);
+        owned_dir(&sockets, Some(inp.uid), 0o750)?;
+        Ok(())
+    }
+
+    /// Starts the vassal's container: spec, skeleton, cgroup, clone, exec.
+    pub fn start(&self, inp: &Input<'_>) -> Result<Pidfd, SpawnError> {
+        self.prepare_host(inp)?;
+        let spec = spec::build(inp)?;
+        let root = inp.layout.root_dir(inp.name);
+        prep(&root, spec::prepare_root(inp, &spec))?;
+        let cgroup = inp.cgroup();
+        self.tree.create(&cgroup)?;
+        self.tree.set_limits(&cgroup, &cgroup_limits(inp.file))?;
+        let plan = plan(&spec, inp.uid, &self.seccomp)?;
+        let tree = &self.tree;
+        let pidfd = sys::launch::spawn(&plan, |pid| tree.attach(&cgroup, pid).map_err(|e| e.to_string()))?;
+        Ok(pidfd)
+    }
+}
+
+/// The cgroup limits of a vassal file (a group's own container has none of its
+/// own: its group's cgroup caps it).
+pub fn cgroup_limits(file: &VassalFile) -> Limits {
+    match file {
+        VassalFile::Group(_) => Limits::default(),
+        VassalFile::Site(s) => Limits {
+            memory: s.limits.memory.map(|m| m.0),
+            cpu: s.limits.cpu,
+            pids: s.limits.pids,
+        },
+    }
+}
+
+/// A group's own limits, for its parent cgroup.
+pub fn group_limits(file: &VassalFile) -> Limits {
+    let l = file.limits();
+    Limits {
+        memory: l.memory.map(|m| m.0),
+        cpu: l.cpu,
+        pids: l.pids,
+    }
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SpawnError> {
+    CString::new(s.as_ref()).map_err(|_| SpawnError::Nul)
+}
+
+/// Mount option words and the `MS_*` flag each sets.
+const FLAGS: &[(&str, libc::c_ulong)] = &[
+    ("ro", libc::MS_RDONLY),
+    ("nosuid", libc::MS_NOSUID),
+    ("nodev", libc::MS_NODEV),
+    ("noexec", libc::MS_NOEXEC),
+    ("relatime", libc::MS_RELATIME),
+    ("noatime", libc::MS_NOATIME),
+];
+
+/// Converts the spec into the child's plan.
+pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnError> {
+    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+    let linux = spec.linux().as_ref();
+    let mut namespaces = 0;
+    for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+        namespaces |= match ns.typ() {
+            LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
+            LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
+            LinuxNamespaceType::Uts => libc::CLONE_NEWUTS,
+            LinuxNamespaceType::Ipc => libc::CLONE_NEWIPC,
+            LinuxNamespaceType::Network => libc::CLONE_NEWNET,
+            LinuxNamespaceType::Cgroup => libc::CLONE_NEWCGROUP,
+            LinuxNamespaceType::User => libc::CLONE_NEWUSER,
+            _ => 0,
+        };
+    }
+    let mut mounts = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let target = root.join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
+        let opts = m.options().clone().unwrap_or_default();
+        let mut flags = 0;
+        let mut data = Vec::new();
+        let mut is_bind = m.typ().as_deref() == Some("bind");
+        let mut recursive = false;
+        for o in &opts {
+            match o.as_str() {
+                "bind" => is_bind = true,
+                "rbind" => {
+                    is_bind = true;
+                    recursive = true;
+                }
+                "rw" => {}
+                o => match FLAGS.iter().find(|(w, _)| *w == o) {
+                    Some((_, f)) => flags |= f,
+                    None => data.push(o.to_owned()),
+                },
+            }
+        }
+        let source = m.source().as_ref().map(|s| cstr(s.as_os_str().as_bytes())).transpose()?;
+        mounts.push(if is_bind {
+            MountOp {
+                source,
+                target: cstr(target.as_os_str().as_bytes())?,
+                fstype: None,
+                flags: libc::MS_BIND | if recursive { libc::MS_REC } else { 0 },
+                data: None,
+                remount: (flags != 0).then_some(flags),
+            }
+        } else {
+            MountOp {
+                source,
+                target: cstr(target.as_os_str().as_bytes())?,
+                fstype: m.typ().as_ref().map(cstr).transpose()?,
+                flags,
+                data: (!data.is_empty()).then(|| cstr(data.join(","))).transpose()?,
+                remount: None,
+            }
+        });
+    }
+    // Masked and read-only paths, under /proc (the only pseudo filesystem mounted).
+    let linux_paths = |v: Option<&Vec<String>>| -> Vec<String> {
+        v.into_iter().flatten().filter(|p| p.starts_with("/proc/") && Path::new(p).exists()).cloned().collect()
+    };
+    for p in linux_paths(linux.and_then(|l| l.masked_paths().as_ref())) {
+        let target = cstr(root.join(&p[1..]).as_os_str().as_bytes())?;
+        mounts.push(if Path::new(&p).is_dir() {
+            MountOp { source: Some(cstr("tmpfs")?), target, fstype: Some(cstr("tmpfs")?), flags: libc::MS_RDONLY, data: Some(cstr("size=0")?), remount: None }
+        } else {
+            MountOp { source: Some(cstr("/dev/null")?), target, fstype: None, flags: libc::MS_BIND, data: None, remount: None }
+        });
+    }
+    for p in linux_paths(linux.and_then(|l| l.readonly_paths().as_ref())) {
+        let target = cstr(root.join(&p[1..]).as_os_str().as_bytes())?;
+        mounts.push(MountOp {
+            source: Some(target.clone()),
+            target,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+            remount: Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
+        });
+    }
+    let process = spec.process().as_ref();
+    let mut rlimits = Vec::new();
+    for r in process.and_then(|p| p.rlimits().as_ref()).into_iter().flatten() {
+        use oci_spec::runtime::PosixRlimitType as T;
+        let res = match r.typ() {
+            T::RlimitNofile => libc::RLIMIT_NOFILE,
+            T::RlimitNproc => libc::RLIMIT_NPROC,
+            T::RlimitCore => libc::RLIMIT_CORE,
+            T::RlimitStack => libc::RLIMIT_STACK,
+            T::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+            _ => continue,
+        };
+        // Never more than the emperor holds itself: raising a hard limit needs
+        // CAP_SYS_RESOURCE, which a confined emperor may lack.
+        let own_hard = getrlimit_hard(res);
+        rlimits.push((res, r.soft().min(own_hard), r.hard().min(own_hard)));
+    }
+    let args: Vec<String> = process.and_then(|p| p.args().clone()).unwrap_or_default();
+    let env: Vec<String> = process.and_then(|p| p.env().clone()).unwrap_or_default();
+    let cwd = process.map(|p| p.cwd().clone()).unwrap_or_else(|| PathBuf::from("/"));
+    let gid = process.map(|p| p.user().gid()).unwrap_or(uid);
+    Ok(ChildPlan {
+        namespaces,
+        root: cstr(root.as_os_str().as_bytes())?,
+        mounts,
+        hostname: spec.hostname().as_ref().map(cstr).transpose()?,
+        loopback_up: namespaces & libc::CLONE_NEWNET != 0,
+        readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        uid: process.map(|p| p.user().uid()).unwrap_or(uid),
+        gid,
+        workdir: cstr(cwd.as_os_str().as_bytes())?,
+        exe: cstr(args.first().map(String::as_str).unwrap_or(spec::VASSAL_INSIDE))?,
+        argv: args.iter().map(cstr).collect::<Result<_, _>>()?,
+        env: env.iter().map(cstr).collect::<Result<_, _>>()?,
+        seccomp: (!seccomp.is_empty()).then(|| seccomp.to_vec()),
+        rlimits,
+    })
+}
+
+fn getrlimit_hard(res: u32) -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    let r = match res {
+        libc::RLIMIT_NOFILE => Resource::RLIMIT_NOFILE,
+        libc::RLIMIT_NPROC => Resource::RLIMIT_NPROC,
+        libc::RLIMIT_CORE => Resource::RLIMIT_CORE,
+        libc::RLIMIT_STACK => Resource::RLIMIT_STACK,
+        libc::RLIMIT_MEMLOCK => Resource::RLIMIT_MEMLOCK,
+        _ => return u64::MAX,
+    };
+    getrlimit(r).map(|(_, hard)| hard).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,335 @@
+//! A vassal's container as an OCI runtime spec (`config.json`), and the
+//! skeleton root directory it points at.
+//!
+//! The spec is the one description of a container: the spawner turns it into
+//! the child's plan, and `emperor spec NAME` prints it, so the same site can be
+//! run by crun or runc for comparison.
+
+use std::path::{Path, PathBuf};
+
+use model::config::Rootfs;
+use model::layout::inside;
+use model::{Layout, Name, VassalFile};
+use oci_spec::runtime::{
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
+};
+
+/// Why a spec could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// oci-spec refused a value.
+    #[error("building the OCI spec: {0}")]
+    Oci(#[from] oci_spec::OciSpecError),
+    /// The rootfs path has no OS in it.
+    #[error("rootfs {0} has no usr directory")]
+    Rootfs(PathBuf),
+}
+
+/// The top-level OS directories shared read-only from the rootfs.
+pub const OS_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// The entries of the rootfs's /etc a tenant's programs need; nothing else of
+/// the host's /etc (no shadow, no ssh host keys) is visible.
+pub const ETC_SHARED: &[&str] = &[
+    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "environment", "gai.conf",
+    "host.conf", "inputrc", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "mime.types",
+    "nsswitch.conf", "profile", "profile.d", "protocols", "services", "ssl", "terminfo", "timezone",
+];
+
+/// Files of /etc the emperor writes for each container.
+pub const ETC_OWN: &[&str] = &["hostname", "hosts", "resolv.conf", "passwd", "group"];
+
+/// Device nodes bound from the host's /dev.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The path of the vassal binary inside every container.
+pub const VASSAL_INSIDE: &str = "/run/imperium/bin/vassal";
+
+/// What a spec is built from.
+#[derive(Debug)]
+pub struct Input<'a> {
+    /// The vassal's name (also its hostname).
+    pub name: &'a Name,
+    /// Its accepted file.
+    pub file: &'a VassalFile,
+    /// The tenant's uid (and gid).
+    pub uid: u32,
+    /// The layout.
+    pub layout: &'a Layout,
+    /// The vassal binary on the host.
+    pub vassal_exe: &'a Path,
+}
+
+impl Input<'_> {
+    /// The tenant's login name.
+    pub fn user(&self) -> Name {
+        self.file.user(self.name)
+    }
+
+    /// The home on the host.
+    pub fn home(&self) -> PathBuf {
+        match self.file {
+            VassalFile::Group(_) => self.layout.group_home(self.name),
+            VassalFile::Site(s) => self.layout.site_home(s.group.as_ref(), self.name),
+        }
+    }
+
+    /// The cgroup path relative to each hierarchy root.
+    pub fn cgroup(&self) -> String {
+        match self.file {
+            VassalFile::Group(_) => self.layout.cgroup(None, self.name, true),
+            VassalFile::Site(s) => self.layout.cgroup(s.group.as_ref(), self.name, false),
+        }
+    }
+
+    /// The root filesystem's top directory.
+    pub fn os_root(&self) -> PathBuf {
+        match &self.file.container().rootfs {
+            Rootfs::Host => PathBuf::from("/"),
+            Rootfs::Path(p) => p.clone(),
+        }
+    }
+}
+
+fn bind(dest: &str, source: &Path, opts: &[&str]) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn fs(dest: &str, typ: &str, opts: &[&str]) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(typ)
+        .options(opts.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// Which OS entries of the rootfs are directories to bind (symlinks are
+/// recreated in the skeleton instead, as on usr-merged systems).
+fn shared_entries(os_root: &Path) -> Vec<(String, PathBuf)> {
+    let mut v = Vec::new();
+    for d in OS_DIRS {
+        let p = os_root.join(d);
+        if p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            v.push((format!("/{d}"), p));
+        }
+    }
+    for e in ETC_SHARED {
+        let p = os_root.join("etc").join(e);
+        if p.symlink_metadata().map(|m| !m.file_type().is_symlink()).unwrap_or(false) {
+            v.push((format!("/etc/{e}"), p));
+        }
+    }
+    v
+}
+
+/// Builds the container's spec.
+pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
+    let user = inp.user();
+    let home_inside = inside::home(user.as_str());
+    let os_root = inp.os_root();
+    if !os_root.join("usr").is_dir() {
+        return Err(SpecError::Rootfs(os_root));
+    }
+
+    let mut mounts = vec![fs("/proc", "proc", &["nosuid", "noexec", "nodev"])?];
+    for (dest, src) in shared_entries(&os_root) {
+        mounts.push(bind(&dest, &src, &["rbind", "ro", "nosuid", "nodev"])?);
+    }
+    for d in DEVICES {
+        mounts.push(bind(&format!("/dev/{d}"), &Path::new("/dev").join(d), &["bind", "nosuid", "noexec"])?);
+    }
+    mounts.push(fs("/dev/pts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?);
+    mounts.push(fs("/dev/shm", "tmpfs", &["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"])?);
+    mounts.push(fs("/tmp", "tmpfs", &["nosuid", "nodev", "mode=1777"])?);
+    let home = inp.home();
+    mounts.push(bind(&home_inside, &home, &["bind", "rw", "nosuid", "nodev"])?);
+    if os_root.join("usr/local").is_dir() {
+        let local = home.join(inside::USR_LOCAL_IN_HOME);
+        mounts.push(bind("/usr/local", &local, &["bind", "rw", "nosuid", "nodev"])?);
+    }
+    mounts.push(bind(inside::SOCKETS, &inp.layout.sockets(inp.name), &["bind", "rw", "nosuid", "nodev", "noexec"])?);
+    mounts.push(bind(VASSAL_INSIDE, inp.vassal_exe, &["bind", "ro", "nosuid", "nodev"])?);
+
+    let none: Capabilities = Default::default();
+    let caps = LinuxCapabilitiesBuilder::default()
+        .bounding(none.clone())
+        .effective(none.clone())
+        .inheritable(none.clone())
+        .permitted(none.clone())
+        .ambient(none)
+        .build()?;
+    let env = vec![
+        "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
+        format!("HOME={home_inside}"),
+        format!("USER={user}"),
+        format!("LOGNAME={user}"),
+        "SHELL=/bin/bash".to_owned(),
+        "LANG=C.UTF-8".to_owned(),
+        format!("IMPERIUM_VASSAL={}", inp.name),
+    ];
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(inp.uid).gid(inp.uid).build()?)
+        .args(vec![VASSAL_INSIDE.to_owned(), "init".to_owned()])
+        .env(env)
+        .cwd(home_inside.clone())
+        .capabilities(caps)
+        .no_new_privileges(true)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(4096u64)
+            .hard(65536u64)
+            .build()?])
+        .build()?;
+
+    let ns = |t| LinuxNamespaceBuilder::default().typ(t).build();
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid)?,
+        ns(LinuxNamespaceType::Mount)?,
+        ns(LinuxNamespaceType::Uts)?,
+        ns(LinuxNamespaceType::Ipc)?,
+        ns(LinuxNamespaceType::Network)?,
+        ns(LinuxNamespaceType::Cgroup)?,
+    ];
+    let limits = inp.file.limits();
+    let mut res = LinuxResourcesBuilder::default();
+    if let Some(m) = limits.memory {
+        res = res.memory(LinuxMemoryBuilder::default().limit(m.0 as i64).build()?);
+    }
+    if let Some(c) = limits.cpu {
+        let period = sys::cgroup::CPU_PERIOD_US;
+        let quota = ((c * period as f64).round() as i64).max(1000);
+        res = res.cpu(LinuxCpuBuilder::default().quota(quota).period(period).build()?);
+    }
+    if let Some(p) = limits.pids {
+        res = res.pids(LinuxPidsBuilder::default().limit(p as i64).build()?);
+    }
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(format!("/{}", inp.cgroup())))
+        .resources(res.build()?)
+        .seccomp(seccomp()?)
+        .build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2")
+        .hostname(inp.name.as_str())
+        .root(RootBuilder::default().path(inp.layout.root_dir(inp.name)).readonly(true).build()?)
+        .mounts(mounts)
+        .process(process)
+        .linux(linux)
+        .build()?)
+}
+
+/// The default seccomp policy in OCI terms (the same rules the spawner compiles).
+fn seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {
+    let mut rules = vec![LinuxSyscallBuilder::default()
+        .names(sys::seccomp::DENIED.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(libc::EPERM as u32)
+        .build()?];
+    for flag in sys::seccomp::NS_FLAGS {
+        let arg = LinuxSeccompArgBuilder::default()
+            .index(0usize)
+            .value(flag)
+            .value_two(flag)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .build()?;
+        rules.push(
+            LinuxSyscallBuilder::default()
+                .names(vec!["clone".to_owned()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(libc::EPERM as u32)
+                .args(vec![arg])
+                .build()?,
+        );
+    }
+    rules.push(
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_owned()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(libc::ENOSYS as u32)
+            .build()?,
+    );
+    Ok(LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .syscalls(rules)
+        .build()?)
+}
+
+/// The lines of the container's /etc/passwd and /etc/group.
+fn passwd_and_group(user: &Name, uid: u32) -> (String, String) {
+    let home = inside::home(user.as_str());
+    (
+        format!("root:x:0:0:root:/root:/usr/sbin/nologin\n{user}:x:{uid}:{uid}:{user}:{home}:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+        format!("root:x:0:\n{user}:x:{uid}:\nnogroup:x:65534:\n"),
+    )
+}
+
+/// Lays out the skeleton root the spec points at: mount points for every mount,
+/// the rootfs's symlinks (`/bin -> usr/bin`), and the container's own /etc files.
+/// Everything is owned by root and read-only to the tenant.
+pub fn prepare_root(inp: &Input<'_>, spec: &Spec) -> std::io::Result<()> {
+    use std::os::unix::fs::symlink;
+    let root = inp.layout.root_dir(inp.name);
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    std::fs::create_dir_all(&root)?;
+    let os_root = inp.os_root();
+    for d in OS_DIRS {
+        if let Ok(target) = std::fs::read_link(os_root.join(d)) {
+            symlink(target, root.join(d))?;
+        }
+    }
+    std::fs::create_dir_all(root.join("etc"))?;
+    for e in ETC_SHARED {
+        if let Ok(target) = std::fs::read_link(os_root.join("etc").join(e)) {
+            symlink(target, root.join("etc").join(e))?;
+        }
+    }
+    for m in spec.mounts().iter().flatten() {
+        let dest = root.join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
+        let src_is_dir = m.source().as_ref().map(|s| s.is_dir()).unwrap_or(true);
+        if m.typ().as_deref() == Some("bind") && !src_is_dir {
+            std::fs::create_dir_all(dest.parent().unwrap_or(&root))?;
+            std::fs::File::create(&dest)?;
+        } else if !dest.exists() {
+            std::fs::create_dir_all(&dest)?;
+        }
+    }
+    for (name, target) in [
+        ("dev/ptmx", "pts/ptmx"),
+        ("dev/fd", "/proc/self/fd"),
+        ("dev/stdin", "/proc/self/fd/0"),
+        ("dev/stdout", "/proc/self/fd/1"),
+        ("dev/stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, root.join(name))?;
+    }
+    for d in ["root", "var/tmp", "run/lock"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    let user = inp.user();
+    let (passwd, group) = passwd_and_group(&user, inp.uid);
+    let etc = root.join("etc");
+    std::fs::write(etc.join("hostname"), format!("{}\n", inp.name))?;
+    std::fs::write(
+        etc.join("hosts"),
+        format!("127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost {0}\n", inp.name),
+    )?;
+    std::fs::write(etc.join("resolv.conf"), std::fs::read("/etc/resolv.conf").unwrap_or_default())?;
+    std::fs::write(etc.join("passwd"), passwd)?;
+    std::fs::write(etc.join("group"), group)?;
+    Ok(())
+}
