@@ -1,1 +1,396 @@
-//! e2e helpers
+//! Helpers for the end-to-end tests: a real emperor in temporary directories,
+//! its CLI, and the kernel's own view of what it started.
+//!
+//! Every privileged test calls [`require_root`], which panics (never skips)
+//! when not root. [`Emperor`] removes everything it created when dropped, even
+//! after a failed assertion: the vassals, their cgroups and the directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Panics unless running as root: a privileged test must never pass without running.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root: run the README's test command");
+}
+
+/// The directory holding the built binaries (`IMPERIUM_BIN_DIR`, or the target
+/// directory this test binary was built in).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("IMPERIUM_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// A binary of the workspace.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} not built: run `cargo build --workspace` first", p.display());
+    p
+}
+
+/// A random suffix for names that must not collide across parallel tests.
+pub fn unique(prefix: &str) -> String {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("urandom");
+    format!("{prefix}-{:08x}", u32::from_ne_bytes(b))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The v1 hierarchies or the v2 root this host mounts, for checks from outside.
+pub fn cgroup_file(controller: &str, cgroup: &str, file: &str) -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if unified {
+        Path::new("/sys/fs/cgroup").join(cgroup).join(file)
+    } else {
+        Path::new("/sys/fs/cgroup").join(controller).join(cgroup).join(file)
+    }
+}
+
+/// Reads a cgroup file of the site, trimmed.
+pub fn read_cgroup(controller: &str, cgroup: &str, file: &str) -> String {
+    let p = cgroup_file(controller, cgroup, file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_owned()
+}
+
+/// A running emperor on temporary directories.
+pub struct Emperor {
+    /// Holds every directory.
+    pub dir: tempfile::TempDir,
+    /// The admin vassal directory.
+    pub vassals: PathBuf,
+    /// Homes.
+    pub home_root: PathBuf,
+    /// State.
+    pub state_dir: PathBuf,
+    /// Runtime.
+    pub run_dir: PathBuf,
+    /// The cgroup subtree.
+    pub cgroup_root: String,
+    /// Extra `serve` flags.
+    pub extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Emperor {
+    /// Prepares directories; nothing runs yet.
+    pub fn new() -> Emperor {
+        require_root();
+        let dir = tempfile::Builder::new().prefix("imperium-test").tempdir().expect("tempdir");
+        let p = dir.path();
+        let e = Emperor {
+            vassals: p.join("vassals"),
+            home_root: p.join("home"),
+            state_dir: p.join("state"),
+            run_dir: p.join("run"),
+            cgroup_root: unique("imperium-test"),
+            extra: Vec::new(),
+            child: None,
+            dir,
+        };
+        std::fs::create_dir_all(&e.vassals).expect("vassals dir");
+        e
+    }
+
+    /// Writes an admin vassal file.
+    pub fn write(&self, name: &str, text: &str) {
+        write_atomic(&self.vassals.join(format!("{name}.toml")), text);
+    }
+
+    /// Removes an admin vassal file.
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.vassals.join(format!("{name}.toml"))).expect("remove vassal file");
+    }
+
+    /// Starts `emperor serve` and waits for its control socket.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("emperor.log"))
+            .expect("log file");
+        let child = Command::new(bin("emperor"))
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .arg("serve")
+            .arg("--vassals")
+            .arg(&self.vassals)
+            .arg("--home-root")
+            .arg(&self.home_root)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--stop-grace")
+            .arg("3")
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start emperor");
+        self.child = Some(child);
+        wait_for(Duration::from_secs(10), "the emperor's control socket", || {
+            self.try_status().map(|_| ())
+        });
+    }
+
+    /// The emperor's process.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("started").id() as i32
+    }
+
+    /// Sends a signal to the emperor and waits for it to exit.
+    pub fn kill(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI with these arguments.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("emperor"))
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(args)
+            .output()
+            .expect("run emperor CLI")
+    }
+
+    fn try_status(&self) -> Option<Vec<Value>> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice::<Value>(&out.stdout).ok()?.as_array().cloned()
+    }
+
+    /// `emperor status --json`.
+    pub fn status(&self) -> Vec<Value> {
+        self.try_status().unwrap_or_else(|| panic!("status failed; log:\n{}", self.log()))
+    }
+
+    /// The status row of `name`.
+    pub fn row(&self, name: &str) -> Option<Value> {
+        self.status().into_iter().find(|r| r["name"] == name)
+    }
+
+    /// Waits until `name`'s row satisfies `pred`, and returns it.
+    pub fn wait_row(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let limit = Duration::from_secs(15);
+        let start = Instant::now();
+        loop {
+            let row = self.row(name);
+            if let Some(r) = row.as_ref().filter(|r| pred(r)) {
+                return r.clone();
+            }
+            if start.elapsed() > limit {
+                panic!("{name}: timed out waiting for {what}; last row: {row:?}\nlog:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for `name` to run and returns its init pid.
+    pub fn running_pid(&self, name: &str) -> i32 {
+        let r = self.wait_row(name, "running", |r| r["state"] == "running" && r["pid"].is_i64());
+        r["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// The emperor's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("emperor.log")).unwrap_or_default()
+    }
+
+    /// A cgroup path of the tree, relative to a hierarchy root.
+    pub fn cgroup(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.cgroup_root)
+    }
+
+    /// Runs `script` with `sh -c` inside the container of init `pid`, as `uid`,
+    /// charged to `cgroup` (as an SSH session would be).
+    pub fn exec_in(&self, pid: i32, uid: u32, cgroup: &str, script: &str) -> Output {
+        let mut join = String::new();
+        for c in ["memory", "pids", "cpu", "freezer"] {
+            let f = cgroup_file(c, cgroup, "cgroup.procs");
+            join.push_str(&format!("echo $$ > {} && ", f.display()));
+            if !Path::new("/sys/fs/cgroup/memory").exists() {
+                break; // v2: one hierarchy
+            }
+        }
+        let wrapper = format!("{join}exec nsenter -t {pid} -a -S {uid} -G {uid} -- sh -c \"$0\"");
+        Command::new("sh")
+            .args(["-c", &wrapper, script])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nsenter")
+    }
+}
+
+impl Default for Emperor {
+    fn default() -> Self {
+        Emperor::new()
+    }
+}
+
+impl Drop for Emperor {
+    fn drop(&mut self) {
+        // The graceful way first: stop every vassal, then the emperor.
+        if self.child.is_some() {
+            let _ = Command::new(bin("emperor"))
+                .arg("--run-dir")
+                .arg(&self.run_dir)
+                .arg("shutdown")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if let Some(mut c) = self.child.take() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        // Whatever is left (a failed test, a killed emperor): kill and remove by hand.
+        force_cleanup(&self.cgroup_root);
+    }
+}
+
+/// Kills every process under a cgroup subtree and removes it, in every hierarchy.
+pub fn force_cleanup(root: &str) {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        roots.push(Path::new("/sys/fs/cgroup").join(root));
+    } else {
+        for c in ["memory", "pids", "cpu", "freezer", "cpu,cpuacct"] {
+            let p = Path::new("/sys/fs/cgroup").join(c).join(root);
+            if p.exists() && !roots.iter().any(|r| r.canonicalize().ok() == p.canonicalize().ok()) {
+                roots.push(p);
+            }
+        }
+    }
+    for r in &roots {
+        thaw_tree(r);
+    }
+    for _ in 0..200 {
+        let mut any = false;
+        for r in &roots {
+            for pid in procs_under(r) {
+                any = true;
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        if !any {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for r in &roots {
+        rmdir_tree(r);
+    }
+}
+
+fn thaw_tree(dir: &Path) {
+    let f = dir.join("freezer.state");
+    if f.exists() {
+        let _ = std::fs::write(&f, "THAWED");
+    }
+    let f = dir.join("cgroup.freeze");
+    if f.exists() {
+        let _ = std::fs::write(&f, "0");
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            thaw_tree(&e.path());
+        }
+    }
+}
+
+fn procs_under(dir: &Path) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            v.extend(procs_under(&e.path()));
+        }
+    }
+    v
+}
+
+fn rmdir_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            rmdir_tree(&e.path());
+        }
+    }
+    for _ in 0..200 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes a file through a temporary name and a rename, as an editor or a deploy tool does.
+pub fn write_atomic(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).expect("write temp");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// The uid of a process, from /proc.
+pub fn proc_uid(pid: i32) -> u32 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("Uid line")
+}
+
+/// A field of /proc/PID/status.
+pub fn proc_status(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The namespace link of a process (`/proc/PID/ns/NAME`).
+pub fn ns_link(pid: &str, ns: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{ns}: {e}"))
+}
+
+/// Whether a pid is alive (and not a zombie).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')).unwrap_or(true))
+        .unwrap_or(false)
+}
