@@ -52,7 +52,11 @@ pub struct Response {
 impl Response {
     /// A success carrying `data`.
     pub fn ok(data: serde_json::Value) -> Response {
-        Response { ok: true, error: None, data }
+        Response {
+            ok: true,
+            error: None,
+            data,
+        }
     }
 
     /// A failure with a one-line reason.
@@ -86,17 +90,27 @@ pub enum ClientError {
 /// Sends one request and reads the response.
 pub async fn call(socket: &Path, req: &Request) -> Result<Response, ClientError> {
     let path = socket.display().to_string();
-    let io = |err| ClientError::Io { path: path.clone(), err };
-    let stream = UnixStream::connect(socket).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NotRunning(path.clone()),
-        _ => io(e),
-    })?;
+    let io = |err| ClientError::Io {
+        path: path.clone(),
+        err,
+    };
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.clone())
+            }
+            _ => io(e),
+        })?;
     let (rd, mut wr) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| io(e.into()))?;
     line.push(b'\n');
     wr.write_all(&line).await.map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(rd).read_line(&mut answer).await.map_err(io)?;
+    BufReader::new(rd)
+        .read_line(&mut answer)
+        .await
+        .map_err(io)?;
     if answer.is_empty() {
         return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
     }

@@ -56,7 +56,11 @@ pub enum RunError {
 
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next
 /// emperor to adopt) or a `shutdown` request has stopped every vassal.
-pub async fn run(cfg: Config, tree: Arc<dyn CgroupTree>, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    cfg: Config,
+    tree: Arc<dyn CgroupTree>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let socket = cfg.layout.control_socket();
     std::fs::create_dir_all(&cfg.layout.run_dir).map_err(RunError::State)?;
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -75,7 +79,8 @@ pub async fn run(cfg: Config, tree: Arc<dyn CgroupTree>, shutdown: impl Future<O
     let mut mgr = Manager::new(cfg.clone(), tree, seccomp, tx.clone()).map_err(RunError::State)?;
     mgr.adopt();
 
-    let mut watcher = watch::Watcher::new(&cfg.layout.vassals, tx.clone()).map_err(RunError::Watch)?;
+    let mut watcher =
+        watch::Watcher::new(&cfg.layout.vassals, tx.clone()).map_err(RunError::Watch)?;
     let inflight = Arc::new(());
     tokio::spawn(serve_control(listener, tx.clone(), inflight.clone()));
 
@@ -88,7 +93,11 @@ pub async fn run(cfg: Config, tree: Arc<dyn CgroupTree>, shutdown: impl Future<O
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
-    let mut dog = tokio::time::interval(if watchdog { Duration::from_micros(usec / 2) } else { Duration::from_secs(3600) });
+    let mut dog = tokio::time::interval(if watchdog {
+        Duration::from_micros(usec / 2)
+    } else {
+        Duration::from_secs(3600)
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -138,9 +147,15 @@ pub async fn run(cfg: Config, tree: Arc<dyn CgroupTree>, shutdown: impl Future<O
     Ok(())
 }
 
-async fn serve_control(listener: UnixListener, tx: mpsc::UnboundedSender<Event>, inflight: Arc<()>) {
+async fn serve_control(
+    listener: UnixListener,
+    tx: mpsc::UnboundedSender<Event>,
+    inflight: Arc<()>,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let tx = tx.clone();
         let guard = inflight.clone();
         tokio::spawn(async move {

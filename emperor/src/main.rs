@@ -11,7 +11,11 @@ use model::backoff::Throttle;
 use model::layout;
 
 #[derive(Parser)]
-#[command(name = "emperor", version, about = "Keeps one container per reseller group and per site")]
+#[command(
+    name = "emperor",
+    version,
+    about = "Keeps one container per reseller group and per site"
+)]
 struct Cli {
     /// The runtime directory (control socket, records).
     #[arg(long, global = true, default_value = layout::DEFAULT_RUN_DIR)]
@@ -73,7 +77,9 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -105,7 +111,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => std::env::current_exe()?.with_file_name("vassal"),
             };
             if !vassal_exe.is_file() {
-                bail!("vassal binary {} not found (use --vassal-bin)", vassal_exe.display());
+                bail!(
+                    "vassal binary {} not found (use --vassal-bin)",
+                    vassal_exe.display()
+                );
             }
             let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
             let cfg = emperor::Config {
@@ -124,7 +133,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 stop_grace: secs(stop_grace),
                 vassal_exe,
             };
-            let tree: Arc<dyn sys::CgroupTree> = Arc::from(sys::cgroup::detect().context("finding the cgroup hierarchies")?);
+            let tree: Arc<dyn sys::CgroupTree> =
+                Arc::from(sys::cgroup::detect().context("finding the cgroup hierarchies")?);
             tracing::info!(version = ?tree.version(), "cgroups");
             let shutdown = async {
                 use tokio::signal::unix::{signal, SignalKind};
@@ -175,10 +185,17 @@ fn print_table(rows: &serde_json::Value) {
         serde_json::Value::String(s) => s.clone(),
         v => v.to_string(),
     };
-    println!("{:<16} {:<6} {:<12} {:<10} {:>8} {:>6} {:<10} {:<8} REASON", "NAME", "KIND", "GROUP", "STATE", "PID", "UID", "MEMORY", "LIMITS");
+    println!(
+        "{:<16} {:<6} {:<12} {:<10} {:>8} {:>6} {:<10} {:<8} REASON",
+        "NAME", "KIND", "GROUP", "STATE", "PID", "UID", "MEMORY", "LIMITS"
+    );
     for r in rows.as_array().into_iter().flatten() {
         let mem = r["limits"]["memory"].as_str().unwrap_or("-");
-        let limits = if r["dynamic"].as_bool() == Some(true) { "dynamic" } else { "fixed" };
+        let limits = if r["dynamic"].as_bool() == Some(true) {
+            "dynamic"
+        } else {
+            "fixed"
+        };
         println!(
             "{:<16} {:<6} {:<12} {:<10} {:>8} {:>6} {:<10} {:<8} {}",
             s(&r["name"]),

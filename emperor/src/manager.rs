@@ -181,15 +181,29 @@ fn needs_restart(old: &VassalFile, new: &VassalFile) -> bool {
         (VassalFile::Site(a), VassalFile::Site(b)) => {
             a.group != b.group || a.user != b.user || a.container.rootfs != b.container.rootfs
         }
-        (VassalFile::Group(a), VassalFile::Group(b)) => a.user != b.user || a.container.rootfs != b.container.rootfs,
+        (VassalFile::Group(a), VassalFile::Group(b)) => {
+            a.user != b.user || a.container.rootfs != b.container.rootfs
+        }
         _ => true,
     }
 }
 
 impl Manager {
     /// A manager; `tx` is the sender of its own event channel.
-    pub fn new(cfg: Config, tree: Arc<dyn CgroupTree>, seccomp: Vec<u8>, tx: mpsc::UnboundedSender<Event>) -> std::io::Result<Manager> {
-        for d in [&cfg.layout.state_dir, &cfg.layout.run_dir, &cfg.layout.records_dir(), &cfg.layout.archive_dir(), &cfg.layout.vassals, &cfg.layout.home_root] {
+    pub fn new(
+        cfg: Config,
+        tree: Arc<dyn CgroupTree>,
+        seccomp: Vec<u8>,
+        tx: mpsc::UnboundedSender<Event>,
+    ) -> std::io::Result<Manager> {
+        for d in [
+            &cfg.layout.state_dir,
+            &cfg.layout.run_dir,
+            &cfg.layout.records_dir(),
+            &cfg.layout.archive_dir(),
+            &cfg.layout.vassals,
+            &cfg.layout.home_root,
+        ] {
             std::fs::create_dir_all(d)?;
         }
         let uids = UidTable::load(&cfg.layout.uid_table())?;
@@ -223,7 +237,9 @@ impl Manager {
 
     /// Finishes a shutdown: removes the emperor's cgroup subtree and answers the caller.
     pub fn finish_shutdown(&mut self) {
-        let _ = self.tree.remove(self.cfg.layout.cgroup_root.trim_matches('/'));
+        let _ = self
+            .tree
+            .remove(self.cfg.layout.cgroup_root.trim_matches('/'));
         if let Some(tx) = self.shutdown_reply.take() {
             let _ = tx.send(Response::ok(serde_json::json!("stopped")));
         }
@@ -231,7 +247,9 @@ impl Manager {
 
     /// Re-adopts the inits a previous emperor left running.
     pub fn adopt(&mut self) {
-        let Ok(rd) = std::fs::read_dir(self.cfg.layout.records_dir()) else { return };
+        let Ok(rd) = std::fs::read_dir(self.cfg.layout.records_dir()) else {
+            return;
+        };
         let proc = std::path::Path::new("/proc");
         for e in rd.flatten() {
             let path = e.path();
@@ -252,11 +270,19 @@ impl Manager {
                     v.uid = Some(rec.uid);
                     let frozen = self.tree.is_frozen(&rec.cgroup).unwrap_or(false);
                     if let VassalFile::Group(_) = v.file {
-                        if self.tree.is_frozen(&self.cfg.layout.group_cgroup(&rec.name)).unwrap_or(false) {
+                        if self
+                            .tree
+                            .is_frozen(&self.cfg.layout.group_cgroup(&rec.name))
+                            .unwrap_or(false)
+                        {
                             self.suspended_groups.insert(rec.name.clone());
                         }
                     }
-                    v.state = if frozen { State::Suspended } else { State::Running };
+                    v.state = if frozen {
+                        State::Suspended
+                    } else {
+                        State::Running
+                    };
                     tracing::info!(vassal = %rec.name, pid = rec.pid, "adopted");
                     self.watch_init(&rec.name, &mut v, pidfd);
                     self.vassals.insert(rec.name.clone(), v);
@@ -317,7 +343,11 @@ impl Manager {
         let mut desired = BTreeMap::new();
         for (name, verdict) in cat.verdicts {
             match verdict {
-                Verdict::Run { file, dynamic, reason } => {
+                Verdict::Run {
+                    file,
+                    dynamic,
+                    reason,
+                } => {
                     if let Some(v) = self.vassals.get_mut(&name) {
                         v.dynamic = dynamic;
                         if v.reason.as_deref() != reason.as_deref() {
@@ -326,7 +356,10 @@ impl Manager {
                             }
                         }
                         // A start failure's reason stays until the next start.
-                        if reason.is_some() || v.state == State::Running || v.state == State::Suspended {
+                        if reason.is_some()
+                            || v.state == State::Running
+                            || v.state == State::Suspended
+                        {
                             v.reason = reason;
                         }
                     }
@@ -340,10 +373,15 @@ impl Manager {
                 }
             }
         }
-        let want: BTreeMap<Name, VassalFile> = desired.iter().map(|(n, (f, _))| (n.clone(), f.clone())).collect();
+        let want: BTreeMap<Name, VassalFile> = desired
+            .iter()
+            .map(|(n, (f, _))| (n.clone(), f.clone()))
+            .collect();
         let mut actions = plan(&want, &previous, needs_restart);
         // Sites stop before their groups; groups start before their sites.
-        let is_group = |n: &Name, m: &BTreeMap<Name, VassalFile>| matches!(m.get(n), Some(VassalFile::Group(_)));
+        let is_group = |n: &Name, m: &BTreeMap<Name, VassalFile>| {
+            matches!(m.get(n), Some(VassalFile::Group(_)))
+        };
         actions.sort_by_key(|a| match a {
             Action::Stop(n) => (0, is_group(n, &previous)),
             Action::Restart(_) => (1, false),
@@ -363,7 +401,8 @@ impl Manager {
                 Action::Update(name) => self.update(&name, want[&name].clone()),
                 Action::Start(name) => {
                     let (file, dynamic) = desired[&name].clone();
-                    self.vassals.insert(name.clone(), Vassal::new(file, dynamic));
+                    self.vassals
+                        .insert(name.clone(), Vassal::new(file, dynamic));
                     self.start(&name);
                 }
             }
@@ -371,11 +410,18 @@ impl Manager {
     }
 
     fn update(&mut self, name: &Name, file: VassalFile) {
-        let Some(v) = self.vassals.get_mut(name) else { return };
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         v.file = file;
         let result = match &v.file {
-            VassalFile::Group(_) => self.tree.set_limits(&self.cfg.layout.group_cgroup(name), &group_limits(&v.file)),
-            VassalFile::Site(s) => self.tree.set_limits(&self.cfg.layout.cgroup(s.group.as_ref(), name, false), &cgroup_limits(&v.file)),
+            VassalFile::Group(_) => self
+                .tree
+                .set_limits(&self.cfg.layout.group_cgroup(name), &group_limits(&v.file)),
+            VassalFile::Site(s) => self.tree.set_limits(
+                &self.cfg.layout.cgroup(s.group.as_ref(), name, false),
+                &cgroup_limits(&v.file),
+            ),
         };
         match result {
             Ok(()) => tracing::info!(vassal = %name, "limits applied in place"),
@@ -400,9 +446,15 @@ impl Manager {
     }
 
     fn start(&mut self, name: &Name) {
-        let Some(v) = self.vassals.get_mut(name) else { return };
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         let file = v.file.clone();
-        if let Some(g) = v.group().filter(|g| self.suspended_groups.contains(*g)).cloned() {
+        if let Some(g) = v
+            .group()
+            .filter(|g| self.suspended_groups.contains(*g))
+            .cloned()
+        {
             v.state = State::Stopped;
             v.reason = Some(format!("group {g} is suspended; starts on resume"));
             return;
@@ -422,7 +474,11 @@ impl Manager {
         };
         if let VassalFile::Group(_) = file {
             let cg = self.cfg.layout.group_cgroup(name);
-            if let Err(e) = self.tree.create(&cg).and_then(|_| self.tree.set_limits(&cg, &group_limits(&file))) {
+            if let Err(e) = self
+                .tree
+                .create(&cg)
+                .and_then(|_| self.tree.set_limits(&cg, &group_limits(&file)))
+            {
                 return self.fail(name, e.to_string(), true);
             }
         }
@@ -448,7 +504,9 @@ impl Manager {
     }
 
     fn fail(&mut self, name: &Name, reason: String, transient: bool) {
-        let Some(v) = self.vassals.get_mut(name) else { return };
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         tracing::warn!(vassal = %name, %reason, transient, "start failed");
         if transient {
             let delay = v.backoff.on_death(&self.cfg.throttle, Duration::ZERO);
@@ -462,7 +520,9 @@ impl Manager {
     }
 
     fn schedule_restart(&self, name: &Name, delay: Duration) {
-        let Some(v) = self.vassals.get(name) else { return };
+        let Some(v) = self.vassals.get(name) else {
+            return;
+        };
         let (tx, name, gen) = (self.tx.clone(), name.clone(), v.gen);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -471,10 +531,16 @@ impl Manager {
     }
 
     fn write_record(&self, name: &Name) {
-        let Some(v) = self.vassals.get(name) else { return };
-        let (Some(init), Some(uid)) = (&v.init, v.uid) else { return };
+        let Some(v) = self.vassals.get(name) else {
+            return;
+        };
+        let (Some(init), Some(uid)) = (&v.init, v.uid) else {
+            return;
+        };
         let pid = init.pidfd.pid();
-        let Ok(start_time) = record::start_time(std::path::Path::new("/proc"), pid) else { return };
+        let Ok(start_time) = record::start_time(std::path::Path::new("/proc"), pid) else {
+            return;
+        };
         let rec = VassalRecord {
             schema_version: SCHEMA_VERSION,
             name: name.clone(),
@@ -496,9 +562,12 @@ impl Manager {
 
     /// Stops a vassal in the background; `StopDone` follows.
     fn begin_stop(&mut self, name: &Name, then: After) {
-        let Some(v) = self.vassals.get(name) else { return };
+        let Some(v) = self.vassals.get(name) else {
+            return;
+        };
         let cgroup = self.cgroup_of(name, v);
-        let group_cg = matches!(v.file, VassalFile::Group(_)).then(|| self.cfg.layout.group_cgroup(name));
+        let group_cg =
+            matches!(v.file, VassalFile::Group(_)).then(|| self.cfg.layout.group_cgroup(name));
         let v = self.vassals.get_mut(name).expect("present");
         v.stopping = Some(then);
         v.state = State::Stopped;
@@ -508,7 +577,12 @@ impl Manager {
             After::Forget => "stopping: emperor shutdown".to_owned(),
         });
         let init = v.init.as_ref().map(|i| (i.pidfd.clone(), i.exited.clone()));
-        let (tree, tx, name, grace) = (self.tree.clone(), self.tx.clone(), name.clone(), self.cfg.stop_grace);
+        let (tree, tx, name, grace) = (
+            self.tree.clone(),
+            self.tx.clone(),
+            name.clone(),
+            self.cfg.stop_grace,
+        );
         tokio::spawn(async move {
             let thaw = |cg: &str| {
                 if tree.is_frozen(cg).unwrap_or(false) {
@@ -521,18 +595,23 @@ impl Manager {
             thaw(&cgroup);
             if let Some((pidfd, mut exited)) = init {
                 let _ = pidfd.signal(libc::SIGTERM);
-                let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.is_ok();
+                let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
+                    .await
+                    .is_ok();
                 if !ended {
                     tracing::warn!(vassal = %name, ?grace, "init ignored SIGTERM; killing its cgroup");
                     let _ = tree.kill_all(&cgroup);
                     let _ = pidfd.signal(libc::SIGKILL);
-                    let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e))
+                        .await;
                 }
                 let _ = pidfd.try_reap();
             }
             // The init's death ends its pid namespace; wait for the cgroup to empty.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while tree.procs(&cgroup).map(|p| !p.is_empty()).unwrap_or(false) && Instant::now() < deadline {
+            while tree.procs(&cgroup).map(|p| !p.is_empty()).unwrap_or(false)
+                && Instant::now() < deadline
+            {
                 let _ = tree.kill_all(&cgroup);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -550,7 +629,11 @@ impl Manager {
             Event::Exited { name, gen } => self.exited(&name, gen),
             Event::RestartDue { name, gen } => {
                 if let Some(v) = self.vassals.get(&name) {
-                    if v.gen == gen && v.init.is_none() && v.stopping.is_none() && v.state == State::Starting {
+                    if v.gen == gen
+                        && v.init.is_none()
+                        && v.stopping.is_none()
+                        && v.state == State::Starting
+                    {
                         self.start(&name);
                     }
                 }
@@ -561,17 +644,27 @@ impl Manager {
     }
 
     fn exited(&mut self, name: &Name, gen: u64) {
-        let Some(v) = self.vassals.get_mut(name) else { return };
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         if v.gen != gen || v.stopping.is_some() {
             return;
         }
         let Some(init) = v.init.take() else { return };
-        let exit = init.pidfd.try_reap().ok().flatten().map(|e| e.to_string()).unwrap_or_else(|| "exited".into());
+        let exit = init
+            .pidfd
+            .try_reap()
+            .ok()
+            .flatten()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "exited".into());
         let uptime = init.started.elapsed();
         let delay = v.backoff.on_death(&self.cfg.throttle, uptime);
         v.restarts += 1;
         v.state = State::Starting;
-        v.reason = Some(format!("init {exit} after {uptime:.1?}; restart in {delay:?}"));
+        v.reason = Some(format!(
+            "init {exit} after {uptime:.1?}; restart in {delay:?}"
+        ));
         tracing::warn!(vassal = %name, %exit, ?uptime, ?delay, "init died; restart scheduled");
         let _ = std::fs::remove_file(self.cfg.layout.record(name));
         let cgroup = self.cgroup_of(name, self.vassals.get(name).expect("present"));
@@ -584,7 +677,9 @@ impl Manager {
     }
 
     fn stop_done(&mut self, name: &Name) {
-        let Some(v) = self.vassals.get_mut(name) else { return };
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         let then = v.stopping.take();
         v.init = None;
         let _ = std::fs::remove_file(self.cfg.layout.record(name));
@@ -625,7 +720,11 @@ impl Manager {
             VassalFile::Site(s) => {
                 if s.group.is_some() {
                     let link = l.site_link(name);
-                    if link.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+                    if link
+                        .symlink_metadata()
+                        .map(|m| m.file_type().is_symlink())
+                        .unwrap_or(false)
+                    {
                         let _ = std::fs::remove_file(link);
                     }
                 }
@@ -643,7 +742,12 @@ impl Manager {
         let moved = std::fs::rename(&home, &dest).or_else(|e| {
             // Another filesystem: let mv copy and remove.
             if e.raw_os_error() == Some(libc::EXDEV) {
-                let ok = std::process::Command::new("mv").arg(&home).arg(&dest).status().map(|s| s.success()).unwrap_or(false);
+                let ok = std::process::Command::new("mv")
+                    .arg(&home)
+                    .arg(&dest)
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
                 if ok {
                     return Ok(());
                 }
@@ -652,7 +756,9 @@ impl Manager {
         });
         match moved {
             Ok(()) => tracing::info!(vassal = %name, archive = %dest.display(), "home archived"),
-            Err(e) => tracing::error!(vassal = %name, error = %e, "archiving the home failed; it stays in place"),
+            Err(e) => {
+                tracing::error!(vassal = %name, error = %e, "archiving the home failed; it stays in place")
+            }
         }
     }
 
@@ -660,11 +766,16 @@ impl Manager {
         if self.shutdown_reply.is_none() {
             return;
         }
-        let sites_left = self.vassals.values().any(|v| matches!(v.file, VassalFile::Site(_)));
+        let sites_left = self
+            .vassals
+            .values()
+            .any(|v| matches!(v.file, VassalFile::Site(_)));
         let names: Vec<Name> = self
             .vassals
             .iter()
-            .filter(|(_, v)| v.stopping.is_none() && (!sites_left || matches!(v.file, VassalFile::Site(_))))
+            .filter(|(_, v)| {
+                v.stopping.is_none() && (!sites_left || matches!(v.file, VassalFile::Site(_)))
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for n in names {
@@ -674,7 +785,9 @@ impl Manager {
 
     fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         let answer = match req {
-            Request::Status => Response::ok(serde_json::to_value(self.status()).unwrap_or_default()),
+            Request::Status => {
+                Response::ok(serde_json::to_value(self.status()).unwrap_or_default())
+            }
             Request::Shutdown => {
                 tracing::info!("shutdown requested: stopping every vassal");
                 self.shutdown_reply = Some(reply);
@@ -701,7 +814,12 @@ impl Manager {
                 let v = &m.vassals[n];
                 let uid = match v.uid {
                     Some(u) => u,
-                    None => m.uids.users.get(v.file.user(n).as_str()).copied().ok_or("no uid allocated yet")?,
+                    None => m
+                        .uids
+                        .users
+                        .get(v.file.user(n).as_str())
+                        .copied()
+                        .ok_or("no uid allocated yet")?,
                 };
                 let s = spec::build(&m.input(n, &v.file, uid)).map_err(|e| e.to_string())?;
                 serde_json::to_value(&s).map_err(|e| e.to_string())
@@ -710,14 +828,25 @@ impl Manager {
         let _ = reply.send(answer);
     }
 
-    fn with_vassal(&mut self, name: &str, f: impl FnOnce(&mut Manager, &Name) -> Result<serde_json::Value, String>) -> Response {
-        let found = name.parse::<Name>().ok().filter(|n| self.vassals.contains_key(n));
+    fn with_vassal(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Manager, &Name) -> Result<serde_json::Value, String>,
+    ) -> Response {
+        let found = name
+            .parse::<Name>()
+            .ok()
+            .filter(|n| self.vassals.contains_key(n));
         match found {
             Some(n) => match f(self, &n) {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(e),
             },
-            None => match name.parse::<Name>().ok().and_then(|n| self.rejected.get(&n).cloned()) {
+            None => match name
+                .parse::<Name>()
+                .ok()
+                .and_then(|n| self.rejected.get(&n).cloned())
+            {
                 Some(why) => Response::err(format!("{name} is not running: {why}")),
                 None => Response::err(format!("no vassal named {name:?}")),
             },
@@ -730,7 +859,11 @@ impl Manager {
             return Err(format!("{name} is not running"));
         }
         let is_group = matches!(v.file, VassalFile::Group(_));
-        let cg = if is_group { self.cfg.layout.group_cgroup(name) } else { self.cgroup_of(name, v) };
+        let cg = if is_group {
+            self.cfg.layout.group_cgroup(name)
+        } else {
+            self.cgroup_of(name, v)
+        };
         if !frozen {
             if let Some(g) = v.group() {
                 if self.suspended_groups.contains(g) {
@@ -739,7 +872,11 @@ impl Manager {
             }
         }
         self.tree.freeze(&cg, frozen).map_err(|e| e.to_string())?;
-        let state = if frozen { State::Suspended } else { State::Running };
+        let state = if frozen {
+            State::Suspended
+        } else {
+            State::Running
+        };
         self.vassals.get_mut(name).expect("present").state = state;
         if is_group {
             if frozen {
@@ -747,13 +884,22 @@ impl Manager {
             } else {
                 self.suspended_groups.remove(name);
                 // Sites frozen on their own stay frozen; the others run again.
-                let sites: Vec<Name> = self.vassals.iter().filter(|(_, s)| s.group() == Some(name)).map(|(n, _)| n.clone()).collect();
+                let sites: Vec<Name> = self
+                    .vassals
+                    .iter()
+                    .filter(|(_, s)| s.group() == Some(name))
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 for s in sites {
                     let cg = self.cgroup_of(&s, &self.vassals[&s]);
                     let own = self.tree.is_frozen(&cg).unwrap_or(false);
                     let sv = self.vassals.get_mut(&s).expect("present");
                     if sv.init.is_some() {
-                        sv.state = if own { State::Suspended } else { State::Running };
+                        sv.state = if own {
+                            State::Suspended
+                        } else {
+                            State::Running
+                        };
                     } else if sv.state == State::Stopped && sv.stopping.is_none() {
                         sv.state = State::Starting;
                         self.start(&s);
@@ -762,7 +908,11 @@ impl Manager {
             }
         }
         tracing::info!(vassal = %name, frozen, "freezer");
-        Ok(serde_json::json!(if frozen { "suspended" } else { "running" }))
+        Ok(serde_json::json!(if frozen {
+            "suspended"
+        } else {
+            "running"
+        }))
     }
 
     fn status(&self) -> Vec<Row> {
@@ -777,11 +927,21 @@ impl Manager {
                 }
             }
             let cgroup = self.cgroup_of(name, v);
-            let usage = v.init.as_ref().and_then(|_| self.tree.stats(&cgroup).ok()).map(|s| Usage { memory: s.memory, pids: s.pids });
+            let usage = v
+                .init
+                .as_ref()
+                .and_then(|_| self.tree.stats(&cgroup).ok())
+                .map(|s| Usage {
+                    memory: s.memory,
+                    pids: s.pids,
+                });
             rows.push(Row {
                 name: name.to_string(),
                 kind: Some(v.file.kind()),
-                group: v.group().map(|g| g.to_string()).or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string())),
+                group: v
+                    .group()
+                    .map(|g| g.to_string())
+                    .or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string())),
                 state,
                 pid: v.init.as_ref().map(|i| i.pidfd.pid()),
                 uid: v.uid,
@@ -833,4 +993,3 @@ impl Manager {
         rows
     }
 }
-

@@ -13,12 +13,16 @@ const MAX_FILE: u64 = 64 * 1024;
 
 /// Reads every vassal file of `dir`, found as `source`.
 pub fn scan_dir(dir: &Path, source: &Source) -> Vec<Entry> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for e in rd.flatten() {
         let path = e.path();
         let file_name = e.file_name();
-        let Some(stem) = file_name.to_str().and_then(|f| f.strip_suffix(".toml")) else { continue };
+        let Some(stem) = file_name.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+            continue;
+        };
         if stem.starts_with('.') {
             continue; // editors' and our own temporary files
         }
@@ -31,7 +35,9 @@ pub fn scan_dir(dir: &Path, source: &Source) -> Vec<Entry> {
         };
         let parsed = match std::fs::metadata(&path) {
             Ok(m) if !m.is_file() => continue,
-            Ok(m) if m.len() > MAX_FILE => Err(ConfigError::Syntax(format!("file is larger than {MAX_FILE} bytes"))),
+            Ok(m) if m.len() > MAX_FILE => Err(ConfigError::Syntax(format!(
+                "file is larger than {MAX_FILE} bytes"
+            ))),
             Ok(_) => match std::fs::read_to_string(&path) {
                 Ok(text) => VassalFile::parse(&name, &text),
                 Err(err) => Err(ConfigError::Syntax(format!("unreadable: {err}"))),

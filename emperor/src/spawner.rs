@@ -55,7 +55,10 @@ impl SpawnError {
             SpawnError::Launch(e) => e.is_transient(),
             SpawnError::Cgroup(_) => true,
             SpawnError::Prepare { err, .. } => {
-                matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EAGAIN | libc::ENOMEM))
+                matches!(
+                    err.raw_os_error(),
+                    Some(libc::ENOSPC | libc::EAGAIN | libc::ENOMEM)
+                )
             }
             _ => false,
         }
@@ -78,7 +81,10 @@ fn owned_dir(dir: &Path, uid: Option<u32>, mode: u32) -> Result<(), SpawnError> 
         Err(e) => return prep(dir, Err(e)),
     }
     prep(dir, std::fs::create_dir_all(dir))?;
-    prep(dir, std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))?;
+    prep(
+        dir,
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)),
+    )?;
     if let Some(uid) = uid {
         prep(dir, chown(dir, Some(uid), Some(uid)))?;
     }
@@ -141,7 +147,9 @@ impl Spawner {
         self.tree.set_limits(&cgroup, &cgroup_limits(inp.file))?;
         let plan = plan(&spec, inp.uid, &self.seccomp)?;
         let tree = &self.tree;
-        let pidfd = sys::launch::spawn(&plan, |pid| tree.attach(&cgroup, pid).map_err(|e| e.to_string()))?;
+        let pidfd = sys::launch::spawn(&plan, |pid| {
+            tree.attach(&cgroup, pid).map_err(|e| e.to_string())
+        })?;
         Ok(pidfd)
     }
 }
@@ -185,10 +193,18 @@ const FLAGS: &[(&str, libc::c_ulong)] = &[
 
 /// Converts the spec into the child's plan.
 pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnError> {
-    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_default();
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_default();
     let linux = spec.linux().as_ref();
     let mut namespaces = 0;
-    for ns in linux.and_then(|l| l.namespaces().as_ref()).into_iter().flatten() {
+    for ns in linux
+        .and_then(|l| l.namespaces().as_ref())
+        .into_iter()
+        .flatten()
+    {
         namespaces |= match ns.typ() {
             LinuxNamespaceType::Pid => libc::CLONE_NEWPID,
             LinuxNamespaceType::Mount => libc::CLONE_NEWNS,
@@ -222,7 +238,11 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
                 },
             }
         }
-        let source = m.source().as_ref().map(|s| cstr(s.as_os_str().as_bytes())).transpose()?;
+        let source = m
+            .source()
+            .as_ref()
+            .map(|s| cstr(s.as_os_str().as_bytes()))
+            .transpose()?;
         mounts.push(if is_bind {
             MountOp {
                 source,
@@ -238,21 +258,41 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
                 target: cstr(target.as_os_str().as_bytes())?,
                 fstype: m.typ().as_ref().map(cstr).transpose()?,
                 flags,
-                data: (!data.is_empty()).then(|| cstr(data.join(","))).transpose()?,
+                data: (!data.is_empty())
+                    .then(|| cstr(data.join(",")))
+                    .transpose()?,
                 remount: None,
             }
         });
     }
     // Masked and read-only paths, under /proc (the only pseudo filesystem mounted).
     let linux_paths = |v: Option<&Vec<String>>| -> Vec<String> {
-        v.into_iter().flatten().filter(|p| p.starts_with("/proc/") && Path::new(p).exists()).cloned().collect()
+        v.into_iter()
+            .flatten()
+            .filter(|p| p.starts_with("/proc/") && Path::new(p).exists())
+            .cloned()
+            .collect()
     };
     for p in linux_paths(linux.and_then(|l| l.masked_paths().as_ref())) {
         let target = cstr(root.join(&p[1..]).as_os_str().as_bytes())?;
         mounts.push(if Path::new(&p).is_dir() {
-            MountOp { source: Some(cstr("tmpfs")?), target, fstype: Some(cstr("tmpfs")?), flags: libc::MS_RDONLY, data: Some(cstr("size=0")?), remount: None }
+            MountOp {
+                source: Some(cstr("tmpfs")?),
+                target,
+                fstype: Some(cstr("tmpfs")?),
+                flags: libc::MS_RDONLY,
+                data: Some(cstr("size=0")?),
+                remount: None,
+            }
         } else {
-            MountOp { source: Some(cstr("/dev/null")?), target, fstype: None, flags: libc::MS_BIND, data: None, remount: None }
+            MountOp {
+                source: Some(cstr("/dev/null")?),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                remount: None,
+            }
         });
     }
     for p in linux_paths(linux.and_then(|l| l.readonly_paths().as_ref())) {
@@ -268,7 +308,11 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
     }
     let process = spec.process().as_ref();
     let mut rlimits = Vec::new();
-    for r in process.and_then(|p| p.rlimits().as_ref()).into_iter().flatten() {
+    for r in process
+        .and_then(|p| p.rlimits().as_ref())
+        .into_iter()
+        .flatten()
+    {
         use oci_spec::runtime::PosixRlimitType as T;
         let res = match r.typ() {
             T::RlimitNofile => libc::RLIMIT_NOFILE,
@@ -285,7 +329,9 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
     }
     let args: Vec<String> = process.and_then(|p| p.args().clone()).unwrap_or_default();
     let env: Vec<String> = process.and_then(|p| p.env().clone()).unwrap_or_default();
-    let cwd = process.map(|p| p.cwd().clone()).unwrap_or_else(|| PathBuf::from("/"));
+    let cwd = process
+        .map(|p| p.cwd().clone())
+        .unwrap_or_else(|| PathBuf::from("/"));
     let gid = process.map(|p| p.user().gid()).unwrap_or(uid);
     Ok(ChildPlan {
         namespaces,
@@ -293,11 +339,19 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
         mounts,
         hostname: spec.hostname().as_ref().map(cstr).transpose()?,
         loopback_up: namespaces & libc::CLONE_NEWNET != 0,
-        readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        readonly_root: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
         uid: process.map(|p| p.user().uid()).unwrap_or(uid),
         gid,
         workdir: cstr(cwd.as_os_str().as_bytes())?,
-        exe: cstr(args.first().map(String::as_str).unwrap_or(spec::VASSAL_INSIDE))?,
+        exe: cstr(
+            args.first()
+                .map(String::as_str)
+                .unwrap_or(spec::VASSAL_INSIDE),
+        )?,
         argv: args.iter().map(cstr).collect::<Result<_, _>>()?,
         env: env.iter().map(cstr).collect::<Result<_, _>>()?,
         seccomp: (!seccomp.is_empty()).then(|| seccomp.to_vec()),

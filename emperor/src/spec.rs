@@ -11,10 +11,11 @@ use model::config::Rootfs;
 use model::layout::inside;
 use model::{Layout, Name, VassalFile};
 use oci_spec::runtime::{
-    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
+    LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// Why a spec could not be built.
@@ -35,9 +36,27 @@ pub const OS_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "l
 /// The entries of the rootfs's /etc a tenant's programs need; nothing else of
 /// the host's /etc (no shadow, no ssh host keys) is visible.
 pub const ETC_SHARED: &[&str] = &[
-    "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "environment", "gai.conf",
-    "host.conf", "inputrc", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "mime.types",
-    "nsswitch.conf", "profile", "profile.d", "protocols", "services", "ssl", "terminfo", "timezone",
+    "alternatives",
+    "bash.bashrc",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "environment",
+    "gai.conf",
+    "host.conf",
+    "inputrc",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "profile",
+    "profile.d",
+    "protocols",
+    "services",
+    "ssl",
+    "terminfo",
+    "timezone",
 ];
 
 /// Files of /etc the emperor writes for each container.
@@ -125,7 +144,10 @@ fn shared_entries(os_root: &Path) -> Vec<(String, PathBuf)> {
     }
     for e in ETC_SHARED {
         let p = os_root.join("etc").join(e);
-        if p.symlink_metadata().map(|m| !m.file_type().is_symlink()).unwrap_or(false) {
+        if p.symlink_metadata()
+            .map(|m| !m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
             v.push((format!("/etc/{e}"), p));
         }
     }
@@ -146,19 +168,53 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         mounts.push(bind(&dest, &src, &["rbind", "ro", "nosuid", "nodev"])?);
     }
     for d in DEVICES {
-        mounts.push(bind(&format!("/dev/{d}"), &Path::new("/dev").join(d), &["bind", "nosuid", "noexec"])?);
+        mounts.push(bind(
+            &format!("/dev/{d}"),
+            &Path::new("/dev").join(d),
+            &["bind", "nosuid", "noexec"],
+        )?);
     }
-    mounts.push(fs("/dev/pts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?);
-    mounts.push(fs("/dev/shm", "tmpfs", &["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"])?);
+    mounts.push(fs(
+        "/dev/pts",
+        "devpts",
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ],
+    )?);
+    mounts.push(fs(
+        "/dev/shm",
+        "tmpfs",
+        &["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"],
+    )?);
     mounts.push(fs("/tmp", "tmpfs", &["nosuid", "nodev", "mode=1777"])?);
     let home = inp.home();
-    mounts.push(bind(&home_inside, &home, &["bind", "rw", "nosuid", "nodev"])?);
+    mounts.push(bind(
+        &home_inside,
+        &home,
+        &["bind", "rw", "nosuid", "nodev"],
+    )?);
     if os_root.join("usr/local").is_dir() {
         let local = home.join(inside::USR_LOCAL_IN_HOME);
-        mounts.push(bind("/usr/local", &local, &["bind", "rw", "nosuid", "nodev"])?);
+        mounts.push(bind(
+            "/usr/local",
+            &local,
+            &["bind", "rw", "nosuid", "nodev"],
+        )?);
     }
-    mounts.push(bind(inside::SOCKETS, &inp.layout.sockets(inp.name), &["bind", "rw", "nosuid", "nodev", "noexec"])?);
-    mounts.push(bind(VASSAL_INSIDE, inp.vassal_exe, &["bind", "ro", "nosuid", "nodev"])?);
+    mounts.push(bind(
+        inside::SOCKETS,
+        &inp.layout.sockets(inp.name),
+        &["bind", "rw", "nosuid", "nodev", "noexec"],
+    )?);
+    mounts.push(bind(
+        VASSAL_INSIDE,
+        inp.vassal_exe,
+        &["bind", "ro", "nosuid", "nodev"],
+    )?);
 
     let none: Capabilities = Default::default();
     let caps = LinuxCapabilitiesBuilder::default()
@@ -209,7 +265,12 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
     if let Some(c) = limits.cpu {
         let period = sys::cgroup::CPU_PERIOD_US;
         let quota = ((c * period as f64).round() as i64).max(1000);
-        res = res.cpu(LinuxCpuBuilder::default().quota(quota).period(period).build()?);
+        res = res.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(period)
+                .build()?,
+        );
     }
     if let Some(p) = limits.pids {
         res = res.pids(LinuxPidsBuilder::default().limit(p as i64).build()?);
@@ -224,7 +285,12 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
     Ok(SpecBuilder::default()
         .version("1.0.2")
         .hostname(inp.name.as_str())
-        .root(RootBuilder::default().path(inp.layout.root_dir(inp.name)).readonly(true).build()?)
+        .root(
+            RootBuilder::default()
+                .path(inp.layout.root_dir(inp.name))
+                .readonly(true)
+                .build()?,
+        )
         .mounts(mounts)
         .process(process)
         .linux(linux)
@@ -234,7 +300,12 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
 /// The default seccomp policy in OCI terms (the same rules the spawner compiles).
 fn seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {
     let mut rules = vec![LinuxSyscallBuilder::default()
-        .names(sys::seccomp::DENIED.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .names(
+            sys::seccomp::DENIED
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .action(LinuxSeccompAction::ScmpActErrno)
         .errno_ret(libc::EPERM as u32)
         .build()?];
@@ -326,10 +397,97 @@ pub fn prepare_root(inp: &Input<'_>, spec: &Spec) -> std::io::Result<()> {
     std::fs::write(etc.join("hostname"), format!("{}\n", inp.name))?;
     std::fs::write(
         etc.join("hosts"),
-        format!("127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost {0}\n", inp.name),
+        format!(
+            "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost {0}\n",
+            inp.name
+        ),
     )?;
-    std::fs::write(etc.join("resolv.conf"), std::fs::read("/etc/resolv.conf").unwrap_or_default())?;
+    std::fs::write(
+        etc.join("resolv.conf"),
+        std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+    )?;
     std::fs::write(etc.join("passwd"), passwd)?;
     std::fs::write(etc.join("group"), group)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(dir: &Path) -> Layout {
+        Layout {
+            vassals: dir.join("v"),
+            home_root: dir.join("home"),
+            state_dir: dir.join("state"),
+            run_dir: dir.join("run"),
+            cgroup_root: "imperium".into(),
+        }
+    }
+
+    #[test]
+    fn a_site_sees_the_os_its_home_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let name: Name = "site52".parse().unwrap();
+        let file = VassalFile::parse(&name, "kind = \"site\"\ngroup = \"group1\"\n[limits]\nmemory = \"256M\"\ncpu = 0.5\npids = 200\n").unwrap();
+        let inp = Input { name: &name, file: &file, uid: 30001, layout: &l, vassal_exe: Path::new("/usr/bin/true") };
+        let spec = build(&inp).unwrap();
+        let mounts: Vec<(String, String)> = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| (m.destination().display().to_string(), m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default()))
+            .collect();
+        let find = |d: &str| mounts.iter().find(|(dest, _)| dest == d).map(|(_, s)| s.clone());
+        assert_eq!(find("/home/site52").unwrap(), l.home_root.join("group1/site52").display().to_string());
+        assert_eq!(find("/usr/local").unwrap(), l.home_root.join("group1/site52/usr-local").display().to_string());
+        assert_eq!(find("/run/imperium/sockets").unwrap(), l.run_dir.join("sockets/site52").display().to_string());
+        assert_eq!(find("/usr").unwrap(), "/usr");
+        for (dest, src) in &mounts {
+            assert!(!src.starts_with("/root") && !src.starts_with("/var") && !src.starts_with("/home/") && src != "/etc", "{dest} <- {src}");
+            assert!(!dest.contains("shadow") && !dest.starts_with("/etc/ssh"), "{dest}");
+        }
+        let usr = spec.mounts().iter().flatten().find(|m| m.destination() == Path::new("/usr")).unwrap();
+        assert!(usr.options().as_ref().unwrap().contains(&"ro".to_owned()));
+        assert_eq!(spec.hostname().as_deref(), Some("site52"));
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!((p.user().uid(), p.user().gid()), (30001, 30001));
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap();
+        assert!(caps.bounding().as_ref().unwrap().is_empty() && caps.effective().as_ref().unwrap().is_empty());
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/imperium/group1/site52")));
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(256 << 20));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 200);
+    }
+
+    #[test]
+    fn the_plan_follows_the_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let name: Name = "site7".parse().unwrap();
+        let file = VassalFile::parse(&name, "kind = \"site\"").unwrap();
+        let inp = Input { name: &name, file: &file, uid: 30007, layout: &l, vassal_exe: Path::new("/usr/bin/true") };
+        let spec = build(&inp).unwrap();
+        let plan = crate::spawner::plan(&spec, 30007, &[]).unwrap();
+        let all = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
+        assert_eq!(plan.namespaces, all);
+        assert!(plan.readonly_root && plan.loopback_up);
+        assert_eq!((plan.uid, plan.gid), (30007, 30007));
+        assert_eq!(plan.exe.to_str().unwrap(), VASSAL_INSIDE);
+        let root = l.root_dir(&name);
+        let usr = plan.mounts.iter().find(|m| m.target.to_str().unwrap() == root.join("usr").to_str().unwrap()).unwrap();
+        assert_eq!(usr.flags, libc::MS_BIND | libc::MS_REC);
+        assert_eq!(usr.remount, Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV));
+        let tmp = plan.mounts.iter().find(|m| m.target.to_str().unwrap().ends_with("/tmp")).unwrap();
+        assert_eq!(tmp.fstype.as_ref().unwrap().to_str().unwrap(), "tmpfs");
+        assert_eq!(tmp.data.as_ref().unwrap().to_str().unwrap(), "mode=1777");
+        // The proc mount comes before anything mounted under /proc.
+        let proc_at = plan.mounts.iter().position(|m| m.target.to_str().unwrap().ends_with("/proc")).unwrap();
+        let under = plan.mounts.iter().position(|m| m.target.to_str().unwrap().contains("/proc/"));
+        assert!(under.is_none_or(|u| u > proc_at));
+    }
 }

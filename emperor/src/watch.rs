@@ -48,7 +48,12 @@ impl Watcher {
 
     /// Watches exactly these drop directories (those that exist).
     pub(crate) fn follow(&mut self, dirs: &[PathBuf]) {
-        let gone: Vec<PathBuf> = self.drops.keys().filter(|d| !dirs.contains(d)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .drops
+            .keys()
+            .filter(|d| !dirs.contains(d))
+            .cloned()
+            .collect();
         for d in gone {
             if let Some(wd) = self.drops.remove(&d) {
                 let _ = self.watches.remove(wd);

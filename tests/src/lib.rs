@@ -13,7 +13,10 @@ use serde_json::Value;
 
 /// Panics unless running as root: a privileged test must never pass without running.
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root: run the README's test command");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: run the README's test command"
+    );
 }
 
 /// The directory holding the built binaries (`IMPERIUM_BIN_DIR`, or the target
@@ -24,13 +27,20 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> → target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A binary of the workspace.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} not built: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -50,7 +60,10 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -61,14 +74,20 @@ pub fn cgroup_file(controller: &str, cgroup: &str, file: &str) -> PathBuf {
     if unified {
         Path::new("/sys/fs/cgroup").join(cgroup).join(file)
     } else {
-        Path::new("/sys/fs/cgroup").join(controller).join(cgroup).join(file)
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(cgroup)
+            .join(file)
     }
 }
 
 /// Reads a cgroup file of the site, trimmed.
 pub fn read_cgroup(controller: &str, cgroup: &str, file: &str) -> String {
     let p = cgroup_file(controller, cgroup, file);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_owned()
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_owned()
 }
 
 /// A running emperor on temporary directories.
@@ -94,7 +113,10 @@ impl Emperor {
     /// Prepares directories; nothing runs yet.
     pub fn new() -> Emperor {
         require_root();
-        let dir = tempfile::Builder::new().prefix("imperium-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("imperium-test")
+            .tempdir()
+            .expect("tempdir");
         let p = dir.path();
         let e = Emperor {
             vassals: p.join("vassals"),
@@ -117,7 +139,8 @@ impl Emperor {
 
     /// Removes an admin vassal file.
     pub fn remove(&self, name: &str) {
-        std::fs::remove_file(self.vassals.join(format!("{name}.toml"))).expect("remove vassal file");
+        std::fs::remove_file(self.vassals.join(format!("{name}.toml")))
+            .expect("remove vassal file");
     }
 
     /// Starts `emperor serve` and waits for its control socket.
@@ -148,9 +171,11 @@ impl Emperor {
             .spawn()
             .expect("start emperor");
         self.child = Some(child);
-        wait_for(Duration::from_secs(10), "the emperor's control socket", || {
-            self.try_status().map(|_| ())
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "the emperor's control socket",
+            || self.try_status().map(|_| ()),
+        );
     }
 
     /// The emperor's process.
@@ -181,12 +206,16 @@ impl Emperor {
         if !out.status.success() {
             return None;
         }
-        serde_json::from_slice::<Value>(&out.stdout).ok()?.as_array().cloned()
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()?
+            .as_array()
+            .cloned()
     }
 
     /// `emperor status --json`.
     pub fn status(&self) -> Vec<Value> {
-        self.try_status().unwrap_or_else(|| panic!("status failed; log:\n{}", self.log()))
+        self.try_status()
+            .unwrap_or_else(|| panic!("status failed; log:\n{}", self.log()))
     }
 
     /// The status row of `name`.
@@ -204,7 +233,10 @@ impl Emperor {
                 return r.clone();
             }
             if start.elapsed() > limit {
-                panic!("{name}: timed out waiting for {what}; last row: {row:?}\nlog:\n{}", self.log());
+                panic!(
+                    "{name}: timed out waiting for {what}; last row: {row:?}\nlog:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -212,7 +244,9 @@ impl Emperor {
 
     /// Waits for `name` to run and returns its init pid.
     pub fn running_pid(&self, name: &str) -> i32 {
-        let r = self.wait_row(name, "running", |r| r["state"] == "running" && r["pid"].is_i64());
+        let r = self.wait_row(name, "running", |r| {
+            r["state"] == "running" && r["pid"].is_i64()
+        });
         r["pid"].as_i64().expect("pid") as i32
     }
 
@@ -285,7 +319,11 @@ pub fn force_cleanup(root: &str) {
     } else {
         for c in ["memory", "pids", "cpu", "freezer", "cpu,cpuacct"] {
             let p = Path::new("/sys/fs/cgroup").join(c).join(root);
-            if p.exists() && !roots.iter().any(|r| r.canonicalize().ok() == p.canonicalize().ok()) {
+            if p.exists()
+                && !roots
+                    .iter()
+                    .any(|r| r.canonicalize().ok() == p.canonicalize().ok())
+            {
                 roots.push(p);
             }
         }
@@ -298,7 +336,10 @@ pub fn force_cleanup(root: &str) {
         for r in &roots {
             for pid in procs_under(r) {
                 any = true;
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
         if !any {
@@ -391,6 +432,10 @@ pub fn ns_link(pid: &str, ns: &str) -> String {
 /// Whether a pid is alive (and not a zombie).
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')).unwrap_or(true))
+        .map(|s| {
+            !s.rsplit_once(") ")
+                .map(|(_, r)| r.starts_with('Z'))
+                .unwrap_or(true)
+        })
         .unwrap_or(false)
 }

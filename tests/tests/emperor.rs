@@ -28,8 +28,16 @@ fn root_sites_run_in_their_own_containers() {
     let p53 = e.running_pid("site53");
 
     for ns in ["pid", "mnt", "uts", "ipc", "net", "cgroup"] {
-        assert_ne!(ns_link(&p52.to_string(), ns), ns_link("self", ns), "{ns} namespace is the host's");
-        assert_ne!(ns_link(&p52.to_string(), ns), ns_link(&p53.to_string(), ns), "{ns} namespace shared by two sites");
+        assert_ne!(
+            ns_link(&p52.to_string(), ns),
+            ns_link("self", ns),
+            "{ns} namespace is the host's"
+        );
+        assert_ne!(
+            ns_link(&p52.to_string(), ns),
+            ns_link(&p53.to_string(), ns),
+            "{ns} namespace shared by two sites"
+        );
     }
     let uid = uid_of(&e, "site52");
     assert!(uid >= 30000, "uid {uid}");
@@ -49,9 +57,15 @@ fn root_sites_run_in_their_own_containers() {
     } else {
         ("memory.max", "memory")
     };
-    assert_eq!(read_cgroup(mem_ctl, &cg, mem_file), (128u64 << 20).to_string());
+    assert_eq!(
+        read_cgroup(mem_ctl, &cg, mem_file),
+        (128u64 << 20).to_string()
+    );
     assert_eq!(read_cgroup("pids", &cg, "pids.max"), "100");
-    assert_eq!(read_cgroup(mem_ctl, &e.cgroup("group1"), mem_file), (512u64 << 20).to_string());
+    assert_eq!(
+        read_cgroup(mem_ctl, &e.cgroup("group1"), mem_file),
+        (512u64 << 20).to_string()
+    );
 
     let out = e.exec_in(p52, uid, &cg, "hostname; id -u; ls /home; ls /; cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -e -o pid= | wc -l");
     assert!(out.status.success(), "{out:?}");
@@ -60,7 +74,10 @@ fn root_sites_run_in_their_own_containers() {
     assert_eq!(lines[0], "site52");
     assert_eq!(lines[1], uid.to_string());
     assert_eq!(lines[2], "site52", "only the tenant's own home under /home");
-    assert!(text.contains("/run/imperium/bin/vassal init"), "PID 1 is the vassal: {text}");
+    assert!(
+        text.contains("/run/imperium/bin/vassal init"),
+        "PID 1 is the vassal: {text}"
+    );
 
     // Nothing of the host beyond the OS: no other home, no state, no /root contents.
     let state = e.state_dir.display().to_string();
@@ -70,10 +87,22 @@ fn root_sites_run_in_their_own_containers() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("VISIBLE"), "{text}");
     assert!(!text.contains("USR-WRITABLE"), "{text}");
-    assert!(text.contains("HOME-OK") && text.contains("LOCAL-OK"), "{text}");
-    assert!(e.home_root.join("group1/site52/ok").exists(), "the home is the host's HOME_ROOT/<group>/<site>");
-    assert!(e.home_root.join("site52").join("ok").exists(), "HOME_ROOT/<site> reaches the home");
-    assert!(e.home_root.join("group1/site52/usr-local/ok").exists(), "/usr/local is bound from the home");
+    assert!(
+        text.contains("HOME-OK") && text.contains("LOCAL-OK"),
+        "{text}"
+    );
+    assert!(
+        e.home_root.join("group1/site52/ok").exists(),
+        "the home is the host's HOME_ROOT/<group>/<site>"
+    );
+    assert!(
+        e.home_root.join("site52").join("ok").exists(),
+        "HOME_ROOT/<site> reaches the home"
+    );
+    assert!(
+        e.home_root.join("group1/site52/usr-local/ok").exists(),
+        "/usr/local is bound from the home"
+    );
 }
 
 #[test]
@@ -90,17 +119,30 @@ fn root_fork_bomb_stops_at_pids_max_and_neighbour_keeps_running() {
     let out = e.exec_in(bomb, uid_of(&e, "bomb"), &cg, "n=0; for i in $(seq 200); do sleep 3 2>/dev/null & n=$((n+1)); done 2>/dev/null; echo started; wait");
     let _ = out;
     let events = read_cgroup("pids", &cg, "pids.events");
-    let refused: u64 = events.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let refused: u64 = events
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(refused > 0, "pids.max never refused a fork: {events}");
     let peak = std::fs::read_to_string(cgroup_file("pids", &cg, "pids.peak")).ok();
     if let Some(peak) = peak {
         assert!(peak.trim().parse::<u64>().unwrap() <= 20, "peak {peak}");
     }
     assert!(alive(bomb) && alive(calm));
-    let out = e.exec_in(calm, uid_of(&e, "calm"), &e.cgroup("_admin/calm"), "echo alive");
+    let out = e.exec_in(
+        calm,
+        uid_of(&e, "calm"),
+        &e.cgroup("_admin/calm"),
+        "echo alive",
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alive");
     assert_eq!(e.row("calm").unwrap()["pid"], calm);
-    assert_eq!(e.row("bomb").unwrap()["pid"], bomb, "the bomb did not take the init down");
+    assert_eq!(
+        e.row("bomb").unwrap()["pid"],
+        bomb,
+        "the bomb did not take the init down"
+    );
 }
 
 #[test]
@@ -113,9 +155,17 @@ fn root_memory_hog_is_killed_and_neighbour_untouched() {
     let hog = e.running_pid("hog");
     let calm = e.running_pid("calm");
     // tail keeps the last "line" in memory: 256M without a newline.
-    let out = e.exec_in(hog, uid_of(&e, "hog"), &e.cgroup("_admin/hog"), "head -c 268435456 /dev/zero | tail > /dev/null; echo status=$?");
+    let out = e.exec_in(
+        hog,
+        uid_of(&e, "hog"),
+        &e.cgroup("_admin/hog"),
+        "head -c 268435456 /dev/zero | tail > /dev/null; echo status=$?",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("status=137"), "the hog was not OOM-killed: {text}");
+    assert!(
+        text.contains("status=137"),
+        "the hog was not OOM-killed: {text}"
+    );
     assert!(alive(hog), "the site's init died with the hog");
     assert!(alive(calm));
     assert_eq!(e.row("hog").unwrap()["pid"], hog);
@@ -127,19 +177,40 @@ fn root_memory_hog_is_killed_and_neighbour_untouched() {
 #[ignore = "root: run the README's test command"]
 fn root_edit_changes_limits_in_place_or_restarts() {
     let mut e = Emperor::new();
-    e.write("site1", "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 50\n");
+    e.write(
+        "site1",
+        "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 50\n",
+    );
     e.start();
     let pid = e.running_pid("site1");
     let cg = e.cgroup("_admin/site1");
-    e.write("site1", "kind = \"site\"\n[limits]\nmemory = \"96M\"\npids = 70\n");
-    wait_for(Duration::from_secs(10), "pids.max to change", || (read_cgroup("pids", &cg, "pids.max") == "70").then_some(()));
-    let mem = if std::path::Path::new("/sys/fs/cgroup/memory").exists() { "memory.limit_in_bytes" } else { "memory.max" };
+    e.write(
+        "site1",
+        "kind = \"site\"\n[limits]\nmemory = \"96M\"\npids = 70\n",
+    );
+    wait_for(Duration::from_secs(10), "pids.max to change", || {
+        (read_cgroup("pids", &cg, "pids.max") == "70").then_some(())
+    });
+    let mem = if std::path::Path::new("/sys/fs/cgroup/memory").exists() {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
     assert_eq!(read_cgroup("memory", &cg, mem), (96u64 << 20).to_string());
-    assert_eq!(e.row("site1").unwrap()["pid"], pid, "a limit change restarted the site");
+    assert_eq!(
+        e.row("site1").unwrap()["pid"],
+        pid,
+        "a limit change restarted the site"
+    );
 
     // A new login name needs a new container.
-    e.write("site1", "kind = \"site\"\nuser = \"tenant1\"\n[limits]\nmemory = \"96M\"\npids = 70\n");
-    let row = e.wait_row("site1", "a restart as tenant1", |r| r["state"] == "running" && r["pid"] != pid && r["user"] == "tenant1");
+    e.write(
+        "site1",
+        "kind = \"site\"\nuser = \"tenant1\"\n[limits]\nmemory = \"96M\"\npids = 70\n",
+    );
+    let row = e.wait_row("site1", "a restart as tenant1", |r| {
+        r["state"] == "running" && r["pid"] != pid && r["user"] == "tenant1"
+    });
     let new_pid = row["pid"].as_i64().unwrap() as i32;
     assert!(!alive(pid));
     assert_eq!(proc_uid(new_pid), row["uid"].as_u64().unwrap() as u32);
@@ -152,14 +223,26 @@ fn root_bad_file_keeps_last_good_version_and_says_why() {
     e.write("site1", "kind = \"site\"\n[limits]\nmemory = \"64M\"\n");
     e.start();
     let pid = e.running_pid("site1");
-    e.write("site1", "kind = \"site\"\n[limits]\nmemory = \"64M\"\ncolour = \"blue\"\n");
+    e.write(
+        "site1",
+        "kind = \"site\"\n[limits]\nmemory = \"64M\"\ncolour = \"blue\"\n",
+    );
     let row = e.wait_row("site1", "a reason", |r| r["reason"].is_string());
     assert_eq!(row["state"], "running");
     assert_eq!(row["pid"], pid);
-    assert!(row["reason"].as_str().unwrap().contains("unknown field `colour`"), "{row}");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{row}"
+    );
     e.write("broken", "kind = \"site\"\n[limits\n");
     let row = e.wait_row("broken", "rejection", |r| r["state"] == "rejected");
-    assert!(row["reason"].as_str().unwrap().starts_with("line "), "{row}");
+    assert!(
+        row["reason"].as_str().unwrap().starts_with("line "),
+        "{row}"
+    );
     e.write("site2", "kind = \"site\"\nuser = \"site1\"\n");
     let row = e.wait_row("site2", "rejection", |r| r["state"] == "rejected");
     assert_eq!(row["reason"], "user site1 is already taken by site1");
@@ -182,14 +265,28 @@ fn root_removing_a_file_stops_the_site_and_archives_its_home() {
     let out = e.exec_in(pid, uid, &cg, "echo precious > /home/site1/data.txt");
     assert!(out.status.success());
     e.remove("site1");
-    wait_for(Duration::from_secs(15), "site1 to go", || e.row("site1").is_none().then_some(()));
+    wait_for(Duration::from_secs(15), "site1 to go", || {
+        e.row("site1").is_none().then_some(())
+    });
     assert!(!alive(pid));
-    assert!(!cgroup_file("pids", &cg, "").exists(), "cgroup {cg} left behind");
+    assert!(
+        !cgroup_file("pids", &cg, "").exists(),
+        "cgroup {cg} left behind"
+    );
     assert!(!e.home_root.join("group1/site1").exists());
-    assert!(e.home_root.join("site1").symlink_metadata().is_err(), "dangling site link left");
-    let archived: Vec<_> = std::fs::read_dir(e.state_dir.join("archive")).unwrap().flatten().collect();
+    assert!(
+        e.home_root.join("site1").symlink_metadata().is_err(),
+        "dangling site link left"
+    );
+    let archived: Vec<_> = std::fs::read_dir(e.state_dir.join("archive"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert_eq!(archived.len(), 1);
-    assert_eq!(std::fs::read_to_string(archived[0].path().join("data.txt")).unwrap(), "precious\n");
+    assert_eq!(
+        std::fs::read_to_string(archived[0].path().join("data.txt")).unwrap(),
+        "precious\n"
+    );
 
     // The uid stays allocated: the same tenant comes back with the same uid.
     e.write("site1", &site("group1", "64M", 50));
@@ -205,7 +302,9 @@ fn root_a_dead_init_is_restarted_with_throttling() {
     e.start();
     let pid = e.running_pid("site1");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-    let row = e.wait_row("site1", "a new init", |r| r["state"] == "running" && r["pid"] != pid && r["pid"].is_i64());
+    let row = e.wait_row("site1", "a new init", |r| {
+        r["state"] == "running" && r["pid"] != pid && r["pid"].is_i64()
+    });
     assert_eq!(row["restarts"], 1);
     assert!(!alive(pid));
 }
@@ -215,20 +314,40 @@ fn root_a_dead_init_is_restarted_with_throttling() {
 fn root_crash_loop_backs_off() {
     let mut e = Emperor::new();
     // An init that dies at once: /bin/false as the vassal binary.
-    e.extra = ["--vassal-bin", "/bin/false", "--throttle-base", "0.2", "--throttle-max", "0.8", "--healthy-after", "30"]
-        .map(String::from)
-        .to_vec();
+    e.extra = [
+        "--vassal-bin",
+        "/bin/false",
+        "--throttle-base",
+        "0.2",
+        "--throttle-max",
+        "0.8",
+        "--healthy-after",
+        "30",
+    ]
+    .map(String::from)
+    .to_vec();
     e.write("site1", "kind = \"site\"\n");
     e.start();
     let start = std::time::Instant::now();
-    let row = e.wait_row("site1", "several deaths", |r| r["restarts"].as_u64() >= Some(5));
+    let row = e.wait_row("site1", "several deaths", |r| {
+        r["restarts"].as_u64() >= Some(5)
+    });
     let elapsed = start.elapsed();
     // Restarts after deaths 1-4 wait 0, 0.2, 0.4 and 0.8 s: five deaths take at least 1.4 s.
-    assert!(elapsed >= Duration::from_millis(1350), "no back-off: 5 deaths in {elapsed:?}");
-    assert!(row["reason"].as_str().unwrap().contains("restart in"), "{row}");
+    assert!(
+        elapsed >= Duration::from_millis(1350),
+        "no back-off: 5 deaths in {elapsed:?}"
+    );
+    assert!(
+        row["reason"].as_str().unwrap().contains("restart in"),
+        "{row}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let later = e.row("site1").unwrap()["restarts"].as_u64().unwrap();
-    assert!(later <= row["restarts"].as_u64().unwrap() + 4, "back-off capped at 0.8 s allows at most ~3 more in 2 s, saw {later}");
+    assert!(
+        later <= row["restarts"].as_u64().unwrap() + 4,
+        "back-off capped at 0.8 s allows at most ~3 more in 2 s, saw {later}"
+    );
 }
 
 #[test]
@@ -239,9 +358,15 @@ fn root_emperor_killed_leaves_sites_running_and_the_next_one_adopts_them() {
     e.write("site1", &site("group1", "64M", 50));
     e.write("site2", "kind = \"site\"\n");
     e.start();
-    let pids: Vec<i32> = ["group1", "site1", "site2"].iter().map(|n| e.running_pid(n)).collect();
+    let pids: Vec<i32> = ["group1", "site1", "site2"]
+        .iter()
+        .map(|n| e.running_pid(n))
+        .collect();
     e.kill(Signal::SIGKILL);
-    assert!(pids.iter().all(|p| alive(*p)), "a site died with the emperor");
+    assert!(
+        pids.iter().all(|p| alive(*p)),
+        "a site died with the emperor"
+    );
     e.start();
     for (name, pid) in ["group1", "site1", "site2"].iter().zip(&pids) {
         let row = e.wait_row(name, "adoption", |r| r["state"] == "running");
@@ -254,7 +379,9 @@ fn root_emperor_killed_leaves_sites_running_and_the_next_one_adopts_them() {
     assert_eq!(e.running_pid("site2"), pids[2]);
     // An adopted init is still supervised: killing it brings a new one.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[2]), Signal::SIGKILL).unwrap();
-    e.wait_row("site2", "a new init", |r| r["state"] == "running" && r["pid"] != pids[2]);
+    e.wait_row("site2", "a new init", |r| {
+        r["state"] == "running" && r["pid"] != pids[2]
+    });
 }
 
 #[test]
@@ -282,10 +409,17 @@ fn root_suspend_and_resume_freeze_sites_and_groups() {
     assert!(!frozen(&site_cg));
 
     assert!(e.cli(&["suspend", "group1"]).status.success());
-    assert_eq!(e.row("site1").unwrap()["state"], "suspended", "a site of a suspended group is suspended");
+    assert_eq!(
+        e.row("site1").unwrap()["state"],
+        "suspended",
+        "a site of a suspended group is suspended"
+    );
     assert!(frozen(&site_cg));
     let out = e.cli(&["resume", "site1"]);
-    assert!(!out.status.success(), "a site cannot be resumed inside a frozen group");
+    assert!(
+        !out.status.success(),
+        "a site cannot be resumed inside a frozen group"
+    );
     assert!(e.cli(&["resume", "group1"]).status.success());
     assert_eq!(e.row("site1").unwrap()["state"], "running");
     assert!(!frozen(&site_cg));
@@ -304,16 +438,30 @@ fn root_resellers_drop_sites_into_their_own_group_only() {
     e.start();
     e.running_pid("group1");
     let drop = e.home_root.join("group1/vassals");
-    assert!(drop.is_dir(), "the drop directory exists once the group runs");
-    write_atomic(&drop.join("shop.toml"), "kind = \"site\"\n[limits]\nmemory = \"64M\"\ncpu = 0.2\npids = 40\n");
+    assert!(
+        drop.is_dir(),
+        "the drop directory exists once the group runs"
+    );
+    write_atomic(
+        &drop.join("shop.toml"),
+        "kind = \"site\"\n[limits]\nmemory = \"64M\"\ncpu = 0.2\npids = 40\n",
+    );
     let pid = e.running_pid("shop");
     let row = e.row("shop").unwrap();
     assert_eq!(row["group"], "group1");
     assert_eq!(row["cgroup"], e.cgroup("group1/shop"));
-    assert!(std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap().contains(&e.cgroup("group1/shop")));
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .contains(&e.cgroup("group1/shop")));
     write_atomic(&drop.join("steal.toml"), &site("group2", "64M", 40));
     let row = e.wait_row("steal", "rejection", |r| r["state"] == "rejected");
-    assert!(row["reason"].as_str().unwrap().contains("may only belong to group1"), "{row}");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("may only belong to group1"),
+        "{row}"
+    );
 }
 
 #[test]
@@ -321,7 +469,10 @@ fn root_resellers_drop_sites_into_their_own_group_only() {
 fn root_reserved_budget_refuses_and_overcommit_is_dynamic() {
     let mut e = Emperor::new();
     e.write("tight", GROUP);
-    e.write("loose", "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"128M\"\n");
+    e.write(
+        "loose",
+        "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"128M\"\n",
+    );
     e.write("a", &site("tight", "400M", 100));
     e.write("b", &site("tight", "200M", 100));
     e.write("c", &site("loose", "100M", 100));
@@ -329,7 +480,10 @@ fn root_reserved_budget_refuses_and_overcommit_is_dynamic() {
     e.start();
     e.running_pid("a");
     let b = e.wait_row("b", "rejection", |r| r["state"] == "rejected");
-    assert_eq!(b["reason"], "limits.memory 200M exceeds group tight's reserved memory budget of 512M: 112M left");
+    assert_eq!(
+        b["reason"],
+        "limits.memory 200M exceeds group tight's reserved memory budget of 512M: 112M left"
+    );
     assert_eq!(e.row("a").unwrap()["dynamic"], false);
     e.running_pid("c");
     e.running_pid("d");
@@ -344,14 +498,25 @@ fn root_shutdown_stops_everything_and_cleans_up() {
     e.write("site1", &site("group1", "64M", 50));
     e.write("site2", "kind = \"site\"\n");
     e.start();
-    let pids: Vec<i32> = ["group1", "site1", "site2"].iter().map(|n| e.running_pid(n)).collect();
+    let pids: Vec<i32> = ["group1", "site1", "site2"]
+        .iter()
+        .map(|n| e.running_pid(n))
+        .collect();
     let out = e.cli(&["shutdown"]);
     assert!(out.status.success(), "{out:?}");
     let emperor = e.pid();
-    wait_for(Duration::from_secs(10), "the emperor to exit", || (!alive(emperor)).then_some(()));
+    wait_for(Duration::from_secs(10), "the emperor to exit", || {
+        (!alive(emperor)).then_some(())
+    });
     assert!(pids.iter().all(|p| !alive(*p)));
-    assert!(!cgroup_file("pids", &e.cgroup_root, "").exists(), "cgroup subtree left behind");
-    assert!(e.home_root.join("group1/site1").is_dir(), "shutdown keeps homes");
+    assert!(
+        !cgroup_file("pids", &e.cgroup_root, "").exists(),
+        "cgroup subtree left behind"
+    );
+    assert!(
+        e.home_root.join("group1/site1").is_dir(),
+        "shutdown keeps homes"
+    );
     let out = e.cli(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
@@ -361,7 +526,10 @@ fn root_shutdown_stops_everything_and_cleans_up() {
 #[ignore = "root: run the README's test command"]
 fn root_spec_prints_a_valid_oci_config() {
     let mut e = Emperor::new();
-    e.write("site1", "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 30\n");
+    e.write(
+        "site1",
+        "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 30\n",
+    );
     e.start();
     e.running_pid("site1");
     let out = e.cli(&["spec", "site1"]);
@@ -371,12 +539,26 @@ fn root_spec_prints_a_valid_oci_config() {
     assert_eq!(spec["process"]["noNewPrivileges"], true);
     assert_eq!(spec["linux"]["resources"]["pids"]["limit"], 30);
     assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
-    assert_eq!(spec["process"]["user"]["uid"], e.row("site1").unwrap()["uid"]);
-    let types: Vec<&str> = spec["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        spec["process"]["user"]["uid"],
+        e.row("site1").unwrap()["uid"]
+    );
+    let types: Vec<&str> = spec["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["pid", "mount", "uts", "ipc", "network", "cgroup"]);
     // Nothing private of the host is mounted.
     for m in spec["mounts"].as_array().unwrap() {
         let src = m["source"].as_str().unwrap_or("");
-        assert!(!src.starts_with("/root") && !src.starts_with("/var/lib") && src != "/etc" && !src.contains("shadow"), "{m}");
+        assert!(
+            !src.starts_with("/root")
+                && !src.starts_with("/var/lib")
+                && src != "/etc"
+                && !src.contains("shadow"),
+            "{m}"
+        );
     }
 }

@@ -69,6 +69,10 @@ mod tests {
         for _ in 0..100 {
             b.on_death(&t, quick);
         }
-        assert_eq!(b.on_death(&t, quick), t.max, "no overflow after many deaths");
+        assert_eq!(
+            b.on_death(&t, quick),
+            t.max,
+            "no overflow after many deaths"
+        );
     }
 }

@@ -115,8 +115,11 @@ impl Limits {
             }
         }
         if let Some(c) = self.cpu {
-            if !(c.is_finite() && c >= 0.01 && c <= MAX_CPU) {
-                return limit("cpu", format!("{c} is not between 0.01 and {MAX_CPU} cores"));
+            if !(c.is_finite() && (0.01..=MAX_CPU).contains(&c)) {
+                return limit(
+                    "cpu",
+                    format!("{c} is not between 0.01 and {MAX_CPU} cores"),
+                );
             }
         }
         if let Some(p) = self.pids {
@@ -412,7 +415,8 @@ ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0 tenant@laptop"]
         assert_eq!(f.limits().memory, Some(Size(256 << 20)));
         assert_eq!(f.limits().cpu, Some(0.5));
         assert_eq!(f.user(&n("site52")), n("tenant52"));
-        let group = "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = 536870912\nsites = 50\n";
+        let group =
+            "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = 536870912\nsites = 50\n";
         let VassalFile::Group(g) = VassalFile::parse(&n("group1"), group).unwrap() else {
             panic!()
         };
@@ -424,24 +428,41 @@ ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0 tenant@laptop"]
     fn rejections_are_one_line() {
         let cases: &[(&str, &str)] = &[
             ("kind = \"site\"\ncolour = 1", "unknown field"),
-            ("kind = \"site\"\n[limits]\nmemory = \"lots\"", "size \"lots\""),
-            ("kind = \"site\"\n[limits]\nmemory = \"1M\"", "limits.memory"),
+            (
+                "kind = \"site\"\n[limits]\nmemory = \"lots\"",
+                "size \"lots\"",
+            ),
+            (
+                "kind = \"site\"\n[limits]\nmemory = \"1M\"",
+                "limits.memory",
+            ),
             ("kind = \"site\"\n[limits]\ncpu = 0.0", "limits.cpu"),
             ("kind = \"site\"\n[limits]\npids = 1", "limits.pids"),
             ("kind = \"site\"\n[limits]\nsites = 3", "only a group"),
             ("kind = \"vm\"", "kind must be"),
             ("", "kind must be"),
-            ("kind = \"site\"\ndomains = [\"a.com\", \"a.com\"]", "listed twice"),
+            (
+                "kind = \"site\"\ndomains = [\"a.com\", \"a.com\"]",
+                "listed twice",
+            ),
             ("kind = \"site\"\ndomains = [\"A.com\"]", "not a valid"),
             ("kind = \"site\"\ngroup = \"../etc\"", "must match"),
             ("kind = \"site\"\n[container]\nrootfs = \"../x\"", "rootfs"),
-            ("kind = \"site\"\n[container]\nrootfs = \"/srv/../etc\"", "rootfs"),
-            ("kind = \"site\"\n[container]\nssh_keys = [\"hello\"]", "ssh_keys[0]"),
+            (
+                "kind = \"site\"\n[container]\nrootfs = \"/srv/../etc\"",
+                "rootfs",
+            ),
+            (
+                "kind = \"site\"\n[container]\nssh_keys = [\"hello\"]",
+                "ssh_keys[0]",
+            ),
             ("kind = \"site\"\nversion = 9", "version 9"),
             ("kind = ", "invalid"),
         ];
         for (text, want) in cases {
-            let err = VassalFile::parse(&n("site1"), text).unwrap_err().to_string();
+            let err = VassalFile::parse(&n("site1"), text)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
             assert!(!err.contains('\n'), "{text:?}: multi-line reason {err:?}");
         }

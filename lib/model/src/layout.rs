@@ -144,12 +144,21 @@ mod tests {
         let l = Layout::default();
         let g: Name = "group1".parse().unwrap();
         let s: Name = "site52".parse().unwrap();
-        assert_eq!(l.site_home(Some(&g), &s), PathBuf::from("/home/virtual/group1/site52"));
+        assert_eq!(
+            l.site_home(Some(&g), &s),
+            PathBuf::from("/home/virtual/group1/site52")
+        );
         assert_eq!(l.site_home(None, &s), PathBuf::from("/home/virtual/site52"));
-        assert_eq!(l.drop_dir(&g), PathBuf::from("/home/virtual/group1/vassals"));
+        assert_eq!(
+            l.drop_dir(&g),
+            PathBuf::from("/home/virtual/group1/vassals")
+        );
         assert_eq!(l.cgroup(Some(&g), &s, false), "imperium/group1/site52");
         assert_eq!(l.cgroup(None, &s, false), "imperium/_admin/site52");
         assert_eq!(l.cgroup(None, &g, true), "imperium/group1/_self");
-        assert_eq!(l.record(&s), PathBuf::from("/run/imperium/vassals/site52.json"));
+        assert_eq!(
+            l.record(&s),
+            PathBuf::from("/run/imperium/vassals/site52.json")
+        );
     }
 }

@@ -16,7 +16,9 @@ pub enum NameError {
     #[error("name {0:?} must match ^[a-z][a-z0-9-]{{0,31}}$")]
     BadName(String),
     /// The domain is not a lower-case DNS name, optionally with a leading `*.`.
-    #[error("domain {0:?} is not a valid lower-case DNS name (a wildcard only as a leading \"*.\")")]
+    #[error(
+        "domain {0:?} is not a valid lower-case DNS name (a wildcard only as a leading \"*.\")"
+    )]
     BadDomain(String),
 }
 
@@ -149,7 +151,16 @@ mod tests {
             assert!(ok.parse::<Name>().is_ok(), "{ok}");
         }
         for bad in [
-            "", "5site", "Site", "a/b", "..", "a.b", "a_b", "-a", "a\0", "é",
+            "",
+            "5site",
+            "Site",
+            "a/b",
+            "..",
+            "a.b",
+            "a_b",
+            "-a",
+            "a\0",
+            "é",
             "a01234567890123456789012345678901",
         ] {
             assert!(bad.parse::<Name>().is_err(), "{bad:?}");
@@ -158,12 +169,28 @@ mod tests {
 
     #[test]
     fn domains() {
-        for ok in ["example.com", "*.example.com", "a-b.c", "localhost", "x1.y2.z3"] {
+        for ok in [
+            "example.com",
+            "*.example.com",
+            "a-b.c",
+            "localhost",
+            "x1.y2.z3",
+        ] {
             assert!(ok.parse::<Domain>().is_ok(), "{ok}");
         }
         for bad in [
-            "", "*.com", "*", "Example.com", "a..b", "-a.com", "a-.com", "a.*.com", "a b",
-            "*.*.com", ".com", "com.",
+            "",
+            "*.com",
+            "*",
+            "Example.com",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a.*.com",
+            "a b",
+            "*.*.com",
+            ".com",
+            "com.",
         ] {
             assert!(bad.parse::<Domain>().is_err(), "{bad:?}");
         }

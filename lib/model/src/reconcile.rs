@@ -42,7 +42,12 @@ pub fn plan<K: Ord + Clone, C: PartialEq>(
             starts.push(Action::Start(k.clone()));
         }
     }
-    stops.into_iter().chain(restarts).chain(updates).chain(starts).collect()
+    stops
+        .into_iter()
+        .chain(restarts)
+        .chain(updates)
+        .chain(starts)
+        .collect()
 }
 
 #[cfg(test)]
@@ -57,7 +62,12 @@ mod tests {
         let got = plan(&desired, &running, |o, n| o.0 != n.0);
         assert_eq!(
             got,
-            [Action::Stop("d"), Action::Restart("c"), Action::Update("b"), Action::Start("e")]
+            [
+                Action::Stop("d"),
+                Action::Restart("c"),
+                Action::Update("b"),
+                Action::Start("e")
+            ]
         );
         assert!(plan(&desired, &desired, |_, _| true).is_empty());
     }

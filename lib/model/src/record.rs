@@ -87,13 +87,19 @@ mod tests {
             config: serde_json::json!({"kind": "site"}),
         };
         assert!(rec.is_alive(Path::new("/proc")));
-        let reused = VassalRecord { start_time: t + 1, ..rec.clone() };
+        let reused = VassalRecord {
+            start_time: t + 1,
+            ..rec.clone()
+        };
         assert!(!reused.is_alive(Path::new("/proc")));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("site1.json");
         crate::atomic::write_json(&p, &rec, 0o644).unwrap();
         assert_eq!(VassalRecord::load(&p).unwrap(), Some(rec));
-        assert_eq!(VassalRecord::load(&dir.path().join("none.json")).unwrap(), None);
+        assert_eq!(
+            VassalRecord::load(&dir.path().join("none.json")).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -101,7 +107,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("7")).unwrap();
         let fields: Vec<String> = (3..=30).map(|i| i.to_string()).collect();
-        std::fs::write(dir.path().join("7/stat"), format!("7 (a ) b) {}", fields.join(" "))).unwrap();
+        std::fs::write(
+            dir.path().join("7/stat"),
+            format!("7 (a ) b) {}", fields.join(" ")),
+        )
+        .unwrap();
         assert_eq!(start_time(dir.path(), 7).unwrap(), 22);
     }
 }

@@ -74,7 +74,15 @@ mod tests {
         assert_eq!(Size::parse("10G"), Some(Size(10 << 30)));
         assert_eq!(Size::parse("4096"), Some(Size(4096)));
         assert_eq!(Size::parse("1k"), Some(Size(1024)));
-        for bad in ["", "M", "-1M", "1.5G", "12X", "99999999999999999999T", "1 G"] {
+        for bad in [
+            "",
+            "M",
+            "-1M",
+            "1.5G",
+            "12X",
+            "99999999999999999999T",
+            "1 G",
+        ] {
             assert_eq!(Size::parse(bad), None, "{bad}");
         }
         assert_eq!(Size(512 << 20).to_string(), "512M");

@@ -38,7 +38,8 @@ impl UidTable {
     /// Loads the table, or an empty one if the file does not exist.
     pub fn load(path: &Path) -> io::Result<UidTable> {
         match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Ok(data) => serde_json::from_slice(&data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UidTable::default()),
             Err(e) => Err(e),
         }
@@ -84,7 +85,11 @@ mod tests {
         t.save(&p).unwrap();
         let mut t = UidTable::load(&p).unwrap();
         t.users.remove("a");
-        assert_eq!(t.allocate("c").unwrap(), (30002, true), "a's uid is not reused");
+        assert_eq!(
+            t.allocate("c").unwrap(),
+            (30002, true),
+            "a's uid is not reused"
+        );
         t.next = 65534;
         assert_eq!(t.allocate("d").unwrap(), (65535, true));
     }

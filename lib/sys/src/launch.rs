@@ -106,9 +106,26 @@ pub enum Step {
 impl Step {
     fn from_u32(v: u32) -> Option<Step> {
         use Step::*;
-        [Sync, CgroupNs, Stdin, Private, RootBind, Mount, Remount, Hostname, Loopback, Pivot, RootReadonly, Privileges, NoNewPrivs, Rlimit, Seccomp, Exec]
-            .into_iter()
-            .find(|s| *s as u32 == v)
+        [
+            Sync,
+            CgroupNs,
+            Stdin,
+            Private,
+            RootBind,
+            Mount,
+            Remount,
+            Hostname,
+            Loopback,
+            Pivot,
+            RootReadonly,
+            Privileges,
+            NoNewPrivs,
+            Rlimit,
+            Seccomp,
+            Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == v)
     }
 }
 
@@ -148,7 +165,18 @@ impl LaunchError {
             LaunchError::Parent { err, .. } | LaunchError::Child { err, .. } => err.raw_os_error(),
             LaunchError::Hook(_) => return true,
         };
-        matches!(errno, Some(libc::EAGAIN | libc::ENOMEM | libc::EBUSY | libc::EINTR | libc::ENOSPC | libc::EMFILE | libc::ENFILE))
+        matches!(
+            errno,
+            Some(
+                libc::EAGAIN
+                    | libc::ENOMEM
+                    | libc::EBUSY
+                    | libc::EINTR
+                    | libc::ENOSPC
+                    | libc::EMFILE
+                    | libc::ENFILE
+            )
+        )
     }
 }
 
@@ -205,7 +233,12 @@ pub fn spawn(
         len: (p.len() / fsize) as u16,
         filter: p.as_ptr() as *mut libc::sock_filter,
     });
-    let prep = Prepared { plan, argv, env, fprog };
+    let prep = Prepared {
+        plan,
+        argv,
+        env,
+        fprog,
+    };
 
     let (sync_rd, sync_wr) = pipe()?;
     let (err_rd, err_wr) = pipe()?;
@@ -219,7 +252,13 @@ pub fn spawn(
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the
     // child gets a copy of this address space and returns 0 here. The child runs
     // only `child()`, which makes async-signal-safe calls and never returns.
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if pid < 0 {
         return Err(LaunchError::Parent {
             op: "clone3",
@@ -249,7 +288,10 @@ pub fn spawn(
     if w != 1 {
         let err = std::io::Error::last_os_error();
         abort(&pidfd);
-        return Err(LaunchError::Parent { op: "releasing the child", err });
+        return Err(LaunchError::Parent {
+            op: "releasing the child",
+            err,
+        });
     }
     drop(sync_wr);
     let mut report = [0u8; 12];
@@ -258,7 +300,8 @@ pub fn spawn(
         return Ok(pidfd);
     }
     wait_reaped(&pidfd);
-    let word = |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
+    let word =
+        |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
     Err(LaunchError::Child {
         step: Step::from_u32(word(0)).unwrap_or(Step::Exec),
         index: word(8),
@@ -320,7 +363,7 @@ fn opt_ptr(s: &Option<CString>) -> *const c_char {
 /// only async-signal-safe functions.
 unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
     let plan = p.plan;
-    // SAFETY (whole body): each call below is a raw syscall wrapper on pointers
+    // SAFETY: (the whole body) each call below is a raw syscall wrapper on pointers
     // into `p`, which the parent built before the clone and which this copy of
     // the address space keeps alive until exec.
     unsafe {
@@ -338,7 +381,8 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
         libc::close(sync_fd);
 
         // The parent put us in our cgroup: a new cgroup namespace is rooted there.
-        if plan.namespaces & libc::CLONE_NEWCGROUP != 0 && libc::unshare(libc::CLONE_NEWCGROUP) < 0 {
+        if plan.namespaces & libc::CLONE_NEWCGROUP != 0 && libc::unshare(libc::CLONE_NEWCGROUP) < 0
+        {
             fail(err_fd, Step::CgroupNs, 0);
         }
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
@@ -349,21 +393,49 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
             libc::close(null);
         }
 
-        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) < 0 {
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) < 0
+        {
             fail(err_fd, Step::Private, 0);
         }
         let root = plan.root.as_ptr();
-        if libc::mount(root, root, std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) < 0 {
+        if libc::mount(
+            root,
+            root,
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ) < 0
+        {
             fail(err_fd, Step::RootBind, 0);
         }
         for (i, m) in plan.mounts.iter().enumerate() {
             let data = opt_ptr(&m.data) as *const c_void;
-            if libc::mount(opt_ptr(&m.source), m.target.as_ptr(), opt_ptr(&m.fstype), m.flags, data) < 0 {
+            if libc::mount(
+                opt_ptr(&m.source),
+                m.target.as_ptr(),
+                opt_ptr(&m.fstype),
+                m.flags,
+                data,
+            ) < 0
+            {
                 fail(err_fd, Step::Mount, i as u32);
             }
             if let Some(flags) = m.remount {
                 let f = libc::MS_BIND | libc::MS_REMOUNT | flags;
-                if libc::mount(std::ptr::null(), m.target.as_ptr(), std::ptr::null(), f, std::ptr::null()) < 0 {
+                if libc::mount(
+                    std::ptr::null(),
+                    m.target.as_ptr(),
+                    std::ptr::null(),
+                    f,
+                    std::ptr::null(),
+                ) < 0
+                {
                     fail(err_fd, Step::Remount, i as u32);
                 }
             }
@@ -387,15 +459,29 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
             fail(err_fd, Step::Pivot, 0);
         }
         if plan.readonly_root {
-            let f = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-            if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), f, std::ptr::null()) < 0 {
+            let f = libc::MS_BIND
+                | libc::MS_REMOUNT
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV;
+            if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                f,
+                std::ptr::null(),
+            ) < 0
+            {
                 fail(err_fd, Step::RootReadonly, 0);
             }
         }
 
         // Limits first: raising a hard limit needs CAP_SYS_RESOURCE.
         for (i, (res, soft, hard)) in plan.rlimits.iter().enumerate() {
-            let lim = libc::rlimit { rlim_cur: *soft, rlim_max: *hard };
+            let lim = libc::rlimit {
+                rlim_cur: *soft,
+                rlim_max: *hard,
+            };
             if libc::setrlimit(*res as _, &lim) < 0 {
                 fail(err_fd, Step::Rlimit, i as u32);
             }
@@ -418,7 +504,13 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
         let mut hdr: [u32; 2] = [0x2008_0522, 0];
         let data = [0u32; 6];
         if libc::syscall(libc::SYS_capset, &mut hdr as *mut _, data.as_ptr()) < 0
-            || libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0
+            || libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ) < 0
         {
             fail(err_fd, Step::Privileges, 0);
         }
@@ -429,7 +521,14 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
             libc::chdir(c"/".as_ptr());
         }
         if let Some(prog) = &p.fprog {
-            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, prog as *const libc::sock_fprog, 0, 0) < 0 {
+            if libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                prog as *const libc::sock_fprog,
+                0,
+                0,
+            ) < 0
+            {
                 fail(err_fd, Step::Seccomp, 0);
             }
         }

@@ -132,13 +132,47 @@ impl AsRawFd for Pidfd {
     }
 }
 
+/// Waits until the process held by `pidfd` has ended (its pidfd polls readable).
+#[cfg(feature = "tokio")]
+pub async fn exited(pidfd: std::sync::Arc<Pidfd>) {
+    struct Shared(std::sync::Arc<Pidfd>);
+    impl AsRawFd for Shared {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    // SAFETY: `Shared` holds an Arc of the Pidfd that owns the fd, so the fd
+    // stays open and unchanged for as long as the AsyncFd registration lives.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            Shared(pidfd.clone()),
+            tokio::io::Interest::READABLE,
+        )
+    };
+    match afd {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        // Registration can only fail if the reactor is gone; fall back to polling.
+        Err(_) => {
+            while !pidfd.has_exited() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped through the pidfd
     fn reaps_child_and_sees_exit() {
-        let child = std::process::Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .unwrap();
         let pfd = Pidfd::open(child.id() as i32).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -152,8 +186,12 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped through the pidfd
     fn signals_by_pidfd() {
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pfd = Pidfd::open(child.id() as i32).unwrap();
         assert!(!pfd.has_exited());
         pfd.signal(libc::SIGKILL).unwrap();
@@ -165,31 +203,6 @@ mod tests {
             }
             assert!(std::time::Instant::now() < deadline);
             std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-}
-
-/// Waits until the process held by `pidfd` has ended (its pidfd polls readable).
-#[cfg(feature = "tokio")]
-pub async fn exited(pidfd: std::sync::Arc<Pidfd>) {
-    struct Shared(std::sync::Arc<Pidfd>);
-    impl AsRawFd for Shared {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0.as_raw_fd()
-        }
-    }
-    // SAFETY: `Shared` holds an Arc of the Pidfd that owns the fd, so the fd
-    // stays open and unchanged for as long as the AsyncFd registration lives.
-    let afd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(Shared(pidfd.clone()), tokio::io::Interest::READABLE) };
-    match afd {
-        Ok(afd) => {
-            let _ = afd.readable().await;
-        }
-        // Registration can only fail if the reactor is gone; fall back to polling.
-        Err(_) => {
-            while !pidfd.has_exited() {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
         }
     }
 }

@@ -21,12 +21,44 @@ pub enum SeccompError {
 
 /// Calls refused with EPERM.
 pub const DENIED: &[&str] = &[
-    "acct", "add_key", "bpf", "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen",
-    "fspick", "init_module", "io_uring_enter", "io_uring_register", "io_uring_setup", "ioperm",
-    "iopl", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount", "mount_setattr",
-    "move_mount", "name_to_handle_at", "open_by_handle_at", "open_tree", "perf_event_open",
-    "pivot_root", "quotactl", "reboot", "request_key", "setns", "swapoff", "swapon", "syslog",
-    "umount2", "unshare", "userfaultfd", "vhangup",
+    "acct",
+    "add_key",
+    "bpf",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
+    "ioperm",
+    "iopl",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "umount2",
+    "unshare",
+    "userfaultfd",
+    "vhangup",
 ];
 
 /// Namespace flags refused in `clone`.
@@ -57,7 +89,10 @@ pub fn default_program() -> Result<Vec<u8>, SeccompError> {
     }
     // clone3 passes its flags in memory, where a filter cannot look: answer
     // ENOSYS so that libc falls back to clone, which is checked above.
-    ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), ScmpSyscall::from_name("clone3")?)?;
+    ctx.add_rule(
+        ScmpAction::Errno(libc::ENOSYS),
+        ScmpSyscall::from_name("clone3")?,
+    )?;
     let mut file = tempfile_in_memory()?;
     ctx.export_bpf(&mut file)?;
     use std::io::{Read, Seek};
@@ -68,7 +103,10 @@ pub fn default_program() -> Result<Vec<u8>, SeccompError> {
 }
 
 fn tempfile_in_memory() -> std::io::Result<std::fs::File> {
-    let fd = nix::sys::memfd::memfd_create(c"seccomp-bpf", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    let fd = nix::sys::memfd::memfd_create(
+        c"seccomp-bpf",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )?;
     Ok(std::fs::File::from(fd))
 }
 

@@ -184,7 +184,10 @@ pub(crate) fn rmdir_tree(dir: &Path) -> Result<()> {
             }
             // A fake tree in a temporary directory holds plain files: clear them first.
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && !is_cgroupfs(dir) => {
-                for f in std::fs::read_dir(dir).map_err(|e| io_err("list", dir, e))?.flatten() {
+                for f in std::fs::read_dir(dir)
+                    .map_err(|e| io_err("list", dir, e))?
+                    .flatten()
+                {
                     let _ = std::fs::remove_file(f.path());
                 }
                 std::fs::remove_dir(dir).map_err(|e| io_err("rmdir", dir, e))?;
@@ -198,12 +201,19 @@ pub(crate) fn rmdir_tree(dir: &Path) -> Result<()> {
 fn is_cgroupfs(dir: &Path) -> bool {
     use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC, CGROUP_SUPER_MAGIC};
     statfs(dir)
-        .map(|s| s.filesystem_type() == CGROUP_SUPER_MAGIC || s.filesystem_type() == CGROUP2_SUPER_MAGIC)
+        .map(|s| {
+            s.filesystem_type() == CGROUP_SUPER_MAGIC || s.filesystem_type() == CGROUP2_SUPER_MAGIC
+        })
         .unwrap_or(false)
 }
 
 /// Polls `check` until it returns true or `limit` passes.
-pub(crate) fn settle(path: &Path, what: &'static str, limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn settle(
+    path: &Path,
+    what: &'static str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let start = Instant::now();
     loop {
         if check()? {
@@ -222,6 +232,9 @@ pub(crate) fn settle(path: &Path, what: &'static str, limit: Duration, mut check
 
 pub(crate) fn kill_pids(pids: &[i32]) {
     for pid in pids {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }

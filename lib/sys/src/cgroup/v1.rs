@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{io_err, join, kill_pids, mkdir_p, read, read_procs, rmdir_tree, settle, write, CgroupError, CgroupTree, Limits, Result, Stats, Version, CPU_PERIOD_US};
+use super::{
+    io_err, join, kill_pids, mkdir_p, read, read_procs, rmdir_tree, settle, write, CgroupError,
+    CgroupTree, Limits, Result, Stats, Version, CPU_PERIOD_US,
+};
 
 /// The controllers the emperor drives on v1.
 pub const CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
@@ -31,13 +34,17 @@ impl V1 {
     pub fn from_mountinfo(text: &str) -> Result<V1> {
         let mut mounts = BTreeMap::new();
         for line in text.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mut r = right.split_whitespace();
             if r.next() != Some("cgroup") {
                 continue;
             }
             let opts = r.nth(1).unwrap_or("");
-            let Some(point) = left.split_whitespace().nth(4) else { continue };
+            let Some(point) = left.split_whitespace().nth(4) else {
+                continue;
+            };
             for c in CONTROLLERS {
                 if opts.split(',').any(|o| o == c) {
                     mounts.entry(c).or_insert_with(|| PathBuf::from(point));
@@ -74,12 +81,24 @@ impl CgroupTree for V1 {
 
     fn set_limits(&self, path: &str, l: &Limits) -> Result<()> {
         let mem = self.dir("memory", path)?;
-        write(&mem, "memory.limit_in_bytes", &l.memory.map_or("-1".into(), |m| m.to_string()))?;
+        write(
+            &mem,
+            "memory.limit_in_bytes",
+            &l.memory.map_or("-1".into(), |m| m.to_string()),
+        )?;
         let cpu = self.dir("cpu", path)?;
         write(&cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-        let quota = l.cpu.map_or("-1".into(), |c| ((c * CPU_PERIOD_US as f64).round() as u64).max(1000).to_string());
+        let quota = l.cpu.map_or("-1".into(), |c| {
+            ((c * CPU_PERIOD_US as f64).round() as u64)
+                .max(1000)
+                .to_string()
+        });
         write(&cpu, "cpu.cfs_quota_us", &quota)?;
-        write(&self.dir("pids", path)?, "pids.max", &l.pids.map_or("max".into(), |p| p.to_string()))
+        write(
+            &self.dir("pids", path)?,
+            "pids.max",
+            &l.pids.map_or("max".into(), |p| p.to_string()),
+        )
     }
 
     fn attach(&self, path: &str, pid: i32) -> Result<()> {
@@ -95,9 +114,15 @@ impl CgroupTree for V1 {
 
     fn freeze(&self, path: &str, frozen: bool) -> Result<()> {
         let dir = self.dir("freezer", path)?;
-        let (want, what) = if frozen { ("FROZEN", "freeze") } else { ("THAWED", "thaw") };
+        let (want, what) = if frozen {
+            ("FROZEN", "freeze")
+        } else {
+            ("THAWED", "thaw")
+        };
         write(&dir, "freezer.state", want)?;
-        settle(&dir, what, Duration::from_secs(5), || Ok(read(&dir, "freezer.state")?.trim() == want))
+        settle(&dir, what, Duration::from_secs(5), || {
+            Ok(read(&dir, "freezer.state")?.trim() == want)
+        })
     }
 
     fn is_frozen(&self, path: &str) -> Result<bool> {
@@ -113,7 +138,12 @@ impl CgroupTree for V1 {
         while let Some(dir) = stack.pop() {
             pids.extend(read_procs(&dir)?);
             if let Ok(entries) = std::fs::read_dir(&dir) {
-                stack.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path()),
+                );
             }
         }
         kill_pids(&pids);
@@ -130,10 +160,13 @@ impl CgroupTree for V1 {
     fn stats(&self, path: &str) -> Result<Stats> {
         let num = |ctl: &str, f: &str| -> Result<u64> {
             let dir = self.dir(ctl, path)?;
-            read(&dir, f)?
-                .trim()
-                .parse()
-                .map_err(|_| io_err("parse", &dir.join(f), std::io::ErrorKind::InvalidData.into()))
+            read(&dir, f)?.trim().parse().map_err(|_| {
+                io_err(
+                    "parse",
+                    &dir.join(f),
+                    std::io::ErrorKind::InvalidData.into(),
+                )
+            })
         };
         Ok(Stats {
             memory: num("memory", "memory.usage_in_bytes")?,
@@ -164,18 +197,38 @@ mod tests {
         let t = V1::from_mountinfo(MOUNTINFO).unwrap();
         assert_eq!(t.mounts["cpu"], PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
         assert_eq!(t.mounts["memory"], PathBuf::from("/sys/fs/cgroup/memory"));
-        let no_freezer: String = MOUNTINFO.lines().filter(|l| !l.contains("freezer")).map(|l| format!("{l}\n")).collect();
-        assert!(matches!(V1::from_mountinfo(&no_freezer), Err(CgroupError::Missing("freezer"))));
+        let no_freezer: String = MOUNTINFO
+            .lines()
+            .filter(|l| !l.contains("freezer"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(matches!(
+            V1::from_mountinfo(&no_freezer),
+            Err(CgroupError::Missing("freezer"))
+        ));
     }
 
     #[test]
     fn limits_and_attach_in_fake_tree() {
         let dir = tempfile::tempdir().unwrap();
-        let mounts: BTreeMap<&'static str, PathBuf> = CONTROLLERS.iter().map(|c| (*c, dir.path().join(c))).collect();
+        let mounts: BTreeMap<&'static str, PathBuf> = CONTROLLERS
+            .iter()
+            .map(|c| (*c, dir.path().join(c)))
+            .collect();
         let t = V1::new(mounts).unwrap();
         t.create("imperium/g/s").unwrap();
-        t.set_limits("imperium/g/s", &Limits { memory: Some(1 << 30), cpu: Some(2.0), pids: None }).unwrap();
-        let f = |c: &str, n: &str| std::fs::read_to_string(dir.path().join(c).join("imperium/g/s").join(n)).unwrap();
+        t.set_limits(
+            "imperium/g/s",
+            &Limits {
+                memory: Some(1 << 30),
+                cpu: Some(2.0),
+                pids: None,
+            },
+        )
+        .unwrap();
+        let f = |c: &str, n: &str| {
+            std::fs::read_to_string(dir.path().join(c).join("imperium/g/s").join(n)).unwrap()
+        };
         assert_eq!(f("memory", "memory.limit_in_bytes"), "1073741824");
         assert_eq!(f("cpu", "cpu.cfs_quota_us"), "200000");
         assert_eq!(f("pids", "pids.max"), "max");

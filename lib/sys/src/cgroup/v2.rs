@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{io_err, join, mkdir_p, read, read_procs, rmdir_tree, settle, write, CgroupTree, Limits, Result, Stats, Version, CPU_PERIOD_US};
+use super::{
+    io_err, join, mkdir_p, read, read_procs, rmdir_tree, settle, write, CgroupTree, Limits, Result,
+    Stats, Version, CPU_PERIOD_US,
+};
 
 /// The controllers the emperor enables for its subtree.
 const WANTED: &[&str] = &["cpu", "memory", "pids"];
@@ -26,7 +29,9 @@ impl V2 {
     }
 
     fn frozen(dir: &Path) -> Result<bool> {
-        Ok(read(dir, "cgroup.events")?.lines().any(|l| l.trim() == "frozen 1"))
+        Ok(read(dir, "cgroup.events")?
+            .lines()
+            .any(|l| l.trim() == "frozen 1"))
     }
 }
 
@@ -49,7 +54,11 @@ impl CgroupTree for V2 {
         }
         // Enable the controllers in every ancestor of the leaf, from the root down.
         let mut dir = self.root.clone();
-        for part in Path::new(path).parent().into_iter().flat_map(|p| p.components()) {
+        for part in Path::new(path)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+        {
             write(&dir, "cgroup.subtree_control", &enable.join(" "))?;
             dir.push(part);
         }
@@ -58,10 +67,22 @@ impl CgroupTree for V2 {
 
     fn set_limits(&self, path: &str, l: &Limits) -> Result<()> {
         let dir = self.dir(path)?;
-        write(&dir, "memory.max", &l.memory.map_or("max".into(), |m| m.to_string()))?;
-        let quota = l.cpu.map_or("max".into(), |c| ((c * CPU_PERIOD_US as f64).round() as u64).max(1000).to_string());
+        write(
+            &dir,
+            "memory.max",
+            &l.memory.map_or("max".into(), |m| m.to_string()),
+        )?;
+        let quota = l.cpu.map_or("max".into(), |c| {
+            ((c * CPU_PERIOD_US as f64).round() as u64)
+                .max(1000)
+                .to_string()
+        });
         write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
-        write(&dir, "pids.max", &l.pids.map_or("max".into(), |p| p.to_string()))
+        write(
+            &dir,
+            "pids.max",
+            &l.pids.map_or("max".into(), |p| p.to_string()),
+        )
     }
 
     fn attach(&self, path: &str, pid: i32) -> Result<()> {
@@ -76,7 +97,9 @@ impl CgroupTree for V2 {
         let dir = self.dir(path)?;
         write(&dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
         let what = if frozen { "freeze" } else { "thaw" };
-        settle(&dir, what, Duration::from_secs(5), || Ok(V2::frozen(&dir)? == frozen))
+        settle(&dir, what, Duration::from_secs(5), || {
+            Ok(V2::frozen(&dir)? == frozen)
+        })
     }
 
     fn is_frozen(&self, path: &str) -> Result<bool> {
@@ -95,10 +118,13 @@ impl CgroupTree for V2 {
     fn stats(&self, path: &str) -> Result<Stats> {
         let dir = self.dir(path)?;
         let num = |f: &str| -> Result<u64> {
-            read(&dir, f)?
-                .trim()
-                .parse()
-                .map_err(|_| io_err("parse", &dir.join(f), std::io::ErrorKind::InvalidData.into()))
+            read(&dir, f)?.trim().parse().map_err(|_| {
+                io_err(
+                    "parse",
+                    &dir.join(f),
+                    std::io::ErrorKind::InvalidData.into(),
+                )
+            })
         };
         Ok(Stats {
             memory: num("memory.current")?,
@@ -120,7 +146,11 @@ mod tests {
 
     fn fake() -> (tempfile::TempDir, V2) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma\n").unwrap();
+        std::fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma\n",
+        )
+        .unwrap();
         let tree = V2::new(dir.path().to_path_buf());
         (dir, tree)
     }
@@ -130,10 +160,16 @@ mod tests {
         let (dir, t) = fake();
         t.create("imperium/group1/site52").unwrap();
         for d in ["", "imperium", "imperium/group1"] {
-            let got = std::fs::read_to_string(dir.path().join(d).join("cgroup.subtree_control")).unwrap();
+            let got =
+                std::fs::read_to_string(dir.path().join(d).join("cgroup.subtree_control")).unwrap();
             assert_eq!(got, "+cpu +memory +pids", "in {d:?}");
         }
-        assert!(!dir.path().join("imperium/group1/site52/cgroup.subtree_control").exists(), "a leaf enables nothing");
+        assert!(
+            !dir.path()
+                .join("imperium/group1/site52/cgroup.subtree_control")
+                .exists(),
+            "a leaf enables nothing"
+        );
         assert!(t.exists("imperium/group1/site52"));
         assert!(t.create("imperium/../etc").is_err());
         assert!(t.create("/abs").is_err());
@@ -143,7 +179,15 @@ mod tests {
     fn limits_in_v2_files() {
         let (dir, t) = fake();
         t.create("imperium/s").unwrap();
-        t.set_limits("imperium/s", &Limits { memory: Some(256 << 20), cpu: Some(0.5), pids: Some(200) }).unwrap();
+        t.set_limits(
+            "imperium/s",
+            &Limits {
+                memory: Some(256 << 20),
+                cpu: Some(0.5),
+                pids: Some(200),
+            },
+        )
+        .unwrap();
         let f = |n: &str| std::fs::read_to_string(dir.path().join("imperium/s").join(n)).unwrap();
         assert_eq!(f("memory.max"), "268435456");
         assert_eq!(f("cpu.max"), "50000 100000");
@@ -162,16 +206,28 @@ mod tests {
         // The kernel would update cgroup.events; the fake says "frozen" up front.
         std::fs::write(d.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
         t.freeze("imperium/s", true).unwrap();
-        assert_eq!(std::fs::read_to_string(d.join("cgroup.freeze")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(d.join("cgroup.freeze")).unwrap(),
+            "1"
+        );
         assert!(t.is_frozen("imperium/s").unwrap());
-        assert!(matches!(t.freeze("imperium/s", false), Err(super::super::CgroupError::Timeout { .. })));
+        assert!(matches!(
+            t.freeze("imperium/s", false),
+            Err(super::super::CgroupError::Timeout { .. })
+        ));
         t.kill_all("imperium/s").unwrap();
         assert_eq!(std::fs::read_to_string(d.join("cgroup.kill")).unwrap(), "1");
         t.attach("imperium/s", 42).unwrap();
         assert_eq!(t.procs("imperium/s").unwrap(), [42]);
         std::fs::write(d.join("memory.current"), "4096\n").unwrap();
         std::fs::write(d.join("pids.current"), "3\n").unwrap();
-        assert_eq!(t.stats("imperium/s").unwrap(), Stats { memory: 4096, pids: 3 });
+        assert_eq!(
+            t.stats("imperium/s").unwrap(),
+            Stats {
+                memory: 4096,
+                pids: 3
+            }
+        );
         t.remove("imperium").unwrap();
         assert!(!dir.path().join("imperium").exists());
     }
