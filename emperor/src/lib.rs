@@ -66,6 +66,11 @@ pub async fn run(
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         return Err(RunError::AlreadyRunning(socket.display().to_string()));
     }
+    let seccomp = sys::seccomp::default_program()?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut mgr = Manager::new(cfg.clone(), tree, seccomp, tx.clone()).map_err(RunError::State)?;
+    mgr.adopt();
+
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(|err| RunError::Socket {
         path: socket.display().to_string(),
@@ -73,11 +78,6 @@ pub async fn run(
     })?;
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
-
-    let seccomp = sys::seccomp::default_program()?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut mgr = Manager::new(cfg.clone(), tree, seccomp, tx.clone()).map_err(RunError::State)?;
-    mgr.adopt();
 
     let mut watcher =
         watch::Watcher::new(&cfg.layout.vassals, tx.clone()).map_err(RunError::Watch)?;

@@ -20,7 +20,7 @@ use sys::Pidfd;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::{Request, Response};
-use crate::spawner::{cgroup_limits, group_limits, Spawner};
+use crate::spawner::{cgroup_limits, group_limits, SpawnError, Spawner};
 use crate::spec::{self, Input};
 
 /// Settings of a running emperor.
@@ -138,6 +138,13 @@ impl Vassal {
     }
 }
 
+/// A start under way: the child is cloned and setting its container up.
+struct Begun {
+    uid: u32,
+    t0: Instant,
+    pending: Result<sys::launch::Pending, SpawnError>,
+}
+
 /// One row of `emperor status`.
 #[derive(Debug, Serialize)]
 struct Row {
@@ -168,6 +175,7 @@ pub struct Manager {
     tree: Arc<dyn CgroupTree>,
     spawner: Spawner,
     uids: UidTable,
+    uids_unsaved: bool,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     shadowed: Vec<(Name, PathBuf, String)>,
@@ -212,6 +220,7 @@ impl Manager {
             cfg,
             tree,
             uids,
+            uids_unsaved: false,
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             shadowed: Vec::new(),
@@ -388,6 +397,27 @@ impl Manager {
             Action::Update(n) => (2, !is_group(n, &want)),
             Action::Start(n) => (3, !is_group(n, &want)),
         });
+        // Allocate the uids of every new vassal at once: one durable write of
+        // the table instead of one per start.
+        let mut allocated = false;
+        for a in &actions {
+            if let Action::Start(n) = a {
+                let user = desired[n].0.user(n);
+                allocated |= self
+                    .uids
+                    .allocate(user.as_str())
+                    .map(|(_, changed)| changed)
+                    .unwrap_or(false);
+            }
+        }
+        if allocated {
+            self.uids_unsaved = true;
+            match self.uids.save(&self.cfg.layout.uid_table()) {
+                Ok(()) => self.uids_unsaved = false,
+                Err(e) => tracing::error!(error = %e, "saving the uid table failed"),
+            }
+        }
+        let mut starts = Vec::new();
         for action in actions {
             match action {
                 Action::Stop(name) => self.begin_stop(&name, After::Remove),
@@ -403,10 +433,11 @@ impl Manager {
                     let (file, dynamic) = desired[&name].clone();
                     self.vassals
                         .insert(name.clone(), Vassal::new(file, dynamic));
-                    self.start(&name);
+                    starts.push(name);
                 }
             }
         }
+        self.start_many(&starts);
     }
 
     fn update(&mut self, name: &Name, file: VassalFile) {
@@ -446,9 +477,35 @@ impl Manager {
     }
 
     fn start(&mut self, name: &Name) {
-        let Some(v) = self.vassals.get_mut(name) else {
-            return;
-        };
+        if let Some(begun) = self.begin_start(name) {
+            self.finish_start(name, begun);
+        }
+    }
+
+    /// Starts several vassals, keeping a few children setting up their
+    /// containers at once while the next ones are prepared.
+    fn start_many(&mut self, names: &[Name]) {
+        const IN_FLIGHT: usize = 8;
+        let mut pending: std::collections::VecDeque<(Name, Begun)> =
+            std::collections::VecDeque::new();
+        for name in names {
+            if let Some(b) = self.begin_start(name) {
+                pending.push_back((name.clone(), b));
+            }
+            if pending.len() >= IN_FLIGHT {
+                let (n, b) = pending.pop_front().expect("non-empty");
+                self.finish_start(&n, b);
+            }
+        }
+        while let Some((n, b)) = pending.pop_front() {
+            self.finish_start(&n, b);
+        }
+    }
+
+    /// Prepares and clones a vassal's init; `None` if it cannot start now
+    /// (its state says why).
+    fn begin_start(&mut self, name: &Name) -> Option<Begun> {
+        let v = self.vassals.get_mut(name)?;
         let file = v.file.clone();
         if let Some(g) = v
             .group()
@@ -457,20 +514,26 @@ impl Manager {
         {
             v.state = State::Stopped;
             v.reason = Some(format!("group {g} is suspended; starts on resume"));
-            return;
+            return None;
         }
         let user = file.user(name);
         let uid = match self.uids.allocate(user.as_str()) {
             Ok((uid, changed)) => {
-                if changed {
+                // A uid is used only once the table that gives it is on disk.
+                if changed || self.uids_unsaved {
                     if let Err(e) = self.uids.save(&self.cfg.layout.uid_table()) {
+                        self.uids_unsaved = true;
                         self.fail(name, format!("saving the uid table: {e}"), true);
-                        return;
+                        return None;
                     }
+                    self.uids_unsaved = false;
                 }
                 uid
             }
-            Err(e) => return self.fail(name, e.to_string(), false),
+            Err(e) => {
+                self.fail(name, e.to_string(), false);
+                return None;
+            }
         };
         if let VassalFile::Group(_) = file {
             let cg = self.cfg.layout.group_cgroup(name);
@@ -479,11 +542,18 @@ impl Manager {
                 .create(&cg)
                 .and_then(|_| self.tree.set_limits(&cg, &group_limits(&file)))
             {
-                return self.fail(name, e.to_string(), true);
+                self.fail(name, e.to_string(), true);
+                return None;
             }
         }
         let t0 = Instant::now();
-        let result = self.spawner.start(&self.input(name, &file, uid));
+        let pending = self.spawner.begin(&self.input(name, &file, uid));
+        Some(Begun { uid, t0, pending })
+    }
+
+    fn finish_start(&mut self, name: &Name, begun: Begun) {
+        let Begun { uid, t0, pending } = begun;
+        let result = pending.and_then(|p| p.wait().map_err(SpawnError::from));
         match result {
             Ok(pidfd) => {
                 let pid = pidfd.pid();
@@ -551,7 +621,7 @@ impl Manager {
             cgroup: self.input(name, &v.file, uid).cgroup(),
             config: serde_json::to_value(&v.file).unwrap_or_default(),
         };
-        if let Err(e) = model::atomic::write_json(&self.cfg.layout.record(name), &rec, 0o644) {
+        if let Err(e) = model::atomic::replace_json(&self.cfg.layout.record(name), &rec, 0o644) {
             tracing::error!(vassal = %name, error = %e, "writing the runtime record failed");
         }
     }
@@ -683,7 +753,7 @@ impl Manager {
         let then = v.stopping.take();
         v.init = None;
         let _ = std::fs::remove_file(self.cfg.layout.record(name));
-        let _ = std::fs::remove_dir_all(self.cfg.layout.root_dir(name));
+        let _ = std::fs::remove_dir(self.cfg.layout.root_dir(name));
         tracing::info!(vassal = %name, "stopped");
         match then {
             Some(After::Start) => {

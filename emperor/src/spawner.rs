@@ -13,7 +13,7 @@ use model::layout::inside;
 use model::VassalFile;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use sys::cgroup::{CgroupError, CgroupTree, Limits};
-use sys::launch::{ChildPlan, LaunchError, MountOp};
+use sys::launch::{ChildPlan, LaunchError, MountOp, Pending, SkelOp};
 use sys::Pidfd;
 
 use crate::spec::{self, Input, SpecError};
@@ -138,19 +138,23 @@ impl Spawner {
 
     /// Starts the vassal's container: spec, skeleton, cgroup, clone, exec.
     pub fn start(&self, inp: &Input<'_>) -> Result<Pidfd, SpawnError> {
+        Ok(self.begin(inp)?.wait()?)
+    }
+
+    /// Like [`Spawner::start`], but returns once the child is cloned; the child
+    /// sets its container up while the caller goes on.
+    pub fn begin(&self, inp: &Input<'_>) -> Result<Pending, SpawnError> {
         self.prepare_host(inp)?;
         let spec = spec::build(inp)?;
         let root = inp.layout.root_dir(inp.name);
-        prep(&root, spec::prepare_root(inp, &spec))?;
+        prep(&root, std::fs::create_dir_all(&root))?;
         let cgroup = inp.cgroup();
         self.tree.create(&cgroup)?;
         self.tree.set_limits(&cgroup, &cgroup_limits(inp.file))?;
-        let plan = plan(&spec, inp.uid, &self.seccomp)?;
-        let tree = &self.tree;
-        let pidfd = sys::launch::spawn(&plan, |pid| {
-            tree.attach(&cgroup, pid).map_err(|e| e.to_string())
-        })?;
-        Ok(pidfd)
+        let join = self.tree.join(&cgroup)?;
+        let mut plan = plan(&spec, inp.uid, &self.seccomp)?;
+        plan.skeleton = skeleton_ops(&root, &spec::skeleton(inp, &spec))?;
+        Ok(sys::launch::start(&plan, &join)?)
     }
 }
 
@@ -175,6 +179,22 @@ pub fn group_limits(file: &VassalFile) -> Limits {
         cpu: l.cpu,
         pids: l.pids,
     }
+}
+
+/// The skeleton as the child's operations, under `root`.
+pub fn skeleton_ops(root: &Path, skel: &[spec::Skel]) -> Result<Vec<SkelOp>, SpawnError> {
+    let under = |p: &Path| cstr(root.join(p).as_os_str().as_bytes());
+    skel.iter()
+        .map(|e| {
+            Ok(match e {
+                spec::Skel::Dir(p) => SkelOp::Dir(under(p)?, 0o755),
+                spec::Skel::File(p, content) => SkelOp::File(under(p)?, content.clone()),
+                spec::Skel::Symlink(target, p) => {
+                    SkelOp::Symlink(cstr(target.as_os_str().as_bytes())?, under(p)?)
+                }
+            })
+        })
+        .collect()
 }
 
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SpawnError> {
@@ -322,10 +342,7 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
             T::RlimitMemlock => libc::RLIMIT_MEMLOCK,
             _ => continue,
         };
-        // Never more than the emperor holds itself: raising a hard limit needs
-        // CAP_SYS_RESOURCE, which a confined emperor may lack.
-        let own_hard = getrlimit_hard(res);
-        rlimits.push((res, r.soft().min(own_hard), r.hard().min(own_hard)));
+        rlimits.push((res, r.soft(), r.hard()));
     }
     let args: Vec<String> = process.and_then(|p| p.args().clone()).unwrap_or_default();
     let env: Vec<String> = process.and_then(|p| p.env().clone()).unwrap_or_default();
@@ -336,6 +353,7 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
     Ok(ChildPlan {
         namespaces,
         root: cstr(root.as_os_str().as_bytes())?,
+        skeleton: Vec::new(),
         mounts,
         hostname: spec.hostname().as_ref().map(cstr).transpose()?,
         loopback_up: namespaces & libc::CLONE_NEWNET != 0,
@@ -357,17 +375,4 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
         seccomp: (!seccomp.is_empty()).then(|| seccomp.to_vec()),
         rlimits,
     })
-}
-
-fn getrlimit_hard(res: u32) -> u64 {
-    use nix::sys::resource::{getrlimit, Resource};
-    let r = match res {
-        libc::RLIMIT_NOFILE => Resource::RLIMIT_NOFILE,
-        libc::RLIMIT_NPROC => Resource::RLIMIT_NPROC,
-        libc::RLIMIT_CORE => Resource::RLIMIT_CORE,
-        libc::RLIMIT_STACK => Resource::RLIMIT_STACK,
-        libc::RLIMIT_MEMLOCK => Resource::RLIMIT_MEMLOCK,
-        _ => return u64::MAX,
-    };
-    getrlimit(r).map(|(_, hard)| hard).unwrap_or(u64::MAX)
 }

@@ -233,6 +233,12 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         "LANG=C.UTF-8".to_owned(),
         format!("IMPERIUM_VASSAL={}", inp.name),
     ];
+    // Never more than the emperor holds itself: raising a hard limit needs
+    // CAP_SYS_RESOURCE, which a confined emperor may lack.
+    let nofile_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(65536)
+        .min(65536);
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(inp.uid).gid(inp.uid).build()?)
@@ -243,8 +249,8 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         .no_new_privileges(true)
         .rlimits(vec![PosixRlimitBuilder::default()
             .typ(PosixRlimitType::RlimitNofile)
-            .soft(4096u64)
-            .hard(65536u64)
+            .soft(4096u64.min(nofile_hard))
+            .hard(nofile_hard)
             .build()?])
         .build()?;
 
@@ -347,36 +353,38 @@ fn passwd_and_group(user: &Name, uid: u32) -> (String, String) {
     )
 }
 
-/// Lays out the skeleton root the spec points at: mount points for every mount,
-/// the rootfs's symlinks (`/bin -> usr/bin`), and the container's own /etc files.
-/// Everything is owned by root and read-only to the tenant.
-pub fn prepare_root(inp: &Input<'_>, spec: &Spec) -> std::io::Result<()> {
-    use std::os::unix::fs::symlink;
-    let root = inp.layout.root_dir(inp.name);
-    if root.exists() {
-        std::fs::remove_dir_all(&root)?;
-    }
-    std::fs::create_dir_all(&root)?;
+/// One entry of a container's skeleton root, relative to the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skel {
+    /// A directory (mode 0755).
+    Dir(PathBuf),
+    /// A file with this content (empty: a mount point).
+    File(PathBuf, Vec<u8>),
+    /// A symlink: (target, path).
+    Symlink(PathBuf, PathBuf),
+}
+
+/// The skeleton of the root the spec points at, parents first: a mount point
+/// for every mount, the rootfs's symlinks (`/bin -> usr/bin`), and the
+/// container's own /etc files. The spawner lays it out on a fresh tmpfs in the
+/// container's own mount namespace, so nothing of it is written to the host.
+pub fn skeleton(inp: &Input<'_>, spec: &Spec) -> Vec<Skel> {
+    use std::collections::BTreeSet;
     let os_root = inp.os_root();
+    let mut dirs: BTreeSet<PathBuf> = ["etc", "dev", "proc", "root", "tmp", "var/tmp", "run/lock"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    let mut files: Vec<Skel> = Vec::new();
+    let mut links: Vec<Skel> = Vec::new();
     for d in OS_DIRS {
         if let Ok(target) = std::fs::read_link(os_root.join(d)) {
-            symlink(target, root.join(d))?;
+            links.push(Skel::Symlink(target, PathBuf::from(d)));
         }
     }
-    std::fs::create_dir_all(root.join("etc"))?;
     for e in ETC_SHARED {
         if let Ok(target) = std::fs::read_link(os_root.join("etc").join(e)) {
-            symlink(target, root.join("etc").join(e))?;
-        }
-    }
-    for m in spec.mounts().iter().flatten() {
-        let dest = root.join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
-        let src_is_dir = m.source().as_ref().map(|s| s.is_dir()).unwrap_or(true);
-        if m.typ().as_deref() == Some("bind") && !src_is_dir {
-            std::fs::create_dir_all(dest.parent().unwrap_or(&root))?;
-            std::fs::File::create(&dest)?;
-        } else if !dest.exists() {
-            std::fs::create_dir_all(&dest)?;
+            links.push(Skel::Symlink(target, Path::new("etc").join(e)));
         }
     }
     for (name, target) in [
@@ -386,29 +394,80 @@ pub fn prepare_root(inp: &Input<'_>, spec: &Spec) -> std::io::Result<()> {
         ("dev/stdout", "/proc/self/fd/1"),
         ("dev/stderr", "/proc/self/fd/2"),
     ] {
-        symlink(target, root.join(name))?;
+        links.push(Skel::Symlink(target.into(), name.into()));
     }
-    for d in ["root", "var/tmp", "run/lock"] {
-        std::fs::create_dir_all(root.join(d))?;
+    for m in spec.mounts().iter().flatten() {
+        let dest = m
+            .destination()
+            .strip_prefix("/")
+            .unwrap_or(m.destination())
+            .to_path_buf();
+        if dest.starts_with("proc/") {
+            continue; // inside the container's /proc
+        }
+        let is_file = m.typ().as_deref() == Some("bind")
+            && m.source().as_ref().map(|s| !s.is_dir()).unwrap_or(false);
+        let parents: Vec<PathBuf> = dest
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .collect();
+        dirs.extend(parents);
+        if is_file {
+            files.push(Skel::File(dest, Vec::new()));
+        } else {
+            dirs.insert(dest);
+        }
     }
     let user = inp.user();
     let (passwd, group) = passwd_and_group(&user, inp.uid);
-    let etc = root.join("etc");
-    std::fs::write(etc.join("hostname"), format!("{}\n", inp.name))?;
-    std::fs::write(
-        etc.join("hosts"),
-        format!(
-            "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost {0}\n",
-            inp.name
+    let hosts = format!(
+        "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost {0}\n",
+        inp.name
+    );
+    for (name, content) in [
+        ("hostname", format!("{}\n", inp.name).into_bytes()),
+        ("hosts", hosts.into_bytes()),
+        (
+            "resolv.conf",
+            std::fs::read("/etc/resolv.conf").unwrap_or_default(),
         ),
-    )?;
-    std::fs::write(
-        etc.join("resolv.conf"),
-        std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-    )?;
-    std::fs::write(etc.join("passwd"), passwd)?;
-    std::fs::write(etc.join("group"), group)?;
-    Ok(())
+        ("passwd", passwd.into_bytes()),
+        ("group", group.into_bytes()),
+    ] {
+        files.push(Skel::File(Path::new("etc").join(name), content));
+    }
+    let ancestors: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| {
+            d.ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    dirs.extend(ancestors);
+    // Directories that are also symlinks (usr-merged /bin) stay symlinks.
+    let linked: BTreeSet<PathBuf> = links
+        .iter()
+        .filter_map(|l| {
+            if let Skel::Symlink(_, p) = l {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut out: Vec<Skel> = dirs
+        .into_iter()
+        .filter(|d| !linked.contains(d))
+        .map(Skel::Dir)
+        .collect();
+    out.extend(links);
+    out.extend(files);
+    out
 }
 
 #[cfg(test)]
@@ -431,33 +490,84 @@ mod tests {
         let l = layout(dir.path());
         let name: Name = "site52".parse().unwrap();
         let file = VassalFile::parse(&name, "kind = \"site\"\ngroup = \"group1\"\n[limits]\nmemory = \"256M\"\ncpu = 0.5\npids = 200\n").unwrap();
-        let inp = Input { name: &name, file: &file, uid: 30001, layout: &l, vassal_exe: Path::new("/usr/bin/true") };
+        let inp = Input {
+            name: &name,
+            file: &file,
+            uid: 30001,
+            layout: &l,
+            vassal_exe: Path::new("/usr/bin/true"),
+        };
         let spec = build(&inp).unwrap();
         let mounts: Vec<(String, String)> = spec
             .mounts()
             .iter()
             .flatten()
-            .map(|m| (m.destination().display().to_string(), m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default()))
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.source()
+                        .as_ref()
+                        .map(|s| s.display().to_string())
+                        .unwrap_or_default(),
+                )
+            })
             .collect();
-        let find = |d: &str| mounts.iter().find(|(dest, _)| dest == d).map(|(_, s)| s.clone());
-        assert_eq!(find("/home/site52").unwrap(), l.home_root.join("group1/site52").display().to_string());
-        assert_eq!(find("/usr/local").unwrap(), l.home_root.join("group1/site52/usr-local").display().to_string());
-        assert_eq!(find("/run/imperium/sockets").unwrap(), l.run_dir.join("sockets/site52").display().to_string());
+        let find = |d: &str| {
+            mounts
+                .iter()
+                .find(|(dest, _)| dest == d)
+                .map(|(_, s)| s.clone())
+        };
+        assert_eq!(
+            find("/home/site52").unwrap(),
+            l.home_root.join("group1/site52").display().to_string()
+        );
+        assert_eq!(
+            find("/usr/local").unwrap(),
+            l.home_root
+                .join("group1/site52/usr-local")
+                .display()
+                .to_string()
+        );
+        assert_eq!(
+            find("/run/imperium/sockets").unwrap(),
+            l.run_dir.join("sockets/site52").display().to_string()
+        );
         assert_eq!(find("/usr").unwrap(), "/usr");
         for (dest, src) in &mounts {
-            assert!(!src.starts_with("/root") && !src.starts_with("/var") && !src.starts_with("/home/") && src != "/etc", "{dest} <- {src}");
-            assert!(!dest.contains("shadow") && !dest.starts_with("/etc/ssh"), "{dest}");
+            assert!(
+                !src.starts_with("/root")
+                    && !src.starts_with("/var")
+                    && !src.starts_with("/home/")
+                    && src != "/etc",
+                "{dest} <- {src}"
+            );
+            assert!(
+                !dest.contains("shadow") && !dest.starts_with("/etc/ssh"),
+                "{dest}"
+            );
         }
-        let usr = spec.mounts().iter().flatten().find(|m| m.destination() == Path::new("/usr")).unwrap();
+        let usr = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .find(|m| m.destination() == Path::new("/usr"))
+            .unwrap();
         assert!(usr.options().as_ref().unwrap().contains(&"ro".to_owned()));
         assert_eq!(spec.hostname().as_deref(), Some("site52"));
         let p = spec.process().as_ref().unwrap();
         assert_eq!((p.user().uid(), p.user().gid()), (30001, 30001));
         assert_eq!(p.no_new_privileges(), Some(true));
         let caps = p.capabilities().as_ref().unwrap();
-        assert!(caps.bounding().as_ref().unwrap().is_empty() && caps.effective().as_ref().unwrap().is_empty());
+        assert!(
+            caps.bounding().as_ref().unwrap().is_empty()
+                && caps.effective().as_ref().unwrap().is_empty()
+        );
         let linux = spec.linux().as_ref().unwrap();
-        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/imperium/group1/site52")));
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/imperium/group1/site52"))
+        );
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.memory().as_ref().unwrap().limit(), Some(256 << 20));
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
@@ -470,24 +580,53 @@ mod tests {
         let l = layout(dir.path());
         let name: Name = "site7".parse().unwrap();
         let file = VassalFile::parse(&name, "kind = \"site\"").unwrap();
-        let inp = Input { name: &name, file: &file, uid: 30007, layout: &l, vassal_exe: Path::new("/usr/bin/true") };
+        let inp = Input {
+            name: &name,
+            file: &file,
+            uid: 30007,
+            layout: &l,
+            vassal_exe: Path::new("/usr/bin/true"),
+        };
         let spec = build(&inp).unwrap();
         let plan = crate::spawner::plan(&spec, 30007, &[]).unwrap();
-        let all = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWCGROUP;
+        let all = libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWCGROUP;
         assert_eq!(plan.namespaces, all);
         assert!(plan.readonly_root && plan.loopback_up);
         assert_eq!((plan.uid, plan.gid), (30007, 30007));
         assert_eq!(plan.exe.to_str().unwrap(), VASSAL_INSIDE);
         let root = l.root_dir(&name);
-        let usr = plan.mounts.iter().find(|m| m.target.to_str().unwrap() == root.join("usr").to_str().unwrap()).unwrap();
+        let usr = plan
+            .mounts
+            .iter()
+            .find(|m| m.target.to_str().unwrap() == root.join("usr").to_str().unwrap())
+            .unwrap();
         assert_eq!(usr.flags, libc::MS_BIND | libc::MS_REC);
-        assert_eq!(usr.remount, Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV));
-        let tmp = plan.mounts.iter().find(|m| m.target.to_str().unwrap().ends_with("/tmp")).unwrap();
+        assert_eq!(
+            usr.remount,
+            Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV)
+        );
+        let tmp = plan
+            .mounts
+            .iter()
+            .find(|m| m.target.to_str().unwrap().ends_with("/tmp"))
+            .unwrap();
         assert_eq!(tmp.fstype.as_ref().unwrap().to_str().unwrap(), "tmpfs");
         assert_eq!(tmp.data.as_ref().unwrap().to_str().unwrap(), "mode=1777");
         // The proc mount comes before anything mounted under /proc.
-        let proc_at = plan.mounts.iter().position(|m| m.target.to_str().unwrap().ends_with("/proc")).unwrap();
-        let under = plan.mounts.iter().position(|m| m.target.to_str().unwrap().contains("/proc/"));
+        let proc_at = plan
+            .mounts
+            .iter()
+            .position(|m| m.target.to_str().unwrap().ends_with("/proc"))
+            .unwrap();
+        let under = plan
+            .mounts
+            .iter()
+            .position(|m| m.target.to_str().unwrap().contains("/proc/"));
         assert!(under.is_none_or(|u| u > proc_at));
     }
 }

@@ -10,11 +10,24 @@ fn emperor() -> Command {
 #[test]
 fn status_says_when_the_emperor_is_not_running() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["status"][..], &["status", "--json"], &["restart", "site1"], &["shutdown"]] {
-        let out = emperor().arg("--run-dir").arg(dir.path()).args(args).output().unwrap();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["restart", "site1"],
+        &["shutdown"],
+    ] {
+        let out = emperor()
+            .arg("--run-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("the emperor is not running"), "{args:?}: {err}");
+        assert!(
+            err.contains("the emperor is not running"),
+            "{args:?}: {err}"
+        );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
@@ -30,5 +43,6 @@ fn serve_refuses_a_missing_vassal_binary() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("vassal binary /nonexistent/vassal not found"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("vassal binary /nonexistent/vassal not found"));
 }

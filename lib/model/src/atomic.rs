@@ -7,6 +7,16 @@ use std::path::Path;
 /// Writes `data` to `path` through a temporary file in the same directory,
 /// `fsync`, `rename`, then `fsync` of the directory.
 pub fn write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_with(path, data, mode, true)
+}
+
+/// Like [`write`] without the fsyncs: for runtime files (on tmpfs, gone at
+/// reboot anyway), where only "old or new, never half" matters.
+pub fn replace(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_with(path, data, mode, false)
+}
+
+fn write_with(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -22,9 +32,14 @@ pub fn write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -37,6 +52,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T, mode: u32) -> io:
     let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     data.push(b'\n');
     write(path, &data, mode)
+}
+
+/// Serializes `value` as pretty JSON and [`replace`]s the file with it.
+pub fn replace_json<T: serde::Serialize>(path: &Path, value: &T, mode: u32) -> io::Result<()> {
+    let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    data.push(b'\n');
+    replace(path, &data, mode)
 }
 
 #[cfg(test)]

@@ -669,12 +669,20 @@ mod example_configs {
             let text = std::fs::read_to_string(&path).unwrap();
             let parsed = VassalFile::parse(&name, &text);
             assert!(parsed.is_ok(), "{}: {:?}", path.display(), parsed);
-            entries.push(Entry { name, path, source: Source::Admin, parsed });
+            entries.push(Entry {
+                name,
+                path,
+                source: Source::Admin,
+                parsed,
+            });
         }
         assert!(entries.len() >= 4);
         let cat = Catalog::build(entries, &BTreeMap::new(), &|_: &str| false);
         for (name, v) in &cat.verdicts {
-            assert!(matches!(v, Verdict::Run { reason: None, .. }), "{name}: {v:?}");
+            assert!(
+                matches!(v, Verdict::Run { reason: None, .. }),
+                "{name}: {v:?}"
+            );
         }
     }
 }

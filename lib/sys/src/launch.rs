@@ -2,16 +2,22 @@
 //!
 //! The emperor is a threaded tokio process, so the child side of the clone may
 //! only make async-signal-safe calls: everything it needs (C strings, pointer
-//! arrays, the seccomp program, the executable's fd) is prepared in
-//! [`Prepared`] before `clone3`, and the child then makes plain syscalls until
-//! `execve`. Parent and child talk over two pipes: the parent releases the
-//! child once it has put it in its cgroup; the child reports the step and errno
-//! of a failure on the other pipe, which closes on a successful exec.
+//! arrays, the seccomp program, the cgroup fds) is prepared before `clone3`,
+//! and the child then makes plain syscalls until `execve`. It reports the step
+//! and errno of a failure on a pipe that closes on a successful exec.
+//!
+//! The order in the child: enter the cgroup (v1: write itself into each
+//! hierarchy; v2 was cloned straight into it), a new cgroup namespace rooted
+//! there, a private mount tree, a tmpfs root holding the skeleton (mount points,
+//! symlinks, the container's own /etc files), the mounts, hostname, loopback,
+//! pivot_root, a read-only root, rlimits, then privileges dropped for good
+//! (bounding set, ids, capabilities, no_new_privs), seccomp, exec.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_ulong, c_void, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::cgroup::Join;
 use crate::pidfd::Pidfd;
 
 /// One mount the child makes before pivot_root. Targets are host paths under the new root.
@@ -31,13 +37,27 @@ pub struct MountOp {
     pub remount: Option<c_ulong>,
 }
 
+/// One entry of the skeleton the child lays out on its tmpfs root. Paths are
+/// host paths under the new root.
+#[derive(Debug, Clone)]
+pub enum SkelOp {
+    /// A directory with this mode.
+    Dir(CString, u32),
+    /// A regular file (mode 0644) with this content (empty for a mount point).
+    File(CString, Vec<u8>),
+    /// A symlink: (target, path).
+    Symlink(CString, CString),
+}
+
 /// Everything the child does, prepared by the parent.
 #[derive(Debug)]
 pub struct ChildPlan {
     /// `CLONE_NEW*` flags for clone3. `CLONE_NEWCGROUP` is done after the cgroup join.
     pub namespaces: c_int,
-    /// The host path of the new root (a directory).
+    /// The host path of the new root (an existing, empty directory; a tmpfs is mounted on it).
     pub root: CString,
+    /// What to create on the root before mounting.
+    pub skeleton: Vec<SkelOp>,
     /// Mounts, in order.
     pub mounts: Vec<MountOp>,
     /// Hostname in the new UTS namespace.
@@ -69,16 +89,18 @@ pub struct ChildPlan {
 #[repr(u32)]
 #[non_exhaustive]
 pub enum Step {
-    /// Waiting for the parent.
-    Sync = 1,
+    /// Writing itself into its cgroups.
+    CgroupJoin = 1,
     /// unshare(CLONE_NEWCGROUP).
     CgroupNs,
     /// Opening /dev/null for stdin.
     Stdin,
     /// Making / private.
     Private,
-    /// Binding the new root onto itself.
-    RootBind,
+    /// Mounting the tmpfs root.
+    Root,
+    /// One of the skeleton's entries.
+    Skeleton,
     /// One of the plan's mounts.
     Mount,
     /// A bind remount.
@@ -91,12 +113,12 @@ pub enum Step {
     Pivot,
     /// Remounting / read-only.
     RootReadonly,
+    /// setrlimit.
+    Rlimit,
     /// Dropping capabilities and switching ids.
     Privileges,
     /// no_new_privs.
     NoNewPrivs,
-    /// setrlimit.
-    Rlimit,
     /// Loading the seccomp filter.
     Seccomp,
     /// execve.
@@ -107,25 +129,33 @@ impl Step {
     fn from_u32(v: u32) -> Option<Step> {
         use Step::*;
         [
-            Sync,
+            CgroupJoin,
             CgroupNs,
             Stdin,
             Private,
-            RootBind,
+            Root,
+            Skeleton,
             Mount,
             Remount,
             Hostname,
             Loopback,
             Pivot,
             RootReadonly,
+            Rlimit,
             Privileges,
             NoNewPrivs,
-            Rlimit,
             Seccomp,
             Exec,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
+    }
+
+    fn indexed(self) -> bool {
+        matches!(
+            self,
+            Step::Skeleton | Step::Mount | Step::Remount | Step::Rlimit
+        )
     }
 }
 
@@ -143,30 +173,24 @@ pub enum LaunchError {
         err: std::io::Error,
     },
     /// The child failed before exec.
-    #[error("container setup failed at {step:?}{}: {err}", match step { Step::Mount | Step::Remount | Step::Rlimit => format!(" #{index}"), _ => String::new() })]
+    #[error("container setup failed at {step:?}{}: {err}", if step.indexed() { format!(" #{index}") } else { String::new() })]
     Child {
         /// Which step.
         step: Step,
-        /// For `Mount`/`Remount`, which mount of the plan.
+        /// For indexed steps, which entry of the plan.
         index: u32,
         /// The errno.
         #[source]
         err: std::io::Error,
     },
-    /// The caller's hook between clone and release (the cgroup join) failed.
-    #[error("before release: {0}")]
-    Hook(String),
 }
 
 impl LaunchError {
     /// Whether trying again later may succeed (a shortage, not a bad plan).
     pub fn is_transient(&self) -> bool {
-        let errno = match self {
-            LaunchError::Parent { err, .. } | LaunchError::Child { err, .. } => err.raw_os_error(),
-            LaunchError::Hook(_) => return true,
-        };
+        let (LaunchError::Parent { err, .. } | LaunchError::Child { err, .. }) = self;
         matches!(
-            errno,
+            err.raw_os_error(),
             Some(
                 libc::EAGAIN
                     | libc::ENOMEM
@@ -186,6 +210,7 @@ struct Prepared<'a> {
     argv: Vec<*const c_char>,
     env: Vec<*const c_char>,
     fprog: Option<libc::sock_fprog>,
+    self_join: &'a [OwnedFd],
 }
 
 #[repr(C)]
@@ -204,6 +229,9 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// `CLONE_INTO_CGROUP` (Linux 5.7), not in every libc crate.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe2 writes two fds into the array we pass.
@@ -217,13 +245,41 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Starts the init described by `plan`. `before_release(pid)` runs in the parent
-/// after the clone and before the child does anything (the cgroup join goes
-/// there). Returns the init's pidfd once it has exec'd.
-pub fn spawn(
-    plan: &ChildPlan,
-    before_release: impl FnOnce(i32) -> Result<(), String>,
-) -> Result<Pidfd, LaunchError> {
+/// A child that has been cloned and is setting its container up.
+#[derive(Debug)]
+pub struct Pending {
+    pidfd: Pidfd,
+    err_rd: OwnedFd,
+}
+
+impl Pending {
+    /// Waits until the child has exec'd (its report pipe closes) or failed.
+    pub fn wait(self) -> Result<Pidfd, LaunchError> {
+        let mut report = [0u8; 12];
+        if read_full(self.err_rd.as_raw_fd(), &mut report) == 0 {
+            return Ok(self.pidfd);
+        }
+        wait_reaped(&self.pidfd);
+        let word =
+            |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
+        Err(LaunchError::Child {
+            step: Step::from_u32(word(0)).unwrap_or(Step::Exec),
+            index: word(8),
+            err: std::io::Error::from_raw_os_error(word(4) as i32),
+        })
+    }
+}
+
+/// Starts the init described by `plan` in the cgroup `join` leads into, and
+/// returns its pidfd once it has exec'd.
+pub fn spawn(plan: &ChildPlan, join: &Join) -> Result<Pidfd, LaunchError> {
+    start(plan, join)?.wait()
+}
+
+/// Clones the init and returns at once: the child sets its container up on its
+/// own copy of the plan while the caller prepares the next one (a burst of
+/// starts uses every core); [`Pending::wait`] collects the outcome.
+pub fn start(plan: &ChildPlan, join: &Join) -> Result<Pending, LaunchError> {
     let mut argv: Vec<*const c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut env: Vec<*const c_char> = plan.env.iter().map(|a| a.as_ptr()).collect();
@@ -233,22 +289,30 @@ pub fn spawn(
         len: (p.len() / fsize) as u16,
         filter: p.as_ptr() as *mut libc::sock_filter,
     });
+    let (into_cgroup, self_join): (Option<RawFd>, &[OwnedFd]) = match join {
+        Join::IntoCgroup(fd) => (Some(fd.as_raw_fd()), &[]),
+        Join::WriteSelf(fds) => (None, fds),
+    };
     let prep = Prepared {
         plan,
         argv,
         env,
         fprog,
+        self_join,
     };
 
-    let (sync_rd, sync_wr) = pipe()?;
     let (err_rd, err_wr) = pipe()?;
     let mut pidfd: c_int = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64 | (plan.namespaces & !libc::CLONE_NEWCGROUP) as u64,
         pidfd: &mut pidfd as *mut c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if let Some(fd) = into_cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the
     // child gets a copy of this address space and returns 0 here. The child runs
     // only `child()`, which makes async-signal-safe calls and never returns.
@@ -267,46 +331,12 @@ pub fn spawn(
     }
     if pid == 0 {
         // SAFETY: we are the child; see `child` for what it may do.
-        unsafe { child(&prep, sync_rd.as_raw_fd(), err_wr.as_raw_fd()) }
+        unsafe { child(&prep, err_wr.as_raw_fd()) }
     }
-    let pid = pid as i32;
     // SAFETY: clone3 stored a fresh pidfd in `pidfd`.
-    let pidfd = Pidfd::from_owned(unsafe { OwnedFd::from_raw_fd(pidfd) }, pid);
-    drop(sync_rd);
+    let pidfd = Pidfd::from_owned(unsafe { OwnedFd::from_raw_fd(pidfd) }, pid as i32);
     drop(err_wr);
-
-    let abort = |pidfd: &Pidfd| {
-        let _ = pidfd.signal(libc::SIGKILL);
-        wait_reaped(pidfd);
-    };
-    if let Err(e) = before_release(pid) {
-        abort(&pidfd);
-        return Err(LaunchError::Hook(e));
-    }
-    // SAFETY: writing one byte from a local to our pipe's write end.
-    let w = unsafe { libc::write(sync_wr.as_raw_fd(), [1u8].as_ptr() as *const c_void, 1) };
-    if w != 1 {
-        let err = std::io::Error::last_os_error();
-        abort(&pidfd);
-        return Err(LaunchError::Parent {
-            op: "releasing the child",
-            err,
-        });
-    }
-    drop(sync_wr);
-    let mut report = [0u8; 12];
-    let n = read_full(err_rd.as_raw_fd(), &mut report);
-    if n == 0 {
-        return Ok(pidfd);
-    }
-    wait_reaped(&pidfd);
-    let word =
-        |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
-    Err(LaunchError::Child {
-        step: Step::from_u32(word(0)).unwrap_or(Step::Exec),
-        index: word(8),
-        err: std::io::Error::from_raw_os_error(word(4) as i32),
-    })
+    Ok(Pending { pidfd, err_rd })
 }
 
 fn wait_reaped(pidfd: &Pidfd) {
@@ -361,42 +391,37 @@ fn opt_ptr(s: &Option<CString>) -> *const c_char {
 /// # Safety
 /// Only called in the child of `clone3`, once. It allocates nothing and calls
 /// only async-signal-safe functions.
-unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
+unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
     let plan = p.plan;
-    // SAFETY: (the whole body) each call below is a raw syscall wrapper on pointers
-    // into `p`, which the parent built before the clone and which this copy of
-    // the address space keeps alive until exec.
+    let null = std::ptr::null::<c_char>();
+    // SAFETY: (the whole body) each call below is a raw syscall wrapper on
+    // pointers into `p`, which the parent built before the clone and which this
+    // copy of the address space keeps alive until exec.
     unsafe {
-        let mut byte = 0u8;
-        loop {
-            let r = libc::read(sync_fd, &mut byte as *mut u8 as *mut c_void, 1);
-            if r == 1 {
-                break;
+        // Single-threaded, so moving this thread moves the process, and writing
+        // "0" to `tasks` skips the kernel's global threadgroup lock.
+        for fd in p.self_join {
+            if libc::write(fd.as_raw_fd(), c"0".as_ptr() as *const c_void, 1) != 1 {
+                fail(err_fd, Step::CgroupJoin, 0);
             }
-            if r < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            fail(err_fd, Step::Sync, 0);
         }
-        libc::close(sync_fd);
-
-        // The parent put us in our cgroup: a new cgroup namespace is rooted there.
+        // Now in our cgroup: a new cgroup namespace is rooted there.
         if plan.namespaces & libc::CLONE_NEWCGROUP != 0 && libc::unshare(libc::CLONE_NEWCGROUP) < 0
         {
             fail(err_fd, Step::CgroupNs, 0);
         }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null < 0 || libc::dup2(null, 0) < 0 {
+        let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if devnull < 0 || libc::dup2(devnull, 0) < 0 {
             fail(err_fd, Step::Stdin, 0);
         }
-        if null > 2 {
-            libc::close(null);
+        if devnull > 2 {
+            libc::close(devnull);
         }
 
         if libc::mount(
-            std::ptr::null(),
+            null,
             c"/".as_ptr(),
-            std::ptr::null(),
+            null,
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         ) < 0
@@ -404,15 +429,40 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
             fail(err_fd, Step::Private, 0);
         }
         let root = plan.root.as_ptr();
+        let tmpfs_opts = c"mode=0755,size=1m";
         if libc::mount(
+            c"tmpfs".as_ptr(),
             root,
-            root,
-            std::ptr::null(),
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            tmpfs_opts.as_ptr() as *const c_void,
         ) < 0
         {
-            fail(err_fd, Step::RootBind, 0);
+            fail(err_fd, Step::Root, 0);
+        }
+        for (i, op) in plan.skeleton.iter().enumerate() {
+            let ok = match op {
+                SkelOp::Dir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0,
+                SkelOp::Symlink(target, path) => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
+                SkelOp::File(path, content) => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    let written = fd >= 0
+                        && (content.is_empty()
+                            || libc::write(fd, content.as_ptr() as *const c_void, content.len())
+                                == content.len() as isize);
+                    if fd >= 0 {
+                        libc::close(fd);
+                    }
+                    written
+                }
+            };
+            if !ok {
+                fail(err_fd, Step::Skeleton, i as u32);
+            }
         }
         for (i, m) in plan.mounts.iter().enumerate() {
             let data = opt_ptr(&m.data) as *const c_void;
@@ -428,14 +478,7 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
             }
             if let Some(flags) = m.remount {
                 let f = libc::MS_BIND | libc::MS_REMOUNT | flags;
-                if libc::mount(
-                    std::ptr::null(),
-                    m.target.as_ptr(),
-                    std::ptr::null(),
-                    f,
-                    std::ptr::null(),
-                ) < 0
-                {
+                if libc::mount(null, m.target.as_ptr(), null, f, std::ptr::null()) < 0 {
                     fail(err_fd, Step::Remount, i as u32);
                 }
             }
@@ -464,14 +507,7 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
                 | libc::MS_RDONLY
                 | libc::MS_NOSUID
                 | libc::MS_NODEV;
-            if libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                f,
-                std::ptr::null(),
-            ) < 0
-            {
+            if libc::mount(null, c"/".as_ptr(), null, f, std::ptr::null()) < 0 {
                 fail(err_fd, Step::RootReadonly, 0);
             }
         }
@@ -486,7 +522,6 @@ unsafe fn child(p: &Prepared<'_>, sync_fd: RawFd, err_fd: RawFd) -> ! {
                 fail(err_fd, Step::Rlimit, i as u32);
             }
         }
-
         // Drop every capability for good: the bounding set first (needs
         // CAP_SETPCAP, so before the uid change), then ids, then what is left.
         for cap in 0..64 {

@@ -108,6 +108,18 @@ impl CgroupTree for V1 {
         Ok(())
     }
 
+    fn join(&self, path: &str) -> Result<super::Join> {
+        let mut fds = Vec::new();
+        for root in self.roots() {
+            fds.push(super::open_for(
+                "open",
+                &join(root, path)?.join("tasks"),
+                false,
+            )?);
+        }
+        Ok(super::Join::WriteSelf(fds))
+    }
+
     fn procs(&self, path: &str) -> Result<Vec<i32>> {
         read_procs(&self.dir("pids", path)?)
     }

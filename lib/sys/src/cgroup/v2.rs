@@ -89,6 +89,14 @@ impl CgroupTree for V2 {
         write(&self.dir(path)?, "cgroup.procs", &pid.to_string())
     }
 
+    fn join(&self, path: &str) -> Result<super::Join> {
+        Ok(super::Join::IntoCgroup(super::open_for(
+            "open",
+            &self.dir(path)?,
+            true,
+        )?))
+    }
+
     fn procs(&self, path: &str) -> Result<Vec<i32>> {
         read_procs(&self.dir(path)?)
     }

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Start-up benchmark of the emperor, side by side with crun, runc and the floor.
+
+Run as root from the repository (bench/run does the build and installs):
+  python3 bench/start.py [--runs 100] [--sites 1000]
+
+Measures in one run:
+  * drop -> running: a site file renamed into the vassal directory, until the
+    emperor's runtime record of its init appears (written once the init has
+    exec'd); median and p95 over --runs;
+  * spawn only: the emperor's own figure for the same starts (spec, skeleton,
+    cgroup, clone, exec), from its log;
+  * 1000 sites from cold: the emperor started on a directory of --sites files,
+    until every init runs; and the shutdown of them all;
+  * the resident memory (RSS and PSS) of one idle site's vassal;
+  * crun and runc running the same site's OCI spec (from `emperor spec`) with
+    /bin/true as the process, run to exit, through hyperfine;
+  * the floor: clone3 with the same namespaces + exec /bin/true + wait, in
+    process (sys example `floor`), and `unshare` doing the same from a shell.
+Everything it creates (directories, cgroups, processes) is removed at the end.
+"""
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+IN_CREATE, IN_DELETE, IN_MOVED_TO = 0x100, 0x200, 0x80
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(REPO, "target", "release")
+
+
+class Inotify:
+    def __init__(self, path, mask):
+        self.fd = libc.inotify_init1(os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, path.encode(), mask) < 0:
+            raise OSError(ctypes.get_errno(), "inotify on " + path)
+
+    def wait_for(self, name, mask, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        import select
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(name)
+            r, _, _ = select.select([self.fd], [], [], left)
+            if not r:
+                continue
+            data = os.read(self.fd, 65536)
+            off = 0
+            while off < len(data):
+                _wd, m, _cookie, ln = __import__("struct").unpack_from("iIII", data, off)
+                n = data[off + 16: off + 16 + ln].rstrip(b"\0").decode()
+                off += 16 + ln
+                if n == name and m & mask:
+                    return
+
+    def close(self):
+        os.close(self.fd)
+
+
+def pct(xs, p):
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(len(s) * p / 100))]
+
+
+class Emperor:
+    def __init__(self, root, cgroup_root):
+        self.root = root
+        self.cg = cgroup_root
+        self.paths = {k: os.path.join(root, k) for k in ("vassals", "home", "state", "run")}
+        os.makedirs(self.paths["vassals"], exist_ok=True)
+        self.proc = None
+
+    def start(self):
+        log = open(os.path.join(self.root, "emperor.log"), "a")
+        self.proc = subprocess.Popen(
+            [f"{BIN}/emperor", "--run-dir", self.paths["run"], "serve", "--vassals", self.paths["vassals"],
+             "--home-root", self.paths["home"], "--state-dir", self.paths["state"], "--cgroup-root", self.cg,
+             "--stop-grace", "2"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(self.paths["run"], "emperor.sock")):
+            if time.monotonic() > deadline:
+                raise TimeoutError("emperor socket")
+            time.sleep(0.002)
+
+    def cli(self, *args):
+        return subprocess.run([f"{BIN}/emperor", "--run-dir", self.paths["run"], *args],
+                              capture_output=True, text=True, check=True).stdout
+
+    def status(self):
+        return json.loads(self.cli("status", "--json"))
+
+    def write(self, name, text):
+        tmp = os.path.join(self.paths["vassals"], f".{name}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(self.paths["vassals"], f"{name}.toml"))
+
+    def shutdown(self):
+        if self.proc and self.proc.poll() is None:
+            subprocess.run([f"{BIN}/emperor", "--run-dir", self.paths["run"], "shutdown"], capture_output=True)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def spawn_times(self):
+        text = open(os.path.join(self.root, "emperor.log")).read()
+        text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+        out = []
+        for m in re.finditer(r"started vassal=\S+ pid=\d+ uid=\d+ elapsed=([0-9.]+)(µs|ms|s)", text):
+            v, unit = float(m.group(1)), m.group(2)
+            out.append(v / 1000 if unit == "µs" else v if unit == "ms" else v * 1000)
+        return out
+
+
+def cgroup_roots():
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return ["/sys/fs/cgroup"]
+    return [os.path.join("/sys/fs/cgroup", d) for d in os.listdir("/sys/fs/cgroup")
+            if os.path.isdir(os.path.join("/sys/fs/cgroup", d)) and not os.path.islink(os.path.join("/sys/fs/cgroup", d))]
+
+
+def remove_cgroups(name):
+    """Kills what is left under a cgroup subtree and removes it, everywhere."""
+    for root in cgroup_roots():
+        top = os.path.join(root, name)
+        if not os.path.isdir(top):
+            continue
+        for d, _, _ in os.walk(top):
+            for f in ("freezer.state", "cgroup.freeze"):
+                p = os.path.join(d, f)
+                if os.path.exists(p):
+                    try:
+                        open(p, "w").write("THAWED" if f == "freezer.state" else "0")
+                    except OSError:
+                        pass
+            try:
+                for pid in open(os.path.join(d, "cgroup.procs")).read().split():
+                    os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+        for d, _, _ in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            for _ in range(200):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+def bench_latency(work, runs):
+    e = Emperor(os.path.join(work, "lat"), f"imperium-bench-{os.getpid()}")
+    try:
+        e.start()
+        records = os.path.join(e.paths["run"], "vassals")
+        ino = Inotify(records, IN_MOVED_TO | IN_DELETE)
+        lat = []
+        for i in range(runs + 5):
+            name = f"lat{i}"
+            t0 = time.perf_counter()
+            e.write(name, 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')
+            ino.wait_for(f"{name}.json", IN_MOVED_TO)
+            dt = (time.perf_counter() - t0) * 1000
+            if i >= 5:
+                lat.append(dt)
+            os.remove(os.path.join(e.paths["vassals"], f"{name}.toml"))
+            ino.wait_for(f"{name}.json", IN_DELETE)
+        ino.close()
+        spawn = e.spawn_times()[5:]
+        # One idle site for memory, and its spec for crun and runc.
+        e.write("idle", 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')
+        deadline = time.monotonic() + 10
+        pid = None
+        while pid is None and time.monotonic() < deadline:
+            pid = next((r["pid"] for r in e.status() if r["name"] == "idle" and r["state"] == "running"), None)
+            time.sleep(0.01)
+        time.sleep(1.0)
+        rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+        pss = int(re.search(r"Pss:\s+(\d+)", open(f"/proc/{pid}/smaps_rollup").read()).group(1))
+        spec = json.loads(e.cli("spec", "idle"))
+        oci = {k: run_oci(tool, spec, work, runs) for k, tool in (("crun", "crun"), ("runc", "runc"))}
+        return {"drop_to_running_ms": summary(lat), "spawn_ms": summary(spawn),
+                "vassal_rss_kib": rss, "vassal_pss_kib": pss, **oci}
+    finally:
+        e.shutdown()
+        remove_cgroups(e.cg)
+
+
+def summary(xs):
+    if not xs:
+        return None
+    return {"n": len(xs), "median": round(statistics.median(xs), 3), "p95": round(pct(xs, 95), 3), "min": round(min(xs), 3)}
+
+
+def run_oci(tool, spec, work, runs):
+    if not shutil.which(tool):
+        return None
+    bundle = os.path.join(work, f"bundle-{tool}")
+    os.makedirs(bundle, exist_ok=True)
+    spec = json.loads(json.dumps(spec))
+    # The emperor lays its root out on a tmpfs inside the container; give crun
+    # and runc an on-disk root with the same symlinks (usr-merged /bin, /lib*).
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(rootfs, exist_ok=True)
+    for d in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.islink(f"/{d}") and not os.path.lexists(os.path.join(rootfs, d)):
+            os.symlink(os.readlink(f"/{d}"), os.path.join(rootfs, d))
+    spec["root"]["path"] = rootfs
+    spec["process"]["args"] = ["/bin/true"]
+    cg = f"imperium-bench-{tool}-{os.getpid()}"
+    spec["linux"]["cgroupsPath"] = f"/{cg}/ctr"
+    json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+    out = os.path.join(work, f"{tool}.json")
+    cmd = f"{tool} run --bundle {bundle} bench-{tool}-{os.getpid()}"
+    hf = f"hyperfine -N --warmup 5 --runs {runs} --export-json {out} '{cmd}' >/dev/null"
+    if os.path.exists("/sys/fs/cgroup/unified"):
+        # crun refuses a hybrid host unless the cgroup2 mount is hidden (private mount namespace).
+        hf = f"unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /sys/fs/cgroup/unified && {hf.replace(chr(39), chr(34))}'"
+    try:
+        subprocess.run(["sh", "-c", hf], check=True, timeout=600)
+        times = [t * 1000 for t in json.load(open(out))["results"][0]["times"]]
+        return summary(times)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+        return {"error": str(err)}
+    finally:
+        remove_cgroups(cg)
+
+
+def bench_cold(work, sites):
+    e = Emperor(os.path.join(work, "cold"), f"imperium-bench-cold-{os.getpid()}")
+    try:
+        for i in range(sites):
+            with open(os.path.join(e.paths["vassals"], f"s{i}.toml"), "w") as f:
+                f.write('kind = "site"\n[limits]\nmemory = "32M"\npids = 32\n')
+        records = os.path.join(e.paths["run"], "vassals")
+        t0 = time.perf_counter()
+        e.start()
+        deadline = time.monotonic() + 300
+        while True:
+            n = len([f for f in os.listdir(records) if f.endswith(".json")]) if os.path.isdir(records) else 0
+            if n >= sites:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n}/{sites} sites up")
+            time.sleep(0.005)
+        up = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        e.shutdown()
+        down = time.perf_counter() - t1
+        return {"sites": sites, "up_s": round(up, 3), "shutdown_s": round(down, 3)}
+    finally:
+        e.shutdown()
+        remove_cgroups(e.cg)
+
+
+def floor(runs):
+    out = subprocess.run(["cargo", "run", "--release", "-q", "-p", "sys", "--example", "floor", "--", str(runs)],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    f = json.loads(out)
+    inproc = {"n": f["runs"], "median": f["median_us"] / 1000, "p95": f["p95_us"] / 1000, "min": f["min_us"] / 1000}
+    work = tempfile.mkdtemp()
+    try:
+        out = os.path.join(work, "u.json")
+        subprocess.run(["hyperfine", "-N", "--warmup", "5", "--runs", str(runs), "--export-json", out,
+                        "unshare --pid --fork --mount --uts --ipc --net --cgroup /bin/true"],
+                       check=True, capture_output=True)
+        shell = summary([t * 1000 for t in json.load(open(out))["results"][0]["times"]])
+    finally:
+        shutil.rmtree(work)
+    return {"floor_in_process_ms": inproc, "floor_unshare_ms": shell}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--sites", type=int, default=1000)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    work = tempfile.mkdtemp(prefix="imperium-bench-")
+    try:
+        res = {"load_before": os.getloadavg()[0]}
+        res.update(floor(args.runs))
+        res.update(bench_latency(work, args.runs))
+        res["cold"] = bench_cold(work, args.sites)
+        res["load_after"] = os.getloadavg()[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(res, indent=2))
+    med = lambda k: (res.get(k) or {}).get("median")
+    if med("crun") and med("drop_to_running_ms"):
+        print(f"\ncrun / emperor drop->running: {med('crun') / med('drop_to_running_ms'):.2f}x;"
+              f" runc / emperor: {med('runc') / med('drop_to_running_ms'):.2f}x;"
+              f" emperor / in-process floor: {med('drop_to_running_ms') / med('floor_in_process_ms'):.2f}x;"
+              f" emperor spawn / floor: {med('spawn_ms') / med('floor_in_process_ms'):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
