@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use emperor::spawner::{plan, skeleton_ops};
+use emperor::spawner::plan;
 use emperor::spec::{self, Input};
 use model::{Layout, Name, VassalFile};
 
@@ -53,31 +53,22 @@ fn main() {
     std::fs::create_dir_all(&root).unwrap();
     let cg = inp.cgroup();
     tree.create(&cg).unwrap();
-    let full = {
-        let mut p = plan(&s, 39999, &sys::seccomp::default_program().unwrap()).unwrap();
-        p.skeleton = skeleton_ops(&root, &spec::skeleton(&inp, &s)).unwrap();
-        p
-    };
-    println!(
-        "mounts {} skeleton {}",
-        full.mounts.len(),
-        full.skeleton.len()
-    );
+    let skel = spec::skeleton(&inp, &s);
+    let full = plan(&s, &skel, 39999, &sys::seccomp::default_program().unwrap()).unwrap();
+    println!("filesystem operations {}", full.fs.len());
     type Trim = Box<dyn Fn(&mut sys::ChildPlan)>;
     let variants: Vec<(&str, Trim)> = vec![
         ("full", Box::new(|_| {})),
         (
             "no /etc binds",
             Box::new(|p| {
-                p.mounts
-                    .retain(|m| !m.target.to_str().unwrap().contains("/etc/"))
+                p.fs.retain(|o| !matches!(o, sys::FsOp::Mount(m) if m.target.to_str().unwrap().contains("/etc/")))
             }),
         ),
         (
             "no /proc masks",
             Box::new(|p| {
-                p.mounts
-                    .retain(|m| !m.target.to_str().unwrap().contains("/proc/"))
+                p.fs.retain(|o| !matches!(o, sys::FsOp::Mount(m) if m.target.to_str().unwrap().contains("/proc/")))
             }),
         ),
         ("no seccomp", Box::new(|p| p.seccomp = None)),
@@ -90,8 +81,7 @@ fn main() {
         ),
     ];
     for (label, f) in variants {
-        let mut p = plan(&s, 39999, &[]).unwrap();
-        p.skeleton = full.skeleton.clone();
+        let mut p = plan(&s, &skel, 39999, &[]).unwrap();
         p.seccomp = full.seccomp.clone();
         f(&mut p);
         let mut times = Vec::new();

@@ -32,6 +32,11 @@ pub enum Request {
         /// The vassal.
         name: String,
     },
+    /// Delete the archived homes of a removed vassal.
+    Purge {
+        /// The vassal.
+        name: String,
+    },
     /// Stop every vassal, then the emperor.
     Shutdown,
 }

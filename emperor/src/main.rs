@@ -70,6 +70,8 @@ enum Cmd {
     Resume { name: String },
     /// Print a vassal's OCI runtime spec (config.json).
     Spec { name: String },
+    /// Delete the archived homes of a removed vassal (for good).
+    Purge { name: String },
     /// Stop every vassal, then the emperor.
     Shutdown,
 }
@@ -164,6 +166,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Suspend { name } => Request::Suspend { name },
         Cmd::Resume { name } => Request::Resume { name },
         Cmd::Spec { name } => Request::Spec { name },
+        Cmd::Purge { name } => Request::Purge { name },
         Cmd::Shutdown => Request::Shutdown,
     };
     let is_spec = matches!(req, Request::Spec { .. });

@@ -832,6 +832,27 @@ impl Manager {
         }
     }
 
+    /// Deletes `archive/<name>-<time>` directories; returns how many.
+    fn purge(&self, name: &Name) -> std::io::Result<usize> {
+        let mut count = 0;
+        for e in std::fs::read_dir(self.cfg.layout.archive_dir())?.flatten() {
+            let file_name = e.file_name();
+            let Some(stamp) = file_name
+                .to_str()
+                .and_then(|f| f.strip_prefix(name.as_str()))
+                .and_then(|r| r.strip_prefix('-'))
+            else {
+                continue;
+            };
+            if !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()) {
+                std::fs::remove_dir_all(e.path())?;
+                tracing::info!(vassal = %name, archive = %e.path().display(), "archive purged");
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
     fn continue_shutdown(&mut self) {
         if self.shutdown_reply.is_none() {
             return;
@@ -880,6 +901,16 @@ impl Manager {
             }),
             Request::Suspend { name } => self.with_vassal(&name, |m, n| m.freeze(n, true)),
             Request::Resume { name } => self.with_vassal(&name, |m, n| m.freeze(n, false)),
+            Request::Purge { name } => match name.parse::<Name>() {
+                Ok(n) => match self.purge(&n) {
+                    Ok(0) => Response::err(format!("no archived home of {n}")),
+                    Ok(count) => Response::ok(serde_json::json!(format!(
+                        "purged {count} archived home(s) of {n}"
+                    ))),
+                    Err(e) => Response::err(format!("purging {n}: {e}")),
+                },
+                Err(e) => Response::err(e.to_string()),
+            },
             Request::Spec { name } => self.with_vassal(&name, |m, n| {
                 let v = &m.vassals[n];
                 let uid = match v.uid {

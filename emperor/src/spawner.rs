@@ -13,7 +13,7 @@ use model::layout::inside;
 use model::VassalFile;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use sys::cgroup::{CgroupError, CgroupTree, Limits};
-use sys::launch::{ChildPlan, LaunchError, MountOp, Pending, SkelOp};
+use sys::launch::{ChildPlan, FsOp, LaunchError, MountOp, Pending};
 use sys::Pidfd;
 
 use crate::spec::{self, Input, SpecError};
@@ -152,8 +152,7 @@ impl Spawner {
         self.tree.create(&cgroup)?;
         self.tree.set_limits(&cgroup, &cgroup_limits(inp.file))?;
         let join = self.tree.join(&cgroup)?;
-        let mut plan = plan(&spec, inp.uid, &self.seccomp)?;
-        plan.skeleton = skeleton_ops(&root, &spec::skeleton(inp, &spec))?;
+        let plan = plan(&spec, &spec::skeleton(inp, &spec), inp.uid, &self.seccomp)?;
         Ok(sys::launch::start(&plan, &join)?)
     }
 }
@@ -181,22 +180,6 @@ pub fn group_limits(file: &VassalFile) -> Limits {
     }
 }
 
-/// The skeleton as the child's operations, under `root`.
-pub fn skeleton_ops(root: &Path, skel: &[spec::Skel]) -> Result<Vec<SkelOp>, SpawnError> {
-    let under = |p: &Path| cstr(root.join(p).as_os_str().as_bytes());
-    skel.iter()
-        .map(|e| {
-            Ok(match e {
-                spec::Skel::Dir(p) => SkelOp::Dir(under(p)?, 0o755),
-                spec::Skel::File(p, content) => SkelOp::File(under(p)?, content.clone()),
-                spec::Skel::Symlink(target, p) => {
-                    SkelOp::Symlink(cstr(target.as_os_str().as_bytes())?, under(p)?)
-                }
-            })
-        })
-        .collect()
-}
-
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SpawnError> {
     CString::new(s.as_ref()).map_err(|_| SpawnError::Nul)
 }
@@ -211,8 +194,13 @@ const FLAGS: &[(&str, libc::c_ulong)] = &[
     ("noatime", libc::MS_NOATIME),
 ];
 
-/// Converts the spec into the child's plan.
-pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnError> {
+/// Converts the spec and the skeleton of its root into the child's plan.
+pub fn plan(
+    spec: &Spec,
+    skeleton: &[spec::Skel],
+    uid: u32,
+    seccomp: &[u8],
+) -> Result<ChildPlan, SpawnError> {
     let root = spec
         .root()
         .as_ref()
@@ -236,9 +224,46 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
             _ => 0,
         };
     }
-    let mut mounts = Vec::new();
+    let under = |p: &Path| {
+        cstr(
+            root.join(p.strip_prefix("/").unwrap_or(p))
+                .as_os_str()
+                .as_bytes(),
+        )
+    };
+    let mut fs = Vec::new();
+    for e in skeleton {
+        fs.push(match e {
+            spec::Skel::Dir(p) => FsOp::Dir(under(p)?, 0o755),
+            spec::Skel::File(p, content) => FsOp::File(under(p)?, content.clone()),
+            spec::Skel::Symlink(target, p) => {
+                FsOp::Symlink(cstr(target.as_os_str().as_bytes())?, under(p)?)
+            }
+        });
+    }
+    for d in linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+    {
+        fs.push(FsOp::Device {
+            path: under(d.path())?,
+            mode: d.file_mode().unwrap_or(0o666),
+            major: d.major() as u32,
+            minor: d.minor() as u32,
+        });
+    }
+    // Read-only binds of /etc entries come from one read-only bind of the
+    // rootfs's /etc: a bind inherits its source mount's flags, which saves a
+    // remount per entry. The staging mount is detached before pivot_root.
+    let staging = Path::new("/.imperium-etc");
+    let mut staged: Option<PathBuf> = None;
     for m in spec.mounts().iter().flatten() {
-        let target = root.join(m.destination().strip_prefix("/").unwrap_or(m.destination()));
+        let target = cstr(
+            root.join(m.destination().strip_prefix("/").unwrap_or(m.destination()))
+                .as_os_str()
+                .as_bytes(),
+        )?;
         let opts = m.options().clone().unwrap_or_default();
         let mut flags = 0;
         let mut data = Vec::new();
@@ -258,15 +283,43 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
                 },
             }
         }
-        let source = m
-            .source()
-            .as_ref()
-            .map(|s| cstr(s.as_os_str().as_bytes()))
-            .transpose()?;
-        mounts.push(if is_bind {
+        let source_path = m.source().clone().unwrap_or_default();
+        let etc_dir = source_path
+            .parent()
+            .filter(|p| p.file_name() == Some("etc".as_ref()))
+            .map(Path::to_path_buf);
+        let ro_etc = is_bind
+            && flags == libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV
+            && etc_dir.is_some();
+        if ro_etc && staged.is_none() {
+            fs.push(FsOp::Dir(under(staging)?, 0o700));
+            fs.push(FsOp::Mount(MountOp {
+                source: Some(cstr(
+                    etc_dir.clone().unwrap_or_default().as_os_str().as_bytes(),
+                )?),
+                target: under(staging)?,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                remount: Some(flags),
+            }));
+            staged = etc_dir.clone();
+        }
+        let source = cstr(source_path.as_os_str().as_bytes())?;
+        fs.push(FsOp::Mount(if ro_etc && staged == etc_dir {
+            let name = source_path.file_name().unwrap_or_default();
             MountOp {
-                source,
-                target: cstr(target.as_os_str().as_bytes())?,
+                source: Some(under(&staging.join(name))?),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND | if recursive { libc::MS_REC } else { 0 },
+                data: None,
+                remount: None,
+            }
+        } else if is_bind {
+            MountOp {
+                source: Some(source),
+                target,
                 fstype: None,
                 flags: libc::MS_BIND | if recursive { libc::MS_REC } else { 0 },
                 data: None,
@@ -274,8 +327,8 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
             }
         } else {
             MountOp {
-                source,
-                target: cstr(target.as_os_str().as_bytes())?,
+                source: Some(source),
+                target,
                 fstype: m.typ().as_ref().map(cstr).transpose()?,
                 flags,
                 data: (!data.is_empty())
@@ -283,7 +336,10 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
                     .transpose()?,
                 remount: None,
             }
-        });
+        }));
+    }
+    if staged.is_some() {
+        fs.push(FsOp::Detach(under(staging)?));
     }
     // Masked and read-only paths, under /proc (the only pseudo filesystem mounted).
     let linux_paths = |v: Option<&Vec<String>>| -> Vec<String> {
@@ -294,8 +350,8 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
             .collect()
     };
     for p in linux_paths(linux.and_then(|l| l.masked_paths().as_ref())) {
-        let target = cstr(root.join(&p[1..]).as_os_str().as_bytes())?;
-        mounts.push(if Path::new(&p).is_dir() {
+        let target = under(Path::new(&p))?;
+        fs.push(FsOp::Mount(if Path::new(&p).is_dir() {
             MountOp {
                 source: Some(cstr("tmpfs")?),
                 target,
@@ -313,18 +369,18 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
                 data: None,
                 remount: None,
             }
-        });
+        }));
     }
     for p in linux_paths(linux.and_then(|l| l.readonly_paths().as_ref())) {
-        let target = cstr(root.join(&p[1..]).as_os_str().as_bytes())?;
-        mounts.push(MountOp {
+        let target = under(Path::new(&p))?;
+        fs.push(FsOp::Mount(MountOp {
             source: Some(target.clone()),
             target,
             fstype: None,
             flags: libc::MS_BIND | libc::MS_REC,
             data: None,
             remount: Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
-        });
+        }));
     }
     let process = spec.process().as_ref();
     let mut rlimits = Vec::new();
@@ -353,8 +409,7 @@ pub fn plan(spec: &Spec, uid: u32, seccomp: &[u8]) -> Result<ChildPlan, SpawnErr
     Ok(ChildPlan {
         namespaces,
         root: cstr(root.as_os_str().as_bytes())?,
-        skeleton: Vec::new(),
-        mounts,
+        fs,
         hostname: spec.hostname().as_ref().map(cstr).transpose()?,
         loopback_up: namespaces & libc::CLONE_NEWNET != 0,
         readonly_root: spec

@@ -11,11 +11,12 @@ use model::config::Rootfs;
 use model::layout::inside;
 use model::{Layout, Name, VassalFile};
 use oci_spec::runtime::{
-    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
-    LinuxSyscallBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
+    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 /// Why a spec could not be built.
@@ -62,8 +63,15 @@ pub const ETC_SHARED: &[&str] = &[
 /// Files of /etc the emperor writes for each container.
 pub const ETC_OWN: &[&str] = &["hostname", "hosts", "resolv.conf", "passwd", "group"];
 
-/// Device nodes bound from the host's /dev.
-pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The device nodes of a container's /dev: (name, major, minor).
+pub const DEVICES: &[(&str, i64, i64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 /// The path of the vassal binary inside every container.
 pub const VASSAL_INSIDE: &str = "/run/imperium/bin/vassal";
@@ -166,13 +174,6 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
     let mut mounts = vec![fs("/proc", "proc", &["nosuid", "noexec", "nodev"])?];
     for (dest, src) in shared_entries(&os_root) {
         mounts.push(bind(&dest, &src, &["rbind", "ro", "nosuid", "nodev"])?);
-    }
-    for d in DEVICES {
-        mounts.push(bind(
-            &format!("/dev/{d}"),
-            &Path::new("/dev").join(d),
-            &["bind", "nosuid", "noexec"],
-        )?);
     }
     mounts.push(fs(
         "/dev/pts",
@@ -282,8 +283,23 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         res = res.pids(LinuxPidsBuilder::default().limit(p as i64).build()?);
     }
 
+    let devices = DEVICES
+        .iter()
+        .map(|(name, major, minor)| {
+            LinuxDeviceBuilder::default()
+                .path(format!("/dev/{name}"))
+                .typ(LinuxDeviceType::C)
+                .major(*major)
+                .minor(*minor)
+                .file_mode(0o666u32)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
+        .devices(devices)
         .cgroups_path(PathBuf::from(format!("/{}", inp.cgroup())))
         .resources(res.build()?)
         .seccomp(seccomp()?)
@@ -588,7 +604,7 @@ mod tests {
             vassal_exe: Path::new("/usr/bin/true"),
         };
         let spec = build(&inp).unwrap();
-        let plan = crate::spawner::plan(&spec, 30007, &[]).unwrap();
+        let plan = crate::spawner::plan(&spec, &skeleton(&inp, &spec), 30007, &[]).unwrap();
         let all = libc::CLONE_NEWPID
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWUTS
@@ -600,33 +616,89 @@ mod tests {
         assert_eq!((plan.uid, plan.gid), (30007, 30007));
         assert_eq!(plan.exe.to_str().unwrap(), VASSAL_INSIDE);
         let root = l.root_dir(&name);
-        let usr = plan
-            .mounts
+        let path = |c: &std::ffi::CString| c.to_str().unwrap().to_owned();
+        let mounts: Vec<(usize, &sys::MountOp)> = plan
+            .fs
             .iter()
-            .find(|m| m.target.to_str().unwrap() == root.join("usr").to_str().unwrap())
-            .unwrap();
+            .enumerate()
+            .filter_map(|(i, o)| {
+                if let sys::FsOp::Mount(m) = o {
+                    Some((i, m))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let find = |suffix: &str| {
+            mounts
+                .iter()
+                .find(|(_, m)| path(&m.target) == format!("{}{suffix}", root.display()))
+                .unwrap()
+        };
+        let usr = find("/usr").1;
         assert_eq!(usr.flags, libc::MS_BIND | libc::MS_REC);
         assert_eq!(
             usr.remount,
             Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV)
         );
-        let tmp = plan
-            .mounts
-            .iter()
-            .find(|m| m.target.to_str().unwrap().ends_with("/tmp"))
-            .unwrap();
+        let tmp = find("/tmp").1;
         assert_eq!(tmp.fstype.as_ref().unwrap().to_str().unwrap(), "tmpfs");
         assert_eq!(tmp.data.as_ref().unwrap().to_str().unwrap(), "mode=1777");
-        // The proc mount comes before anything mounted under /proc.
-        let proc_at = plan
-            .mounts
+        // /etc entries come from the read-only staging bind (no remount of their own),
+        // which is detached again before pivot_root.
+        let (ld_at, ld) = find("/etc/ld.so.cache");
+        assert_eq!(
+            path(ld.source.as_ref().unwrap()),
+            format!("{}/.imperium-etc/ld.so.cache", root.display())
+        );
+        assert_eq!(ld.remount, None);
+        let staging = mounts
             .iter()
-            .position(|m| m.target.to_str().unwrap().ends_with("/proc"))
+            .find(|(_, m)| path(&m.target).ends_with("/.imperium-etc"))
             .unwrap();
-        let under = plan
-            .mounts
+        assert_eq!(
+            staging.1.remount,
+            Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV)
+        );
+        let detach = plan
+            .fs
             .iter()
-            .position(|m| m.target.to_str().unwrap().contains("/proc/"));
-        assert!(under.is_none_or(|u| u > proc_at));
+            .position(|o| matches!(o, sys::FsOp::Detach(p) if path(p).ends_with("/.imperium-etc")))
+            .unwrap();
+        assert!(staging.0 < *ld_at && *ld_at < detach);
+        // Device nodes, not binds of the host's.
+        let null = plan.fs.iter().find_map(|o| match o {
+            sys::FsOp::Device {
+                path: p,
+                major,
+                minor,
+                mode,
+            } if path(p).ends_with("/dev/null") => Some((*major, *minor, *mode)),
+            _ => None,
+        });
+        assert_eq!(null, Some((1, 3, 0o666)));
+        // Every mount point is created before it is mounted on (or lies inside /proc).
+        let mut made = std::collections::BTreeSet::new();
+        for op in &plan.fs {
+            match op {
+                sys::FsOp::Dir(p, _) | sys::FsOp::File(p, _) => {
+                    made.insert(path(p));
+                }
+                sys::FsOp::Mount(m) => {
+                    let t = path(&m.target);
+                    assert!(
+                        made.contains(&t) || t.contains("/proc/"),
+                        "{t} mounted before it exists"
+                    );
+                }
+                _ => {}
+            }
+        }
+        // The proc mount comes before anything mounted under /proc.
+        let proc_at = find("/proc").0;
+        assert!(mounts
+            .iter()
+            .filter(|(_, m)| path(&m.target).contains("/proc/"))
+            .all(|(i, _)| *i > proc_at));
     }
 }

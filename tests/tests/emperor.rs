@@ -103,6 +103,60 @@ fn root_sites_run_in_their_own_containers() {
         e.home_root.join("group1/site52/usr-local/ok").exists(),
         "/usr/local is bound from the home"
     );
+
+    // The kernel's list of the init's mounts: the OS and the root read-only, the home writable.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{p52}/mountinfo")).unwrap();
+    let opts = |point: &str| -> String {
+        mountinfo
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(point))
+            .last()
+            .unwrap_or_else(|| panic!("{point} not mounted:\n{mountinfo}"))
+            .split(' ')
+            .nth(5)
+            .unwrap()
+            .to_owned()
+    };
+    for ro in [
+        "/",
+        "/usr",
+        "/etc/ld.so.cache",
+        "/run/imperium/bin/vassal",
+        "/proc/sys",
+    ] {
+        assert!(
+            opts(ro).split(',').any(|o| o == "ro"),
+            "{ro} is writable: {}",
+            opts(ro)
+        );
+    }
+    for rw in [
+        "/home/site52",
+        "/tmp",
+        "/usr/local",
+        "/run/imperium/sockets",
+    ] {
+        let o = opts(rw);
+        assert!(
+            o.split(',').any(|o| o == "rw") && o.contains("nosuid"),
+            "{rw}: {o}"
+        );
+    }
+    assert!(
+        !mountinfo.contains(".imperium-etc"),
+        "the staging mount is left:\n{mountinfo}"
+    );
+    let out = e.exec_in(
+        p52,
+        uid,
+        &cg,
+        "echo x > /dev/null && head -c 4 /dev/urandom | wc -c && ls -l /dev/null",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("4\n") && text.contains("crw-rw-rw-"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -287,6 +341,18 @@ fn root_removing_a_file_stops_the_site_and_archives_its_home() {
         std::fs::read_to_string(archived[0].path().join("data.txt")).unwrap(),
         "precious\n"
     );
+
+    // A purge deletes the archive for good, and says so when there is none.
+    let out = e.cli(&["purge", "site1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_dir(e.state_dir.join("archive"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let out = e.cli(&["purge", "site1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no archived home of site1"));
 
     // The uid stays allocated: the same tenant comes back with the same uid.
     e.write("site1", &site("group1", "64M", 50));
@@ -561,4 +627,59 @@ fn root_spec_prints_a_valid_oci_config() {
             "{m}"
         );
     }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_init_reaps_orphans_and_passes_sigterm_on() {
+    let mut e = Emperor::new();
+    e.write("site1", "kind = \"site\"\n");
+    e.start();
+    let pid = e.running_pid("site1");
+    let uid = uid_of(&e, "site1");
+    let cg = e.cgroup("_admin/site1");
+    // Orphans: the shell exits at once, its children are handed to PID 1 and exit later.
+    let out = e.exec_in(
+        pid,
+        uid,
+        &cg,
+        "for i in 1 2 3 4 5; do (sleep 0.2; exit 3) & done; exit 0",
+    );
+    assert!(out.status.success());
+    let zombies = |pid: i32| -> Vec<String> {
+        let out = e.exec_in(pid, uid, &cg, "ps -e -o stat=,pid=,comm=");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.trim_start().starts_with('Z'))
+            .map(String::from)
+            .collect()
+    };
+    wait_for(Duration::from_secs(10), "the orphans to be reaped", || {
+        let out = e.exec_in(pid, uid, &cg, "ps -e -o comm= | grep -c sleep || true");
+        (String::from_utf8_lossy(&out.stdout).trim() == "0").then_some(())
+    });
+    assert!(zombies(pid).is_empty(), "zombies left: {:?}", zombies(pid));
+
+    // A long-running tenant process gets the SIGTERM the init receives, and the site stops well within the grace.
+    let out = e.exec_in(pid, uid, &cg, "nohup sh -c 'trap \"echo got-term > /home/site1/term; exit 0\" TERM; while :; do sleep 0.05; done' >/dev/null 2>&1 & echo started");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started"));
+    std::thread::sleep(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    e.remove("site1");
+    wait_for(Duration::from_secs(10), "site1 to stop", || {
+        (!alive(pid)).then_some(())
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stop waited for the kill after the grace: {:?}",
+        t.elapsed()
+    );
+    let archived: Vec<_> = std::fs::read_dir(e.state_dir.join("archive"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(
+        std::fs::read_to_string(archived[0].path().join("term")).unwrap(),
+        "got-term\n"
+    );
 }

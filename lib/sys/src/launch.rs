@@ -8,8 +8,9 @@
 //!
 //! The order in the child: enter the cgroup (v1: write itself into each
 //! hierarchy; v2 was cloned straight into it), a new cgroup namespace rooted
-//! there, a private mount tree, a tmpfs root holding the skeleton (mount points,
-//! symlinks, the container's own /etc files), the mounts, hostname, loopback,
+//! there, a private mount tree, a tmpfs root on which the filesystem operations
+//! run in order (mount points, symlinks, device nodes, the container's own /etc
+//! files, the mounts), hostname, loopback,
 //! pivot_root, a read-only root, rlimits, then privileges dropped for good
 //! (bounding set, ids, capabilities, no_new_privs), seccomp, exec.
 #![allow(unsafe_code)]
@@ -37,16 +38,31 @@ pub struct MountOp {
     pub remount: Option<c_ulong>,
 }
 
-/// One entry of the skeleton the child lays out on its tmpfs root. Paths are
+/// One filesystem operation of the child on its new root, in order. Paths are
 /// host paths under the new root.
 #[derive(Debug, Clone)]
-pub enum SkelOp {
+pub enum FsOp {
     /// A directory with this mode.
     Dir(CString, u32),
     /// A regular file (mode 0644) with this content (empty for a mount point).
     File(CString, Vec<u8>),
     /// A symlink: (target, path).
     Symlink(CString, CString),
+    /// A character device node (mode includes the permission bits).
+    Device {
+        /// Where.
+        path: CString,
+        /// Permission bits.
+        mode: u32,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A mount.
+    Mount(MountOp),
+    /// Detach a mount and remove its (empty) mount point.
+    Detach(CString),
 }
 
 /// Everything the child does, prepared by the parent.
@@ -56,10 +72,8 @@ pub struct ChildPlan {
     pub namespaces: c_int,
     /// The host path of the new root (an existing, empty directory; a tmpfs is mounted on it).
     pub root: CString,
-    /// What to create on the root before mounting.
-    pub skeleton: Vec<SkelOp>,
-    /// Mounts, in order.
-    pub mounts: Vec<MountOp>,
+    /// What to do on the new root, in order.
+    pub fs: Vec<FsOp>,
     /// Hostname in the new UTS namespace.
     pub hostname: Option<CString>,
     /// Bring `lo` up in the new network namespace.
@@ -99,11 +113,9 @@ pub enum Step {
     Private,
     /// Mounting the tmpfs root.
     Root,
-    /// One of the skeleton's entries.
-    Skeleton,
-    /// One of the plan's mounts.
-    Mount,
-    /// A bind remount.
+    /// One of the filesystem operations.
+    Fs,
+    /// The read-only remount of a bind.
     Remount,
     /// sethostname.
     Hostname,
@@ -134,8 +146,7 @@ impl Step {
             Stdin,
             Private,
             Root,
-            Skeleton,
-            Mount,
+            Fs,
             Remount,
             Hostname,
             Loopback,
@@ -152,10 +163,7 @@ impl Step {
     }
 
     fn indexed(self) -> bool {
-        matches!(
-            self,
-            Step::Skeleton | Step::Mount | Step::Remount | Step::Rlimit
-        )
+        matches!(self, Step::Fs | Step::Remount | Step::Rlimit)
     }
 }
 
@@ -429,22 +437,25 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
             fail(err_fd, Step::Private, 0);
         }
         let root = plan.root.as_ptr();
+        // No MS_NODEV: the device nodes of /dev live on this tmpfs (only those
+        // the plan creates; the tenant cannot make more).
         let tmpfs_opts = c"mode=0755,size=1m";
         if libc::mount(
             c"tmpfs".as_ptr(),
             root,
             c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
+            libc::MS_NOSUID,
             tmpfs_opts.as_ptr() as *const c_void,
         ) < 0
         {
             fail(err_fd, Step::Root, 0);
         }
-        for (i, op) in plan.skeleton.iter().enumerate() {
+        for (i, op) in plan.fs.iter().enumerate() {
+            let i = i as u32;
             let ok = match op {
-                SkelOp::Dir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0,
-                SkelOp::Symlink(target, path) => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
-                SkelOp::File(path, content) => {
+                FsOp::Dir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0,
+                FsOp::Symlink(target, path) => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
+                FsOp::File(path, content) => {
                     let fd = libc::open(
                         path.as_ptr(),
                         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
@@ -459,28 +470,47 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
                     }
                     written
                 }
+                FsOp::Device {
+                    path,
+                    mode,
+                    major,
+                    minor,
+                } => {
+                    // mknod applies the umask; chmod sets the mode asked for.
+                    libc::mknod(
+                        path.as_ptr(),
+                        libc::S_IFCHR | *mode,
+                        libc::makedev(*major, *minor),
+                    ) == 0
+                        && libc::chmod(path.as_ptr(), *mode) == 0
+                }
+                FsOp::Mount(m) => {
+                    let data = opt_ptr(&m.data) as *const c_void;
+                    if libc::mount(
+                        opt_ptr(&m.source),
+                        m.target.as_ptr(),
+                        opt_ptr(&m.fstype),
+                        m.flags,
+                        data,
+                    ) < 0
+                    {
+                        fail(err_fd, Step::Fs, i);
+                    }
+                    if let Some(flags) = m.remount {
+                        let f = libc::MS_BIND | libc::MS_REMOUNT | flags;
+                        if libc::mount(null, m.target.as_ptr(), null, f, std::ptr::null()) < 0 {
+                            fail(err_fd, Step::Remount, i);
+                        }
+                    }
+                    true
+                }
+                FsOp::Detach(path) => {
+                    libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0
+                        && libc::rmdir(path.as_ptr()) == 0
+                }
             };
             if !ok {
-                fail(err_fd, Step::Skeleton, i as u32);
-            }
-        }
-        for (i, m) in plan.mounts.iter().enumerate() {
-            let data = opt_ptr(&m.data) as *const c_void;
-            if libc::mount(
-                opt_ptr(&m.source),
-                m.target.as_ptr(),
-                opt_ptr(&m.fstype),
-                m.flags,
-                data,
-            ) < 0
-            {
-                fail(err_fd, Step::Mount, i as u32);
-            }
-            if let Some(flags) = m.remount {
-                let f = libc::MS_BIND | libc::MS_REMOUNT | flags;
-                if libc::mount(null, m.target.as_ptr(), null, f, std::ptr::null()) < 0 {
-                    fail(err_fd, Step::Remount, i as u32);
-                }
+                fail(err_fd, Step::Fs, i);
             }
         }
         if let Some(h) = &plan.hostname {
@@ -502,11 +532,7 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
             fail(err_fd, Step::Pivot, 0);
         }
         if plan.readonly_root {
-            let f = libc::MS_BIND
-                | libc::MS_REMOUNT
-                | libc::MS_RDONLY
-                | libc::MS_NOSUID
-                | libc::MS_NODEV;
+            let f = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID;
             if libc::mount(null, c"/".as_ptr(), null, f, std::ptr::null()) < 0 {
                 fail(err_fd, Step::RootReadonly, 0);
             }

@@ -13,5 +13,5 @@ pub mod pidfd;
 pub mod seccomp;
 
 pub use cgroup::{CgroupError, CgroupTree, Limits as CgroupLimits};
-pub use launch::{ChildPlan, LaunchError, MountOp, SkelOp};
+pub use launch::{ChildPlan, FsOp, LaunchError, MountOp};
 pub use pidfd::Pidfd;
