@@ -109,8 +109,7 @@ fn root_sites_run_in_their_own_containers() {
     let opts = |point: &str| -> String {
         mountinfo
             .lines()
-            .filter(|l| l.split(' ').nth(4) == Some(point))
-            .last()
+            .rfind(|l| l.split(' ').nth(4) == Some(point))
             .unwrap_or_else(|| panic!("{point} not mounted:\n{mountinfo}"))
             .split(' ')
             .nth(5)
