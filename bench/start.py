@@ -119,9 +119,8 @@ class Emperor:
         text = open(os.path.join(self.root, "emperor.log")).read()
         text = re.sub(r"\x1b\[[0-9;]*m", "", text)
         out = []
-        for m in re.finditer(r"started vassal=\S+ pid=\d+ uid=\d+ elapsed=([0-9.]+)(µs|ms|s)", text):
-            v, unit = float(m.group(1)), m.group(2)
-            out.append(v / 1000 if unit == "µs" else v if unit == "ms" else v * 1000)
+        for m in re.finditer(r"started vassal=\S+ pid=\d+ uid=\d+ elapsed_us=(\d+)", text):
+            out.append(int(m.group(1)) / 1000)
         return out
 
 

@@ -564,7 +564,7 @@ impl Manager {
                 self.watch_init(name, &mut v, pidfd);
                 self.vassals.insert(name.clone(), v);
                 self.write_record(name);
-                tracing::info!(vassal = %name, pid, uid, elapsed = ?t0.elapsed(), "started");
+                tracing::info!(vassal = %name, pid, uid, elapsed_us = t0.elapsed().as_micros() as u64, "started");
             }
             Err(e) => {
                 let transient = e.is_transient();

@@ -144,16 +144,29 @@ impl Spawner {
     /// Like [`Spawner::start`], but returns once the child is cloned; the child
     /// sets its container up while the caller goes on.
     pub fn begin(&self, inp: &Input<'_>) -> Result<Pending, SpawnError> {
+        let t = std::time::Instant::now();
         self.prepare_host(inp)?;
+        let host = t.elapsed();
         let spec = spec::build(inp)?;
         let root = inp.layout.root_dir(inp.name);
         prep(&root, std::fs::create_dir_all(&root))?;
+        let plan = plan(&spec, &spec::skeleton(inp, &spec), inp.uid, &self.seccomp)?;
+        let planned = t.elapsed();
         let cgroup = inp.cgroup();
         self.tree.create(&cgroup)?;
         self.tree.set_limits(&cgroup, &cgroup_limits(inp.file))?;
         let join = self.tree.join(&cgroup)?;
-        let plan = plan(&spec, &spec::skeleton(inp, &spec), inp.uid, &self.seccomp)?;
-        Ok(sys::launch::start(&plan, &join)?)
+        let cgroups = t.elapsed();
+        let pending = sys::launch::start(&plan, &join)?;
+        tracing::debug!(
+            vassal = %inp.name,
+            host_us = host.as_micros() as u64,
+            plan_us = (planned - host).as_micros() as u64,
+            cgroup_us = (cgroups - planned).as_micros() as u64,
+            clone_us = (t.elapsed() - cgroups).as_micros() as u64,
+            "spawn phases"
+        );
+        Ok(pending)
     }
 }
 
