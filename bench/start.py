@@ -309,7 +309,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(res, indent=2))
     med = lambda k: (res.get(k) or {}).get("median")
-    if med("crun") and med("drop_to_running_ms"):
+    if all(med(k) for k in ("crun", "runc", "drop_to_running_ms", "spawn_ms", "floor_in_process_ms")):
         print(f"\ncrun / emperor drop->running: {med('crun') / med('drop_to_running_ms'):.2f}x;"
               f" runc / emperor: {med('runc') / med('drop_to_running_ms'):.2f}x;"
               f" emperor / in-process floor: {med('drop_to_running_ms') / med('floor_in_process_ms'):.2f}x;"

@@ -163,6 +163,27 @@ struct Row {
     reason: Option<String>,
 }
 
+impl Row {
+    /// The row of a file that runs nothing.
+    fn rejected(name: &Name, reason: String) -> Row {
+        Row {
+            name: name.to_string(),
+            kind: None,
+            group: None,
+            state: State::Rejected,
+            pid: None,
+            uid: None,
+            user: None,
+            cgroup: None,
+            limits: None,
+            dynamic: false,
+            usage: None,
+            restarts: 0,
+            reason: Some(reason),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Usage {
     memory: u64,
@@ -1057,39 +1078,11 @@ impl Manager {
         }
         for (name, why) in &self.rejected {
             if !self.vassals.contains_key(name) {
-                rows.push(Row {
-                    name: name.to_string(),
-                    kind: None,
-                    group: None,
-                    state: State::Rejected,
-                    pid: None,
-                    uid: None,
-                    user: None,
-                    cgroup: None,
-                    limits: None,
-                    dynamic: false,
-                    usage: None,
-                    restarts: 0,
-                    reason: Some(why.clone()),
-                });
+                rows.push(Row::rejected(name, why.clone()));
             }
         }
         for (name, path, why) in &self.shadowed {
-            rows.push(Row {
-                name: name.to_string(),
-                kind: None,
-                group: None,
-                state: State::Rejected,
-                pid: None,
-                uid: None,
-                user: None,
-                cgroup: None,
-                limits: None,
-                dynamic: false,
-                usage: None,
-                restarts: 0,
-                reason: Some(format!("{}: {why}", path.display())),
-            });
+            rows.push(Row::rejected(name, format!("{}: {why}", path.display())));
         }
         rows
     }

@@ -12,11 +12,11 @@ use model::layout::inside;
 use model::{Layout, Name, VassalFile};
 use oci_spec::runtime::{
     Capabilities, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccompAction,
+    LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscallBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 /// Why a spec could not be built.
@@ -265,7 +265,29 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         ns(LinuxNamespaceType::Cgroup)?,
     ];
     let limits = inp.file.limits();
-    let mut res = LinuxResourcesBuilder::default();
+    // The devices cgroup list for runtimes that enforce one (crun, runc): deny
+    // all, allow the nodes of /dev and the ptys. The emperor itself relies on
+    // the tenant holding no CAP_MKNOD and seeing only these nodes.
+    let mut allow = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?];
+    for (major, minor) in DEVICES
+        .iter()
+        .map(|(_, ma, mi)| (*ma, Some(*mi)))
+        .chain([(136, None), (5, Some(2))])
+    {
+        let mut rule = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(major)
+            .access("rwm");
+        if let Some(minor) = minor {
+            rule = rule.minor(minor);
+        }
+        allow.push(rule.build()?);
+    }
+    let mut res = LinuxResourcesBuilder::default().devices(allow);
     if let Some(m) = limits.memory {
         res = res.memory(LinuxMemoryBuilder::default().limit(m.0 as i64).build()?);
     }

@@ -163,6 +163,13 @@ pub(crate) fn read(dir: &Path, file: &str) -> Result<String> {
     std::fs::read_to_string(&path).map_err(|e| io_err("read", &path, e))
 }
 
+pub(crate) fn read_u64(dir: &Path, file: &str) -> Result<u64> {
+    read(dir, file)?
+        .trim()
+        .parse()
+        .map_err(|_| io_err("parse", &dir.join(file), io::ErrorKind::InvalidData.into()))
+}
+
 pub(crate) fn read_procs(dir: &Path) -> Result<Vec<i32>> {
     match std::fs::read_to_string(dir.join("cgroup.procs")) {
         Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    io_err, join, kill_pids, mkdir_p, read, read_procs, rmdir_tree, settle, write, CgroupError,
+    join, kill_pids, mkdir_p, read, read_procs, read_u64, rmdir_tree, settle, write, CgroupError,
     CgroupTree, Limits, Result, Stats, Version, CPU_PERIOD_US,
 };
 
@@ -170,19 +170,9 @@ impl CgroupTree for V1 {
     }
 
     fn stats(&self, path: &str) -> Result<Stats> {
-        let num = |ctl: &str, f: &str| -> Result<u64> {
-            let dir = self.dir(ctl, path)?;
-            read(&dir, f)?.trim().parse().map_err(|_| {
-                io_err(
-                    "parse",
-                    &dir.join(f),
-                    std::io::ErrorKind::InvalidData.into(),
-                )
-            })
-        };
         Ok(Stats {
-            memory: num("memory", "memory.usage_in_bytes")?,
-            pids: num("pids", "pids.current")?,
+            memory: read_u64(&self.dir("memory", path)?, "memory.usage_in_bytes")?,
+            pids: read_u64(&self.dir("pids", path)?, "pids.current")?,
         })
     }
 

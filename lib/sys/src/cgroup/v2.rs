@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    io_err, join, mkdir_p, read, read_procs, rmdir_tree, settle, write, CgroupTree, Limits, Result,
-    Stats, Version, CPU_PERIOD_US,
+    join, mkdir_p, read, read_procs, read_u64, rmdir_tree, settle, write, CgroupTree, Limits,
+    Result, Stats, Version, CPU_PERIOD_US,
 };
 
 /// The controllers the emperor enables for its subtree.
@@ -125,18 +125,9 @@ impl CgroupTree for V2 {
 
     fn stats(&self, path: &str) -> Result<Stats> {
         let dir = self.dir(path)?;
-        let num = |f: &str| -> Result<u64> {
-            read(&dir, f)?.trim().parse().map_err(|_| {
-                io_err(
-                    "parse",
-                    &dir.join(f),
-                    std::io::ErrorKind::InvalidData.into(),
-                )
-            })
-        };
         Ok(Stats {
-            memory: num("memory.current")?,
-            pids: num("pids.current")?,
+            memory: read_u64(&dir, "memory.current")?,
+            pids: read_u64(&dir, "pids.current")?,
         })
     }
 
