@@ -56,6 +56,25 @@ fn main() {
     let skel = spec::skeleton(&inp, &s);
     let full = plan(&s, &skel, 39999, &sys::seccomp::default_program().unwrap()).unwrap();
     println!("filesystem operations {}", full.fs.len());
+    let t = Instant::now();
+    for _ in 0..200 {
+        let s = spec::build(&inp).unwrap();
+        std::hint::black_box(&s);
+    }
+    let t_spec = t.elapsed() / 200;
+    let t = Instant::now();
+    for _ in 0..200 {
+        std::hint::black_box(spec::skeleton(&inp, &s));
+    }
+    let t_skel = t.elapsed() / 200;
+    let t = Instant::now();
+    for _ in 0..200 {
+        std::hint::black_box(plan(&s, &skel, 39999, &[]).unwrap());
+    }
+    println!(
+        "spec {t_spec:?} skeleton {t_skel:?} plan {:?} (each, in process)",
+        t.elapsed() / 200
+    );
     type Trim = Box<dyn Fn(&mut sys::ChildPlan)>;
     let variants: Vec<(&str, Trim)> = vec![
         ("full", Box::new(|_| {})),
@@ -80,12 +99,25 @@ fn main() {
             }),
         ),
     ];
-    for (label, f) in variants {
-        let mut p = plan(&s, &skel, 39999, &[]).unwrap();
-        p.seccomp = full.seccomp.clone();
-        f(&mut p);
+    let pool = sys::netns::NetnsPool::start(2).unwrap();
+    for (label, f) in variants.into_iter().chain([(
+        "pooled netns",
+        Box::new(|_: &mut sys::ChildPlan| {}) as Trim,
+    )]) {
+        let pooled = label == "pooled netns";
         let mut times = Vec::new();
         for _ in 0..runs {
+            let mut p = plan(&s, &skel, 39999, &[]).unwrap();
+            p.seccomp = full.seccomp.clone();
+            f(&mut p);
+            if pooled {
+                while p.netns.is_none() {
+                    p.netns = pool.take();
+                    std::thread::sleep(std::time::Duration::from_millis(30));
+                }
+                p.namespaces &= !libc::CLONE_NEWNET;
+                p.loopback_up = false;
+            }
             let join = tree.join(&cg).unwrap();
             let t = Instant::now();
             let pidfd = sys::launch::spawn(&p, &join).expect("spawn");

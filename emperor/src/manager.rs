@@ -23,6 +23,9 @@ use crate::control::{Request, Response};
 use crate::spawner::{cgroup_limits, group_limits, SpawnError, Spawner};
 use crate::spec::{self, Input};
 
+/// How many network namespaces the emperor keeps ready for starts.
+const NETNS_POOL: usize = 4;
+
 /// Settings of a running emperor.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -237,7 +240,7 @@ impl Manager {
         }
         let uids = UidTable::load(&cfg.layout.uid_table())?;
         Ok(Manager {
-            spawner: Spawner::new(tree.clone(), seccomp),
+            spawner: Spawner::new(tree.clone(), seccomp).with_netns_pool(NETNS_POOL),
             cfg,
             tree,
             uids,

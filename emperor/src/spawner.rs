@@ -96,12 +96,28 @@ fn owned_dir(dir: &Path, uid: Option<u32>, mode: u32) -> Result<(), SpawnError> 
 pub struct Spawner {
     tree: Arc<dyn CgroupTree>,
     seccomp: Vec<u8>,
+    netns: Option<sys::netns::NetnsPool>,
 }
 
 impl Spawner {
     /// A spawner over this cgroup tree, with this compiled seccomp program.
     pub fn new(tree: Arc<dyn CgroupTree>, seccomp: Vec<u8>) -> Spawner {
-        Spawner { tree, seccomp }
+        Spawner {
+            tree,
+            seccomp,
+            netns: None,
+        }
+    }
+
+    /// Keeps a few network namespaces ready, so that a start joins one instead of making it.
+    pub fn with_netns_pool(mut self, size: usize) -> Spawner {
+        match sys::netns::NetnsPool::start(size) {
+            Ok(pool) => self.netns = Some(pool),
+            Err(e) => {
+                tracing::warn!(error = %e, "no network namespace pool; each start makes its own")
+            }
+        }
+        self
     }
 
     /// Prepares the host side of a vassal: its home (and `usr-local`), for a
@@ -150,7 +166,14 @@ impl Spawner {
         let spec = spec::build(inp)?;
         let root = inp.layout.root_dir(inp.name);
         prep(&root, std::fs::create_dir_all(&root))?;
-        let plan = plan(&spec, &spec::skeleton(inp, &spec), inp.uid, &self.seccomp)?;
+        let mut plan = plan(&spec, &spec::skeleton(inp, &spec), inp.uid, &self.seccomp)?;
+        if plan.namespaces & libc::CLONE_NEWNET != 0 {
+            if let Some(ns) = self.netns.as_ref().and_then(|p| p.take()) {
+                plan.namespaces &= !libc::CLONE_NEWNET;
+                plan.loopback_up = false;
+                plan.netns = Some(ns);
+            }
+        }
         let planned = t.elapsed();
         let cgroup = inp.cgroup();
         self.tree.create(&cgroup)?;
@@ -442,5 +465,6 @@ pub fn plan(
         env: env.iter().map(cstr).collect::<Result<_, _>>()?,
         seccomp: (!seccomp.is_empty()).then(|| seccomp.to_vec()),
         rlimits,
+        netns: None,
     })
 }

@@ -96,6 +96,8 @@ pub struct ChildPlan {
     pub seccomp: Option<Vec<u8>>,
     /// Resource limits: (`RLIMIT_*`, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
+    /// A network namespace made ahead of time to join instead of `CLONE_NEWNET`.
+    pub netns: Option<OwnedFd>,
 }
 
 /// The step of the child that failed.
@@ -105,6 +107,8 @@ pub struct ChildPlan {
 pub enum Step {
     /// Writing itself into its cgroups.
     CgroupJoin = 1,
+    /// Joining the network namespace made ahead.
+    Netns,
     /// unshare(CLONE_NEWCGROUP).
     CgroupNs,
     /// Opening /dev/null for stdin.
@@ -142,6 +146,7 @@ impl Step {
         use Step::*;
         [
             CgroupJoin,
+            Netns,
             CgroupNs,
             Stdin,
             Private,
@@ -413,6 +418,11 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
                 fail(err_fd, Step::CgroupJoin, 0);
             }
         }
+        if let Some(ns) = &plan.netns {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) < 0 {
+                fail(err_fd, Step::Netns, 0);
+            }
+        }
         // Now in our cgroup: a new cgroup namespace is rooted there.
         if plan.namespaces & libc::CLONE_NEWCGROUP != 0 && libc::unshare(libc::CLONE_NEWCGROUP) < 0
         {
@@ -596,6 +606,12 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         libc::execve(plan.exe.as_ptr(), p.argv.as_ptr(), p.env.as_ptr());
         fail(err_fd, Step::Exec, 0)
     }
+}
+
+/// Sets IFF_UP on `lo` of the calling thread's network namespace.
+pub(crate) fn bring_loopback_up() -> bool {
+    // SAFETY: see `loopback_up`: plain syscalls on a local struct.
+    unsafe { loopback_up() }
 }
 
 /// Sets IFF_UP on `lo`. Async-signal-safe.

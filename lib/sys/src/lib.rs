@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod launch;
+pub mod netns;
 pub mod pidfd;
 pub mod seccomp;
 
