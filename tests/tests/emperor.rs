@@ -686,3 +686,80 @@ fn root_the_init_reaps_orphans_and_passes_sigterm_on() {
         "got-term\n"
     );
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_tenants_own_processes_run_inside_the_container() {
+    let mut e = Emperor::new();
+    e.write(
+        "site1",
+        "kind = \"site\"\n[limits]\nmemory = \"128M\"\npids = 50\n",
+    );
+    e.start();
+    let init = e.running_pid("site1");
+    let uid = uid_of(&e, "site1");
+    let cg = e.cgroup("_admin/site1");
+    // The tenant drops a file into ~/vassals (here from the host, into the same home).
+    let vassals = e.home_root.join("site1/vassals");
+    wait_for(
+        Duration::from_secs(10),
+        "the supervisor's directory",
+        || vassals.is_dir().then_some(()),
+    );
+    write_atomic(&vassals.join("web.toml"), "command = [\"sh\", \"-c\", \"echo serving from $(hostname) as $(id -u); exec sleep 300\"]\n");
+    let cli = |args: &str| {
+        let out = e.exec_in(
+            init,
+            uid,
+            &cg,
+            &format!("HOME=/home/site1 /run/imperium/bin/vassal {args}"),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let row = wait_for(Duration::from_secs(10), "web to run", || {
+        let rows: serde_json::Value = serde_json::from_str(&cli("status --json")).ok()?;
+        rows.as_array()?
+            .iter()
+            .find(|r| r["name"] == "web" && r["state"] == "running")
+            .cloned()
+    });
+    // A pid of the container's own namespace, in the site's cgroup, as the tenant.
+    let pid_inside = row["pid"].as_i64().unwrap();
+    assert!(
+        pid_inside < 100,
+        "a pid of the container's namespace: {pid_inside}"
+    );
+    let procs: Vec<i32> = read_cgroup("pids", &cg, "cgroup.procs")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let web = procs
+        .iter()
+        .copied()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .starts_with("sleep")
+        })
+        .expect("web's process in the site's cgroup");
+    assert_eq!(proc_uid(web), uid);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{web}/oom_score_adj"))
+            .unwrap()
+            .trim(),
+        "300",
+        "the tenant's process is the likelier OOM victim"
+    );
+    let log = wait_for(Duration::from_secs(10), "web's log", || {
+        std::fs::read_to_string(e.home_root.join("site1/logs/web.log"))
+            .ok()
+            .filter(|l| !l.is_empty())
+    });
+    assert_eq!(log, format!("serving from site1 as {uid}\n"));
+    assert!(cli("logs web").contains("serving from site1"));
+    // Stopping the site stops the tenant's processes with it.
+    e.remove("site1");
+    wait_for(Duration::from_secs(15), "the site to stop", || {
+        (!alive(init) && !alive(web)).then_some(())
+    });
+}

@@ -1,102 +1,169 @@
-//! `vassal`: PID 1 of a site's container, running as the tenant.
+//! `vassal`: PID 1 of a site's container, running as the tenant, and the
+//! tenant's command line.
 //!
-//! For now it does an init's duties only: it reaps every orphan the container
-//! hands it, forwards termination and user signals to every other process of
-//! the container, and on SIGTERM exits once they are gone (or kills what is
-//! left after a grace period). The tenant's own processes and cron jobs come
-//! with the sub-supervisor.
+//! `vassal init` keeps the processes and jobs of `~/vassals/*.toml` running
+//! (and does an init's duties: reaping orphans, passing signals on, stopping
+//! everything on SIGTERM). The other verbs talk to it over
+//! `~/.imperium/vassal.sock`.
 
+mod control;
+mod spawn;
+mod supervisor;
+
+use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{alarm, Pid};
+use control::Request;
+use model::backoff::Throttle;
 
-/// How long the container's processes have to exit after SIGTERM.
-const GRACE: Duration = Duration::from_secs(5);
-
-/// The signals an init handles. Everything else is ignored by the kernel for a
-/// pid namespace's init, so these are all of them.
-const HANDLED: [Signal; 9] = [
-    Signal::SIGCHLD,
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGQUIT,
-    Signal::SIGHUP,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGALRM,
-    Signal::SIGWINCH,
-];
+const USAGE: &str =
+    "usage: vassal init [--throttle-base SECS] [--throttle-max SECS] [--healthy-after SECS]
+       vassal status [--json]
+       vassal start|stop|restart NAME
+       vassal logs NAME [-n LINES]";
 
 fn main() {
-    match std::env::args().nth(1).as_deref() {
-        Some("init") => init(),
-        Some("--version") => println!("vassal {}", env!("CARGO_PKG_VERSION")),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vassal: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn secs(v: Option<&String>, flag: &str) -> Result<Duration, String> {
+    v.and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag} needs a number of seconds"))
+}
+
+fn run(args: &[String]) -> Result<i32, String> {
+    let Some(verb) = args.first() else {
+        eprintln!("{USAGE}");
+        return Ok(2);
+    };
+    let settings = |args: &[String]| -> Result<supervisor::Settings, String> {
+        let mut throttle = Throttle::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--throttle-base" => throttle.base = secs(it.next(), a)?,
+                "--throttle-max" => throttle.max = secs(it.next(), a)?,
+                "--healthy-after" => throttle.healthy = secs(it.next(), a)?,
+                other => return Err(format!("unknown option {other}\n{USAGE}")),
+            }
+        }
+        // Tests run schedules faster than real time; nobody else sets this.
+        let clock_scale = std::env::var("IMPERIUM_CLOCK_SCALE")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .unwrap_or(1.0);
+        Ok(supervisor::Settings {
+            home: home(),
+            throttle,
+            clock_scale,
+        })
+    };
+    let socket = || home().join(".imperium").join("vassal.sock");
+    let name = || {
+        args.get(1)
+            .cloned()
+            .ok_or_else(|| format!("{verb} needs a process name"))
+    };
+    let req = match verb.as_str() {
+        "init" => return Ok(supervisor::Supervisor::new(settings(&args[1..])?).run()),
+        "--version" => {
+            println!("vassal {}", env!("CARGO_PKG_VERSION"));
+            return Ok(0);
+        }
+        "status" => {
+            let resp = control::call(&socket(), &Request::Status)?;
+            if args.get(1).map(String::as_str) == Some("--json") {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&resp.data).unwrap_or_default()
+                );
+            } else {
+                print_status(&resp.data);
+            }
+            return Ok(0);
+        }
+        "logs" => {
+            let n = name()?;
+            let lines = match args.get(2).map(String::as_str) {
+                Some("-n") => args
+                    .get(3)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("-n needs a number")?,
+                _ => 100,
+            };
+            let path = home().join("logs").join(format!("{n}.log"));
+            let text = supervisor::tail(&path, lines)
+                .map_err(|e| format!("no log for {n} ({}: {e})", path.display()))?;
+            for l in text {
+                println!("{l}");
+            }
+            return Ok(0);
+        }
+        "start" => Request::Start { name: name()? },
+        "stop" => Request::Stop { name: name()? },
+        "restart" => Request::Restart { name: name()? },
         _ => {
-            eprintln!("usage: vassal init    (PID 1 of a site's container)");
-            std::process::exit(2);
+            eprintln!("{USAGE}");
+            return Ok(2);
         }
+    };
+    let resp = control::call(&socket(), &req)?;
+    if !resp.ok {
+        return Err(resp.error.unwrap_or_default());
     }
+    if let Some(s) = resp.data.as_str() {
+        println!("{s}");
+    }
+    Ok(0)
 }
 
-/// Reaps every ended child; returns true when no child is left.
-fn reap() -> bool {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => return false,
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECHILD) => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
-fn init() -> ! {
-    let mut set = SigSet::empty();
-    for s in HANDLED {
-        set.add(s);
-    }
-    if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None) {
-        eprintln!("vassal: blocking signals: {e}");
-        std::process::exit(1);
-    }
-    let mut terminating = false;
-    loop {
-        let sig = match set.wait() {
-            Ok(s) => s,
-            Err(_) => continue,
-        };
-        match sig {
-            Signal::SIGCHLD => {
-                let none_left = reap();
-                if terminating && none_left {
-                    std::process::exit(0);
-                }
-            }
-            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => {
-                // -1 from a pid namespace's init reaches every other process in it.
-                let _ = kill(Pid::from_raw(-1), sig);
-                if !terminating {
-                    terminating = true;
-                    alarm::set(GRACE.as_secs() as u32);
-                }
-                if reap() {
-                    std::process::exit(0);
-                }
-            }
-            Signal::SIGALRM if terminating => {
-                let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-                while !reap() {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                std::process::exit(0);
-            }
-            other => {
-                let _ = kill(Pid::from_raw(-1), other);
-            }
-        }
+fn print_status(rows: &serde_json::Value) {
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    println!(
+        "{:<16} {:<8} {:<10} {:>7} {:>9} {:>8} {:>9}  LAST EXIT / REASON",
+        "NAME", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY"
+    );
+    for r in rows.as_array().into_iter().flatten() {
+        let mem = r["memory"]
+            .as_u64()
+            .map(|m| format!("{}K", m / 1024))
+            .unwrap_or_else(|| "-".into());
+        let why = [r["last_exit"].as_str(), r["reason"].as_str()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+        println!(
+            "{:<16} {:<8} {:<10} {:>7} {:>9} {:>8} {:>9}  {}",
+            s(&r["name"]),
+            s(&r["kind"]),
+            s(&r["state"]),
+            s(&r["pid"]),
+            s(&r["uptime_secs"]),
+            s(&r["restarts"]),
+            mem,
+            why
+        );
     }
 }

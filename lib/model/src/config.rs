@@ -336,7 +336,7 @@ impl VassalFile {
     }
 }
 
-fn syntax(e: toml::de::Error, text: &str) -> ConfigError {
+pub(crate) fn syntax(e: toml::de::Error, text: &str) -> ConfigError {
     // toml's Display spans several lines (a snippet of the file); keep its
     // message and the line number, so the reason stays one line.
     let mut message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");

@@ -1,0 +1,247 @@
+//! The tenant's own files: `~/vassals/<name>.toml`, one process or one scheduled
+//! job each, kept running by the vassal inside the container.
+//!
+//! ```toml
+//! command = ["python3", "-m", "http.server", "8000"]   # argv; no shell unless you name one
+//! workdir = "app"              # relative to the home, or absolute (default: the home)
+//! env = { MODE = "prod" }      # added to HOME, USER, LOGNAME, SHELL, PATH
+//! restart = "always"           # always | on-failure | never
+//! stop_signal = "TERM"         # TERM INT QUIT HUP USR1 USR2 KILL
+//! grace = 10                   # seconds between stop_signal and SIGKILL
+//! log_max = "10M"              # ~/logs/<name>.log is rotated past this size
+//!
+//! schedule = "0 3 * * *"       # makes it a job: runs at these times, never two at once
+//! timeout = 3600               # a job running longer is stopped (seconds)
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::cron::Schedule;
+use crate::name::Name;
+use crate::size::Size;
+
+/// When a process that ended is started again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Restart {
+    /// Whatever the exit.
+    #[default]
+    Always,
+    /// Unless it exited with code 0.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// The signals a process may be stopped with.
+pub const STOP_SIGNALS: &[(&str, i32)] = &[
+    ("TERM", 15),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("HUP", 1),
+    ("USR1", 10),
+    ("USR2", 12),
+    ("KILL", 9),
+];
+
+/// One tenant process file, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessFile {
+    /// argv.
+    pub command: Vec<String>,
+    /// Working directory (relative to the home, or absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Restart policy of a long-running process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<Restart>,
+    /// Stop signal name.
+    #[serde(default = "default_signal")]
+    pub stop_signal: String,
+    /// Seconds between the stop signal and SIGKILL.
+    #[serde(default = "default_grace")]
+    pub grace: f64,
+    /// Size past which the log is rotated.
+    #[serde(default = "default_log_max")]
+    pub log_max: Size,
+    /// Cron schedule: makes the file a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// A job's time limit in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+}
+
+fn default_signal() -> String {
+    "TERM".into()
+}
+fn default_grace() -> f64 {
+    10.0
+}
+fn default_log_max() -> Size {
+    Size(10 << 20)
+}
+
+/// A validated process file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Process {
+    /// What was written.
+    pub file: ProcessFile,
+    /// The signal number to stop it with.
+    pub stop_signal: i32,
+    /// The schedule of a job; `None` for a long-running process.
+    pub schedule: Option<Schedule>,
+}
+
+impl Process {
+    /// Parses and validates the file of process `name`.
+    pub fn parse(_name: &Name, text: &str) -> Result<Process, ConfigError> {
+        let file: ProcessFile = toml::from_str(text).map_err(|e| crate::config::syntax(e, text))?;
+        let bad = |why: String| Err(ConfigError::Syntax(why));
+        if file.command.is_empty() || file.command[0].is_empty() {
+            return bad(
+                "command must name a program: command = [\"program\", \"arg\", ...]".into(),
+            );
+        }
+        if file
+            .command
+            .iter()
+            .chain(file.env.values())
+            .chain(file.env.keys())
+            .any(|s| s.contains('\0'))
+        {
+            return bad("command and env may not hold NUL bytes".into());
+        }
+        if let Some(k) = file.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+            return bad(format!("env key {k:?} is not a variable name"));
+        }
+        let Some(&(_, stop_signal)) = STOP_SIGNALS
+            .iter()
+            .find(|(n, _)| *n == file.stop_signal.trim_start_matches("SIG"))
+        else {
+            return bad(format!(
+                "stop_signal {:?} is not one of TERM INT QUIT HUP USR1 USR2 KILL",
+                file.stop_signal
+            ));
+        };
+        if !(file.grace.is_finite() && (0.0..=3600.0).contains(&file.grace)) {
+            return bad(format!(
+                "grace {} is not between 0 and 3600 seconds",
+                file.grace
+            ));
+        }
+        if file.log_max.0 < 4096 {
+            return bad(format!("log_max {} is below 4K", file.log_max));
+        }
+        let schedule = match &file.schedule {
+            Some(s) => Some(
+                s.parse::<Schedule>()
+                    .map_err(|e| ConfigError::Syntax(e.to_string()))?,
+            ),
+            None => None,
+        };
+        match (&schedule, file.restart, file.timeout) {
+            (Some(_), Some(_), _) => {
+                return bad("a scheduled job has no restart policy (it runs at its times)".into())
+            }
+            (None, _, Some(_)) => {
+                return bad(
+                    "timeout is for scheduled jobs; a process is stopped with `vassal stop`".into(),
+                )
+            }
+            (_, _, Some(t)) if !(t.is_finite() && t > 0.0) => {
+                return bad(format!("timeout {t} is not a positive number of seconds"))
+            }
+            _ => {}
+        }
+        Ok(Process {
+            file,
+            stop_signal,
+            schedule,
+        })
+    }
+
+    /// The restart policy (jobs: never).
+    pub fn restart(&self) -> Restart {
+        if self.schedule.is_some() {
+            Restart::Never
+        } else {
+            self.file.restart.unwrap_or_default()
+        }
+    }
+
+    /// Whether a change from `self` to `new` needs the running process restarted.
+    pub fn needs_restart(&self, new: &Process) -> bool {
+        let (a, b) = (&self.file, &new.file);
+        a.command != b.command
+            || a.workdir != b.workdir
+            || a.env != b.env
+            || self.schedule.is_some() != new.schedule.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n() -> Name {
+        "web".parse().unwrap()
+    }
+
+    #[test]
+    fn processes_and_jobs() {
+        let p = Process::parse(&n(), "command = [\"sleep\", \"1\"]").unwrap();
+        assert_eq!(p.restart(), Restart::Always);
+        assert_eq!(p.stop_signal, 15);
+        assert_eq!(p.file.grace, 10.0);
+        let j = Process::parse(
+            &n(),
+            "command = [\"true\"]\nschedule = \"*/5 * * * *\"\ntimeout = 60",
+        )
+        .unwrap();
+        assert_eq!(j.restart(), Restart::Never);
+        assert!(j.schedule.is_some());
+        let p = Process::parse(&n(), "command = [\"x\"]\nrestart = \"on-failure\"\nstop_signal = \"SIGINT\"\ngrace = 0.5\nenv = { A = \"1\" }").unwrap();
+        assert_eq!((p.restart(), p.stop_signal), (Restart::OnFailure, 2));
+    }
+
+    #[test]
+    fn refusals_are_one_line() {
+        for (text, want) in [
+            ("", "missing field `command`"),
+            ("command = []", "must name a program"),
+            ("command = [\"x\"]\nstop_signal = \"STOP\"", "stop_signal"),
+            ("command = [\"x\"]\ngrace = -1", "grace"),
+            ("command = [\"x\"]\nschedule = \"61 * * * *\"", "minute"),
+            (
+                "command = [\"x\"]\nschedule = \"* * * * *\"\nrestart = \"always\"",
+                "no restart policy",
+            ),
+            (
+                "command = [\"x\"]\ntimeout = 5",
+                "timeout is for scheduled jobs",
+            ),
+            ("command = [\"x\"]\ncolour = 1", "unknown field"),
+            (
+                "command = [\"x\"]\nenv = { \"A=B\" = \"1\" }",
+                "not a variable name",
+            ),
+            (
+                "command = [\"x\"]\nrestart = \"sometimes\"",
+                "unknown variant",
+            ),
+        ] {
+            let e = Process::parse(&n(), text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{e:?}");
+        }
+    }
+}

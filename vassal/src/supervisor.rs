@@ -1,0 +1,953 @@
+//! The tenant's supervisor: keeps the processes and jobs of `~/vassals/*.toml`
+//! running, as PID 1 of the container (or as a subreaper when run by hand).
+//!
+//! One thread, one `poll(2)` loop over a signalfd (SIGCHLD and the stop
+//! signals), inotify on `~/vassals`, and the control socket; timers (restarts,
+//! grace periods, job times) set the poll timeout. The only `waitpid(-1)` of
+//! the program is in [`Supervisor::reap`]: it reaps the tenant's processes and
+//! every orphan the container hands to PID 1.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use model::backoff::{Backoff, Throttle};
+use model::process::{Process, Restart};
+use model::reconcile::{plan, Action};
+use model::Name;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{kill, killpg, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::control::{Request, Response};
+
+/// How the supervisor is set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The tenant's home.
+    pub home: PathBuf,
+    /// Restart throttling.
+    pub throttle: Throttle,
+    /// How fast schedule time runs against real time (1 in production; tests
+    /// run minutes in seconds).
+    pub clock_scale: f64,
+}
+
+impl Settings {
+    /// `~/vassals`.
+    pub fn vassals(&self) -> PathBuf {
+        self.home.join("vassals")
+    }
+    /// `~/logs`.
+    pub fn logs(&self) -> PathBuf {
+        self.home.join("logs")
+    }
+    /// The control socket, `~/.imperium/vassal.sock`.
+    pub fn socket(&self) -> PathBuf {
+        self.home.join(".imperium").join("vassal.sock")
+    }
+}
+
+/// The state of one process, as `vassal status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Its process runs.
+    Running,
+    /// It died and waits for its throttled restart.
+    Backoff,
+    /// Stopping (signal sent, grace running).
+    Stopping,
+    /// Stopped by the tenant (`vassal stop`), or ended and not to be restarted.
+    Stopped,
+    /// A job waiting for its next time.
+    Scheduled,
+    /// Its file is refused.
+    Rejected,
+}
+
+/// What follows the end of a process being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    Stay,
+    Start,
+    Remove,
+}
+
+struct Proc {
+    spec: Process,
+    state: State,
+    pid: Option<i32>,
+    started: Option<Instant>,
+    restarts: u32,
+    backoff: Backoff,
+    last_exit: Option<String>,
+    reason: Option<String>,
+    restart_at: Option<Instant>,
+    kill_at: Option<Instant>,
+    after: After,
+    next_run: Option<u64>,
+    job_deadline: Option<Instant>,
+    skipped: u32,
+}
+
+impl Proc {
+    fn new(spec: Process) -> Proc {
+        Proc {
+            spec,
+            state: State::Stopped,
+            pid: None,
+            started: None,
+            restarts: 0,
+            backoff: Backoff::default(),
+            last_exit: None,
+            reason: None,
+            restart_at: None,
+            kill_at: None,
+            after: After::Stay,
+            next_run: None,
+            job_deadline: None,
+            skipped: 0,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    kind: &'static str,
+    state: State,
+    pid: Option<i32>,
+    uptime_secs: Option<f64>,
+    restarts: u32,
+    memory: Option<u64>,
+    cpu_secs: Option<f64>,
+    last_exit: Option<String>,
+    reason: Option<String>,
+    schedule: Option<String>,
+    next_run: Option<u64>,
+    skipped: u32,
+}
+
+/// The supervisor.
+pub struct Supervisor {
+    cfg: Settings,
+    procs: BTreeMap<Name, Proc>,
+    rejected: BTreeMap<Name, String>,
+    clock_origin: (Instant, u64),
+    shutting_down: Option<Instant>,
+}
+
+/// The signals the supervisor handles; an init ignores all others.
+const HANDLED: [Signal; 8] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// The most a shutdown waits for processes beyond their own grace.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
+fn wall_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Supervisor {
+    /// A supervisor for this home.
+    pub fn new(cfg: Settings) -> Supervisor {
+        Supervisor {
+            cfg,
+            procs: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            clock_origin: (Instant::now(), wall_secs()),
+            shutting_down: None,
+        }
+    }
+
+    /// Schedule time: real time, or faster when the clock is scaled.
+    fn now_secs(&self) -> u64 {
+        let (i0, w0) = self.clock_origin;
+        w0 + (i0.elapsed().as_secs_f64() * self.cfg.clock_scale) as u64
+    }
+
+    /// The real instant at which schedule time reaches `secs`.
+    fn instant_of(&self, secs: u64) -> Instant {
+        let (i0, w0) = self.clock_origin;
+        i0 + Duration::from_secs_f64(secs.saturating_sub(w0) as f64 / self.cfg.clock_scale)
+    }
+
+    /// Runs until SIGTERM (and every process has stopped). Returns the exit code.
+    pub fn run(mut self) -> i32 {
+        let mut mask = SigSet::empty();
+        for s in HANDLED {
+            mask.add(s);
+        }
+        if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
+            eprintln!("vassal: blocking signals: {e}");
+            return 1;
+        }
+        let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        else {
+            eprintln!("vassal: signalfd failed");
+            return 1;
+        };
+        if std::process::id() != 1 {
+            // Run by hand: orphans of our processes still come to us.
+            let _ = nix::sys::prctl::set_child_subreaper(true);
+        }
+        for d in [
+            self.cfg.vassals(),
+            self.cfg.logs(),
+            self.cfg.home.join(".imperium"),
+        ] {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
+        if let Some(i) = &inotify {
+            let mask = AddWatchFlags::IN_CLOSE_WRITE
+                | AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_MODIFY;
+            let _ = i.add_watch(&self.cfg.vassals(), mask);
+        }
+        let socket = self.cfg.socket();
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).ok();
+        if let Some(l) = &listener {
+            let _ = l.set_nonblocking(true);
+        } else {
+            eprintln!(
+                "vassal: cannot bind {}; no control socket",
+                socket.display()
+            );
+        }
+
+        self.reload();
+        let mut last_rotation = Instant::now();
+        loop {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1));
+            let timeout = timeout.min(Duration::from_secs(1));
+            let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+            if let Some(i) = &inotify {
+                fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(l) = &listener {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
+            let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    eprintln!("vassal: poll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            drop(fds);
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => self.reap(),
+                    Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => self.begin_shutdown(),
+                    Ok(other) => self.forward(other),
+                    Err(_) => {}
+                }
+            }
+            self.reap();
+            if let Some(i) = &inotify {
+                if i.read_events().map(|e| !e.is_empty()).unwrap_or(false) {
+                    // Let a burst of writes settle, then read every file once.
+                    std::thread::sleep(Duration::from_millis(5));
+                    while i.read_events().map(|e| !e.is_empty()).unwrap_or(false) {}
+                    if self.shutting_down.is_none() {
+                        self.reload();
+                    }
+                }
+            }
+            if let Some(l) = &listener {
+                while let Ok((stream, _)) = l.accept() {
+                    self.serve(stream);
+                }
+            }
+            self.timers();
+            if last_rotation.elapsed() >= Duration::from_secs(1) {
+                self.rotate_logs();
+                last_rotation = Instant::now();
+            }
+            if let Some(since) = self.shutting_down {
+                let grace = self
+                    .procs
+                    .values()
+                    .map(|p| p.spec.file.grace)
+                    .fold(0.0, f64::max);
+                let all_gone =
+                    self.procs.values().all(|p| p.pid.is_none()) && !(is_init() && others_alive());
+                if all_gone || since.elapsed() > Duration::from_secs_f64(grace) + SHUTDOWN_SLACK {
+                    self.kill_everything();
+                    let _ = std::fs::remove_file(&socket);
+                    return 0;
+                }
+            }
+        }
+    }
+
+    /// Reads every file of `~/vassals` and brings the processes in line.
+    pub fn reload(&mut self) {
+        let mut desired: BTreeMap<Name, Process> = BTreeMap::new();
+        self.rejected.clear();
+        let entries = std::fs::read_dir(self.cfg.vassals())
+            .into_iter()
+            .flatten()
+            .flatten();
+        for e in entries {
+            let fname = e.file_name();
+            let Some(stem) = fname.to_str().and_then(|f| f.strip_suffix(".toml")) else {
+                continue;
+            };
+            if stem.starts_with('.') {
+                continue;
+            }
+            let name: Name = match stem.parse() {
+                Ok(n) => n,
+                Err(err) => {
+                    eprintln!("vassal: {}: {err}", e.path().display());
+                    continue;
+                }
+            };
+            let parsed = std::fs::read_to_string(e.path())
+                .map_err(|err| err.to_string())
+                .and_then(|text| Process::parse(&name, &text).map_err(|err| err.to_string()));
+            match parsed {
+                Ok(p) => {
+                    if let Some(old) = self.procs.get_mut(&name) {
+                        old.reason = None;
+                    }
+                    desired.insert(name, p);
+                }
+                Err(why) => match self.procs.get_mut(&name) {
+                    // The last good version keeps running.
+                    Some(old) if old.after != After::Remove => {
+                        old.reason = Some(why);
+                        desired.insert(name, old.spec.clone());
+                    }
+                    _ => {
+                        self.rejected.insert(name, why);
+                    }
+                },
+            }
+        }
+        let running: BTreeMap<Name, Process> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.after != After::Remove)
+            .map(|(n, p)| (n.clone(), p.spec.clone()))
+            .collect();
+        for action in plan(&desired, &running, Process::needs_restart) {
+            match action {
+                Action::Stop(n) => self.stop(&n, After::Remove),
+                Action::Restart(n) => {
+                    if let Some(p) = self.procs.get_mut(&n) {
+                        p.spec = desired[&n].clone();
+                        p.next_run = None;
+                    }
+                    if self.procs.get(&n).is_some_and(|p| p.pid.is_some()) {
+                        self.stop(&n, After::Start);
+                    } else {
+                        self.activate(&n);
+                    }
+                }
+                Action::Update(n) => {
+                    if let Some(p) = self.procs.get_mut(&n) {
+                        p.spec = desired[&n].clone();
+                        p.next_run = None;
+                    }
+                    self.schedule_next(&n);
+                }
+                Action::Start(n) => {
+                    self.procs.insert(n.clone(), Proc::new(desired[&n].clone()));
+                    self.activate(&n);
+                }
+            }
+        }
+    }
+
+    /// Starts a process, or arms a job's schedule.
+    fn activate(&mut self, name: &Name) {
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        if p.spec.schedule.is_some() {
+            p.state = State::Scheduled;
+            self.schedule_next(name);
+        } else {
+            self.spawn(name);
+        }
+    }
+
+    fn schedule_next(&mut self, name: &Name) {
+        let now = self.now_secs();
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        if let Some(s) = &p.spec.schedule {
+            if p.next_run.is_none_or(|t| t <= now) {
+                p.next_run = s.next_after(now);
+            }
+        } else {
+            p.next_run = None;
+        }
+    }
+
+    fn login_env(&self) -> Vec<(String, String)> {
+        let home = self.cfg.home.display().to_string();
+        let user = std::env::var("USER").unwrap_or_default();
+        vec![
+            ("HOME".into(), home),
+            ("USER".into(), user.clone()),
+            ("LOGNAME".into(), user),
+            (
+                "SHELL".into(),
+                std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
+            ),
+            (
+                "PATH".into(),
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
+            (
+                "LANG".into(),
+                std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+            ),
+        ]
+    }
+
+    fn spawn(&mut self, name: &Name) {
+        let env = self.login_env();
+        let logs = self.cfg.logs();
+        let home = self.cfg.home.clone();
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        let f = &p.spec.file;
+        let workdir = match &f.workdir {
+            Some(w) => home.join(w),
+            None => home,
+        };
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{name}.log")));
+        let (out, err) = match log.and_then(|l| Ok((l.try_clone()?, l))) {
+            Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+            Err(_) => (Stdio::null(), Stdio::null()),
+        };
+        let mut cmd = Command::new(&f.command[0]);
+        cmd.args(&f.command[1..])
+            .current_dir(&workdir)
+            .env_clear()
+            .envs(env)
+            .envs(&f.env)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group: a stop signal reaches what it forked too.
+            .process_group(0);
+        crate::spawn::reset_signals(&mut cmd);
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id() as i32;
+                // The child is reaped by `reap`, not through `child`.
+                drop(child);
+                // A tenant's process is a likelier OOM victim than the init:
+                // raising a score needs no privilege.
+                let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "300");
+                p.pid = Some(pid);
+                p.started = Some(Instant::now());
+                p.state = State::Running;
+                p.restart_at = None;
+                if let Some(t) = p.spec.file.timeout {
+                    p.job_deadline = Some(Instant::now() + Duration::from_secs_f64(t));
+                }
+            }
+            Err(e) => {
+                p.last_exit = Some(format!("could not start {:?}: {e}", f.command[0]));
+                self.after_exit(name, Duration::ZERO, false);
+            }
+        }
+    }
+
+    /// Reaps every ended child (the tenant's processes and any orphan).
+    fn reap(&mut self) {
+        loop {
+            let (pid, text, ok) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    (pid.as_raw(), format!("exited with code {code}"), code == 0)
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    (pid.as_raw(), format!("killed by {sig}"), false)
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            let Some(name) = self
+                .procs
+                .iter()
+                .find(|(_, p)| p.pid == Some(pid))
+                .map(|(n, _)| n.clone())
+            else {
+                continue; // an orphan: reaped, nothing more
+            };
+            let Some(p) = self.procs.get_mut(&name) else {
+                continue;
+            };
+            let uptime = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            p.pid = None;
+            p.kill_at = None;
+            p.job_deadline = None;
+            p.last_exit = Some(text);
+            self.after_exit(&name, uptime, ok);
+        }
+    }
+
+    fn after_exit(&mut self, name: &Name, uptime: Duration, ok: bool) {
+        let throttle = self.cfg.throttle;
+        let shutting = self.shutting_down.is_some();
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        match p.after {
+            After::Remove => {
+                self.procs.remove(name);
+                return;
+            }
+            After::Start => {
+                p.after = After::Stay;
+                if !shutting {
+                    self.activate(name);
+                }
+                return;
+            }
+            After::Stay if p.state == State::Stopping => {
+                // A job stopped for its timeout keeps its schedule; a stop asked for disarms it.
+                p.state = if p.spec.schedule.is_some() && p.next_run.is_some() {
+                    State::Scheduled
+                } else {
+                    State::Stopped
+                };
+                return;
+            }
+            After::Stay => {}
+        }
+        if shutting {
+            p.state = State::Stopped;
+            return;
+        }
+        if p.spec.schedule.is_some() {
+            p.state = State::Scheduled;
+            return;
+        }
+        let again = match p.spec.restart() {
+            Restart::Always => true,
+            Restart::OnFailure => !ok,
+            _ => false,
+        };
+        if !again {
+            p.state = State::Stopped;
+            return;
+        }
+        let delay = p.backoff.on_death(&throttle, uptime);
+        p.restarts += 1;
+        if delay.is_zero() {
+            self.spawn(name);
+        } else {
+            p.state = State::Backoff;
+            p.restart_at = Some(Instant::now() + delay);
+            p.reason = Some(format!(
+                "restarting in {delay:?} ({} quick deaths in a row)",
+                p.backoff.quick_deaths
+            ));
+        }
+    }
+
+    /// Sends the stop signal; SIGKILL follows after the grace period.
+    fn stop(&mut self, name: &Name, after: After) {
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        p.after = after;
+        p.restart_at = None;
+        match p.pid {
+            Some(pid) => {
+                let sig = Signal::try_from(p.spec.stop_signal).unwrap_or(Signal::SIGTERM);
+                let _ = killpg(Pid::from_raw(pid), sig);
+                p.state = State::Stopping;
+                p.kill_at = Some(Instant::now() + Duration::from_secs_f64(p.spec.file.grace));
+            }
+            None => {
+                p.state = State::Stopped;
+                match after {
+                    After::Remove => {
+                        self.procs.remove(name);
+                    }
+                    After::Start => {
+                        p.after = After::Stay;
+                        self.activate(name);
+                    }
+                    After::Stay => p.next_run = None,
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        self.shutting_down = Some(Instant::now());
+        let names: Vec<Name> = self.procs.keys().cloned().collect();
+        for n in names {
+            self.stop(&n, After::Stay);
+        }
+        if is_init() {
+            // Everything else in the container (shells, strays) gets SIGTERM too.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+        }
+    }
+
+    /// Last step of a shutdown: nothing of the tenant's outlives the supervisor.
+    fn kill_everything(&mut self) {
+        for p in self.procs.values() {
+            if let Some(pid) = p.pid {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        if is_init() {
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Err(Errno::ECHILD) => break,
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                _ => {}
+            }
+        }
+    }
+
+    fn forward(&self, sig: Signal) {
+        if is_init() {
+            let _ = kill(Pid::from_raw(-1), sig);
+            return;
+        }
+        for p in self.procs.values() {
+            if let Some(pid) = p.pid {
+                let _ = killpg(Pid::from_raw(pid), sig);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.procs
+            .values()
+            .flat_map(|p| {
+                [
+                    p.restart_at,
+                    p.kill_at,
+                    p.job_deadline,
+                    p.next_run.map(|t| self.instant_of(t)),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        let now_secs = self.now_secs();
+        let names: Vec<Name> = self.procs.keys().cloned().collect();
+        for n in names {
+            let Some(p) = self.procs.get_mut(&n) else {
+                continue;
+            };
+            if p.kill_at.is_some_and(|t| t <= now) {
+                if let Some(pid) = p.pid {
+                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                p.kill_at = None;
+            }
+            if p.job_deadline.is_some_and(|t| t <= now) && p.pid.is_some() {
+                p.job_deadline = None;
+                p.reason = Some("the last run passed its timeout and was stopped".into());
+                self.stop(&n, After::Stay);
+                if let Some(p) = self.procs.get_mut(&n) {
+                    // A job stopped for its timeout stays scheduled.
+                    p.after = After::Stay;
+                    p.state = State::Stopping;
+                }
+                continue;
+            }
+            if p.restart_at.is_some_and(|t| t <= now) && self.shutting_down.is_none() {
+                self.spawn(&n);
+                continue;
+            }
+            if p.next_run.is_some_and(|t| t <= now_secs)
+                && self.shutting_down.is_none()
+                && p.state != State::Stopped
+            {
+                if p.pid.is_some() {
+                    // Never two runs at once.
+                    p.skipped += 1;
+                    p.reason = Some(format!(
+                        "{} run(s) skipped: the previous run was still going",
+                        p.skipped
+                    ));
+                } else {
+                    self.spawn(&n);
+                }
+                self.schedule_next(&n);
+            }
+        }
+    }
+
+    /// Rotates `~/logs/<name>.log` past its size limit: copy to `.1` (older
+    /// copies move to `.2` and `.3`), then truncate. The process keeps its
+    /// append-mode descriptor, so its next lines go to the fresh file.
+    fn rotate_logs(&self) {
+        for (name, p) in &self.procs {
+            let log = self.cfg.logs().join(format!("{name}.log"));
+            let Ok(meta) = std::fs::metadata(&log) else {
+                continue;
+            };
+            if meta.len() <= p.spec.file.log_max.0 {
+                continue;
+            }
+            let old = |i: u32| self.cfg.logs().join(format!("{name}.log.{i}"));
+            let _ = std::fs::rename(old(2), old(3));
+            let _ = std::fs::rename(old(1), old(2));
+            if std::fs::copy(&log, old(1)).is_ok() {
+                if let Ok(f) = OpenOptions::new().write(true).open(&log) {
+                    let _ = f.set_len(0);
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, stream: std::os::unix::net::UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let mut line = String::new();
+        let Ok(mut w) = stream.try_clone() else {
+            return;
+        };
+        if BufReader::new(stream.take_limit())
+            .read_line(&mut line)
+            .is_err()
+        {
+            return;
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => self.answer(req),
+            Err(e) => Response::err(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+        out.push(b'\n');
+        let _ = w.write_all(&out);
+    }
+
+    fn answer(&mut self, req: Request) -> Response {
+        let name = match &req {
+            Request::Status => {
+                return Response::ok(serde_json::to_value(self.status()).unwrap_or_default())
+            }
+            Request::Start { name } | Request::Stop { name } | Request::Restart { name } => {
+                name.clone()
+            }
+        };
+        let Some(n) = name
+            .parse::<Name>()
+            .ok()
+            .filter(|n| self.procs.contains_key(n))
+        else {
+            return match name
+                .parse::<Name>()
+                .ok()
+                .and_then(|n| self.rejected.get(&n).cloned())
+            {
+                Some(why) => Response::err(format!("{name} is not running: {why}")),
+                None => Response::err(format!(
+                    "no process named {name:?} (files live in ~/vassals/)"
+                )),
+            };
+        };
+        let p = &self.procs[&n];
+        match req {
+            Request::Stop { .. } => {
+                if p.pid.is_none() && p.state == State::Stopped {
+                    return Response::err(format!("{n} is not running"));
+                }
+                self.stop(&n, After::Stay);
+                if let Some(p) = self.procs.get_mut(&n) {
+                    p.next_run = None;
+                }
+                Response::ok(serde_json::json!("stopping"))
+            }
+            Request::Start { .. } => {
+                if p.pid.is_some() {
+                    return Response::err(format!("{n} is already running"));
+                }
+                if p.spec.schedule.is_some() {
+                    // Run a job now; its schedule carries on.
+                    self.spawn(&n);
+                    self.schedule_next(&n);
+                } else {
+                    self.procs.get_mut(&n).expect("present").backoff = Backoff::default();
+                    self.spawn(&n);
+                }
+                Response::ok(serde_json::json!("started"))
+            }
+            Request::Restart { .. } => {
+                self.procs.get_mut(&n).expect("present").backoff = Backoff::default();
+                self.stop(&n, After::Start);
+                Response::ok(serde_json::json!("restarting"))
+            }
+            Request::Status => unreachable!("answered above"),
+        }
+    }
+
+    fn status(&self) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .procs
+            .iter()
+            .map(|(n, p)| {
+                let (memory, cpu) = p.pid.map(proc_usage).unwrap_or((None, None));
+                Row {
+                    name: n.to_string(),
+                    kind: if p.spec.schedule.is_some() {
+                        "job"
+                    } else {
+                        "process"
+                    },
+                    state: p.state,
+                    pid: p.pid,
+                    uptime_secs: p
+                        .pid
+                        .and(p.started)
+                        .map(|s| (s.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+                    restarts: p.restarts,
+                    memory,
+                    cpu_secs: cpu,
+                    last_exit: p.last_exit.clone(),
+                    reason: p.reason.clone(),
+                    schedule: p.spec.schedule.as_ref().map(|s| s.to_string()),
+                    next_run: p.next_run,
+                    skipped: p.skipped,
+                }
+            })
+            .collect();
+        for (n, why) in &self.rejected {
+            rows.push(Row {
+                name: n.to_string(),
+                kind: "process",
+                state: State::Rejected,
+                pid: None,
+                uptime_secs: None,
+                restarts: 0,
+                memory: None,
+                cpu_secs: None,
+                last_exit: None,
+                reason: Some(why.clone()),
+                schedule: None,
+                next_run: None,
+                skipped: 0,
+            });
+        }
+        rows
+    }
+}
+
+/// Whether this is PID 1 of a pid namespace (a container's init).
+fn is_init() -> bool {
+    std::process::id() == 1
+}
+
+/// Whether any process but this one is left in the container.
+fn others_alive() -> bool {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n != "1" && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Resident memory (bytes) and CPU time (seconds) of a process, from /proc.
+fn proc_usage(pid: i32) -> (Option<u64>, Option<f64>) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let cpu = stat.rfind(')').and_then(|i| {
+        let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100);
+        Some(ticks as f64 / hz as f64)
+    });
+    (rss, cpu)
+}
+
+trait TakeLimit {
+    fn take_limit(self) -> std::io::Take<Self>
+    where
+        Self: Sized;
+}
+
+impl TakeLimit for std::os::unix::net::UnixStream {
+    fn take_limit(self) -> std::io::Take<Self> {
+        std::io::Read::take(self, 64 * 1024)
+    }
+}
+
+/// Reads the last `lines` lines of a log.
+pub fn tail(path: &Path, lines: usize) -> std::io::Result<Vec<String>> {
+    let f = File::open(path)?;
+    let mut all: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for l in BufReader::new(f).lines() {
+        all.push_back(l.unwrap_or_default());
+        if all.len() > lines {
+            all.pop_front();
+        }
+    }
+    Ok(all.into())
+}

@@ -1,0 +1,414 @@
+//! The supervisor run as a plain process (a subreaper) on a temporary home,
+//! supervising real processes with real signals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Vassal {
+    home: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Vassal {
+    fn start(files: &[(&str, &str)], extra: &[&str], clock_scale: f64) -> Vassal {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(home.path().join("vassals")).unwrap();
+        let v = Vassal { home, child: None };
+        for (name, text) in files {
+            v.write(name, text);
+        }
+        let log = std::fs::File::create(v.home.path().join("supervisor.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vassal"))
+            .arg("init")
+            .args(extra)
+            .env("HOME", v.home.path())
+            .env("USER", "tenant")
+            .env("IMPERIUM_CLOCK_SCALE", clock_scale.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut v = v;
+        v.child = Some(child);
+        wait_for(Duration::from_secs(10), "the control socket", || {
+            v.try_status().map(|_| ())
+        });
+        v
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.home.path().join(rel)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let tmp = self.path(&format!("vassals/.{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path(&format!("vassals/{name}.toml"))).unwrap();
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vassal"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .output()
+            .unwrap()
+    }
+
+    fn try_status(&self) -> Option<Vec<Value>> {
+        let out = self.cli(&["status", "--json"]);
+        out.status.success().then_some(())?;
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()?
+            .as_array()
+            .cloned()
+    }
+
+    fn row(&self, name: &str) -> Option<Value> {
+        self.try_status()?.into_iter().find(|r| r["name"] == name)
+    }
+
+    fn wait_row(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let row = self.row(name);
+            if let Some(r) = row.as_ref().filter(|r| pred(r)) {
+                return r.clone();
+            }
+            let log = std::fs::read_to_string(self.path("supervisor.log")).unwrap_or_default();
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{name}: timed out waiting for {what}; last row {row:?}; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// SIGTERM, and how long the supervisor took to exit.
+    fn terminate(&mut self) -> Duration {
+        let mut c = self.child.take().unwrap();
+        let t = Instant::now();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not exit on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.elapsed()
+    }
+}
+
+impl Drop for Vassal {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(") ")
+                .map(|(_, r)| r.starts_with('Z'))
+                .unwrap_or(true)
+        })
+        .unwrap_or(false)
+}
+
+fn zombie_children(parent: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split(' ').collect();
+        if f.first() == Some(&"Z") && f.get(1) == Some(&parent.to_string().as_str()) {
+            out.push(stat);
+        }
+    }
+    out
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn a_crash_loop_backs_off() {
+    let v = Vassal::start(
+        &[(
+            "crash",
+            "command = [\"sh\", \"-c\", \"echo dying; exit 3\"]",
+        )],
+        &[
+            "--throttle-base",
+            "0.2",
+            "--throttle-max",
+            "0.8",
+            "--healthy-after",
+            "30",
+        ],
+        1.0,
+    );
+    let start = Instant::now();
+    let row = v.wait_row("crash", "five quick deaths", |r| {
+        r["restarts"].as_u64() >= Some(5)
+            && r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("restarting in"))
+    });
+    // Deaths 1-4 wait 0, 0.2, 0.4 and 0.8 s before the next start.
+    assert!(
+        start.elapsed() >= Duration::from_millis(1350),
+        "no back-off: {:?}",
+        start.elapsed()
+    );
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("restarting in 800ms"),
+        "{row}"
+    );
+    assert_eq!(row["last_exit"], "exited with code 3");
+    assert!(
+        read(&v.path("logs/crash.log"))
+            .lines()
+            .filter(|l| *l == "dying")
+            .count()
+            >= 5
+    );
+}
+
+#[test]
+fn restart_policies() {
+    let v = Vassal::start(
+        &[
+            ("once", "command = [\"true\"]\nrestart = \"on-failure\""),
+            ("never", "command = [\"false\"]\nrestart = \"never\""),
+        ],
+        &[],
+        1.0,
+    );
+    let once = v.wait_row("once", "a clean exit", |r| r["state"] == "stopped");
+    assert_eq!(
+        (once["restarts"].as_u64(), once["last_exit"].as_str()),
+        (Some(0), Some("exited with code 0"))
+    );
+    let never = v.wait_row("never", "a failed exit", |r| r["state"] == "stopped");
+    assert_eq!(
+        (never["restarts"].as_u64(), never["last_exit"].as_str()),
+        (Some(0), Some("exited with code 1"))
+    );
+}
+
+#[test]
+fn stop_is_graceful_then_forced_after_the_grace() {
+    let polite = "command = [\"sh\", \"-c\", \"trap 'echo bye > polite.out; exit 0' TERM; while :; do sleep 0.05; done\"]\ngrace = 5";
+    let stubborn =
+        "command = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 0.05; done\"]\ngrace = 0.6";
+    let mut v = Vassal::start(&[("polite", polite), ("stubborn", stubborn)], &[], 1.0);
+    v.wait_row("polite", "running", |r| r["state"] == "running");
+    let stubborn_pid = v.wait_row("stubborn", "running", |r| r["state"] == "running")["pid"]
+        .as_i64()
+        .unwrap();
+
+    let out = v.cli(&["stop", "polite"]);
+    assert!(out.status.success(), "{out:?}");
+    let row = v.wait_row("polite", "stopped", |r| r["state"] == "stopped");
+    assert_eq!(row["last_exit"], "exited with code 0");
+    assert_eq!(read(&v.path("polite.out")), "bye\n");
+
+    let t = Instant::now();
+    assert!(v.cli(&["stop", "stubborn"]).status.success());
+    let row = v.wait_row("stubborn", "stopped", |r| r["state"] == "stopped");
+    assert!(
+        t.elapsed() >= Duration::from_millis(550),
+        "killed before its grace: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(row["last_exit"], "killed by SIGKILL");
+    assert!(!alive(stubborn_pid));
+
+    // A stopped process stays stopped until started again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(v.row("polite").unwrap()["state"], "stopped");
+    assert!(v.cli(&["start", "polite"]).status.success());
+    let pid = v.wait_row("polite", "running", |r| r["state"] == "running")["pid"]
+        .as_i64()
+        .unwrap();
+
+    // SIGTERM to the supervisor stops everything, then it exits.
+    let took = v.terminate();
+    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    assert!(!alive(pid));
+}
+
+#[test]
+fn jobs_fire_on_schedule_and_never_overlap() {
+    // 60x clock: "every minute" is every second. Each run takes 2.5 s.
+    let job = "command = [\"sh\", \"-c\", \"mkdir lock || { echo overlap >> runs; exit 1; }; echo run >> runs; sleep 2.5; rmdir lock\"]\nschedule = \"* * * * *\"";
+    let v = Vassal::start(&[("tick", job)], &[], 60.0);
+    let row = v.wait_row("tick", "two runs and a skipped one", |r| {
+        r["skipped"].as_u64() >= Some(1) && read(&v.path("runs")).lines().count() >= 2
+    });
+    assert_eq!(row["kind"], "job");
+    assert!(row["reason"].as_str().unwrap().contains("skipped"), "{row}");
+    let runs = read(&v.path("runs"));
+    assert!(!runs.contains("overlap"), "two runs at once: {runs}");
+    assert!(row["next_run"].as_u64().is_some());
+}
+
+#[test]
+fn a_job_past_its_timeout_is_stopped() {
+    let job = "command = [\"sh\", \"-c\", \"echo start >> runs; sleep 30\"]\nschedule = \"* * * * *\"\ntimeout = 0.5\ngrace = 0.2";
+    let v = Vassal::start(&[("slow", job)], &[], 60.0);
+    let row = v.wait_row("slow", "a timed-out run", |r| {
+        r["reason"].as_str().is_some_and(|s| s.contains("timeout")) && r["state"] == "scheduled"
+    });
+    assert!(
+        row["last_exit"].as_str().unwrap().starts_with("killed by"),
+        "{row}"
+    );
+}
+
+#[test]
+fn logs_are_rotated_by_size() {
+    let chatty = "command = [\"sh\", \"-c\", \"while :; do head -c 1000 /dev/zero | tr '\\\\0' x; echo; sleep 0.02; done\"]\nlog_max = \"8K\"";
+    let v = Vassal::start(&[("chatty", chatty)], &[], 1.0);
+    wait_for(Duration::from_secs(15), "two rotations", || {
+        v.path("logs/chatty.log.2").exists().then_some(())
+    });
+    let one = std::fs::metadata(v.path("logs/chatty.log.1"))
+        .unwrap()
+        .len();
+    assert!(one > 8 * 1024, "rotated before the limit: {one}");
+    let now = std::fs::metadata(v.path("logs/chatty.log")).unwrap().len();
+    // Checked every second: at most a second of output (about 50K) past the limit.
+    assert!(now < 8 * 1024 + 100 * 1024, "{now}");
+    // The file may have just been truncated: at most the lines asked for.
+    let out = v.cli(&["logs", "chatty", "-n", "2"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).lines().count() <= 2);
+    let out = v.cli(&["logs", "chatty.log.1", "-n", "3"]);
+    assert!(!out.status.success(), "a log name is a process name");
+}
+
+#[test]
+fn a_bad_file_stands_beside_good_ones_and_an_edit_keeps_the_last_good_version() {
+    let v = Vassal::start(
+        &[
+            ("good", "command = [\"sleep\", \"30\"]"),
+            ("bad", "command = [\"sleep\"\n"),
+        ],
+        &[],
+        1.0,
+    );
+    let pid = v.wait_row("good", "running", |r| r["state"] == "running")["pid"].clone();
+    let bad = v.wait_row("bad", "rejected", |r| r["state"] == "rejected");
+    assert!(
+        bad["reason"].as_str().unwrap().starts_with("line "),
+        "{bad}"
+    );
+    v.write("good", "command = [\"sleep\", \"30\"]\nshape = \"round\"");
+    let row = v.wait_row("good", "a reason", |r| r["reason"].is_string());
+    assert_eq!(row["pid"], pid);
+    assert!(row["reason"]
+        .as_str()
+        .unwrap()
+        .contains("unknown field `shape`"));
+    // A change of grace applies in place; a change of command restarts.
+    v.write("good", "command = [\"sleep\", \"30\"]\ngrace = 1");
+    let row = v.wait_row("good", "the reason to clear", |r| r["reason"].is_null());
+    assert_eq!(row["pid"], pid);
+    v.write("good", "command = [\"sleep\", \"31\"]");
+    v.wait_row("good", "a new process", |r| {
+        r["state"] == "running" && r["pid"] != pid
+    });
+    // Removing the file stops it.
+    std::fs::remove_file(v.path("vassals/good.toml")).unwrap();
+    wait_for(Duration::from_secs(10), "good to go", || {
+        v.row("good").is_none().then_some(())
+    });
+}
+
+#[test]
+fn orphans_are_reaped() {
+    // The shell leaves children behind that end later: they come to the supervisor.
+    let v = Vassal::start(&[("parent", "command = [\"sh\", \"-c\", \"for i in 1 2 3 4 5; do (sleep 0.3; exit 7) & done; exit 0\"]\nrestart = \"never\"")], &[], 1.0);
+    v.wait_row("parent", "its exit", |r| r["state"] == "stopped");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        zombie_children(v.pid()).is_empty(),
+        "zombies: {:?}",
+        zombie_children(v.pid())
+    );
+}
+
+#[test]
+fn the_cli_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vassal"))
+        .args(["status"])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the vassal supervisor is not reachable"));
+    let v = Vassal::start(&[("web", "command = [\"sleep\", \"30\"]")], &[], 1.0);
+    v.wait_row("web", "running", |r| r["state"] == "running");
+    for verb in ["stop", "start", "restart"] {
+        let out = v.cli(&[verb, "nope"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no process named \"nope\""),
+            "{out:?}"
+        );
+    }
+    let out = v.cli(&["start", "web"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("web is already running"));
+    let pid = v.row("web").unwrap()["pid"].clone();
+    assert!(v.cli(&["restart", "web"]).status.success());
+    v.wait_row("web", "a new pid", |r| {
+        r["state"] == "running" && r["pid"] != pid
+    });
+    let out = v.cli(&["logs", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no log for nope"));
+}
