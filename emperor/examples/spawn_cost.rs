@@ -37,14 +37,15 @@ fn main() {
         "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 64\n",
     )
     .unwrap();
+    let tree: Arc<dyn sys::CgroupTree> = Arc::from(sys::cgroup::detect().unwrap());
     let inp = Input {
         name: &name,
         file: &file,
         uid: 39999,
         layout: &layout,
         vassal_exe: &vassal,
+        cgroup_v2: tree.version() == sys::cgroup::Version::V2,
     };
-    let tree: Arc<dyn sys::CgroupTree> = Arc::from(sys::cgroup::detect().unwrap());
     let spawner =
         emperor::spawner::Spawner::new(tree.clone(), sys::seccomp::default_program().unwrap());
     spawner.prepare_host(&inp).unwrap();

@@ -497,6 +497,7 @@ impl Manager {
             uid,
             layout: &self.cfg.layout,
             vassal_exe: &self.cfg.vassal_exe,
+            cgroup_v2: self.tree.version() == sys::cgroup::Version::V2,
         }
     }
 

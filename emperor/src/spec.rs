@@ -89,6 +89,8 @@ pub struct Input<'a> {
     pub layout: &'a Layout,
     /// The vassal binary on the host.
     pub vassal_exe: &'a Path,
+    /// Whether the host's cgroups are v2 (else the v1 hierarchies).
+    pub cgroup_v2: bool,
 }
 
 impl Input<'_> {
@@ -205,6 +207,24 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
             &local,
             &["bind", "rw", "nosuid", "nodev"],
         )?);
+    }
+    // The site's own cgroup, read-only: the cgroup namespace roots what is
+    // mounted at the site, so the tenant sees its figures and limits and
+    // nothing of its neighbours.
+    if inp.cgroup_v2 {
+        mounts.push(fs(
+            "/sys/fs/cgroup",
+            "cgroup2",
+            &["ro", "nosuid", "nodev", "noexec"],
+        )?);
+    } else {
+        for ctl in ["memory", "pids", "cpu"] {
+            mounts.push(fs(
+                &format!("/sys/fs/cgroup/{ctl}"),
+                "cgroup",
+                &["ro", "nosuid", "nodev", "noexec", ctl],
+            )?);
+        }
     }
     mounts.push(bind(
         inside::SOCKETS,
@@ -534,6 +554,7 @@ mod tests {
             uid: 30001,
             layout: &l,
             vassal_exe: Path::new("/usr/bin/true"),
+            cgroup_v2: false,
         };
         let spec = build(&inp).unwrap();
         let mounts: Vec<(String, String)> = spec
@@ -624,6 +645,7 @@ mod tests {
             uid: 30007,
             layout: &l,
             vassal_exe: Path::new("/usr/bin/true"),
+            cgroup_v2: false,
         };
         let spec = build(&inp).unwrap();
         let plan = crate::spawner::plan(&spec, &skeleton(&inp, &spec), 30007, &[]).unwrap();

@@ -82,7 +82,7 @@ fn root_sites_run_in_their_own_containers() {
     // Nothing of the host beyond the OS: no other home, no state, no /root contents.
     let state = e.state_dir.display().to_string();
     let other_home = e.home_root.join("group1/site53").display().to_string();
-    let probe = format!("for p in {state} {other_home} /home/site53 /var/lib /etc/shadow /etc/ssh /sys/fs/cgroup; do test -e $p && echo VISIBLE $p; done; ls -A /root | wc -l; touch /usr/x 2>/dev/null && echo USR-WRITABLE; touch /home/site52/ok && echo HOME-OK; touch /usr/local/ok && echo LOCAL-OK");
+    let probe = format!("for p in {state} {other_home} /home/site53 /var/lib /etc/shadow /etc/ssh /sys/fs/cgroup/memory/group1 /sys/fs/cgroup/memory/imperium-test; do test -e $p && echo VISIBLE $p; done; ls -A /root | wc -l; touch /usr/x 2>/dev/null && echo USR-WRITABLE; touch /home/site52/ok && echo HOME-OK; touch /usr/local/ok && echo LOCAL-OK");
     let out = e.exec_in(p52, uid, &cg, &probe);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("VISIBLE"), "{text}");
@@ -144,6 +144,28 @@ fn root_sites_run_in_their_own_containers() {
     assert!(
         !mountinfo.contains(".imperium-etc"),
         "the staging mount is left:\n{mountinfo}"
+    );
+    // The site's own cgroup is mounted read-only, rooted at the site.
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory").exists();
+    let (limit_file, pids_file) = if v1 {
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/pids/pids.max",
+        )
+    } else {
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max")
+    };
+    let out = e.exec_in(
+        p52,
+        uid,
+        &cg,
+        &format!("cat {limit_file} {pids_file}; echo 1 > {pids_file} 2>/dev/null && echo WROTE"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [(128u64 << 20).to_string(), "100".to_owned()],
+        "{text}"
     );
     let out = e.exec_in(
         p52,
@@ -221,6 +243,24 @@ fn root_memory_hog_is_killed_and_neighbour_untouched() {
     );
     assert!(alive(hog), "the site's init died with the hog");
     assert!(alive(calm));
+    // The vassal tells the tenant.
+    let oom = wait_for(Duration::from_secs(10), "an oom notification", || {
+        let out = e.exec_in(
+            hog,
+            uid_of(&e, "hog"),
+            &e.cgroup("_admin/hog"),
+            "HOME=/home/hog /run/imperium/bin/vassal notifications --json",
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        list.as_array()?
+            .iter()
+            .find(|n| n["kind"] == "oom")
+            .cloned()
+    });
+    assert!(
+        oom["message"].as_str().unwrap().contains("limit of 32M"),
+        "{oom}"
+    );
     assert_eq!(e.row("hog").unwrap()["pid"], hog);
     assert_eq!(e.row("hog").unwrap()["restarts"], 0);
     assert_eq!(e.row("calm").unwrap()["pid"], calm);
@@ -677,12 +717,14 @@ fn root_the_init_reaps_orphans_and_passes_sigterm_on() {
         "stop waited for the kill after the grace: {:?}",
         t.elapsed()
     );
-    let archived: Vec<_> = std::fs::read_dir(e.state_dir.join("archive"))
-        .unwrap()
-        .flatten()
-        .collect();
+    let archived = wait_for(Duration::from_secs(10), "the archived home", || {
+        std::fs::read_dir(e.state_dir.join("archive"))
+            .ok()?
+            .flatten()
+            .next()
+    });
     assert_eq!(
-        std::fs::read_to_string(archived[0].path().join("term")).unwrap(),
+        std::fs::read_to_string(archived.path().join("term")).unwrap(),
         "got-term\n"
     );
 }
@@ -717,8 +759,9 @@ fn root_the_tenants_own_processes_run_inside_the_container() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
     let row = wait_for(Duration::from_secs(10), "web to run", || {
-        let rows: serde_json::Value = serde_json::from_str(&cli("status --json")).ok()?;
-        rows.as_array()?
+        let status: serde_json::Value = serde_json::from_str(&cli("status --json")).ok()?;
+        status["processes"]
+            .as_array()?
             .iter()
             .find(|r| r["name"] == "web" && r["state"] == "running")
             .cloned()
@@ -729,19 +772,20 @@ fn root_the_tenants_own_processes_run_inside_the_container() {
         pid_inside < 100,
         "a pid of the container's namespace: {pid_inside}"
     );
-    let procs: Vec<i32> = read_cgroup("pids", &cg, "cgroup.procs")
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    let web = procs
-        .iter()
-        .copied()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .unwrap_or_default()
-                .starts_with("sleep")
-        })
-        .expect("web's process in the site's cgroup");
+    let web = wait_for(
+        Duration::from_secs(10),
+        "web's process in the site's cgroup",
+        || {
+            read_cgroup("pids", &cg, "cgroup.procs")
+                .lines()
+                .filter_map(|l| l.parse::<i32>().ok())
+                .find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                        .unwrap_or_default()
+                        .starts_with("sleep")
+                })
+        },
+    );
     assert_eq!(proc_uid(web), uid);
     assert_eq!(
         std::fs::read_to_string(format!("/proc/{web}/oom_score_adj"))

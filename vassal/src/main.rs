@@ -7,6 +7,8 @@
 //! `~/.imperium/vassal.sock`.
 
 mod control;
+mod notify;
+mod site;
 mod spawn;
 mod supervisor;
 
@@ -20,6 +22,8 @@ const USAGE: &str =
     "usage: vassal init [--throttle-base SECS] [--throttle-max SECS] [--healthy-after SECS]
        vassal status [--json]
        vassal start|stop|restart NAME
+       vassal notifications [--json] [-n COUNT]
+       vassal notify KIND MESSAGE
        vassal logs NAME [-n LINES]";
 
 fn main() {
@@ -69,10 +73,14 @@ fn run(args: &[String]) -> Result<i32, String> {
             .and_then(|s| s.parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s > 0.0)
             .unwrap_or(1.0);
+        let cgroup_root = std::env::var_os("IMPERIUM_CGROUP_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
         Ok(supervisor::Settings {
             home: home(),
             throttle,
             clock_scale,
+            cgroup_root,
         })
     };
     let socket = || home().join(".imperium").join("vassal.sock");
@@ -97,6 +105,38 @@ fn run(args: &[String]) -> Result<i32, String> {
             } else {
                 print_status(&resp.data);
             }
+            return Ok(0);
+        }
+        "notifications" => {
+            let json = args.iter().any(|a| a == "--json");
+            let n = args
+                .iter()
+                .position(|a| a == "-n")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50);
+            let list = notify::list(&home(), n)
+                .map_err(|e| format!("reading {}: {e}", notify::path(&home()).display()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if list.is_empty() {
+                println!("no notifications");
+            } else {
+                for n in list {
+                    println!("{:>5}  {}  {:<12} {}", n.id, n.at, n.kind, n.message);
+                }
+            }
+            return Ok(0);
+        }
+        "notify" => {
+            let (Some(kind), Some(message)) = (args.get(1), args.get(2)) else {
+                return Err("notify needs a kind and a message".into());
+            };
+            notify::add(&home(), kind, message)
+                .map_err(|e| format!("writing {}: {e}", notify::path(&home()).display()))?;
             return Ok(0);
         }
         "logs" => {
@@ -134,7 +174,8 @@ fn run(args: &[String]) -> Result<i32, String> {
     Ok(0)
 }
 
-fn print_status(rows: &serde_json::Value) {
+fn print_status(status: &serde_json::Value) {
+    let rows = &status["processes"];
     let s = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "-".to_owned(),
         serde_json::Value::String(s) => s.clone(),
@@ -164,6 +205,22 @@ fn print_status(rows: &serde_json::Value) {
             s(&r["restarts"]),
             mem,
             why
+        );
+    }
+    let site = &status["site"];
+    if site.is_object() {
+        let lim = |v: &serde_json::Value| {
+            v.as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "no limit".into())
+        };
+        println!(
+            "site: memory {} of {} bytes, {} of {} tasks, {} OOM kill(s)",
+            site["memory"],
+            lim(&site["memory_limit"]),
+            site["pids"],
+            lim(&site["pids_limit"]),
+            site["oom_kills"]
         );
     }
 }

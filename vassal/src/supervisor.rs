@@ -31,6 +31,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::control::{Request, Response};
+use crate::site::SiteCgroup;
 
 /// How the supervisor is set up.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct Settings {
     /// How fast schedule time runs against real time (1 in production; tests
     /// run minutes in seconds).
     pub clock_scale: f64,
+    /// Where the site's cgroup is mounted (/sys/fs/cgroup in a container).
+    pub cgroup_root: PathBuf,
 }
 
 impl Settings {
@@ -147,7 +150,15 @@ pub struct Supervisor {
     rejected: BTreeMap<Name, String>,
     clock_origin: (Instant, u64),
     shutting_down: Option<Instant>,
+    site: Option<SiteCgroup>,
+    oom_seen: Option<u64>,
+    memory_high: bool,
 }
+
+/// Memory use (in % of the limit) that raises the alarm, and that clears it.
+const MEMORY_ALARM: (u64, u64) = (90, 80);
+/// Quick deaths in a row that make a restart loop worth telling.
+const LOOP_ALARM: u32 = 5;
 
 /// The signals the supervisor handles; an init ignores all others.
 const HANDLED: [Signal; 8] = [
@@ -174,12 +185,18 @@ fn wall_secs() -> u64 {
 impl Supervisor {
     /// A supervisor for this home.
     pub fn new(cfg: Settings) -> Supervisor {
+        let site = SiteCgroup::detect(&cfg.cgroup_root);
+        // OOM kills are counted from the supervisor's start.
+        let oom_seen = site.as_ref().map(|s| s.figures().oom_kills);
         Supervisor {
-            cfg,
             procs: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            site,
+            cfg,
             clock_origin: (Instant::now(), wall_secs()),
             shutting_down: None,
+            oom_seen,
+            memory_high: false,
         }
     }
 
@@ -294,6 +311,7 @@ impl Supervisor {
             self.timers();
             if last_rotation.elapsed() >= Duration::from_secs(1) {
                 self.rotate_logs();
+                self.check_site();
                 last_rotation = Instant::now();
             }
             if let Some(since) = self.shutting_down {
@@ -579,6 +597,16 @@ impl Supervisor {
         }
         let delay = p.backoff.on_death(&throttle, uptime);
         p.restarts += 1;
+        if p.backoff.quick_deaths == LOOP_ALARM {
+            let msg = format!(
+                "process {name} is in a restart loop: {LOOP_ALARM} quick deaths in a row, last {}",
+                p.last_exit.as_deref().unwrap_or("unknown")
+            );
+            self.alarm("restart-loop", &msg);
+        }
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
         if delay.is_zero() {
             self.spawn(name);
         } else {
@@ -731,6 +759,50 @@ impl Supervisor {
         }
     }
 
+    /// Stores a notification; a failure is only logged (an alarm never stops the supervisor).
+    fn alarm(&self, kind: &str, message: &str) {
+        if let Err(e) = crate::notify::add(&self.cfg.home, kind, message) {
+            eprintln!("vassal: storing the {kind} notification: {e}");
+        }
+    }
+
+    /// The site's alarms: an OOM kill, memory near the limit.
+    fn check_site(&mut self) {
+        let Some(site) = &self.site else { return };
+        let f = site.figures();
+        match self.oom_seen {
+            Some(seen) if f.oom_kills > seen => {
+                let limit = f
+                    .memory_limit
+                    .map(|l| format!(" of {}", model::size::Size(l)))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "the kernel killed {} process(es) for lack of memory: the site reached its limit{limit} ({} so far)",
+                    f.oom_kills - seen,
+                    f.oom_kills
+                );
+                self.alarm("oom", &msg);
+            }
+            _ => {}
+        }
+        self.oom_seen = Some(f.oom_kills);
+        if let Some(limit) = f.memory_limit.filter(|l| *l > 0) {
+            let pct = f.memory * 100 / limit;
+            if pct >= MEMORY_ALARM.0 && !self.memory_high {
+                self.memory_high = true;
+                self.alarm(
+                    "memory",
+                    &format!(
+                        "the site uses {pct}% of its {} memory limit",
+                        model::size::Size(limit)
+                    ),
+                );
+            } else if pct < MEMORY_ALARM.1 {
+                self.memory_high = false;
+            }
+        }
+    }
+
     /// Rotates `~/logs/<name>.log` past its size limit: copy to `.1` (older
     /// copies move to `.2` and `.3`), then truncate. The process keeps its
     /// append-mode descriptor, so its next lines go to the fresh file.
@@ -780,7 +852,10 @@ impl Supervisor {
     fn answer(&mut self, req: Request) -> Response {
         let name = match &req {
             Request::Status => {
-                return Response::ok(serde_json::to_value(self.status()).unwrap_or_default())
+                let site = self.site.as_ref().map(|s| s.figures());
+                return Response::ok(
+                    serde_json::json!({ "processes": self.status(), "site": site }),
+                );
             }
             Request::Start { name } | Request::Stop { name } | Request::Restart { name } => {
                 name.clone()

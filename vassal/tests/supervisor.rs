@@ -14,6 +14,15 @@ struct Vassal {
 
 impl Vassal {
     fn start(files: &[(&str, &str)], extra: &[&str], clock_scale: f64) -> Vassal {
+        Vassal::start_with(files, extra, clock_scale, None)
+    }
+
+    fn start_with(
+        files: &[(&str, &str)],
+        extra: &[&str],
+        clock_scale: f64,
+        cgroup: Option<&Path>,
+    ) -> Vassal {
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(home.path().join("vassals")).unwrap();
         let v = Vassal { home, child: None };
@@ -27,6 +36,10 @@ impl Vassal {
             .env("HOME", v.home.path())
             .env("USER", "tenant")
             .env("IMPERIUM_CLOCK_SCALE", clock_scale.to_string())
+            .env(
+                "IMPERIUM_CGROUP_DIR",
+                cgroup.unwrap_or(Path::new("/nonexistent")),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -61,8 +74,7 @@ impl Vassal {
     fn try_status(&self) -> Option<Vec<Value>> {
         let out = self.cli(&["status", "--json"]);
         out.status.success().then_some(())?;
-        serde_json::from_slice::<Value>(&out.stdout)
-            .ok()?
+        serde_json::from_slice::<Value>(&out.stdout).ok()?["processes"]
             .as_array()
             .cloned()
     }
@@ -411,4 +423,81 @@ fn the_cli_says_what_is_wrong() {
     });
     let out = v.cli(&["logs", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no log for nope"));
+}
+
+fn notifications(v: &Vassal) -> Vec<Value> {
+    let out = v.cli(&["notifications", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn alarms_become_notifications() {
+    // A FAKE cgroup v2 directory (files written by the test): the real OOM
+    // alarm inside a container is in the end-to-end tests.
+    let cg = tempfile::tempdir().unwrap();
+    let put = |f: &str, v: &str| std::fs::write(cg.path().join(f), v).unwrap();
+    put("memory.current", "10485760\n");
+    put("memory.max", "104857600\n");
+    put("memory.events", "oom 0\noom_kill 0\n");
+    put("pids.current", "2\n");
+    put("pids.max", "100\n");
+    let v = Vassal::start_with(
+        &[("crash", "command = [\"false\"]")],
+        &["--throttle-base", "0.05", "--throttle-max", "0.1"],
+        1.0,
+        Some(cg.path()),
+    );
+    let status: Value = serde_json::from_slice(&v.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["site"]["memory_limit"], 104857600);
+    assert_eq!(status["site"]["pids_limit"], 100);
+    wait_for(
+        Duration::from_secs(10),
+        "a restart-loop notification",
+        || {
+            notifications(&v)
+                .into_iter()
+                .find(|n| n["kind"] == "restart-loop")
+        },
+    );
+    // Let the supervisor read the first OOM count, then raise it.
+    std::thread::sleep(Duration::from_millis(1200));
+    put("memory.events", "oom 1\noom_kill 1\n");
+    let oom = wait_for(Duration::from_secs(10), "an oom notification", || {
+        notifications(&v).into_iter().find(|n| n["kind"] == "oom")
+    });
+    assert!(
+        oom["message"].as_str().unwrap().contains("limit of 100M"),
+        "{oom}"
+    );
+    put("memory.current", "99614720\n");
+    let mem = wait_for(Duration::from_secs(10), "a memory notification", || {
+        notifications(&v)
+            .into_iter()
+            .find(|n| n["kind"] == "memory")
+    });
+    assert!(mem["message"].as_str().unwrap().contains("95%"), "{mem}");
+    // Said once, not every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        notifications(&v)
+            .iter()
+            .filter(|n| n["kind"] == "memory")
+            .count(),
+        1
+    );
+    // Anyone with access to the home (the emperor, as the tenant) can add one.
+    assert!(v
+        .cli(&["notify", "admin", "maintenance on sunday"])
+        .status
+        .success());
+    let last = notifications(&v).pop().unwrap();
+    assert_eq!(
+        (last["kind"].as_str(), last["message"].as_str()),
+        (Some("admin"), Some("maintenance on sunday"))
+    );
 }

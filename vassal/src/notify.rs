@@ -1,0 +1,89 @@
+//! The site's notifications: alarms raised by the supervisor and messages from
+//! the admin or the reseller, kept in `~/.imperium/notifications.db` (SQLite).
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+/// One notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Notification {
+    /// Its number, increasing.
+    pub id: i64,
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+    /// `oom`, `memory`, `restart-loop`, `admin`, ...
+    pub kind: String,
+    /// One line for the tenant.
+    pub message: String,
+}
+
+/// The database of the home `home`.
+pub fn path(home: &Path) -> PathBuf {
+    home.join(".imperium").join("notifications.db")
+}
+
+fn open(home: &Path) -> rusqlite::Result<Connection> {
+    let _ = std::fs::create_dir_all(home.join(".imperium"));
+    let db = Connection::open(path(home))?;
+    db.busy_timeout(std::time::Duration::from_secs(2))?;
+    db.execute_batch(
+        "CREATE TABLE IF NOT EXISTS notifications (
+             id INTEGER PRIMARY KEY,
+             at INTEGER NOT NULL,
+             kind TEXT NOT NULL,
+             message TEXT NOT NULL
+         );",
+    )?;
+    Ok(db)
+}
+
+/// Stores a notification.
+pub fn add(home: &Path, kind: &str, message: &str) -> rusqlite::Result<()> {
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    open(home)?.execute(
+        "INSERT INTO notifications (at, kind, message) VALUES (?1, ?2, ?3)",
+        (at as i64, kind, message),
+    )?;
+    Ok(())
+}
+
+/// The newest `limit` notifications, oldest first.
+pub fn list(home: &Path, limit: usize) -> rusqlite::Result<Vec<Notification>> {
+    let db = open(home)?;
+    let mut stmt =
+        db.prepare("SELECT id, at, kind, message FROM notifications ORDER BY id DESC LIMIT ?1")?;
+    let mut out: Vec<Notification> = stmt
+        .query_map([limit as i64], |r| {
+            Ok(Notification {
+                id: r.get(0)?,
+                at: r.get::<_, i64>(1)? as u64,
+                kind: r.get(2)?,
+                message: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stores_and_lists_in_order() {
+        let home = tempfile::tempdir().unwrap();
+        assert!(super::list(home.path(), 10).unwrap().is_empty());
+        for i in 0..5 {
+            super::add(home.path(), "admin", &format!("message {i}")).unwrap();
+        }
+        let got = super::list(home.path(), 3).unwrap();
+        let msgs: Vec<&str> = got.iter().map(|n| n.message.as_str()).collect();
+        assert_eq!(msgs, ["message 2", "message 3", "message 4"]);
+        assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+    }
+}

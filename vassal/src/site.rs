@@ -1,0 +1,150 @@
+//! The site's own cgroup, as the container sees it: the emperor mounts the
+//! cgroup filesystems read-only at /sys/fs/cgroup inside a cgroup namespace
+//! rooted at the site, so the root of what is mounted is the site itself.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Where the figures are read from.
+#[derive(Debug, Clone)]
+pub enum SiteCgroup {
+    /// v1: one directory per controller.
+    V1 {
+        /// The memory hierarchy's root (the site).
+        memory: PathBuf,
+        /// The pids hierarchy's root (the site).
+        pids: PathBuf,
+    },
+    /// v2: one directory.
+    V2(PathBuf),
+}
+
+/// The site's figures against its limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Figures {
+    /// Memory in use, bytes.
+    pub memory: u64,
+    /// The memory limit, if any.
+    pub memory_limit: Option<u64>,
+    /// Tasks.
+    pub pids: u64,
+    /// The task limit, if any.
+    pub pids_limit: Option<u64>,
+    /// Processes the kernel killed for lack of memory, so far.
+    pub oom_kills: u64,
+}
+
+fn read(p: &Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+fn num(p: &Path) -> Option<u64> {
+    read(p)?.trim().parse().ok()
+}
+
+fn limit(p: &Path) -> Option<u64> {
+    // "max" (v2) and the huge v1 default both mean no limit.
+    num(p).filter(|v| *v < 1 << 62)
+}
+
+fn keyed(p: &Path, key: &str) -> Option<u64> {
+    read(p)?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+}
+
+impl SiteCgroup {
+    /// Finds the site's cgroup under `root` (normally /sys/fs/cgroup).
+    pub fn detect(root: &Path) -> Option<SiteCgroup> {
+        if root.join("memory.current").exists() {
+            Some(SiteCgroup::V2(root.to_path_buf()))
+        } else if root.join("memory/memory.usage_in_bytes").exists() {
+            Some(SiteCgroup::V1 {
+                memory: root.join("memory"),
+                pids: root.join("pids"),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Reads the figures now.
+    pub fn figures(&self) -> Figures {
+        match self {
+            SiteCgroup::V1 { memory, pids } => Figures {
+                memory: num(&memory.join("memory.usage_in_bytes")).unwrap_or(0),
+                memory_limit: limit(&memory.join("memory.limit_in_bytes")),
+                pids: num(&pids.join("pids.current")).unwrap_or(0),
+                pids_limit: limit(&pids.join("pids.max")),
+                oom_kills: keyed(&memory.join("memory.oom_control"), "oom_kill ").unwrap_or(0),
+            },
+            SiteCgroup::V2(dir) => Figures {
+                memory: num(&dir.join("memory.current")).unwrap_or(0),
+                memory_limit: limit(&dir.join("memory.max")),
+                pids: num(&dir.join("pids.current")).unwrap_or(0),
+                pids_limit: limit(&dir.join("pids.max")),
+                oom_kills: keyed(&dir.join("memory.events"), "oom_kill ").unwrap_or(0),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against fake trees: v2 files written by hand (this host's controllers are
+    //! on v1; the container tests read the real v1 files).
+    use super::*;
+
+    #[test]
+    fn reads_v2_and_v1_files() {
+        let d = tempfile::tempdir().unwrap();
+        for (f, v) in [
+            ("memory.current", "1048576\n"),
+            ("memory.max", "134217728\n"),
+            ("pids.current", "3\n"),
+            ("pids.max", "max\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 4\noom 1\noom_kill 2\n"),
+        ] {
+            std::fs::write(d.path().join(f), v).unwrap();
+        }
+        let f = SiteCgroup::detect(d.path()).unwrap().figures();
+        assert_eq!(
+            f,
+            Figures {
+                memory: 1 << 20,
+                memory_limit: Some(128 << 20),
+                pids: 3,
+                pids_limit: None,
+                oom_kills: 2
+            }
+        );
+
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("memory")).unwrap();
+        std::fs::create_dir_all(d.path().join("pids")).unwrap();
+        for (f, v) in [
+            ("memory/memory.usage_in_bytes", "4096\n"),
+            ("memory/memory.limit_in_bytes", "9223372036854771712\n"),
+            (
+                "memory/memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n",
+            ),
+            ("pids/pids.current", "2\n"),
+            ("pids/pids.max", "50\n"),
+        ] {
+            std::fs::write(d.path().join(f), v).unwrap();
+        }
+        let f = SiteCgroup::detect(d.path()).unwrap().figures();
+        assert_eq!(
+            f,
+            Figures {
+                memory: 4096,
+                memory_limit: None,
+                pids: 2,
+                pids_limit: Some(50),
+                oom_kills: 5
+            }
+        );
+    }
+}
