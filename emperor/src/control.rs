@@ -32,6 +32,13 @@ pub enum Request {
         /// The vassal.
         name: String,
     },
+    /// Store a message among a vassal's notifications.
+    Notify {
+        /// The vassal.
+        name: String,
+        /// One line.
+        message: String,
+    },
     /// Delete the archived homes of a removed vassal.
     Purge {
         /// The vassal.

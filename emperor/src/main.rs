@@ -72,6 +72,8 @@ enum Cmd {
     Spec { name: String },
     /// Delete the archived homes of a removed vassal (for good).
     Purge { name: String },
+    /// Leave a message among a vassal's notifications (`vassal notifications` shows it).
+    Notify { name: String, message: String },
     /// Stop every vassal, then the emperor.
     Shutdown,
 }
@@ -167,6 +169,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Resume { name } => Request::Resume { name },
         Cmd::Spec { name } => Request::Spec { name },
         Cmd::Purge { name } => Request::Purge { name },
+        Cmd::Notify { name, message } => Request::Notify { name, message },
         Cmd::Shutdown => Request::Shutdown,
     };
     let is_spec = matches!(req, Request::Spec { .. });

@@ -857,6 +857,32 @@ impl Manager {
         }
     }
 
+    /// Stores a message in the vassal's notifications. The write is made by
+    /// the vassal binary running as the tenant, so a link planted in the home
+    /// can lead it nowhere the tenant could not write anyway.
+    fn notify(&self, name: &Name, message: &str) -> Result<serde_json::Value, String> {
+        use std::os::unix::process::CommandExt;
+        if message.is_empty() || message.len() > 1000 || message.contains(['\n', '\r', '\0']) {
+            return Err("a message is one line of at most 1000 bytes".into());
+        }
+        let v = &self.vassals[name];
+        let uid = v.uid.or_else(|| self.uids.users.get(v.file.user(name).as_str()).copied()).ok_or("no uid allocated yet")?;
+        let home = self.input(name, &v.file, uid).home();
+        let out = std::process::Command::new(&self.cfg.vassal_exe)
+            .args(["notify", "admin", message])
+            .env_clear()
+            .env("HOME", &home)
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .map_err(|e| format!("running the vassal binary: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        tracing::info!(vassal = %name, "notification stored");
+        Ok(serde_json::json!("stored"))
+    }
+
     /// Deletes `archive/<name>-<time>` directories; returns how many.
     fn purge(&self, name: &Name) -> std::io::Result<usize> {
         let mut count = 0;
@@ -926,6 +952,7 @@ impl Manager {
             }),
             Request::Suspend { name } => self.with_vassal(&name, |m, n| m.freeze(n, true)),
             Request::Resume { name } => self.with_vassal(&name, |m, n| m.freeze(n, false)),
+            Request::Notify { name, message } => self.with_vassal(&name, |m, n| m.notify(n, &message)),
             Request::Purge { name } => match name.parse::<Name>() {
                 Ok(n) => match self.purge(&n) {
                     Ok(0) => Response::err(format!("no archived home of {n}")),

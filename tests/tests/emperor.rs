@@ -801,6 +801,17 @@ fn root_the_tenants_own_processes_run_inside_the_container() {
     });
     assert_eq!(log, format!("serving from site1 as {uid}\n"));
     assert!(cli("logs web").contains("serving from site1"));
+    // The admin leaves a message; the tenant reads it inside.
+    let out = e.cli(&["notify", "site1", "maintenance on sunday"]);
+    assert!(out.status.success(), "{out:?}");
+    let list: serde_json::Value = serde_json::from_str(&cli("notifications --json")).unwrap();
+    let last = list.as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["kind"].as_str(), last["message"].as_str()), (Some("admin"), Some("maintenance on sunday")));
+    let db = e.home_root.join("site1/.imperium/notifications.db");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&db).unwrap()), uid, "written as the tenant");
+    let out = e.cli(&["notify", "site1", "two\nlines"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one line"));
     // Stopping the site stops the tenant's processes with it.
     e.remove("site1");
     wait_for(Duration::from_secs(15), "the site to stop", || {
