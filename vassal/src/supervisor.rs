@@ -93,6 +93,7 @@ struct Proc {
     state: State,
     pid: Option<i32>,
     started: Option<Instant>,
+    started_at_us: Option<u64>,
     restarts: u32,
     backoff: Backoff,
     last_exit: Option<String>,
@@ -112,6 +113,7 @@ impl Proc {
             state: State::Stopped,
             pid: None,
             started: None,
+            started_at_us: None,
             restarts: 0,
             backoff: Backoff::default(),
             last_exit: None,
@@ -133,6 +135,7 @@ struct Row {
     state: State,
     pid: Option<i32>,
     uptime_secs: Option<f64>,
+    started_at_us: Option<u64>,
     restarts: u32,
     memory: Option<u64>,
     cpu_secs: Option<f64>,
@@ -502,6 +505,7 @@ impl Supervisor {
                 let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "300");
                 p.pid = Some(pid);
                 p.started = Some(Instant::now());
+                p.started_at_us = SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_micros() as u64);
                 p.state = State::Running;
                 p.restart_at = None;
                 if let Some(t) = p.spec.file.timeout {
@@ -931,6 +935,7 @@ impl Supervisor {
                         .pid
                         .and(p.started)
                         .map(|s| (s.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+                    started_at_us: p.pid.and(p.started_at_us),
                     restarts: p.restarts,
                     memory,
                     cpu_secs: cpu,
@@ -949,6 +954,7 @@ impl Supervisor {
                 state: State::Rejected,
                 pid: None,
                 uptime_secs: None,
+                started_at_us: None,
                 restarts: 0,
                 memory: None,
                 cpu_secs: None,
