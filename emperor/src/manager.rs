@@ -866,7 +866,10 @@ impl Manager {
             return Err("a message is one line of at most 1000 bytes".into());
         }
         let v = &self.vassals[name];
-        let uid = v.uid.or_else(|| self.uids.users.get(v.file.user(name).as_str()).copied()).ok_or("no uid allocated yet")?;
+        let uid = v
+            .uid
+            .or_else(|| self.uids.users.get(v.file.user(name).as_str()).copied())
+            .ok_or("no uid allocated yet")?;
         let home = self.input(name, &v.file, uid).home();
         let out = std::process::Command::new(&self.cfg.vassal_exe)
             .args(["notify", "admin", message])
@@ -952,7 +955,9 @@ impl Manager {
             }),
             Request::Suspend { name } => self.with_vassal(&name, |m, n| m.freeze(n, true)),
             Request::Resume { name } => self.with_vassal(&name, |m, n| m.freeze(n, false)),
-            Request::Notify { name, message } => self.with_vassal(&name, |m, n| m.notify(n, &message)),
+            Request::Notify { name, message } => {
+                self.with_vassal(&name, |m, n| m.notify(n, &message))
+            }
             Request::Purge { name } => match name.parse::<Name>() {
                 Ok(n) => match self.purge(&n) {
                     Ok(0) => Response::err(format!("no archived home of {n}")),

@@ -806,9 +806,16 @@ fn root_the_tenants_own_processes_run_inside_the_container() {
     assert!(out.status.success(), "{out:?}");
     let list: serde_json::Value = serde_json::from_str(&cli("notifications --json")).unwrap();
     let last = list.as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["kind"].as_str(), last["message"].as_str()), (Some("admin"), Some("maintenance on sunday")));
+    assert_eq!(
+        (last["kind"].as_str(), last["message"].as_str()),
+        (Some("admin"), Some("maintenance on sunday"))
+    );
     let db = e.home_root.join("site1/.imperium/notifications.db");
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&db).unwrap()), uid, "written as the tenant");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&db).unwrap()),
+        uid,
+        "written as the tenant"
+    );
     let out = e.cli(&["notify", "site1", "two\nlines"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("one line"));

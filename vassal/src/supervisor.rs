@@ -505,7 +505,10 @@ impl Supervisor {
                 let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "300");
                 p.pid = Some(pid);
                 p.started = Some(Instant::now());
-                p.started_at_us = SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_micros() as u64);
+                p.started_at_us = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_micros() as u64);
                 p.state = State::Running;
                 p.restart_at = None;
                 if let Some(t) = p.spec.file.timeout {
