@@ -1,7 +1,80 @@
-//! `router`: the shared HTTP/HTTPS (SNI) router. Not built yet; this binary only
-//! says so, so that nothing mistakes it for a working router.
+//! `router serve`: the shared HTTP/HTTPS router.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "router",
+    version,
+    about = "The shared HTTP/HTTPS (SNI) router of every site"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the router in the foreground.
+    Serve {
+        /// Plain HTTP address.
+        #[arg(long, default_value = "0.0.0.0:80")]
+        http: SocketAddr,
+        /// HTTPS address.
+        #[arg(long, default_value = "0.0.0.0:443")]
+        https: SocketAddr,
+        /// The runtime directory shared with the emperor.
+        #[arg(long, default_value = model::layout::DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// The router's persistent state.
+        #[arg(long, default_value = model::layout::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Seconds a subscription lives unless refreshed.
+        #[arg(long, default_value_t = 60.0)]
+        ttl: f64,
+        /// Seconds a client has to send its request headers.
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout: f64,
+    },
+}
 
 fn main() {
-    eprintln!("router: not built yet");
-    std::process::exit(2);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cmd::Serve {
+        http,
+        https,
+        run_dir,
+        state_dir,
+        ttl,
+        header_timeout,
+    } = Cli::parse().cmd;
+    let cfg = router::Config {
+        http,
+        https,
+        run_dir,
+        state_dir,
+        ttl: Duration::from_secs_f64(ttl.max(1.0)),
+        header_timeout: Duration::from_secs_f64(header_timeout.max(0.1)),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(router::run(cfg, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }));
+    if let Err(e) = result {
+        eprintln!("router: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -18,6 +18,7 @@ pub mod process;
 pub mod reconcile;
 pub mod record;
 pub mod size;
+pub mod subscription;
 pub mod uids;
 
 pub use catalog::{Catalog, Verdict};

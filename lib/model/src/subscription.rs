@@ -1,0 +1,99 @@
+//! The wire types of the router's signed subscription API, shared by the router
+//! (which verifies) and the vassal (which signs).
+//!
+//! A request is a [`Signed`]: `payload` is the JSON text of a
+//! [`Subscription`], and `signature` the base64 of the site's Ed25519
+//! signature over exactly those bytes. The router verifies the bytes it
+//! received before it parses them, so there is no canonicalisation to get
+//! wrong on either side.
+
+use serde::{Deserialize, Serialize};
+
+/// What a subscription asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Route the domain to the backend (or refresh the route).
+    Subscribe,
+    /// Stop routing the domain to the backend.
+    Unsubscribe,
+}
+
+/// One subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Subscribe or unsubscribe.
+    pub action: Action,
+    /// The site that signs.
+    pub site: String,
+    /// The domain to route (`example.com` or a name under a wildcard the site owns).
+    pub domain: String,
+    /// A socket name in the site's socket directory (no `/`).
+    pub backend: String,
+    /// Share of the load against the domain's other backends (1-100).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// A certificate chain for the domain, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Its private key, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Seconds since the Unix epoch when it was signed.
+    pub timestamp: u64,
+    /// A value used once (hex, 16 to 64 characters).
+    pub nonce: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A signed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    /// The JSON text of a [`Subscription`].
+    pub payload: String,
+    /// base64 (standard, padded) of the Ed25519 signature over `payload`'s bytes.
+    pub signature: String,
+}
+
+/// What the router answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Whether the subscription was taken.
+    pub ok: bool,
+    /// Why not, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds the route lives unless refreshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+}
+
+/// The router's view of one site, written by the emperor (the dominator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteRoutes {
+    /// The site's Ed25519 public key, base64.
+    pub public_key: String,
+    /// The domains it owns (`*.example.com` covers the names under it).
+    pub domains: Vec<String>,
+    /// Its socket directory on the host.
+    pub sockets: String,
+    /// Suspended sites answer 503.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// Everything the dominator tells the router.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dominion {
+    /// Schema version (1).
+    pub schema_version: u32,
+    /// Sites by name.
+    pub sites: std::collections::BTreeMap<String, SiteRoutes>,
+}

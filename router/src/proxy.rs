@@ -1,0 +1,170 @@
+//! The proxy: the Host of a request picks the domain's backends (unix sockets
+//! in the owning site's socket directory); the first that accepts the
+//! connection gets the request. Websocket upgrades are passed through.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+use crate::routes::Route;
+use crate::State;
+
+/// The body of every answer.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+fn page(status: StatusCode, text: &str) -> Response<Body> {
+    let body = format!("<!doctype html><title>{status}</title><h1>{status}</h1><p>{text}</p>\n");
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// The host a request is for, lower case, without a port.
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    // A port is stripped; an IPv6 literal (colons inside) is left alone.
+    let host = match raw.rsplit_once(':') {
+        Some((h, port))
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') =>
+        {
+            h
+        }
+        _ => raw,
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Answers one request.
+pub async fn handle(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let Some(host) = host_of(&req) else {
+        return Ok(page(StatusCode::BAD_REQUEST, "No Host."));
+    };
+    let backends = match state.routes.lookup(&host) {
+        Route::Unknown => {
+            return Ok(page(
+                StatusCode::NOT_FOUND,
+                "No site serves this domain here.",
+            ))
+        }
+        Route::Suspended => {
+            let mut r = page(StatusCode::SERVICE_UNAVAILABLE, "This site is suspended.");
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("120"));
+            return Ok(r);
+        }
+        Route::Backends(b) => b,
+    };
+
+    // Headers for the backend: who asked, over what; the Host is kept.
+    let h = req.headers_mut();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if !h.contains_key(HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            h.insert(HOST, v);
+        }
+    }
+    // The backend speaks HTTP/1.1: origin-form target.
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = hyper::Version::HTTP_11;
+    let upgrading = req.headers().get(UPGRADE).is_some()
+        && req
+            .headers()
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+
+    // The first backend that accepts the connection gets the request; one that
+    // refuses is skipped for this request only.
+    let mut stream = None;
+    for path in &backends {
+        match UnixStream::connect(path).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(backend = %path.display(), error = %e, "backend refused; trying the next")
+            }
+        }
+    }
+    let Some(stream) = stream else {
+        return Ok(page(
+            StatusCode::BAD_GATEWAY,
+            "The site's application is not answering.",
+        ));
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(_) => {
+            return Ok(page(
+                StatusCode::BAD_GATEWAY,
+                "The site's application is not answering.",
+            ))
+        }
+    };
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let mut resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(_) => {
+            return Ok(page(
+                StatusCode::BAD_GATEWAY,
+                "The site's application failed to answer.",
+            ))
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(c), Ok(b)) = (client_upgrade.await, backend_upgrade.await) {
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b))
+                            .await;
+                }
+            });
+        }
+    }
+    Ok(resp.map(|b| b.boxed()))
+}

@@ -1,0 +1,688 @@
+//! The real router on loopback: real TLS (a rustls client reads the peer
+//! certificate), real backends on unix sockets, real signed subscriptions.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
+use model::subscription::{Action, Dominion, Signed, SiteRoutes, Subscription};
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A backend on a unix socket: answers `<name>|<host>|<x-forwarded-proto>|<x-forwarded-for>`,
+/// and echoes bytes after a websocket upgrade.
+struct Backend {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn start(path: &Path, name: &'static str) -> Backend {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        std::thread::spawn(move || serve_one(stream, name));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Backend {
+            path: path.to_path_buf(),
+            stop,
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve_one(stream: UnixStream, name: &str) {
+    stream.set_nonblocking(false).unwrap();
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        headers.push(line.trim_end().to_owned());
+    }
+    let get = |k: &str| {
+        headers
+            .iter()
+            .find_map(|h| {
+                h.split_once(':')
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    if get("upgrade").eq_ignore_ascii_case("websocket") {
+        w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if w.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let body = format!(
+        "{name}|{}|{}|{}",
+        get("host"),
+        get("x-forwarded-proto"),
+        get("x-forwarded-for")
+    );
+    let _ = write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+struct Site {
+    name: &'static str,
+    key: SigningKey,
+}
+
+impl Site {
+    fn new(name: &'static str) -> Site {
+        Site {
+            name,
+            key: SigningKey::from_bytes(&random::<32>()),
+        }
+    }
+
+    fn public(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.key.verifying_key().to_bytes())
+    }
+
+    fn sign(&self, sub: &Subscription) -> Vec<u8> {
+        let payload = serde_json::to_string(sub).unwrap();
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(self.key.sign(payload.as_bytes()).to_bytes());
+        serde_json::to_vec(&Signed { payload, signature }).unwrap()
+    }
+
+    fn sub(&self, domain: &str, backend: &str) -> Subscription {
+        Subscription {
+            action: Action::Subscribe,
+            site: self.name.to_owned(),
+            domain: domain.to_owned(),
+            backend: backend.to_owned(),
+            weight: 1,
+            cert: None,
+            key: None,
+            timestamp: now(),
+            nonce: hex(&random::<16>()),
+        }
+    }
+}
+
+struct Router {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    http: String,
+    https: String,
+}
+
+impl Router {
+    fn dominion(dir: &Path, sites: &[(&Site, &[&str], bool)]) {
+        let mut d = Dominion {
+            schema_version: 1,
+            ..Default::default()
+        };
+        for (s, domains, suspended) in sites {
+            d.sites.insert(
+                s.name.to_owned(),
+                SiteRoutes {
+                    public_key: s.public(),
+                    domains: domains.iter().map(|x| x.to_string()).collect(),
+                    sockets: dir.join("sockets").join(s.name).display().to_string(),
+                    suspended: *suspended,
+                },
+            );
+        }
+        let path = dir.join("run/router/dominion.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&d).unwrap()).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    fn start(dir: tempfile::TempDir, ttl: &str) -> Router {
+        for s in ["site1", "site2"] {
+            std::fs::create_dir_all(dir.path().join("sockets").join(s)).unwrap();
+        }
+        let listen = dir.path().join("run/router/listen.json");
+        let _ = std::fs::remove_file(&listen);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("router.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+                "--header-timeout",
+                "1",
+                "--ttl",
+                ttl,
+            ])
+            .arg("--run-dir")
+            .arg(dir.path().join("run"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let v: serde_json::Value =
+            wait_for(Duration::from_secs(20), "the router to listen", || {
+                serde_json::from_slice(&std::fs::read(&listen).ok()?).ok()
+            });
+        Router {
+            http: v["http"].as_str().unwrap().to_owned(),
+            https: v["https"].as_str().unwrap().to_owned(),
+            dir,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) -> tempfile::TempDir {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    fn socket(&self, site: &str, name: &str) -> PathBuf {
+        self.dir.path().join("sockets").join(site).join(name)
+    }
+
+    /// POSTs a body to the subscription API; returns (status, answer).
+    fn post(&self, body: &[u8]) -> (u16, serde_json::Value) {
+        let mut s = UnixStream::connect(self.dir.path().join("run/router/subscribe.sock")).unwrap();
+        write!(s, "POST /subscribe HTTP/1.1\r\nHost: router\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+        s.write_all(body).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+        let json = text.split("\r\n\r\n").nth(1).unwrap();
+        (status, serde_json::from_str(json).unwrap())
+    }
+
+    fn subscribe(&self, site: &Site, sub: &Subscription) -> serde_json::Value {
+        let (status, v) = self.post(&site.sign(sub));
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// A plain HTTP GET with this Host; returns (status, body).
+    fn get(&self, host: &str) -> (u16, String) {
+        let s = TcpStream::connect(&self.http).unwrap();
+        request(s, host)
+    }
+
+    /// An HTTPS GET with SNI; returns (status, body, the certificate served).
+    fn get_tls(&self, host: &str) -> (u16, String, Vec<u8>) {
+        let (stream, cert) = tls_connect(&self.https, host);
+        let (status, body) = request(stream, host);
+        (status, body, cert)
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn request<S: Read + Write>(mut s: S, host: &str) -> (u16, String) {
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Accepts any certificate: the tests compare the one served with the one subscribed.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_connect(addr: &str, sni: &str) -> (Tls, Vec<u8>) {
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+    .with_no_client_auth();
+    let mut cfg = cfg;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    let cert = tls.conn.peer_certificates().unwrap()[0].to_vec();
+    (tls, cert)
+}
+
+/// A self-signed certificate for these names: (chain PEM, key PEM, DER).
+fn cert(names: &[&str]) -> (String, String, Vec<u8>) {
+    let c =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    (
+        c.cert.pem(),
+        c.key_pair.serialize_pem(),
+        c.cert.der().to_vec(),
+    )
+}
+
+fn setup(ttl: &str) -> (Router, Site, Site) {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
+    Router::dominion(
+        dir.path(),
+        &[
+            (&s1, &["example.com", "*.example.com"], false),
+            (&s2, &["other.org"], false),
+        ],
+    );
+    (Router::start(dir, ttl), s1, s2)
+}
+
+#[test]
+fn routes_by_host_and_serves_each_domain_its_certificate() {
+    let (r, s1, s2) = setup("60");
+    let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
+    let _o = Backend::start(&r.socket("site2", "app.sock"), "o");
+    let (pem, key, der) = cert(&["example.com"]);
+    let mut sub = s1.sub("example.com", "web.sock");
+    sub.cert = Some(pem);
+    sub.key = Some(key);
+    let ans = r.subscribe(&s1, &sub);
+    assert_eq!(ans["ttl"], 60);
+    let (opem, okey, oder) = cert(&["other.org"]);
+    let mut sub = s2.sub("other.org", "app.sock");
+    sub.cert = Some(opem);
+    sub.key = Some(okey);
+    r.subscribe(&s2, &sub);
+
+    let (status, body) = r.get("example.com");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "a|example.com|http|127.0.0.1")
+    );
+    let (status, body, served) = r.get_tls("example.com");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "a|example.com|https|127.0.0.1")
+    );
+    assert_eq!(served, der, "SNI example.com got another certificate");
+    let (_, body, served) = r.get_tls("other.org");
+    assert_eq!(served, oder);
+    assert!(body.starts_with("o|other.org|https"));
+    // Unknown: 404 on HTTP, the default certificate on HTTPS.
+    assert_eq!(r.get("nobody.net").0, 404);
+    let (status, _, served) = r.get_tls("nobody.net");
+    assert_eq!(status, 404);
+    assert!(served != der && served != oder);
+    // A name under the wildcard the site owns, subscribed as such.
+    r.subscribe(&s1, &s1.sub("*.example.com", "web.sock"));
+    assert_eq!(
+        r.get("shop.example.com").1,
+        "a|shop.example.com|http|127.0.0.1"
+    );
+}
+
+#[test]
+fn a_new_certificate_replaces_the_old_and_a_broken_one_is_refused() {
+    let (r, s1, _) = setup("60");
+    let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
+    let (pem, key, der) = cert(&["example.com"]);
+    let mut sub = s1.sub("example.com", "web.sock");
+    sub.cert = Some(pem);
+    sub.key = Some(key.clone());
+    r.subscribe(&s1, &sub);
+    assert_eq!(r.get_tls("example.com").2, der);
+
+    let (pem2, key2, der2) = cert(&["example.com", "www.example.com"]);
+    let mut sub = s1.sub("example.com", "web.sock");
+    sub.cert = Some(pem2);
+    sub.key = Some(key2);
+    r.subscribe(&s1, &sub);
+    assert_eq!(r.get_tls("example.com").2, der2, "no restart needed");
+
+    // Wrong name, mismatched key, garbage: each refused, the last good one stays.
+    let (wrong, wrong_key, _) = cert(&["evil.net"]);
+    let (other_pem, _, _) = cert(&["example.com"]);
+    for (c, k, why) in [
+        (wrong, wrong_key, "does not cover example.com"),
+        (other_pem, key, "certificate refused"),
+        (
+            "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n".to_owned(),
+            "x".to_owned(),
+            "certificate refused",
+        ),
+    ] {
+        let mut sub = s1.sub("example.com", "web.sock");
+        sub.cert = Some(c);
+        sub.key = Some(k);
+        let (status, ans) = r.post(&s1.sign(&sub));
+        assert_eq!(status, 403);
+        assert!(ans["error"].as_str().unwrap().contains(why), "{ans}");
+        assert_eq!(r.get_tls("example.com").2, der2);
+    }
+}
+
+#[test]
+fn forged_stale_replayed_foreign_and_escaping_subscriptions_are_refused() {
+    let (r, s1, s2) = setup("60");
+    let refused = |body: Vec<u8>, why: &str| {
+        let (status, ans) = r.post(&body);
+        assert_eq!(status, 403, "{ans}");
+        assert!(
+            ans["error"].as_str().unwrap().contains(why),
+            "{ans} lacks {why}"
+        );
+    };
+    // site2's key claiming to be site1.
+    refused(s2.sign(&s1.sub("example.com", "web.sock")), "bad signature");
+    // A payload changed after signing.
+    let mut signed: Signed =
+        serde_json::from_slice(&s1.sign(&s1.sub("example.com", "web.sock"))).unwrap();
+    signed.payload = signed.payload.replace("web.sock", "evil.sock");
+    refused(serde_json::to_vec(&signed).unwrap(), "bad signature");
+    let mut old = s1.sub("example.com", "web.sock");
+    old.timestamp -= 3600;
+    refused(s1.sign(&old), "timestamp");
+    let once = s1.sign(&s1.sub("example.com", "web.sock"));
+    assert_eq!(r.post(&once).0, 200);
+    refused(once, "nonce already used");
+    refused(
+        s2.sign(&s2.sub("example.com", "app.sock")),
+        "site2 does not own example.com",
+    );
+    refused(
+        s1.sign(&s1.sub("a.b.example.com", "web.sock")),
+        "does not own",
+    );
+    refused(
+        s1.sign(&s1.sub("example.com", "../site2/app.sock")),
+        "not a socket name",
+    );
+    refused(b"{\"payload\": 1}".to_vec(), "malformed");
+    let (status, _) = r.post(&[0xff; 300]);
+    assert_eq!(status, 403);
+    // The router still serves.
+    assert_eq!(
+        r.get("example.com").0,
+        502,
+        "subscribed, but nothing listens on web.sock"
+    );
+}
+
+#[test]
+fn load_is_shared_by_weight_and_a_dead_backend_is_skipped_then_taken_back() {
+    let (r, s1, _) = setup("60");
+    let a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    let _b = Backend::start(&r.socket("site1", "b.sock"), "b");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    let mut sub = s1.sub("example.com", "b.sock");
+    sub.weight = 3;
+    r.subscribe(&s1, &sub);
+    let count = |n: usize| {
+        let mut hits = (0, 0);
+        for _ in 0..n {
+            let (status, body) = r.get("example.com");
+            assert_eq!(status, 200);
+            if body.starts_with("a|") {
+                hits.0 += 1
+            } else {
+                hits.1 += 1
+            }
+        }
+        hits
+    };
+    assert_eq!(count(40), (10, 30), "weights 1 and 3");
+    drop(a);
+    assert_eq!(
+        count(20),
+        (0, 20),
+        "a dead backend is skipped, no request fails"
+    );
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    assert_eq!(count(40), (10, 30), "its return is picked up at once");
+}
+
+#[test]
+fn routes_expire_unless_refreshed_and_unsubscribe_removes_them() {
+    let (r, s1, _) = setup("1");
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    assert_eq!(r.get("example.com").0, 200);
+    wait_for(Duration::from_secs(5), "expiry", || {
+        (r.get("example.com").0 == 404).then_some(())
+    });
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    assert_eq!(r.get("example.com").0, 200);
+    let mut un = s1.sub("example.com", "a.sock");
+    un.action = Action::Unsubscribe;
+    r.subscribe(&s1, &un);
+    assert_eq!(r.get("example.com").0, 404);
+}
+
+#[test]
+fn a_suspended_site_answers_503() {
+    let (r, s1, s2) = setup("60");
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    Router::dominion(
+        r.dir.path(),
+        &[(&s1, &["example.com"], true), (&s2, &["other.org"], false)],
+    );
+    wait_for(Duration::from_secs(5), "503", || {
+        (r.get("example.com").0 == 503).then_some(())
+    });
+    let mut s = TcpStream::connect(&r.http).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 120"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_dropped_while_others_are_served() {
+    let (r, s1, _) = setup("60");
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    let mut slow = TcpStream::connect(&r.http).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: exa").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        r.get("example.com").0,
+        200,
+        "served while a slow client waits"
+    );
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let waited = t.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the slow client held on for {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+#[test]
+fn websockets_pass_through_http_and_https() {
+    let (r, s1, _) = setup("60");
+    let _a = Backend::start(&r.socket("site1", "ws.sock"), "ws");
+    let (pem, key, _) = cert(&["example.com"]);
+    let mut sub = s1.sub("example.com", "ws.sock");
+    sub.cert = Some(pem);
+    sub.key = Some(key);
+    r.subscribe(&s1, &sub);
+    fn echo<S: Read + Write>(mut s: S) {
+        s.write_all(b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s.write_all(b"ping through the router").unwrap();
+        let mut back = [0u8; 23];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping through the router");
+    }
+    echo(TcpStream::connect(&r.http).unwrap());
+    echo(tls_connect(&r.https, "example.com").0);
+}
+
+#[test]
+fn a_restarted_router_knows_the_sites_while_the_emperor_is_down() {
+    let (mut r, s1, _) = setup("60");
+    // The router has read the dominion: a subscription passes.
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    let dir = r.stop();
+    // The emperor is gone: no dominion in the run directory any more.
+    std::fs::remove_file(dir.path().join("run/router/dominion.json")).unwrap();
+    let r = Router::start(dir, "60");
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    assert_eq!(r.get("example.com").1, "a|example.com|http|127.0.0.1");
+}
