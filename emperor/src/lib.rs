@@ -6,6 +6,7 @@
 //! crate decides what to do and when.
 
 pub mod control;
+pub mod keys;
 pub mod manager;
 pub mod scan;
 pub mod spawner;
@@ -86,6 +87,7 @@ pub async fn run(
 
     mgr.reconcile();
     watcher.follow(&mgr.drop_dirs());
+    mgr.publish_dominion();
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(vassals = %cfg.layout.vassals.display(), "emperor ready");
 
@@ -121,6 +123,7 @@ pub async fn run(
                     mgr.reconcile();
                     watcher.follow(&mgr.drop_dirs());
                 }
+                mgr.publish_dominion();
                 if mgr.shutdown_done() {
                     mgr.finish_shutdown();
                     break;

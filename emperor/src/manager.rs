@@ -206,6 +206,8 @@ pub struct Manager {
     tx: mpsc::UnboundedSender<Event>,
     shutdown_reply: Option<oneshot::Sender<Response>>,
     suspended_groups: BTreeSet<Name>,
+    public_keys: BTreeMap<Name, String>,
+    last_dominion: Vec<u8>,
 }
 
 fn needs_restart(old: &VassalFile, new: &VassalFile) -> bool {
@@ -251,6 +253,8 @@ impl Manager {
             tx,
             shutdown_reply: None,
             suspended_groups: BTreeSet::new(),
+            public_keys: BTreeMap::new(),
+            last_dominion: Vec::new(),
         })
     }
 
@@ -275,6 +279,58 @@ impl Manager {
             .remove(self.cfg.layout.cgroup_root.trim_matches('/'));
         if let Some(tx) = self.shutdown_reply.take() {
             let _ = tx.send(Response::ok(serde_json::json!("stopped")));
+        }
+    }
+
+    /// Tells the router (through `<run-dir>/router/dominion.json`) which site
+    /// owns which domains, each site's public key and whether it is suspended.
+    /// Written only when it changed.
+    pub fn publish_dominion(&mut self) {
+        use model::subscription::{Dominion, SiteRoutes};
+        let mut d = Dominion {
+            schema_version: 1,
+            ..Default::default()
+        };
+        for (name, v) in &self.vassals {
+            let (VassalFile::Site(s), Some(uid)) = (&v.file, v.uid) else {
+                continue;
+            };
+            if !self.public_keys.contains_key(name) {
+                match crate::keys::ensure(&self.cfg.layout.state_dir, name, uid) {
+                    Ok(k) => {
+                        self.public_keys.insert(name.clone(), k);
+                    }
+                    Err(e) => {
+                        tracing::warn!(vassal = %name, error = %e, "no key pair for the router");
+                        continue;
+                    }
+                }
+            }
+            let group_frozen = s
+                .group
+                .as_ref()
+                .is_some_and(|g| self.suspended_groups.contains(g));
+            d.sites.insert(
+                name.to_string(),
+                SiteRoutes {
+                    public_key: self.public_keys[name].clone(),
+                    domains: s.domains.iter().map(|x| x.to_string()).collect(),
+                    sockets: self.cfg.layout.sockets(name).display().to_string(),
+                    suspended: v.state == State::Suspended || group_frozen,
+                },
+            );
+        }
+        let Ok(bytes) = serde_json::to_vec_pretty(&d) else {
+            return;
+        };
+        if bytes == self.last_dominion {
+            return;
+        }
+        let dir = self.cfg.layout.router_dir();
+        let _ = std::fs::create_dir_all(&dir);
+        match model::atomic::replace(&dir.join("dominion.json"), &bytes, 0o644) {
+            Ok(()) => self.last_dominion = bytes,
+            Err(e) => tracing::warn!(error = %e, "writing the dominion failed"),
         }
     }
 

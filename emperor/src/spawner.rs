@@ -147,6 +147,15 @@ impl Spawner {
             }
         }
         owned_dir(&home.join(inside::USR_LOCAL_IN_HOME), Some(inp.uid), 0o755)?;
+        let router = inp.layout.router_dir();
+        prep(&router, std::fs::create_dir_all(&router))?;
+        if matches!(inp.file, VassalFile::Site(_)) {
+            let key = crate::keys::private_path(&inp.layout.state_dir, inp.name);
+            prep(
+                &key,
+                crate::keys::ensure(&inp.layout.state_dir, inp.name, inp.uid).map(|_| ()),
+            )?;
+        }
         let sockets = inp.layout.sockets(inp.name);
         owned_dir(&sockets, Some(inp.uid), 0o750)?;
         Ok(())

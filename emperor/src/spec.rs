@@ -236,6 +236,20 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         inp.vassal_exe,
         &["bind", "ro", "nosuid", "nodev"],
     )?);
+    // The router's subscription socket, and a site's key to sign with.
+    mounts.push(bind(
+        inside::ROUTER,
+        &inp.layout.router_dir(),
+        &["bind", "ro", "nosuid", "nodev", "noexec"],
+    )?);
+    if matches!(inp.file, VassalFile::Site(_)) {
+        let key = crate::keys::private_path(&inp.layout.state_dir, inp.name);
+        mounts.push(bind(
+            inside::SITE_KEY,
+            &key,
+            &["bind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
+    }
 
     let none: Capabilities = Default::default();
     let caps = LinuxCapabilitiesBuilder::default()

@@ -16,6 +16,9 @@ use tokio::net::UnixStream;
 use crate::routes::Route;
 use crate::State;
 
+/// How long a backend has to start its answer.
+pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The body of every answer.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -145,12 +148,18 @@ pub async fn handle(
         let _ = conn.with_upgrades().await;
     });
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = match sender.send_request(req).await {
-        Ok(r) => r,
-        Err(_) => {
+    let mut resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => {
             return Ok(page(
                 StatusCode::BAD_GATEWAY,
                 "The site's application failed to answer.",
+            ))
+        }
+        Err(_) => {
+            return Ok(page(
+                StatusCode::GATEWAY_TIMEOUT,
+                "The site's application did not answer in time.",
             ))
         }
     };

@@ -825,3 +825,164 @@ fn root_the_tenants_own_processes_run_inside_the_container() {
         (!alive(init) && !alive(web)).then_some(())
     });
 }
+
+/// A router on loopback sharing the emperor's run directory; killed on drop.
+struct RouterProc {
+    child: std::process::Child,
+    http: String,
+}
+
+impl RouterProc {
+    fn start(e: &Emperor) -> RouterProc {
+        let listen = e.run_dir.join("router/listen.json");
+        let log = std::fs::File::create(e.dir.path().join("router.log")).unwrap();
+        let child = std::process::Command::new(bin("router"))
+            .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .arg("--run-dir")
+            .arg(&e.run_dir)
+            .arg("--state-dir")
+            .arg(e.dir.path().join("router-state"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let v: serde_json::Value = wait_for(Duration::from_secs(20), "the router", || {
+            serde_json::from_slice(&std::fs::read(&listen).ok()?).ok()
+        });
+        RouterProc {
+            child,
+            http: v["http"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    fn get(&self, host: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
+        // A request that reached a site just frozen waits for its thaw: give up, ask again.
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (
+            status,
+            text.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_tenants_app_is_served_through_the_router_on_its_domain() {
+    let mut e = Emperor::new();
+    e.write("shop", "kind = \"site\"\ndomains = [\"shop.test\", \"*.shop.test\"]\n[limits]\nmemory = \"128M\"\npids = 50\n");
+    e.write("other", "kind = \"site\"\ndomains = [\"other.test\"]\n");
+    e.start();
+    let router = RouterProc::start(&e);
+    let init = e.running_pid("shop");
+    let uid = uid_of(&e, "shop");
+    let home = e.home_root.join("shop");
+    let app = r#"
+import http.server, os, socketserver
+path = "/run/imperium/sockets/web.sock"
+if os.path.exists(path):
+    os.unlink(path)
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello from " + os.uname().nodename + " for " + self.headers["Host"]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def address_string(self):
+        return "router"
+socketserver.UnixStreamServer(path, Hello).serve_forever()
+"#;
+    std::fs::write(home.join("app.py"), app).unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the supervisor's directory",
+        || home.join("vassals").is_dir().then_some(()),
+    );
+    // The tenant's own file: the app, and the domains it serves.
+    write_atomic(
+        &home.join("vassals/web.toml"),
+        "command = [\"python3\", \"/home/shop/app.py\"]\n[http]\ndomains = [\"shop.test\", \"www.shop.test\", \"other.test\"]\nsocket = \"web.sock\"\n",
+    );
+    let (status, body) = wait_for(
+        Duration::from_secs(20),
+        "the app through the router",
+        || {
+            let (s, b) = router.get("shop.test");
+            (s == 200).then_some((s, b))
+        },
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from shop for shop.test")
+    );
+    assert_eq!(
+        router.get("www.shop.test").1,
+        "hello from shop for www.shop.test"
+    );
+    // Another site's domain was refused, and the tenant can see why.
+    assert_eq!(router.get("other.test").0, 404);
+    let out = e.exec_in(
+        init,
+        uid,
+        &e.cgroup("_admin/shop"),
+        "HOME=/home/shop /run/imperium/bin/vassal status --json",
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let subs = status["processes"][0]["subscriptions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let by = |d: &str| subs.iter().find(|s| s["domain"] == d).unwrap().clone();
+    assert_eq!(by("shop.test")["ok"], true);
+    assert_eq!(by("other.test")["ok"], false);
+    assert!(
+        by("other.test")["answer"]
+            .as_str()
+            .unwrap()
+            .contains("does not own other.test"),
+        "{subs:?}"
+    );
+    // Suspending the site: its domains answer 503 at once.
+    assert!(e.cli(&["suspend", "shop"]).status.success());
+    wait_for(Duration::from_secs(5), "503", || {
+        (router.get("shop.test").0 == 503).then_some(())
+    });
+    assert!(e.cli(&["resume", "shop"]).status.success());
+    wait_for(Duration::from_secs(5), "200 again", || {
+        (router.get("shop.test").0 == 200).then_some(())
+    });
+    // Stopping the app withdraws its domains.
+    let out = e.exec_in(
+        init,
+        uid,
+        &e.cgroup("_admin/shop"),
+        "HOME=/home/shop /run/imperium/bin/vassal stop web",
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(5), "404 after the stop", || {
+        (router.get("shop.test").0 == 404).then_some(())
+    });
+}

@@ -7,6 +7,7 @@
 //! `~/.imperium/vassal.sock`.
 
 mod control;
+mod http;
 mod notify;
 mod site;
 mod spawn;

@@ -104,6 +104,16 @@ struct Proc {
     next_run: Option<u64>,
     job_deadline: Option<Instant>,
     skipped: u32,
+    subs: Vec<SubState>,
+    refresh_at: Option<Instant>,
+}
+
+/// The router's last answer for one domain of a process.
+#[derive(Debug, Clone, Serialize)]
+struct SubState {
+    domain: String,
+    ok: bool,
+    answer: String,
 }
 
 impl Proc {
@@ -124,6 +134,8 @@ impl Proc {
             next_run: None,
             job_deadline: None,
             skipped: 0,
+            subs: Vec::new(),
+            refresh_at: None,
         }
     }
 }
@@ -144,6 +156,7 @@ struct Row {
     schedule: Option<String>,
     next_run: Option<u64>,
     skipped: u32,
+    subscriptions: Vec<SubState>,
 }
 
 /// The supervisor.
@@ -154,6 +167,7 @@ pub struct Supervisor {
     clock_origin: (Instant, u64),
     shutting_down: Option<Instant>,
     site: Option<SiteCgroup>,
+    subscriber: crate::http::Subscriber,
     oom_seen: Option<u64>,
     memory_high: bool,
 }
@@ -195,6 +209,7 @@ impl Supervisor {
             procs: BTreeMap::new(),
             rejected: BTreeMap::new(),
             site,
+            subscriber: crate::http::Subscriber::from_env(),
             cfg,
             clock_origin: (Instant::now(), wall_secs()),
             shutting_down: None,
@@ -400,11 +415,18 @@ impl Supervisor {
                     }
                 }
                 Action::Update(n) => {
+                    let old_http = self.procs.get(&n).and_then(|p| p.spec.file.http.clone());
                     if let Some(p) = self.procs.get_mut(&n) {
                         p.spec = desired[&n].clone();
                         p.next_run = None;
                     }
                     self.schedule_next(&n);
+                    if old_http != desired[&n].file.http {
+                        if let Some(old) = old_http {
+                            self.unsubscribe_all(&n, &old);
+                        }
+                        self.subscribe_all(&n);
+                    }
                 }
                 Action::Start(n) => {
                     self.procs.insert(n.clone(), Proc::new(desired[&n].clone()));
@@ -514,6 +536,7 @@ impl Supervisor {
                 if let Some(t) = p.spec.file.timeout {
                     p.job_deadline = Some(Instant::now() + Duration::from_secs_f64(t));
                 }
+                self.subscribe_all(name);
             }
             Err(e) => {
                 p.last_exit = Some(format!("could not start {:?}: {e}", f.command[0]));
@@ -548,6 +571,12 @@ impl Supervisor {
                 continue;
             };
             let uptime = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            if let Some(http) = p.spec.file.http.clone() {
+                self.unsubscribe_all(&name, &http);
+            }
+            let Some(p) = self.procs.get_mut(&name) else {
+                continue;
+            };
             p.pid = None;
             p.kill_at = None;
             p.job_deadline = None;
@@ -628,6 +657,15 @@ impl Supervisor {
 
     /// Sends the stop signal; SIGKILL follows after the grace period.
     fn stop(&mut self, name: &Name, after: After) {
+        // The router stops sending it requests before it is asked to stop.
+        let http = self
+            .procs
+            .get(name)
+            .filter(|p| p.pid.is_some())
+            .and_then(|p| p.spec.file.http.clone());
+        if let Some(http) = http {
+            self.unsubscribe_all(name, &http);
+        }
         let Some(p) = self.procs.get_mut(name) else {
             return;
         };
@@ -711,6 +749,7 @@ impl Supervisor {
                     p.restart_at,
                     p.kill_at,
                     p.job_deadline,
+                    p.refresh_at,
                     p.next_run.map(|t| self.instant_of(t)),
                 ]
             })
@@ -743,6 +782,13 @@ impl Supervisor {
                 }
                 continue;
             }
+            if p.refresh_at.is_some_and(|t| t <= now)
+                && p.pid.is_some()
+                && self.shutting_down.is_none()
+            {
+                self.subscribe_all(&n);
+                continue;
+            }
             if p.restart_at.is_some_and(|t| t <= now) && self.shutting_down.is_none() {
                 self.spawn(&n);
                 continue;
@@ -763,6 +809,57 @@ impl Supervisor {
                 }
                 self.schedule_next(&n);
             }
+        }
+    }
+
+    /// Subscribes every domain of a running process to the router, and plans
+    /// the refresh (a third of the router's time to live; soon after a refusal).
+    fn subscribe_all(&mut self, name: &Name) {
+        let home = self.cfg.home.clone();
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        let (Some(http), Some(_)) = (p.spec.file.http.clone(), p.pid) else {
+            return;
+        };
+        let mut subs = Vec::new();
+        let mut ttl = u64::MAX;
+        for d in &http.domains {
+            let (ok, answer) =
+                match self
+                    .subscriber
+                    .send(model::subscription::Action::Subscribe, d, &http, &home)
+                {
+                    Ok(t) => {
+                        ttl = ttl.min(t);
+                        (true, format!("subscribed for {t} s"))
+                    }
+                    Err(e) => {
+                        ttl = ttl.min(6);
+                        (false, e)
+                    }
+                };
+            subs.push(SubState {
+                domain: d.clone(),
+                ok,
+                answer,
+            });
+        }
+        p.subs = subs;
+        p.refresh_at = Some(Instant::now() + Duration::from_secs((ttl / 3).max(1)));
+    }
+
+    /// Withdraws a process's domains (best effort: the routes expire anyway).
+    fn unsubscribe_all(&mut self, name: &Name, http: &model::process::Http) {
+        let home = self.cfg.home.clone();
+        for d in &http.domains {
+            let _ = self
+                .subscriber
+                .send(model::subscription::Action::Unsubscribe, d, http, &home);
+        }
+        if let Some(p) = self.procs.get_mut(name) {
+            p.subs.clear();
+            p.refresh_at = None;
         }
     }
 
@@ -947,6 +1044,7 @@ impl Supervisor {
                     schedule: p.spec.schedule.as_ref().map(|s| s.to_string()),
                     next_run: p.next_run,
                     skipped: p.skipped,
+                    subscriptions: p.subs.clone(),
                 }
             })
             .collect();
@@ -966,6 +1064,7 @@ impl Supervisor {
                 schedule: None,
                 next_run: None,
                 skipped: 0,
+                subscriptions: Vec::new(),
             });
         }
         rows

@@ -107,6 +107,11 @@ impl Layout {
         self.run_dir.join("sockets").join(name.as_str())
     }
 
+    /// The directory shared with the router: its subscription socket and the dominion.
+    pub fn router_dir(&self) -> PathBuf {
+        self.run_dir.join("router")
+    }
+
     /// A vassal's cgroup path relative to each hierarchy's root.
     pub fn cgroup(&self, kind_group: Option<&Name>, name: &Name, is_group: bool) -> String {
         let root = self.cgroup_root.trim_matches('/');
@@ -127,6 +132,10 @@ impl Layout {
 pub mod inside {
     /// The socket directory inside every container.
     pub const SOCKETS: &str = "/run/imperium/sockets";
+    /// The site's private key for router subscriptions.
+    pub const SITE_KEY: &str = "/run/imperium/site.key";
+    /// The router's directory (its subscription socket) inside every container.
+    pub const ROUTER: &str = "/run/imperium/router";
     /// The home of user `user` inside its container.
     pub fn home(user: &str) -> String {
         format!("/home/{user}")

@@ -78,6 +78,32 @@ pub struct ProcessFile {
     /// A job's time limit in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
+    /// The domains this process serves through the shared router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http>,
+}
+
+/// The `[http]` table: subscribe these domains to the router while the process runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Domains (the site must own them).
+    pub domains: Vec<String>,
+    /// The socket the process listens on, a name in `/run/imperium/sockets/`.
+    pub socket: String,
+    /// Certificate chain (PEM), a path in the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Its key (PEM), a path in the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Share of the load against the domain's other backends (1-100).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_signal() -> String {
@@ -88,6 +114,10 @@ fn default_grace() -> f64 {
 }
 fn default_log_max() -> Size {
     Size(10 << 20)
+}
+
+fn schedule_is_some(f: &ProcessFile) -> bool {
+    f.schedule.is_some()
 }
 
 /// A validated process file.
@@ -137,6 +167,35 @@ impl Process {
                 "grace {} is not between 0 and 3600 seconds",
                 file.grace
             ));
+        }
+        if let Some(h) = &file.http {
+            if h.domains.is_empty() {
+                return bad("http.domains is empty".into());
+            }
+            if let Some(d) = h
+                .domains
+                .iter()
+                .find(|d| d.parse::<crate::name::Domain>().is_err())
+            {
+                return bad(format!(
+                    "http.domains: {d:?} is not a valid lower-case domain"
+                ));
+            }
+            let s = &h.socket;
+            if s.is_empty() || s.len() > 100 || s == "." || s == ".." || s.contains(['/', '\0']) {
+                return bad(format!(
+                    "http.socket {s:?} must be a file name in /run/imperium/sockets/"
+                ));
+            }
+            if h.cert.is_some() != h.key.is_some() {
+                return bad("http.cert and http.key go together".into());
+            }
+            if !(1..=100).contains(&h.weight) {
+                return bad(format!("http.weight {} is not between 1 and 100", h.weight));
+            }
+            if schedule_is_some(&file) {
+                return bad("a scheduled job cannot serve http".into());
+            }
         }
         if file.log_max.0 < 4096 {
             return bad(format!("log_max {} is below 4K", file.log_max));

@@ -1,0 +1,113 @@
+//! Subscribing a process's domains to the shared router: signed with the
+//! site's key, sent to the router's socket shared into the container.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
+use model::process::Http;
+use model::subscription::{Action, Answer, Signed, Subscription};
+
+/// Where the key and the router are, and who we are.
+#[derive(Debug)]
+pub struct Subscriber {
+    key: Result<SigningKey, String>,
+    socket: PathBuf,
+    site: String,
+}
+
+impl Subscriber {
+    /// From the container's fixed paths (tests point elsewhere through the environment).
+    pub fn from_env() -> Subscriber {
+        let key_path = std::env::var_os("IMPERIUM_SITE_KEY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(model::layout::inside::SITE_KEY));
+        let socket = std::env::var_os("IMPERIUM_ROUTER_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(model::layout::inside::ROUTER).join("subscribe.sock"));
+        let key = std::fs::read_to_string(&key_path)
+            .map_err(|e| format!("no site key ({}: {e})", key_path.display()))
+            .and_then(|t| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(t.trim())
+                    .ok()
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .map(|seed| SigningKey::from_bytes(&seed))
+                    .ok_or_else(|| format!("{} is not a key", key_path.display()))
+            });
+        Subscriber {
+            key,
+            socket,
+            site: std::env::var("IMPERIUM_VASSAL").unwrap_or_default(),
+        }
+    }
+
+    /// Sends one (un)subscription; `Ok(ttl)` when the router took it, else its reason.
+    pub fn send(
+        &self,
+        action: Action,
+        domain: &str,
+        http: &Http,
+        home: &Path,
+    ) -> Result<u64, String> {
+        let key = self.key.as_ref().map_err(Clone::clone)?;
+        let read = |p: &Option<String>| -> Result<Option<String>, String> {
+            match p {
+                None => Ok(None),
+                Some(p) => std::fs::read_to_string(home.join(p))
+                    .map(Some)
+                    .map_err(|e| format!("reading {p}: {e}")),
+            }
+        };
+        let (cert, keypem) = if action == Action::Subscribe {
+            (read(&http.cert)?, read(&http.key)?)
+        } else {
+            (None, None)
+        };
+        let mut nonce = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut nonce))
+            .map_err(|e| e.to_string())?;
+        let sub = Subscription {
+            action,
+            site: self.site.clone(),
+            domain: domain.to_owned(),
+            backend: http.socket.clone(),
+            weight: http.weight,
+            cert,
+            key: keypem,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let payload = serde_json::to_string(&sub).map_err(|e| e.to_string())?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .encode(key.sign(payload.as_bytes()).to_bytes());
+        let body = serde_json::to_vec(&Signed { payload, signature }).map_err(|e| e.to_string())?;
+        let answer = self
+            .post(&body)
+            .map_err(|e| format!("router not reachable at {}: {e}", self.socket.display()))?;
+        match answer {
+            Answer { ok: true, ttl, .. } => Ok(ttl.unwrap_or(60)),
+            Answer { error, .. } => Err(error.unwrap_or_else(|| "refused".into())),
+        }
+    }
+
+    fn post(&self, body: &[u8]) -> std::io::Result<Answer> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_write_timeout(Some(Duration::from_secs(2)))?;
+        write!(s, "POST /subscribe HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+        s.write_all(body)?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let json = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(json)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
