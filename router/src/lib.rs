@@ -51,6 +51,8 @@ pub struct State {
     pub certs: Arc<tls::SniCerts>,
     /// Nonces of the window.
     pub nonces: Mutex<verify::Nonces>,
+    /// Idle connections to backends.
+    pub pool: proxy::Pool,
 }
 
 fn dominion_path(run_dir: &Path) -> PathBuf {
@@ -78,6 +80,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         routes: routes::Routes::new(dominion, cfg.ttl),
         certs: certs.clone(),
         nonces: Mutex::new(verify::Nonces::default()),
+        pool: proxy::Pool::default(),
     });
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(

@@ -16,6 +16,61 @@ use tokio::net::UnixStream;
 use crate::routes::Route;
 use crate::State;
 
+fn upgrading_request(req: &Request<Incoming>) -> bool {
+    req.headers().get(UPGRADE).is_some()
+        && req
+            .headers()
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+}
+
+/// A new HTTP/1.1 connection to a backend's socket.
+async fn connect(path: &std::path::Path) -> std::io::Result<Sender> {
+    let stream = UnixStream::connect(path).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// A connection to a backend, ready for a request.
+pub type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// Idle connections to backends, by socket path.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Vec<Sender>>>,
+}
+
+/// Idle connections kept per backend.
+const POOL_PER_BACKEND: usize = 64;
+
+impl Pool {
+    fn take(&self, path: &std::path::Path) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(path)?;
+        while let Some(s) = list.pop() {
+            if s.is_ready() && !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, path: std::path::PathBuf, sender: Sender) {
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(path).or_default();
+            if list.len() < POOL_PER_BACKEND {
+                list.push(sender);
+            }
+        }
+    }
+}
+
 /// How long a backend has to start its answer.
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -107,20 +162,32 @@ pub async fn handle(
         *req.uri_mut() = uri;
     }
     *req.version_mut() = hyper::Version::HTTP_11;
-    let upgrading = req.headers().get(UPGRADE).is_some()
-        && req
-            .headers()
-            .get(CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    // Hop-by-hop headers concern the client's connection, not ours to the backend.
+    if !upgrading_request(&req) {
+        for h in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ] {
+            req.headers_mut().remove(h);
+        }
+    }
+    let upgrading = upgrading_request(&req);
 
-    // The first backend that accepts the connection gets the request; one that
-    // refuses is skipped for this request only.
-    let mut stream = None;
+    // In turn: an idle connection to the backend, else a new one; a backend
+    // that refuses is skipped for this request only.
+    let mut chosen = None;
     for path in &backends {
-        match UnixStream::connect(path).await {
+        if let Some(s) = (!upgrading).then(|| state.pool.take(path)).flatten() {
+            chosen = Some((path.clone(), s));
+            break;
+        }
+        match connect(path).await {
             Ok(s) => {
-                stream = Some(s);
+                chosen = Some((path.clone(), s));
                 break;
             }
             Err(e) => {
@@ -128,41 +195,58 @@ pub async fn handle(
             }
         }
     }
-    let Some(stream) = stream else {
+    let Some((backend, mut sender)) = chosen else {
         return Ok(page(
             StatusCode::BAD_GATEWAY,
             "The site's application is not answering.",
         ));
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(x) => x,
-        Err(_) => {
-            return Ok(page(
-                StatusCode::BAD_GATEWAY,
-                "The site's application is not answering.",
-            ))
-        }
-    };
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-    let mut resp = match tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => {
-            return Ok(page(
-                StatusCode::BAD_GATEWAY,
-                "The site's application failed to answer.",
-            ))
-        }
-        Err(_) => {
-            return Ok(page(
-                StatusCode::GATEWAY_TIMEOUT,
-                "The site's application did not answer in time.",
-            ))
+    // A kept connection the backend closed meanwhile gives the request back
+    // unsent: it goes once more, on a new connection.
+    let mut req = req;
+    let mut retried = false;
+    let mut resp = loop {
+        match tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await {
+            Ok(Ok(r)) => break r,
+            Ok(Err(mut e)) => match (e.take_message(), retried) {
+                (Some(back), false) => {
+                    retried = true;
+                    req = back;
+                    sender = match connect(&backend).await {
+                        Ok(s) => s,
+                        Err(_) => {
+                            return Ok(page(
+                                StatusCode::BAD_GATEWAY,
+                                "The site's application is not answering.",
+                            ))
+                        }
+                    };
+                }
+                _ => {
+                    return Ok(page(
+                        StatusCode::BAD_GATEWAY,
+                        "The site's application failed to answer.",
+                    ))
+                }
+            },
+            Err(_) => {
+                return Ok(page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The site's application did not answer in time.",
+                ))
+            }
         }
     };
+    if !upgrading {
+        // Back to the pool once the answer's body has gone through.
+        let state = state.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                state.pool.put(backend, sender);
+            }
+        });
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut resp);

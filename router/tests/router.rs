@@ -50,6 +50,8 @@ fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) ->
 struct Backend {
     path: PathBuf,
     stop: Arc<AtomicBool>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::Mutex<Vec<UnixStream>>>,
 }
 
 impl Backend {
@@ -58,11 +60,15 @@ impl Backend {
         let listener = UnixListener::bind(path).unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, count, streams) = (stop.clone(), accepted.clone(), open.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        streams.lock().unwrap().push(stream.try_clone().unwrap());
                         std::thread::spawn(move || serve_one(stream, name));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -72,14 +78,20 @@ impl Backend {
         Backend {
             path: path.to_path_buf(),
             stop,
+            accepted,
+            open,
         }
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        // A dead backend: no listener, and its connections closed.
         self.stop.store(true, Ordering::Relaxed);
         let _ = std::fs::remove_file(&self.path);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -87,52 +99,62 @@ fn serve_one(stream: UnixStream, name: &str) {
     stream.set_nonblocking(false).unwrap();
     let mut r = BufReader::new(stream.try_clone().unwrap());
     let mut w = stream;
-    let mut headers = Vec::new();
+    // Requests one after another on the same connection (keep-alive).
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        headers.push(line.trim_end().to_owned());
-    }
-    let get = |k: &str| {
-        headers
-            .iter()
-            .find_map(|h| {
-                h.split_once(':')
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(k))
-                    .map(|(_, v)| v.trim().to_owned())
-            })
-            .unwrap_or_default()
-    };
-    if get("upgrade").eq_ignore_ascii_case("websocket") {
-        w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        let mut buf = [0u8; 1024];
+        let mut headers = Vec::new();
         loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if w.write_all(&buf[..n]).is_err() {
-                        return;
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            headers.push(line.trim_end().to_owned());
+        }
+        let get = |k: &str| {
+            headers
+                .iter()
+                .find_map(|h| {
+                    h.split_once(':')
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(k))
+                        .map(|(_, v)| v.trim().to_owned())
+                })
+                .unwrap_or_default()
+        };
+        if get("upgrade").eq_ignore_ascii_case("websocket") {
+            w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+            let mut buf = [0u8; 1024];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if w.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
                     }
                 }
             }
         }
+        let body = format!(
+            "{name}|{}|{}|{}",
+            get("host"),
+            get("x-forwarded-proto"),
+            get("x-forwarded-for")
+        );
+        let close = get("connection").eq_ignore_ascii_case("close");
+        let conn = if close { "Connection: close\r\n" } else { "" };
+        if write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn}\r\n{body}",
+            body.len()
+        )
+        .is_err()
+            || close
+        {
+            return;
+        }
     }
-    let body = format!(
-        "{name}|{}|{}|{}",
-        get("host"),
-        get("x-forwarded-proto"),
-        get("x-forwarded-for")
-    );
-    let _ = write!(
-        w,
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
 }
 
 struct Site {
@@ -685,4 +707,20 @@ fn a_restarted_router_knows_the_sites_while_the_emperor_is_down() {
     let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
     r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
     assert_eq!(r.get("example.com").1, "a|example.com|http|127.0.0.1");
+}
+
+#[test]
+fn connections_to_a_backend_are_reused() {
+    let (r, s1, _) = setup("60");
+    let a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    for _ in 0..30 {
+        // Each client connection is closed; the router's to the backend is kept.
+        assert_eq!(r.get("example.com").0, 200);
+    }
+    let accepted = a.accepted.load(Ordering::Relaxed);
+    assert!(
+        accepted <= 3,
+        "30 requests opened {accepted} backend connections"
+    );
 }

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""The router against nginx and HAProxy, in one run, on 127.0.0.1 only.
+
+Each proxies the same backend (nginx answering "ok" on a unix socket) for the
+name `localhost`; the router also holds 10,000 other domains with their own
+certificates. Measured: HTTP and HTTPS keep-alive req/s, p50 and p99 (wrk
+-t2 -c64), the proxy's CPU per request, full TLS handshakes per second
+(openssl s_time -new: wrk would resume sessions), the time to load the 10,000
+subscriptions, and the time from a subscription sent to its first routed
+request.
+
+    bench/router.py [--seconds 8] [--domains 10000]     (bench/run-router builds and installs)
+"""
+import argparse, json, os, re, shutil, signal, subprocess, tempfile, time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(REPO, "target", "release")
+PORTS = {"router": (18080, 18443), "nginx": (18081, 18444), "haproxy": (18082, 18445)}
+
+
+def cpu_of(pids):
+    total = 0
+    for pid in pids:
+        try:
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid):
+    out = [pid]
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(pid):
+                    out.append(int(p))
+            except OSError:
+                pass
+    return out
+
+
+def wrk(url, seconds, host=None):
+    cmd = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
+    if host:
+        cmd[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v if u == "ms" else v * 1000
+    return {"req_s": round(rps), "requests": reqs, "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3)}
+
+
+def s_time(port, seconds):
+    out = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds)],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    m = re.search(r"(\d+) connections in ([\d.]+) real seconds", out) or re.search(r"(\d+) connections in ([\d.]+)s", out)
+    return round(int(m.group(1)) / float(m.group(2)), 1) if m else None
+
+
+def wait_port(port, deadline=20):
+    import socket
+    t = time.time() + deadline
+    while time.time() < t:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--domains", type=int, default=10000)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="imperium-router-bench-")
+    procs = []
+    try:
+        socks = os.path.join(work, "sockets")
+        os.makedirs(socks)
+        os.makedirs(os.path.join(work, "run", "router"))
+        # The backend.
+        open(f"{work}/backend.conf", "w").write(f"""
+worker_processes 2; pid {work}/backend.pid; error_log {work}/backend.err; daemon off;
+events {{ worker_connections 4096; }}
+http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ return 200 "ok"; }} }} }}
+""")
+        procs.append(subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work]))
+        # A certificate for localhost, for nginx and HAProxy.
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                        "-keyout", f"{work}/local.key", "-out", f"{work}/local.crt", "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+        open(f"{work}/haproxy.pem", "w").write(open(f"{work}/local.crt").read() + open(f"{work}/local.key").read())
+        # The router: a site "bench" owning localhost and *.bench.test.
+        b64 = __import__("base64")
+        open(f"{work}/site.key", "w").write(b64.b64encode(os.urandom(32)).decode() + "\n")
+        sub = [f"{REL}/examples/subscriber", f"{work}/run/router/subscribe.sock", "bench", f"{work}/site.key", "app.sock"]
+        pub = subprocess.run(sub[:4] + ["-", "pubkey"], capture_output=True, text=True, check=True).stdout.strip()
+        dominion = {"schemaVersion": 1, "sites": {"bench": {"publicKey": pub, "domains": ["localhost", "*.bench.test"], "sockets": socks}}}
+        json.dump(dominion, open(f"{work}/run/router/dominion.json", "w"))
+        rp, rs = PORTS["router"]
+        router = subprocess.Popen([f"{REL}/router", "serve", "--http", f"127.0.0.1:{rp}", "--https", f"127.0.0.1:{rs}",
+                                   "--run-dir", f"{work}/run", "--state-dir", f"{work}/state", "--ttl", "3600"],
+                                  stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"))
+        procs.append(router)
+        wait_port(rp)
+        subprocess.run(sub + ["one", "localhost"], check=True)
+        loaded = json.loads(subprocess.run(sub + ["many", str(args.domains)], capture_output=True, text=True, check=True).stdout)
+        # nginx and HAProxy in front of the same backend.
+        np_, ns = PORTS["nginx"]
+        open(f"{work}/nginx.conf", "w").write(f"""
+worker_processes 2; pid {work}/nginx.pid; error_log {work}/nginx.err; daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream app {{ server unix:{socks}/app.sock; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{np_}; listen 127.0.0.1:{ns} ssl; server_name localhost;
+    ssl_certificate {work}/local.crt; ssl_certificate_key {work}/local.key;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+        nginx = subprocess.Popen(["nginx", "-c", f"{work}/nginx.conf", "-p", work])
+        procs.append(nginx)
+        hp, hs = PORTS["haproxy"]
+        open(f"{work}/haproxy.cfg", "w").write(f"""
+global
+  nbthread 2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend front
+  bind 127.0.0.1:{hp}
+  bind 127.0.0.1:{hs} ssl crt {work}/haproxy.pem
+  default_backend app
+backend app
+  http-reuse always
+  server s1 {socks}/app.sock
+""")
+        haproxy = subprocess.Popen(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"])
+        procs.append(haproxy)
+        for p in (np_, ns, hp, hs):
+            wait_port(p)
+        pids = {"router": lambda: [router.pid], "nginx": lambda: tree(nginx.pid), "haproxy": lambda: [haproxy.pid]}
+        res = {"load_before": os.getloadavg()[0], "domains_loaded": loaded}
+        for name, (http, https) in PORTS.items():
+            row = {}
+            for scheme, port in (("http", http), ("https", https)):
+                c0 = cpu_of(pids[name]())
+                url = f"http://127.0.0.1:{port}/" if scheme == "http" else f"https://localhost:{port}/"
+                r = wrk(url, args.seconds, host="localhost" if scheme == "http" else None)
+                r["cpu_us_per_req"] = round((cpu_of(pids[name]()) - c0) / r["requests"] * 1e6, 1)
+                row[scheme] = r
+            row["handshakes_s"] = s_time(https, 5)
+            res[name] = row
+        lat = subprocess.run(sub + ["latency", f"127.0.0.1:{rp}", "50"], capture_output=True, text=True, check=True).stdout
+        res["subscription_to_routed"] = json.loads(lat)
+        res["load_after"] = os.getloadavg()[0]
+        print(json.dumps(res, indent=2))
+        n = res["nginx"]
+        for name in ("router", "haproxy"):
+            r = res[name]
+            print(f"{name}: http {r['http']['req_s'] / n['http']['req_s']:.2f}x nginx req/s, "
+                  f"{r['http']['cpu_us_per_req'] / n['http']['cpu_us_per_req']:.2f}x its CPU/req; "
+                  f"https {r['https']['req_s'] / n['https']['req_s']:.2f}x req/s, "
+                  f"{r['https']['cpu_us_per_req'] / n['https']['cpu_us_per_req']:.2f}x CPU/req")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+//! A load tool for the router benchmark (bench/router.py): signs and sends
+//! subscriptions for a site, like a vassal would, and times them.
+//!
+//! `subscriber SOCKET SITE KEYFILE - pubkey` prints the site's public key;
+//! `subscriber SOCKET SITE KEYFILE BACKEND one DOMAIN` subscribes one domain
+//! with a fresh certificate;
+//! `subscriber SOCKET SITE KEYFILE BACKEND many N`   subscribes N domains
+//! `d<i>.bench.test`, each with its own certificate, and prints the time taken.
+//! `subscriber SOCKET SITE KEYFILE BACKEND latency HTTP_ADDR RUNS`   subscribes a
+//! fresh domain and sends requests with its Host until one is routed; prints
+//! the median and p95 of subscription-sent to first-routed, in ms.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
+use model::subscription::{Action, Signed, Subscription};
+
+fn post(socket: &str, body: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).expect("router socket");
+    write!(
+        s,
+        "POST /subscribe HTTP/1.1\r\nHost: r\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut t = String::new();
+    s.read_to_string(&mut t).unwrap();
+    t
+}
+
+fn status(addr: &str, host: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut t = String::new();
+    let _ = s.read_to_string(&mut t);
+    t.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let (socket, site, keyfile, backend, mode) = (&a[1], &a[2], &a[3], &a[4], &a[5]);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let seed: [u8; 32] = b64
+        .decode(std::fs::read_to_string(keyfile).unwrap().trim())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = SigningKey::from_bytes(&seed);
+    let mut counter = 0u64;
+    let mut sign = |domain: &str, cert: Option<(String, String)>| {
+        counter += 1;
+        let sub = Subscription {
+            action: Action::Subscribe,
+            site: site.clone(),
+            domain: domain.to_owned(),
+            backend: backend.clone(),
+            weight: 1,
+            cert: cert.as_ref().map(|c| c.0.clone()),
+            key: cert.map(|c| c.1),
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            nonce: format!("{:016x}{:016x}", std::process::id(), counter),
+        };
+        let payload = serde_json::to_string(&sub).unwrap();
+        let signature = b64.encode(key.sign(payload.as_bytes()).to_bytes());
+        serde_json::to_vec(&Signed { payload, signature }).unwrap()
+    };
+    match mode.as_str() {
+        "pubkey" => println!("{}", b64.encode(key.verifying_key().to_bytes())),
+        "one" => {
+            let domain = &a[6];
+            let c = rcgen::generate_simple_self_signed(vec![domain.clone()]).unwrap();
+            let answer = post(
+                socket,
+                &sign(domain, Some((c.cert.pem(), c.key_pair.serialize_pem()))),
+            );
+            assert!(answer.contains("\"ok\":true"), "{answer}");
+        }
+        "many" => {
+            let n: usize = a[6].parse().unwrap();
+            let t = Instant::now();
+            for i in 0..n {
+                let domain = format!("d{i}.bench.test");
+                let c = rcgen::generate_simple_self_signed(vec![domain.clone()]).unwrap();
+                let answer = post(
+                    socket,
+                    &sign(&domain, Some((c.cert.pem(), c.key_pair.serialize_pem()))),
+                );
+                assert!(answer.contains("\"ok\":true"), "{answer}");
+            }
+            println!(
+                "{{\"domains\": {n}, \"seconds\": {:.3}}}",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        "latency" => {
+            let (addr, runs): (&str, usize) = (&a[6], a[7].parse().unwrap());
+            let mut lat = Vec::new();
+            for i in 0..runs {
+                let domain = format!("fresh{i}-{}.bench.test", std::process::id());
+                let t = Instant::now();
+                let answer = post(socket, &sign(&domain, None));
+                assert!(answer.contains("\"ok\":true"), "{answer}");
+                while status(addr, &domain) != 200 {}
+                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+            println!(
+                "{{\"runs\": {runs}, \"median_ms\": {:.3}, \"p95_ms\": {:.3}}}",
+                lat[lat.len() / 2],
+                lat[lat.len() * 95 / 100]
+            );
+        }
+        other => panic!("unknown mode {other}"),
+    }
+}
