@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use e2e::wait_for;
 use ed25519_dalek::{Signer, SigningKey};
 use model::subscription::{Action, Dominion, Signed, SiteRoutes, Subscription};
 
@@ -32,17 +33,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A backend on a unix socket: answers `<name>|<host>|<x-forwarded-proto>|<x-forwarded-for>`,

@@ -31,37 +31,7 @@ pub enum Request {
     },
 }
 
-/// The supervisor's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    /// Whether it worked.
-    pub ok: bool,
-    /// A one-line reason when it did not.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The result.
-    #[serde(default)]
-    pub data: serde_json::Value,
-}
-
-impl Response {
-    /// Success.
-    pub fn ok(data: serde_json::Value) -> Response {
-        Response {
-            ok: true,
-            error: None,
-            data,
-        }
-    }
-    /// Failure.
-    pub fn err(why: impl Into<String>) -> Response {
-        Response {
-            ok: false,
-            error: Some(why.into()),
-            data: serde_json::Value::Null,
-        }
-    }
-}
+pub use model::control::Response;
 
 /// Sends one request; the error is a one-line reason.
 pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::{alive, wait_for};
 use serde_json::Value;
 
 struct Vassal {
@@ -140,27 +141,6 @@ impl Drop for Vassal {
     }
 }
 
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(") ")
-                .map(|(_, r)| r.starts_with('Z'))
-                .unwrap_or(true)
-        })
-        .unwrap_or(false)
-}
-
 fn zombie_children(parent: i32) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -277,7 +257,7 @@ fn stop_is_graceful_then_forced_after_the_grace() {
         t.elapsed()
     );
     assert_eq!(row["last_exit"], "killed by SIGKILL");
-    assert!(!alive(stubborn_pid));
+    assert!(!alive(stubborn_pid as i32));
 
     // A stopped process stays stopped until started again.
     std::thread::sleep(Duration::from_millis(300));
@@ -290,7 +270,7 @@ fn stop_is_graceful_then_forced_after_the_grace() {
     // SIGTERM to the supervisor stops everything, then it exits.
     let took = v.terminate();
     assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
-    assert!(!alive(pid));
+    assert!(!alive(pid as i32));
 }
 
 #[test]

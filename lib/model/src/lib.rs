@@ -11,6 +11,7 @@ pub mod atomic;
 pub mod backoff;
 pub mod catalog;
 pub mod config;
+pub mod control;
 pub mod cron;
 pub mod layout;
 pub mod name;
