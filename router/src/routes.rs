@@ -1,7 +1,9 @@
 //! The route table: domain -> the site that owns it and its backends. Readers
 //! take a snapshot without a lock; a change builds a new table and swaps it in.
 
-use std::collections::HashMap;
+// A persistent map: a copy shares all but the changed path, so a change
+// costs O(log n) however many domains there are, and readers never wait.
+use imbl::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,7 +136,7 @@ impl Routes {
         }
         let _w = self.write.lock();
         let mut t = (**self.table.load()).clone();
-        for e in t.values_mut() {
+        for (_, e) in t.iter_mut() {
             e.backends.retain(|b| b.expires > now);
         }
         t.retain(|_, e| !e.backends.is_empty());

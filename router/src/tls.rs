@@ -1,7 +1,9 @@
 //! Certificates by SNI: exact name, then the wildcard one level up, then the
 //! default. The map is swapped whole on change, so a handshake never waits.
 
-use std::collections::HashMap;
+// A persistent map: a copy shares all but the changed path, so a change
+// costs O(log n) however many domains there are, and readers never wait.
+use imbl::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
