@@ -317,6 +317,8 @@ impl Manager {
                     domains: s.domains.iter().map(|x| x.to_string()).collect(),
                     sockets: self.cfg.layout.sockets(name).display().to_string(),
                     suspended: v.state == State::Suspended || group_frozen,
+                    // Set while a site moves to another host: not done by this emperor yet.
+                    moving: Vec::new(),
                 },
             );
         }

@@ -25,6 +25,9 @@ use model::subscription::Dominion;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 
+/// The most a client's request head may take (hyper answers 431 past it).
+pub const MAX_HEADERS: usize = 64 * 1024;
+
 /// Settings of a router.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -113,7 +116,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .max_buf_size(MAX_HEADERS);
     let builder = Arc::new(builder);
 
     tokio::spawn(watch_dominion(

@@ -134,6 +134,15 @@ pub async fn handle(
                 .insert("retry-after", HeaderValue::from_static("120"));
             return Ok(r);
         }
+        Route::Moving => {
+            let mut r = page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This site is moving; it will be back in a moment.",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("30"));
+            return Ok(r);
+        }
         Route::Backends(b) => b,
     };
 

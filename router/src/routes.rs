@@ -41,6 +41,8 @@ pub enum Route {
     Unknown,
     /// The site is suspended.
     Suspended,
+    /// The domain is being moved.
+    Moving,
     /// Backends to try, in order.
     Backends(Vec<PathBuf>),
 }
@@ -152,14 +154,19 @@ impl Routes {
         let Some(e) = t.get(host).or_else(|| wildcard.and_then(|w| t.get(&w))) else {
             return Route::Unknown;
         };
-        if self
-            .dominion
-            .load()
-            .sites
-            .get(&e.site)
-            .is_none_or(|s| s.suspended)
-        {
+        let dominion = self.dominion.load();
+        let Some(site) = dominion.sites.get(&e.site) else {
             return Route::Suspended;
+        };
+        if site.suspended {
+            return Route::Suspended;
+        }
+        if site
+            .moving
+            .iter()
+            .any(|m| m == host || crate::verify::owns(std::slice::from_ref(m), host))
+        {
+            return Route::Moving;
         }
         let now = Instant::now();
         let live: Vec<&Backend> = e.backends.iter().filter(|b| b.expires > now).collect();

@@ -207,6 +207,7 @@ impl Router {
                     domains: domains.iter().map(|x| x.to_string()).collect(),
                     sockets: dir.join("sockets").join(s.name).display().to_string(),
                     suspended: *suspended,
+                    moving: Vec::new(),
                 },
             );
         }
@@ -713,4 +714,67 @@ fn connections_to_a_backend_are_reused() {
         accepted <= 3,
         "30 requests opened {accepted} backend connections"
     );
+}
+
+#[test]
+fn a_moving_domain_answers_503_and_oversized_headers_are_refused() {
+    let (r, s1, _) = setup("60");
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    r.subscribe(&s1, &s1.sub("www.example.com", "a.sock"));
+    // The dominator marks one domain as moving.
+    let path = r.dir.path().join("run/router/dominion.json");
+    let mut d: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    d["sites"]["site1"]["moving"] = serde_json::json!(["www.example.com"]);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&d).unwrap()).unwrap();
+    std::fs::rename(tmp, &path).unwrap();
+    let (status, body) = wait_for(Duration::from_secs(5), "503 while moving", || {
+        let (s, b) = r.get("www.example.com");
+        (s == 503).then_some((s, b))
+    });
+    assert_eq!(status, 503);
+    assert!(body.contains("moving"), "{body}");
+    assert_eq!(r.get("example.com").0, 200, "only the moving domain");
+
+    // A request head past the limit is refused; the router goes on serving.
+    let mut s = TcpStream::connect(&r.http).unwrap();
+    let big = "x".repeat(100 * 1024);
+    let _ = write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: example.com\r\nX-Big: {big}\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(
+        !text.starts_with("HTTP/1.1 200"),
+        "an oversized head was served"
+    );
+    assert_eq!(r.get("example.com").0, 200);
+}
+
+#[test]
+fn https_offers_h2_and_http11() {
+    let (r, _, _) = setup("60");
+    for (offer, want) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], &b"h2"[..]),
+        (vec![b"http/1.1".to_vec()], &b"http/1.1"[..]),
+    ] {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+        cfg.alpn_protocols = offer;
+        let name = rustls::pki_types::ServerName::try_from("example.com").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+        let mut sock = TcpStream::connect(&r.https).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        assert_eq!(conn.alpn_protocol(), Some(want));
+    }
 }

@@ -830,6 +830,7 @@ fn root_the_tenants_own_processes_run_inside_the_container() {
 struct RouterProc {
     child: std::process::Child,
     http: String,
+    https: String,
 }
 
 impl RouterProc {
@@ -852,6 +853,7 @@ impl RouterProc {
         RouterProc {
             child,
             http: v["http"].as_str().unwrap().to_owned(),
+            https: v["https"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -916,6 +918,33 @@ class Hello(http.server.BaseHTTPRequestHandler):
 socketserver.UnixStreamServer(path, Hello).serve_forever()
 "#;
     std::fs::write(home.join("app.py"), app).unwrap();
+    // The tenant's own certificate for its domains, read by its vassal.
+    std::fs::create_dir_all(home.join("tls")).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=shop.test",
+        ])
+        .args(["-addext", "subjectAltName=DNS:shop.test,DNS:www.shop.test"])
+        .arg("-keyout")
+        .arg(home.join("tls/key.pem"))
+        .arg("-out")
+        .arg(home.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    for f in ["tls", "tls/key.pem", "tls/cert.pem"] {
+        std::os::unix::fs::chown(home.join(f), Some(uid), Some(uid)).unwrap();
+    }
     wait_for(
         Duration::from_secs(10),
         "the supervisor's directory",
@@ -924,7 +953,7 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     // The tenant's own file: the app, and the domains it serves.
     write_atomic(
         &home.join("vassals/web.toml"),
-        "command = [\"python3\", \"/home/shop/app.py\"]\n[http]\ndomains = [\"shop.test\", \"www.shop.test\", \"other.test\"]\nsocket = \"web.sock\"\n",
+        "command = [\"python3\", \"/home/shop/app.py\"]\n[http]\ndomains = [\"shop.test\", \"www.shop.test\", \"other.test\"]\nsocket = \"web.sock\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
     );
     let (status, body) = wait_for(
         Duration::from_secs(20),
@@ -942,6 +971,13 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
         router.get("www.shop.test").1,
         "hello from shop for www.shop.test"
     );
+    // HTTPS with SNI: the tenant's certificate is the one served.
+    let subject = std::process::Command::new("sh")
+        .args(["-c", &format!("openssl s_client -connect {} -servername shop.test </dev/null 2>/dev/null | openssl x509 -noout -subject", router.https)])
+        .output()
+        .unwrap();
+    let subject = String::from_utf8_lossy(&subject.stdout).into_owned();
+    assert!(subject.contains("CN = shop.test"), "served: {subject:?}");
     // Another site's domain was refused, and the tenant can see why.
     assert_eq!(router.get("other.test").0, 404);
     let out = e.exec_in(

@@ -86,6 +86,9 @@ pub struct SiteRoutes {
     /// Suspended sites answer 503.
     #[serde(default)]
     pub suspended: bool,
+    /// Domains being moved (to another host): 503 until the move is over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moving: Vec<String>,
 }
 
 /// Everything the dominator tells the router.
