@@ -241,7 +241,7 @@ impl Manager {
             std::fs::create_dir_all(d)?;
         }
         let uids = UidTable::load(&cfg.layout.uid_table())?;
-        Ok(Manager {
+        let m = Manager {
             spawner: Spawner::new(tree.clone(), seccomp).with_netns_pool(NETNS_POOL),
             cfg,
             tree,
@@ -255,7 +255,38 @@ impl Manager {
             suspended_groups: BTreeSet::new(),
             public_keys: BTreeMap::new(),
             last_dominion: Vec::new(),
-        })
+        };
+        if let Err(e) = m.write_nss() {
+            tracing::warn!(error = %e, "writing the NSS table failed");
+        }
+        Ok(m)
+    }
+
+    /// Saves the uid table, then the NSS table made from it.
+    fn save_uids(&self) -> std::io::Result<()> {
+        self.uids.save(&self.cfg.layout.uid_table())?;
+        self.write_nss()
+    }
+
+    /// Every tenant ever given a uid, for `getent passwd` and `ls -l` on the host
+    /// (archived homes keep their owner's name).
+    fn write_nss(&self) -> std::io::Result<()> {
+        let tenants: Vec<model::nss::Tenant> = self
+            .uids
+            .users
+            .iter()
+            .map(|(name, uid)| model::nss::Tenant {
+                name: name.clone(),
+                uid: *uid,
+                home: model::layout::inside::home(name),
+                shell: "/bin/bash".into(),
+            })
+            .collect();
+        model::atomic::write(
+            &self.cfg.layout.nss_table(),
+            &model::nss::encode(&tenants),
+            0o644,
+        )
     }
 
     /// The drop directories to watch.
@@ -494,7 +525,7 @@ impl Manager {
         }
         if allocated {
             self.uids_unsaved = true;
-            match self.uids.save(&self.cfg.layout.uid_table()) {
+            match self.save_uids() {
                 Ok(()) => self.uids_unsaved = false,
                 Err(e) => tracing::error!(error = %e, "saving the uid table failed"),
             }
@@ -604,7 +635,7 @@ impl Manager {
             Ok((uid, changed)) => {
                 // A uid is used only once the table that gives it is on disk.
                 if changed || self.uids_unsaved {
-                    if let Err(e) = self.uids.save(&self.cfg.layout.uid_table()) {
+                    if let Err(e) = self.save_uids() {
                         self.uids_unsaved = true;
                         self.fail(name, format!("saving the uid table: {e}"), true);
                         return None;

@@ -393,6 +393,12 @@ fn root_removing_a_file_stops_the_site_and_archives_its_home() {
     let out = e.cli(&["purge", "site1"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no archived home of site1"));
 
+    // The NSS table still names the uid (the archive keeps its owner's name).
+    let table = std::fs::read(e.state_dir.join("tenants.nss")).unwrap();
+    let table = model::nss::Table::parse(&table).expect("a valid NSS table");
+    let entry = table.by_name("site1").expect("site1 in the NSS table");
+    assert_eq!((entry.uid, entry.home), (uid, "/home/site1"));
+    assert_eq!(table.by_uid(uid).unwrap().name, "site1");
     // The uid stays allocated: the same tenant comes back with the same uid.
     e.write("site1", &site("group1", "64M", 50));
     e.running_pid("site1");

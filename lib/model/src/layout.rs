@@ -77,6 +77,11 @@ impl Layout {
         self.state_dir.join("uids.json")
     }
 
+    /// The tenant table the NSS module reads (see [`crate::nss`]).
+    pub fn nss_table(&self) -> PathBuf {
+        self.state_dir.join("tenants.nss")
+    }
+
     /// Where deleted sites' homes are archived.
     pub fn archive_dir(&self) -> PathBuf {
         self.state_dir.join("archive")

@@ -15,6 +15,7 @@ pub mod control;
 pub mod cron;
 pub mod layout;
 pub mod name;
+pub mod nss;
 pub mod process;
 pub mod reconcile;
 pub mod record;

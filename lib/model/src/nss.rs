@@ -1,0 +1,262 @@
+//! The tenant table that the NSS module answers from: written atomically by
+//! the emperor, read (often, by every process that resolves a name) without
+//! parsing: binary search over fixed-size records.
+//!
+//! Layout, little endian:
+//! ```text
+//! magic  b"IMPNSS1\0"
+//! count  u32, strings_len u32
+//! records, sorted by name: count x { uid u32, name (off u32, len u32), home (off, len), shell (off, len) }
+//! by_uid: count x u32, record indices sorted by uid
+//! strings: strings_len bytes
+//! digest: u64 FNV-1a of everything before it
+//! ```
+//! A reader checks the digest and every offset before it trusts the file, so a
+//! torn or corrupt table reads as "unavailable", never as a wrong answer.
+
+const MAGIC: &[u8; 8] = b"IMPNSS1\0";
+const RECORD: usize = 28;
+
+/// One tenant as NSS shows it (gid = uid: each tenant has its own group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Login name.
+    pub name: String,
+    /// uid and gid.
+    pub uid: u32,
+    /// Home directory (inside the container).
+    pub home: String,
+    /// Login shell.
+    pub shell: String,
+}
+
+/// Builds the table's bytes.
+pub fn encode(tenants: &[Tenant]) -> Vec<u8> {
+    let mut t: Vec<&Tenant> = tenants.iter().collect();
+    t.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    t.dedup_by(|a, b| a.name == b.name);
+    let mut strings = Vec::new();
+    let mut put = |s: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(s.as_bytes());
+        (off, s.len() as u32)
+    };
+    let mut records = Vec::with_capacity(t.len() * RECORD);
+    for x in &t {
+        let (no, nl) = put(&x.name);
+        let (ho, hl) = put(&x.home);
+        let (so, sl) = put(&x.shell);
+        for v in [x.uid, no, nl, ho, hl, so, sl] {
+            records.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let mut by_uid: Vec<u32> = (0..t.len() as u32).collect();
+    by_uid.sort_by_key(|i| t[*i as usize].uid);
+    let mut out = Vec::with_capacity(16 + records.len() + by_uid.len() * 4 + strings.len() + 8);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+    out.extend_from_slice(&records);
+    for i in by_uid {
+        out.extend_from_slice(&i.to_le_bytes());
+    }
+    out.extend_from_slice(&strings);
+    let d = fnv(&out);
+    out.extend_from_slice(&d.to_le_bytes());
+    out
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// A checked view of a table's bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Table<'a> {
+    count: usize,
+    records: &'a [u8],
+    by_uid: &'a [u8],
+    strings: &'a [u8],
+}
+
+/// A tenant's entry, borrowed from the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// Login name.
+    pub name: &'a str,
+    /// uid and gid.
+    pub uid: u32,
+    /// Home.
+    pub home: &'a str,
+    /// Shell.
+    pub shell: &'a str,
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl<'a> Table<'a> {
+    /// Checks `bytes` (magic, sizes, digest, every string in bounds and UTF-8,
+    /// names sorted); `None` if anything is off.
+    pub fn parse(bytes: &'a [u8]) -> Option<Table<'a>> {
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return None;
+        }
+        let (body, digest) = bytes.split_at(bytes.len() - 8);
+        if fnv(body) != u64::from_le_bytes(digest.try_into().ok()?) {
+            return None;
+        }
+        let count = u32_at(body, 8)? as usize;
+        let strings_len = u32_at(body, 12)? as usize;
+        let rec_end = 16usize.checked_add(count.checked_mul(RECORD)?)?;
+        let uid_end = rec_end.checked_add(count.checked_mul(4)?)?;
+        if uid_end.checked_add(strings_len)? != body.len() {
+            return None;
+        }
+        let t = Table {
+            count,
+            records: &body[16..rec_end],
+            by_uid: &body[rec_end..uid_end],
+            strings: &body[uid_end..],
+        };
+        let mut prev: Option<&str> = None;
+        for i in 0..count {
+            let e = t.entry(i)?;
+            if prev.is_some_and(|p| p.as_bytes() >= e.name.as_bytes()) {
+                return None;
+            }
+            prev = Some(e.name);
+            if u32_at(t.by_uid, i * 4)? as usize >= count {
+                return None;
+            }
+        }
+        Some(t)
+    }
+
+    /// How many tenants.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn string(&self, rec: usize, field: usize) -> Option<&'a str> {
+        let off = u32_at(self.records, rec * RECORD + 4 + field * 8)? as usize;
+        let len = u32_at(self.records, rec * RECORD + 8 + field * 8)? as usize;
+        std::str::from_utf8(self.strings.get(off..off.checked_add(len)?)?).ok()
+    }
+
+    /// The `i`-th entry in name order.
+    pub fn entry(&self, i: usize) -> Option<Entry<'a>> {
+        if i >= self.count {
+            return None;
+        }
+        Some(Entry {
+            uid: u32_at(self.records, i * RECORD)?,
+            name: self.string(i, 0)?,
+            home: self.string(i, 1)?,
+            shell: self.string(i, 2)?,
+        })
+    }
+
+    /// By login name: O(log n).
+    pub fn by_name(&self, name: &str) -> Option<Entry<'a>> {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let e = self.entry(mid)?;
+            match e.name.as_bytes().cmp(name.as_bytes()) {
+                std::cmp::Ordering::Equal => return Some(e),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+
+    /// By uid (or gid): O(log n).
+    pub fn by_uid(&self, uid: u32) -> Option<Entry<'a>> {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let e = self.entry(u32_at(self.by_uid, mid * 4)? as usize)?;
+            match e.uid.cmp(&uid) {
+                std::cmp::Ordering::Equal => return Some(e),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str, uid: u32) -> Tenant {
+        Tenant {
+            name: name.into(),
+            uid,
+            home: format!("/home/{name}"),
+            shell: "/bin/bash".into(),
+        }
+    }
+
+    #[test]
+    fn lookups_by_name_and_uid() {
+        let list: Vec<Tenant> = (0..1000)
+            .map(|i| tenant(&format!("site{i}"), 30000 + (i * 7919) % 1000))
+            .collect();
+        let bytes = encode(&list);
+        let t = Table::parse(&bytes).unwrap();
+        assert_eq!(t.len(), 1000);
+        for x in &list {
+            let e = t.by_name(&x.name).unwrap();
+            assert_eq!(
+                (e.uid, e.home, e.shell),
+                (x.uid, x.home.as_str(), "/bin/bash")
+            );
+            assert_eq!(t.by_uid(x.uid).unwrap().name, x.name);
+        }
+        assert!(t.by_name("nobody").is_none() && t.by_name("").is_none() && t.by_uid(1).is_none());
+        assert!(Table::parse(&encode(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_table_is_refused() {
+        let bytes = encode(&[tenant("a", 30000), tenant("b", 30001)]);
+        assert!(
+            Table::parse(&bytes[..bytes.len() - 1]).is_none(),
+            "truncated"
+        );
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(
+                Table::parse(&b).is_none(),
+                "a flipped bit at {i} went unnoticed"
+            );
+        }
+        assert!(Table::parse(b"").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            if let Some(t) = Table::parse(&bytes) {
+                let _ = t.by_name("x");
+                let _ = t.by_uid(30000);
+            }
+        }
+    }
+}
