@@ -139,6 +139,30 @@ impl<'a> Table<'a> {
         Some(t)
     }
 
+    /// Opens `bytes` checking only the header and sizes: O(1), for lookups in
+    /// a table written atomically. Every access stays bounds-checked, so a
+    /// damaged table gives "not found", never a crash; [`Table::parse`] checks
+    /// everything.
+    pub fn open(bytes: &'a [u8]) -> Option<Table<'a>> {
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return None;
+        }
+        let body = &bytes[..bytes.len() - 8];
+        let count = u32_at(body, 8)? as usize;
+        let strings_len = u32_at(body, 12)? as usize;
+        let rec_end = 16usize.checked_add(count.checked_mul(RECORD)?)?;
+        let uid_end = rec_end.checked_add(count.checked_mul(4)?)?;
+        if uid_end.checked_add(strings_len)? != body.len() {
+            return None;
+        }
+        Some(Table {
+            count,
+            records: &body[16..rec_end],
+            by_uid: &body[rec_end..uid_end],
+            strings: &body[uid_end..],
+        })
+    }
+
     /// How many tenants.
     pub fn len(&self) -> usize {
         self.count
@@ -254,6 +278,10 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             if let Some(t) = Table::parse(&bytes) {
+                let _ = t.by_name("x");
+                let _ = t.by_uid(30000);
+            }
+            if let Some(t) = Table::open(&bytes) {
                 let _ = t.by_name("x");
                 let _ = t.by_uid(30000);
             }

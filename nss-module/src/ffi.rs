@@ -1,0 +1,285 @@
+//! The C side: glibc's NSS entry points, the table mapped read-only, and the
+//! packing of answers into the caller's buffer.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::lookup::{find, table_path, Found, Key};
+
+/// `enum nss_status`.
+const NSS_STATUS_TRYAGAIN: c_int = -2;
+const NSS_STATUS_UNAVAIL: c_int = -1;
+const NSS_STATUS_NOTFOUND: c_int = 0;
+const NSS_STATUS_SUCCESS: c_int = 1;
+
+extern "C" {
+    /// glibc's `secure_getenv(3)` (not in the libc crate).
+    fn secure_getenv(name: *const c_char) -> *mut c_char;
+}
+
+/// Runs `f`; a panic becomes "unavailable" (it never unwinds into libc).
+fn guard(f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(NSS_STATUS_UNAVAIL)
+}
+
+/// Maps the table read-only and looks `key` up.
+fn lookup(key: Key<'_>) -> Result<Option<Found>, ()> {
+    // SAFETY: secure_getenv (glibc) reads the environment and returns NULL in a
+    // setuid or setgid program; the name is a valid C string.
+    let env = unsafe { secure_getenv(c"IMPERIUM_STATE_DIR".as_ptr()) };
+    let env = (!env.is_null()).then(|| {
+        // SAFETY: a non-null result of secure_getenv is a NUL-terminated string.
+        let s = unsafe { CStr::from_ptr(env) };
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()).to_os_string()
+    });
+    let path = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+        table_path(env).as_os_str(),
+    ))
+    .map_err(|_| ())?;
+    // SAFETY: open(2) with a valid path; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(());
+    }
+    // SAFETY: stat is plain data; fstat fills it for a valid fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on the fd just opened, into a local struct.
+    let size = if unsafe { libc::fstat(fd, &mut st) } == 0 {
+        st.st_size as usize
+    } else {
+        0
+    };
+    if size == 0 {
+        // SAFETY: closing the fd we opened.
+        unsafe { libc::close(fd) };
+        return Err(());
+    }
+    // SAFETY: a private read-only mapping of `size` bytes of an open file.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            fd,
+            0,
+        )
+    };
+    // SAFETY: the mapping (if any) outlives the fd; closing it is fine.
+    unsafe { libc::close(fd) };
+    if map == libc::MAP_FAILED {
+        return Err(());
+    }
+    // SAFETY: the mapping is `size` readable bytes until munmap below; the
+    // answer is copied out before that.
+    let bytes = unsafe { std::slice::from_raw_parts(map as *const u8, size) };
+    let found = find(bytes, key);
+    // SAFETY: unmapping what we mapped; `bytes` is not used after this.
+    unsafe { libc::munmap(map, size) };
+    found
+}
+
+/// Copies strings into the caller's buffer, NUL-terminated.
+struct Packer {
+    at: *mut c_char,
+    left: usize,
+}
+
+impl Packer {
+    fn str(&mut self, s: &str) -> Option<*mut c_char> {
+        let need = s.len() + 1;
+        if need > self.left || s.contains('\0') {
+            return None;
+        }
+        let p = self.at;
+        // SAFETY: `need` bytes are left in the caller's buffer from `at`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr() as *const c_char, p, s.len());
+            *p.add(s.len()) = 0;
+            self.at = p.add(need);
+        }
+        self.left -= need;
+        Some(p)
+    }
+
+    /// Room for `n` pointers, aligned.
+    fn ptrs(&mut self, n: usize) -> Option<*mut *mut c_char> {
+        let align = std::mem::align_of::<*mut c_char>();
+        let pad = (align - (self.at as usize) % align) % align;
+        let need = pad + n * std::mem::size_of::<*mut c_char>();
+        if need > self.left {
+            return None;
+        }
+        // SAFETY: `need` bytes are left; the result is aligned for pointers.
+        let p = unsafe { self.at.add(pad) } as *mut *mut c_char;
+        // SAFETY: as above.
+        self.at = unsafe { self.at.add(need) };
+        self.left -= need;
+        Some(p)
+    }
+}
+
+/// # Safety
+/// `errnop` is valid (glibc's contract).
+unsafe fn range(errnop: *mut c_int) -> c_int {
+    // SAFETY: the caller passes a valid errno pointer.
+    unsafe { *errnop = libc::ERANGE };
+    NSS_STATUS_TRYAGAIN
+}
+
+/// # Safety
+/// glibc's contract for `getpw*_r` backends: valid pointers, `buf` of `buflen` bytes.
+unsafe fn fill_passwd(
+    found: Result<Option<Found>, ()>,
+    pwd: *mut libc::passwd,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    let f = match found {
+        Ok(Some(f)) => f,
+        Ok(None) => return NSS_STATUS_NOTFOUND,
+        Err(()) => return NSS_STATUS_UNAVAIL,
+    };
+    let mut p = Packer {
+        at: buf,
+        left: buflen,
+    };
+    let (Some(name), Some(pass), Some(gecos), Some(home), Some(shell)) = (
+        p.str(&f.name),
+        p.str("x"),
+        p.str(&f.name),
+        p.str(&f.home),
+        p.str(&f.shell),
+    ) else {
+        // SAFETY: glibc's errno pointer.
+        return unsafe { range(errnop) };
+    };
+    // SAFETY: `pwd` is the caller's struct; the strings live in its buffer.
+    unsafe {
+        (*pwd).pw_name = name;
+        (*pwd).pw_passwd = pass;
+        (*pwd).pw_uid = f.uid;
+        (*pwd).pw_gid = f.uid;
+        (*pwd).pw_gecos = gecos;
+        (*pwd).pw_dir = home;
+        (*pwd).pw_shell = shell;
+    }
+    NSS_STATUS_SUCCESS
+}
+
+/// # Safety
+/// glibc's contract for `getgr*_r` backends.
+unsafe fn fill_group(
+    found: Result<Option<Found>, ()>,
+    grp: *mut libc::group,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    let f = match found {
+        Ok(Some(f)) => f,
+        Ok(None) => return NSS_STATUS_NOTFOUND,
+        Err(()) => return NSS_STATUS_UNAVAIL,
+    };
+    let mut p = Packer {
+        at: buf,
+        left: buflen,
+    };
+    let (Some(members), Some(name), Some(pass), Some(member)) =
+        (p.ptrs(2), p.str(&f.name), p.str("x"), p.str(&f.name))
+    else {
+        // SAFETY: glibc's errno pointer.
+        return unsafe { range(errnop) };
+    };
+    // SAFETY: `members` points at two pointer slots in the caller's buffer;
+    // `grp` is the caller's struct.
+    unsafe {
+        *members = member;
+        *members.add(1) = std::ptr::null_mut();
+        (*grp).gr_name = name;
+        (*grp).gr_passwd = pass;
+        (*grp).gr_gid = f.uid;
+        (*grp).gr_mem = members;
+    }
+    NSS_STATUS_SUCCESS
+}
+
+fn name_of<'a>(name: *const c_char) -> Option<&'a str> {
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: glibc passes a NUL-terminated name.
+    unsafe { CStr::from_ptr(name) }.to_str().ok()
+}
+
+/// `getpwnam_r` for tenants.
+///
+/// # Safety
+/// Called by glibc with valid pointers.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_getpwnam_r(
+    name: *const c_char,
+    pwd: *mut libc::passwd,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    errnop: *mut c_int,
+) -> c_int {
+    guard(|| match name_of(name) {
+        // SAFETY: glibc's pointers, passed on.
+        Some(n) => unsafe { fill_passwd(lookup(Key::Name(n)), pwd, buf, buflen, errnop) },
+        None => NSS_STATUS_NOTFOUND,
+    })
+}
+
+/// `getpwuid_r` for tenants.
+///
+/// # Safety
+/// Called by glibc with valid pointers.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_getpwuid_r(
+    uid: libc::uid_t,
+    pwd: *mut libc::passwd,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    errnop: *mut c_int,
+) -> c_int {
+    // SAFETY: glibc's pointers, passed on.
+    guard(|| unsafe { fill_passwd(lookup(Key::Id(uid)), pwd, buf, buflen, errnop) })
+}
+
+/// `getgrnam_r`: each tenant has a group of its own name.
+///
+/// # Safety
+/// Called by glibc with valid pointers.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_getgrnam_r(
+    name: *const c_char,
+    grp: *mut libc::group,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    errnop: *mut c_int,
+) -> c_int {
+    guard(|| match name_of(name) {
+        // SAFETY: glibc's pointers, passed on.
+        Some(n) => unsafe { fill_group(lookup(Key::Name(n)), grp, buf, buflen, errnop) },
+        None => NSS_STATUS_NOTFOUND,
+    })
+}
+
+/// `getgrgid_r`: the tenant's own group (gid = uid).
+///
+/// # Safety
+/// Called by glibc with valid pointers.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_getgrgid_r(
+    gid: libc::gid_t,
+    grp: *mut libc::group,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    errnop: *mut c_int,
+) -> c_int {
+    // SAFETY: glibc's pointers, passed on.
+    guard(|| unsafe { fill_group(lookup(Key::Id(gid)), grp, buf, buflen, errnop) })
+}

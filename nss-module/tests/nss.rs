@@ -1,0 +1,193 @@
+//! The module loaded by glibc itself, by name, as `getent` and any program
+//! would: a private mount namespace binds an nsswitch.conf naming it over
+//! /etc/nsswitch.conf (the host's file is never touched).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use model::nss::{encode, Tenant};
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(table: Option<&[u8]>) -> Setup {
+        e2e::require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        let module = e2e::bin_dir().join("libnss_imperium.so");
+        assert!(module.is_file(), "{} not built", module.display());
+        std::os::unix::fs::symlink(&module, lib.join("libnss_imperium.so.2")).unwrap();
+        std::fs::write(
+            dir.path().join("nsswitch.conf"),
+            "passwd: files imperium\ngroup: files imperium\nshadow: files\nhosts: files\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        if let Some(t) = table {
+            std::fs::write(dir.path().join("state/tenants.nss"), t).unwrap();
+        }
+        Setup { dir }
+    }
+
+    /// Runs a program with the module in the NSS chain; (exit code, stdout).
+    fn run(&self, program: &Path, args: &[&str]) -> (i32, String) {
+        let conf = self.dir.path().join("nsswitch.conf");
+        let script = format!(
+            "mount --bind {} /etc/nsswitch.conf && exec \"$@\"",
+            conf.display()
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script, "sh"])
+            .arg(program)
+            .args(args)
+            .env("LD_LIBRARY_PATH", self.dir.path().join("lib"))
+            .env("IMPERIUM_STATE_DIR", self.dir.path().join("state"))
+            .output()
+            .unwrap();
+        let code = out
+            .status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {out:?}"));
+        (code, String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn getent(&self, args: &[&str]) -> (i32, String) {
+        self.run(Path::new("getent"), args)
+    }
+}
+
+fn tenants() -> Vec<u8> {
+    let list: Vec<Tenant> = (0..100)
+        .map(|i| Tenant {
+            name: format!("site{i}"),
+            uid: 30000 + i,
+            home: format!("/home/site{i}"),
+            shell: "/bin/bash".into(),
+        })
+        .collect();
+    encode(&list)
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_getent_resolves_tenants_by_name_and_id() {
+    let s = Setup::new(Some(&tenants()));
+    assert_eq!(
+        s.getent(&["passwd", "site52"]),
+        (
+            0,
+            "site52:x:30052:30052:site52:/home/site52:/bin/bash".into()
+        )
+    );
+    assert_eq!(
+        s.getent(&["passwd", "30007"]).1,
+        "site7:x:30007:30007:site7:/home/site7:/bin/bash"
+    );
+    assert_eq!(
+        s.getent(&["group", "site52"]),
+        (0, "site52:x:30052:site52".into())
+    );
+    assert_eq!(s.getent(&["group", "30099"]).1, "site99:x:30099:site99");
+    assert_eq!(
+        s.getent(&["passwd", "nobody-here"]).0,
+        2,
+        "unknown names are not found"
+    );
+    assert_eq!(
+        s.getent(&["passwd", "root"]).0,
+        0,
+        "the files source still answers first"
+    );
+    let (code, id) = s.run(Path::new("id"), &["site3"]);
+    assert_eq!(
+        (code, id.as_str()),
+        (0, "uid=30003(site3) gid=30003(site3) groups=30003(site3)")
+    );
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_missing_or_corrupt_table_is_unavailable_never_a_crash() {
+    let missing = Setup::new(None);
+    assert_eq!(missing.getent(&["passwd", "site1"]).0, 2);
+    assert_eq!(missing.getent(&["passwd", "root"]).0, 0);
+    let mut torn = tenants();
+    torn.truncate(torn.len() / 2);
+    let mut garbage = tenants();
+    for (i, b) in garbage.iter_mut().enumerate().skip(16) {
+        *b = (i * 31 % 251) as u8;
+    }
+    for bad in [torn, garbage, b"IMPNSS1\0".to_vec(), Vec::new()] {
+        let s = Setup::new(Some(&bad));
+        for args in [
+            ["passwd", "site1"],
+            ["passwd", "30001"],
+            ["group", "site1"],
+            ["group", "30001"],
+        ] {
+            let (code, _) = s.getent(&args);
+            assert!(code == 2 || code == 0, "{args:?}: exit {code}");
+        }
+        assert_eq!(s.getent(&["passwd", "root"]).0, 0);
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_short_buffer_gets_erange() {
+    let s = Setup::new(Some(&tenants()));
+    let src = s.dir.path().join("small.c");
+    std::fs::write(
+        &src,
+        r#"#include <pwd.h>
+#include <grp.h>
+#include <stdio.h>
+#include <errno.h>
+int main(void) {
+    struct passwd pw, *res = 0; struct group gr, *gres = 0;
+    char small[8], big[1024], big2[1024];
+    int e1 = getpwnam_r("site52", &pw, small, sizeof small, &res);
+    int e2 = getpwnam_r("site52", &pw, big, sizeof big, &res);
+    int e3 = getgrgid_r(30052, &gr, small, sizeof small, &gres);
+    int e4 = getgrgid_r(30052, &gr, big2, sizeof big2, &gres);
+    printf("%d %d %s %d %d %s\n", e1 == ERANGE, e2, res ? res->pw_dir : "-", e3 == ERANGE, e4, gres ? gres->gr_mem[0] : "-");
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let exe: PathBuf = s.dir.path().join("small");
+    let cc = Command::new("cc")
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(cc.status.success(), "{cc:?}");
+    assert_eq!(s.run(&exe, &[]), (0, "1 0 /home/site52 1 0 site52".into()));
+}
+
+#[test]
+fn the_module_exports_the_nss_entry_points() {
+    let module = e2e::bin_dir().join("libnss_imperium.so");
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&module)
+        .output()
+        .unwrap();
+    let syms = String::from_utf8_lossy(&out.stdout);
+    for f in [
+        "_nss_imperium_getpwnam_r",
+        "_nss_imperium_getpwuid_r",
+        "_nss_imperium_getgrnam_r",
+        "_nss_imperium_getgrgid_r",
+    ] {
+        assert!(
+            syms.lines().any(|l| l.ends_with(&format!(" T {f}"))),
+            "{f} not exported:\n{syms}"
+        );
+    }
+}
