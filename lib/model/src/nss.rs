@@ -105,34 +105,19 @@ impl<'a> Table<'a> {
     /// Checks `bytes` (magic, sizes, digest, every string in bounds and UTF-8,
     /// names sorted); `None` if anything is off.
     pub fn parse(bytes: &'a [u8]) -> Option<Table<'a>> {
-        if bytes.len() < 24 || &bytes[..8] != MAGIC {
-            return None;
-        }
+        let t = Table::open(bytes)?;
         let (body, digest) = bytes.split_at(bytes.len() - 8);
         if fnv(body) != u64::from_le_bytes(digest.try_into().ok()?) {
             return None;
         }
-        let count = u32_at(body, 8)? as usize;
-        let strings_len = u32_at(body, 12)? as usize;
-        let rec_end = 16usize.checked_add(count.checked_mul(RECORD)?)?;
-        let uid_end = rec_end.checked_add(count.checked_mul(4)?)?;
-        if uid_end.checked_add(strings_len)? != body.len() {
-            return None;
-        }
-        let t = Table {
-            count,
-            records: &body[16..rec_end],
-            by_uid: &body[rec_end..uid_end],
-            strings: &body[uid_end..],
-        };
         let mut prev: Option<&str> = None;
-        for i in 0..count {
+        for i in 0..t.count {
             let e = t.entry(i)?;
             if prev.is_some_and(|p| p.as_bytes() >= e.name.as_bytes()) {
                 return None;
             }
             prev = Some(e.name);
-            if u32_at(t.by_uid, i * 4)? as usize >= count {
+            if u32_at(t.by_uid, i * 4)? as usize >= t.count {
                 return None;
             }
         }
