@@ -283,3 +283,117 @@ pub unsafe extern "C" fn _nss_imperium_getgrgid_r(
     // SAFETY: glibc's pointers, passed on.
     guard(|| unsafe { fill_group(lookup(Key::Id(gid)), grp, buf, buflen, errnop) })
 }
+
+/// # Safety
+/// glibc's contract for `getspnam_r` backends.
+unsafe fn fill_shadow(
+    found: Result<Option<Found>, ()>,
+    sp: *mut libc::spwd,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    let f = match found {
+        Ok(Some(f)) => f,
+        Ok(None) => return NSS_STATUS_NOTFOUND,
+        Err(()) => return NSS_STATUS_UNAVAIL,
+    };
+    let mut p = Packer {
+        at: buf,
+        left: buflen,
+    };
+    let (Some(name), Some(pass)) = (p.str(&f.name), p.str("*")) else {
+        // SAFETY: glibc's errno pointer.
+        return unsafe { range(errnop) };
+    };
+    // SAFETY: `sp` is the caller's struct; the strings live in its buffer.
+    unsafe {
+        (*sp).sp_namp = name;
+        (*sp).sp_pwdp = pass;
+        // No password ageing: a tenant has no password, only keys.
+        (*sp).sp_lstchg = -1;
+        (*sp).sp_min = -1;
+        (*sp).sp_max = -1;
+        (*sp).sp_warn = -1;
+        (*sp).sp_inact = -1;
+        (*sp).sp_expire = -1;
+        (*sp).sp_flag = libc::c_ulong::MAX;
+    }
+    NSS_STATUS_SUCCESS
+}
+
+/// `getspnam_r`: a tenant has no password (`*`) and no ageing, so a stock
+/// `pam_unix` account stack accepts a key login.
+///
+/// # Safety
+/// Called by glibc with valid pointers.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_getspnam_r(
+    name: *const c_char,
+    sp: *mut libc::spwd,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    errnop: *mut c_int,
+) -> c_int {
+    guard(|| match name_of(name) {
+        // SAFETY: glibc's pointers, passed on.
+        Some(n) => unsafe { fill_shadow(lookup(Key::Name(n)), sp, buf, buflen, errnop) },
+        None => NSS_STATUS_NOTFOUND,
+    })
+}
+
+/// `initgroups_dyn`: a tenant's only group is its own (gid = uid); it is added
+/// unless it is already the primary group glibc starts from.
+///
+/// # Safety
+/// Called by glibc with valid pointers; `*groupsp` is a malloc'd array of
+/// `*size` gids, `*start` of them in use.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_initgroups_dyn(
+    user: *const c_char,
+    group: libc::gid_t,
+    start: *mut libc::c_long,
+    size: *mut libc::c_long,
+    groupsp: *mut *mut libc::gid_t,
+    limit: libc::c_long,
+    errnop: *mut c_int,
+) -> c_int {
+    guard(|| {
+        let Some(n) = name_of(user) else {
+            return NSS_STATUS_NOTFOUND;
+        };
+        let gid = match lookup(Key::Name(n)) {
+            Ok(Some(f)) => f.uid,
+            Ok(None) => return NSS_STATUS_NOTFOUND,
+            Err(()) => return NSS_STATUS_UNAVAIL,
+        };
+        if gid == group {
+            return NSS_STATUS_SUCCESS;
+        }
+        // SAFETY: glibc's pointers: start, size and groupsp describe its array.
+        unsafe {
+            if *start >= *size {
+                if limit > 0 && *size >= limit {
+                    return NSS_STATUS_SUCCESS; // full: glibc keeps what it has
+                }
+                let mut grown = (*size).max(1) * 2;
+                if limit > 0 {
+                    grown = grown.min(limit);
+                }
+                let p = libc::realloc(
+                    (*groupsp).cast(),
+                    grown as usize * std::mem::size_of::<libc::gid_t>(),
+                );
+                if p.is_null() {
+                    *errnop = libc::ENOMEM;
+                    return NSS_STATUS_TRYAGAIN;
+                }
+                *groupsp = p.cast();
+                *size = grown;
+            }
+            *(*groupsp).add(*start as usize) = gid;
+            *start += 1;
+        }
+        NSS_STATUS_SUCCESS
+    })
+}

@@ -22,7 +22,7 @@ impl Setup {
         std::os::unix::fs::symlink(&module, lib.join("libnss_imperium.so.2")).unwrap();
         std::fs::write(
             dir.path().join("nsswitch.conf"),
-            "passwd: files imperium\ngroup: files imperium\nshadow: files\nhosts: files\n",
+            "passwd: files imperium\ngroup: files imperium\nshadow: files imperium\ninitgroups: files imperium\nhosts: files\n",
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
@@ -101,6 +101,18 @@ fn root_getent_resolves_tenants_by_name_and_id() {
         0,
         "the files source still answers first"
     );
+    // No password, no ageing: what a stock pam_unix account check accepts.
+    assert_eq!(
+        s.getent(&["shadow", "site52"]),
+        (0, "site52:*:::::::".into())
+    );
+    assert_eq!(s.getent(&["shadow", "nobody-here"]).0, 2);
+    // getgrouplist(3) with no primary group: initgroups_dyn adds the tenant's own.
+    let (code, groups) = s.getent(&["initgroups", "site52"]);
+    assert_eq!(
+        (code, groups.split_whitespace().collect::<Vec<_>>()),
+        (0, vec!["site52", "30052"])
+    );
     let (code, id) = s.run(Path::new("id"), &["site3"]);
     assert_eq!(
         (code, id.as_str()),
@@ -127,6 +139,8 @@ fn root_a_missing_or_corrupt_table_is_unavailable_never_a_crash() {
             ["passwd", "30001"],
             ["group", "site1"],
             ["group", "30001"],
+            ["shadow", "site1"],
+            ["initgroups", "site1"],
         ] {
             let (code, _) = s.getent(&args);
             assert!(code == 2 || code == 0, "{args:?}: exit {code}");
@@ -146,14 +160,19 @@ fn root_a_short_buffer_gets_erange() {
 #include <grp.h>
 #include <stdio.h>
 #include <errno.h>
+#include <shadow.h>
 int main(void) {
-    struct passwd pw, *res = 0; struct group gr, *gres = 0;
+    struct passwd pw, *res = 0; struct group gr, *gres = 0; struct spwd sp, *sres = 0;
     char small[8], big[1024], big2[1024];
     int e1 = getpwnam_r("site52", &pw, small, sizeof small, &res);
     int e2 = getpwnam_r("site52", &pw, big, sizeof big, &res);
     int e3 = getgrgid_r(30052, &gr, small, sizeof small, &gres);
     int e4 = getgrgid_r(30052, &gr, big2, sizeof big2, &gres);
-    printf("%d %d %s %d %d %s\n", e1 == ERANGE, e2, res ? res->pw_dir : "-", e3 == ERANGE, e4, gres ? gres->gr_mem[0] : "-");
+    int e5 = getspnam_r("site52", &sp, small, sizeof small, &sres);
+    char big3[256];
+    int e6 = getspnam_r("site52", &sp, big3, sizeof big3, &sres);
+    printf("%d %d %s %d %d %s %d %d %s\n", e1 == ERANGE, e2, res ? res->pw_dir : "-", e3 == ERANGE, e4, gres ? gres->gr_mem[0] : "-",
+           e5 == ERANGE, e6, sres ? sres->sp_pwdp : "-");
     return 0;
 }
 "#,
@@ -167,7 +186,10 @@ int main(void) {
         .output()
         .unwrap();
     assert!(cc.status.success(), "{cc:?}");
-    assert_eq!(s.run(&exe, &[]), (0, "1 0 /home/site52 1 0 site52".into()));
+    assert_eq!(
+        s.run(&exe, &[]),
+        (0, "1 0 /home/site52 1 0 site52 1 0 *".into())
+    );
 }
 
 #[test]
@@ -184,6 +206,8 @@ fn the_module_exports_the_nss_entry_points() {
         "_nss_imperium_getpwuid_r",
         "_nss_imperium_getgrnam_r",
         "_nss_imperium_getgrgid_r",
+        "_nss_imperium_getspnam_r",
+        "_nss_imperium_initgroups_dyn",
     ] {
         assert!(
             syms.lines().any(|l| l.ends_with(&format!(" T {f}"))),
