@@ -203,6 +203,9 @@ pub struct Manager {
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     shadowed: Vec<(Name, PathBuf, String)>,
+    /// The ssh keys installed, by user (`None` until the first reconcile has
+    /// read what the directory holds).
+    ssh_keys: Option<BTreeMap<Name, String>>,
     tx: mpsc::UnboundedSender<Event>,
     shutdown_reply: Option<oneshot::Sender<Response>>,
     suspended_groups: BTreeSet<Name>,
@@ -250,6 +253,7 @@ impl Manager {
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             shadowed: Vec::new(),
+            ssh_keys: None,
             tx,
             shutdown_reply: None,
             suspended_groups: BTreeSet::new(),
@@ -408,6 +412,8 @@ impl Manager {
                     tracing::info!(vassal = %rec.name, pid = rec.pid, "adopted");
                     self.watch_init(&rec.name, &mut v, pidfd);
                     self.vassals.insert(rec.name.clone(), v);
+                    // In this build's form (and with its login link).
+                    self.write_record(&rec.name);
                 }
                 _ => {
                     tracing::info!(vassal = %rec.name, pid = rec.pid, "record of a dead init removed");
@@ -499,6 +505,7 @@ impl Manager {
             .iter()
             .map(|(n, (f, _))| (n.clone(), f.clone()))
             .collect();
+        self.sync_ssh_keys(&want);
         let mut actions = plan(&want, &previous, needs_restart);
         // Sites stop before their groups; groups start before their sites.
         let is_group = |n: &Name, m: &BTreeMap<Name, VassalFile>| {
@@ -725,6 +732,7 @@ impl Manager {
         let Ok(start_time) = record::start_time(std::path::Path::new("/proc"), pid) else {
             return;
         };
+        let cgroup = self.input(name, &v.file, uid).cgroup();
         let rec = VassalRecord {
             schema_version: SCHEMA_VERSION,
             name: name.clone(),
@@ -732,12 +740,73 @@ impl Manager {
             pid,
             start_time,
             uid,
-            cgroup: self.input(name, &v.file, uid).cgroup(),
+            cgroup_dirs: self.tree.dirs(&cgroup).unwrap_or_default(),
+            cgroup,
             config: serde_json::to_value(&v.file).unwrap_or_default(),
         };
-        if let Err(e) = model::atomic::replace_json(&self.cfg.layout.record(name), &rec, 0o644) {
+        let l = &self.cfg.layout;
+        if let Err(e) = model::atomic::replace_json(&l.record(name), &rec, 0o644) {
             tracing::error!(vassal = %name, error = %e, "writing the runtime record failed");
         }
+        if let Err(e) = link_login(l, &v.file.user(name), name) {
+            tracing::error!(vassal = %name, error = %e, "writing the login link failed");
+        }
+    }
+
+    /// Removes a vassal's runtime record and its login link.
+    fn remove_record(&self, name: &Name, file: &VassalFile) {
+        let l = &self.cfg.layout;
+        let _ = std::fs::remove_file(l.record(name));
+        let link = l.login(&file.user(name));
+        if std::fs::read_link(&link).is_ok_and(|t| t == login_target(name)) {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+
+    /// Installs every accepted vassal's `ssh_keys` where sshd reads them
+    /// (`<state-dir>/ssh/<user>`), and removes the keys of users that are gone.
+    /// Files are rewritten only when their content changes.
+    fn sync_ssh_keys(&mut self, want: &BTreeMap<Name, VassalFile>) {
+        let dir = self.cfg.layout.ssh_keys_dir();
+        let mut now: BTreeMap<Name, String> = BTreeMap::new();
+        for (name, file) in want {
+            let keys = &file.container().ssh_keys;
+            if !keys.is_empty() {
+                now.insert(file.user(name), keys.join("\n") + "\n");
+            }
+        }
+        if self.ssh_keys.is_none() {
+            // First pass: the directory may hold keys of users removed while
+            // the emperor was down.
+            let made = std::fs::create_dir_all(&dir).and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            });
+            if let Err(e) = made {
+                tracing::error!(dir = %dir.display(), error = %e, "creating the ssh keys directory failed");
+            }
+            let old = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+            let known: BTreeMap<Name, String> = old
+                .filter_map(|e| {
+                    let user: Name = e.file_name().to_str()?.parse().ok()?;
+                    Some((user, std::fs::read_to_string(e.path()).unwrap_or_default()))
+                })
+                .collect();
+            self.ssh_keys = Some(known);
+        }
+        let had = self.ssh_keys.take().unwrap_or_default();
+        for user in had.keys().filter(|u| !now.contains_key(*u)) {
+            let _ = std::fs::remove_file(self.cfg.layout.ssh_keys(user));
+        }
+        for (user, text) in &now {
+            if had.get(user) != Some(text) {
+                let path = self.cfg.layout.ssh_keys(user);
+                if let Err(e) = model::atomic::replace(&path, text.as_bytes(), 0o644) {
+                    tracing::error!(user = %user, error = %e, "installing ssh keys failed");
+                }
+            }
+        }
+        self.ssh_keys = Some(now);
     }
 
     fn cgroup_of(&self, name: &Name, v: &Vassal) -> String {
@@ -850,8 +919,9 @@ impl Manager {
             "init {exit} after {uptime:.1?}; restart in {delay:?}"
         ));
         tracing::warn!(vassal = %name, %exit, ?uptime, ?delay, "init died; restart scheduled");
-        let _ = std::fs::remove_file(self.cfg.layout.record(name));
-        let cgroup = self.cgroup_of(name, self.vassals.get(name).expect("present"));
+        let v = self.vassals.get(name).expect("present");
+        self.remove_record(name, &v.file);
+        let cgroup = self.cgroup_of(name, v);
         let _ = self.tree.kill_all(&cgroup);
         if delay.is_zero() {
             self.start(name);
@@ -866,11 +936,13 @@ impl Manager {
         };
         let then = v.stopping.take();
         v.init = None;
-        let _ = std::fs::remove_file(self.cfg.layout.record(name));
+        let file = v.file.clone();
+        self.remove_record(name, &file);
         let _ = std::fs::remove_dir(self.cfg.layout.root_dir(name));
         tracing::info!(vassal = %name, "stopped");
         match then {
             Some(After::Start) => {
+                let v = self.vassals.get_mut(name).expect("present");
                 v.restarts += 1;
                 v.state = State::Starting;
                 self.start(name);
@@ -883,6 +955,7 @@ impl Manager {
             Some(After::Forget) | None => {
                 let v = self.vassals.remove(name).expect("present");
                 let _ = std::fs::remove_dir_all(self.cfg.layout.sockets(name));
+                let _ = std::fs::remove_file(self.cfg.layout.utmp(name));
                 if let VassalFile::Group(_) = v.file {
                     let _ = self.tree.remove(&self.cfg.layout.group_cgroup(name));
                 }
@@ -895,6 +968,7 @@ impl Manager {
     fn archive(&mut self, name: &Name, v: &Vassal) {
         let l = &self.cfg.layout;
         let _ = std::fs::remove_dir_all(l.sockets(name));
+        let _ = std::fs::remove_file(l.utmp(name));
         let home = match &v.file {
             VassalFile::Group(_) => {
                 let _ = self.tree.remove(&l.group_cgroup(name));
@@ -1211,4 +1285,23 @@ impl Manager {
         }
         rows
     }
+}
+
+/// What a login link points at: the record, relative to the links' directory.
+fn login_target(name: &Name) -> PathBuf {
+    PathBuf::from(format!("../vassals/{name}.json"))
+}
+
+/// Points `<run-dir>/logins/<user>` at the vassal's record (atomically: a new
+/// link renamed over the old one).
+fn link_login(l: &model::layout::Layout, user: &Name, name: &Name) -> std::io::Result<()> {
+    let link = l.login(user);
+    if std::fs::read_link(&link).is_ok_and(|t| t == login_target(name)) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(l.logins_dir())?;
+    let tmp = l.logins_dir().join(format!(".{user}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(login_target(name), &tmp)?;
+    std::fs::rename(&tmp, &link)
 }

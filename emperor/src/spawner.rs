@@ -158,6 +158,18 @@ impl Spawner {
         }
         let sockets = inp.layout.sockets(inp.name);
         owned_dir(&sockets, Some(inp.uid), 0o750)?;
+        let utmp = inp.layout.utmp(inp.name);
+        if !utmp.is_file() {
+            owned_dir(utmp.parent().expect("a file in a directory"), None, 0o755)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let made = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&utmp);
+            prep(&utmp, made.map(|_| ()))?;
+        }
         Ok(())
     }
 

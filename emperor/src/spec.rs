@@ -231,6 +231,13 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         &inp.layout.sockets(inp.name),
         &["bind", "rw", "nosuid", "nodev", "noexec"],
     )?);
+    // Login records for SSH sessions (sshd writes them as root into the
+    // container it joined); the root itself is read-only.
+    mounts.push(bind(
+        inside::UTMP,
+        &inp.layout.utmp(inp.name),
+        &["bind", "rw", "nosuid", "nodev", "noexec"],
+    )?);
     mounts.push(bind(
         VASSAL_INSIDE,
         inp.vassal_exe,
@@ -461,6 +468,7 @@ pub fn skeleton(inp: &Input<'_>, spec: &Spec) -> Vec<Skel> {
     }
     for (name, target) in [
         ("dev/ptmx", "pts/ptmx"),
+        ("var/run", "../run"),
         ("dev/fd", "/proc/self/fd"),
         ("dev/stdin", "/proc/self/fd/0"),
         ("dev/stdout", "/proc/self/fd/1"),

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod sshd;
+
 /// Panics unless running as root: a privileged test must never pass without running.
 pub fn require_root() {
     assert!(

@@ -97,6 +97,28 @@ impl Layout {
         self.run_dir.join("vassals").join(format!("{name}.json"))
     }
 
+    /// Where the PAM module finds a login's container: a symlink named after
+    /// the tenant's user, pointing at its vassal's record.
+    pub fn login(&self, user: &Name) -> PathBuf {
+        self.logins_dir().join(user.as_str())
+    }
+
+    /// The directory of login links.
+    pub fn logins_dir(&self) -> PathBuf {
+        self.run_dir.join("logins")
+    }
+
+    /// The directory of the tenants' SSH public keys, one file per user
+    /// (sshd's `AuthorizedKeysFile <state-dir>/ssh/%u`).
+    pub fn ssh_keys_dir(&self) -> PathBuf {
+        self.state_dir.join("ssh")
+    }
+
+    /// A tenant's authorized keys.
+    pub fn ssh_keys(&self, user: &Name) -> PathBuf {
+        self.ssh_keys_dir().join(user.as_str())
+    }
+
     /// The directory of runtime records.
     pub fn records_dir(&self) -> PathBuf {
         self.run_dir.join("vassals")
@@ -110,6 +132,12 @@ impl Layout {
     /// A vassal's socket directory, shared into its container as `/run/imperium/sockets`.
     pub fn sockets(&self, name: &Name) -> PathBuf {
         self.run_dir.join("sockets").join(name.as_str())
+    }
+
+    /// A container's login records (`/run/utmp` inside), written by sshd as
+    /// root, readable by the tenant (`who`).
+    pub fn utmp(&self, name: &Name) -> PathBuf {
+        self.run_dir.join("utmp").join(name.as_str())
     }
 
     /// The directory shared with the router: its subscription socket and the dominion.
@@ -135,6 +163,8 @@ impl Layout {
 
 /// Where a container sees things, whatever the host layout.
 pub mod inside {
+    /// The login records inside every container (`/var/run` links to `/run`).
+    pub const UTMP: &str = "/run/utmp";
     /// The socket directory inside every container.
     pub const SOCKETS: &str = "/run/imperium/sockets";
     /// The site's private key for router subscriptions.
@@ -173,6 +203,11 @@ mod tests {
         assert_eq!(
             l.record(&s),
             PathBuf::from("/run/imperium/vassals/site52.json")
+        );
+        assert_eq!(l.login(&s), PathBuf::from("/run/imperium/logins/site52"));
+        assert_eq!(
+            l.ssh_keys(&s),
+            PathBuf::from("/var/lib/imperium/ssh/site52")
         );
     }
 }

@@ -31,6 +31,10 @@ pub struct VassalRecord {
     pub uid: u32,
     /// The cgroup path relative to each hierarchy's root.
     pub cgroup: String,
+    /// The cgroup's directories, one per hierarchy (v1) or one (v2): where an
+    /// SSH session writes its pid to be charged to the site.
+    #[serde(default)]
+    pub cgroup_dirs: Vec<std::path::PathBuf>,
     /// The accepted vassal file the init runs with (as JSON), so that a new
     /// emperor can tell an in-place update from a restart.
     pub config: serde_json::Value,
@@ -84,6 +88,7 @@ mod tests {
             start_time: t,
             uid: 30000,
             cgroup: "imperium/_admin/site1".into(),
+            cgroup_dirs: vec!["/sys/fs/cgroup/imperium/_admin/site1".into()],
             config: serde_json::json!({"kind": "site"}),
         };
         assert!(rec.is_alive(Path::new("/proc")));

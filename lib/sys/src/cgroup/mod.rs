@@ -121,6 +121,9 @@ pub trait CgroupTree: Send + Sync + std::fmt::Debug {
     fn stats(&self, path: &str) -> Result<Stats>;
     /// Whether `path` exists.
     fn exists(&self, path: &str) -> bool;
+    /// The directories of `path`: one per hierarchy (v1), or the one (v2).
+    /// What a process writes its pid into (`cgroup.procs`) to join the cgroup.
+    fn dirs(&self, path: &str) -> Result<Vec<PathBuf>>;
 }
 
 /// Picks the tree the host provides: v2 when `/sys/fs/cgroup` is the unified

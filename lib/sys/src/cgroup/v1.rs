@@ -179,6 +179,10 @@ impl CgroupTree for V1 {
     fn exists(&self, path: &str) -> bool {
         self.dir("pids", path).map(|d| d.is_dir()).unwrap_or(false)
     }
+
+    fn dirs(&self, path: &str) -> Result<Vec<PathBuf>> {
+        self.roots().into_iter().map(|r| join(r, path)).collect()
+    }
 }
 
 #[cfg(test)]

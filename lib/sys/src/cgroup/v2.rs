@@ -134,6 +134,10 @@ impl CgroupTree for V2 {
     fn exists(&self, path: &str) -> bool {
         self.dir(path).map(|d| d.is_dir()).unwrap_or(false)
     }
+
+    fn dirs(&self, path: &str) -> Result<Vec<PathBuf>> {
+        Ok(vec![self.dir(path)?])
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,376 @@
+//! The C side: libpam's entry points, and the few system calls that move the
+//! calling process (sshd's privileged monitor) into a tenant's container.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use crate::login::{decide, Args, Refusal, Target, Verdict};
+
+const PAM_SUCCESS: c_int = 0;
+const PAM_SERVICE_ERR: c_int = 3;
+const PAM_SYSTEM_ERR: c_int = 4;
+const PAM_PERM_DENIED: c_int = 6;
+const PAM_SESSION_ERR: c_int = 14;
+const PAM_IGNORE: c_int = 25;
+const PAM_ERROR_MSG: c_int = 3;
+const LOG_ERR: c_int = 3;
+const LOG_INFO: c_int = 6;
+
+/// libpam's opaque handle.
+#[repr(C)]
+pub struct PamHandle {
+    _private: [u8; 0],
+}
+
+#[link(name = "pam")]
+extern "C" {
+    fn pam_get_user(pamh: *mut PamHandle, user: *mut *const c_char, prompt: *const c_char)
+        -> c_int;
+    fn pam_syslog(pamh: *const PamHandle, priority: c_int, fmt: *const c_char, ...);
+    fn pam_prompt(
+        pamh: *mut PamHandle,
+        style: c_int,
+        response: *mut *mut c_char,
+        fmt: *const c_char,
+        ...
+    ) -> c_int;
+}
+
+/// The namespaces a session joins: all of the container's but its user and
+/// time namespaces (it has none of its own).
+const NAMESPACES: c_int = libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNS;
+
+/// The same, one file each, in the order that works without the atomic
+/// `setns(pidfd)` (kernels before 5.8): the mount namespace last.
+const NS_FILES: [(&str, c_int); 6] = [
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("pid", libc::CLONE_NEWPID),
+    ("mnt", libc::CLONE_NEWNS),
+];
+
+struct Pam(*mut PamHandle);
+
+impl Pam {
+    fn log(&self, priority: c_int, msg: &str) {
+        let Ok(m) = CString::new(msg.replace('\0', " ")) else {
+            return;
+        };
+        // SAFETY: a live handle from libpam; "%s" with one C string argument.
+        unsafe { pam_syslog(self.0, priority, c"%s".as_ptr(), m.as_ptr()) };
+    }
+
+    /// A short line for the user (sshd shows it before refusing).
+    fn tell(&self, msg: &str) {
+        let Ok(m) = CString::new(msg.replace('\0', " ")) else {
+            return;
+        };
+        // SAFETY: as pam_error(3) does: no response wanted, "%s" and one string.
+        unsafe {
+            pam_prompt(
+                self.0,
+                PAM_ERROR_MSG,
+                std::ptr::null_mut(),
+                c"%s".as_ptr(),
+                m.as_ptr(),
+            )
+        };
+    }
+
+    fn user(&self) -> Option<String> {
+        let mut user: *const c_char = std::ptr::null();
+        // SAFETY: a live handle; libpam stores a pointer it owns in `user`.
+        let rc = unsafe { pam_get_user(self.0, &mut user, std::ptr::null()) };
+        if rc != PAM_SUCCESS || user.is_null() {
+            return None;
+        }
+        // SAFETY: libpam returned a NUL-terminated string that lives as long as the handle.
+        Some(unsafe { CStr::from_ptr(user) }.to_str().ok()?.to_owned())
+    }
+}
+
+/// The module arguments as strings.
+///
+/// # Safety
+/// `argv` holds `argc` C strings (libpam's contract).
+unsafe fn arguments(argc: c_int, argv: *const *const c_char) -> Vec<String> {
+    (0..argc.max(0) as usize)
+        .filter_map(|i| {
+            // SAFETY: i < argc, per libpam.
+            let p = unsafe { *argv.add(i) };
+            // SAFETY: each argument is a NUL-terminated string.
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// The passwd uid of `user`, as the calling program's NSS resolves it.
+fn passwd_uid(user: &str) -> Option<u32> {
+    let name = CString::new(user).ok()?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: passwd is plain data filled by getpwnam_r.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: valid name, struct, buffer of buf.len() bytes and result pointer.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut res,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !res.is_null()).then_some(pw.pw_uid);
+    }
+}
+
+/// What both hooks start with: who logs in, and may they.
+///
+/// # Safety
+/// libpam's arguments.
+unsafe fn verdict(
+    pam: &Pam,
+    argc: c_int,
+    argv: *const *const c_char,
+) -> Result<Verdict, (c_int, String)> {
+    // SAFETY: libpam's argc/argv.
+    let words = unsafe { arguments(argc, argv) };
+    let args = Args::parse(words.iter().map(String::as_str))
+        .map_err(|e| (PAM_SERVICE_ERR, format!("pam_imperium: {e}")))?;
+    let user = pam
+        .user()
+        .ok_or((PAM_SERVICE_ERR, "pam_imperium: no user".to_owned()))?;
+    let Some(uid) = passwd_uid(&user) else {
+        return Ok(Verdict::NotTenant);
+    };
+    decide(&args, &user, uid, Path::new("/proc")).map_err(|Refusal(m)| (PAM_PERM_DENIED, m))
+}
+
+/// Runs a hook body; a panic is a system error, never an unwind into C.
+fn guard(f: impl FnOnce() -> c_int) -> c_int {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(PAM_SYSTEM_ERR)
+}
+
+/// `pam_sm_acct_mgmt`: refuses a tenant early (before sshd creates the
+/// session) when its container is not running, is suspended, or is not
+/// verifiably the one on record. Not a tenant: `PAM_IGNORE`.
+///
+/// # Safety
+/// Called by libpam with a live handle and its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pam_sm_acct_mgmt(
+    pamh: *mut PamHandle,
+    _flags: c_int,
+    argc: c_int,
+    argv: *const *const c_char,
+) -> c_int {
+    guard(|| {
+        let pam = Pam(pamh);
+        // SAFETY: libpam's arguments, passed on.
+        match unsafe { verdict(&pam, argc, argv) } {
+            Ok(Verdict::NotTenant) => PAM_IGNORE,
+            Ok(Verdict::Enter(_)) => PAM_SUCCESS,
+            Err((rc, msg)) => {
+                pam.log(LOG_ERR, &msg);
+                pam.tell(&msg);
+                rc
+            }
+        }
+    })
+}
+
+/// `pam_sm_open_session`: moves the calling process into the tenant's site
+/// cgroup and namespaces and roots it in the container. sshd forks the user's
+/// process after this, so the shell starts inside. Any failure refuses the
+/// session (sshd then runs no command).
+///
+/// # Safety
+/// Called by libpam with a live handle and its arguments.
+#[no_mangle]
+pub unsafe extern "C" fn pam_sm_open_session(
+    pamh: *mut PamHandle,
+    _flags: c_int,
+    argc: c_int,
+    argv: *const *const c_char,
+) -> c_int {
+    let rc = guard(|| {
+        let pam = Pam(pamh);
+        // SAFETY: libpam's arguments, passed on.
+        let target = match unsafe { verdict(&pam, argc, argv) } {
+            Ok(Verdict::NotTenant) => return PAM_IGNORE,
+            Ok(Verdict::Enter(t)) => t,
+            Err((_, msg)) => {
+                pam.log(LOG_ERR, &msg);
+                pam.tell(&msg);
+                return PAM_SESSION_ERR;
+            }
+        };
+        match enter(&target) {
+            Ok(()) => {
+                pam.log(
+                    LOG_INFO,
+                    &format!("session entered container {}", target.vassal),
+                );
+                PAM_SUCCESS
+            }
+            Err(e) => {
+                let msg = format!("cannot enter container {}: {e}", target.vassal);
+                pam.log(LOG_ERR, &msg);
+                pam.tell(&msg);
+                PAM_SESSION_ERR
+            }
+        }
+    });
+    if rc == PAM_SYSTEM_ERR {
+        PAM_SESSION_ERR
+    } else {
+        rc
+    }
+}
+
+/// `pam_sm_close_session`: nothing to undo (the process leaves with the session).
+///
+/// # Safety
+/// Called by libpam.
+#[no_mangle]
+pub unsafe extern "C" fn pam_sm_close_session(
+    _pamh: *mut PamHandle,
+    _flags: c_int,
+    _argc: c_int,
+    _argv: *const *const c_char,
+) -> c_int {
+    PAM_SUCCESS
+}
+
+/// `pam_sm_setcred`: no credentials of ours.
+///
+/// # Safety
+/// Called by libpam.
+#[no_mangle]
+pub unsafe extern "C" fn pam_sm_setcred(
+    _pamh: *mut PamHandle,
+    _flags: c_int,
+    _argc: c_int,
+    _argv: *const *const c_char,
+) -> c_int {
+    PAM_IGNORE
+}
+
+/// `pam_sm_authenticate`: not an authentication module.
+///
+/// # Safety
+/// Called by libpam.
+#[no_mangle]
+pub unsafe extern "C" fn pam_sm_authenticate(
+    _pamh: *mut PamHandle,
+    _flags: c_int,
+    _argc: c_int,
+    _argv: *const *const c_char,
+) -> c_int {
+    PAM_IGNORE
+}
+
+fn errno(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// Opens `path` with `flags | O_CLOEXEC`.
+fn open(path: &str, flags: c_int) -> Result<OwnedFd, String> {
+    let c = CString::new(path).map_err(|_| format!("{path}: NUL in path"))?;
+    // SAFETY: a valid C path; the fd returned is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno(path));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The join, strictly in this order: everything opened while `/proc` is still
+/// the host's; the cgroup before its namespace; all namespaces at once through
+/// the init's pidfd; then the container's root.
+fn enter(t: &Target) -> Result<(), String> {
+    // SAFETY: pidfd_open(2) with a pid and no flags; the fd is owned below.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, t.pid, 0) } as c_int;
+    if raw < 0 {
+        return Err(errno("pidfd_open"));
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // The pidfd names whatever process had the pid when it was opened: check
+    // it is still the init on record, so a reused pid is never joined.
+    if model::record::start_time(Path::new("/proc"), t.pid).ok() != Some(t.start_time) {
+        return Err("the container's init is gone".into());
+    }
+    let root = open(
+        &format!("/proc/{}/root", t.pid),
+        libc::O_PATH | libc::O_DIRECTORY,
+    )?;
+    let procs: Vec<OwnedFd> = t
+        .cgroup_dirs
+        .iter()
+        .map(|d| open(&format!("{}/cgroup.procs", d.display()), libc::O_WRONLY))
+        .collect::<Result<_, _>>()?;
+    let me = std::process::id().to_string();
+    for fd in &procs {
+        // SAFETY: writing a few bytes from a live buffer to an fd we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), me.as_ptr().cast(), me.len()) };
+        if n != me.len() as isize {
+            return Err(errno("joining the site's cgroup"));
+        }
+    }
+    // SAFETY: setns(2) on a pidfd we own: joins all the namespaces at once or none.
+    if unsafe { libc::setns(pidfd.as_raw_fd(), NAMESPACES) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(format!("setns: {err}"));
+        }
+        // A kernel without setns(pidfd): nothing was joined, so /proc is still
+        // the host's; join one namespace file at a time.
+        let files: Vec<(OwnedFd, c_int)> = NS_FILES
+            .iter()
+            .map(|(n, ty)| {
+                Ok((
+                    open(&format!("/proc/{}/ns/{n}", t.pid), libc::O_RDONLY)?,
+                    *ty,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        for (fd, ty) in &files {
+            // SAFETY: setns(2) on a namespace fd we own, with its type.
+            if unsafe { libc::setns(fd.as_raw_fd(), *ty) } != 0 {
+                return Err(errno("setns"));
+            }
+        }
+    }
+    // SAFETY: fchdir to a directory fd we own, then chroot to it: the
+    // container's root even if its init were chrooted inside its namespace.
+    if unsafe { libc::fchdir(root.as_raw_fd()) } != 0 {
+        return Err(errno("fchdir"));
+    }
+    // SAFETY: chroot(2) with a static path.
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+        return Err(errno("chroot"));
+    }
+    // SAFETY: chdir(2) with a static path.
+    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+        return Err(errno("chdir"));
+    }
+    Ok(())
+}
