@@ -57,6 +57,7 @@ impl Default for Keys {
 pub struct Sshd {
     keys: Keys,
     child: Child,
+    state_dir: PathBuf,
     /// Its port on 127.0.0.1.
     pub port: u16,
 }
@@ -141,17 +142,10 @@ impl Sshd {
         )
         .expect("sshd_config");
 
-        let mut script =
-            String::from("set -e; mount -t tmpfs -o mode=755 tmpfs /run; mkdir -m 755 /run/sshd; ");
-        for (file, over) in [
-            ("pam.sshd", "/etc/pam.d/sshd"),
-            ("nsswitch.conf", "/etc/nsswitch.conf"),
-            ("passwd", "/etc/passwd"),
-            ("group", "/etc/group"),
-            ("shadow", "/etc/shadow"),
-        ] {
-            script.push_str(&format!("mount --bind {} {over}; ", d.join(file).display()));
-        }
+        let mut script = format!(
+            "set -e; mount -t tmpfs -o mode=755 tmpfs /run; mkdir -m 755 /run/sshd; {}",
+            binds(&d)
+        );
         script.push_str(&format!(
             "/usr/sbin/sshd -t -f {c}; exec /usr/sbin/sshd -D -e -f {c}",
             c = d.join("sshd_config").display()
@@ -166,7 +160,12 @@ impl Sshd {
             .stderr(log)
             .spawn()
             .expect("unshare (util-linux)");
-        let mut s = Sshd { keys, child, port };
+        let mut s = Sshd {
+            keys,
+            child,
+            port,
+            state_dir: e.state_dir.clone(),
+        };
         wait_for(Duration::from_secs(10), "sshd to listen", || {
             if let Ok(Some(st)) = s.child.try_wait() {
                 panic!("sshd exited ({st}):\n{}", s.log());
@@ -174,6 +173,26 @@ impl Sshd {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
         s
+    }
+
+    /// Runs `pamtester sshd USER acct_mgmt open_session close_session` `n`
+    /// times with this sshd's PAM file and NSS setup, and returns the time of
+    /// one run: the PAM stack without sshd around it.
+    pub fn pamtester(&self, user: &str, n: usize) -> Duration {
+        let d = self.dir();
+        let script = format!(
+            "set -e; {}for i in $(seq {n}); do pamtester sshd {user} acct_mgmt open_session close_session >/dev/null; done",
+            binds(&d)
+        );
+        let t = std::time::Instant::now();
+        let out = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .env("LD_LIBRARY_PATH", d.join("lib"))
+            .env("IMPERIUM_STATE_DIR", &self.state_dir)
+            .output()
+            .expect("unshare");
+        assert!(out.status.success(), "pamtester: {out:?}");
+        t.elapsed() / n as u32
     }
 
     /// `ssh user@127.0.0.1 command` with the client key (extra flags first).
@@ -243,6 +262,21 @@ impl Drop for Sshd {
             }
         }
     }
+}
+
+/// The shell commands binding the test's files over /etc (in a private mount namespace).
+fn binds(d: &Path) -> String {
+    let mut s = String::new();
+    for (file, over) in [
+        ("pam.sshd", "/etc/pam.d/sshd"),
+        ("nsswitch.conf", "/etc/nsswitch.conf"),
+        ("passwd", "/etc/passwd"),
+        ("group", "/etc/group"),
+        ("shadow", "/etc/shadow"),
+    ] {
+        s.push_str(&format!("mount --bind {} {over}; ", d.join(file).display()));
+    }
+    s
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
