@@ -1,7 +1,9 @@
 //! What `pam_imperium.so` adds to an SSH login: the same private sshd, once
 //! with the module in its account and session stacks (the tenant lands in its
-//! container) and once without (the tenant lands on the host), logged into
-//! alternately with `ssh site52@127.0.0.1 true`, in the same run.
+//! container) and twice without (the tenant lands on the host), logged into
+//! in turn with `ssh site52@127.0.0.1 true`, in the same run. The second sshd
+//! without the module is the control: its difference to the first is what
+//! this machine's noise alone makes of two identical servers.
 //!
 //! Run as root after `cargo build --release --workspace --examples`:
 //! `target/release/examples/login_bench [LOGINS]`.
@@ -11,16 +13,20 @@ use std::time::Instant;
 use e2e::sshd::{Keys, Sshd};
 use e2e::Emperor;
 
-fn median(v: &mut [f64]) -> f64 {
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v
 }
 
-fn quartiles(v: &[f64]) -> String {
+/// Median, p10 and p90 of `v`.
+fn summary(v: &[f64]) -> String {
+    let s = sorted(v.to_vec());
+    let f = |x: f64| format!("{x:.1}").replace("-0.0", "0.0");
     format!(
-        "(p10 {:.1}, p90 {:.1})",
-        v[v.len() / 10],
-        v[v.len() * 9 / 10]
+        "median {} ms (p10 {}, p90 {})",
+        f(s[s.len() / 2]),
+        f(s[s.len() / 10]),
+        f(s[s.len() * 9 / 10])
     )
 }
 
@@ -29,52 +35,67 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(40);
-    let (with, without) = (Keys::new(), Keys::new());
+    let keys = [Keys::new(), Keys::new(), Keys::new()];
     let mut e = Emperor::new();
+    let publics: Vec<String> = keys.iter().map(|k| format!("\"{}\"", k.public())).collect();
     e.write(
         "site52",
         &format!(
-            "kind = \"site\"\n[container]\nssh_keys = [\"{}\", \"{}\"]\n",
-            with.public(),
-            without.public()
+            "kind = \"site\"\n[container]\nssh_keys = [{}]\n",
+            publics.join(", ")
         ),
     );
     e.start();
     e.running_pid("site52");
-    let a = Sshd::start(with, &e, true);
-    let b = Sshd::start(without, &e, false);
+    let [ka, kb, kc] = keys;
+    let servers = [
+        Sshd::start(ka, &e, true),
+        Sshd::start(kb, &e, false),
+        Sshd::start(kc, &e, false),
+    ];
     let login = |s: &Sshd| {
         let t = Instant::now();
         let out = s.ssh("site52", &[], "true");
         assert!(out.status.success(), "{out:?}\n{}", s.log());
         t.elapsed().as_secs_f64() * 1e3
     };
-    // One of each first, to warm caches.
-    login(&a);
-    login(&b);
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        ta.push(login(&a));
-        tb.push(login(&b));
+    for s in &servers {
+        login(s); // warm up
     }
-    let (ma, mb) = (median(&mut ta), median(&mut tb));
-    println!("{n} logins each, ssh site52@127.0.0.1 true (client to exit):");
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..n {
+        // A different order each round, so no server always goes first.
+        for k in 0..3 {
+            let j = (i + k) % 3;
+            times[j].push(login(&servers[j]));
+        }
+    }
+    let diff = |a: usize, b: usize| -> Vec<f64> {
+        times[a].iter().zip(&times[b]).map(|(x, y)| x - y).collect()
+    };
+    println!("{n} rounds, ssh site52@127.0.0.1 true (until the client exits):");
+    for (i, what) in [
+        "with pam_imperium (into the container)",
+        "without (on the host)",
+        "without, control",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!("  {what:40} {}", summary(&times[i]));
+    }
     println!(
-        "  with pam_imperium (into the container): median {ma:.1} ms {}",
-        quartiles(&ta)
+        "  module - without, paired:                {}",
+        summary(&diff(0, 1))
     );
     println!(
-        "  without (on the host):                   median {mb:.1} ms {}",
-        quartiles(&tb)
-    );
-    println!(
-        "  overhead of the module:                  {:+.1} ms",
-        ma - mb
+        "  control - without, paired (noise):       {}",
+        summary(&diff(2, 1))
     );
     // The PAM stack alone (no sshd, no client): pamtester in a loop.
     let runs = n * 5;
-    let pa = a.pamtester("site52", runs).as_secs_f64() * 1e3;
-    let pb = b.pamtester("site52", runs).as_secs_f64() * 1e3;
+    let pa = servers[0].pamtester("site52", runs).as_secs_f64() * 1e3;
+    let pb = servers[1].pamtester("site52", runs).as_secs_f64() * 1e3;
     println!("pamtester acct_mgmt open_session close_session, {runs} runs each:");
     println!("  with pam_imperium:    {pa:.2} ms a run");
     println!("  without:              {pb:.2} ms a run");
