@@ -179,20 +179,26 @@ impl Sshd {
     /// times with this sshd's PAM file and NSS setup, and returns the time of
     /// one run: the PAM stack without sshd around it.
     pub fn pamtester(&self, user: &str, n: usize) -> Duration {
-        let d = self.dir();
-        let script = format!(
-            "set -e; {}for i in $(seq {n}); do pamtester sshd {user} acct_mgmt open_session close_session >/dev/null; done",
-            binds(&d)
-        );
         let t = std::time::Instant::now();
-        let out = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        let out = self.on_host(&format!(
+            "for i in $(seq {n}); do pamtester sshd {user} acct_mgmt open_session close_session >/dev/null; done"
+        ));
+        assert!(out.status.success(), "pamtester: {out:?}");
+        t.elapsed() / n as u32
+    }
+
+    /// Runs a shell script on the host with this sshd's NSS and PAM setup (in
+    /// a private mount namespace of its own), as `getent` or `ls -l` would run
+    /// on a host configured like it.
+    pub fn on_host(&self, script: &str) -> Output {
+        let d = self.dir();
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!("set -e; {}{script}", binds(&d)))
             .env("LD_LIBRARY_PATH", d.join("lib"))
             .env("IMPERIUM_STATE_DIR", &self.state_dir)
             .output()
-            .expect("unshare");
-        assert!(out.status.success(), "pamtester: {out:?}");
-        t.elapsed() / n as u32
+            .expect("unshare")
     }
 
     /// `ssh user@127.0.0.1 command` with the client key (extra flags first).

@@ -64,9 +64,17 @@ fn root_a_tenant_lands_in_its_own_running_container() {
     let mut e = Emperor::new();
     e.write("site52", &site(&keys));
     e.write("site53", &site(&keys));
+    e.write(
+        "group1",
+        &format!(
+            "kind = \"group\"\n[limits]\nmemory = \"256M\"\ncpu = 0.5\npids = 100\n[container]\nssh_keys = [\"{}\"]\n",
+            keys.public()
+        ),
+    );
     e.start();
     let init = e.running_pid("site52");
     let other = e.running_pid("site53");
+    let reseller = e.running_pid("group1");
     let uid = e.row("site52").unwrap()["uid"].as_u64().unwrap();
     // The keys are where sshd's AuthorizedKeysFile looks.
     assert_eq!(
@@ -128,6 +136,13 @@ fn root_a_tenant_lands_in_its_own_running_container() {
         format!("site53\n{}\n", ns_link(&other.to_string(), "mnt"))
     );
 
+    // A reseller lands in its group's own container.
+    let out = sshd.ssh("group1", &[], "hostname; readlink /proc/self/ns/pid");
+    assert_eq!(
+        text(&out),
+        format!("group1\n{}\n", ns_link(&reseller.to_string(), "pid"))
+    );
+
     // A pty from the container's devpts, and a login record in the
     // container's utmp (sshd writes it with the pid it sees, a host pid, so
     // `who`, which hides records of pids it cannot see, lists nothing).
@@ -185,6 +200,7 @@ fn root_refused_logins_run_nothing_and_strangers_are_left_alone() {
     e.write("site52", &site(&keys));
     e.start();
     let init = e.running_pid("site52");
+    let uid = e.row("site52").unwrap()["uid"].as_u64().unwrap();
     let sshd = Sshd::start(keys, &e, true);
     let ran = e.home_root.join("site52/ran");
     let touch = "touch ~/ran; hostname";
@@ -236,6 +252,19 @@ fn root_refused_logins_run_nothing_and_strangers_are_left_alone() {
         String::from_utf8_lossy(&out.stderr).contains("not running"),
         "{out:?}"
     );
+    // A container that cannot be joined (its cgroup is gone): the account
+    // check passes, the session fails closed: sshd runs nothing (exit 254).
+    rec["pid"] = serde_json::from_slice::<serde_json::Value>(&good).unwrap()["pid"].clone();
+    rec["cgroupDirs"] = serde_json::json!(["/sys/fs/cgroup/pids/no-such-cgroup"]);
+    model::atomic::replace(&rec_path, &serde_json::to_vec(&rec).unwrap(), 0o644).unwrap();
+    let out = sshd.ssh("site52", &[], touch);
+    assert_eq!(out.status.code(), Some(254), "{out:?}\n{}", sshd.log());
+    assert!(!ran.exists());
+    // (sshd prints the session's PAM messages on the session's stdout)
+    assert!(
+        text(&out).contains("cannot enter container site52"),
+        "{out:?}"
+    );
     model::atomic::replace(&rec_path, &good, 0o644).unwrap();
 
     // Stopped (the emperor shut down with its sites): refused, nothing runs,
@@ -250,5 +279,16 @@ fn root_refused_logins_run_nothing_and_strangers_are_left_alone() {
         String::from_utf8_lossy(&out.stderr).contains("not running"),
         "{out:?}\n{}",
         sshd.log()
+    );
+    // The host still shows tenant names, from the emperor's table.
+    let home = e.home_root.join("site52");
+    let out = sshd.on_host(&format!(
+        "getent passwd site52; id -un {uid}; stat -c %U:%G {}",
+        home.display()
+    ));
+    assert_eq!(
+        text(&out),
+        format!("site52:x:{uid}:{uid}:site52:/home/site52:/bin/bash\nsite52\nsite52:site52\n"),
+        "{out:?}"
     );
 }
