@@ -2,7 +2,7 @@
 //! packing of answers into the caller's buffer.
 #![allow(unsafe_code)]
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::lookup::{find, table_path, Found, Key};
@@ -33,51 +33,8 @@ fn lookup(key: Key<'_>) -> Result<Option<Found>, ()> {
         let s = unsafe { CStr::from_ptr(env) };
         <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()).to_os_string()
     });
-    let path = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
-        table_path(env).as_os_str(),
-    ))
-    .map_err(|_| ())?;
-    // SAFETY: open(2) with a valid path; the fd is closed below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(());
-    }
-    // SAFETY: stat is plain data; fstat fills it for a valid fd.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on the fd just opened, into a local struct.
-    let size = if unsafe { libc::fstat(fd, &mut st) } == 0 {
-        st.st_size as usize
-    } else {
-        0
-    };
-    if size == 0 {
-        // SAFETY: closing the fd we opened.
-        unsafe { libc::close(fd) };
-        return Err(());
-    }
-    // SAFETY: a private read-only mapping of `size` bytes of an open file.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            fd,
-            0,
-        )
-    };
-    // SAFETY: the mapping (if any) outlives the fd; closing it is fine.
-    unsafe { libc::close(fd) };
-    if map == libc::MAP_FAILED {
-        return Err(());
-    }
-    // SAFETY: the mapping is `size` readable bytes until munmap below; the
-    // answer is copied out before that.
-    let bytes = unsafe { std::slice::from_raw_parts(map as *const u8, size) };
-    let found = find(bytes, key);
-    // SAFETY: unmapping what we mapped; `bytes` is not used after this.
-    unsafe { libc::munmap(map, size) };
-    found
+    let table = mapfile::Mapped::open(&table_path(env)).map_err(|_| ())?;
+    find(&table, key)
 }
 
 /// Copies strings into the caller's buffer, NUL-terminated.

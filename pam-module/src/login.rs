@@ -82,13 +82,16 @@ pub fn decide(args: &Args, user: &str, uid: u32, proc_root: &Path) -> Result<Ver
         return Ok(Verdict::NotTenant);
     };
     let l = args.layout();
-    let table = match std::fs::read(l.nss_table()) {
+    // Mapped, and opened with the O(1) header check: a lookup touches a few
+    // pages of a table that holds every tenant (the emperor replaces it
+    // atomically, so it is never torn).
+    let table = match mapfile::Mapped::open(&l.nss_table()) {
         Ok(t) => t,
         // No table: the emperor never ran here, so there are no tenants.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Verdict::NotTenant),
         Err(e) => return Err(Refusal(format!("tenant table unreadable: {e}"))),
     };
-    let table = model::nss::Table::parse(&table)
+    let table = model::nss::Table::open(&table)
         .ok_or_else(|| Refusal("tenant table damaged; login refused".into()))?;
     let Some(entry) = table.by_name(user.as_str()) else {
         return Ok(Verdict::NotTenant);
@@ -291,6 +294,8 @@ mod tests {
         assert!(refused(w.decide("site52", 30052)).contains("damaged"));
         std::fs::write(w.args.state_dir.join("tenants.nss"), "IMPNSS1\0junk").unwrap();
         assert!(refused(w.decide("site52", 30052)).contains("damaged"));
+        std::fs::write(w.args.state_dir.join("tenants.nss"), "").unwrap();
+        assert!(refused(w.decide("site52", 30052)).contains("unreadable"));
     }
 
     #[test]
