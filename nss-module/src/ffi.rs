@@ -37,6 +37,26 @@ fn lookup(key: Key<'_>) -> Result<Option<Found>, ()> {
     find(&table, key)
 }
 
+/// A found entry with a packer over the caller's buffer, or the status that
+/// says why there is none.
+fn answer(
+    found: Result<Option<Found>, ()>,
+    buf: *mut c_char,
+    buflen: usize,
+) -> Result<(Found, Packer), c_int> {
+    match found {
+        Ok(Some(f)) => Ok((
+            f,
+            Packer {
+                at: buf,
+                left: buflen,
+            },
+        )),
+        Ok(None) => Err(NSS_STATUS_NOTFOUND),
+        Err(()) => Err(NSS_STATUS_UNAVAIL),
+    }
+}
+
 /// Copies strings into the caller's buffer, NUL-terminated.
 struct Packer {
     at: *mut c_char,
@@ -94,14 +114,9 @@ unsafe fn fill_passwd(
     buflen: usize,
     errnop: *mut c_int,
 ) -> c_int {
-    let f = match found {
-        Ok(Some(f)) => f,
-        Ok(None) => return NSS_STATUS_NOTFOUND,
-        Err(()) => return NSS_STATUS_UNAVAIL,
-    };
-    let mut p = Packer {
-        at: buf,
-        left: buflen,
+    let (f, mut p) = match answer(found, buf, buflen) {
+        Ok(x) => x,
+        Err(status) => return status,
     };
     let (Some(name), Some(pass), Some(gecos), Some(home), Some(shell)) = (
         p.str(&f.name),
@@ -135,14 +150,9 @@ unsafe fn fill_group(
     buflen: usize,
     errnop: *mut c_int,
 ) -> c_int {
-    let f = match found {
-        Ok(Some(f)) => f,
-        Ok(None) => return NSS_STATUS_NOTFOUND,
-        Err(()) => return NSS_STATUS_UNAVAIL,
-    };
-    let mut p = Packer {
-        at: buf,
-        left: buflen,
+    let (f, mut p) = match answer(found, buf, buflen) {
+        Ok(x) => x,
+        Err(status) => return status,
     };
     let (Some(members), Some(name), Some(pass), Some(member)) =
         (p.ptrs(2), p.str(&f.name), p.str("x"), p.str(&f.name))
@@ -250,14 +260,9 @@ unsafe fn fill_shadow(
     buflen: usize,
     errnop: *mut c_int,
 ) -> c_int {
-    let f = match found {
-        Ok(Some(f)) => f,
-        Ok(None) => return NSS_STATUS_NOTFOUND,
-        Err(()) => return NSS_STATUS_UNAVAIL,
-    };
-    let mut p = Packer {
-        at: buf,
-        left: buflen,
+    let (f, mut p) = match answer(found, buf, buflen) {
+        Ok(x) => x,
+        Err(status) => return status,
     };
     let (Some(name), Some(pass)) = (p.str(&f.name), p.str("*")) else {
         // SAFETY: glibc's errno pointer.

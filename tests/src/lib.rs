@@ -46,6 +46,20 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The functions a shared object exports (`nm -D --defined-only`, text symbols).
+pub fn exported_functions(lib: &Path) -> Vec<String> {
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib)
+        .output()
+        .expect("nm (binutils)");
+    assert!(out.status.success(), "nm {}: {out:?}", lib.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(" T ").map(|(_, name)| name.to_owned()))
+        .collect()
+}
+
 /// A random suffix for names that must not collide across parallel tests.
 pub fn unique(prefix: &str) -> String {
     let mut b = [0u8; 4];
