@@ -343,34 +343,115 @@ fn enter(t: &Target) -> Result<(), String> {
         }
         // A kernel without setns(pidfd): nothing was joined, so /proc is still
         // the host's; join one namespace file at a time.
-        let files: Vec<(OwnedFd, c_int)> = NS_FILES
-            .iter()
-            .map(|(n, ty)| {
-                Ok((
-                    open(&format!("/proc/{}/ns/{n}", t.pid), libc::O_RDONLY)?,
-                    *ty,
-                ))
-            })
-            .collect::<Result<_, String>>()?;
-        for (fd, ty) in &files {
-            // SAFETY: setns(2) on a namespace fd we own, with its type.
-            if unsafe { libc::setns(fd.as_raw_fd(), *ty) } != 0 {
-                return Err(errno("setns"));
-            }
+        let files = ns_files(t.pid)?;
+        join_files(&files).map_err(|e| format!("setns: {e}"))?;
+    }
+    root_in(&root).map_err(|e| format!("entering the container's root: {e}"))
+}
+
+/// The init's namespace files, in [`NS_FILES`] order, opened while `/proc`
+/// is still the host's.
+fn ns_files(pid: i32) -> Result<Vec<(OwnedFd, c_int)>, String> {
+    NS_FILES
+        .iter()
+        .map(|(n, ty)| Ok((open(&format!("/proc/{pid}/ns/{n}"), libc::O_RDONLY)?, *ty)))
+        .collect()
+}
+
+/// Joins namespace files in order. Only system calls, no allocation.
+fn join_files(files: &[(OwnedFd, c_int)]) -> std::io::Result<()> {
+    for (fd, ty) in files {
+        // SAFETY: setns(2) on a namespace fd we own, with its type.
+        if unsafe { libc::setns(fd.as_raw_fd(), *ty) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
-    // SAFETY: fchdir to a directory fd we own, then chroot to it: the
-    // container's root even if its init were chrooted inside its namespace.
-    if unsafe { libc::fchdir(root.as_raw_fd()) } != 0 {
-        return Err(errno("fchdir"));
-    }
-    // SAFETY: chroot(2) with a static path.
-    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
-        return Err(errno("chroot"));
-    }
-    // SAFETY: chdir(2) with a static path.
-    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
-        return Err(errno("chdir"));
-    }
     Ok(())
+}
+
+/// `fchdir` + `chroot(".")` + `chdir("/")`: the container's root even if its
+/// init were chrooted inside its mount namespace. Only system calls.
+fn root_in(root: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: fchdir to a directory fd we own; chroot and chdir with static paths.
+    let ok = unsafe {
+        libc::fchdir(root.as_raw_fd()) == 0
+            && libc::chroot(c".".as_ptr()) == 0
+            && libc::chdir(c"/".as_ptr()) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    fn link(pid: u32, ns: &str) -> std::path::PathBuf {
+        std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap()
+    }
+
+    /// The fallback for kernels without `setns(pidfd)`: the namespace files
+    /// one by one. Run for real: a process joins a target made by `unshare`
+    /// between fork and exec, and the host compares the namespace links.
+    #[test]
+    #[ignore = "root: run the README's test command"]
+    fn namespace_files_join_every_namespace_of_the_target() {
+        let mut wrapper = Command::new("unshare")
+            .args([
+                "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--cgroup",
+            ])
+            .args(["--mount-proc", "sleep", "60"])
+            .spawn()
+            .unwrap();
+        // The target is the wrapper's child (pid 1 of the new pid namespace).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let target: u32 = loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", wrapper.id()))
+                    .unwrap_or_default();
+            let pid = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok());
+            // Joined once it sleeps, no longer unshare setting up.
+            if let Some(p) = pid.filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c == "sleep\n")
+            }) {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "no target");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let files = ns_files(target as i32).unwrap();
+        let root = open(
+            &format!("/proc/{target}/root"),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").stdin(Stdio::null());
+        // SAFETY: between fork and exec the closure makes system calls only.
+        unsafe {
+            cmd.pre_exec(move || {
+                join_files(&files)?;
+                root_in(&root)
+            });
+        }
+        let mut joined = cmd.spawn().unwrap();
+        for ns in ["mnt", "uts", "ipc", "net", "cgroup"] {
+            assert_eq!(link(joined.id(), ns), link(target, ns), "{ns}");
+            assert_ne!(link(joined.id(), ns), link(std::process::id(), ns), "{ns}");
+        }
+        // A pid namespace is joined for the children (sshd forks after the join).
+        assert_eq!(link(joined.id(), "pid_for_children"), link(target, "pid"));
+        for c in [&mut joined, &mut wrapper] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
