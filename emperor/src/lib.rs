@@ -68,6 +68,9 @@ pub async fn run(
         return Err(RunError::AlreadyRunning(socket.display().to_string()));
     }
     let seccomp = sys::seccomp::default_program()?;
+    // SSH sessions join containers from outside: they load the same filter.
+    model::atomic::replace(&cfg.layout.seccomp_program(), &seccomp, 0o644)
+        .map_err(RunError::State)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut mgr = Manager::new(cfg.clone(), tree, seccomp, tx.clone()).map_err(RunError::State)?;
     mgr.adopt();

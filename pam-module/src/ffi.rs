@@ -346,7 +346,43 @@ fn enter(t: &Target) -> Result<(), String> {
         let files = ns_files(t.pid)?;
         join_files(&files).map_err(|e| format!("setns: {e}"))?;
     }
-    root_in(&root).map_err(|e| format!("entering the container's root: {e}"))
+    root_in(&root).map_err(|e| format!("entering the container's root: {e}"))?;
+    confine(&t.seccomp).map_err(|e| format!("loading the containers' seccomp filter: {e}"))
+}
+
+/// What the container's init has too: `no_new_privs` and the containers'
+/// seccomp filter, for this process and everything the session starts.
+fn confine(program: &[u8]) -> std::io::Result<()> {
+    // Copied into instructions, so the program is aligned as the kernel wants.
+    let insns: Vec<libc::sock_filter> = program
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl(2) with plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a filter program that lives across the call; the kernel copies it.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The init's namespace files, in [`NS_FILES`] order, opened while `/proc`

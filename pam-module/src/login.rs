@@ -52,6 +52,8 @@ impl Args {
 /// A tenant's running container, verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The containers' seccomp program (classic BPF instructions, 8 bytes each).
+    pub seccomp: Vec<u8>,
     /// The vassal (site or group) the login belongs to.
     pub vassal: Name,
     /// Its init, in the host's pid namespace.
@@ -124,7 +126,12 @@ pub fn decide(args: &Args, user: &str, uid: u32, proc_root: &Path) -> Result<Ver
     if rec.cgroup_dirs.iter().any(|d| frozen(d)) {
         return Err(Refusal(format!("{user}: the site {site} is suspended")));
     }
+    let seccomp = read_owned(&l.seccomp_program(), args.owner)
+        .map_err(|e| Refusal(format!("{user}: seccomp program: {e}")))?
+        .filter(|p| !p.is_empty() && p.len() % 8 == 0 && p.len() / 8 <= 4096)
+        .ok_or_else(|| Refusal(format!("{user}: no usable seccomp program published")))?;
     Ok(Verdict::Enter(Target {
+        seccomp,
         vassal: rec.name,
         pid: rec.pid,
         start_time: rec.start_time,
@@ -135,20 +142,29 @@ pub fn decide(args: &Args, user: &str, uid: u32, proc_root: &Path) -> Result<Ver
 /// Reads the record a login link points at; only a root-owned file that no one
 /// else can write is believed. `Ok(None)`: no record (not running).
 fn read_record(path: &Path, owner: u32) -> Result<Option<VassalRecord>, String> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("runtime record unreadable: {e}")),
+    let Some(data) = read_owned(path, owner).map_err(|e| format!("runtime record {e}"))? else {
+        return Ok(None);
     };
-    let meta = f.metadata().map_err(|e| e.to_string())?;
-    if meta.uid() != owner || meta.mode() & 0o022 != 0 || !meta.is_file() {
-        return Err("runtime record not owned by the emperor; refused".into());
-    }
-    let mut data = Vec::with_capacity(4096);
-    f.read_to_end(&mut data).map_err(|e| e.to_string())?;
     serde_json::from_slice(&data)
         .map(Some)
         .map_err(|e| format!("runtime record damaged: {e}"))
+}
+
+/// Reads a runtime file the emperor wrote: believed only when `owner` owns it
+/// and no one else can write it. `Ok(None)`: there is none.
+fn read_owned(path: &Path, owner: u32) -> Result<Option<Vec<u8>>, String> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("unreadable: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if meta.uid() != owner || meta.mode() & 0o022 != 0 || !meta.is_file() {
+        return Err("not owned by the emperor; refused".into());
+    }
+    let mut data = Vec::with_capacity(4096);
+    f.read_to_end(&mut data).map_err(|e| e.to_string())?;
+    Ok(Some(data))
 }
 
 /// Whether a cgroup directory is frozen (v1 freezer or v2 `cgroup.events`).
@@ -192,6 +208,11 @@ mod tests {
                 shell: "/bin/bash".into(),
             });
             std::fs::write(args.state_dir.join("tenants.nss"), encode(&tenants)).unwrap();
+            std::fs::write(
+                args.run_dir.join("seccomp.bpf"),
+                [6, 0, 0, 0, 0, 0, 0xff, 0x7f],
+            )
+            .unwrap();
             World { dir, args }
         }
 
@@ -307,6 +328,15 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(refused(w.decide("site52", 30052)).contains("not owned by the emperor"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let prog = w.args.run_dir.join("seccomp.bpf");
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o646)).unwrap();
+        assert!(refused(w.decide("site52", 30052)).contains("seccomp program: not owned"));
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&prog, [0u8; 7]).unwrap();
+        assert!(refused(w.decide("site52", 30052)).contains("no usable seccomp program"));
+        std::fs::remove_file(&prog).unwrap();
+        assert!(refused(w.decide("site52", 30052)).contains("no usable seccomp program"));
+        std::fs::write(&prog, [6, 0, 0, 0, 0, 0, 0xff, 0x7f]).unwrap();
         assert!(w.decide("site52", 30052).is_ok());
         let mut other = w.args.clone();
         other.owner += 1;

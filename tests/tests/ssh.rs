@@ -89,7 +89,9 @@ fn root_a_tenant_lands_in_its_own_running_container() {
                  tr '\\0' ' ' < /proc/1/cmdline; echo; \
                  ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; \
                  grep -c . /etc/passwd; \
-                 test -e /etc/ssh/sshd_config && echo HOST-ETC || echo no-host-etc";
+                 test -e /etc/ssh/sshd_config && echo HOST-ETC || echo no-host-etc; \
+                 grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t' ' '; \
+                 unshare -U true 2>/dev/null && echo UNSHARED || echo unshare-refused";
     let out = sshd.ssh("site52", &[], probe);
     assert!(
         out.status.success(),
@@ -128,6 +130,11 @@ fn root_a_tenant_lands_in_its_own_running_container() {
         "/etc/passwd is the container's (root, the tenant, nobody)"
     );
     assert_eq!(lines[13], "no-host-etc", "the host's /etc is visible");
+    // The container's confinement, as its init has it.
+    assert_eq!(
+        lines[14..17],
+        ["NoNewPrivs: 1", "Seccomp: 2", "unshare-refused"]
+    );
 
     // Another tenant lands in its own container, never in site52's.
     let out = sshd.ssh("site53", &[], "hostname; readlink /proc/self/ns/mnt");

@@ -87,6 +87,12 @@ impl Layout {
         self.state_dir.join("archive")
     }
 
+    /// The containers' seccomp program (classic BPF, as the kernel loads it),
+    /// published for the PAM module to give SSH sessions the same filter.
+    pub fn seccomp_program(&self) -> PathBuf {
+        self.run_dir.join("seccomp.bpf")
+    }
+
     /// The control socket of the emperor.
     pub fn control_socket(&self) -> PathBuf {
         self.run_dir.join("emperor.sock")
