@@ -37,6 +37,27 @@ async fn connect(path: &std::path::Path) -> std::io::Result<Sender> {
     Ok(sender)
 }
 
+/// In turn from `order`: an idle connection (when `pooled`), else a new one;
+/// a backend that refuses is skipped for this request only.
+async fn pick<'a>(
+    state: &State,
+    order: impl Iterator<Item = &'a std::path::PathBuf>,
+    pooled: bool,
+) -> Option<(std::path::PathBuf, Sender)> {
+    for path in order {
+        if let Some(s) = pooled.then(|| state.pool.take(path)).flatten() {
+            return Some((path.clone(), s));
+        }
+        match connect(path).await {
+            Ok(s) => return Some((path.clone(), s)),
+            Err(e) => {
+                tracing::debug!(backend = %path.display(), error = %e, "backend refused; trying the next")
+            }
+        }
+    }
+    None
+}
+
 /// A connection to a backend, ready for a request.
 pub type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
 
@@ -186,25 +207,7 @@ pub async fn handle(
     }
     let upgrading = upgrading_request(&req);
 
-    // In turn: an idle connection to the backend, else a new one; a backend
-    // that refuses is skipped for this request only.
-    let mut chosen = None;
-    for path in &backends {
-        if let Some(s) = (!upgrading).then(|| state.pool.take(path)).flatten() {
-            chosen = Some((path.clone(), s));
-            break;
-        }
-        match connect(path).await {
-            Ok(s) => {
-                chosen = Some((path.clone(), s));
-                break;
-            }
-            Err(e) => {
-                tracing::debug!(backend = %path.display(), error = %e, "backend refused; trying the next")
-            }
-        }
-    }
-    let Some((backend, mut sender)) = chosen else {
+    let Some((backend, mut sender)) = pick(&state, backends.iter(), !upgrading).await else {
         return Ok(page(
             StatusCode::BAD_GATEWAY,
             "The site's application is not answering.",
@@ -212,9 +215,11 @@ pub async fn handle(
     };
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     // A kept connection the backend closed meanwhile gives the request back
-    // unsent: it goes once more, on a new connection.
+    // unsent: it goes once more, on a new connection to the same backend or,
+    // if that one is gone too, to the next that accepts.
     let mut req = req;
     let mut retried = false;
+    let mut backend = backend;
     let mut resp = loop {
         match tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await {
             Ok(Ok(r)) => break r,
@@ -222,9 +227,11 @@ pub async fn handle(
                 (Some(back), false) => {
                     retried = true;
                     req = back;
-                    sender = match connect(&backend).await {
-                        Ok(s) => s,
-                        Err(_) => {
+                    let first = std::iter::once(&backend);
+                    let order = first.chain(backends.iter().filter(|p| **p != backend));
+                    (backend, sender) = match pick(&state, order, false).await {
+                        Some(c) => c,
+                        None => {
                             return Ok(page(
                                 StatusCode::BAD_GATEWAY,
                                 "The site's application is not answering.",
