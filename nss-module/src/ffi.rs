@@ -264,7 +264,7 @@ unsafe fn fill_shadow(
         Ok(x) => x,
         Err(status) => return status,
     };
-    let (Some(name), Some(pass)) = (p.str(&f.name), p.str("*")) else {
+    let (Some(name), Some(pass)) = (p.str(&f.name), p.str("!")) else {
         // SAFETY: glibc's errno pointer.
         return unsafe { range(errnop) };
     };
@@ -284,8 +284,9 @@ unsafe fn fill_shadow(
     NSS_STATUS_SUCCESS
 }
 
-/// `getspnam_r`: a tenant has no password (`*`) and no ageing, so a stock
-/// `pam_unix` account stack accepts a key login.
+/// `getspnam_r`: a tenant's password is locked (`!`) and has no ageing, so a
+/// stock `pam_unix` account stack accepts a key login through PAM, and an sshd
+/// without PAM (which would not land the tenant in its container) refuses it.
 ///
 /// # Safety
 /// Called by glibc with valid pointers.

@@ -2,7 +2,7 @@
 //! lookups for tenants from the emperor's table (`<state-dir>/tenants.nss`), so
 //! that `getent passwd site52`, `id site52` and `ls -l` show tenant names on the
 //! host, even while the emperor is stopped, and a stock `pam_unix` account
-//! stack accepts a tenant (no password: `*`, no ageing).
+//! stack accepts a tenant (password locked: `!`, no ageing).
 //!
 //! A guest in every process that resolves a name: no threads, no allocation
 //! beyond a path, no output, no panic across the C ABI (each entry point is

@@ -101,10 +101,10 @@ fn root_getent_resolves_tenants_by_name_and_id() {
         0,
         "the files source still answers first"
     );
-    // No password, no ageing: what a stock pam_unix account check accepts.
+    // Locked, no ageing: what a stock pam_unix account check accepts.
     assert_eq!(
         s.getent(&["shadow", "site52"]),
-        (0, "site52:*:::::::".into())
+        (0, "site52:!:::::::".into())
     );
     assert_eq!(s.getent(&["shadow", "nobody-here"]).0, 2);
     // getgrouplist(3) with no primary group: initgroups_dyn adds the tenant's own.
@@ -188,7 +188,7 @@ int main(void) {
     assert!(cc.status.success(), "{cc:?}");
     assert_eq!(
         s.run(&exe, &[]),
-        (0, "1 0 /home/site52 1 0 site52 1 0 *".into())
+        (0, "1 0 /home/site52 1 0 site52 1 0 !".into())
     );
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use e2e::sshd::{Keys, Sshd};
+use e2e::sshd::{Keys, Pam, Sshd};
 use e2e::Emperor;
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
@@ -49,9 +49,9 @@ fn main() {
     e.running_pid("site52");
     let [ka, kb, kc] = keys;
     let servers = [
-        Sshd::start(ka, &e, true),
-        Sshd::start(kb, &e, false),
-        Sshd::start(kc, &e, false),
+        Sshd::start(ka, &e, Pam::Imperium),
+        Sshd::start(kb, &e, Pam::Plain),
+        Sshd::start(kc, &e, Pam::Plain),
     ];
     let login = |s: &Sshd| {
         let t = Instant::now();

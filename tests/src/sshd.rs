@@ -62,18 +62,28 @@ pub struct Sshd {
     pub port: u16,
 }
 
+/// How the private sshd authorizes and opens sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pam {
+    /// `pam_imperium.so` in the account and session stacks.
+    Imperium,
+    /// The same stacks without it (the login benchmark's baseline).
+    Plain,
+    /// `UsePAM no`: a misconfigured host.
+    Off,
+}
+
 impl Sshd {
-    /// Starts sshd for the emperor `e`'s tenants; `module` puts
-    /// `pam_imperium.so` in the account and session stacks (without it, the
-    /// same sshd with a plain stack: the baseline of the login benchmark).
-    pub fn start(keys: Keys, e: &Emperor, module: bool) -> Sshd {
+    /// Starts sshd for the emperor `e`'s tenants, with PAM as `pam` says.
+    pub fn start(keys: Keys, e: &Emperor, pam: Pam) -> Sshd {
+        let (module, use_pam) = (pam == Pam::Imperium, pam != Pam::Off);
         let d = keys.dir.path().to_path_buf();
         let lib = d.join("lib");
         std::fs::create_dir_all(&lib).expect("lib dir");
         let nss = bin_dir().join("libnss_imperium.so");
-        let pam = bin_dir().join("libpam_imperium.so");
+        let pam_lib = bin_dir().join("libpam_imperium.so");
         assert!(
-            nss.is_file() && pam.is_file(),
+            nss.is_file() && pam_lib.is_file(),
             "build the modules first (cargo build --workspace)"
         );
         let _ = std::fs::remove_file(lib.join("libnss_imperium.so.2"));
@@ -111,7 +121,7 @@ impl Sshd {
         );
         let imperium = |stack: &str| {
             if module {
-                format!("{stack} {} {args}\n", pam.display())
+                format!("{stack} {} {args}\n", pam_lib.display())
             } else {
                 String::new()
             }
@@ -132,10 +142,11 @@ impl Sshd {
             d.join("sshd_config"),
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nPidFile {d}/sshd.pid\n\
-                 UsePAM yes\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+                 UsePAM {}\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nPermitRootLogin no\n\
                  AuthorizedKeysFile {keys}/%u {d}/keys/%u\n\
                  StrictModes no\nPrintMotd no\nPrintLastLog no\nUseDNS no\nLogLevel VERBOSE\n",
+                if use_pam { "yes" } else { "no" },
                 d = d.display(),
                 keys = e.state_dir.join("ssh").display(),
             ),

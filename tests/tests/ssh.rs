@@ -7,7 +7,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use e2e::sshd::{Keys, Sshd, ADMIN};
+use e2e::sshd::{Keys, Pam, Sshd, ADMIN};
 use e2e::*;
 
 fn site(keys: &Keys) -> String {
@@ -82,7 +82,7 @@ fn root_a_tenant_lands_in_its_own_running_container() {
         format!("{}\n", keys.public())
     );
     std::fs::write(e.home_root.join("site52/marker.txt"), "in the container\n").unwrap();
-    let sshd = Sshd::start(keys, &e, true);
+    let sshd = Sshd::start(keys, &e, Pam::Imperium);
 
     let probe = "hostname; id -u; id -un; cat ~/marker.txt; \
                  for n in mnt uts ipc net pid cgroup; do readlink /proc/self/ns/$n; done; \
@@ -208,7 +208,7 @@ fn root_refused_logins_run_nothing_and_strangers_are_left_alone() {
     e.start();
     let init = e.running_pid("site52");
     let uid = e.row("site52").unwrap()["uid"].as_u64().unwrap();
-    let sshd = Sshd::start(keys, &e, true);
+    let sshd = Sshd::start(keys, &e, Pam::Imperium);
     let ran = e.home_root.join("site52/ran");
     let touch = "touch ~/ran; hostname";
 
@@ -298,4 +298,29 @@ fn root_refused_logins_run_nothing_and_strangers_are_left_alone() {
         format!("site52:x:{uid}:{uid}:site52:/home/site52:/bin/bash\nsite52\nsite52:site52\n"),
         "{out:?}"
     );
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_an_sshd_without_pam_refuses_tenants_as_locked_accounts() {
+    let keys = Keys::new();
+    let mut e = Emperor::new();
+    e.write("site52", &site(&keys));
+    e.start();
+    e.running_pid("site52");
+    let sshd = Sshd::start(keys, &e, Pam::Off);
+    // Without PAM nothing would take the tenant into its container: the
+    // locked shadow entry from the NSS module keeps it out of the host.
+    let out = sshd.ssh("site52", &[], "touch ~/ran; hostname");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(!e.home_root.join("site52/ran").exists());
+    assert!(
+        sshd.log()
+            .contains("User site52 not allowed because account is locked"),
+        "{}",
+        sshd.log()
+    );
+    // The same sshd lets an admin in.
+    let out = sshd.ssh(ADMIN, &[], "true");
+    assert!(out.status.success(), "{out:?}\n{}", sshd.log());
 }
