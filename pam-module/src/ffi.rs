@@ -322,13 +322,31 @@ fn enter(t: &Target) -> Result<(), String> {
         &format!("/proc/{}/root", t.pid),
         libc::O_PATH | libc::O_DIRECTORY,
     )?;
-    let procs: Vec<OwnedFd> = t
+    // Moving a process takes the kernel's global threadgroup lock for
+    // writing, which waits for an RCU grace period (15-40 ms here, per login).
+    // On v1 the calling thread (the only one: the monitor is single-threaded)
+    // moves itself through `tasks` with "0", a path that skips that lock; v2
+    // has no such path for a domain cgroup: the process's pid to cgroup.procs.
+    let joins: Vec<(OwnedFd, String)> = t
         .cgroup_dirs
         .iter()
-        .map(|d| open(&format!("{}/cgroup.procs", d.display()), libc::O_WRONLY))
-        .collect::<Result<_, _>>()?;
-    let me = std::process::id().to_string();
-    for fd in &procs {
+        .map(|d| {
+            let tasks = d.join("tasks");
+            Ok(if tasks.exists() {
+                (
+                    open(&tasks.display().to_string(), libc::O_WRONLY)?,
+                    "0".to_owned(),
+                )
+            } else {
+                let procs = d.join("cgroup.procs").display().to_string();
+                (
+                    open(&procs, libc::O_WRONLY)?,
+                    std::process::id().to_string(),
+                )
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    for (fd, me) in &joins {
         // SAFETY: writing a few bytes from a live buffer to an fd we own.
         let n = unsafe { libc::write(fd.as_raw_fd(), me.as_ptr().cast(), me.len()) };
         if n != me.len() as isize {

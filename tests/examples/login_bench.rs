@@ -31,10 +31,15 @@ fn summary(v: &[f64]) -> String {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(40);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(40);
+    // `--tty`: ask for a pty (`ssh -tt`), which also makes both ends set
+    // TCP_NODELAY for the session.
+    let flags: &[&str] = if args.iter().any(|a| a == "--tty") {
+        &["-tt"]
+    } else {
+        &[]
+    };
     let keys = [Keys::new(), Keys::new(), Keys::new()];
     let mut e = Emperor::new();
     let publics: Vec<String> = keys.iter().map(|k| format!("\"{}\"", k.public())).collect();
@@ -55,7 +60,7 @@ fn main() {
     ];
     let login = |s: &Sshd| {
         let t = Instant::now();
-        let out = s.ssh("site52", &[], "true");
+        let out = s.ssh("site52", flags, "true");
         assert!(out.status.success(), "{out:?}\n{}", s.log());
         t.elapsed().as_secs_f64() * 1e3
     };
@@ -92,12 +97,17 @@ fn main() {
         "  control - without, paired (noise):       {}",
         summary(&diff(2, 1))
     );
-    // The PAM stack alone (no sshd, no client): pamtester in a loop.
-    let runs = n * 5;
-    let pa = servers[0].pamtester("site52", runs).as_secs_f64() * 1e3;
-    let pb = servers[1].pamtester("site52", runs).as_secs_f64() * 1e3;
-    println!("pamtester acct_mgmt open_session close_session, {runs} runs each:");
-    println!("  with pam_imperium:    {pa:.2} ms a run");
-    println!("  without:              {pb:.2} ms a run");
-    println!("  the module's hooks:   {:+.2} ms", pa - pb);
+    // The PAM stack alone (no sshd, no client): pamtester, runs 100 ms apart.
+    let runs = n * 2;
+    let pause = std::time::Duration::from_millis(100);
+    let ms = |v: Vec<std::time::Duration>| -> Vec<f64> {
+        v.iter().map(|d| d.as_secs_f64() * 1e3).collect()
+    };
+    let pa = ms(servers[0].pamtester("site52", runs, pause));
+    let pb = ms(servers[1].pamtester("site52", runs, pause));
+    let hooks: Vec<f64> = pa.iter().zip(&pb).map(|(a, b)| a - b).collect();
+    println!("pamtester acct_mgmt open_session close_session, {runs} runs each, 100 ms apart:");
+    println!("  with pam_imperium:    {}", summary(&pa));
+    println!("  without:              {}", summary(&pb));
+    println!("  the module's hooks:   {}", summary(&hooks));
 }

@@ -187,15 +187,21 @@ impl Sshd {
     }
 
     /// Runs `pamtester sshd USER acct_mgmt open_session close_session` `n`
-    /// times with this sshd's PAM file and NSS setup, and returns the time of
-    /// one run: the PAM stack without sshd around it.
-    pub fn pamtester(&self, user: &str, n: usize) -> Duration {
-        let t = std::time::Instant::now();
+    /// times with this sshd's PAM file and NSS setup, `pause` apart (as
+    /// logins come: a kernel lock that a burst shares is paid by each), and
+    /// returns each run's time: the PAM stack without sshd around it.
+    pub fn pamtester(&self, user: &str, n: usize, pause: Duration) -> Vec<Duration> {
         let out = self.on_host(&format!(
-            "for i in $(seq {n}); do pamtester sshd {user} acct_mgmt open_session close_session >/dev/null; done"
+            "for i in $(seq {n}); do s=$(date +%s%N); \
+             pamtester sshd {user} acct_mgmt open_session close_session >/dev/null; \
+             echo $(( $(date +%s%N) - s )); sleep {:.3}; done",
+            pause.as_secs_f64()
         ));
         assert!(out.status.success(), "pamtester: {out:?}");
-        t.elapsed() / n as u32
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| Duration::from_nanos(l.trim().parse().expect("nanoseconds")))
+            .collect()
     }
 
     /// Runs a shell script on the host with this sshd's NSS and PAM setup (in
