@@ -27,10 +27,11 @@ fn ns_link(pid: &str, ns: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The host pids of the processes directly in the site's cgroup.
-fn site_pids(e: &Emperor, site: &str) -> Vec<i32> {
+/// The host pids of the processes directly in the site's cgroup (of one
+/// controller's hierarchy on v1).
+fn site_pids(e: &Emperor, site: &str, controller: &str) -> Vec<i32> {
     let cg = e.cgroup(&format!("_admin/{site}"));
-    read_cgroup("pids", &cg, "cgroup.procs")
+    read_cgroup(controller, &cg, "cgroup.procs")
         .lines()
         .filter_map(|l| l.parse().ok())
         .collect()
@@ -177,11 +178,14 @@ fn root_a_tenant_lands_in_its_own_running_container() {
         Duration::from_secs(10),
         "the session in the site's cgroup",
         || {
-            site_pids(&e, "site52")
+            site_pids(&e, "site52", "pids")
                 .into_iter()
                 .find(|p| cmdline(*p).starts_with("sleep 3"))
         },
     );
+    for c in ["memory", "cpu", "freezer"] {
+        assert!(site_pids(&e, "site52", c).contains(&sleeper), "{c}");
+    }
     assert_eq!(proc_uid(sleeper) as u64, uid);
     for n in ["mnt", "pid", "net", "uts", "ipc", "cgroup"] {
         assert_eq!(
