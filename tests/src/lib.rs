@@ -445,6 +445,22 @@ pub fn ns_link(pid: &str, ns: &str) -> String {
         .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{ns}: {e}"))
 }
 
+/// The children of `parent` as the host sees them: (pid, state letter).
+pub fn children(parent: i32) -> Vec<(i32, char)> {
+    let parent = parent.to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let mut f = stat.rsplit_once(") ")?.1.split(' ');
+            let state = f.next()?.chars().next()?;
+            (f.next()? == parent).then_some((pid, state))
+        })
+        .collect()
+}
+
 /// Whether a pid is alive (and not a zombie).
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
