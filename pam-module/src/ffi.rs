@@ -455,18 +455,20 @@ mod tests {
     #[test]
     #[ignore = "root: run the README's test command"]
     fn namespace_files_join_every_namespace_of_the_target() {
-        let mut wrapper = Command::new("unshare")
-            .args([
-                "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--cgroup",
-            ])
-            .args(["--mount-proc", "sleep", "60"])
-            .spawn()
-            .unwrap();
+        // --kill-child: the target (pid 1 of its namespace) dies with the
+        // wrapper, which the guard kills even when an assertion fails.
+        let wrapper = Reap(
+            Command::new("unshare")
+                .args(["--fork", "--kill-child", "--pid", "--mount", "--uts"])
+                .args(["--ipc", "--net", "--cgroup", "--mount-proc", "sleep", "60"])
+                .spawn()
+                .unwrap(),
+        );
         // The target is the wrapper's child (pid 1 of the new pid namespace).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let target: u32 = loop {
             let children =
-                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", wrapper.id()))
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", wrapper.0.id()))
                     .unwrap_or_default();
             let pid = children
                 .split_whitespace()
@@ -496,16 +498,40 @@ mod tests {
                 root_in(&root)
             });
         }
-        let mut joined = cmd.spawn().unwrap();
+        let joined = Reap(cmd.spawn().unwrap());
         for ns in ["mnt", "uts", "ipc", "net", "cgroup"] {
-            assert_eq!(link(joined.id(), ns), link(target, ns), "{ns}");
-            assert_ne!(link(joined.id(), ns), link(std::process::id(), ns), "{ns}");
+            assert_eq!(link(joined.0.id(), ns), link(target, ns), "{ns}");
+            assert_ne!(
+                link(joined.0.id(), ns),
+                link(std::process::id(), ns),
+                "{ns}"
+            );
         }
         // A pid namespace is joined for the children (sshd forks after the join).
-        assert_eq!(link(joined.id(), "pid_for_children"), link(target, "pid"));
-        for c in [&mut joined, &mut wrapper] {
-            let _ = c.kill();
-            let _ = c.wait();
+        assert_eq!(link(joined.0.id(), "pid_for_children"), link(target, "pid"));
+        drop((joined, wrapper));
+        wait_gone(target);
+    }
+
+    /// A child killed and waited for when dropped.
+    struct Reap(std::process::Child);
+
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Polls until `pid` has left /proc (its parent reaps it).
+    fn wait_gone(pid: u32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pid} outlived the test"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }
