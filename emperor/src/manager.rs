@@ -202,6 +202,8 @@ pub struct Manager {
     uids_unsaved: bool,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
+    /// Files of the vassal directories that are not vassals (logged once per change).
+    ignored: Vec<crate::scan::Ignored>,
     shadowed: Vec<(Name, PathBuf, String)>,
     /// The ssh keys installed, by user (`None` until the first reconcile has
     /// read what the directory holds).
@@ -252,6 +254,7 @@ impl Manager {
             uids_unsaved: false,
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            ignored: Vec::new(),
             shadowed: Vec::new(),
             ssh_keys: None,
             tx,
@@ -351,6 +354,7 @@ impl Manager {
                     public_key: self.public_keys[name].clone(),
                     domains: s.domains.iter().map(|x| x.to_string()).collect(),
                     sockets: self.cfg.layout.sockets(name).display().to_string(),
+                    uid: Some(uid),
                     suspended: v.state == State::Suspended || group_frozen,
                     // Set while a site moves to another host: not done by this emperor yet.
                     moving: Vec::new(),
@@ -457,7 +461,14 @@ impl Manager {
             .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
             .map(|(n, _)| n.clone())
             .collect();
-        let entries = crate::scan::scan(&self.cfg.layout, &groups);
+        let mut ignored = Vec::new();
+        let entries = crate::scan::scan(&self.cfg.layout, &groups, &mut ignored);
+        for (path, why) in &ignored {
+            if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
+                tracing::warn!(path = %path.display(), reason = %why, "not a vassal file");
+            }
+        }
+        self.ignored = ignored;
         let host = crate::scan::host_users();
         let previous: BTreeMap<Name, VassalFile> = self
             .vassals
@@ -467,7 +478,7 @@ impl Manager {
             .collect();
         let cat = Catalog::build(entries, &previous, &|u: &str| host.contains(u));
         self.shadowed = cat.shadowed;
-        self.rejected.clear();
+        let before = std::mem::take(&mut self.rejected);
         let mut desired = BTreeMap::new();
         for (name, verdict) in cat.verdicts {
             match verdict {
@@ -494,7 +505,7 @@ impl Manager {
                     desired.insert(name, (file, dynamic));
                 }
                 Verdict::Reject { reason } => {
-                    if self.rejected.get(&name) != Some(&reason) {
+                    if before.get(&name) != Some(&reason) {
                         tracing::warn!(vassal = %name, %reason, "file rejected");
                     }
                     self.rejected.insert(name, reason);

@@ -2,7 +2,8 @@
 //! directory, one `<name>.toml` per vassal.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 
 use model::catalog::{Entry, Source};
 use model::config::ConfigError;
@@ -11,15 +12,26 @@ use model::{Layout, Name, VassalFile};
 /// The largest vassal file read; a bigger one is refused unread.
 const MAX_FILE: u64 = 64 * 1024;
 
+/// A file of a vassal directory that is not a vassal, and why (logged once per change).
+pub type Ignored = (PathBuf, String);
+
 /// Reads every vassal file of `dir`, found as `source`.
-pub fn scan_dir(dir: &Path, source: &Source) -> Vec<Entry> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+///
+/// A drop directory belongs to a reseller, who may put anything there: each
+/// file is opened once, relative to the directory, without following a
+/// symlink and without blocking, and only a regular file is read, never past
+/// [`MAX_FILE`] bytes of what the descriptor gives.
+pub fn scan_dir(dir: &Path, source: &Source, ignored: &mut Vec<Ignored>) -> Vec<Entry> {
+    let Ok(dirfd) = sys::fs::open_dir(dir) else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir(sys::fs::fd_path(dirfd.as_fd())) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for e in rd.flatten() {
-        let path = e.path();
         let file_name = e.file_name();
+        let path = dir.join(&file_name);
         let Some(stem) = file_name.to_str().and_then(|f| f.strip_suffix(".toml")) else {
             continue;
         };
@@ -29,20 +41,20 @@ pub fn scan_dir(dir: &Path, source: &Source) -> Vec<Entry> {
         let name: Name = match stem.parse() {
             Ok(n) => n,
             Err(err) => {
-                tracing::warn!(path = %path.display(), error = %err, "vassal file name refused");
+                ignored.push((path, format!("vassal file name refused: {err}")));
                 continue;
             }
         };
-        let parsed = match std::fs::metadata(&path) {
-            Ok(m) if !m.is_file() => continue,
-            Ok(m) if m.len() > MAX_FILE => Err(ConfigError::Syntax(format!(
-                "file is larger than {MAX_FILE} bytes"
-            ))),
-            Ok(_) => match std::fs::read_to_string(&path) {
+        let parsed = match sys::fs::read_regular(dirfd.as_fd(), Path::new(&file_name), MAX_FILE) {
+            Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => VassalFile::parse(&name, &text),
-                Err(err) => Err(ConfigError::Syntax(format!("unreadable: {err}"))),
+                Err(_) => Err(ConfigError::Syntax("not UTF-8 text".into())),
             },
-            Err(_) => continue, // removed while we looked
+            Err(sys::fs::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                continue; // removed while we looked
+            }
+            Err(sys::fs::ReadError::NotFile) if e.file_type().is_ok_and(|t| t.is_dir()) => continue,
+            Err(err) => Err(ConfigError::Syntax(format!("refused unread: {err}"))),
         };
         out.push(Entry {
             name,
@@ -55,9 +67,9 @@ pub fn scan_dir(dir: &Path, source: &Source) -> Vec<Entry> {
 }
 
 /// Reads the admin directory and the drop directories of `groups` (and of every
-/// group the admin directory names).
-pub fn scan(layout: &Layout, groups: &BTreeSet<Name>) -> Vec<Entry> {
-    let mut entries = scan_dir(&layout.vassals, &Source::Admin);
+/// group the admin directory names); what is not a vassal goes to `ignored`.
+pub fn scan(layout: &Layout, groups: &BTreeSet<Name>, ignored: &mut Vec<Ignored>) -> Vec<Entry> {
+    let mut entries = scan_dir(&layout.vassals, &Source::Admin, ignored);
     let mut all: BTreeSet<Name> = groups.clone();
     all.extend(
         entries
@@ -66,7 +78,11 @@ pub fn scan(layout: &Layout, groups: &BTreeSet<Name>) -> Vec<Entry> {
             .map(|e| e.name.clone()),
     );
     for g in &all {
-        entries.extend(scan_dir(&layout.drop_dir(g), &Source::Drop(g.clone())));
+        entries.extend(scan_dir(
+            &layout.drop_dir(g),
+            &Source::Drop(g.clone()),
+            ignored,
+        ));
     }
     entries
 }

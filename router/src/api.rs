@@ -39,10 +39,11 @@ fn refuse(status: StatusCode, why: String) -> Response<Body> {
     )
 }
 
-/// Handles one API request.
+/// Handles one API request from a process of uid `peer`.
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
+    peer: u32,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     if req.method() != Method::POST || req.uri().path() != "/subscribe" {
         return Ok(refuse(
@@ -50,12 +51,30 @@ pub async fn handle(
             "POST /subscribe is the only call".into(),
         ));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // Counted by the caller's uid, which the kernel vouches for: a flood of
+    // forged requests spends the sender's own budget, never a neighbour's.
+    if !state.api_rate.allow(&peer) {
+        return Ok(refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many requests from uid {peer}: at most {} a second",
+                crate::API_RATE
+            ),
+        ));
+    }
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(crate::API_TIMEOUT, collect).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => {
             return Ok(refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("requests are limited to {MAX_BODY} bytes"),
+            ))
+        }
+        Err(_) => {
+            return Ok(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not come within {:?}", crate::API_TIMEOUT),
             ))
         }
     };
@@ -73,11 +92,11 @@ pub async fn handle(
     };
     match verified {
         Ok(v) => {
-            if let Some(cert) = &v.cert {
-                state.certs.set(&v.sub.domain, cert.clone());
+            if let Err(e) = state.routes.apply(&v) {
+                tracing::warn!(site = %v.sub.site, error = %e, "subscription refused");
+                return Ok(refuse(StatusCode::FORBIDDEN, e.to_string()));
             }
-            state.routes.apply(&v);
-            tracing::info!(site = %v.sub.site, domain = %v.sub.domain, backend = %v.backend.display(), action = ?v.sub.action, "subscription");
+            tracing::info!(site = %v.sub.site, domain = %v.sub.domain, backend = %v.sub.backend, action = ?v.sub.action, "subscription");
             Ok(answer(
                 StatusCode::OK,
                 &Answer {

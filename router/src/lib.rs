@@ -7,20 +7,20 @@
 //! requests on `<run-dir>/router/subscribe.sock`.
 
 pub mod api;
+pub mod conn;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
 pub mod verify;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use model::subscription::Dominion;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
@@ -41,21 +41,65 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How long a subscription lives unless refreshed.
     pub ttl: Duration,
-    /// How long a client has to send its request headers.
+    /// How long a client has for its TLS handshake, and for each request's headers.
     pub header_timeout: Duration,
+    /// How long a client connection may sit with no request in flight.
+    pub idle_timeout: Duration,
+    /// How long a client may pause within a request body.
+    pub body_timeout: Duration,
+    /// Client connections open at once, in all (HTTP and HTTPS).
+    pub max_connections: usize,
+    /// Client connections open at once from one address.
+    pub max_connections_per_ip: usize,
 }
+
+impl Config {
+    /// The defaults of `router serve` on these listeners and directories.
+    pub fn new(
+        http: SocketAddr,
+        https: SocketAddr,
+        run_dir: PathBuf,
+        state_dir: PathBuf,
+    ) -> Config {
+        Config {
+            http,
+            https,
+            run_dir,
+            state_dir,
+            ttl: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 20_000,
+            max_connections_per_ip: 512,
+        }
+    }
+}
+
+/// Connections to the subscription API open at once, in all and per peer uid.
+pub const API_MAX_CONNECTIONS: usize = 1024;
+/// Connections to the subscription API open at once from one uid.
+pub const API_MAX_CONNECTIONS_PER_UID: usize = 16;
+/// Subscription requests one uid may make a second, sustained.
+pub const API_RATE: f64 = 100.0;
+/// Subscription requests one uid may make at once.
+pub const API_BURST: f64 = 1000.0;
+/// How long an API client has for its headers, and for its body.
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every connection shares.
 #[derive(Debug)]
 pub struct State {
-    /// The routes.
-    pub routes: routes::Routes,
-    /// The certificates.
-    pub certs: Arc<tls::SniCerts>,
+    /// The routes (and the certificates that go with them).
+    pub routes: Arc<routes::Routes>,
     /// Nonces of the window.
     pub nonces: Mutex<verify::Nonces>,
     /// Idle connections to backends.
     pub pool: proxy::Pool,
+    /// Subscription requests per peer uid.
+    pub api_rate: conn::Rate<u32>,
+    /// How long a client may pause within a request body.
+    pub body_timeout: Duration,
 }
 
 fn dominion_path(run_dir: &Path) -> PathBuf {
@@ -66,8 +110,54 @@ fn saved_path(state_dir: &Path) -> PathBuf {
     state_dir.join("router-dominion.json")
 }
 
+/// The largest dominion read (10,000 sites take about 3 MB).
+const MAX_DOMINION: u64 = 64 << 20;
+
 fn load(path: &Path) -> Option<Dominion> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_DOMINION)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Raises the soft limit of open files to the hard one, and says how many
+/// client connections fit under it (leaving room for backends and files).
+fn fit_connections(asked: usize) -> usize {
+    let (soft, hard) = match rlimit_nofile() {
+        Some(l) => l,
+        None => return asked,
+    };
+    let soft = if soft < hard {
+        if set_rlimit_nofile(hard) {
+            hard
+        } else {
+            soft
+        }
+    } else {
+        soft
+    };
+    // Each client may hold one backend connection too.
+    let fit = (soft.saturating_sub(256) / 2) as usize;
+    if fit < asked {
+        tracing::warn!(
+            asked,
+            fit,
+            "fewer client connections than asked fit under RLIMIT_NOFILE"
+        );
+    }
+    asked.min(fit.max(16))
+}
+
+fn rlimit_nofile() -> Option<(u64, u64)> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()
+}
+
+fn set_rlimit_nofile(to: u64) -> bool {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, to, to).is_ok()
 }
 
 /// Runs the router until `shutdown` resolves.
@@ -78,12 +168,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let dominion = load(&dominion_path(&cfg.run_dir))
         .or_else(|| load(&saved_path(&cfg.state_dir)))
         .unwrap_or_default();
-    let certs = Arc::new(tls::SniCerts::new()?);
+    let routes = Arc::new(routes::Routes::new(dominion, cfg.ttl));
+    let certs = Arc::new(tls::SniCerts::new(routes.clone())?);
     let state = Arc::new(State {
-        routes: routes::Routes::new(dominion, cfg.ttl),
-        certs: certs.clone(),
+        routes,
         nonces: Mutex::new(verify::Nonces::default()),
         pool: proxy::Pool::default(),
+        api_rate: conn::Rate::new(API_RATE, API_BURST),
+        body_timeout: cfg.body_timeout,
     });
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -109,16 +201,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         listen.to_string().as_bytes(),
         0o644,
     )?;
-    tracing::info!(http = %http.local_addr()?, https = %https.local_addr()?, "router ready");
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_timeout)
-        .keep_alive(true)
-        .max_buf_size(MAX_HEADERS);
-    let builder = Arc::new(builder);
+    let max = fit_connections(cfg.max_connections);
+    tracing::info!(http = %http.local_addr()?, https = %https.local_addr()?, max_connections = max, "router ready");
 
     tokio::spawn(watch_dominion(
         state.clone(),
@@ -132,11 +216,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             sweeper.routes.sweep();
         }
     });
-    tokio::spawn(serve_http(http, state.clone(), builder.clone(), None));
+    let clients = conn::Limits::new(max, cfg.max_connections_per_ip);
+    let cfg = Arc::new(cfg);
+    tokio::spawn(serve_http(
+        http,
+        state.clone(),
+        cfg.clone(),
+        clients.clone(),
+        None,
+    ));
     tokio::spawn(serve_http(
         https,
         state.clone(),
-        builder.clone(),
+        cfg.clone(),
+        clients,
         Some(acceptor),
     ));
     tokio::spawn(serve_api(api, state.clone()));
@@ -145,56 +238,125 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     Ok(())
 }
 
+type ClientPermit = conn::Permit<IpAddr>;
+
 async fn serve_http(
     listener: TcpListener,
     state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    cfg: Arc<Config>,
+    limits: Arc<conn::Limits<IpAddr>>,
     tls: Option<TlsAcceptor>,
 ) {
+    let what = if tls.is_some() { "https" } else { "http" };
+    let mut backoff = conn::Backoff::default();
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                backoff.failed(what, &e).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        // Over a cap: closed at once, before any byte is read.
+        let Some(permit) = limits.admit(peer.ip()) else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (state, builder, tls) = (state.clone(), builder.clone(), tls.clone());
+        let (state, cfg, tls) = (state.clone(), cfg.clone(), tls.clone());
         tokio::spawn(async move {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let svc = service_fn(move |req| proxy::handle(state.clone(), req, peer, scheme));
             match tls {
-                None => {
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
-                }
+                None => serve_client(tcp, false, permit, state, cfg, peer, "http").await,
                 Some(acceptor) => {
-                    // A handshake that does not finish in time is dropped.
                     let Ok(Ok(stream)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                        tokio::time::timeout(cfg.header_timeout, acceptor.accept(tcp)).await
                     else {
                         return;
                     };
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_client(stream, h2, permit, state, cfg, peer, "https").await
                 }
             }
         });
     }
 }
 
+/// One client connection, HTTP/1.1 (with upgrades) or HTTP/2, under the idle timeout.
+async fn serve_client<T>(
+    io: T,
+    h2: bool,
+    permit: ClientPermit,
+    state: Arc<State>,
+    cfg: Arc<Config>,
+    peer: SocketAddr,
+    scheme: &'static str,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = conn::Activity::new();
+    let io = TokioIo::new(conn::Tracked::new(io, activity.clone(), permit));
+    let act = activity.clone();
+    let svc = service_fn(move |req| {
+        let in_flight = act.begin();
+        proxy::handle(state.clone(), req, peer, scheme, in_flight)
+    });
+    let grace = Duration::from_secs(5);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(128)
+            .max_header_list_size(MAX_HEADERS as u32)
+            .serve_connection(io, svc);
+        conn::serve_until_idle(Box::pin(conn), &activity, cfg.idle_timeout, grace, |c| {
+            c.get_mut().as_mut().graceful_shutdown()
+        })
+        .await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_timeout)
+            .keep_alive(true)
+            .max_header_size(MAX_HEADERS)
+            .max_buf_size(MAX_HEADERS)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        conn::serve_until_idle(Box::pin(conn), &activity, cfg.idle_timeout, grace, |c| {
+            c.get_mut().as_mut().graceful_shutdown()
+        })
+        .await;
+    }
+}
+
 async fn serve_api(listener: UnixListener, state: Arc<State>) {
+    let limits = conn::Limits::new(API_MAX_CONNECTIONS, API_MAX_CONNECTIONS_PER_UID);
+    let mut backoff = conn::Backoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                backoff.failed("subscribe", &e).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else {
+            continue;
+        };
+        let Some(permit) = limits.admit(uid) else {
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| api::handle(state.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _permit = permit;
+            let svc = service_fn(move |req| api::handle(state.clone(), req, uid));
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .header_read_timeout(API_TIMEOUT)
+                .max_header_size(MAX_HEADERS)
+                .max_buf_size(MAX_HEADERS)
+                .serve_connection(TokioIo::new(stream), svc);
+            // Nothing an API call does takes long: a connection lives a bounded time.
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
     }
 }

@@ -36,9 +36,21 @@ enum Cmd {
         /// Seconds a subscription lives unless refreshed.
         #[arg(long, default_value_t = 60.0)]
         ttl: f64,
-        /// Seconds a client has to send its request headers.
+        /// Seconds a client has for its TLS handshake and for each request's headers.
         #[arg(long, default_value_t = 10.0)]
         header_timeout: f64,
+        /// Seconds a client connection may stay open with no request in flight.
+        #[arg(long, default_value_t = 60.0)]
+        idle_timeout: f64,
+        /// Seconds a client may pause within a request body.
+        #[arg(long, default_value_t = 30.0)]
+        body_timeout: f64,
+        /// Client connections open at once, in all.
+        #[arg(long, default_value_t = 20_000)]
+        max_connections: usize,
+        /// Client connections open at once from one address.
+        #[arg(long, default_value_t = 512)]
+        max_connections_per_ip: usize,
     },
 }
 
@@ -56,14 +68,20 @@ fn main() {
         state_dir,
         ttl,
         header_timeout,
+        idle_timeout,
+        body_timeout,
+        max_connections,
+        max_connections_per_ip,
     } = Cli::parse().cmd;
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
     let cfg = router::Config {
-        http,
-        https,
-        run_dir,
-        state_dir,
         ttl: Duration::from_secs_f64(ttl.max(1.0)),
-        header_timeout: Duration::from_secs_f64(header_timeout.max(0.1)),
+        header_timeout: secs(header_timeout),
+        idle_timeout: secs(idle_timeout),
+        body_timeout: secs(body_timeout),
+        max_connections: max_connections.max(1),
+        max_connections_per_ip: max_connections_per_ip.max(1),
+        ..router::Config::new(http, https, run_dir, state_dir)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -13,7 +13,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
-use crate::routes::Route;
+use crate::conn::InFlight;
+use crate::routes::{Backend, Route};
 use crate::State;
 
 fn upgrading_request(req: &Request<Incoming>) -> bool {
@@ -25,12 +26,69 @@ fn upgrading_request(req: &Request<Incoming>) -> bool {
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
 
+/// Why the router would not connect to a backend's socket.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The dominion gave no uid for the site (written by an older emperor).
+    #[error("the site's uid is unknown")]
+    NoUid,
+    /// Opening it (a symlink anywhere is refused here).
+    #[error("opening {0}")]
+    Open(#[source] std::io::Error),
+    /// Not a socket (a symlink, a file).
+    #[error("not a socket")]
+    NotSocket,
+    /// A socket of another owner.
+    #[error("owned by uid {found}, not the site's uid {uid}")]
+    Owner {
+        /// Its owner.
+        found: u32,
+        /// The site's uid.
+        uid: u32,
+    },
+    /// Connecting to it.
+    #[error("connecting: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The HTTP/1.1 handshake.
+    #[error("handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+}
+
+/// Opens the backend's socket as a tenant controls its directory: the one
+/// name in the site's socket directory, no symlink, a socket the site's uid
+/// owns; checked on the descriptor, at every connect.
+pub fn open_socket(b: &Backend) -> Result<std::os::fd::OwnedFd, ConnectError> {
+    use std::os::fd::AsFd;
+    let uid = b.uid.ok_or(ConnectError::NoUid)?;
+    let dir = sys::fs::open_dir(&b.dir).map_err(ConnectError::Open)?;
+    let fd = sys::fs::open_beneath(dir.as_fd(), std::path::Path::new(&b.name), libc::O_PATH)
+        .map_err(ConnectError::Open)?;
+    let st = sys::fs::stat(fd.as_fd()).map_err(ConnectError::Open)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(ConnectError::NotSocket);
+    }
+    if st.st_uid != uid {
+        return Err(ConnectError::Owner {
+            found: st.st_uid,
+            uid,
+        });
+    }
+    Ok(fd)
+}
+
 /// A new HTTP/1.1 connection to a backend's socket.
-async fn connect(path: &std::path::Path) -> std::io::Result<Sender> {
-    let stream = UnixStream::connect(path).await?;
+async fn connect(b: &Backend) -> Result<Sender, ConnectError> {
+    use std::os::fd::AsFd;
+    let fd = open_socket(b)?;
+    // Through the descriptor: the kernel connects to the inode just checked.
+    let stream = UnixStream::connect(sys::fs::fd_path(fd.as_fd()))
+        .await
+        .map_err(ConnectError::Connect)?;
+    drop(fd);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(std::io::Error::other)?;
+        .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -41,25 +99,28 @@ async fn connect(path: &std::path::Path) -> std::io::Result<Sender> {
 /// a backend that refuses is skipped for this request only.
 async fn pick<'a>(
     state: &State,
-    order: impl Iterator<Item = &'a std::path::PathBuf>,
+    order: impl Iterator<Item = &'a Arc<Backend>>,
     pooled: bool,
-) -> Option<(std::path::PathBuf, Sender)> {
-    for path in order {
-        if let Some(s) = pooled.then(|| state.pool.take(path)).flatten() {
-            return Some((path.clone(), s));
+) -> Option<(&'a Arc<Backend>, Sender)> {
+    for b in order {
+        if let Some(s) = pooled.then(|| state.pool.take(&b.path)).flatten() {
+            return Some((b, s));
         }
-        match connect(path).await {
-            Ok(s) => return Some((path.clone(), s)),
+        match connect(b).await {
+            Ok(s) => return Some((b, s)),
             Err(e) => {
-                tracing::debug!(backend = %path.display(), error = %e, "backend refused; trying the next")
+                tracing::debug!(backend = %b.path.display(), error = %e, "backend refused; trying the next")
             }
         }
     }
     None
 }
 
+/// What goes to a backend: the client's body, each part within the body timeout.
+pub type ReqBody = crate::conn::TimeoutBody<Incoming>;
+
 /// A connection to a backend, ready for a request.
-pub type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+pub type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 /// Idle connections to backends, by socket path.
 #[derive(Debug, Default)]
@@ -113,11 +174,15 @@ fn page(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-/// The host a request is for, lower case, without a port.
+/// The host a request is for, lower case, without a port. Two `Host`
+/// headers are no host at all (the request is refused).
 fn host_of(req: &Request<Incoming>) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(HOST)
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return None;
+    }
+    let raw = first
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())?;
     // A port is stripped; an IPv6 literal (colons inside) is left alone.
@@ -132,15 +197,27 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
     Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
+fn caused_by_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<crate::conn::BodyTimeout>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Answers one request.
 pub async fn handle(
     state: Arc<State>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     scheme: &'static str,
+    in_flight: InFlight,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let Some(host) = host_of(&req) else {
-        return Ok(page(StatusCode::BAD_REQUEST, "No Host."));
+        return Ok(page(StatusCode::BAD_REQUEST, "No Host, or more than one."));
     };
     let backends = match state.routes.lookup(&host) {
         Route::Unknown => {
@@ -207,13 +284,15 @@ pub async fn handle(
     }
     let upgrading = upgrading_request(&req);
 
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let every = state.body_timeout;
+    let req = req.map(|b| crate::conn::TimeoutBody::new(b, every));
     let Some((backend, mut sender)) = pick(&state, backends.iter(), !upgrading).await else {
         return Ok(page(
             StatusCode::BAD_GATEWAY,
             "The site's application is not answering.",
         ));
     };
-    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     // A kept connection the backend closed meanwhile gives the request back
     // unsent: it goes once more, on a new connection to the same backend or,
     // if that one is gone too, to the next that accepts.
@@ -227,8 +306,8 @@ pub async fn handle(
                 (Some(back), false) => {
                     retried = true;
                     req = back;
-                    let first = std::iter::once(&backend);
-                    let order = first.chain(backends.iter().filter(|p| **p != backend));
+                    let first = std::iter::once(backend);
+                    let order = first.chain(backends.iter().filter(|b| !Arc::ptr_eq(b, backend)));
                     (backend, sender) = match pick(&state, order, false).await {
                         Some(c) => c,
                         None => {
@@ -238,6 +317,12 @@ pub async fn handle(
                             ))
                         }
                     };
+                }
+                _ if caused_by_body_timeout(e.error()) => {
+                    return Ok(page(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request body did not come in time.",
+                    ))
                 }
                 _ => {
                     return Ok(page(
@@ -257,9 +342,10 @@ pub async fn handle(
     if !upgrading {
         // Back to the pool once the answer's body has gone through.
         let state = state.clone();
+        let path = backend.path.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                state.pool.put(backend, sender);
+                state.pool.put(path, sender);
             }
         });
     }
@@ -275,5 +361,12 @@ pub async fn handle(
             });
         }
     }
-    Ok(resp.map(|b| b.boxed()))
+    // The request stays in flight (the client connection is not idle) until its answer's body is done.
+    Ok(resp.map(move |b| {
+        b.map_frame(move |f| {
+            let _ = &in_flight;
+            f
+        })
+        .boxed()
+    }))
 }

@@ -1,5 +1,7 @@
-//! The route table: domain -> the site that owns it and its backends. Readers
-//! take a snapshot without a lock; a change builds a new table and swaps it in.
+//! The route table: domain -> the site that owns it, its backends and its
+//! certificate. Readers take a snapshot without a lock; a change builds a new
+//! table under one writer lock and swaps it in, so two changes never lose one
+//! another, and a certificate lives exactly as long as its domain's route.
 
 // A persistent map: a copy shares all but the changed path, so a change
 // costs O(log n) however many domains there are, and readers never wait.
@@ -11,13 +13,25 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use model::subscription::{Action, Dominion};
+use rustls::sign::CertifiedKey;
 
 use crate::verify::Verified;
 
-/// One backend of a domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How many backends one domain may have.
+pub const MAX_BACKENDS: usize = 16;
+/// How many domains one site may have routed at once (names under a wildcard count one each).
+pub const MAX_ROUTES_PER_SITE: usize = 256;
+
+/// One backend of a domain: a socket in the owning site's directory.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Backend {
-    /// Its unix socket on the host.
+    /// The site's socket directory on the host.
+    pub dir: PathBuf,
+    /// The socket's name in it.
+    pub name: String,
+    /// The uid that must own the socket.
+    pub uid: Option<u32>,
+    /// `dir/name`, for logs and the connection pool.
     pub path: PathBuf,
     /// Its share of the load.
     pub weight: u32,
@@ -26,16 +40,74 @@ pub struct Backend {
 }
 
 /// A domain's routes.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Entry {
     /// The site that owns the domain.
     pub site: String,
     /// Its backends.
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Arc<Backend>>,
+    /// Backend indexes, each `weight / gcd` times, spread out: the request
+    /// counter picks the first backend to try in O(1).
+    ring: Vec<u8>,
+    /// The certificate the site gave for the domain.
+    pub cert: Option<Arc<CertifiedKey>>,
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Entry {
+    fn new(site: &str) -> Entry {
+        Entry {
+            site: site.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    /// Rebuilds the ring after the backends changed: each backend `weight / g`
+    /// times (g the gcd of all weights), interleaved so that equal weights
+    /// alternate.
+    fn rebuild(&mut self) {
+        let g = self.backends.iter().fold(0, |g, b| gcd(g, b.weight)).max(1);
+        let shares: Vec<u32> = self.backends.iter().map(|b| b.weight / g).collect();
+        let top = shares.iter().copied().max().unwrap_or(0);
+        self.ring.clear();
+        for round in 0..top {
+            for (i, s) in shares.iter().enumerate() {
+                if round < *s {
+                    self.ring.push(i as u8);
+                }
+            }
+        }
+    }
+}
+
+/// The backends to try for one request: the one the ring picks, then the
+/// others in their order. No allocation per request.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    entry: Arc<Entry>,
+    first: usize,
+}
+
+impl Pick {
+    /// The backends in the order to try them, skipping expired ones.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+        let n = self.entry.backends.len();
+        let now = Instant::now();
+        (0..n)
+            .map(move |i| &self.entry.backends[(self.first + i) % n])
+            .filter(move |b| b.expires > now)
+    }
 }
 
 /// What a request for a host leads to.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Route {
     /// No site serves this host.
     Unknown,
@@ -44,13 +116,55 @@ pub enum Route {
     /// The domain is being moved.
     Moving,
     /// Backends to try, in order.
-    Backends(Vec<PathBuf>),
+    Backends(Pick),
+}
+
+/// Why a subscription was not applied although it was well signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CapError {
+    /// The domain has as many backends as allowed.
+    #[error("{domain} already has {MAX_BACKENDS} backends (the most a domain may have)")]
+    Backends {
+        /// The domain.
+        domain: String,
+    },
+    /// The site has as many routed domains as allowed.
+    #[error("site {site} already routes {MAX_ROUTES_PER_SITE} domains (the most a site may)")]
+    Routes {
+        /// The site.
+        site: String,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+struct Table {
+    by_domain: HashMap<String, Arc<Entry>>,
+    per_site: HashMap<String, usize>,
+}
+
+impl Table {
+    fn remove(&mut self, domain: &str) {
+        if let Some(e) = self.by_domain.remove(domain) {
+            if let Some(n) = self.per_site.get_mut(&e.site) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_site.remove(&e.site);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, domain: String, e: Entry) {
+        *self.per_site.entry(e.site.clone()).or_default() += 1;
+        self.by_domain.insert(domain, Arc::new(e));
+    }
 }
 
 /// The router's routes and what the dominator said.
 #[derive(Debug)]
 pub struct Routes {
-    table: ArcSwap<HashMap<String, Entry>>,
+    table: ArcSwap<Table>,
     dominion: ArcSwap<Dominion>,
     next: AtomicUsize,
     write: Mutex<()>,
@@ -61,7 +175,7 @@ impl Routes {
     /// An empty table; subscriptions live `ttl` unless refreshed.
     pub fn new(dominion: Dominion, ttl: Duration) -> Routes {
         Routes {
-            table: ArcSwap::from_pointee(HashMap::new()),
+            table: ArcSwap::from_pointee(Table::default()),
             dominion: ArcSwap::from_pointee(dominion),
             next: AtomicUsize::new(0),
             write: Mutex::new(()),
@@ -69,22 +183,37 @@ impl Routes {
         }
     }
 
+    fn change(&self, f: impl FnOnce(&mut Table)) {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = (**self.table.load()).clone();
+        f(&mut t);
+        self.table.store(Arc::new(t));
+    }
+
     /// What the dominator said last.
     pub fn dominion(&self) -> Arc<Dominion> {
         self.dominion.load_full()
     }
 
-    /// Replaces the dominion, dropping routes of domains their site no longer owns.
+    /// Replaces the dominion, dropping routes (and their certificates) of
+    /// domains their site no longer owns.
     pub fn set_dominion(&self, d: Dominion) {
-        let _w = self.write.lock();
-        let mut t = (**self.table.load()).clone();
-        t.retain(|domain, e| {
-            d.sites
-                .get(&e.site)
-                .is_some_and(|s| crate::verify::owns(&s.domains, domain))
+        self.change(|t| {
+            let gone: Vec<String> = t
+                .by_domain
+                .iter()
+                .filter(|(domain, e)| {
+                    !d.sites
+                        .get(&e.site)
+                        .is_some_and(|s| crate::verify::owns(&s.domains, domain))
+                })
+                .map(|(domain, _)| domain.clone())
+                .collect();
+            for domain in gone {
+                t.remove(&domain);
+            }
+            self.dominion.store(Arc::new(d));
         });
-        self.dominion.store(Arc::new(d));
-        self.table.store(Arc::new(t));
     }
 
     /// How long a subscription lives.
@@ -92,66 +221,161 @@ impl Routes {
         self.ttl
     }
 
-    /// Applies a verified subscription.
-    pub fn apply(&self, v: &Verified) {
-        let _w = self.write.lock();
-        let mut t = (**self.table.load()).clone();
-        let now = Instant::now();
-        match v.sub.action {
-            Action::Subscribe => {
-                let e = t.entry(v.sub.domain.clone()).or_default();
-                if e.site != v.sub.site {
-                    // The dominator moved the domain: the old site's backends go.
-                    *e = Entry {
-                        site: v.sub.site.clone(),
-                        backends: Vec::new(),
+    /// Applies a verified subscription, within the caps.
+    pub fn apply(&self, v: &Verified) -> Result<(), CapError> {
+        let mut result = Ok(());
+        let uid = self
+            .dominion
+            .load()
+            .sites
+            .get(&v.sub.site)
+            .and_then(|s| s.uid);
+        self.change(|t| {
+            let domain = &v.sub.domain;
+            match v.sub.action {
+                Action::Subscribe => {
+                    let mut e = match t.by_domain.get(domain) {
+                        // The dominator moved the domain: the old site's backends and certificate go.
+                        Some(old) if old.site == v.sub.site => Entry {
+                            site: old.site.clone(),
+                            backends: old.backends.clone(),
+                            ring: Vec::new(),
+                            cert: old.cert.clone(),
+                        },
+                        _ => Entry::new(&v.sub.site),
                     };
+                    let fresh = t
+                        .by_domain
+                        .get(domain)
+                        .is_none_or(|old| old.site != v.sub.site);
+                    if fresh
+                        && t.per_site.get(&v.sub.site).copied().unwrap_or(0) >= MAX_ROUTES_PER_SITE
+                    {
+                        result = Err(CapError::Routes {
+                            site: v.sub.site.clone(),
+                        });
+                        return;
+                    }
+                    e.backends.retain(|b| b.name != v.sub.backend);
+                    if e.backends.len() >= MAX_BACKENDS {
+                        result = Err(CapError::Backends {
+                            domain: domain.clone(),
+                        });
+                        return;
+                    }
+                    e.backends.push(Arc::new(Backend {
+                        dir: v.dir.clone(),
+                        path: v.dir.join(&v.sub.backend),
+                        name: v.sub.backend.clone(),
+                        uid,
+                        weight: v.sub.weight,
+                        expires: Instant::now() + self.ttl,
+                    }));
+                    if let Some(c) = &v.cert {
+                        e.cert = Some(c.clone());
+                    }
+                    e.rebuild();
+                    t.remove(domain);
+                    t.insert(domain.clone(), e);
                 }
-                e.backends.retain(|b| b.path != v.backend);
-                e.backends.push(Backend {
-                    path: v.backend.clone(),
-                    weight: v.sub.weight,
-                    expires: now + self.ttl,
-                });
-            }
-            Action::Unsubscribe => {
-                if let Some(e) = t.get_mut(&v.sub.domain) {
-                    e.backends.retain(|b| b.path != v.backend);
-                    if e.backends.is_empty() {
-                        t.remove(&v.sub.domain);
+                Action::Unsubscribe => {
+                    let Some(old) = t.by_domain.get(domain).cloned() else {
+                        return;
+                    };
+                    if old.site != v.sub.site {
+                        return;
+                    }
+                    let mut e = Entry {
+                        site: old.site.clone(),
+                        backends: old.backends.clone(),
+                        ring: Vec::new(),
+                        cert: old.cert.clone(),
+                    };
+                    e.backends.retain(|b| b.name != v.sub.backend);
+                    t.remove(domain);
+                    if !e.backends.is_empty() {
+                        e.rebuild();
+                        t.insert(domain.clone(), e);
                     }
                 }
             }
-        }
-        self.table.store(Arc::new(t));
+        });
+        result
     }
 
-    /// Removes expired backends.
+    /// Removes expired backends, and domains (with their certificates) left with none.
     pub fn sweep(&self) {
         let now = Instant::now();
-        let t = self.table.load();
-        if !t
-            .values()
-            .any(|e| e.backends.iter().any(|b| b.expires <= now))
-        {
+        let stale = |e: &Entry| e.backends.iter().any(|b| b.expires <= now);
+        if !self.table.load().by_domain.values().any(|e| stale(e)) {
             return;
         }
-        let _w = self.write.lock();
-        let mut t = (**self.table.load()).clone();
-        for (_, e) in t.iter_mut() {
-            e.backends.retain(|b| b.expires > now);
+        self.change(|t| {
+            let touched: Vec<(String, Arc<Entry>)> = t
+                .by_domain
+                .iter()
+                .filter(|(_, e)| stale(e))
+                .map(|(d, e)| (d.clone(), e.clone()))
+                .collect();
+            for (domain, old) in touched {
+                t.remove(&domain);
+                let mut e = Entry {
+                    site: old.site.clone(),
+                    backends: old.backends.clone(),
+                    ring: Vec::new(),
+                    cert: old.cert.clone(),
+                };
+                e.backends.retain(|b| b.expires > now);
+                if !e.backends.is_empty() {
+                    e.rebuild();
+                    t.insert(domain, e);
+                }
+            }
+        });
+    }
+
+    /// The entry for `host`: the exact name, else the wildcard one level up.
+    fn entry(&self, host: &str) -> Option<Arc<Entry>> {
+        let t = self.table.load();
+        if let Some(e) = t.by_domain.get(host) {
+            return Some(e.clone());
         }
-        t.retain(|_, e| !e.backends.is_empty());
-        self.table.store(Arc::new(t));
+        let (_, parent) = host.split_once('.')?;
+        // A stack buffer would do; names are short and this is one small string.
+        t.by_domain.get(&format!("*.{parent}")).cloned()
+    }
+
+    /// The certificate for an SNI name, if a live route for it carries one.
+    pub fn cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let now = Instant::now();
+        let live = |e: &Arc<Entry>| {
+            e.backends
+                .iter()
+                .any(|b| b.expires > now)
+                .then(|| e.cert.clone())
+                .flatten()
+        };
+        let t = self.table.load();
+        if let Some(c) = t.by_domain.get(name).and_then(live) {
+            return Some(c);
+        }
+        let (_, parent) = name.split_once('.')?;
+        t.by_domain.get(&format!("*.{parent}")).and_then(live)
+    }
+
+    /// How many domains are routed (for tests and logs).
+    pub fn len(&self) -> usize {
+        self.table.load().by_domain.len()
+    }
+
+    /// Whether no domain is routed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The backends for `host`, by weight, starting at the next in turn.
     pub fn lookup(&self, host: &str) -> Route {
-        let t = self.table.load();
-        let wildcard = host
-            .split_once('.')
-            .map(|(_, parent)| format!("*.{parent}"));
-        let Some(e) = t.get(host).or_else(|| wildcard.and_then(|w| t.get(&w))) else {
+        let Some(e) = self.entry(host) else {
             return Route::Unknown;
         };
         let dominion = self.dominion.load();
@@ -168,24 +392,58 @@ impl Routes {
         {
             return Route::Moving;
         }
-        let now = Instant::now();
-        let live: Vec<&Backend> = e.backends.iter().filter(|b| b.expires > now).collect();
-        if live.is_empty() {
+        if e.ring.is_empty() {
             return Route::Unknown;
         }
-        // Smooth enough weighted round robin: each backend appears `weight`
-        // times in the ring; the next request starts one further.
-        let ring: Vec<&Backend> = live
-            .iter()
-            .flat_map(|b| std::iter::repeat_n(*b, b.weight as usize))
-            .collect();
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % ring.len();
-        let mut order: Vec<PathBuf> = Vec::new();
-        for b in ring[start..].iter().chain(&ring[..start]) {
-            if !order.contains(&b.path) {
-                order.push(b.path.clone());
-            }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % e.ring.len();
+        let first = e.ring[turn] as usize;
+        let pick = Pick { entry: e, first };
+        if pick.iter().next().is_none() {
+            return Route::Unknown;
         }
-        Route::Backends(order)
+        Route::Backends(pick)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(weights: &[u32]) -> Entry {
+        let mut e = Entry::new("s");
+        for (i, w) in weights.iter().enumerate() {
+            e.backends.push(Arc::new(Backend {
+                dir: PathBuf::from("/d"),
+                path: PathBuf::from(format!("/d/b{i}")),
+                name: format!("b{i}"),
+                uid: Some(1),
+                weight: *w,
+                expires: Instant::now() + Duration::from_secs(60),
+            }));
+        }
+        e.rebuild();
+        e
+    }
+
+    #[test]
+    fn the_ring_shares_by_weight_and_stays_small() {
+        let e = entry(&[1, 3]);
+        let count = |i: u8| e.ring.iter().filter(|x| **x == i).count();
+        assert_eq!((count(0), count(1)), (1, 3));
+        // Equal weights of any size reduce to one slot each.
+        assert_eq!(entry(&[100, 100, 100]).ring.len(), 3);
+        assert_eq!(entry(&[100; MAX_BACKENDS]).ring.len(), MAX_BACKENDS);
+        // The worst case stays bounded: 16 backends of co-prime weights.
+        let mut w: Vec<u32> = vec![100; MAX_BACKENDS - 1];
+        w.push(99);
+        assert!(entry(&w).ring.len() <= MAX_BACKENDS * 100);
+    }
+
+    #[test]
+    fn a_pick_tries_every_live_backend_once_starting_at_its_turn() {
+        let e = Arc::new(entry(&[1, 1, 1]));
+        let p = Pick { entry: e, first: 2 };
+        let names: Vec<&str> = p.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["b2", "b0", "b1"]);
     }
 }

@@ -1,56 +1,38 @@
-//! Certificates by SNI: exact name, then the wildcard one level up, then the
-//! default. The map is swapped whole on change, so a handshake never waits.
+//! Certificates by SNI: the certificate a site subscribed with its domain
+//! (exact name, then the wildcard one level up), else the default. They live in
+//! the route table, so a certificate goes when its domain's last route goes.
 
-// A persistent map: a copy shares all but the changed path, so a change
-// costs O(log n) however many domains there are, and readers never wait.
-use imbl::HashMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use crate::routes::Routes;
 
 /// The router's certificates.
 #[derive(Debug)]
 pub struct SniCerts {
-    by_name: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    routes: Arc<Routes>,
     default: Arc<CertifiedKey>,
 }
 
 impl SniCerts {
-    /// With a self-signed default certificate for unknown names.
-    pub fn new() -> anyhow::Result<SniCerts> {
+    /// Over `routes`, with a self-signed default certificate for unknown names.
+    pub fn new(routes: Arc<Routes>) -> anyhow::Result<SniCerts> {
         let cert = rcgen::generate_simple_self_signed(vec!["imperium.invalid".to_owned()])?;
         let default = crate::verify::load_cert(
             &cert.cert.pem(),
             &cert.key_pair.serialize_pem(),
             "imperium.invalid",
         )?;
-        Ok(SniCerts {
-            by_name: ArcSwap::from_pointee(HashMap::new()),
-            default,
-        })
-    }
-
-    /// Serves `cert` for `domain` from now on.
-    pub fn set(&self, domain: &str, cert: Arc<CertifiedKey>) {
-        let mut m = (**self.by_name.load()).clone();
-        m.insert(domain.to_owned(), cert);
-        self.by_name.store(Arc::new(m));
+        Ok(SniCerts { routes, default })
     }
 
     /// The certificate for a name.
     pub fn get(&self, name: &str) -> Arc<CertifiedKey> {
-        let m = self.by_name.load();
-        if let Some(c) = m.get(name) {
-            return c.clone();
-        }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(c) = m.get(&format!("*.{parent}")) {
-                return c.clone();
-            }
-        }
-        self.default.clone()
+        self.routes
+            .cert(name)
+            .unwrap_or_else(|| self.default.clone())
     }
 }
 

@@ -70,8 +70,8 @@ impl Nonces {
 pub struct Verified {
     /// What it asks.
     pub sub: Subscription,
-    /// The backend's socket on the host.
-    pub backend: PathBuf,
+    /// The site's socket directory on the host (the backend is `sub.backend` in it).
+    pub dir: PathBuf,
     /// The certificate to serve for the domain, if one came with it.
     pub cert: Option<Arc<CertifiedKey>>,
 }
@@ -157,7 +157,7 @@ pub fn verify(
         return Err(VerifyError::Replay);
     }
     Ok(Verified {
-        backend: PathBuf::from(&site.sockets).join(b),
+        dir: PathBuf::from(&site.sockets),
         cert,
         sub,
     })

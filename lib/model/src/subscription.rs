@@ -83,6 +83,10 @@ pub struct SiteRoutes {
     pub domains: Vec<String>,
     /// Its socket directory on the host.
     pub sockets: String,
+    /// The site's uid: the router connects only to sockets it owns. Absent
+    /// (an old dominion): the router connects to none of the site's sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     /// Suspended sites answer 503.
     #[serde(default)]
     pub suspended: bool,

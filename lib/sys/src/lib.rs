@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
+pub mod fs;
 pub mod launch;
 pub mod netns;
 pub mod pidfd;
