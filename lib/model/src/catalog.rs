@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use crate::config::{ConfigError, GroupFile, Limits, Mode, SiteFile, VassalFile};
-use crate::name::{Domain, Name};
+use crate::name::Name;
 use crate::size::Size;
 
 /// Where a file was found.
@@ -109,7 +109,7 @@ struct Pass<'a> {
     host_users: &'a dyn HostUsers,
     groups: BTreeMap<Name, GroupFile>,
     users: BTreeMap<Name, Name>,
-    domains: BTreeMap<Domain, Name>,
+    domains: crate::claims::Claims,
     usage: BTreeMap<Name, Usage>,
 }
 
@@ -144,7 +144,7 @@ impl Catalog {
             host_users,
             groups: BTreeMap::new(),
             users: BTreeMap::new(),
-            domains: BTreeMap::new(),
+            domains: crate::claims::Claims::default(),
             usage: BTreeMap::new(),
         };
 
@@ -296,6 +296,13 @@ impl Pass<'_> {
     ) -> Result<Verdict, String> {
         let mut site = site.clone();
         if let Source::Drop(owner) = source {
+            // The root filesystem is what an SSH login and every site process
+            // trust (libraries, nsswitch.conf): only the admin chooses it.
+            if site.container.rootfs != crate::config::Rootfs::Host {
+                return Err(
+                    "container.rootfs may only be set in the admin directory; a reseller's sites run on the host's".into(),
+                );
+            }
             match &site.group {
                 Some(g) if g != owner => {
                     return Err(format!(
@@ -325,16 +332,12 @@ impl Pass<'_> {
             }
         }
         for d in &site.domains {
-            if let Some(owner) = self.domains.get(d) {
-                if owner != name {
-                    return Err(format!("domain {d} is already owned by {owner}"));
-                }
-            }
+            self.domains.check(name, site.group.as_ref(), d)?;
         }
         let user = site.user.clone().unwrap_or_else(|| name.clone());
         self.claim_user(name, &user)?;
         for d in &site.domains {
-            self.domains.insert(d.clone(), name.clone());
+            self.domains.add(name, site.group.as_ref(), d);
         }
         if let Some(g) = &site.group {
             let u = self.usage.entry(g.clone()).or_default();
@@ -609,6 +612,11 @@ mod tests {
                 drop_entry("group1", "theirs", &site("group2", "10M")),
                 drop_entry("group1", "sneaky", GROUP),
                 drop_entry("group1", "group2", &site("group1", "10M")),
+                drop_entry(
+                    "group1",
+                    "rooted",
+                    "kind = \"site\"\n[limits]\nmemory = \"10M\"\npids = 10\n[container]\nrootfs = \"/srv/os\"",
+                ),
             ],
             &BTreeMap::new(),
         );
@@ -627,6 +635,10 @@ mod tests {
             .reason()
             .unwrap()
             .contains("sites only"));
+        assert!(cat.verdicts[&n("rooted")]
+            .reason()
+            .unwrap()
+            .contains("only be set in the admin directory"));
         assert!(cat.verdicts[&n("group2")].file().is_some());
         assert_eq!(cat.shadowed.len(), 1);
         assert!(cat.shadowed[0]

@@ -10,6 +10,7 @@
 pub mod atomic;
 pub mod backoff;
 pub mod catalog;
+pub mod claims;
 pub mod config;
 pub mod control;
 pub mod cron;
