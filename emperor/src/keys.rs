@@ -38,6 +38,11 @@ pub fn ensure(state_dir: &Path, name: &Name, uid: u32) -> io::Result<String> {
             let mut seed = [0u8; 32];
             std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
             let tmp = dir.join(format!(".{name}.key.tmp"));
+            // Left by a crash or a full disk: it must not fail the site for good.
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -66,6 +71,10 @@ mod tests {
         let a = super::ensure(dir.path(), &n, uid).unwrap();
         let b = super::ensure(dir.path(), &n, uid).unwrap();
         assert_eq!(a, b, "the pair is made once");
+        // A temporary file left by a crash does not stop the next site's pair.
+        let m: model::Name = "site2".parse().unwrap();
+        std::fs::write(dir.path().join("keys/.site2.key.tmp"), "half").unwrap();
+        assert!(super::ensure(dir.path(), &m, uid).is_ok());
         assert_eq!(
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &a)
                 .unwrap()

@@ -25,6 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 pub use manager::Config;
 use manager::{Event, Manager};
 
+/// Control connections served at once.
+pub const CONTROL_CONNECTIONS: usize = 64;
+/// How long a control client has to send its request line.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often the directories are read again even without an inotify event.
 pub const RESCAN: Duration = Duration::from_secs(5);
 
@@ -55,6 +60,25 @@ pub enum RunError {
     Watch(#[source] std::io::Error),
 }
 
+/// The admin's directories (made if missing) and the vassal binary, with
+/// every symlink in their paths resolved once here: what a container mounts
+/// from them is then opened with no symlink allowed on the way, so a link a
+/// tenant plants below them is refused while the admin's own layout works.
+fn canonical(mut cfg: Config) -> std::io::Result<Config> {
+    let l = &mut cfg.layout;
+    for dir in [
+        &mut l.vassals,
+        &mut l.home_root,
+        &mut l.state_dir,
+        &mut l.run_dir,
+    ] {
+        std::fs::create_dir_all(&*dir)?;
+        *dir = dir.canonicalize()?;
+    }
+    cfg.vassal_exe = cfg.vassal_exe.canonicalize()?;
+    Ok(cfg)
+}
+
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next
 /// emperor to adopt) or a `shutdown` request has stopped every vassal.
 pub async fn run(
@@ -62,9 +86,12 @@ pub async fn run(
     tree: Arc<dyn CgroupTree>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let cfg = canonical(cfg).map_err(RunError::State)?;
     let socket = cfg.layout.control_socket();
-    std::fs::create_dir_all(&cfg.layout.run_dir).map_err(RunError::State)?;
-    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+    // Another emperor is running if it answers; a socket that only accepts
+    // (held by a dying copy of a killed emperor, between clone and exec) is stale.
+    let probe = control::call(&socket, &control::Request::Status);
+    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
         return Err(RunError::AlreadyRunning(socket.display().to_string()));
     }
     let seccomp = sys::seccomp::default_program()?;
@@ -158,18 +185,37 @@ async fn serve_control(
     tx: mpsc::UnboundedSender<Event>,
     inflight: Arc<()>,
 ) {
+    // Root's socket (0600), bounded all the same: a stuck client holds one
+    // of a few places for a few seconds, and descriptors running out slow
+    // the accept loop down instead of spinning it.
+    let places = Arc::new(tokio::sync::Semaphore::new(CONTROL_CONNECTIONS));
+    let mut wait = Duration::from_millis(10);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                wait = Duration::from_millis(10);
+                s
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed; backing off");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
             continue;
         };
         let tx = tx.clone();
         let guard = inflight.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            let _place = place;
             let (rd, mut wr) = stream.into_split();
             let mut line = String::new();
             let mut rd = BufReader::new(rd.take(64 * 1024));
-            if rd.read_line(&mut line).await.is_err() {
+            let read = tokio::time::timeout(CONTROL_TIMEOUT, rd.read_line(&mut line)).await;
+            if !matches!(read, Ok(Ok(_))) {
                 return;
             }
             let resp = match serde_json::from_str::<control::Request>(&line) {

@@ -43,6 +43,9 @@ pub enum SpawnError {
     /// Starting the init.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// Processes left in the cgroup did not die.
+    #[error("processes left in cgroup {0} did not die")]
+    Leftover(String),
     /// A string with a NUL byte (cannot reach the kernel).
     #[error("a path or argument holds a NUL byte")]
     Nul,
@@ -53,7 +56,7 @@ impl SpawnError {
     pub fn is_transient(&self) -> bool {
         match self {
             SpawnError::Launch(e) => e.is_transient(),
-            SpawnError::Cgroup(_) => true,
+            SpawnError::Cgroup(_) | SpawnError::Leftover(_) => true,
             SpawnError::Prepare { err, .. } => {
                 matches!(
                     err.raw_os_error(),
@@ -173,6 +176,25 @@ impl Spawner {
         Ok(())
     }
 
+    /// Kills whatever is still in a site's cgroup before a start: an init
+    /// the emperor did not adopt (one a crashed emperor cloned but never
+    /// recorded) must never run beside the new one.
+    fn evict(&self, cgroup: &str) -> Result<(), SpawnError> {
+        if self.tree.procs(cgroup)?.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(%cgroup, "processes left in the cgroup of a vassal about to start; killing them");
+        self.tree.kill_all(cgroup)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.tree.procs(cgroup)?.is_empty() {
+            if std::time::Instant::now() > deadline {
+                return Err(SpawnError::Leftover(cgroup.to_owned()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
     /// Starts the vassal's container: spec, skeleton, cgroup, clone, exec.
     pub fn start(&self, inp: &Input<'_>) -> Result<Pidfd, SpawnError> {
         Ok(self.begin(inp)?.wait()?)
@@ -188,6 +210,7 @@ impl Spawner {
         let root = inp.layout.root_dir(inp.name);
         prep(&root, std::fs::create_dir_all(&root))?;
         let mut plan = plan(&spec, &spec::skeleton(inp, &spec), inp.uid, &self.seccomp)?;
+        open_binds(&mut plan, &root)?;
         if plan.namespaces & libc::CLONE_NEWNET != 0 {
             if let Some(ns) = self.netns.as_ref().and_then(|p| p.take()) {
                 plan.namespaces &= !libc::CLONE_NEWNET;
@@ -198,6 +221,7 @@ impl Spawner {
         let planned = t.elapsed();
         let cgroup = inp.cgroup();
         self.tree.create(&cgroup)?;
+        self.evict(&cgroup)?;
         self.tree.set_limits(&cgroup, &cgroup_limits(inp.file))?;
         let join = self.tree.join(&cgroup)?;
         let cgroups = t.elapsed();
@@ -250,6 +274,46 @@ const FLAGS: &[(&str, libc::c_ulong)] = &[
     ("relatime", libc::MS_RELATIME),
     ("noatime", libc::MS_NOATIME),
 ];
+
+/// Opens, here and now, every host path the child would bind by path: each
+/// is opened without following a symlink (a tenant's `usr-local` swapped for
+/// a link to `/` is refused, not mounted), cloned as a detached mount tree
+/// with its flags set on every mount below it (a read-only bind is read-only
+/// all the way down), and handed to the child, which attaches exactly that.
+/// Binds whose source is under the new root (the child's own tmpfs) stay.
+pub fn open_binds(plan: &mut ChildPlan, root: &Path) -> Result<(), SpawnError> {
+    use sys::fs::attr;
+    let root = root.as_os_str().as_bytes();
+    for op in plan.fs.iter_mut() {
+        let FsOp::Mount(m) = op else { continue };
+        let Some(source) = m.source.as_ref() else {
+            continue;
+        };
+        if m.flags & libc::MS_BIND == 0 || source.as_bytes().starts_with(root) {
+            continue;
+        }
+        let flags = m.remount.unwrap_or(0) | m.flags;
+        let attrs = [
+            (libc::MS_RDONLY, attr::RDONLY),
+            (libc::MS_NOSUID, attr::NOSUID),
+            (libc::MS_NODEV, attr::NODEV),
+            (libc::MS_NOEXEC, attr::NOEXEC),
+        ]
+        .iter()
+        .filter(|(ms, _)| flags & ms != 0)
+        .fold(0, |a, (_, at)| a | at);
+        let path = Path::new(std::ffi::OsStr::from_bytes(source.as_bytes()));
+        let (tree, _) = prep(
+            path,
+            sys::fs::open_bind(path, m.flags & libc::MS_REC != 0, attrs),
+        )?;
+        *op = FsOp::Attach {
+            tree,
+            target: m.target.clone(),
+        };
+    }
+    Ok(())
+}
 
 /// Converts the spec and the skeleton of its root into the child's plan.
 pub fn plan(

@@ -187,11 +187,16 @@ impl Emperor {
             .spawn()
             .expect("start emperor");
         self.child = Some(child);
-        wait_for(
-            Duration::from_secs(10),
-            "the emperor's control socket",
-            || self.try_status().map(|_| ()),
-        );
+        let start = Instant::now();
+        while self.try_status().is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!(
+                    "timed out after 10s waiting for the emperor's control socket; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The emperor's process.

@@ -256,6 +256,14 @@ impl Supervisor {
         ] {
             let _ = std::fs::create_dir_all(d);
         }
+        // The supervisor's own messages go to the tenant's ~/logs/vassal.log
+        // (PID 1 is started with /dev/null as stdout and stderr).
+        if std::process::id() == 1 {
+            redirect_output(&self.cfg.logs().join("vassal.log"));
+            // Not dumpable: the tenant's processes (same uid) can neither
+            // ptrace PID 1 nor take its descriptors or read its memory.
+            let _ = nix::sys::prctl::set_dumpable(false);
+        }
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
         if let Some(i) = &inotify {
             let mask = AddWatchFlags::IN_CLOSE_WRITE
@@ -1133,4 +1141,22 @@ pub fn tail(path: &Path, lines: usize) -> std::io::Result<Vec<String>> {
         }
     }
     Ok(all.into())
+}
+
+/// Points stdout and stderr at `path` (appended; not through a symlink).
+fn redirect_output(path: &Path) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+    else {
+        return;
+    };
+    for fd in [1, 2] {
+        let _ = nix::unistd::dup2(f.as_raw_fd(), fd);
+    }
 }

@@ -40,7 +40,7 @@ pub struct MountOp {
 
 /// One filesystem operation of the child on its new root, in order. Paths are
 /// host paths under the new root.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum FsOp {
     /// A directory with this mode.
     Dir(CString, u32),
@@ -61,6 +61,13 @@ pub enum FsOp {
     },
     /// A mount.
     Mount(MountOp),
+    /// A mount tree the parent prepared ([`crate::fs::open_bind`]), attached here.
+    Attach {
+        /// The detached tree.
+        tree: OwnedFd,
+        /// Where, as a host path inside the new root.
+        target: CString,
+    },
     /// Detach a mount and remove its (empty) mount point.
     Detach(CString),
 }
@@ -111,7 +118,7 @@ pub enum Step {
     Netns,
     /// unshare(CLONE_NEWCGROUP).
     CgroupNs,
-    /// Opening /dev/null for stdin.
+    /// Opening /dev/null for stdin, stdout and stderr.
     Stdin,
     /// Making / private.
     Private,
@@ -224,6 +231,8 @@ struct Prepared<'a> {
     env: Vec<*const c_char>,
     fprog: Option<libc::sock_fprog>,
     self_join: &'a [OwnedFd],
+    /// A pidfd of the emperor (-1 if none), to notice it died before the child was set up.
+    parent: RawFd,
 }
 
 #[repr(C)]
@@ -241,6 +250,9 @@ struct CloneArgs {
     set_tid_size: u64,
     cgroup: u64,
 }
+
+/// `move_mount` takes the source as the descriptor itself.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7), not in every libc crate.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -306,12 +318,14 @@ pub fn start(plan: &ChildPlan, join: &Join) -> Result<Pending, LaunchError> {
         Join::IntoCgroup(fd) => (Some(fd.as_raw_fd()), &[]),
         Join::WriteSelf(fds) => (None, fds),
     };
+    let parent = Pidfd::open(std::process::id() as i32).ok();
     let prep = Prepared {
         plan,
         argv,
         env,
         fprog,
         self_join,
+        parent: parent.as_ref().map_or(-1, |p| p.as_raw_fd()),
     };
 
     let (err_rd, err_wr) = pipe()?;
@@ -411,6 +425,20 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
     // pointers into `p`, which the parent built before the clone and which this
     // copy of the address space keeps alive until exec.
     unsafe {
+        // Until it drops privileges (which clears this), the child dies with
+        // the emperor: a half-made container is never left for nobody to
+        // adopt. Checked once after setting it, in case the emperor is gone
+        // already (its pidfd is readable once it has exited).
+        let mut gone = libc::pollfd {
+            fd: p.parent,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0
+            || (p.parent >= 0 && libc::poll(&mut gone, 1, 0) != 0)
+        {
+            libc::_exit(127);
+        }
         // Single-threaded, so moving this thread moves the process, and writing
         // "0" to `tasks` skips the kernel's global threadgroup lock.
         for fd in p.self_join {
@@ -428,8 +456,15 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         {
             fail(err_fd, Step::CgroupNs, 0);
         }
+        // Nothing of the emperor's reaches the container: its stdin, stdout
+        // and stderr become /dev/null (the init logs into the site's own
+        // files), and every other descriptor closes at exec (below).
         let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if devnull < 0 || libc::dup2(devnull, 0) < 0 {
+        if devnull < 0
+            || libc::dup2(devnull, 0) < 0
+            || libc::dup2(devnull, 1) < 0
+            || libc::dup2(devnull, 2) < 0
+        {
             fail(err_fd, Step::Stdin, 0);
         }
         if devnull > 2 {
@@ -514,6 +549,16 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
                     }
                     true
                 }
+                FsOp::Attach { tree, target } => {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        tree.as_raw_fd(),
+                        c"".as_ptr(),
+                        libc::AT_FDCWD,
+                        target.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    ) == 0
+                }
                 FsOp::Detach(path) => {
                     libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0
                         && libc::rmdir(path.as_ptr()) == 0
@@ -563,10 +608,16 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         for cap in 0..64 {
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
         }
+        // Raw system calls, not glibc's wrappers: glibc still believes this
+        // copy of the emperor has its threads, and its wrappers would signal
+        // them all and wait on a lock one of them may have held at the clone
+        // (a child was found hung there, between setgroups and setresgid).
         let gid = plan.gid;
-        if libc::setgroups(1, &gid) < 0
-            || libc::setresgid(gid, gid, gid) < 0
-            || libc::setresuid(plan.uid, plan.uid, plan.uid) < 0
+        let (uid, one) = (plan.uid as libc::c_long, 1 as libc::c_long);
+        let g = gid as libc::c_long;
+        if libc::syscall(libc::SYS_setgroups, one, &gid as *const u32) < 0
+            || libc::syscall(libc::SYS_setresgid, g, g, g) < 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
         {
             fail(err_fd, Step::Privileges, 0);
         }
@@ -602,6 +653,16 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
             {
                 fail(err_fd, Step::Seccomp, 0);
             }
+        }
+        // Whatever this process inherited beyond 0-2 (the emperor's own
+        // descriptors, the mount trees, the report pipe) closes at exec.
+        if libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        ) < 0
+        {
+            fail(err_fd, Step::Exec, 0);
         }
         libc::execve(plan.exe.as_ptr(), p.argv.as_ptr(), p.env.as_ptr());
         fail(err_fd, Step::Exec, 0)

@@ -143,23 +143,37 @@ impl CgroupTree for V1 {
 
     fn kill_all(&self, path: &str) -> Result<()> {
         // v1 has no cgroup.kill: freeze so nothing forks while we kill, kill
-        // every task below, thaw so the kills are delivered.
-        self.freeze(path, true)?;
-        let mut pids = Vec::new();
-        let mut stack = vec![self.dir("freezer", path)?];
-        while let Some(dir) = stack.pop() {
-            pids.extend(read_procs(&dir)?);
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.path().is_dir())
-                        .map(|e| e.path()),
-                );
+        // every task below, thaw so the kills are delivered. A cgroup that
+        // will not freeze (a task stuck where the freezer cannot reach it) is
+        // killed all the same, and again until nothing is left to kill.
+        let dir = self.dir("freezer", path)?;
+        write(&dir, "freezer.state", "FROZEN")?;
+        let _ = settle(&dir, "freeze", Duration::from_millis(500), || {
+            Ok(read(&dir, "freezer.state")?.trim() == "FROZEN")
+        });
+        let tasks = |dir: &std::path::Path| -> Result<Vec<i32>> {
+            let mut pids = Vec::new();
+            let mut stack = vec![dir.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                pids.extend(read_procs(&d)?);
+                if let Ok(entries) = std::fs::read_dir(&d) {
+                    stack.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.path()),
+                    );
+                }
             }
-        }
-        kill_pids(&pids);
-        self.freeze(path, false)
+            Ok(pids)
+        };
+        kill_pids(&tasks(&dir)?);
+        self.freeze(path, false)?;
+        settle(&dir, "kill", Duration::from_secs(5), || {
+            let left = tasks(&dir)?;
+            kill_pids(&left);
+            Ok(left.is_empty())
+        })
     }
 
     fn remove(&self, path: &str) -> Result<()> {
