@@ -1035,7 +1035,6 @@ impl Manager {
     /// the vassal binary running as the tenant, so a link planted in the home
     /// can lead it nowhere the tenant could not write anyway.
     fn notify(&self, name: &Name, message: &str) -> Result<serde_json::Value, String> {
-        use std::os::unix::process::CommandExt;
         if message.is_empty() || message.len() > 1000 || message.contains(['\n', '\r', '\0']) {
             return Err("a message is one line of at most 1000 bytes".into());
         }
@@ -1044,13 +1043,19 @@ impl Manager {
             .uid
             .or_else(|| self.uids.users.get(v.file.user(name).as_str()).copied())
             .ok_or("no uid allocated yet")?;
-        let home = self.input(name, &v.file, uid).home();
-        let out = std::process::Command::new(&self.cfg.vassal_exe)
-            .args(["notify", "admin", message])
+        // Written by the tenant's own vassal binary, as the tenant, inside the
+        // site's mount namespace: a symlink in the home resolves in the
+        // container, never to a path of the host.
+        let init = v
+            .init
+            .as_ref()
+            .ok_or("the site is not running; notifications are stored from inside it")?;
+        let mut cmd = std::process::Command::new(crate::spec::VASSAL_INSIDE);
+        cmd.args(["notify", "admin", message])
             .env_clear()
-            .env("HOME", &home)
-            .uid(uid)
-            .gid(uid)
+            .env("HOME", model::layout::inside::home(v.file.user(name).as_str()));
+        init.pidfd.run_inside(&mut cmd, uid);
+        let out = cmd
             .output()
             .map_err(|e| format!("running the vassal binary: {e}"))?;
         if !out.status.success() {

@@ -344,3 +344,30 @@ fn hostile_an_emperor_killed_in_a_burst_of_starts_never_leaves_two_inits_in_a_si
         }
     }
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn hostile_an_admin_notification_never_follows_a_tenants_link_to_the_host() {
+    let mut e = Emperor::new();
+    e.write(
+        "site1",
+        "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 50\n",
+    );
+    e.start();
+    e.running_pid("site1");
+    // A directory of the host the tenant's uid could write to, if it were reached.
+    let host_dir = std::path::PathBuf::from("/tmp").join(unique("imperium-hostile-notify"));
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::set_permissions(
+        &host_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let home = e.home_root.join("site1");
+    let _ = std::fs::remove_dir_all(home.join(".imperium"));
+    std::os::unix::fs::symlink(&host_dir, home.join(".imperium")).unwrap();
+    let _ = e.cli(&["notify", "site1", "maintenance on sunday"]);
+    let leaked = std::fs::read_dir(&host_dir).unwrap().count();
+    let _ = std::fs::remove_dir_all(&host_dir);
+    assert_eq!(leaked, 0, "the notification was written into the host's {}", host_dir.display());
+}

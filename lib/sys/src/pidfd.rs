@@ -51,6 +51,33 @@ impl Pidfd {
         Pidfd { fd, pid }
     }
 
+    /// Makes `cmd` run inside this process's mount namespace (so that paths
+    /// resolve as they do in its container, never on the host), in `/`, as
+    /// `uid:uid` with no other group.
+    pub fn run_inside(&self, cmd: &mut std::process::Command, uid: u32) {
+        use std::os::unix::process::CommandExt;
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and makes
+        // only system calls (setns, chdir, setgroups, setresgid, setresuid);
+        // `fd` stays open in the parent for as long as `cmd` is being spawned.
+        unsafe {
+            cmd.pre_exec(move || {
+                let check = |r: libc::c_int| {
+                    if r < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                };
+                check(libc::setns(fd, libc::CLONE_NEWNS))?;
+                check(libc::chdir(c"/".as_ptr()))?;
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setresgid(uid, uid, uid))?;
+                check(libc::setresuid(uid, uid, uid))
+            });
+        }
+    }
+
     /// The pid in the host's pid namespace.
     pub fn pid(&self) -> i32 {
         self.pid
