@@ -97,3 +97,19 @@ pub async fn call(socket: &Path, req: &Request) -> Result<Response, ClientError>
     }
     serde_json::from_str(&answer).map_err(|e| io(e.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    proptest::proptest! {
+        #[test]
+        fn any_request_line_is_parsed_or_refused_without_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..1024)) {
+            let _ = serde_json::from_slice::<super::Request>(&bytes);
+        }
+
+        #[test]
+        fn jsonish_requests_never_panic(cmd in "(status|restart|suspend|resume|spec|notify|purge|shutdown|[a-z]{0,8})", name in ".{0,40}", extra in "(, \"message\": \".{0,20}\")?") {
+            let line = format!("{{\"cmd\": \"{cmd}\", \"name\": {name:?}{extra}}}");
+            let _ = serde_json::from_str::<super::Request>(&line);
+        }
+    }
+}

@@ -1051,9 +1051,10 @@ impl Manager {
             .as_ref()
             .ok_or("the site is not running; notifications are stored from inside it")?;
         let mut cmd = std::process::Command::new(crate::spec::VASSAL_INSIDE);
-        cmd.args(["notify", "admin", message])
-            .env_clear()
-            .env("HOME", model::layout::inside::home(v.file.user(name).as_str()));
+        cmd.args(["notify", "admin", message]).env_clear().env(
+            "HOME",
+            model::layout::inside::home(v.file.user(name).as_str()),
+        );
         init.pidfd.run_inside(&mut cmd, uid);
         let out = cmd
             .output()

@@ -1098,3 +1098,57 @@ fn hostile_a_site_gets_a_bounded_number_of_backends_and_certificates_go_with_the
         assert_ne!(r.get_tls(n).2, c.2, "{n}'s certificate outlived its route");
     }
 }
+
+#[test]
+fn hostile_random_request_heads_never_take_the_router_down() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let (r, s1, _) = setup("60");
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    // Heads that are nearly right (the parser's edges) and bytes that are not.
+    let token = "(GET|POST|HEAD|PUT|OPTIONS|CONNECT|PRI|[A-Z]{1,8}|[ -~]{0,6})";
+    let target = "(/|\\*|/[ -~]{0,40}|http://[a-z.]{0,12}/|[^\r\n]{0,20})";
+    let version = "(HTTP/1\\.1|HTTP/1\\.0|HTTP/2\\.0|HTTP/9|[ -~]{0,8})";
+    let header = "([A-Za-z-]{1,12}|Host|Content-Length|Transfer-Encoding|Connection|Upgrade|Expect): ([ -~]{0,30}|chunked|-1|99999999999999999999|example\\.com|[a-z.]{0,10}:[0-9]{0,6})";
+    let head = (
+        token,
+        target,
+        version,
+        proptest::collection::vec(header, 0..6),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(m, t, v, hs, tail)| {
+            let mut b = format!("{m} {t} {v}\r\n").into_bytes();
+            for h in hs {
+                b.extend_from_slice(h.as_bytes());
+                b.extend_from_slice(b"\r\n");
+            }
+            b.extend_from_slice(b"\r\n");
+            b.extend_from_slice(&tail);
+            b
+        });
+    let raw = proptest::collection::vec(any::<u8>(), 0..512);
+    let mut runner = TestRunner::new(Config {
+        cases: 2000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let http = r.http.clone();
+    runner
+        .run(&prop_oneof![head, raw], |bytes| {
+            let mut s = TcpStream::connect(&http).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(&bytes);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        r.get("example.com").0,
+        200,
+        "still serving after 2000 hostile heads"
+    );
+}

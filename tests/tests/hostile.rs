@@ -369,5 +369,10 @@ fn hostile_an_admin_notification_never_follows_a_tenants_link_to_the_host() {
     let _ = e.cli(&["notify", "site1", "maintenance on sunday"]);
     let leaked = std::fs::read_dir(&host_dir).unwrap().count();
     let _ = std::fs::remove_dir_all(&host_dir);
-    assert_eq!(leaked, 0, "the notification was written into the host's {}", host_dir.display());
+    assert_eq!(
+        leaked,
+        0,
+        "the notification was written into the host's {}",
+        host_dir.display()
+    );
 }

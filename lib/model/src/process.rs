@@ -249,6 +249,21 @@ impl Process {
 
 #[cfg(test)]
 mod tests {
+    proptest::proptest! {
+        #[test]
+        fn a_tenants_process_file_never_panics_the_parser(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = super::Process::parse(&"fuzz".parse().unwrap(), &text);
+        }
+
+        #[test]
+        fn tomlish_process_files_get_one_line_errors(text in "(command = \"[a-z /-]{0,20}\"\n)?(\\[(http|cron)\\]\n)?([a-z_]{1,9} = (\"[a-zA-Z0-9.*/ -]{0,12}\"|-?[0-9]{1,20}|\\[\"[a-z.]{0,9}\"\\]|true)\n){0,6}") {
+            if let Err(e) = super::Process::parse(&"fuzz".parse().unwrap(), &text) {
+                proptest::prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+    }
+
     use super::*;
 
     fn n() -> Name {
