@@ -103,11 +103,12 @@ http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ re
         open(f"{work}/site.key", "w").write(b64.b64encode(os.urandom(32)).decode() + "\n")
         sub = [f"{REL}/examples/subscriber", f"{work}/run/router/subscribe.sock", "bench", f"{work}/site.key", "app.sock"]
         pub = subprocess.run(sub[:4] + ["-", "pubkey"], capture_output=True, text=True, check=True).stdout.strip()
-        dominion = {"schemaVersion": 1, "sites": {"bench": {"publicKey": pub, "domains": ["localhost", "*.bench.test"], "sockets": socks}}}
+        dominion = {"schemaVersion": 1, "sites": {"bench": {"publicKey": pub, "domains": ["localhost", "*.bench.test"], "sockets": socks, "uid": os.getuid()}}}
         json.dump(dominion, open(f"{work}/run/router/dominion.json", "w"))
         rp, rs = PORTS["router"]
         router = subprocess.Popen([f"{REL}/router", "serve", "--http", f"127.0.0.1:{rp}", "--https", f"127.0.0.1:{rs}",
-                                   "--run-dir", f"{work}/run", "--state-dir", f"{work}/state", "--ttl", "3600"],
+                                   "--run-dir", f"{work}/run", "--state-dir", f"{work}/state", "--ttl", "3600",
+                                   "--max-routes-per-site", str(args.domains + 10)],
                                   stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"))
         procs.append(router)
         wait_port(rp)

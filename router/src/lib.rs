@@ -51,6 +51,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Client connections open at once from one address.
     pub max_connections_per_ip: usize,
+    /// Domains one site may have routed at once.
+    pub max_routes_per_site: usize,
 }
 
 impl Config {
@@ -72,6 +74,7 @@ impl Config {
             body_timeout: Duration::from_secs(30),
             max_connections: 20_000,
             max_connections_per_ip: 512,
+            max_routes_per_site: routes::MAX_ROUTES_PER_SITE,
         }
     }
 }
@@ -168,7 +171,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let dominion = load(&dominion_path(&cfg.run_dir))
         .or_else(|| load(&saved_path(&cfg.state_dir)))
         .unwrap_or_default();
-    let routes = Arc::new(routes::Routes::new(dominion, cfg.ttl));
+    let routes = Arc::new(routes::Routes::new(dominion, cfg.ttl, cfg.max_routes_per_site));
     let certs = Arc::new(tls::SniCerts::new(routes.clone())?);
     let state = Arc::new(State {
         routes,

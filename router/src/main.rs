@@ -51,6 +51,9 @@ enum Cmd {
         /// Client connections open at once from one address.
         #[arg(long, default_value_t = 512)]
         max_connections_per_ip: usize,
+        /// Domains one site may have routed at once (names under a wildcard count one each).
+        #[arg(long, default_value_t = router::routes::MAX_ROUTES_PER_SITE)]
+        max_routes_per_site: usize,
     },
 }
 
@@ -72,6 +75,7 @@ fn main() {
         body_timeout,
         max_connections,
         max_connections_per_ip,
+        max_routes_per_site,
     } = Cli::parse().cmd;
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
     let cfg = router::Config {
@@ -81,6 +85,7 @@ fn main() {
         body_timeout: secs(body_timeout),
         max_connections: max_connections.max(1),
         max_connections_per_ip: max_connections_per_ip.max(1),
+        max_routes_per_site: max_routes_per_site.max(1),
         ..router::Config::new(http, https, run_dir, state_dir)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -19,8 +19,8 @@ use crate::verify::Verified;
 
 /// How many backends one domain may have.
 pub const MAX_BACKENDS: usize = 16;
-/// How many domains one site may have routed at once (names under a wildcard count one each).
-pub const MAX_ROUTES_PER_SITE: usize = 256;
+/// How many domains one site may have routed at once by default (names under a wildcard count one each).
+pub const MAX_ROUTES_PER_SITE: usize = 1024;
 
 /// One backend of a domain: a socket in the owning site's directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,10 +130,12 @@ pub enum CapError {
         domain: String,
     },
     /// The site has as many routed domains as allowed.
-    #[error("site {site} already routes {MAX_ROUTES_PER_SITE} domains (the most a site may)")]
+    #[error("site {site} already routes {max} domains (the most a site may)")]
     Routes {
         /// The site.
         site: String,
+        /// The cap.
+        max: usize,
     },
 }
 
@@ -169,17 +171,20 @@ pub struct Routes {
     next: AtomicUsize,
     write: Mutex<()>,
     ttl: Duration,
+    max_routes: usize,
 }
 
 impl Routes {
-    /// An empty table; subscriptions live `ttl` unless refreshed.
-    pub fn new(dominion: Dominion, ttl: Duration) -> Routes {
+    /// An empty table; subscriptions live `ttl` unless refreshed; a site
+    /// routes at most `max_routes` domains.
+    pub fn new(dominion: Dominion, ttl: Duration, max_routes: usize) -> Routes {
         Routes {
             table: ArcSwap::from_pointee(Table::default()),
             dominion: ArcSwap::from_pointee(dominion),
             next: AtomicUsize::new(0),
             write: Mutex::new(()),
             ttl,
+            max_routes,
         }
     }
 
@@ -248,11 +253,10 @@ impl Routes {
                         .by_domain
                         .get(domain)
                         .is_none_or(|old| old.site != v.sub.site);
-                    if fresh
-                        && t.per_site.get(&v.sub.site).copied().unwrap_or(0) >= MAX_ROUTES_PER_SITE
-                    {
+                    if fresh && t.per_site.get(&v.sub.site).copied().unwrap_or(0) >= self.max_routes {
                         result = Err(CapError::Routes {
                             site: v.sub.site.clone(),
+                            max: self.max_routes,
                         });
                         return;
                     }

@@ -1152,3 +1152,23 @@ fn hostile_random_request_heads_never_take_the_router_down() {
         "still serving after 2000 hostile heads"
     );
 }
+
+#[test]
+fn hostile_a_site_routes_a_bounded_number_of_names_under_its_wildcard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
+    Router::dominion(
+        dir.path(),
+        &[(&s1, &["*.example.com"], false), (&s2, &["other.org"], false)],
+    );
+    let r = Router::start_with(dir, "60", &["--max-routes-per-site", "2"]);
+    r.subscribe(&s1, &s1.sub("a.example.com", "a.sock"));
+    r.subscribe(&s1, &s1.sub("b.example.com", "a.sock"));
+    // Refreshing a routed name is not a new one.
+    r.subscribe(&s1, &s1.sub("a.example.com", "a.sock"));
+    let (status, v) = r.post(&s1.sign(&s1.sub("c.example.com", "a.sock")));
+    assert_eq!(status, 403);
+    assert!(v["error"].as_str().unwrap().contains("already routes 2 domains"), "{v}");
+    // Another site's budget is its own.
+    r.subscribe(&s2, &s2.sub("other.org", "o.sock"));
+}
