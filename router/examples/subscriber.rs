@@ -9,6 +9,10 @@
 //! `subscriber SOCKET SITE KEYFILE BACKEND latency HTTP_ADDR RUNS`   subscribes a
 //! fresh domain and sends requests with its Host until one is routed; prints
 //! the median and p95 of subscription-sent to first-routed, in ms.
+//! `subscriber SOCKET SITE KEYFILE BACKEND backends DOMAIN FROM TO WEIGHT`
+//! subscribes DOMAIN to the backends `BACKEND<FROM>`..`BACKEND<TO-1>`, of WEIGHT each.
+//! `subscriber SOCKET SITE KEYFILE BACKEND flood DOMAIN SECONDS`   sends signed
+//! subscriptions as fast as it can; prints how many were taken and refused.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -59,14 +63,14 @@ fn main() {
         .unwrap();
     let key = SigningKey::from_bytes(&seed);
     let mut counter = 0u64;
-    let mut sign = |domain: &str, cert: Option<(String, String)>| {
+    let mut sign_to = |domain: &str, cert: Option<(String, String)>, backend: &str, weight: u32| {
         counter += 1;
         let sub = Subscription {
             action: Action::Subscribe,
             site: site.clone(),
             domain: domain.to_owned(),
-            backend: backend.clone(),
-            weight: 1,
+            backend: backend.to_owned(),
+            weight,
             cert: cert.as_ref().map(|c| c.0.clone()),
             key: cert.map(|c| c.1),
             timestamp: SystemTime::now()
@@ -79,6 +83,7 @@ fn main() {
         let signature = b64.encode(key.sign(payload.as_bytes()).to_bytes());
         serde_json::to_vec(&Signed { payload, signature }).unwrap()
     };
+    let mut sign = |domain: &str, cert: Option<(String, String)>| sign_to(domain, cert, backend, 1);
     match mode.as_str() {
         "pubkey" => println!("{}", b64.encode(key.verifying_key().to_bytes())),
         "one" => {
@@ -129,6 +134,34 @@ fn main() {
                 lat[lat.len() / 2],
                 lat[lat.len() * 95 / 100]
             );
+        }
+        "backends" => {
+            let (domain, from, to, weight): (&str, usize, usize, u32) = (
+                &a[6],
+                a[7].parse().unwrap(),
+                a[8].parse().unwrap(),
+                a[9].parse().unwrap(),
+            );
+            for i in from..to {
+                let answer = post(
+                    socket,
+                    &sign_to(domain, None, &format!("{backend}{i}"), weight),
+                );
+                assert!(answer.contains("\"ok\":true"), "{answer}");
+            }
+        }
+        "flood" => {
+            let (domain, secs): (&str, f64) = (&a[6], a[7].parse().unwrap());
+            let t = Instant::now();
+            let (mut taken, mut refused) = (0u64, 0u64);
+            while t.elapsed().as_secs_f64() < secs {
+                if post(socket, &sign(domain, None)).contains("\"ok\":true") {
+                    taken += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            println!("{{\"taken\": {taken}, \"refused\": {refused}}}");
         }
         other => panic!("unknown mode {other}"),
     }

@@ -171,7 +171,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let dominion = load(&dominion_path(&cfg.run_dir))
         .or_else(|| load(&saved_path(&cfg.state_dir)))
         .unwrap_or_default();
-    let routes = Arc::new(routes::Routes::new(dominion, cfg.ttl, cfg.max_routes_per_site));
+    let routes = Arc::new(routes::Routes::new(
+        dominion,
+        cfg.ttl,
+        cfg.max_routes_per_site,
+    ));
     let certs = Arc::new(tls::SniCerts::new(routes.clone())?);
     let state = Arc::new(State {
         routes,

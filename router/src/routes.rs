@@ -253,7 +253,8 @@ impl Routes {
                         .by_domain
                         .get(domain)
                         .is_none_or(|old| old.site != v.sub.site);
-                    if fresh && t.per_site.get(&v.sub.site).copied().unwrap_or(0) >= self.max_routes {
+                    if fresh && t.per_site.get(&v.sub.site).copied().unwrap_or(0) >= self.max_routes
+                    {
                         result = Err(CapError::Routes {
                             site: v.sub.site.clone(),
                             max: self.max_routes,

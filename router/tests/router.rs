@@ -424,6 +424,17 @@ fn cert(names: &[&str]) -> (String, String, Vec<u8>) {
     )
 }
 
+/// A router with site1 owning `domains` and site2 owning other.org, started with `extra` flags.
+fn setup_with(domains: &[&str], extra: &[&str]) -> (Router, Site, Site) {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
+    Router::dominion(
+        dir.path(),
+        &[(&s1, domains, false), (&s2, &["other.org"], false)],
+    );
+    (Router::start_with(dir, "60", extra), s1, s2)
+}
+
 fn setup(ttl: &str) -> (Router, Site, Site) {
     let dir = tempfile::tempdir().unwrap();
     let (s1, s2) = (Site::new("site1"), Site::new("site2"));
@@ -933,15 +944,8 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 
 #[test]
 fn hostile_idle_clients_are_capped_and_closed_while_a_neighbour_is_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
-    Router::dominion(
-        dir.path(),
-        &[(&s1, &["example.com"], false), (&s2, &["other.org"], false)],
-    );
-    let r = Router::start_with(
-        dir,
-        "60",
+    let (r, s1, _) = setup_with(
+        &["example.com"],
         &["--idle-timeout", "2", "--max-connections-per-ip", "20"],
     );
     let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
@@ -986,13 +990,7 @@ fn hostile_idle_clients_are_capped_and_closed_while_a_neighbour_is_served() {
 
 #[test]
 fn hostile_a_body_that_never_comes_and_two_hosts_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
-    Router::dominion(
-        dir.path(),
-        &[(&s1, &["example.com"], false), (&s2, &["other.org"], false)],
-    );
-    let r = Router::start_with(dir, "60", &["--body-timeout", "1"]);
+    let (r, s1, _) = setup_with(&["example.com"], &["--body-timeout", "1"]);
     let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
     r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
 
@@ -1155,20 +1153,20 @@ fn hostile_random_request_heads_never_take_the_router_down() {
 
 #[test]
 fn hostile_a_site_routes_a_bounded_number_of_names_under_its_wildcard() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
-    Router::dominion(
-        dir.path(),
-        &[(&s1, &["*.example.com"], false), (&s2, &["other.org"], false)],
-    );
-    let r = Router::start_with(dir, "60", &["--max-routes-per-site", "2"]);
+    let (r, s1, s2) = setup_with(&["*.example.com"], &["--max-routes-per-site", "2"]);
     r.subscribe(&s1, &s1.sub("a.example.com", "a.sock"));
     r.subscribe(&s1, &s1.sub("b.example.com", "a.sock"));
     // Refreshing a routed name is not a new one.
     r.subscribe(&s1, &s1.sub("a.example.com", "a.sock"));
     let (status, v) = r.post(&s1.sign(&s1.sub("c.example.com", "a.sock")));
     assert_eq!(status, 403);
-    assert!(v["error"].as_str().unwrap().contains("already routes 2 domains"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("already routes 2 domains"),
+        "{v}"
+    );
     // Another site's budget is its own.
     r.subscribe(&s2, &s2.sub("other.org", "o.sock"));
 }

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""A neighbour's req/s through the router while another tenant attacks, on 127.0.0.1 only.
+
+One router, two sites: "neighbour" (neighbour.test, nginx on its socket) and
+"attacker" (attacker.test and *.attacker.test, nginx on 16 sockets). The
+neighbour's baseline is measured first (wrk -t1 -c16), then again during each
+flood, in the same run:
+
+- idle:       6,000 TCP connections that send nothing, from 12 loopback addresses
+- amplify:    16 backends of weight 100/99 on one domain, 4 clients hammering it
+- subscribe:  two processes sending signed subscriptions as fast as they can
+- drop-spam:  a reseller's drop directory rewritten with junk files in a loop
+              (a real emperor with a group, watching it)
+- fork-bomb:  a site whose tenant process is a fork bomb (pids 100, cpu 0.5)
+
+Every flood is bounded in time (--seconds) and stops by itself; everything
+made is removed at the end.
+
+    bench/attack.py [--seconds 6]      (bench/run-attack builds and installs)
+"""
+import argparse, base64, json, os, re, resource, shutil, signal, socket, subprocess, tempfile, threading, time
+
+from router import wait_port  # bench/router.py, beside this file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(REPO, "target", "release")
+HTTP = 19080
+
+
+def wrk(host, seconds, conns=16):
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-H", f"Host: {host}", f"http://127.0.0.1:{HTTP}/"],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"req_s": round(rps), "non_2xx": int(errs.group(1)) if errs else 0}
+
+
+def wait_path(path, deadline=20):
+    t = time.time() + deadline
+    while time.time() < t and not os.path.exists(path):
+        time.sleep(0.05)
+    if not os.path.exists(path):
+        raise TimeoutError(path)
+
+
+class Idle:
+    """Connections that send nothing, held until stop()."""
+
+    def __init__(self, count):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 1024)), hard))
+        self.socks, self.refused = [], 0
+        for i in range(count):
+            s = socket.socket()
+            try:
+                s.bind((f"127.0.0.{2 + i % 12}", 0))
+                s.connect(("127.0.0.1", HTTP))
+                self.socks.append(s)
+            except OSError:
+                self.refused += 1
+                s.close()
+
+    def stop(self):
+        for s in self.socks:
+            s.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=6)
+    args = ap.parse_args()
+    S = args.seconds
+    work = tempfile.mkdtemp(prefix="imperium-attack-bench-")
+    cgroot = f"imperium-attack-{os.getpid()}"
+    procs, emperor = [], None
+    try:
+        socks = os.path.join(work, "sockets")
+        for site in ("neighbour", "attacker"):
+            os.makedirs(os.path.join(socks, site))
+        os.makedirs(os.path.join(work, "run", "router"))
+        listens = "".join(f"listen unix:{socks}/attacker/b{i}.sock; " for i in range(16))
+        open(f"{work}/backend.conf", "w").write(f"""
+worker_processes 1; pid {work}/backend.pid; error_log {work}/backend.err; daemon off;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  server {{ listen unix:{socks}/neighbour/app.sock; location / {{ return 200 "neighbour"; }} }}
+  server {{ {listens} location / {{ return 200 "attacker"; }} }}
+}}
+""")
+        procs.append(subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work]))
+        wait_path(f"{socks}/neighbour/app.sock")
+        keys, pubs = {}, {}
+        for site in ("neighbour", "attacker"):
+            keys[site] = f"{work}/{site}.key"
+            open(keys[site], "w").write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        sock = f"{work}/run/router/subscribe.sock"
+        sub = lambda site, backend: [f"{REL}/examples/subscriber", sock, site, keys[site], backend]
+        for site in keys:
+            pubs[site] = subprocess.run(sub(site, "-")[:4] + ["-", "pubkey"], capture_output=True, text=True, check=True).stdout.strip()
+        uid = os.getuid()
+        dominion = {"schemaVersion": 1, "sites": {
+            "neighbour": {"publicKey": pubs["neighbour"], "domains": ["neighbour.test"], "sockets": f"{socks}/neighbour", "uid": uid},
+            "attacker": {"publicKey": pubs["attacker"], "domains": ["attacker.test", "*.attacker.test"], "sockets": f"{socks}/attacker", "uid": uid},
+        }}
+        json.dump(dominion, open(f"{work}/run/router/dominion.json", "w"))
+        router = subprocess.Popen([f"{REL}/router", "serve", "--http", f"127.0.0.1:{HTTP}", "--https", f"127.0.0.1:{HTTP + 1}",
+                                   "--run-dir", f"{work}/run", "--state-dir", f"{work}/state", "--ttl", "3600"],
+                                  stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"))
+        procs.append(router)
+        wait_port(HTTP)
+        subprocess.run(sub("neighbour", "app.sock") + ["one", "neighbour.test"], check=True)
+
+        # A real emperor for the floods that go through it.
+        ev = f"{work}/emperor"
+        os.makedirs(f"{ev}/vassals")
+        open(f"{ev}/vassals/grp.toml", "w").write('kind = "group"\nmode = "overcommit"\n[limits]\nmemory = "256M"\ncpu = 1.0\npids = 400\n')
+        open(f"{ev}/vassals/bomb.toml", "w").write('kind = "site"\n[limits]\nmemory = "64M"\ncpu = 0.5\npids = 100\n')
+        emperor = subprocess.Popen([f"{REL}/emperor", "--run-dir", f"{ev}/run", "serve", "--vassals", f"{ev}/vassals",
+                                    "--home-root", f"{ev}/home", "--state-dir", f"{ev}/state", "--cgroup-root", cgroot],
+                                   stderr=open(f"{work}/emperor.log", "w"))
+        wait_path(f"{ev}/home/grp/vassals")
+        wait_path(f"{ev}/home/bomb/vassals")
+
+        res = {"seconds": S, "load_before": os.getloadavg()[0], "baseline": wrk("neighbour.test", S)}
+
+        def during(name, start, stop):
+            state = start()
+            r = wrk("neighbour.test", S)
+            extra = stop(state)
+            r["ratio"] = round(r["req_s"] / res["baseline"]["req_s"], 3)
+            if extra:
+                r.update(extra)
+            res[name] = r
+
+        def idle_start():
+            return Idle(6000)
+
+        def idle_stop(i):
+            i.stop()
+            return {"held": len(i.socks), "refused_at_connect": i.refused}
+        during("idle", idle_start, idle_stop)
+
+        def amp_start():
+            # Weights 100 and one 99: the longest ring a domain can have.
+            subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "0", "15", "100"], check=True)
+            subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "15", "16", "99"], check=True)
+            return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{S + 2}s", "-H", "Host: attacker.test", f"http://127.0.0.1:{HTTP}/"],
+                                    stdout=subprocess.PIPE, text=True)
+
+        def amp_stop(p):
+            out = p.communicate(timeout=S + 30)[0]
+            m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+            return {"attacker_req_s": round(float(m.group(1))) if m else None}
+        during("amplify", amp_start, amp_stop)
+
+        def flood_start():
+            return [subprocess.Popen(sub("attacker", "b0") + ["flood", "attacker.test", str(S)], stdout=subprocess.PIPE, text=True)
+                    for _ in range(2)]
+
+        def flood_stop(ps):
+            got = [json.loads(p.communicate(timeout=S + 30)[0]) for p in ps]
+            return {"taken": sum(g["taken"] for g in got), "refused": sum(g["refused"] for g in got)}
+        during("subscribe", flood_start, flood_stop)
+
+        def spam_start():
+            stop = threading.Event()
+            count = [0]
+            drop = f"{ev}/home/grp/vassals"
+
+            def loop():
+                while not stop.is_set():
+                    n = count[0] % 500
+                    body = b"kind = \"site\"\n[limits]\nmemory = \"" + os.urandom(64).hex().encode() + b"\"\n"
+                    tmp = f"{drop}/.t{n}"
+                    open(tmp, "wb").write(body)
+                    os.rename(tmp, f"{drop}/s{n}.toml")
+                    count[0] += 1
+            t = threading.Thread(target=loop)
+            t.start()
+            return (stop, t, count, drop)
+
+        def spam_stop(st):
+            stop, t, count, drop = st
+            stop.set()
+            t.join()
+            for f in os.listdir(drop):
+                os.unlink(os.path.join(drop, f))
+            return {"files_written": count[0]}
+        during("drop-spam", spam_start, spam_stop)
+
+        def bomb_start():
+            home = f"{ev}/home/bomb"
+            st = os.stat(home)
+            path = f"{home}/vassals/bomb.toml"
+            open(path, "w").write('command = ["sh", "-c", "b() { b | b & }; b"]\n')
+            os.chown(path, st.st_uid, st.st_gid)
+            return path
+
+        def bomb_stop(path):
+            os.unlink(path)
+            return None
+        during("fork-bomb", bomb_start, bomb_stop)
+
+        res["load_after"] = os.getloadavg()[0]
+        print(json.dumps(res, indent=2))
+        print("| flood | neighbour req/s | of baseline |")
+        print("|---|---|---|")
+        print(f"| none (baseline) | {res['baseline']['req_s']} | 1.00 |")
+        for name in ("idle", "amplify", "subscribe", "drop-spam", "fork-bomb"):
+            print(f"| {name} | {res[name]['req_s']} | {res[name]['ratio']:.2f} |")
+    finally:
+        if emperor:
+            subprocess.run([f"{REL}/emperor", "--run-dir", f"{work}/emperor/run", "shutdown"], capture_output=True, timeout=60)
+            try:
+                emperor.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                emperor.kill()
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        # Whatever the emperor left (it removes its own on shutdown): v1 controllers, or the v2 tree.
+        for d in [f"/sys/fs/cgroup/{c}/{cgroot}" for c in os.listdir("/sys/fs/cgroup")] + [f"/sys/fs/cgroup/{cgroot}"]:
+            for root, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):
+                try:
+                    os.rmdir(root)
+                except OSError:
+                    pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
