@@ -131,9 +131,17 @@ impl Spawner {
         match inp.file {
             VassalFile::Group(_) => {
                 // The group's tree holds its sites' homes: root owns it, so the
-                // reseller cannot swap a site's home for a symlink.
+                // reseller cannot swap a site's home for a symlink. What the
+                // reseller's own vassal writes gets directories of its own.
                 owned_dir(&home, None, 0o755)?;
                 owned_dir(&inp.layout.drop_dir(inp.name), Some(inp.uid), 0o750)?;
+                for (dir, mode) in [
+                    (crate::spec::GROUP_PROCESSES, 0o750),
+                    ("logs", 0o750),
+                    (".imperium", 0o700),
+                ] {
+                    owned_dir(&home.join(dir), Some(inp.uid), mode)?;
+                }
             }
             VassalFile::Site(s) => {
                 if let Some(g) = &s.group {

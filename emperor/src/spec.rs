@@ -284,7 +284,7 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(inp.uid).gid(inp.uid).build()?)
-        .args(vec![VASSAL_INSIDE.to_owned(), "init".to_owned()])
+        .args(init_args(inp.file, &home_inside))
         .env(env)
         .cwd(home_inside.clone())
         .capabilities(caps)
@@ -381,6 +381,20 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         .linux(linux)
         .build()?)
 }
+
+/// `vassal init`, and for a group where its own processes are: a reseller's
+/// `~/vassals` is its drop directory of site files.
+fn init_args(file: &VassalFile, home_inside: &str) -> Vec<String> {
+    let mut args = vec![VASSAL_INSIDE.to_owned(), "init".to_owned()];
+    if matches!(file, VassalFile::Group(_)) {
+        args.push("--processes".to_owned());
+        args.push(format!("{home_inside}/{GROUP_PROCESSES}"));
+    }
+    args
+}
+
+/// A group's own process files, in its home.
+pub const GROUP_PROCESSES: &str = "processes";
 
 /// The default seccomp policy in OCI terms (the same rules the spawner compiles).
 fn seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {

@@ -376,3 +376,39 @@ fn hostile_an_admin_notification_never_follows_a_tenants_link_to_the_host() {
         host_dir.display()
     );
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn a_resellers_own_container_has_a_working_vassal_that_leaves_site_files_alone() {
+    let mut e = Emperor::new();
+    e.write("group1", GROUP);
+    e.start();
+    let pid = e.running_pid("group1");
+    let drop = e.home_root.join("group1/vassals");
+    write_atomic(
+        &drop.join("site9.toml"),
+        "kind = \"site\"\n[limits]\nmemory = \"64M\"\ncpu = 0.1\npids = 50\n",
+    );
+    e.running_pid("site9");
+    let uid = uid_of(&e, "group1");
+    let run = |script: &str| {
+        let script = format!("export HOME=/home/group1; cd; {script}");
+        let out = e.exec_in(pid, uid, &e.cgroup("group1/_self"), &script);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    // The reseller's own process, from ~/processes.
+    let out =
+        run("printf 'command = [\"sleep\", \"600\"]\\n' > ~/processes/panel.toml && echo written");
+    assert!(out.contains("written"), "{out}");
+    let status = wait_for(Duration::from_secs(10), "the reseller's process", || {
+        let s = run("/run/imperium/bin/vassal status; echo rc=$?");
+        (s.contains("panel") && s.contains("running")).then_some(s)
+    });
+    assert!(status.contains("rc=0"), "{status}");
+    assert!(
+        !status.contains("site9"),
+        "a site file taken for a process: {status}"
+    );
+    let log = run("cat ~/logs/vassal.log 2>/dev/null; true");
+    assert!(!log.contains("site9"), "{log}");
+}

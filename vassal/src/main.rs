@@ -20,7 +20,7 @@ use control::Request;
 use model::backoff::Throttle;
 
 const USAGE: &str =
-    "usage: vassal init [--throttle-base SECS] [--throttle-max SECS] [--healthy-after SECS]
+    "usage: vassal init [--throttle-base SECS] [--throttle-max SECS] [--healthy-after SECS] [--processes DIR]
        vassal status [--json]
        vassal start|stop|restart NAME
        vassal notifications [--json] [-n COUNT]
@@ -59,12 +59,18 @@ fn run(args: &[String]) -> Result<i32, String> {
     };
     let settings = |args: &[String]| -> Result<supervisor::Settings, String> {
         let mut throttle = Throttle::default();
+        let mut processes = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--throttle-base" => throttle.base = secs(it.next(), a)?,
                 "--throttle-max" => throttle.max = secs(it.next(), a)?,
                 "--healthy-after" => throttle.healthy = secs(it.next(), a)?,
+                "--processes" => {
+                    processes = Some(PathBuf::from(
+                        it.next().ok_or("--processes needs a directory")?,
+                    ))
+                }
                 other => return Err(format!("unknown option {other}\n{USAGE}")),
             }
         }
@@ -82,6 +88,7 @@ fn run(args: &[String]) -> Result<i32, String> {
             throttle,
             clock_scale,
             cgroup_root,
+            processes,
         })
     };
     let socket = || home().join(".imperium").join("vassal.sock");

@@ -45,12 +45,18 @@ pub struct Settings {
     pub clock_scale: f64,
     /// Where the site's cgroup is mounted (/sys/fs/cgroup in a container).
     pub cgroup_root: PathBuf,
+    /// The directory of process files, when not `~/vassals` (a reseller's
+    /// `~/vassals` is its drop directory of site files: its own processes
+    /// live in `~/processes`).
+    pub processes: Option<PathBuf>,
 }
 
 impl Settings {
-    /// `~/vassals`.
+    /// The process files: `~/vassals`, or the directory given.
     pub fn vassals(&self) -> PathBuf {
-        self.home.join("vassals")
+        self.processes
+            .clone()
+            .unwrap_or_else(|| self.home.join("vassals"))
     }
     /// `~/logs`.
     pub fn logs(&self) -> PathBuf {
