@@ -3,16 +3,19 @@
 
 One router, two sites: "neighbour" (neighbour.test, nginx on its socket) and
 "attacker" (attacker.test and *.attacker.test, nginx on 16 sockets). The
-neighbour's baseline is measured first (wrk -t1 -c16), then again during each
-flood, in the same run:
+neighbour's req/s (wrk -t1 -c16) is measured right before each flood and during
+it, in the same run:
 
 - idle:       6,000 TCP connections that send nothing, from 12 loopback addresses
+- plain-load: the attacker's own domain, one backend, 4 clients (the control for amplify)
 - amplify:    16 backends of weight 100/99 on one domain, 4 clients hammering it
 - subscribe:  two processes sending signed subscriptions as fast as they can
 - drop-spam:  a reseller's drop directory rewritten with junk files in a loop
               (a real emperor with a group, watching it)
 - fork-bomb:  a site whose tenant process is a fork bomb (pids 100, cpu 0.5)
 
+The attacker's own processes (wrk, the subscription flooder, the drop-directory
+writer) run in a cgroup with a site's CPU budget, 0.5 core, as a tenant's would.
 Every flood is bounded in time (--seconds) and stops by itself; everything
 made is removed at the end.
 
@@ -41,6 +44,36 @@ def wait_path(path, deadline=20):
         time.sleep(0.05)
     if not os.path.exists(path):
         raise TimeoutError(path)
+
+
+class Budget:
+    """A cgroup with a site's CPU budget (0.5 core), for the attacker's own
+    processes: a tenant's tools run under its site's limits, not beside them."""
+
+    def __init__(self, name, cores=0.5):
+        period = 100000
+        quota = int(cores * period)
+        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            self.dirs = [f"/sys/fs/cgroup/{name}"]
+            os.makedirs(self.dirs[0], exist_ok=True)
+            open(f"{self.dirs[0]}/cpu.max", "w").write(f"{quota} {period}")
+        else:
+            self.dirs = [f"/sys/fs/cgroup/cpu/{name}"]
+            os.makedirs(self.dirs[0], exist_ok=True)
+            open(f"{self.dirs[0]}/cpu.cfs_period_us", "w").write(str(period))
+            open(f"{self.dirs[0]}/cpu.cfs_quota_us", "w").write(str(quota))
+
+    def enter(self):
+        """For preexec_fn: the child joins the budget before it runs."""
+        for d in self.dirs:
+            open(f"{d}/cgroup.procs", "w").write(str(os.getpid()))
+
+    def remove(self):
+        for d in self.dirs:
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
 
 
 class Idle:
@@ -72,8 +105,9 @@ def main():
     S = args.seconds
     work = tempfile.mkdtemp(prefix="imperium-attack-bench-")
     cgroot = f"imperium-attack-{os.getpid()}"
-    procs, emperor = [], None
+    procs, emperor, budget = [], None, None
     try:
+        budget = Budget(f"{cgroot}-attacker")
         socks = os.path.join(work, "sockets")
         for site in ("neighbour", "attacker"):
             os.makedirs(os.path.join(socks, site))
@@ -121,13 +155,17 @@ http {{ access_log off;
         wait_path(f"{ev}/home/grp/vassals")
         wait_path(f"{ev}/home/bomb/vassals")
 
-        res = {"seconds": S, "load_before": os.getloadavg()[0], "baseline": wrk("neighbour.test", S)}
+        res = {"seconds": S, "load_before": os.getloadavg()[0]}
+        wrk("neighbour.test", 2)  # warm up: connections to the backend pooled
 
         def during(name, start, stop):
+            # A baseline right before each flood: this machine's speed drifts within a run.
+            base = wrk("neighbour.test", S)
             state = start()
             r = wrk("neighbour.test", S)
             extra = stop(state)
-            r["ratio"] = round(r["req_s"] / res["baseline"]["req_s"], 3)
+            r["baseline_req_s"] = base["req_s"]
+            r["ratio"] = round(r["req_s"] / base["req_s"], 3)
             if extra:
                 r.update(extra)
             res[name] = r
@@ -145,47 +183,50 @@ http {{ access_log off;
             subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "0", "15", "100"], check=True)
             subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "15", "16", "99"], check=True)
             return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{S + 2}s", "-H", "Host: attacker.test", f"http://127.0.0.1:{HTTP}/"],
-                                    stdout=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter)
 
         def amp_stop(p):
             out = p.communicate(timeout=S + 30)[0]
             m = re.search(r"Requests/sec:\s+([\d.]+)", out)
             return {"attacker_req_s": round(float(m.group(1))) if m else None}
+        def plain_start():
+            subprocess.run(sub("attacker", "b0") + ["one", "plain.attacker.test"], check=True)
+            return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{S + 2}s", "-H", "Host: plain.attacker.test", f"http://127.0.0.1:{HTTP}/"],
+                                    stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter)
+        during("plain-load", plain_start, amp_stop)
         during("amplify", amp_start, amp_stop)
 
         def flood_start():
-            return [subprocess.Popen(sub("attacker", "b0") + ["flood", "attacker.test", str(S)], stdout=subprocess.PIPE, text=True)
+            return [subprocess.Popen(sub("attacker", "b0") + ["flood", "attacker.test", str(S)], stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=budget.enter)
                     for _ in range(2)]
 
         def flood_stop(ps):
             got = [json.loads(p.communicate(timeout=S + 30)[0]) for p in ps]
-            return {"taken": sum(g["taken"] for g in got), "refused": sum(g["refused"] for g in got)}
+            return {k: sum(g[k] for g in got) for k in ("taken", "refused", "connections_refused")}
         during("subscribe", flood_start, flood_stop)
 
         def spam_start():
-            stop = threading.Event()
-            count = [0]
             drop = f"{ev}/home/grp/vassals"
-
-            def loop():
-                while not stop.is_set():
-                    n = count[0] % 500
-                    body = b"kind = \"site\"\n[limits]\nmemory = \"" + os.urandom(64).hex().encode() + b"\"\n"
-                    tmp = f"{drop}/.t{n}"
-                    open(tmp, "wb").write(body)
-                    os.rename(tmp, f"{drop}/s{n}.toml")
-                    count[0] += 1
-            t = threading.Thread(target=loop)
-            t.start()
-            return (stop, t, count, drop)
+            loop = f"""
+import os, time
+t = time.time() + {S + 1}
+n = 0
+while time.time() < t:
+    body = b'kind = "site"\\n[limits]\\nmemory = "' + os.urandom(64).hex().encode() + b'"\\n'
+    open("{drop}/.t", "wb").write(body)
+    os.rename("{drop}/.t", "{drop}/s%d.toml" % (n % 500))
+    n += 1
+print(n)
+"""
+            return subprocess.Popen(["python3", "-c", loop], stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter), drop
 
         def spam_stop(st):
-            stop, t, count, drop = st
-            stop.set()
-            t.join()
+            p, drop = st
+            n = int(p.communicate(timeout=S + 30)[0])
             for f in os.listdir(drop):
                 os.unlink(os.path.join(drop, f))
-            return {"files_written": count[0]}
+            return {"files_written": n}
         during("drop-spam", spam_start, spam_stop)
 
         def bomb_start():
@@ -203,12 +244,19 @@ http {{ access_log off;
 
         res["load_after"] = os.getloadavg()[0]
         print(json.dumps(res, indent=2))
-        print("| flood | neighbour req/s | of baseline |")
-        print("|---|---|---|")
-        print(f"| none (baseline) | {res['baseline']['req_s']} | 1.00 |")
-        for name in ("idle", "amplify", "subscribe", "drop-spam", "fork-bomb"):
-            print(f"| {name} | {res[name]['req_s']} | {res[name]['ratio']:.2f} |")
+        print("| flood | neighbour req/s before | during | ratio |")
+        print("|---|---|---|---|")
+        for name in ("idle", "plain-load", "amplify", "subscribe", "drop-spam", "fork-bomb"):
+            r = res[name]
+            print(f"| {name} | {r['baseline_req_s']} | {r['req_s']} | {r['ratio']:.2f} |")
     finally:
+        if budget:
+            for d in budget.dirs:
+                for pid in open(f"{d}/cgroup.procs").read().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except OSError:
+                        pass
         if emperor:
             subprocess.run([f"{REL}/emperor", "--run-dir", f"{work}/emperor/run", "shutdown"], capture_output=True, timeout=60)
             try:
@@ -229,6 +277,9 @@ http {{ access_log off;
                     os.rmdir(root)
                 except OSError:
                     pass
+        if budget:
+            time.sleep(0.2)
+            budget.remove()
         shutil.rmtree(work, ignore_errors=True)
 
 

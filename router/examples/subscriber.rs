@@ -24,17 +24,21 @@ use ed25519_dalek::{Signer, SigningKey};
 use model::subscription::{Action, Signed, Subscription};
 
 fn post(socket: &str, body: &[u8]) -> String {
-    let mut s = UnixStream::connect(socket).expect("router socket");
+    try_post(socket, body).expect("router socket")
+}
+
+/// One request on a new connection; an error when the router refuses the connection (over a cap).
+fn try_post(socket: &str, body: &[u8]) -> std::io::Result<String> {
+    let mut s = UnixStream::connect(socket)?;
     write!(
         s,
         "POST /subscribe HTTP/1.1\r\nHost: r\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
+    )?;
+    s.write_all(body)?;
     let mut t = String::new();
-    s.read_to_string(&mut t).unwrap();
-    t
+    s.read_to_string(&mut t)?;
+    Ok(t)
 }
 
 fn status(addr: &str, host: &str) -> u16 {
@@ -153,15 +157,15 @@ fn main() {
         "flood" => {
             let (domain, secs): (&str, f64) = (&a[6], a[7].parse().unwrap());
             let t = Instant::now();
-            let (mut taken, mut refused) = (0u64, 0u64);
+            let (mut taken, mut refused, mut shut) = (0u64, 0u64, 0u64);
             while t.elapsed().as_secs_f64() < secs {
-                if post(socket, &sign(domain, None)).contains("\"ok\":true") {
-                    taken += 1;
-                } else {
-                    refused += 1;
+                match try_post(socket, &sign(domain, None)) {
+                    Ok(a) if a.contains("\"ok\":true") => taken += 1,
+                    Ok(_) => refused += 1,
+                    Err(_) => shut += 1,
                 }
             }
-            println!("{{\"taken\": {taken}, \"refused\": {refused}}}");
+            println!("{{\"taken\": {taken}, \"refused\": {refused}, \"connections_refused\": {shut}}}");
         }
         other => panic!("unknown mode {other}"),
     }

@@ -343,6 +343,18 @@ impl<K: Eq + Hash + Clone> Rate<K> {
         }
     }
 
+    /// Whether `key` has a request left now, without spending it.
+    pub fn has_left(&self, key: &K) -> bool {
+        let now = Instant::now();
+        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        match b.get(key) {
+            None => true,
+            Some((tokens, last)) => {
+                tokens + now.duration_since(*last).as_secs_f64() * self.rate >= 1.0
+            }
+        }
+    }
+
     /// Whether `key` may make one more request now.
     pub fn allow(&self, key: &K) -> bool {
         let now = Instant::now();
@@ -388,6 +400,7 @@ mod tests {
         let r = Rate::new(10.0, 2.0);
         assert!(r.allow(&1) && r.allow(&1));
         assert!(!r.allow(&1), "burst spent");
+        assert!(!r.has_left(&1) && r.has_left(&3));
         assert!(r.allow(&2), "another key has its own bucket");
         tokio::time::advance(Duration::from_millis(100)).await;
         assert!(r.allow(&1));

@@ -349,6 +349,11 @@ async fn serve_api(listener: UnixListener, state: Arc<State>) {
         let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else {
             continue;
         };
+        // A uid over its rate is closed before any byte is read: refusing a
+        // flood costs an accept and a close, not a parsed request each.
+        if !state.api_rate.has_left(&uid) {
+            continue;
+        }
         let Some(permit) = limits.admit(uid) else {
             continue;
         };
