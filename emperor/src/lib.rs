@@ -30,6 +30,9 @@ pub const CONTROL_CONNECTIONS: usize = 64;
 /// How long a control client has to send its request line.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The least time between two scans of the vassal directories after changes.
+pub const SCAN_GAP: Duration = Duration::from_millis(50);
+
 /// How often the directories are read again even without an inotify event.
 pub const RESCAN: Duration = Duration::from_secs(5);
 
@@ -131,6 +134,10 @@ pub async fn run(
         Duration::from_secs(3600)
     });
     tokio::pin!(shutdown);
+    let mut last_scan = tokio::time::Instant::now()
+        .checked_sub(SCAN_GAP)
+        .unwrap_or_else(tokio::time::Instant::now);
+    let mut scan_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -150,14 +157,29 @@ pub async fn run(
                     }
                 }
                 if files_changed {
-                    mgr.reconcile();
-                    watcher.follow(&mgr.drop_dirs());
+                    // At most one scan per SCAN_GAP: a directory rewritten in a
+                    // loop (a reseller's spam) costs a bounded share of a core.
+                    let next = last_scan + SCAN_GAP;
+                    if tokio::time::Instant::now() >= next {
+                        mgr.reconcile();
+                        watcher.follow(&mgr.drop_dirs());
+                        last_scan = tokio::time::Instant::now();
+                    } else {
+                        scan_due = Some(next);
+                    }
                 }
                 mgr.publish_dominion();
                 if mgr.shutdown_done() {
                     mgr.finish_shutdown();
                     break;
                 }
+            }
+            _ = tokio::time::sleep_until(scan_due.unwrap_or_else(tokio::time::Instant::now)), if scan_due.is_some() => {
+                scan_due = None;
+                mgr.reconcile();
+                watcher.follow(&mgr.drop_dirs());
+                last_scan = tokio::time::Instant::now();
+                mgr.publish_dominion();
             }
             _ = rescan.tick() => {
                 mgr.handle(Event::Rescan);

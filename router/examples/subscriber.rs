@@ -165,7 +165,9 @@ fn main() {
                     Err(_) => shut += 1,
                 }
             }
-            println!("{{\"taken\": {taken}, \"refused\": {refused}, \"connections_refused\": {shut}}}");
+            println!(
+                "{{\"taken\": {taken}, \"refused\": {refused}, \"connections_refused\": {shut}}}"
+            );
         }
         other => panic!("unknown mode {other}"),
     }
