@@ -108,7 +108,7 @@ http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ re
         rp, rs = PORTS["router"]
         router = subprocess.Popen([f"{REL}/router", "serve", "--http", f"127.0.0.1:{rp}", "--https", f"127.0.0.1:{rs}",
                                    "--run-dir", f"{work}/run", "--state-dir", f"{work}/state", "--ttl", "3600",
-                                   "--max-routes-per-site", str(args.domains + 10)],
+                                   "--max-routes-per-site", str(args.domains + 1000)],
                                   stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"))
         procs.append(router)
         wait_port(rp)

@@ -30,9 +30,6 @@ pub const CONTROL_CONNECTIONS: usize = 64;
 /// How long a control client has to send its request line.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The least time between two scans of the vassal directories after changes.
-pub const SCAN_GAP: Duration = Duration::from_millis(50);
-
 /// How often the directories are read again even without an inotify event.
 pub const RESCAN: Duration = Duration::from_secs(5);
 
@@ -80,6 +77,16 @@ fn canonical(mut cfg: Config) -> std::io::Result<Config> {
     }
     cfg.vassal_exe = cfg.vassal_exe.canonicalize()?;
     Ok(cfg)
+}
+
+/// Reads the directories and acts on them; returns the pause to keep before
+/// the next scan: twice what this one took, at most a quarter of a second
+/// (a scan that started many sites is long, and later edits should not wait).
+fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher) -> Duration {
+    let t = std::time::Instant::now();
+    mgr.reconcile();
+    watcher.follow(&mgr.drop_dirs());
+    (t.elapsed() * 2).min(Duration::from_millis(250))
 }
 
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next
@@ -134,9 +141,8 @@ pub async fn run(
         Duration::from_secs(3600)
     });
     tokio::pin!(shutdown);
-    let mut last_scan = tokio::time::Instant::now()
-        .checked_sub(SCAN_GAP)
-        .unwrap_or_else(tokio::time::Instant::now);
+    let mut last_scan = tokio::time::Instant::now();
+    let mut gap = Duration::ZERO;
     let mut scan_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -157,12 +163,12 @@ pub async fn run(
                     }
                 }
                 if files_changed {
-                    // At most one scan per SCAN_GAP: a directory rewritten in a
-                    // loop (a reseller's spam) costs a bounded share of a core.
-                    let next = last_scan + SCAN_GAP;
+                    // The next scan waits twice as long as the last one took:
+                    // a directory rewritten in a loop (a reseller's spam) costs
+                    // about a third of a core at most, and a quiet host scans at once.
+                    let next = last_scan + gap;
                     if tokio::time::Instant::now() >= next {
-                        mgr.reconcile();
-                        watcher.follow(&mgr.drop_dirs());
+                        gap = scan(&mut mgr, &mut watcher);
                         last_scan = tokio::time::Instant::now();
                     } else {
                         scan_due = Some(next);
@@ -176,8 +182,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(scan_due.unwrap_or_else(tokio::time::Instant::now)), if scan_due.is_some() => {
                 scan_due = None;
-                mgr.reconcile();
-                watcher.follow(&mgr.drop_dirs());
+                gap = scan(&mut mgr, &mut watcher);
                 last_scan = tokio::time::Instant::now();
                 mgr.publish_dominion();
             }

@@ -238,12 +238,14 @@ pub async fn serve_until_idle<C: std::future::Future + Unpin>(
     let _ = tokio::time::timeout(grace, conn).await;
 }
 
-/// A request body whose frames must each come within a time.
+/// A request body whose frames must each come within a time. The timer is
+/// made only once the body makes the reader wait (a request with no body, or
+/// one already read, never arms one).
 #[derive(Debug)]
 pub struct TimeoutBody<B> {
     inner: B,
     every: Duration,
-    sleep: Pin<Box<Sleep>>,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> TimeoutBody<B> {
@@ -252,7 +254,7 @@ impl<B> TimeoutBody<B> {
         TimeoutBody {
             inner,
             every,
-            sleep: Box::pin(tokio::time::sleep(every)),
+            sleep: None,
         }
     }
 }
@@ -277,14 +279,20 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                let deadline = Instant::now() + this.every;
-                this.sleep.as_mut().reset(deadline);
+                // The next frame has its own time from now.
+                this.sleep = None;
                 Poll::Ready(r.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.every))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let every = this.every;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout(every))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

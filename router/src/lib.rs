@@ -351,7 +351,7 @@ async fn serve_api(listener: UnixListener, state: Arc<State>) {
         };
         // A uid over its rate is closed before any byte is read: refusing a
         // flood costs an accept and a close, not a parsed request each.
-        if !state.api_rate.has_left(&uid) {
+        if uid != 0 && !state.api_rate.has_left(&uid) {
             continue;
         }
         let Some(permit) = limits.admit(uid) else {
