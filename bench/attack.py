@@ -2,7 +2,7 @@
 """A neighbour's req/s through the router while another tenant attacks, on 127.0.0.1 only.
 
 One router, two sites: "neighbour" (neighbour.test, nginx on its socket) and
-"attacker" (attacker.test and *.attacker.test, nginx on 16 sockets). The
+"attacker" (attacker.test and *.attacker.test, its own nginx on 16 sockets). The
 neighbour's req/s (wrk -t1 -c16) is measured right before each flood and during
 it, in the same run:
 
@@ -15,7 +15,8 @@ it, in the same run:
 - fork-bomb:  a site whose tenant process is a fork bomb (pids 100, cpu 0.5)
 
 The attacker's own processes (wrk, the subscription flooder, the drop-directory
-writer) run in a cgroup with a site's CPU budget, 0.5 core, as a tenant's would.
+writer) run as a tenant's (or the reseller's) uid, in a cgroup with a site's CPU
+budget, 0.5 core, as a tenant's would.
 Every flood is bounded in time (--seconds) and stops by itself; everything
 made is removed at the end.
 
@@ -28,6 +29,7 @@ from router import wait_port  # bench/router.py, beside this file
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(REPO, "target", "release")
 HTTP = 19080
+TENANT = 39999  # the attacker's uid: a tenant's, never root's
 
 
 def wrk(host, seconds, conns=16):
@@ -63,10 +65,15 @@ class Budget:
             open(f"{self.dirs[0]}/cpu.cfs_period_us", "w").write(str(period))
             open(f"{self.dirs[0]}/cpu.cfs_quota_us", "w").write(str(quota))
 
-    def enter(self):
-        """For preexec_fn: the child joins the budget before it runs."""
-        for d in self.dirs:
-            open(f"{d}/cgroup.procs", "w").write(str(os.getpid()))
+    def enter_as(self, uid):
+        """A preexec_fn: the child joins the budget, then becomes `uid` (a tenant is never root)."""
+        def enter():
+            for d in self.dirs:
+                open(f"{d}/cgroup.procs", "w").write(str(os.getpid()))
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        return enter
 
     def remove(self):
         for d in self.dirs:
@@ -104,6 +111,7 @@ def main():
     args = ap.parse_args()
     S = args.seconds
     work = tempfile.mkdtemp(prefix="imperium-attack-bench-")
+    os.chmod(work, 0o755)  # the attacker's tools run as a tenant's uid
     cgroot = f"imperium-attack-{os.getpid()}"
     procs, emperor, budget = [], None, None
     try:
@@ -112,16 +120,17 @@ def main():
         for site in ("neighbour", "attacker"):
             os.makedirs(os.path.join(socks, site))
         os.makedirs(os.path.join(work, "run", "router"))
+        # Each site's backend in its own nginx: the attacker's load on its
+        # backend must not slow the neighbour's down through a shared worker.
         listens = "".join(f"listen unix:{socks}/attacker/b{i}.sock; " for i in range(16))
-        open(f"{work}/backend.conf", "w").write(f"""
-worker_processes 1; pid {work}/backend.pid; error_log {work}/backend.err; daemon off;
+        for name, server in (("neighbour", f'listen unix:{socks}/neighbour/app.sock; location / {{ return 200 "neighbour"; }}'),
+                             ("attacker", f'{listens} location / {{ return 200 "attacker"; }}')):
+            open(f"{work}/{name}.conf", "w").write(f"""
+worker_processes 1; pid {work}/{name}.pid; error_log {work}/{name}.err; daemon off;
 events {{ worker_connections 4096; }}
-http {{ access_log off;
-  server {{ listen unix:{socks}/neighbour/app.sock; location / {{ return 200 "neighbour"; }} }}
-  server {{ {listens} location / {{ return 200 "attacker"; }} }}
-}}
+http {{ access_log off; server {{ {server} }} }}
 """)
-        procs.append(subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work]))
+            procs.append(subprocess.Popen(["nginx", "-c", f"{work}/{name}.conf", "-p", work]))
         wait_path(f"{socks}/neighbour/app.sock")
         keys, pubs = {}, {}
         for site in ("neighbour", "attacker"):
@@ -183,7 +192,7 @@ http {{ access_log off;
             subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "0", "15", "100"], check=True)
             subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "15", "16", "99"], check=True)
             return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{S + 2}s", "-H", "Host: attacker.test", f"http://127.0.0.1:{HTTP}/"],
-                                    stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter)
+                                    stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter_as(TENANT))
 
         def amp_stop(p):
             out = p.communicate(timeout=S + 30)[0]
@@ -192,13 +201,13 @@ http {{ access_log off;
         def plain_start():
             subprocess.run(sub("attacker", "b0") + ["one", "plain.attacker.test"], check=True)
             return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{S + 2}s", "-H", "Host: plain.attacker.test", f"http://127.0.0.1:{HTTP}/"],
-                                    stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter)
+                                    stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter_as(TENANT))
         during("plain-load", plain_start, amp_stop)
         during("amplify", amp_start, amp_stop)
 
         def flood_start():
             return [subprocess.Popen(sub("attacker", "b0") + ["flood", "attacker.test", str(S)], stdout=subprocess.PIPE, text=True,
-                                     preexec_fn=budget.enter)
+                                     preexec_fn=budget.enter_as(TENANT))
                     for _ in range(2)]
 
         def flood_stop(ps):
@@ -219,7 +228,9 @@ while time.time() < t:
     n += 1
 print(n)
 """
-            return subprocess.Popen(["python3", "-c", loop], stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter), drop
+            reseller = os.stat(drop).st_uid
+            return subprocess.Popen(["python3", "-c", loop], stdout=subprocess.PIPE, text=True,
+                                    preexec_fn=budget.enter_as(reseller)), drop
 
         def spam_stop(st):
             p, drop = st

@@ -80,13 +80,13 @@ fn canonical(mut cfg: Config) -> std::io::Result<Config> {
 }
 
 /// Reads the directories and acts on them; returns the pause to keep before
-/// the next scan: twice what this one took, at most a quarter of a second
+/// the next scan: four times what this one took, at most a quarter of a second
 /// (a scan that started many sites is long, and later edits should not wait).
 fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher) -> Duration {
     let t = std::time::Instant::now();
     mgr.reconcile();
     watcher.follow(&mgr.drop_dirs());
-    (t.elapsed() * 2).min(Duration::from_millis(250))
+    (t.elapsed() * 4).min(Duration::from_millis(250))
 }
 
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next
@@ -163,9 +163,9 @@ pub async fn run(
                     }
                 }
                 if files_changed {
-                    // The next scan waits twice as long as the last one took:
-                    // a directory rewritten in a loop (a reseller's spam) costs
-                    // about a third of a core at most, and a quiet host scans at once.
+                    // The next scan waits four times as long as the last one
+                    // took: a directory rewritten in a loop (a reseller's spam)
+                    // costs a fifth of a core at most, and a quiet host scans at once.
                     let next = last_scan + gap;
                     if tokio::time::Instant::now() >= next {
                         gap = scan(&mut mgr, &mut watcher);
