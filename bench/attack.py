@@ -24,7 +24,7 @@ made is removed at the end.
 """
 import argparse, base64, json, os, re, resource, shutil, signal, socket, subprocess, tempfile, threading, time
 
-from router import wait_port  # bench/router.py, beside this file
+from router import stop_all, wait_port  # bench/router.py, beside this file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(REPO, "target", "release")
@@ -189,24 +189,25 @@ http {{ access_log off; server {{ {server} }} }}
 
         def amp_start():
             # Weights 100 and one 99: the longest ring a domain can have.
-            subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "0", "15", "100"], check=True)
-            subprocess.run(sub("attacker", "b") + ["backends", "attacker.test", "15", "16", "99"], check=True)
+            subprocess.run(sub("attacker", "b{}.sock") + ["backends", "attacker.test", "0", "15", "100"], check=True)
+            subprocess.run(sub("attacker", "b{}.sock") + ["backends", "attacker.test", "15", "16", "99"], check=True)
             return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{S + 2}s", "-H", "Host: attacker.test", f"http://127.0.0.1:{HTTP}/"],
                                     stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter_as(TENANT))
 
         def amp_stop(p):
             out = p.communicate(timeout=S + 30)[0]
             m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-            return {"attacker_req_s": round(float(m.group(1))) if m else None}
+            bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            return {"attacker_req_s": round(float(m.group(1))) if m else None, "attacker_non_2xx": int(bad.group(1)) if bad else 0}
         def plain_start():
-            subprocess.run(sub("attacker", "b0") + ["one", "plain.attacker.test"], check=True)
+            subprocess.run(sub("attacker", "b0.sock") + ["one", "plain.attacker.test"], check=True)
             return subprocess.Popen(["wrk", "-t1", "-c4", f"-d{S + 2}s", "-H", "Host: plain.attacker.test", f"http://127.0.0.1:{HTTP}/"],
                                     stdout=subprocess.PIPE, text=True, preexec_fn=budget.enter_as(TENANT))
         during("plain-load", plain_start, amp_stop)
         during("amplify", amp_start, amp_stop)
 
         def flood_start():
-            return [subprocess.Popen(sub("attacker", "b0") + ["flood", "attacker.test", str(S)], stdout=subprocess.PIPE, text=True,
+            return [subprocess.Popen(sub("attacker", "b0.sock") + ["flood", "attacker.test", str(S)], stdout=subprocess.PIPE, text=True,
                                      preexec_fn=budget.enter_as(TENANT))
                     for _ in range(2)]
 
@@ -274,13 +275,7 @@ print(n)
                 emperor.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 emperor.kill()
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         # Whatever the emperor left (it removes its own on shutdown): v1 controllers, or the v2 tree.
         for d in [f"/sys/fs/cgroup/{c}/{cgroot}" for c in os.listdir("/sys/fs/cgroup")] + [f"/sys/fs/cgroup/{cgroot}"]:
             for root, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):

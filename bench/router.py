@@ -63,6 +63,17 @@ def s_time(port, seconds):
     return round(int(m.group(1)) / float(m.group(2)), 1) if m else None
 
 
+def stop_all(procs):
+    """SIGTERM to each, then a wait of up to 10 s each, then SIGKILL."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def wait_port(port, deadline=20):
     import socket
     t = time.time() + deadline
@@ -176,13 +187,7 @@ backend app
                   f"https {r['https']['req_s'] / n['https']['req_s']:.2f}x req/s, "
                   f"{r['https']['cpu_us_per_req'] / n['https']['cpu_us_per_req']:.2f}x CPU/req")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -10,7 +10,8 @@
 //! fresh domain and sends requests with its Host until one is routed; prints
 //! the median and p95 of subscription-sent to first-routed, in ms.
 //! `subscriber SOCKET SITE KEYFILE BACKEND backends DOMAIN FROM TO WEIGHT`
-//! subscribes DOMAIN to the backends `BACKEND<FROM>`..`BACKEND<TO-1>`, of WEIGHT each.
+//! subscribes DOMAIN to the backends FROM..TO, of WEIGHT each, named by BACKEND
+//! with `{}` replaced by the number (`b{}.sock`).
 //! `subscriber SOCKET SITE KEYFILE BACKEND flood DOMAIN SECONDS`   sends signed
 //! subscriptions as fast as it can; prints how many were taken and refused.
 
@@ -147,10 +148,8 @@ fn main() {
                 a[9].parse().unwrap(),
             );
             for i in from..to {
-                let answer = post(
-                    socket,
-                    &sign_to(domain, None, &format!("{backend}{i}"), weight),
-                );
+                let name = backend.replace("{}", &i.to_string());
+                let answer = post(socket, &sign_to(domain, None, &name, weight));
                 assert!(answer.contains("\"ok\":true"), "{answer}");
             }
         }
