@@ -152,15 +152,35 @@ fn hostile_usr_local_swapped_for_a_link_while_the_site_starts_is_never_mounted()
         let (stop, home, local, secret) =
             (stop.clone(), home.clone(), local.clone(), secret.clone());
         std::thread::spawn(move || {
-            let real = home.join("usr-local.real");
+            // Swapped atomically (RENAME_EXCHANGE), so ~/usr-local always
+            // exists: half the time the tenant's directory, half a link to the host's.
+            let link = home.join("usr-local.link");
+            std::os::unix::fs::symlink(&secret, &link).unwrap();
             let mut flips = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                if std::fs::rename(&local, &real).is_ok() {
-                    let _ = std::os::unix::fs::symlink(&secret, &local);
-                    let _ = std::fs::remove_file(&local);
-                    let _ = std::fs::rename(&real, &local);
+                let swapped = nix::fcntl::renameat2(
+                    None,
+                    &local,
+                    None,
+                    &link,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                );
+                if swapped.is_ok() {
+                    flips += 1;
                 }
-                flips += 1;
+            }
+            // Left as the tenant's directory.
+            if local
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+            {
+                let _ = nix::fcntl::renameat2(
+                    None,
+                    &local,
+                    None,
+                    &link,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                );
             }
             flips
         })
