@@ -69,6 +69,16 @@ impl Entry {
         }
     }
 
+    /// A copy to change (the ring is rebuilt after the change).
+    fn to_edit(&self) -> Entry {
+        Entry {
+            site: self.site.clone(),
+            backends: self.backends.clone(),
+            ring: Vec::new(),
+            cert: self.cert.clone(),
+        }
+    }
+
     /// Rebuilds the ring after the backends changed: each backend `weight / g`
     /// times (g the gcd of all weights), interleaved so that equal weights
     /// alternate.
@@ -241,12 +251,7 @@ impl Routes {
                 Action::Subscribe => {
                     let mut e = match t.by_domain.get(domain) {
                         // The dominator moved the domain: the old site's backends and certificate go.
-                        Some(old) if old.site == v.sub.site => Entry {
-                            site: old.site.clone(),
-                            backends: old.backends.clone(),
-                            ring: Vec::new(),
-                            cert: old.cert.clone(),
-                        },
+                        Some(old) if old.site == v.sub.site => old.to_edit(),
                         _ => Entry::new(&v.sub.site),
                     };
                     let fresh = t
@@ -290,12 +295,7 @@ impl Routes {
                     if old.site != v.sub.site {
                         return;
                     }
-                    let mut e = Entry {
-                        site: old.site.clone(),
-                        backends: old.backends.clone(),
-                        ring: Vec::new(),
-                        cert: old.cert.clone(),
-                    };
+                    let mut e = old.to_edit();
                     e.backends.retain(|b| b.name != v.sub.backend);
                     t.remove(domain);
                     if !e.backends.is_empty() {
@@ -324,12 +324,7 @@ impl Routes {
                 .collect();
             for (domain, old) in touched {
                 t.remove(&domain);
-                let mut e = Entry {
-                    site: old.site.clone(),
-                    backends: old.backends.clone(),
-                    ring: Vec::new(),
-                    cert: old.cert.clone(),
-                };
+                let mut e = old.to_edit();
                 e.backends.retain(|b| b.expires > now);
                 if !e.backends.is_empty() {
                     e.rebuild();

@@ -641,14 +641,7 @@ fn a_suspended_site_answers_503() {
     wait_for(Duration::from_secs(5), "503", || {
         (r.get("example.com").0 == 503).then_some(())
     });
-    let mut s = TcpStream::connect(&r.http).unwrap();
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = r.raw("GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
     assert!(
         text.to_ascii_lowercase().contains("retry-after: 120"),
         "{text}"
@@ -896,16 +889,20 @@ fn hostile_the_router_connects_only_to_the_sites_own_sockets() {
 }
 
 impl Router {
-    /// A GET, counted as served or not.
-    fn get_pooled_off(&self, host: &str, ok: &mut u32, refused: &mut u32) {
+    /// What the router answers to these bytes on a new HTTP connection (read to its close).
+    fn raw(&self, request: &str) -> String {
         let mut s = TcpStream::connect(&self.http).unwrap();
-        write!(
-            s,
-            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
+        text
+    }
+
+    /// A GET, counted as served or not.
+    fn get_pooled_off(&self, host: &str, ok: &mut u32, refused: &mut u32) {
+        let text = self.raw(&format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ));
         match text.split(' ').nth(1) {
             Some("200") => *ok += 1,
             _ => *refused += 1,
@@ -1012,14 +1009,8 @@ fn hostile_a_body_that_never_comes_and_two_hosts_are_refused() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
 
     // Two Host headers: which site is meant is not guessed.
-    let mut s = TcpStream::connect(&r.http).unwrap();
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: example.com\r\nHost: other.org\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = r
+        .raw("GET / HTTP/1.1\r\nHost: example.com\r\nHost: other.org\r\nConnection: close\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
 
     // The subscription API: headers, then no body; and more connections than one uid may hold.

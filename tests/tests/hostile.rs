@@ -156,31 +156,26 @@ fn hostile_usr_local_swapped_for_a_link_while_the_site_starts_is_never_mounted()
             // exists: half the time the tenant's directory, half a link to the host's.
             let link = home.join("usr-local.link");
             std::os::unix::fs::symlink(&secret, &link).unwrap();
-            let mut flips = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let swapped = nix::fcntl::renameat2(
+            let swap = || {
+                nix::fcntl::renameat2(
                     None,
                     &local,
                     None,
                     &link,
                     nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-                );
-                if swapped.is_ok() {
-                    flips += 1;
-                }
+                )
+                .is_ok()
+            };
+            let mut flips = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                flips += u32::from(swap());
             }
             // Left as the tenant's directory.
             if local
                 .symlink_metadata()
                 .is_ok_and(|m| m.file_type().is_symlink())
             {
-                let _ = nix::fcntl::renameat2(
-                    None,
-                    &local,
-                    None,
-                    &link,
-                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-                );
+                swap();
             }
             flips
         })
@@ -316,9 +311,14 @@ fn hostile_a_containers_init_holds_nothing_of_the_emperors_and_cannot_be_ptraced
         pid,
         uid_of(&e, "site1"),
         &e.cgroup("_admin/site1"),
-        "cat /proc/1/environ >/dev/null 2>&1 && echo READ; ls /proc/1/fd >/dev/null 2>&1 && echo LISTED; true",
+        "cat /proc/1/environ >/dev/null 2>&1 && echo READ; ls /proc/1/fd >/dev/null 2>&1 && echo LISTED; echo ran as $(id -u)",
     );
     let text = String::from_utf8_lossy(&out.stdout);
+    let uid = uid_of(&e, "site1");
+    assert!(
+        text.contains(&format!("ran as {uid}")),
+        "the check did not run: {text}"
+    );
     assert!(!text.contains("READ") && !text.contains("LISTED"), "{text}");
 }
 
@@ -395,6 +395,11 @@ fn hostile_an_admin_notification_never_follows_a_tenants_link_to_the_host() {
         "the notification was written into the host's {}",
         host_dir.display()
     );
+    // Without the link, the same call stores it in the tenant's home.
+    std::fs::remove_file(home.join(".imperium")).unwrap();
+    let out = e.cli(&["notify", "site1", "maintenance on sunday"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(home.join(".imperium/notifications.db").is_file());
 }
 
 #[test]
