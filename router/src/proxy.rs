@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
 use hyper::{Request, Response, StatusCode};
@@ -95,37 +95,64 @@ async fn connect(b: &Backend) -> Result<Sender, ConnectError> {
     Ok(sender)
 }
 
+/// A connection to a backend for one request.
+struct Conn<'a> {
+    backend: &'a Arc<Backend>,
+    sender: Sender,
+    /// Taken from the pool (the backend may have closed it meanwhile).
+    reused: bool,
+}
+
 /// In turn from `order`: an idle connection (when `pooled`), else a new one;
 /// a backend that refuses is skipped for this request only.
 async fn pick<'a>(
     state: &State,
     order: impl Iterator<Item = &'a Arc<Backend>>,
     pooled: bool,
-) -> Option<(&'a Arc<Backend>, Sender)> {
-    for b in order {
-        if let Some(s) = pooled.then(|| state.pool.take(&b.path)).flatten() {
-            return Some((b, s));
+) -> Option<Conn<'a>> {
+    for backend in order {
+        if let Some(sender) = pooled.then(|| state.pool.take(&backend.path)).flatten() {
+            return Some(Conn {
+                backend,
+                sender,
+                reused: true,
+            });
         }
-        match connect(b).await {
-            Ok(s) => return Some((b, s)),
+        match connect(backend).await {
+            Ok(sender) => {
+                return Some(Conn {
+                    backend,
+                    sender,
+                    reused: false,
+                })
+            }
             Err(e) => {
-                tracing::debug!(backend = %b.path.display(), error = %e, "backend refused; trying the next")
+                tracing::debug!(backend = %backend.path.display(), error = %e, "backend refused; trying the next")
             }
         }
     }
     None
 }
 
-/// What goes to a backend: the client's body, each part within the body timeout.
-pub type ReqBody = crate::conn::TimeoutBody<Incoming>;
+/// What goes to a backend: a small body read whole (so the request can be
+/// sent again), or the client's body streamed, each part within the body timeout.
+pub type ReqBody = Either<Full<Bytes>, crate::conn::TimeoutBody<Incoming>>;
 
 /// A connection to a backend, ready for a request.
 pub type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
-/// Idle connections to backends, by socket path.
+/// Idle connections to backends, by socket path, and how many requests wait
+/// for the first answer on a new connection.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Vec<Sender>>>,
+    slots: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Slot>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    idle: Vec<Sender>,
+    /// Requests sent on new connections that have no answer yet.
+    waiting: usize,
 }
 
 /// Idle connections kept per backend.
@@ -133,8 +160,8 @@ const POOL_PER_BACKEND: usize = 64;
 
 impl Pool {
     fn take(&self, path: &std::path::Path) -> Option<Sender> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(path)?;
+        let mut slots = self.slots.lock().ok()?;
+        let list = &mut slots.get_mut(path)?.idle;
         while let Some(s) = list.pop() {
             if s.is_ready() && !s.is_closed() {
                 return Some(s);
@@ -143,15 +170,157 @@ impl Pool {
         None
     }
 
-    fn put(&self, path: std::path::PathBuf, sender: Sender) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(path).or_default();
-            if list.len() < POOL_PER_BACKEND {
-                list.push(sender);
+    /// Keeps a connection whose answer is done, unless requests wait on new
+    /// connections to the same backend: an application server that gives a
+    /// worker to each connection (uWSGI's `--http11-socket`) then has all its
+    /// workers on kept connections and the new ones are never accepted, so
+    /// the connection is closed to free its worker.
+    fn put(&self, path: &std::path::Path, sender: Sender) {
+        if let Ok(mut slots) = self.slots.lock() {
+            if let Some(slot) = slots.get_mut(path) {
+                if slot.waiting == 0 && slot.idle.len() < POOL_PER_BACKEND {
+                    slot.idle.push(sender);
+                }
+            } else {
+                let idle = vec![sender];
+                slots.insert(path.to_owned(), Slot { idle, waiting: 0 });
+            }
+        }
+    }
+
+    /// Drops the idle connections of a backend that closed one of them.
+    fn forget(&self, path: &std::path::Path) {
+        if let Ok(mut slots) = self.slots.lock() {
+            if let Some(slot) = slots.get_mut(path) {
+                slot.idle.clear();
+            }
+        }
+    }
+
+    /// Counts a request waiting on a new connection until the guard drops.
+    fn waiting<'a>(&'a self, path: &'a std::path::Path) -> Waiting<'a> {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.entry(path.to_owned()).or_default().waiting += 1;
+        }
+        Waiting { pool: self, path }
+    }
+}
+
+/// A request waiting for the first answer on a new connection.
+struct Waiting<'a> {
+    pool: &'a Pool,
+    path: &'a std::path::Path,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut slots) = self.pool.slots.lock() {
+            if let Some(slot) = slots.get_mut(self.path) {
+                slot.waiting = slot.waiting.saturating_sub(1);
             }
         }
     }
 }
+
+/// The largest request body read whole before it goes to a backend (so that
+/// the request can be sent again); larger ones are streamed.
+pub const REPLAY_BODY: u64 = 16 * 1024;
+
+/// A request read whole: it can be sent as many times as needed.
+struct Replay {
+    method: hyper::Method,
+    uri: hyper::Uri,
+    headers: hyper::HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    fn request(&self) -> Request<ReqBody> {
+        let mut r = Request::new(Either::Left(Full::new(self.body.clone())));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Reads a request with no body or a small one whole; hands back a larger one
+/// to stream.
+async fn prepare(
+    req: Request<Incoming>,
+    every: std::time::Duration,
+) -> Result<Result<Replay, Request<ReqBody>>, Response<Body>> {
+    use hyper::body::Body as _;
+    let small = req.body().is_end_stream()
+        || req
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= REPLAY_BODY);
+    let (parts, body) = req.into_parts();
+    let body = crate::conn::TimeoutBody::new(body, every);
+    if !small {
+        return Ok(Err(Request::from_parts(parts, Either::Right(body))));
+    }
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if caused_by_body_timeout(e.as_ref()) => {
+            return Err(page(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body did not come in time.",
+            ))
+        }
+        Err(_) => return Err(page(StatusCode::BAD_REQUEST, "The request body broke off.")),
+    };
+    Ok(Ok(Replay {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+    }))
+}
+
+/// Methods that may be sent twice (RFC 9110, 9.2.2).
+fn idempotent(m: &hyper::Method) -> bool {
+    use hyper::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ]
+    .contains(m)
+}
+
+/// Removes the headers that concern one connection only: the hop-by-hop ones
+/// and those the `Connection` header names (RFC 9110, 7.6.1).
+fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+    let named: Vec<hyper::header::HeaderName> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| hyper::header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+}
+
+/// Tries of one request: the first and two more on new connections.
+const MAX_ATTEMPTS: usize = 3;
 
 /// How long a backend has to start its answer.
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -270,82 +439,89 @@ pub async fn handle(
     }
     *req.version_mut() = hyper::Version::HTTP_11;
     // Hop-by-hop headers concern the client's connection, not ours to the backend.
-    if !upgrading_request(&req) {
-        for h in [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-        ] {
-            req.headers_mut().remove(h);
-        }
-    }
     let upgrading = upgrading_request(&req);
-
+    if !upgrading {
+        strip_hop_by_hop(req.headers_mut());
+    }
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-    let every = state.body_timeout;
-    let req = req.map(|b| crate::conn::TimeoutBody::new(b, every));
-    let Some((backend, mut sender)) = pick(&state, backends.iter(), !upgrading).await else {
+    let method = req.method().clone();
+    let (replay, mut req) = match prepare(req, state.body_timeout).await {
+        Ok(Ok(replay)) => {
+            let req = replay.request();
+            (Some(replay), req)
+        }
+        Ok(Err(streamed)) => (None, streamed),
+        Err(page) => return Ok(page),
+    };
+    let Some(mut conn) = pick(&state, backends.iter(), !upgrading).await else {
         return Ok(page(
             StatusCode::BAD_GATEWAY,
             "The site's application is not answering.",
         ));
     };
-    // A kept connection the backend closed meanwhile gives the request back
-    // unsent: it goes once more, on a new connection to the same backend or,
-    // if that one is gone too, to the next that accepts.
-    let mut req = req;
-    let mut retried = false;
-    let mut backend = backend;
+    // A request the backend never got, or that failed on a kept connection
+    // before any answer (the backend closed it meanwhile, as uWSGI's
+    // `--http-socket` does after each answer), or an idempotent one that
+    // failed before any answer, goes again on a new connection: to the same
+    // backend first, then to the next that accepts.
+    let mut attempts = 1;
     let mut resp = loop {
-        match tokio::time::timeout(RESPONSE_TIMEOUT, sender.try_send_request(req)).await {
+        let waiting = (!conn.reused).then(|| state.pool.waiting(&conn.backend.path));
+        let sent = tokio::time::timeout(RESPONSE_TIMEOUT, conn.sender.try_send_request(req)).await;
+        drop(waiting);
+        let mut e = match sent {
             Ok(Ok(r)) => break r,
-            Ok(Err(mut e)) => match (e.take_message(), retried) {
-                (Some(back), false) => {
-                    retried = true;
-                    req = back;
-                    let first = std::iter::once(backend);
-                    let order = first.chain(backends.iter().filter(|b| !Arc::ptr_eq(b, backend)));
-                    (backend, sender) = match pick(&state, order, false).await {
-                        Some(c) => c,
-                        None => {
-                            return Ok(page(
-                                StatusCode::BAD_GATEWAY,
-                                "The site's application is not answering.",
-                            ))
-                        }
-                    };
-                }
-                _ if caused_by_body_timeout(e.error()) => {
-                    return Ok(page(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "The request body did not come in time.",
-                    ))
-                }
-                _ => {
-                    return Ok(page(
-                        StatusCode::BAD_GATEWAY,
-                        "The site's application failed to answer.",
-                    ))
-                }
-            },
+            Ok(Err(e)) => e,
             Err(_) => {
                 return Ok(page(
                     StatusCode::GATEWAY_TIMEOUT,
                     "The site's application did not answer in time.",
                 ))
             }
+        };
+        if caused_by_body_timeout(e.error()) {
+            return Ok(page(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body did not come in time.",
+            ));
         }
+        if conn.reused {
+            state.pool.forget(&conn.backend.path);
+        }
+        let again = match (e.take_message(), &replay) {
+            (Some(unsent), _) => Some(unsent),
+            (None, Some(r)) if conn.reused || idempotent(&method) => Some(r.request()),
+            _ => None,
+        };
+        tracing::debug!(backend = %conn.backend.path.display(), error = %e.error(), reused = conn.reused, again = again.is_some(), "request failed");
+        let Some(again) = again.filter(|_| attempts < MAX_ATTEMPTS) else {
+            return Ok(page(
+                StatusCode::BAD_GATEWAY,
+                "The site's application failed to answer.",
+            ));
+        };
+        req = again;
+        attempts += 1;
+        let same = conn.backend;
+        let order = std::iter::once(same).chain(backends.iter().filter(|b| !Arc::ptr_eq(b, same)));
+        conn = match pick(&state, order, false).await {
+            Some(c) => c,
+            None => {
+                return Ok(page(
+                    StatusCode::BAD_GATEWAY,
+                    "The site's application is not answering.",
+                ))
+            }
+        };
     };
     if !upgrading {
         // Back to the pool once the answer's body has gone through.
         let state = state.clone();
-        let path = backend.path.clone();
+        let path = conn.backend.path.clone();
+        let mut sender = conn.sender;
         tokio::spawn(async move {
             if sender.ready().await.is_ok() {
-                state.pool.put(path, sender);
+                state.pool.put(&path, sender);
             }
         });
     }
@@ -361,6 +537,11 @@ pub async fn handle(
             });
         }
     }
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The backend's connection is its own business (gunicorn says
+        // `Connection: close` on every answer): the client's lives by its own rules.
+        strip_hop_by_hop(resp.headers_mut());
+    }
     // The request stays in flight (the client connection is not idle) until its answer's body is done.
     Ok(resp.map(move |b| {
         b.map_frame(move |f| {
@@ -369,4 +550,26 @@ pub async fn handle(
         })
         .boxed()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=b"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type", "set-cookie"]);
+    }
 }

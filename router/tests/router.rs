@@ -1161,3 +1161,207 @@ fn hostile_a_site_routes_a_bounded_number_of_names_under_its_wildcard() {
     // Another site's budget is its own.
     r.subscribe(&s2, &s2.sub("other.org", "o.sock"));
 }
+
+// ---- Real application servers from Debian behind the router ----------------
+
+/// A WSGI app that sets Content-Length (uWSGI's --http-socket then closes
+/// after each answer without saying so), and answers `/slow` after a while.
+const WSGI_APP: &str = r#"
+import time
+def application(env, start_response):
+    if env.get("PATH_INFO") == "/slow":
+        time.sleep(2)
+    body = ("app|" + env.get("HTTP_HOST", "")).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+/// An application server in its own process group, killed with it.
+struct AppServer(Child);
+
+impl AppServer {
+    /// `argv` run in `dir` (where app.py is), serving on `socket`.
+    fn start(dir: &Path, socket: &Path, argv: &[&str]) -> AppServer {
+        use std::os::unix::process::CommandExt;
+        std::fs::write(dir.join("app.py"), WSGI_APP).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{}.log", argv[0]))).unwrap();
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .current_dir(dir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (scripts/install-deps installs it)", argv[0]));
+        wait_for(Duration::from_secs(30), "the app server's socket", || {
+            UnixStream::connect(socket).ok()
+        });
+        AppServer(child)
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// What a bounded keep-alive load saw.
+#[derive(Debug, Default)]
+struct Load {
+    /// Answers by status.
+    statuses: std::collections::BTreeMap<u16, usize>,
+    /// Times the router closed a client connection (or said it would).
+    closed: usize,
+}
+
+impl Load {
+    fn failed(&self) -> usize {
+        self.statuses
+            .iter()
+            .filter(|(s, _)| !(200..300).contains(*s))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// One answer on a kept connection: (status, the router closes it).
+fn read_answer(r: &mut BufReader<TcpStream>) -> Option<(u16, bool)> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status = line.split(' ').nth(1)?.parse().ok()?;
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("content-length") {
+            length = v.parse().ok()?;
+        } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
+            close = true;
+        }
+    }
+    r.read_exact(&mut vec![0u8; length]).ok()?;
+    Some((status, close))
+}
+
+/// `clients` connections at once, each sending `each` GETs one after another
+/// and opening a new connection only when the router closed the last.
+fn keepalive_load(addr: &str, host: &str, clients: usize, each: usize) -> Load {
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (addr, host) = (addr.to_owned(), host.to_owned());
+            std::thread::spawn(move || {
+                let mut load = Load::default();
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                for _ in 0..each {
+                    let r = conn.get_or_insert_with(|| {
+                        let s = TcpStream::connect(&addr).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                        BufReader::new(s)
+                    });
+                    let sent = write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+                    match sent.ok().and_then(|_| read_answer(r)) {
+                        Some((status, close)) => {
+                            *load.statuses.entry(status).or_default() += 1;
+                            if close {
+                                load.closed += 1;
+                                conn = None;
+                            }
+                        }
+                        None => {
+                            *load.statuses.entry(0).or_default() += 1;
+                            load.closed += 1;
+                            conn = None;
+                        }
+                    }
+                }
+                load
+            })
+        })
+        .collect();
+    let mut all = Load::default();
+    for t in threads {
+        let l = t.join().unwrap();
+        for (s, n) in l.statuses {
+            *all.statuses.entry(s).or_default() += n;
+        }
+        all.closed += l.closed;
+    }
+    all
+}
+
+/// The router in front of an application server started by `argv` on site1's web.sock.
+fn behind_app_server(argv: &[&str]) {
+    let (r, s1, _) = setup("60");
+    let socket = r.socket("site1", "web.sock");
+    let sock = socket.display().to_string();
+    let argv: Vec<String> = argv.iter().map(|a| a.replace("{sock}", &sock)).collect();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let _app = AppServer::start(r.dir.path(), &socket, &argv);
+    r.subscribe(&s1, &s1.sub("example.com", "web.sock"));
+    assert_eq!(r.get("example.com"), (200, "app|example.com".into()));
+    let load = keepalive_load(&r.http, "example.com", 32, 300);
+    assert_eq!(
+        (load.failed(), load.closed),
+        (0, 0),
+        "{argv:?}: every answer 2xx on connections the router kept open: {load:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs uWSGI from Debian (scripts/install-deps)"]
+fn no_failed_request_behind_uwsgi_http_socket() {
+    behind_app_server(&[
+        "uwsgi",
+        "--plugin",
+        "python3",
+        "--http-socket",
+        "{sock}",
+        "--wsgi-file",
+        "app.py",
+        "--processes",
+        "4",
+        "--master",
+        "--disable-logging",
+    ]);
+}
+
+#[test]
+#[ignore = "needs uWSGI from Debian (scripts/install-deps)"]
+fn no_failed_request_behind_uwsgi_http11_socket() {
+    behind_app_server(&[
+        "uwsgi",
+        "--plugin",
+        "python3",
+        "--http11-socket",
+        "{sock}",
+        "--wsgi-file",
+        "app.py",
+        "--processes",
+        "4",
+        "--disable-logging",
+    ]);
+}
+
+#[test]
+#[ignore = "needs gunicorn from Debian (scripts/install-deps)"]
+fn no_failed_request_and_kept_client_connections_behind_gunicorn() {
+    behind_app_server(&[
+        "gunicorn",
+        "--bind",
+        "unix:{sock}",
+        "--workers",
+        "4",
+        "app:application",
+    ]);
+}
