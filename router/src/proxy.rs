@@ -96,8 +96,8 @@ async fn connect(b: &Backend) -> Result<Sender, ConnectError> {
 }
 
 /// A connection to a backend for one request.
-struct Conn<'a> {
-    backend: &'a Arc<Backend>,
+struct Conn {
+    backend: Arc<Backend>,
     sender: Sender,
     /// Taken from the pool (the backend may have closed it meanwhile).
     reused: bool,
@@ -109,11 +109,11 @@ async fn pick<'a>(
     state: &State,
     order: impl Iterator<Item = &'a Arc<Backend>>,
     pooled: bool,
-) -> Option<Conn<'a>> {
+) -> Option<Conn> {
     for backend in order {
         if let Some(sender) = pooled.then(|| state.pool.take(&backend.path)).flatten() {
             return Some(Conn {
-                backend,
+                backend: backend.clone(),
                 sender,
                 reused: true,
             });
@@ -121,7 +121,7 @@ async fn pick<'a>(
         match connect(backend).await {
             Ok(sender) => {
                 return Some(Conn {
-                    backend,
+                    backend: backend.clone(),
                     sender,
                     reused: false,
                 })
@@ -388,7 +388,7 @@ pub async fn handle(
     let Some(host) = host_of(&req) else {
         return Ok(page(StatusCode::BAD_REQUEST, "No Host, or more than one."));
     };
-    let backends = match state.routes.lookup(&host) {
+    let mut backends = match state.routes.lookup(&host) {
         Route::Unknown => {
             return Ok(page(
                 StatusCode::NOT_FOUND,
@@ -502,9 +502,14 @@ pub async fn handle(
         };
         req = again;
         attempts += 1;
-        let same = conn.backend;
-        let order = std::iter::once(same).chain(backends.iter().filter(|b| !Arc::ptr_eq(b, same)));
-        conn = match pick(&state, order, false).await {
+        // The routes as they are now: a backend may have been handed over meanwhile.
+        if let Route::Backends(now) = state.routes.lookup(&host) {
+            backends = now;
+        }
+        let failed = &conn.backend.path;
+        let same = backends.iter().filter(|b| b.path == *failed);
+        let others = backends.iter().filter(|b| b.path != *failed);
+        conn = match pick(&state, same.chain(others), false).await {
             Some(c) => c,
             None => {
                 return Ok(page(

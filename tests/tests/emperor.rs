@@ -872,29 +872,34 @@ impl RouterProc {
     }
 
     fn get(&self, host: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&self.http).unwrap();
-        // A request that reached a site just frozen waits for its thaw: give up, ask again.
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        write!(
-            s,
-            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (
-            status,
-            text.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default(),
-        )
+        http_get(&self.http, host)
     }
+}
+
+/// One GET through the router at `addr` with this Host: (status, body).
+fn http_get(addr: &str, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    // A request that reached a site just frozen waits for its thaw: give up, ask again.
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
 }
 
 impl Drop for RouterProc {
@@ -981,10 +986,10 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
         (status, body.as_str()),
         (200, "hello from shop for shop.test")
     );
-    assert_eq!(
-        router.get("www.shop.test").1,
-        "hello from shop for www.shop.test"
-    );
+    // Each domain is its own subscription: the second may come a moment later.
+    wait_for(Duration::from_secs(5), "www.shop.test served", || {
+        (router.get("www.shop.test").1 == "hello from shop for www.shop.test").then_some(())
+    });
     // HTTPS with SNI: the tenant's certificate is the one served.
     let subject = std::process::Command::new("sh")
         .args(["-c", &format!("openssl s_client -connect {} -servername shop.test </dev/null 2>/dev/null | openssl x509 -noout -subject", router.https)])
@@ -1035,4 +1040,202 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     wait_for(Duration::from_secs(5), "404 after the stop", || {
         (router.get("shop.test").0 == 404).then_some(())
     });
+}
+
+/// A tenant's app that takes its socket from the vassal (`{socket}`), answers
+/// `v$VERSION`, binds only after `$SLOW` seconds (a slow import), never at all
+/// with `--never`, and on SIGTERM finishes the request it is on.
+const HANDOVER_APP: &str = r#"
+import http.server, os, signal, socketserver, sys, time
+path = sys.argv[1]
+if "--never" in sys.argv:
+    time.sleep(3600)
+time.sleep(float(os.environ.get("SLOW", "0")))
+if os.path.exists(path):
+    os.unlink(path)
+stop = False
+def term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, term)
+class Version(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("v" + os.environ["VERSION"]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = socketserver.UnixStreamServer(path, Version)
+server.timeout = 0.1
+while not stop:
+    server.handle_request()
+"#;
+
+/// Answers seen by a load running in the background.
+#[derive(Default)]
+struct Seen {
+    statuses: std::collections::BTreeMap<u16, usize>,
+    bodies: std::collections::BTreeSet<String>,
+}
+
+/// Two clients asking for `host` through the router without pause until stopped.
+struct BackgroundLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Seen>>,
+}
+
+impl BackgroundLoad {
+    fn start(http: &str, host: &str) -> BackgroundLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..2)
+            .map(|_| {
+                let (stop, http, host) = (stop.clone(), http.to_owned(), host.to_owned());
+                std::thread::spawn(move || {
+                    let router = RouterAt(http);
+                    let mut seen = Seen::default();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let (status, body) = router.get(&host);
+                        *seen.statuses.entry(status).or_default() += 1;
+                        seen.bodies.insert(body);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        BackgroundLoad { stop, threads }
+    }
+
+    fn finish(self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Seen::default();
+        for t in self.threads {
+            let s = t.join().unwrap();
+            for (k, n) in s.statuses {
+                *all.statuses.entry(k).or_default() += n;
+            }
+            all.bodies.extend(s.bodies);
+        }
+        all
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_restarts_hand_over_under_load_without_a_failed_request() {
+    let mut e = Emperor::new();
+    e.write(
+        "shop",
+        "kind = \"site\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"256M\"\npids = 100\n",
+    );
+    e.start();
+    let router = RouterProc::start(&e);
+    let init = e.running_pid("shop");
+    let uid = uid_of(&e, "shop");
+    let home = e.home_root.join("shop");
+    std::fs::write(home.join("app.py"), HANDOVER_APP).unwrap();
+    wait_for(Duration::from_secs(10), "the vassals directory", || {
+        home.join("vassals").is_dir().then_some(())
+    });
+    let file = |version: &str, extra: &str| {
+        let text = format!(
+            "command = [\"python3\", \"/home/shop/app.py\", \"{{socket}}\"{extra}]\n\
+             env = {{ VERSION = \"{version}\", SLOW = \"0.5\" }}\ngrace = 5\n\
+             [http]\ndomains = [\"shop.test\"]\nsocket = \"web.sock\"\nready_timeout = 3\n"
+        );
+        write_atomic(&home.join("vassals/web.toml"), &text);
+    };
+    let vassal = |args: &str| {
+        e.exec_in(
+            init,
+            uid,
+            &e.cgroup("_admin/shop"),
+            &format!("HOME=/home/shop /run/imperium/bin/vassal {args}"),
+        )
+    };
+    let row = || -> serde_json::Value {
+        let out = vassal("status --json");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["processes"][0].clone()
+    };
+    let served = |want: &str| {
+        wait_for(Duration::from_secs(20), want, || {
+            (router.get("shop.test") == (200, want.to_owned())).then_some(())
+        })
+    };
+
+    // A first start: requests get 404 until the app accepts, never 502.
+    let load = BackgroundLoad::start(&router.http, "shop.test");
+    file("1", "");
+    served("v1");
+    let first = load.finish();
+    assert_eq!(
+        first
+            .statuses
+            .keys()
+            .copied()
+            .filter(|s| *s != 200 && *s != 404)
+            .count(),
+        0,
+        "while the app started: {:?}",
+        first.statuses
+    );
+
+    let load = BackgroundLoad::start(&router.http, "shop.test");
+    // A command edit: the new version takes over.
+    let pid1 = row()["pid"].as_i64().unwrap();
+    file("2", "");
+    served("v2");
+    // `vassal restart` and `vassal reload`: a new instance each time.
+    let pid2 = row()["pid"].as_i64().unwrap();
+    assert_ne!(pid1, pid2);
+    for (verb, old) in [("restart web", pid2), ("reload web", 0)] {
+        let old = if old == 0 {
+            row()["pid"].as_i64().unwrap()
+        } else {
+            old
+        };
+        let out = vassal(verb);
+        assert!(out.status.success(), "{verb}: {out:?}");
+        wait_for(Duration::from_secs(20), "the new instance serving", || {
+            let r = row();
+            (r["pid"].as_i64().is_some_and(|p| p != old) && r["subscriptions"][0]["ok"] == true)
+                .then_some(())
+        });
+    }
+    // An app that never comes up: given up, the old one keeps serving.
+    let serving = row()["pid"].as_i64().unwrap();
+    file("3", ", \"--never\"");
+    let r = wait_for(Duration::from_secs(20), "the new instance given up", || {
+        let r = row();
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("did not accept"))
+            .then_some(r)
+    });
+    assert_eq!(r["pid"].as_i64(), Some(serving), "{r}");
+    assert_eq!(router.get("shop.test"), (200, "v2".into()));
+    let seen = load.finish();
+    assert_eq!(
+        seen.statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "every request answered by the app through three hand-overs and a failed one: {:?}",
+        seen.statuses
+    );
+    assert!(
+        seen.bodies.contains("v1") && seen.bodies.contains("v2"),
+        "{:?}",
+        seen.bodies
+    );
+    assert!(seen.statuses[&200] > 50, "{:?}", seen.statuses);
+}
+
+/// A router's HTTP address, for clients on other threads.
+struct RouterAt(String);
+
+impl RouterAt {
+    fn get(&self, host: &str) -> (u16, String) {
+        http_get(&self.0, host)
+    }
 }

@@ -24,8 +24,14 @@ pub enum Request {
         /// The process.
         name: String,
     },
-    /// Stop and start a process.
+    /// Stop and start a process (handing over when it can).
     Restart {
+        /// The process.
+        name: String,
+    },
+    /// Start a new instance beside the old one and hand over to it once it
+    /// accepts; the old one keeps serving if the new one never does.
+    Reload {
         /// The process.
         name: String,
     },

@@ -22,7 +22,7 @@ use model::backoff::Throttle;
 const USAGE: &str =
     "usage: vassal init [--throttle-base SECS] [--throttle-max SECS] [--healthy-after SECS] [--processes DIR]
        vassal status [--json]
-       vassal start|stop|restart NAME
+       vassal start|stop|restart|reload NAME
        vassal notifications [--json] [-n COUNT]
        vassal notify KIND MESSAGE
        vassal logs NAME [-n LINES]";
@@ -89,6 +89,9 @@ fn run(args: &[String]) -> Result<i32, String> {
             clock_scale,
             cgroup_root,
             processes,
+            sockets: std::env::var_os("IMPERIUM_SOCKETS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(model::layout::inside::SOCKETS)),
         })
     };
     let socket = || home().join(".imperium").join("vassal.sock");
@@ -167,6 +170,7 @@ fn run(args: &[String]) -> Result<i32, String> {
         "start" => Request::Start { name: name()? },
         "stop" => Request::Stop { name: name()? },
         "restart" => Request::Restart { name: name()? },
+        "reload" => Request::Reload { name: name()? },
         _ => {
             eprintln!("{USAGE}");
             return Ok(2);

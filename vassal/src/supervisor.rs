@@ -49,6 +49,8 @@ pub struct Settings {
     /// `~/vassals` is its drop directory of site files: its own processes
     /// live in `~/processes`).
     pub processes: Option<PathBuf>,
+    /// The site's socket directory (`/run/imperium/sockets` in the container).
+    pub sockets: PathBuf,
 }
 
 impl Settings {
@@ -112,7 +114,29 @@ struct Proc {
     skipped: u32,
     subs: Vec<SubState>,
     refresh_at: Option<Instant>,
+    /// The socket the running instance listens on (http processes).
+    socket: Option<String>,
+    /// Whether it accepted there (and was subscribed).
+    ready: bool,
+    /// When to look again whether it accepts.
+    ready_check_at: Option<Instant>,
+    /// A new instance coming up beside the running one.
+    next: Option<Next>,
+    /// Old instances told to stop, with the time of their SIGKILL.
+    retiring: Vec<(i32, Option<Instant>)>,
 }
+
+/// A new instance started beside the running one (a restart that hands over).
+struct Next {
+    pid: i32,
+    socket: String,
+    started: Instant,
+    started_at_us: Option<u64>,
+    give_up_at: Instant,
+}
+
+/// How often a starting instance is asked whether it accepts.
+const READY_POLL: Duration = Duration::from_millis(20);
 
 /// The router's last answer for one domain of a process.
 #[derive(Debug, Clone, Serialize)]
@@ -142,8 +166,57 @@ impl Proc {
             skipped: 0,
             subs: Vec::new(),
             refresh_at: None,
+            socket: None,
+            ready: false,
+            ready_check_at: None,
+            next: None,
+            retiring: Vec::new(),
         }
     }
+
+    /// Every process of it still alive: the running instance, a new one
+    /// coming up, old ones stopping.
+    fn pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.pid
+            .into_iter()
+            .chain(self.next.as_ref().map(|n| n.pid))
+            .chain(self.retiring.iter().map(|(pid, _)| *pid))
+    }
+}
+
+fn now_us() -> Option<u64> {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_micros() as u64)
+}
+
+/// Whether something listens on this unix socket (a connection it will see
+/// closed at once; a full backlog counts as listening).
+fn accepts(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    matches!(
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr),
+        Ok(()) | Err(Errno::EAGAIN)
+    )
+}
+
+/// The `[http]` of a process as one instance subscribes it: with its socket.
+fn on_socket(http: &model::process::Http, socket: &str) -> model::process::Http {
+    let mut h = http.clone();
+    h.socket = socket.to_owned();
+    h
 }
 
 #[derive(Debug, Serialize)]
@@ -162,6 +235,8 @@ struct Row {
     schedule: Option<String>,
     next_run: Option<u64>,
     skipped: u32,
+    /// The socket the running instance listens on.
+    socket: Option<String>,
     subscriptions: Vec<SubState>,
 }
 
@@ -352,8 +427,8 @@ impl Supervisor {
                     .values()
                     .map(|p| p.spec.file.grace)
                     .fold(0.0, f64::max);
-                let all_gone =
-                    self.procs.values().all(|p| p.pid.is_none()) && !(is_init() && others_alive());
+                let all_gone = self.procs.values().all(|p| p.pids().next().is_none())
+                    && !(is_init() && others_alive());
                 if all_gone || since.elapsed() > Duration::from_secs_f64(grace) + SHUTDOWN_SLACK {
                     self.kill_everything();
                     let _ = std::fs::remove_file(&socket);
@@ -423,22 +498,27 @@ impl Supervisor {
                         p.next_run = None;
                     }
                     if self.procs.get(&n).is_some_and(|p| p.pid.is_some()) {
-                        self.stop(&n, After::Start);
+                        let _ = self.restart(&n);
                     } else {
                         self.activate(&n);
                     }
                 }
                 Action::Update(n) => {
                     let old_http = self.procs.get(&n).and_then(|p| p.spec.file.http.clone());
+                    let was_ready = self.procs.get(&n).is_some_and(|p| p.ready);
+                    if old_http != desired[&n].file.http {
+                        self.unsubscribe_all(&n);
+                    }
                     if let Some(p) = self.procs.get_mut(&n) {
                         p.spec = desired[&n].clone();
                         p.next_run = None;
+                        if old_http != p.spec.file.http && was_ready {
+                            // Same socket, new domains or weight: it accepts already.
+                            p.ready = true;
+                        }
                     }
                     self.schedule_next(&n);
                     if old_http != desired[&n].file.http {
-                        if let Some(old) = old_http {
-                            self.unsubscribe_all(&n, &old);
-                        }
                         self.subscribe_all(&n);
                     }
                 }
@@ -499,63 +579,201 @@ impl Supervisor {
         ]
     }
 
-    fn spawn(&mut self, name: &Name) {
-        let env = self.login_env();
-        let logs = self.cfg.logs();
-        let home = self.cfg.home.clone();
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        let f = &p.spec.file;
+    /// Starts one instance of a process; `socket` is the socket it is to
+    /// listen on (put in place of `{socket}` and in `$SOCKET`). Returns its pid.
+    fn launch(&self, spec: &Process, name: &Name, socket: Option<&str>) -> Result<i32, String> {
+        let f = &spec.file;
         let workdir = match &f.workdir {
-            Some(w) => home.join(w),
-            None => home,
+            Some(w) => self.cfg.home.join(w),
+            None => self.cfg.home.clone(),
         };
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(logs.join(format!("{name}.log")));
+            .open(self.cfg.logs().join(format!("{name}.log")));
         let (out, err) = match log.and_then(|l| Ok((l.try_clone()?, l))) {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(_) => (Stdio::null(), Stdio::null()),
         };
-        let mut cmd = Command::new(&f.command[0]);
-        cmd.args(&f.command[1..])
+        let path = socket.map(|s| self.cfg.sockets.join(s).display().to_string());
+        let fill = |a: &String| match &path {
+            Some(p) => a.replace(model::process::SOCKET_PLACEHOLDER, p),
+            None => a.clone(),
+        };
+        let mut cmd = Command::new(fill(&f.command[0]));
+        cmd.args(f.command[1..].iter().map(fill))
             .current_dir(&workdir)
             .env_clear()
-            .envs(env)
-            .envs(&f.env)
+            .envs(self.login_env())
+            .envs(path.iter().map(|p| ("SOCKET", p)))
+            .envs(f.env.iter().map(|(k, v)| (k, fill(v))))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             // Its own process group: a stop signal reaches what it forked too.
             .process_group(0);
         crate::spawn::reset_signals(&mut cmd);
-        match cmd.spawn() {
-            Ok(child) => {
-                let pid = child.id() as i32;
-                // The child is reaped by `reap`, not through `child`.
-                drop(child);
-                // A tenant's process is a likelier OOM victim than the init:
-                // raising a score needs no privilege.
-                let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "300");
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("could not start {:?}: {e}", f.command[0]))?;
+        let pid = child.id() as i32;
+        // The child is reaped by `reap`, not through `child`.
+        drop(child);
+        // A tenant's process is a likelier OOM victim than the init:
+        // raising a score needs no privilege.
+        let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "300");
+        Ok(pid)
+    }
+
+    fn spawn(&mut self, name: &Name) {
+        let Some(p) = self.procs.get(name) else {
+            return;
+        };
+        let socket = p.spec.file.http.as_ref().map(|h| h.socket.clone());
+        let launched = self.launch(&p.spec, name, socket.as_deref());
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        match launched {
+            Ok(pid) => {
                 p.pid = Some(pid);
                 p.started = Some(Instant::now());
-                p.started_at_us = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_micros() as u64);
+                p.started_at_us = now_us();
                 p.state = State::Running;
                 p.restart_at = None;
                 if let Some(t) = p.spec.file.timeout {
                     p.job_deadline = Some(Instant::now() + Duration::from_secs_f64(t));
                 }
-                self.subscribe_all(name);
+                // Subscribed once it accepts on its socket.
+                p.socket = socket;
+                p.ready = false;
+                p.ready_check_at = p.socket.as_ref().map(|_| Instant::now());
             }
             Err(e) => {
-                p.last_exit = Some(format!("could not start {:?}: {e}", f.command[0]));
+                p.last_exit = Some(e);
                 self.after_exit(name, Duration::ZERO, false);
             }
+        }
+    }
+
+    /// Restarts a process: beside the old instance when it can hand over
+    /// (the old one serves until the new one accepts), else stop then start.
+    fn restart(&mut self, name: &Name) -> Result<&'static str, String> {
+        let Some(p) = self.procs.get(name) else {
+            return Err(format!("no process named {name}"));
+        };
+        let can = p.spec.hands_over() && p.pid.is_some() && p.ready && p.next.is_none();
+        if !can {
+            self.stop(name, After::Start);
+            return Ok("restarting");
+        }
+        let http = p.spec.file.http.clone().expect("hands over: has http");
+        let base = http.socket.clone();
+        let socket = if p.socket.as_deref() == Some(base.as_str()) {
+            format!("{base}.1")
+        } else {
+            base
+        };
+        // A stale socket of an earlier instance would look like the new one accepting.
+        let _ = std::fs::remove_file(self.cfg.sockets.join(&socket));
+        let launched = self.launch(&p.spec, name, Some(&socket));
+        let p = self.procs.get_mut(name).expect("looked up above");
+        match launched {
+            Ok(pid) => {
+                let now = Instant::now();
+                p.next = Some(Next {
+                    pid,
+                    socket,
+                    started: now,
+                    started_at_us: now_us(),
+                    give_up_at: now + Duration::from_secs_f64(http.ready_timeout),
+                });
+                p.reason = None;
+                p.ready_check_at = Some(now);
+                Ok("handing over to a new instance")
+            }
+            Err(e) => {
+                p.reason = Some(format!("{e}; the running instance keeps serving"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Looks whether a starting instance accepts: a first start is then
+    /// subscribed; a new instance takes over from the old one, which is
+    /// withdrawn from the router and then stopped with its grace.
+    fn check_ready(&mut self, name: &Name) {
+        let now = Instant::now();
+        let sockets = self.cfg.sockets.clone();
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        p.ready_check_at = None;
+        if let Some(next) = &p.next {
+            if accepts(&sockets.join(&next.socket)) {
+                let next = p.next.take().expect("checked");
+                let old = (p.pid.replace(next.pid), p.socket.replace(next.socket));
+                p.started = Some(next.started);
+                p.started_at_us = next.started_at_us;
+                p.ready = true;
+                p.backoff = Backoff::default();
+                // The new one in before the old one out: no request finds no backend.
+                self.subscribe_all(name);
+                let Some(p) = self.procs.get_mut(name) else {
+                    return;
+                };
+                let http = p.spec.file.http.clone();
+                let grace = Duration::from_secs_f64(p.spec.file.grace);
+                let sig = Signal::try_from(p.spec.stop_signal).unwrap_or(Signal::SIGTERM);
+                if let (Some(http), Some(socket)) = (http, &old.1) {
+                    self.withdraw(&on_socket(&http, socket));
+                }
+                if let (Some(pid), Some(p)) = (old.0, self.procs.get_mut(name)) {
+                    let _ = killpg(Pid::from_raw(pid), sig);
+                    p.retiring.push((pid, Some(now + grace)));
+                }
+            } else if now >= next.give_up_at {
+                let _ = killpg(Pid::from_raw(next.pid), Signal::SIGKILL);
+                p.reason = Some(format!(
+                    "the new instance did not accept on {} within {:?}: given up, the old one keeps serving",
+                    next.socket,
+                    next.give_up_at - next.started
+                ));
+                let pid = next.pid;
+                p.next = None;
+                p.retiring.push((pid, None));
+            } else {
+                p.ready_check_at = Some(now + READY_POLL);
+            }
+            return;
+        }
+        let (Some(socket), Some(_), false) = (&p.socket, p.pid, p.ready) else {
+            return;
+        };
+        if accepts(&sockets.join(socket)) {
+            p.ready = true;
+            if p.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("not accepting"))
+            {
+                p.reason = None;
+            }
+            self.subscribe_all(name);
+        } else {
+            let waited = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            if waited > Duration::from_secs(1) {
+                p.reason = Some(format!(
+                    "not accepting on {socket} yet ({}s): not subscribed",
+                    waited.as_secs()
+                ));
+            }
+            // Quick at first, then once a second.
+            let wait = if waited < Duration::from_secs(10) {
+                READY_POLL
+            } else {
+                Duration::from_secs(1)
+            };
+            p.ready_check_at = Some(now + wait);
         }
     }
 
@@ -576,7 +794,7 @@ impl Supervisor {
             let Some(name) = self
                 .procs
                 .iter()
-                .find(|(_, p)| p.pid == Some(pid))
+                .find(|(_, p)| p.pids().any(|x| x == pid))
                 .map(|(n, _)| n.clone())
             else {
                 continue; // an orphan: reaped, nothing more
@@ -584,10 +802,20 @@ impl Supervisor {
             let Some(p) = self.procs.get_mut(&name) else {
                 continue;
             };
-            let uptime = p.started.map(|s| s.elapsed()).unwrap_or_default();
-            if let Some(http) = p.spec.file.http.clone() {
-                self.unsubscribe_all(&name, &http);
+            if let Some(i) = p.retiring.iter().position(|(x, _)| *x == pid) {
+                // An old instance, stopped after a hand-over.
+                p.retiring.remove(i);
+                continue;
             }
+            if let Some(next) = p.next.take_if(|n| n.pid == pid) {
+                p.reason = Some(format!(
+                    "the new instance {text} before it accepted on {}: the old one keeps serving",
+                    next.socket
+                ));
+                continue;
+            }
+            let uptime = p.started.map(|s| s.elapsed()).unwrap_or_default();
+            self.unsubscribe_all(&name);
             let Some(p) = self.procs.get_mut(&name) else {
                 continue;
             };
@@ -672,19 +900,17 @@ impl Supervisor {
     /// Sends the stop signal; SIGKILL follows after the grace period.
     fn stop(&mut self, name: &Name, after: After) {
         // The router stops sending it requests before it is asked to stop.
-        let http = self
-            .procs
-            .get(name)
-            .filter(|p| p.pid.is_some())
-            .and_then(|p| p.spec.file.http.clone());
-        if let Some(http) = http {
-            self.unsubscribe_all(name, &http);
-        }
+        self.unsubscribe_all(name);
         let Some(p) = self.procs.get_mut(name) else {
             return;
         };
         p.after = after;
         p.restart_at = None;
+        if let Some(next) = p.next.take() {
+            // A hand-over under way is called off.
+            let _ = killpg(Pid::from_raw(next.pid), Signal::SIGKILL);
+            p.retiring.push((next.pid, None));
+        }
         match p.pid {
             Some(pid) => {
                 let sig = Signal::try_from(p.spec.stop_signal).unwrap_or(Signal::SIGTERM);
@@ -725,10 +951,8 @@ impl Supervisor {
 
     /// Last step of a shutdown: nothing of the tenant's outlives the supervisor.
     fn kill_everything(&mut self) {
-        for p in self.procs.values() {
-            if let Some(pid) = p.pid {
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+        for pid in self.procs.values().flat_map(Proc::pids) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
         if is_init() {
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
@@ -764,8 +988,11 @@ impl Supervisor {
                     p.kill_at,
                     p.job_deadline,
                     p.refresh_at,
+                    p.ready_check_at,
                     p.next_run.map(|t| self.instant_of(t)),
                 ]
+                .into_iter()
+                .chain(p.retiring.iter().map(|(_, k)| *k))
             })
             .flatten()
             .min()
@@ -785,6 +1012,16 @@ impl Supervisor {
                 }
                 p.kill_at = None;
             }
+            for (pid, kill_at) in &mut p.retiring {
+                if kill_at.is_some_and(|t| t <= now) {
+                    let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+                    *kill_at = None;
+                }
+            }
+            if p.ready_check_at.is_some_and(|t| t <= now) && self.shutting_down.is_none() {
+                self.check_ready(&n);
+                continue;
+            }
             if p.job_deadline.is_some_and(|t| t <= now) && p.pid.is_some() {
                 p.job_deadline = None;
                 p.reason = Some("the last run passed its timeout and was stopped".into());
@@ -798,6 +1035,7 @@ impl Supervisor {
             }
             if p.refresh_at.is_some_and(|t| t <= now)
                 && p.pid.is_some()
+                && p.ready
                 && self.shutting_down.is_none()
             {
                 self.subscribe_all(&n);
@@ -833,9 +1071,10 @@ impl Supervisor {
         let Some(p) = self.procs.get_mut(name) else {
             return;
         };
-        let (Some(http), Some(_)) = (p.spec.file.http.clone(), p.pid) else {
+        let (Some(http), Some(_), Some(socket)) = (&p.spec.file.http, p.pid, &p.socket) else {
             return;
         };
+        let http = on_socket(http, socket);
         let mut subs = Vec::new();
         let mut ttl = u64::MAX;
         for d in &http.domains {
@@ -863,17 +1102,33 @@ impl Supervisor {
         p.refresh_at = Some(Instant::now() + Duration::from_secs((ttl / 3).max(1)));
     }
 
-    /// Withdraws a process's domains (best effort: the routes expire anyway).
-    fn unsubscribe_all(&mut self, name: &Name, http: &model::process::Http) {
-        let home = self.cfg.home.clone();
+    /// Withdraws these domains on this socket (best effort: routes expire anyway).
+    fn withdraw(&self, http: &model::process::Http) {
         for d in &http.domains {
-            let _ = self
-                .subscriber
-                .send(model::subscription::Action::Unsubscribe, d, http, &home);
+            let _ = self.subscriber.send(
+                model::subscription::Action::Unsubscribe,
+                d,
+                http,
+                &self.cfg.home,
+            );
         }
-        if let Some(p) = self.procs.get_mut(name) {
-            p.subs.clear();
-            p.refresh_at = None;
+    }
+
+    /// Withdraws the running instance of a process from the router.
+    fn unsubscribe_all(&mut self, name: &Name) {
+        let Some(p) = self.procs.get_mut(name) else {
+            return;
+        };
+        let subscribed = match (&p.spec.file.http, &p.socket) {
+            (Some(http), Some(socket)) if p.ready => Some(on_socket(http, socket)),
+            _ => None,
+        };
+        p.subs.clear();
+        p.refresh_at = None;
+        p.ready = false;
+        p.ready_check_at = None;
+        if let Some(http) = subscribed {
+            self.withdraw(&http);
         }
     }
 
@@ -975,9 +1230,10 @@ impl Supervisor {
                     serde_json::json!({ "processes": self.status(), "site": site }),
                 );
             }
-            Request::Start { name } | Request::Stop { name } | Request::Restart { name } => {
-                name.clone()
-            }
+            Request::Start { name }
+            | Request::Stop { name }
+            | Request::Restart { name }
+            | Request::Reload { name } => name.clone(),
         };
         let Some(n) = name
             .parse::<Name>()
@@ -1023,8 +1279,30 @@ impl Supervisor {
             }
             Request::Restart { .. } => {
                 self.procs.get_mut(&n).expect("present").backoff = Backoff::default();
-                self.stop(&n, After::Start);
-                Response::ok(serde_json::json!("restarting"))
+                match self.restart(&n) {
+                    Ok(what) => Response::ok(serde_json::json!(what)),
+                    Err(e) => Response::err(e),
+                }
+            }
+            Request::Reload { .. } => {
+                if !p.spec.hands_over() {
+                    return Response::err(format!(
+                        "{n} cannot hand over: it needs [http] and {{socket}} in its command (or env) \
+                         so that a new instance listens beside the old one; `vassal restart {n}` stops then starts"
+                    ));
+                }
+                if p.next.is_some() {
+                    return Response::err(format!("{n} is already handing over"));
+                }
+                if !(p.pid.is_some() && p.ready) {
+                    return Response::err(format!(
+                        "{n} is not serving yet: nothing to hand over from"
+                    ));
+                }
+                match self.restart(&n) {
+                    Ok(what) => Response::ok(serde_json::json!(what)),
+                    Err(e) => Response::err(e),
+                }
             }
             Request::Status => unreachable!("answered above"),
         }
@@ -1054,10 +1332,17 @@ impl Supervisor {
                     memory,
                     cpu_secs: cpu,
                     last_exit: p.last_exit.clone(),
-                    reason: p.reason.clone(),
+                    reason: match &p.next {
+                        Some(next) => Some(format!(
+                            "handing over to a new instance (pid {}) once it accepts on {}",
+                            next.pid, next.socket
+                        )),
+                        None => p.reason.clone(),
+                    },
                     schedule: p.spec.schedule.as_ref().map(|s| s.to_string()),
                     next_run: p.next_run,
                     skipped: p.skipped,
+                    socket: p.pid.and(p.socket.clone()),
                     subscriptions: p.subs.clone(),
                 }
             })
@@ -1078,6 +1363,7 @@ impl Supervisor {
                 schedule: None,
                 next_run: None,
                 skipped: 0,
+                socket: None,
                 subscriptions: Vec::new(),
             });
         }

@@ -12,7 +12,18 @@
 //!
 //! schedule = "0 3 * * *"       # makes it a job: runs at these times, never two at once
 //! timeout = 3600               # a job running longer is stopped (seconds)
+//!
+//! [http]                       # serve these domains through the shared router
+//! domains = ["shop.test"]
+//! socket = "web.sock"          # a unix socket in /run/imperium/sockets/
+//! ready_timeout = 60           # seconds a new instance has to accept on it
 //! ```
+//!
+//! `{socket}` in the command or an env value is replaced by the path of the
+//! socket this instance is to listen on (also in `$SOCKET`). A process that
+//! takes it so is restarted without a gap: the new instance starts beside the
+//! old one on the other of `<socket>` and `<socket>.1`, is subscribed once it
+//! accepts, and only then is the old one withdrawn and stopped.
 
 use std::collections::BTreeMap;
 
@@ -84,7 +95,7 @@ pub struct ProcessFile {
 }
 
 /// The `[http]` table: subscribe these domains to the router while the process runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     /// Domains (the site must own them).
@@ -100,6 +111,27 @@ pub struct Http {
     /// Share of the load against the domain's other backends (1-100).
     #[serde(default = "one")]
     pub weight: u32,
+    /// Seconds a new instance has to accept on its socket; past it, a restart
+    /// that hands over gives the new one up and the old one keeps serving.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout: f64,
+}
+
+fn default_ready_timeout() -> f64 {
+    60.0
+}
+
+/// What the vassal replaces in a command's arguments and env values by the
+/// path of the socket the instance is to listen on.
+pub const SOCKET_PLACEHOLDER: &str = "{socket}";
+
+/// Whether a name can be a socket file in the site's socket directory:
+/// letters, digits, `.`, `_`, `-`, at most 100, not starting with a dot.
+pub fn is_socket_name(s: &str) -> bool {
+    (1..=100).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn one() -> u32 {
@@ -182,9 +214,17 @@ impl Process {
                 ));
             }
             let s = &h.socket;
-            if s.is_empty() || s.len() > 100 || s == "." || s == ".." || s.contains(['/', '\0']) {
+            if !is_socket_name(s) {
                 return bad(format!(
-                    "http.socket {s:?} must be a file name in /run/imperium/sockets/"
+                    "http.socket {s:?} is not a socket name: the process listens on a unix socket \
+                     named in /run/imperium/sockets/ (letters, digits, . _ -, e.g. \"web.sock\"); \
+                     TCP addresses are not backends"
+                ));
+            }
+            if !(h.ready_timeout.is_finite() && (0.1..=3600.0).contains(&h.ready_timeout)) {
+                return bad(format!(
+                    "http.ready_timeout {} is not between 0.1 and 3600 seconds",
+                    h.ready_timeout
                 ));
             }
             if h.cert.is_some() != h.key.is_some() {
@@ -237,6 +277,19 @@ impl Process {
         }
     }
 
+    /// Whether a restart can start the new instance beside the old one: the
+    /// process serves http and takes its socket path from the vassal
+    /// (`{socket}` in its command or env), so the two listen apart.
+    pub fn hands_over(&self) -> bool {
+        self.file.http.is_some()
+            && self
+                .file
+                .command
+                .iter()
+                .chain(self.file.env.values())
+                .any(|a| a.contains(SOCKET_PLACEHOLDER))
+    }
+
     /// Whether a change from `self` to `new` needs the running process restarted.
     pub fn needs_restart(&self, new: &Process) -> bool {
         let (a, b) = (&self.file, &new.file);
@@ -244,6 +297,8 @@ impl Process {
             || a.workdir != b.workdir
             || a.env != b.env
             || self.schedule.is_some() != new.schedule.is_some()
+            // The process listens on the socket it was started with.
+            || a.http.as_ref().map(|h| &h.socket) != b.http.as_ref().map(|h| &h.socket)
     }
 }
 
@@ -317,5 +372,37 @@ mod tests {
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{e:?}");
         }
+    }
+
+    #[test]
+    fn a_backend_is_a_socket_name_and_handing_over_needs_the_placeholder() {
+        let file = |socket: &str, command: &str| {
+            Process::parse(
+                &n(),
+                &format!(
+                    "command = {command}\n[http]\ndomains = [\"a.test\"]\nsocket = \"{socket}\"\n"
+                ),
+            )
+        };
+        for bad in [
+            "127.0.0.1:8080",
+            "localhost:80",
+            "../x",
+            ".hidden",
+            "a b",
+            "",
+        ] {
+            let e = file(bad, "[\"app\"]").unwrap_err().to_string();
+            assert!(e.contains("is not a socket name"), "{bad}: {e}");
+        }
+        let plain = file("web.sock", "[\"app\", \"/run/imperium/sockets/web.sock\"]").unwrap();
+        assert!(!plain.hands_over());
+        let takes = file("web.sock", "[\"app\", \"--bind\", \"unix:{socket}\"]").unwrap();
+        assert!(takes.hands_over());
+        assert_eq!(takes.file.http.unwrap().ready_timeout, 60.0);
+        // Another socket is a restart: the process listens where it was started.
+        assert!(file("web.sock", "[\"app\"]")
+            .unwrap()
+            .needs_restart(&file("app.sock", "[\"app\"]").unwrap()));
     }
 }
