@@ -358,6 +358,7 @@ impl Manager {
                     suspended: v.state == State::Suspended || group_frozen,
                     // Set while a site moves to another host: not done by this emperor yet.
                     moving: Vec::new(),
+                    requests: s.limits.requests,
                 },
             );
         }
@@ -369,7 +370,9 @@ impl Manager {
         }
         let dir = self.cfg.layout.router_dir();
         let _ = std::fs::create_dir_all(&dir);
-        match model::atomic::replace(&dir.join("dominion.json"), &bytes, 0o644) {
+        // Root's only: the directory is shared into every container, and a
+        // site learns no other customer's domains.
+        match model::atomic::replace(&dir.join("dominion.json"), &bytes, 0o600) {
             Ok(()) => self.last_dominion = bytes,
             Err(e) => tracing::warn!(error = %e, "writing the dominion failed"),
         }

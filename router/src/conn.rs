@@ -93,6 +93,47 @@ pub struct Activity {
     in_flight: AtomicUsize,
 }
 
+/// What one site has in flight through the router, and how many requests
+/// were refused for being past its cap.
+#[derive(Debug, Default)]
+pub struct SiteLoad {
+    in_flight: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl SiteLoad {
+    /// A place for one more request, unless `cap` are in flight already
+    /// (then the refusal is counted).
+    pub fn enter(self: &Arc<Self>, cap: usize) -> Option<Entered> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= cap {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Entered(self.clone()))
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// A request counted in its site's load until dropped.
+#[derive(Debug)]
+pub struct Entered(Arc<SiteLoad>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A request in flight; dropped when its answer has gone out (or was abandoned).
 #[derive(Debug)]
 pub struct InFlight(Arc<Activity>);

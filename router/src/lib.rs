@@ -53,6 +53,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Domains one site may have routed at once.
     pub max_routes_per_site: usize,
+    /// Requests one site may have in flight at once, unless its `[limits]` say.
+    pub max_requests_per_site: usize,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             max_connections: 20_000,
             max_connections_per_ip: 512,
             max_routes_per_site: routes::MAX_ROUTES_PER_SITE,
+            max_requests_per_site: routes::MAX_REQUESTS_PER_SITE,
         }
     }
 }
@@ -171,11 +174,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let dominion = load(&dominion_path(&cfg.run_dir))
         .or_else(|| load(&saved_path(&cfg.state_dir)))
         .unwrap_or_default();
-    let routes = Arc::new(routes::Routes::new(
-        dominion,
-        cfg.ttl,
-        cfg.max_routes_per_site,
-    ));
+    let routes = Arc::new(
+        routes::Routes::new(dominion, cfg.ttl, cfg.max_routes_per_site)
+            .with_max_requests(cfg.max_requests_per_site),
+    );
     let certs = Arc::new(tls::SniCerts::new(routes.clone())?);
     let state = Arc::new(State {
         routes,

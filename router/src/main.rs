@@ -54,6 +54,10 @@ enum Cmd {
         /// Domains one site may have routed at once (names under a wildcard count one each).
         #[arg(long, default_value_t = router::routes::MAX_ROUTES_PER_SITE)]
         max_routes_per_site: usize,
+        /// Requests one site may have in flight at once (508 past it), unless
+        /// the site's `[limits] requests` says.
+        #[arg(long, default_value_t = router::routes::MAX_REQUESTS_PER_SITE)]
+        max_requests_per_site: usize,
     },
 }
 
@@ -76,6 +80,7 @@ fn main() {
         max_connections,
         max_connections_per_ip,
         max_routes_per_site,
+        max_requests_per_site,
     } = Cli::parse().cmd;
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
     let cfg = router::Config {
@@ -86,6 +91,7 @@ fn main() {
         max_connections: max_connections.max(1),
         max_connections_per_ip: max_connections_per_ip.max(1),
         max_routes_per_site: max_routes_per_site.max(1),
+        max_requests_per_site: max_requests_per_site.max(1),
         ..router::Config::new(http, https, run_dir, state_dir)
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -412,6 +412,24 @@ pub async fn handle(
         }
         Route::Backends(b) => b,
     };
+    // The site's place: one slow site cannot hold every connection of the router.
+    let Some(entered) = backends.enter() else {
+        let refused = backends.refused();
+        if refused.is_power_of_two() {
+            tracing::warn!(
+                site = backends.site(),
+                refused,
+                "site at its cap of requests in flight: 508"
+            );
+        }
+        let mut r = page(
+            StatusCode::LOOP_DETECTED,
+            "This site has reached its limit of requests in progress; try again in a moment.",
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("5"));
+        return Ok(r);
+    };
 
     // Headers for the backend: who asked, over what; the Host is kept.
     let h = req.headers_mut();
@@ -547,10 +565,12 @@ pub async fn handle(
         // `Connection: close` on every answer): the client's lives by its own rules.
         strip_hop_by_hop(resp.headers_mut());
     }
+    // A websocket is not a request in progress: it leaves the site's count.
+    let entered = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(entered);
     // The request stays in flight (the client connection is not idle) until its answer's body is done.
     Ok(resp.map(move |b| {
         b.map_frame(move |f| {
-            let _ = &in_flight;
+            let _ = (&in_flight, &entered);
             f
         })
         .boxed()

@@ -15,12 +15,15 @@ use arc_swap::ArcSwap;
 use model::subscription::{Action, Dominion};
 use rustls::sign::CertifiedKey;
 
+use crate::conn::{Entered, SiteLoad};
 use crate::verify::Verified;
 
 /// How many backends one domain may have.
 pub const MAX_BACKENDS: usize = 16;
 /// How many domains one site may have routed at once by default (names under a wildcard count one each).
 pub const MAX_ROUTES_PER_SITE: usize = 1024;
+/// Requests one site may have in flight at once by default.
+pub const MAX_REQUESTS_PER_SITE: usize = 100;
 
 /// One backend of a domain: a socket in the owning site's directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,6 +54,8 @@ pub struct Entry {
     ring: Vec<u8>,
     /// The certificate the site gave for the domain.
     pub cert: Option<Arc<CertifiedKey>>,
+    /// The site's requests in flight (shared by all its domains).
+    pub load: Arc<SiteLoad>,
 }
 
 fn gcd(a: u32, b: u32) -> u32 {
@@ -62,9 +67,10 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 impl Entry {
-    fn new(site: &str) -> Entry {
+    fn new(site: &str, load: Arc<SiteLoad>) -> Entry {
         Entry {
             site: site.to_owned(),
+            load,
             ..Default::default()
         }
     }
@@ -76,6 +82,7 @@ impl Entry {
             backends: self.backends.clone(),
             ring: Vec::new(),
             cert: self.cert.clone(),
+            load: self.load.clone(),
         }
     }
 
@@ -103,9 +110,25 @@ impl Entry {
 pub struct Pick {
     entry: Arc<Entry>,
     first: usize,
+    cap: usize,
 }
 
 impl Pick {
+    /// A place in the site's load, unless it is at its cap.
+    pub fn enter(&self) -> Option<Entered> {
+        self.entry.load.enter(self.cap)
+    }
+
+    /// The site.
+    pub fn site(&self) -> &str {
+        &self.entry.site
+    }
+
+    /// The site's requests refused so far for being past its cap.
+    pub fn refused(&self) -> u64 {
+        self.entry.load.refused()
+    }
+
     /// The backends in the order to try them, skipping expired ones.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         let n = self.entry.backends.len();
@@ -182,6 +205,9 @@ pub struct Routes {
     write: Mutex<()>,
     ttl: Duration,
     max_routes: usize,
+    /// Requests in flight per site, shared by the site's entries.
+    loads: Mutex<std::collections::HashMap<String, Arc<SiteLoad>>>,
+    max_requests: usize,
 }
 
 impl Routes {
@@ -195,7 +221,30 @@ impl Routes {
             write: Mutex::new(()),
             ttl,
             max_routes,
+            loads: Mutex::default(),
+            max_requests: MAX_REQUESTS_PER_SITE,
         }
+    }
+
+    /// Requests a site may have in flight when the dominion does not say.
+    pub fn with_max_requests(mut self, n: usize) -> Routes {
+        self.max_requests = n.max(1);
+        self
+    }
+
+    /// The load of a site (one for all its domains).
+    fn load_of(&self, site: &str) -> Arc<SiteLoad> {
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        loads.entry(site.to_owned()).or_default().clone()
+    }
+
+    /// Each site's requests in flight and refused past its cap.
+    pub fn loads(&self) -> Vec<(String, usize, u64)> {
+        let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        loads
+            .iter()
+            .map(|(s, l)| (s.clone(), l.in_flight(), l.refused()))
+            .collect()
     }
 
     fn change(&self, f: impl FnOnce(&mut Table)) {
@@ -227,6 +276,10 @@ impl Routes {
             for domain in gone {
                 t.remove(&domain);
             }
+            self.loads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|site, _| d.sites.contains_key(site));
             self.dominion.store(Arc::new(d));
         });
     }
@@ -252,7 +305,7 @@ impl Routes {
                     let mut e = match t.by_domain.get(domain) {
                         // The dominator moved the domain: the old site's backends and certificate go.
                         Some(old) if old.site == v.sub.site => old.to_edit(),
-                        _ => Entry::new(&v.sub.site),
+                        _ => Entry::new(&v.sub.site, self.load_of(&v.sub.site)),
                     };
                     let fresh = t
                         .by_domain
@@ -397,7 +450,15 @@ impl Routes {
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % e.ring.len();
         let first = e.ring[turn] as usize;
-        let pick = Pick { entry: e, first };
+        let cap = site
+            .requests
+            .map_or(self.max_requests, |r| r as usize)
+            .max(1);
+        let pick = Pick {
+            entry: e,
+            first,
+            cap,
+        };
         if pick.iter().next().is_none() {
             return Route::Unknown;
         }
@@ -410,7 +471,7 @@ mod tests {
     use super::*;
 
     fn entry(weights: &[u32]) -> Entry {
-        let mut e = Entry::new("s");
+        let mut e = Entry::new("s", Arc::default());
         for (i, w) in weights.iter().enumerate() {
             e.backends.push(Arc::new(Backend {
                 dir: PathBuf::from("/d"),
@@ -442,7 +503,11 @@ mod tests {
     #[test]
     fn a_pick_tries_every_live_backend_once_starting_at_its_turn() {
         let e = Arc::new(entry(&[1, 1, 1]));
-        let p = Pick { entry: e, first: 2 };
+        let p = Pick {
+            entry: e,
+            first: 2,
+            cap: 1,
+        };
         let names: Vec<&str> = p.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["b2", "b0", "b1"]);
     }

@@ -126,6 +126,10 @@ fn serve_one(stream: UnixStream, name: &str) {
                 }
             }
         }
+        // A backend named slow-* takes its time.
+        if name.starts_with("slow-") {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
         // The request's body is read before the answer, as an application would.
         let length: usize = get("content-length").parse().unwrap_or(0);
         if length > 0 && r.read_exact(&mut vec![0u8; length]).is_err() {
@@ -158,6 +162,8 @@ struct Site {
     key: SigningKey,
     /// Who must own its backend sockets.
     uid: u32,
+    /// Its cap on requests in flight, if not the router's default.
+    requests: Option<u32>,
 }
 
 impl Site {
@@ -166,6 +172,7 @@ impl Site {
             name,
             key: SigningKey::from_bytes(&random::<32>()),
             uid: nix::unistd::geteuid().as_raw(),
+            requests: None,
         }
     }
 
@@ -218,6 +225,7 @@ impl Router {
                     uid: Some(s.uid),
                     suspended: *suspended,
                     moving: Vec::new(),
+                    requests: s.requests,
                 },
             );
         }
@@ -1364,4 +1372,57 @@ fn no_failed_request_and_kept_client_connections_behind_gunicorn() {
         "4",
         "app:application",
     ]);
+}
+
+#[test]
+fn a_site_at_its_cap_of_requests_in_flight_gets_508_while_a_neighbour_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s1, s2) = (Site::new("site1"), Site::new("site2"));
+    s1.requests = Some(4);
+    Router::dominion(
+        dir.path(),
+        &[(&s1, &["example.com"], false), (&s2, &["other.org"], false)],
+    );
+    let r = Router::start(dir, "60");
+    let _slow = Backend::start(&r.socket("site1", "slow.sock"), "slow-a");
+    let _o = Backend::start(&r.socket("site2", "o.sock"), "o");
+    r.subscribe(&s1, &s1.sub("example.com", "slow.sock"));
+    r.subscribe(&s2, &s2.sub("other.org", "o.sock"));
+    // Ten at once to the slow site: four in flight, six refused at once.
+    let clients: Vec<_> = (0..10)
+        .map(|_| {
+            let http = r.http.clone();
+            std::thread::spawn(move || {
+                let (status, _) = request(TcpStream::connect(&http).unwrap(), "example.com");
+                (status, Instant::now())
+            })
+        })
+        .collect();
+    // Meanwhile the neighbour answers as usual.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        assert_eq!(r.get("other.org").0, 200);
+    }
+    let neighbour_done = Instant::now();
+    let answers: Vec<(u16, Instant)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let count = |s: u16| answers.iter().filter(|(x, _)| *x == s).count();
+    assert_eq!((count(200), count(508)), (4, 6), "{answers:?}");
+    // The neighbour, and every refusal, came before the slow site's answers:
+    // nothing waited behind the slow ones.
+    let first_slow = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, at)| *at)
+        .min()
+        .unwrap();
+    assert!(
+        neighbour_done < first_slow,
+        "the neighbour waited for the slow site"
+    );
+    assert!(answers
+        .iter()
+        .filter(|(s, _)| *s == 508)
+        .all(|(_, at)| *at < first_slow));
+    // Once the slow ones are done, the site has its places back.
+    assert_eq!(r.get("example.com").0, 200);
 }

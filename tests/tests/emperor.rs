@@ -913,12 +913,28 @@ impl Drop for RouterProc {
 #[ignore = "root: run the README's test command"]
 fn root_a_tenants_app_is_served_through_the_router_on_its_domain() {
     let mut e = Emperor::new();
-    e.write("shop", "kind = \"site\"\ndomains = [\"shop.test\", \"*.shop.test\"]\n[limits]\nmemory = \"128M\"\npids = 50\n");
+    e.write("shop", "kind = \"site\"\ndomains = [\"shop.test\", \"*.shop.test\"]\n[limits]\nmemory = \"128M\"\npids = 50\nrequests = 20\n");
     e.write("other", "kind = \"site\"\ndomains = [\"other.test\"]\n");
     e.start();
     let router = RouterProc::start(&e);
     let init = e.running_pid("shop");
     let uid = uid_of(&e, "shop");
+    // The router learns the site's cap on requests in flight; the site does
+    // not learn the other customers' domains.
+    let dominion: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.run_dir.join("router/dominion.json")).unwrap())
+            .unwrap();
+    assert_eq!(dominion["sites"]["shop"]["requests"], 20);
+    let peek = e.exec_in(
+        init,
+        uid,
+        &e.cgroup("_admin/shop"),
+        "cat /run/imperium/router/dominion.json",
+    );
+    assert!(
+        !peek.status.success() && !String::from_utf8_lossy(&peek.stdout).contains("other.test"),
+        "a tenant read the dominion: {peek:?}"
+    );
     let home = e.home_root.join("shop");
     let app = r#"
 import http.server, os, socketserver

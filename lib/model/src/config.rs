@@ -94,7 +94,14 @@ pub struct Limits {
     /// Groups only: how many sites the group may hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites: Option<u64>,
+    /// Sites only: requests the router lets in flight to the site at once
+    /// (the excess gets 508); the router's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u32>,
 }
+
+/// The most a site's `requests` limit may be.
+pub const MAX_REQUESTS: u32 = 100_000;
 
 /// The smallest memory limit accepted: a vassal and a shell must fit.
 pub const MIN_MEMORY: u64 = 8 << 20;
@@ -129,6 +136,17 @@ impl Limits {
         }
         if self.sites.is_some() && !is_group {
             return limit("sites", "only a group has a sites limit".into());
+        }
+        if let Some(r) = self.requests {
+            if is_group {
+                return limit("requests", "only a site has a requests limit".into());
+            }
+            if !(1..=MAX_REQUESTS).contains(&r) {
+                return limit(
+                    "requests",
+                    format!("{r} is not between 1 and {MAX_REQUESTS}"),
+                );
+            }
         }
         Ok(())
     }

@@ -93,6 +93,10 @@ pub struct SiteRoutes {
     /// Domains being moved (to another host): 503 until the move is over.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moving: Vec<String>,
+    /// Requests in flight to the site at once (508 past it); the router's
+    /// default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u32>,
 }
 
 /// Everything the dominator tells the router.
