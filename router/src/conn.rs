@@ -99,6 +99,8 @@ pub struct Activity {
 pub struct SiteLoad {
     in_flight: AtomicUsize,
     refused: AtomicU64,
+    /// Its access log, handed to its vassal.
+    pub log: crate::access::Sink,
 }
 
 impl SiteLoad {

@@ -6,6 +6,7 @@
 //! while the emperor is down. Tenants' apps subscribe their domains with signed
 //! requests on `<run-dir>/router/subscribe.sock`.
 
+pub mod access;
 pub mod api;
 pub mod conn;
 pub mod proxy;

@@ -328,7 +328,7 @@ pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// The body of every answer.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-fn page(status: StatusCode, text: &str) -> Response<Body> {
+fn page(status: StatusCode, text: &'static str) -> Response<Body> {
     let body = format!("<!doctype html><title>{status}</title><h1>{status}</h1><p>{text}</p>\n");
     let mut r = Response::new(
         Full::new(Bytes::from(body))
@@ -336,6 +336,7 @@ fn page(status: StatusCode, text: &str) -> Response<Body> {
             .boxed(),
     );
     *r.status_mut() = status;
+    r.extensions_mut().insert(RouterMade(text));
     r.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -377,10 +378,11 @@ fn caused_by_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Answers one request.
+/// Answers one request; a site's request goes to its access log once its
+/// answer is done.
 pub async fn handle(
     state: Arc<State>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     scheme: &'static str,
     in_flight: InFlight,
@@ -388,7 +390,74 @@ pub async fn handle(
     let Some(host) = host_of(&req) else {
         return Ok(page(StatusCode::BAD_REQUEST, "No Host, or more than one."));
     };
-    let mut backends = match state.routes.lookup(&host) {
+    let route = state.routes.lookup(&host);
+    let mut log = match &route {
+        Route::Backends(pick) => {
+            let (load, via) = pick.log();
+            load.log.wanted().then(|| Logged {
+                note: crate::access::Request::new(&req, peer.ip(), &host),
+                load,
+                via,
+                status: 0,
+                error: None,
+                bytes: 0,
+            })
+        }
+        _ => None,
+    };
+    let resp = forward(state, req, host, route, peer, scheme)
+        .await
+        .unwrap_or_else(|never| match never {});
+    if let Some(l) = &mut log {
+        l.status = resp.status().as_u16();
+        l.error = resp.extensions().get::<RouterMade>().map(|m| m.0);
+    }
+    // The request stays in flight (the client connection is not idle) until its answer's body is done.
+    Ok(resp.map(move |b| {
+        let mut log = log;
+        b.map_frame(move |f| {
+            let _ = &in_flight;
+            if let (Some(l), Some(d)) = (&mut log, f.data_ref()) {
+                l.bytes += d.len() as u64;
+            }
+            f
+        })
+        .boxed()
+    }))
+}
+
+/// An answer the router made itself, and why (for the access log).
+#[derive(Debug, Clone, Copy)]
+struct RouterMade(&'static str);
+
+/// A request on its way to the site's access log: sent when dropped (its
+/// answer's body done, or abandoned).
+struct Logged {
+    note: crate::access::Request,
+    load: Arc<crate::conn::SiteLoad>,
+    via: Arc<Backend>,
+    status: u16,
+    error: Option<&'static str>,
+    bytes: u64,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let line = self.note.finish(self.status, self.bytes, self.error);
+        self.load.log.send(&self.via, &line);
+    }
+}
+
+/// Forwards a request to the route's backends.
+async fn forward(
+    state: Arc<State>,
+    mut req: Request<Incoming>,
+    host: String,
+    route: Route,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let mut backends = match route {
         Route::Unknown => {
             return Ok(page(
                 StatusCode::NOT_FOUND,
@@ -567,10 +636,10 @@ pub async fn handle(
     }
     // A websocket is not a request in progress: it leaves the site's count.
     let entered = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(entered);
-    // The request stays in flight (the client connection is not idle) until its answer's body is done.
+    // The site's place is held until the answer's body is done.
     Ok(resp.map(move |b| {
         b.map_frame(move |f| {
-            let _ = (&in_flight, &entered);
+            let _ = &entered;
             f
         })
         .boxed()

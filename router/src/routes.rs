@@ -124,6 +124,15 @@ impl Pick {
         &self.entry.site
     }
 
+    /// The site's access log: its sink, and a backend that says where its
+    /// socket directory is and who owns it.
+    pub fn log(&self) -> (Arc<SiteLoad>, Arc<Backend>) {
+        (
+            self.entry.load.clone(),
+            self.entry.backends[self.first].clone(),
+        )
+    }
+
     /// The site's requests refused so far for being past its cap.
     pub fn refused(&self) -> u64 {
         self.entry.load.refused()

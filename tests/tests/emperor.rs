@@ -1255,3 +1255,134 @@ impl RouterAt {
         http_get(&self.0, host)
     }
 }
+
+/// An app on `{socket}` that answers 200, 404 on /missing, takes its time on
+/// /slow and closes without an answer on /crash.
+const ACCESS_APP: &str = r#"
+import http.server, os, socketserver, sys, time
+path = sys.argv[1]
+if os.path.exists(path):
+    os.unlink(path)
+class App(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/crash":
+            self.close_connection = True
+            return
+        if self.path == "/slow":
+            time.sleep(1.5)
+        status = 404 if self.path == "/missing" else 200
+        body = b"ok"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+Server(path, App).serve_forever()
+"#;
+
+/// One GET of `path` through the router: the status.
+fn get_path(addr: &str, host: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_router_hands_each_site_its_access_log_and_never_writes_in_a_home() {
+    use std::os::unix::fs::MetadataExt;
+    let mut e = Emperor::new();
+    e.write("shop", "kind = \"site\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"256M\"\npids = 100\nrequests = 2\n");
+    e.start();
+    let router = RouterProc::start(&e);
+    let uid = uid_of(&e, "shop");
+    let home = e.home_root.join("shop");
+    std::fs::write(home.join("app.py"), ACCESS_APP).unwrap();
+    wait_for(Duration::from_secs(10), "the vassals directory", || {
+        home.join("vassals").is_dir().then_some(())
+    });
+    write_atomic(
+        &home.join("vassals/web.toml"),
+        "command = [\"python3\", \"/home/shop/app.py\", \"{socket}\"]\n[http]\ndomains = [\"shop.test\"]\nsocket = \"web.sock\"\n",
+    );
+    wait_for(Duration::from_secs(20), "the app", || {
+        (get_path(&router.http, "shop.test", "/") == 200).then_some(())
+    });
+    assert_eq!(get_path(&router.http, "shop.test", "/missing"), 404);
+    assert_eq!(get_path(&router.http, "shop.test", "/crash"), 502);
+    // Three slow ones at once against a cap of two: one 508.
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let http = router.http.clone();
+            std::thread::spawn(move || get_path(&http, "shop.test", "/slow"))
+        })
+        .collect();
+    let mut statuses: Vec<u16> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 508]);
+
+    let log = home.join("logs/access.log");
+    let lines = wait_for(Duration::from_secs(10), "the access lines", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        (text.lines().count() >= 6).then_some(text)
+    });
+    let line = |needle: &str| {
+        lines
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{lines}"))
+            .to_owned()
+    };
+    assert!(line("\"GET / HTTP/1.1\" 200 2 \"-\" \"e2e\"").starts_with("127.0.0.1 - - ["));
+    line("\"GET /missing HTTP/1.1\" 404 2");
+    assert!(line("\"GET /crash HTTP/1.1\" 502")
+        .contains("router=\"The site's application failed to answer.\""));
+    assert!(line("\"GET /slow HTTP/1.1\" 508").contains("router=\""));
+    let meta = std::fs::metadata(&log).unwrap();
+    assert_eq!(meta.uid(), uid, "the access log is the tenant's");
+
+    // A link planted at ~/logs/access.log to a file anyone may write (the
+    // same path inside the container and on the host): nobody writes through it.
+    use std::os::unix::fs::PermissionsExt;
+    let target = home.join("victim.txt");
+    std::fs::write(&target, "untouched\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink("../victim.txt", &log).unwrap();
+    std::os::unix::fs::lchown(&log, Some(uid), Some(uid)).unwrap();
+    // Until the vassal has tried the link (and said it drops the lines).
+    wait_for(
+        Duration::from_secs(10),
+        "the vassal to refuse the link",
+        || {
+            assert_eq!(get_path(&router.http, "shop.test", "/?while-linked"), 200);
+            std::fs::read_to_string(home.join("logs/vassal.log"))
+                .ok()
+                .filter(|t| t.contains("access lines dropped"))
+        },
+    );
+    // Lines are read in turn: once one sent after the link is gone is in the
+    // new file, every line sent while it was there has been dealt with.
+    std::fs::remove_file(&log).unwrap();
+    wait_for(Duration::from_secs(10), "lines in a new file", || {
+        assert_eq!(get_path(&router.http, "shop.test", "/?after"), 200);
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.contains("/?after"))
+    });
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+}

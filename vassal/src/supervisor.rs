@@ -367,6 +367,8 @@ impl Supervisor {
             );
         }
 
+        let mut access = AccessLog::bind(&self.cfg.sockets, &self.cfg.logs());
+
         self.reload();
         let mut last_rotation = Instant::now();
         loop {
@@ -381,6 +383,9 @@ impl Supervisor {
             }
             if let Some(l) = &listener {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(a) = &access {
+                fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
             }
             let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
             match poll(&mut fds, PollTimeout::from(ms)) {
@@ -415,9 +420,18 @@ impl Supervisor {
                     self.serve(stream);
                 }
             }
+            if let Some(a) = &mut access {
+                a.drain();
+            }
             self.timers();
             if last_rotation.elapsed() >= Duration::from_secs(1) {
                 self.rotate_logs();
+                rotate(&self.cfg.logs().join("access.log"), ACCESS_LOG_MAX);
+                if let Some(a) = &mut access {
+                    // Opened again by name each second: a file the tenant
+                    // removed or moved is not written on for good.
+                    a.file = None;
+                }
                 self.check_site();
                 last_rotation = Instant::now();
             }
@@ -432,6 +446,9 @@ impl Supervisor {
                 if all_gone || since.elapsed() > Duration::from_secs_f64(grace) + SHUTDOWN_SLACK {
                     self.kill_everything();
                     let _ = std::fs::remove_file(&socket);
+                    if access.is_some() {
+                        let _ = std::fs::remove_file(self.cfg.sockets.join(ACCESS_SOCKET));
+                    }
                     return 0;
                 }
             }
@@ -1181,21 +1198,10 @@ impl Supervisor {
     /// append-mode descriptor, so its next lines go to the fresh file.
     fn rotate_logs(&self) {
         for (name, p) in &self.procs {
-            let log = self.cfg.logs().join(format!("{name}.log"));
-            let Ok(meta) = std::fs::metadata(&log) else {
-                continue;
-            };
-            if meta.len() <= p.spec.file.log_max.0 {
-                continue;
-            }
-            let old = |i: u32| self.cfg.logs().join(format!("{name}.log.{i}"));
-            let _ = std::fs::rename(old(2), old(3));
-            let _ = std::fs::rename(old(1), old(2));
-            if std::fs::copy(&log, old(1)).is_ok() {
-                if let Ok(f) = OpenOptions::new().write(true).open(&log) {
-                    let _ = f.set_len(0);
-                }
-            }
+            rotate(
+                &self.cfg.logs().join(format!("{name}.log")),
+                p.spec.file.log_max.0,
+            );
         }
     }
 
@@ -1368,6 +1374,103 @@ impl Supervisor {
             });
         }
         rows
+    }
+}
+
+/// Rotates a log past `max` bytes: copy to `.1` (older copies move to `.2`
+/// and `.3`), then truncate. A writer keeps its append-mode descriptor, so
+/// its next lines go to the fresh file.
+fn rotate(log: &Path, max: u64) {
+    let Ok(meta) = std::fs::metadata(log) else {
+        return;
+    };
+    if meta.len() <= max {
+        return;
+    }
+    let old = |i: u32| {
+        let mut p = log.as_os_str().to_owned();
+        p.push(format!(".{i}"));
+        PathBuf::from(p)
+    };
+    let _ = std::fs::rename(old(2), old(3));
+    let _ = std::fs::rename(old(1), old(2));
+    if std::fs::copy(log, old(1)).is_ok() {
+        if let Ok(f) = OpenOptions::new().write(true).open(log) {
+            let _ = f.set_len(0);
+        }
+    }
+}
+
+/// The socket the router sends the site's access lines to (the router's
+/// `access::SOCKET`), in the site's socket directory.
+const ACCESS_SOCKET: &str = ".access-log";
+/// `~/logs/access.log` is rotated past this size.
+const ACCESS_LOG_MAX: u64 = 10 << 20;
+/// Lines taken from the socket per turn of the loop (the rest wait).
+const ACCESS_BATCH: usize = 512;
+
+/// The router's lines for this site, appended to `~/logs/access.log`.
+struct AccessLog {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+    file: Option<File>,
+    warned: bool,
+}
+
+impl AccessLog {
+    fn bind(sockets: &Path, logs: &Path) -> Option<AccessLog> {
+        let at = sockets.join(ACCESS_SOCKET);
+        let _ = std::fs::remove_file(&at);
+        let socket = std::os::unix::net::UnixDatagram::bind(&at).ok()?;
+        socket.set_nonblocking(true).ok()?;
+        Some(AccessLog {
+            socket,
+            path: logs.join("access.log"),
+            file: None,
+            warned: false,
+        })
+    }
+
+    /// Appends what came in. The file is opened without following a
+    /// symlink: a link planted there gets no lines (and says so once).
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        let mut out = Vec::new();
+        for _ in 0..ACCESS_BATCH {
+            match self.socket.recv(&mut buf) {
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        if out.is_empty() {
+            return;
+        }
+        if self.file.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
+            match OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&self.path)
+            {
+                Ok(f) => {
+                    self.file = Some(f);
+                    self.warned = false;
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut self.warned, true) {
+                        eprintln!("vassal: {}: {e}; access lines dropped", self.path.display());
+                    }
+                    return;
+                }
+            }
+        }
+        if let Some(f) = &mut self.file {
+            if f.write_all(&out).is_err() {
+                self.file = None;
+            }
+        }
     }
 }
 
