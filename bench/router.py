@@ -90,7 +90,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--domains", type=int, default=10000)
+    ap.add_argument("--proxies", default="router,nginx,haproxy", help="which to measure (nginx always starts: it is the baseline)")
     args = ap.parse_args()
+    only = args.proxies.split(",")
     work = tempfile.mkdtemp(prefix="imperium-router-bench-")
     procs = []
     try:
@@ -166,6 +168,8 @@ backend app
         pids = {"router": lambda: [router.pid], "nginx": lambda: tree(nginx.pid), "haproxy": lambda: [haproxy.pid]}
         res = {"load_before": os.getloadavg()[0], "domains_loaded": loaded}
         for name, (http, https) in PORTS.items():
+            if name not in only:
+                continue
             row = {}
             for scheme, port in (("http", http), ("https", https)):
                 c0 = cpu_of(pids[name]())
@@ -179,8 +183,10 @@ backend app
         res["subscription_to_routed"] = json.loads(lat)
         res["load_after"] = os.getloadavg()[0]
         print(json.dumps(res, indent=2))
-        n = res["nginx"]
+        n = res.get("nginx")
         for name in ("router", "haproxy"):
+            if not n or name not in res:
+                continue
             r = res[name]
             print(f"{name}: http {r['http']['req_s'] / n['http']['req_s']:.2f}x nginx req/s, "
                   f"{r['http']['cpu_us_per_req'] / n['http']['cpu_us_per_req']:.2f}x its CPU/req; "

@@ -151,9 +151,23 @@ pub struct Pool {
 #[derive(Debug, Default)]
 struct Slot {
     idle: Vec<Sender>,
-    /// Requests sent on new connections that have no answer yet.
-    waiting: usize,
+    /// Requests sent on new connections that have no answer yet: a number
+    /// for each, and since when.
+    waiting: Vec<(u64, std::time::Instant)>,
+    next: u64,
 }
+
+impl Slot {
+    /// Whether a request has waited on a new connection longer than a
+    /// backend that accepts it would take.
+    fn stalled(&self) -> bool {
+        self.waiting.iter().any(|(_, t)| t.elapsed() >= STALLED)
+    }
+}
+
+/// How long a request on a new connection waits before the router takes it
+/// that the backend does not accept new connections while it holds kept ones.
+const STALLED: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Idle connections kept per backend.
 const POOL_PER_BACKEND: usize = 64;
@@ -170,20 +184,19 @@ impl Pool {
         None
     }
 
-    /// Keeps a connection whose answer is done, unless requests wait on new
-    /// connections to the same backend: an application server that gives a
-    /// worker to each connection (uWSGI's `--http11-socket`) then has all its
-    /// workers on kept connections and the new ones are never accepted, so
-    /// the connection is closed to free its worker.
+    /// Keeps a connection whose answer is done, unless a request has waited
+    /// long on a new connection to the same backend: an application server
+    /// that gives a worker to each connection (uWSGI's `--http11-socket`)
+    /// then has all its workers on kept connections and the new ones are
+    /// never accepted, so the connection is closed to free its worker.
     fn put(&self, path: &std::path::Path, sender: Sender) {
         if let Ok(mut slots) = self.slots.lock() {
-            if let Some(slot) = slots.get_mut(path) {
-                if slot.waiting == 0 && slot.idle.len() < POOL_PER_BACKEND {
-                    slot.idle.push(sender);
-                }
-            } else {
-                let idle = vec![sender];
-                slots.insert(path.to_owned(), Slot { idle, waiting: 0 });
+            let slot = match slots.get_mut(path) {
+                Some(s) => s,
+                None => slots.entry(path.to_owned()).or_default(),
+            };
+            if !slot.stalled() && slot.idle.len() < POOL_PER_BACKEND {
+                slot.idle.push(sender);
             }
         }
     }
@@ -197,12 +210,23 @@ impl Pool {
         }
     }
 
-    /// Counts a request waiting on a new connection until the guard drops.
+    /// Notes a request waiting on a new connection until the guard drops.
     fn waiting<'a>(&'a self, path: &'a std::path::Path) -> Waiting<'a> {
+        let mut id = 0;
         if let Ok(mut slots) = self.slots.lock() {
-            slots.entry(path.to_owned()).or_default().waiting += 1;
+            let slot = match slots.get_mut(path) {
+                Some(s) => s,
+                None => slots.entry(path.to_owned()).or_default(),
+            };
+            slot.next += 1;
+            id = slot.next;
+            slot.waiting.push((id, std::time::Instant::now()));
         }
-        Waiting { pool: self, path }
+        Waiting {
+            pool: self,
+            path,
+            id,
+        }
     }
 }
 
@@ -210,13 +234,14 @@ impl Pool {
 struct Waiting<'a> {
     pool: &'a Pool,
     path: &'a std::path::Path,
+    id: u64,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Ok(mut slots) = self.pool.slots.lock() {
             if let Some(slot) = slots.get_mut(self.path) {
-                slot.waiting = slot.waiting.saturating_sub(1);
+                slot.waiting.retain(|(id, _)| *id != self.id);
             }
         }
     }
