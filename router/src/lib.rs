@@ -306,9 +306,10 @@ async fn serve_client<T>(
     let activity = conn::Activity::new();
     let io = TokioIo::new(conn::Tracked::new(io, activity.clone(), permit));
     let act = activity.clone();
+    let client = Arc::new(proxy::Client::new(peer, scheme));
     let svc = service_fn(move |req| {
         let in_flight = act.begin();
-        proxy::handle(state.clone(), req, peer, scheme, in_flight)
+        proxy::handle(state.clone(), req, client.clone(), in_flight)
     });
     let grace = Duration::from_secs(5);
     if h2 {

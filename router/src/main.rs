@@ -61,6 +61,11 @@ enum Cmd {
     },
 }
 
+// Requests allocate and free many small buffers across threads: mimalloc's
+// per-thread free lists cost fewer instructions than glibc's arenas (README).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(

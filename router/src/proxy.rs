@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -25,6 +25,31 @@ fn upgrading_request(req: &Request<Incoming>) -> bool {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
+
+/// The client of a connection, as every request on it tells the backend.
+#[derive(Debug)]
+pub struct Client {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its address as `X-Forwarded-For` gives it (made once per connection).
+    pub ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+}
+
+impl Client {
+    /// The client at `addr`, over `scheme`.
+    pub fn new(addr: SocketAddr, scheme: &'static str) -> Client {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Client { addr, ip, scheme }
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Why the router would not connect to a backend's socket.
 #[derive(Debug, thiserror::Error)]
@@ -111,12 +136,15 @@ async fn pick<'a>(
     pooled: bool,
 ) -> Option<Conn> {
     for backend in order {
-        if let Some(sender) = pooled.then(|| state.pool.take(&backend.path)).flatten() {
-            return Some(Conn {
-                backend: backend.clone(),
-                sender,
-                reused: true,
-            });
+        while let Some(mut sender) = pooled.then(|| state.pool.take(&backend.path)).flatten() {
+            // Put back as soon as its last answer was read: ready in a moment.
+            if sender.ready().await.is_ok() {
+                return Some(Conn {
+                    backend: backend.clone(),
+                    sender,
+                    reused: true,
+                });
+            }
         }
         match connect(backend).await {
             Ok(sender) => {
@@ -145,7 +173,39 @@ pub type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 /// for the first answer on a new connection.
 #[derive(Debug, Default)]
 pub struct Pool {
-    slots: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, Slot>>,
+    slots: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Slot, Fnv>>,
+}
+
+/// A backend's key in the pool: its path's bytes (`Path`'s own hash walks
+/// its components).
+fn key(path: &std::path::Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes()
+}
+
+/// FNV-1a: the pool is looked up twice a request by a short path the
+/// router's own routes hold (not a client's input), so SipHash's cost buys nothing.
+#[derive(Debug, Default, Clone, Copy)]
+struct Fnv;
+
+struct FnvHasher(u64);
+
+impl std::hash::BuildHasher for Fnv {
+    type Hasher = FnvHasher;
+    fn build_hasher(&self) -> FnvHasher {
+        FnvHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Debug, Default)]
@@ -175,9 +235,9 @@ const POOL_PER_BACKEND: usize = 64;
 impl Pool {
     fn take(&self, path: &std::path::Path) -> Option<Sender> {
         let mut slots = self.slots.lock().ok()?;
-        let list = &mut slots.get_mut(path)?.idle;
+        let list = &mut slots.get_mut(key(path))?.idle;
         while let Some(s) = list.pop() {
-            if s.is_ready() && !s.is_closed() {
+            if !s.is_closed() {
                 return Some(s);
             }
         }
@@ -191,9 +251,9 @@ impl Pool {
     /// never accepted, so the connection is closed to free its worker.
     fn put(&self, path: &std::path::Path, sender: Sender) {
         if let Ok(mut slots) = self.slots.lock() {
-            let slot = match slots.get_mut(path) {
+            let slot = match slots.get_mut(key(path)) {
                 Some(s) => s,
-                None => slots.entry(path.to_owned()).or_default(),
+                None => slots.entry(key(path).to_vec()).or_default(),
             };
             if !slot.stalled() && slot.idle.len() < POOL_PER_BACKEND {
                 slot.idle.push(sender);
@@ -204,7 +264,7 @@ impl Pool {
     /// Drops the idle connections of a backend that closed one of them.
     fn forget(&self, path: &std::path::Path) {
         if let Ok(mut slots) = self.slots.lock() {
-            if let Some(slot) = slots.get_mut(path) {
+            if let Some(slot) = slots.get_mut(key(path)) {
                 slot.idle.clear();
             }
         }
@@ -214,9 +274,9 @@ impl Pool {
     fn waiting<'a>(&'a self, path: &'a std::path::Path) -> Waiting<'a> {
         let mut id = 0;
         if let Ok(mut slots) = self.slots.lock() {
-            let slot = match slots.get_mut(path) {
+            let slot = match slots.get_mut(key(path)) {
                 Some(s) => s,
-                None => slots.entry(path.to_owned()).or_default(),
+                None => slots.entry(key(path).to_vec()).or_default(),
             };
             slot.next += 1;
             id = slot.next;
@@ -240,9 +300,25 @@ struct Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Ok(mut slots) = self.pool.slots.lock() {
-            if let Some(slot) = slots.get_mut(self.path) {
+            if let Some(slot) = slots.get_mut(key(self.path)) {
                 slot.waiting.retain(|(id, _)| *id != self.id);
             }
+        }
+    }
+}
+
+/// A connection to a backend that goes back to the pool when dropped (with
+/// the body of its answer, read to the end or abandoned).
+struct Kept {
+    state: Arc<State>,
+    backend: Arc<Backend>,
+    sender: Option<Sender>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if let Some(s) = self.sender.take().filter(|s| !s.is_closed()) {
+            self.state.pool.put(&self.backend.path, s);
         }
     }
 }
@@ -322,24 +398,43 @@ fn idempotent(m: &hyper::Method) -> bool {
 /// Removes the headers that concern one connection only: the hop-by-hop ones
 /// and those the `Connection` header names (RFC 9110, 7.6.1).
 fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
-    let named: Vec<hyper::header::HeaderName> = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| hyper::header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    const HOP: [HeaderName; 6] = [
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        UPGRADE,
+    ];
+    // One pass over the names: which of them are there (most messages have
+    // none, or only `Connection: keep-alive`).
+    let mut present = [false; 6];
+    for k in h.keys() {
+        if let Some(i) = HOP.iter().position(|n| n == k) {
+            present[i] = true;
+        }
     }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    ] {
+    if present[0] {
+        let named: Vec<HeaderName> = h
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `keep-alive`, `close`, `upgrade`: nothing more to remove.
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .filter(|n| !HOP.contains(n))
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for (n, _) in HOP.iter().zip(present).filter(|(_, p)| *p) {
         h.remove(n);
     }
 }
@@ -408,8 +503,7 @@ fn caused_by_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &'static str,
+    client: Arc<Client>,
     in_flight: InFlight,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let Some(host) = host_of(&req) else {
@@ -420,7 +514,7 @@ pub async fn handle(
         Route::Backends(pick) => {
             let (load, via) = pick.log();
             load.log.wanted().then(|| Logged {
-                note: crate::access::Request::new(&req, peer.ip(), &host),
+                note: crate::access::Request::new(&req, client.addr.ip(), &host),
                 load,
                 via,
                 status: 0,
@@ -430,7 +524,7 @@ pub async fn handle(
         }
         _ => None,
     };
-    let resp = forward(state, req, host, route, peer, scheme)
+    let resp = forward(state, req, host, route, &client)
         .await
         .unwrap_or_else(|never| match never {});
     if let Some(l) = &mut log {
@@ -479,8 +573,7 @@ async fn forward(
     mut req: Request<Incoming>,
     host: String,
     route: Route,
-    peer: SocketAddr,
-    scheme: &'static str,
+    client: &Client,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let mut backends = match route {
         Route::Unknown => {
@@ -527,14 +620,14 @@ async fn forward(
 
     // Headers for the backend: who asked, over what; the Host is kept.
     let h = req.headers_mut();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok(),
+        None => Some(client.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
     if !h.contains_key(HOST) {
         if let Ok(v) = HeaderValue::from_str(&host) {
             h.insert(HOST, v);
@@ -631,17 +724,12 @@ async fn forward(
             }
         };
     };
-    if !upgrading {
-        // Back to the pool once the answer's body has gone through.
-        let state = state.clone();
-        let path = conn.backend.path.clone();
-        let mut sender = conn.sender;
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                state.pool.put(&path, sender);
-            }
-        });
-    }
+    // Back to the pool once the answer's body has gone through.
+    let kept = (!upgrading).then(|| Kept {
+        state: state.clone(),
+        backend: conn.backend,
+        sender: Some(conn.sender),
+    });
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
@@ -664,7 +752,7 @@ async fn forward(
     // The site's place is held until the answer's body is done.
     Ok(resp.map(move |b| {
         b.map_frame(move |f| {
-            let _ = &entered;
+            let _ = (&entered, &kept);
             f
         })
         .boxed()

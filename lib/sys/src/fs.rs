@@ -55,8 +55,40 @@ const BENEATH: u64 = libc::RESOLVE_BENEATH
 
 /// Opens `path` (relative) under `dir` with `flags` (`O_*`): no component may
 /// be a symlink, `..` may not leave `dir`, and no mount point is crossed.
+///
+/// On a kernel without `openat2` (before 5.6, as RHEL 8's), a path of one
+/// plain name is opened with `openat(O_NOFOLLOW)`, which is the same for a
+/// single component: the name is taken in `dir` itself and a symlink is not
+/// followed. Any longer path is then refused (`ENOSYS`).
 pub fn open_beneath(dir: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
-    openat2(dir.as_raw_fd(), path, flags, BENEATH)
+    match openat2(dir.as_raw_fd(), path, flags, BENEATH) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => open_name(dir, path, flags),
+        r => r,
+    }
+}
+
+/// `open_beneath` without `openat2`: one plain name in `dir`, not followed
+/// if a symlink (`ENOSYS` for any other path).
+fn open_name(dir: BorrowedFd<'_>, path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let mut parts = path.components();
+    let (Some(std::path::Component::Normal(_)), None) = (parts.next(), parts.next()) else {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    };
+    let c = cpath(path)?;
+    // SAFETY: openat reads the NUL-terminated name relative to a descriptor
+    // we borrow; it returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor openat just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Opens the absolute `path` with `flags`, refusing a symlink anywhere on it.
@@ -227,6 +259,29 @@ mod tests {
         assert!(matches!(r("sub"), Err(ReadError::NotFile)));
         assert!(r("../ok").is_err(), "`..` may not leave the directory");
         assert!(r("missing").is_err());
+    }
+
+    #[test]
+    fn without_openat2_one_name_is_opened_and_a_link_is_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::write(d.join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.join("file"), d.join("link")).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/inner"), b"y").unwrap();
+        let dir = open_dir(d).unwrap();
+        let open = |n: &str| open_name(dir.as_fd(), Path::new(n), libc::O_PATH);
+        let mode = |fd: OwnedFd| stat(fd.as_fd()).unwrap().st_mode & libc::S_IFMT;
+        assert_eq!(mode(open("file").unwrap()), libc::S_IFREG);
+        // The link itself, never what it points at: a caller checking the type refuses it.
+        assert_eq!(mode(open("link").unwrap()), libc::S_IFLNK);
+        for longer in ["sub/inner", "../x", "/etc/passwd", "."] {
+            assert_eq!(
+                open(longer).unwrap_err().raw_os_error(),
+                Some(libc::ENOSYS),
+                "{longer}"
+            );
+        }
     }
 
     #[test]
