@@ -5,9 +5,11 @@ Each proxies the same backend (nginx answering "ok" on a unix socket) for the
 name `localhost`; the router also holds 10,000 other domains with their own
 certificates. Measured: HTTP and HTTPS keep-alive req/s, p50 and p99 (wrk
 -t2 -c64), the proxy's CPU per request, full TLS handshakes per second
-(openssl s_time -new: wrk would resume sessions), the time to load the 10,000
-subscriptions, and the time from a subscription sent to its first routed
-request.
+(openssl s_time -new: wrk would resume sessions), HTTP/2 over TLS (h2load -c16
+-m10), the time to load the 10,000 subscriptions, and the time from a
+subscription sent to its first routed request. Then each proxies a uWSGI
+`--http-socket` backend (which closes after every answer without saying so)
+under wrk -c32: req/s and the answers that were not 2xx.
 
     bench/router.py [--seconds 8] [--domains 10000]     (bench/run-router builds and installs)
 """
@@ -41,8 +43,8 @@ def tree(pid):
     return out
 
 
-def wrk(url, seconds, host=None):
-    cmd = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency", url]
+def wrk(url, seconds, host=None, conns=64):
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", url]
     if host:
         cmd[1:1] = ["-H", f"Host: {host}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -53,7 +55,25 @@ def wrk(url, seconds, host=None):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
         v, u = float(m.group(1)), m.group(2)
         return v / 1000 if u == "us" else v if u == "ms" else v * 1000
-    return {"req_s": round(rps), "requests": reqs, "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3)}
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"req_s": round(rps), "requests": reqs, "p50_ms": round(pct(50), 3), "p99_ms": round(pct(99), 3),
+            "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0}
+
+
+def h2load(port, seconds):
+    """HTTP/2 over TLS, 16 connections of 10 streams each."""
+    out = subprocess.run(["h2load", "-c16", "-m10", "-t2", "-D", str(seconds), f"https://localhost:{port}/"],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    proto = re.search(r"Application protocol: (\S+)", out)
+    if os.environ.get("BENCH_DEBUG"):
+        print(out)
+    return {"req_s": round(float(rps.group(1))) if rps else 0,
+            "non_2xx": sum(int(x) for x in codes.groups()[1:]) if codes else None,
+            "protocol": proto.group(1) if proto else None}
 
 
 def s_time(port, seconds):
@@ -96,6 +116,8 @@ def main():
     work = tempfile.mkdtemp(prefix="imperium-router-bench-")
     procs = []
     try:
+        # nginx's workers run as nobody: they must reach the sockets (mkdtemp makes 0700).
+        os.chmod(work, 0o755)
         socks = os.path.join(work, "sockets")
         os.makedirs(socks)
         os.makedirs(os.path.join(work, "run", "router"))
@@ -106,6 +128,15 @@ events {{ worker_connections 4096; }}
 http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ return 200 "ok"; }} }} }}
 """)
         procs.append(subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work]))
+        # The backend that closes after each answer: uWSGI --http-socket, an app setting Content-Length.
+        open(f"{work}/app.py", "w").write(
+            "def application(env, start_response):\n"
+            "    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', '2')])\n"
+            "    return [b'ok']\n")
+        procs.append(subprocess.Popen(["uwsgi", "--plugin", "python3", "--http-socket", f"{socks}/uwsgi.sock",
+                                       "--wsgi-file", f"{work}/app.py", "--processes", "2", "--master", "--chmod-socket=666",
+                                       "--disable-logging"], cwd=work,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         # A certificate for localhost, for nginx and HAProxy.
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                         "-keyout", f"{work}/local.key", "-out", f"{work}/local.crt", "-days", "2", "-subj", "/CN=localhost",
@@ -116,7 +147,8 @@ http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ re
         open(f"{work}/site.key", "w").write(b64.b64encode(os.urandom(32)).decode() + "\n")
         sub = [f"{REL}/examples/subscriber", f"{work}/run/router/subscribe.sock", "bench", f"{work}/site.key", "app.sock"]
         pub = subprocess.run(sub[:4] + ["-", "pubkey"], capture_output=True, text=True, check=True).stdout.strip()
-        dominion = {"schemaVersion": 1, "sites": {"bench": {"publicKey": pub, "domains": ["localhost", "*.bench.test"], "sockets": socks, "uid": os.getuid()}}}
+        dominion = {"schemaVersion": 1, "sites": {"bench": {"publicKey": pub, "domains": ["localhost", "*.bench.test"],
+                                                            "sockets": socks, "uid": os.getuid(), "requests": 100000}}}
         json.dump(dominion, open(f"{work}/run/router/dominion.json", "w"))
         rp, rs = PORTS["router"]
         router = subprocess.Popen([f"{REL}/router", "serve", "--http", f"127.0.0.1:{rp}", "--https", f"127.0.0.1:{rs}",
@@ -126,6 +158,7 @@ http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ re
         procs.append(router)
         wait_port(rp)
         subprocess.run(sub + ["one", "localhost"], check=True)
+        subprocess.run(sub[:4] + ["uwsgi.sock", "one", "uwsgi.bench.test"], check=True)
         loaded = json.loads(subprocess.run(sub + ["many", str(args.domains)], capture_output=True, text=True, check=True).stdout)
         # nginx and HAProxy in front of the same backend.
         np_, ns = PORTS["nginx"]
@@ -134,11 +167,17 @@ worker_processes 2; pid {work}/nginx.pid; error_log {work}/nginx.err; daemon off
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  keepalive_requests 1000000;
   upstream app {{ server unix:{socks}/app.sock; keepalive 128; }}
+  upstream uwsgi {{ server unix:{socks}/uwsgi.sock; keepalive 128; }}
   server {{
-    listen 127.0.0.1:{np_}; listen 127.0.0.1:{ns} ssl; server_name localhost;
+    listen 127.0.0.1:{np_}; listen 127.0.0.1:{ns} ssl http2; server_name localhost;
     ssl_certificate {work}/local.crt; ssl_certificate_key {work}/local.key;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+  server {{
+    listen 127.0.0.1:{np_}; server_name uwsgi.bench.test;
+    location / {{ proxy_pass http://uwsgi; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
 """)
@@ -155,11 +194,16 @@ defaults
   timeout server 30s
 frontend front
   bind 127.0.0.1:{hp}
-  bind 127.0.0.1:{hs} ssl crt {work}/haproxy.pem
+  bind 127.0.0.1:{hs} ssl crt {work}/haproxy.pem alpn h2,http/1.1
+  use_backend uwsgi if {{ hdr(host) -i uwsgi.bench.test }}
   default_backend app
 backend app
   http-reuse always
   server s1 {socks}/app.sock
+backend uwsgi
+  http-reuse always
+  retry-on all-retryable-errors
+  server u1 {socks}/uwsgi.sock
 """)
         haproxy = subprocess.Popen(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"])
         procs.append(haproxy)
@@ -167,6 +211,12 @@ backend app
             wait_port(p)
         pids = {"router": lambda: [router.pid], "nginx": lambda: tree(nginx.pid), "haproxy": lambda: [haproxy.pid]}
         res = {"load_before": os.getloadavg()[0], "domains_loaded": loaded}
+        # Every proxy must answer 200 through its backend before it is measured.
+        for name, (http, _) in PORTS.items():
+            if name in only:
+                out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: localhost",
+                                      f"http://127.0.0.1:{http}/"], capture_output=True, text=True).stdout
+                assert out == "200", f"{name} answers {out} through its backend"
         for name, (http, https) in PORTS.items():
             if name not in only:
                 continue
@@ -178,6 +228,8 @@ backend app
                 r["cpu_us_per_req"] = round((cpu_of(pids[name]()) - c0) / r["requests"] * 1e6, 1)
                 row[scheme] = r
             row["handshakes_s"] = s_time(https, 5)
+            row["h2"] = h2load(https, args.seconds)
+            row["uwsgi_http_socket"] = wrk(f"http://127.0.0.1:{http}/", args.seconds, host="uwsgi.bench.test", conns=32)
             res[name] = row
         lat = subprocess.run(sub + ["latency", f"127.0.0.1:{rp}", "50"], capture_output=True, text=True, check=True).stdout
         res["subscription_to_routed"] = json.loads(lat)
@@ -191,8 +243,21 @@ backend app
             print(f"{name}: http {r['http']['req_s'] / n['http']['req_s']:.2f}x nginx req/s, "
                   f"{r['http']['cpu_us_per_req'] / n['http']['cpu_us_per_req']:.2f}x its CPU/req; "
                   f"https {r['https']['req_s'] / n['https']['req_s']:.2f}x req/s, "
-                  f"{r['https']['cpu_us_per_req'] / n['https']['cpu_us_per_req']:.2f}x CPU/req")
+                  f"{r['https']['cpu_us_per_req'] / n['https']['cpu_us_per_req']:.2f}x CPU/req; "
+                  f"h2 {r['h2']['req_s'] / max(n['h2']['req_s'], 1):.2f}x req/s; "
+                  f"handshakes {r['handshakes_s'] / n['handshakes_s']:.2f}x")
+        for name in ("router", "nginx", "haproxy"):
+            if name in res:
+                u = res[name]["uwsgi_http_socket"]
+                print(f"{name} behind uWSGI --http-socket: {u['req_s']} req/s, {u['non_2xx']} non-2xx, "
+                      f"{u['socket_errors']} socket errors")
     finally:
+        if os.environ.get("BENCH_DEBUG"):
+            for f in ("nginx.err", "backend.err"):
+                try:
+                    print(f, "\n".join([l for l in open(os.path.join(work, f)).read().splitlines() if "uwsgi" not in l][-5:]))
+                except OSError:
+                    pass
         stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 

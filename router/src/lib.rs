@@ -56,6 +56,9 @@ pub struct Config {
     pub max_routes_per_site: usize,
     /// Requests one site may have in flight at once, unless its `[limits]` say.
     pub max_requests_per_site: usize,
+    /// Worker threads, each with its own event loop and its own listening
+    /// sockets (`SO_REUSEPORT`): a connection lives on one thread.
+    pub threads: usize,
 }
 
 impl Config {
@@ -79,6 +82,7 @@ impl Config {
             max_connections_per_ip: 512,
             max_routes_per_site: routes::MAX_ROUTES_PER_SITE,
             max_requests_per_site: routes::MAX_REQUESTS_PER_SITE,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -102,7 +106,9 @@ pub struct State {
     /// Nonces of the window.
     pub nonces: Mutex<verify::Nonces>,
     /// Idle connections to backends.
-    pub pool: proxy::Pool,
+    /// Idle backend connections, one pool per worker thread (a connection's
+    /// task runs on the thread that opened it).
+    pub pools: Vec<proxy::Pool>,
     /// Subscription requests per peer uid.
     pub api_rate: conn::Rate<u32>,
     /// How long a client may pause within a request body.
@@ -163,6 +169,34 @@ fn rlimit_nofile() -> Option<(u64, u64)> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok()
 }
 
+thread_local! {
+    /// Which worker thread this is (0: the one that runs `run`).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl State {
+    /// This worker thread's pool of idle backend connections.
+    pub fn pool(&self) -> &proxy::Pool {
+        let i = WORKER.with(std::cell::Cell::get);
+        &self.pools[i.min(self.pools.len() - 1)]
+    }
+}
+
+/// A listening socket that others of the same address may share
+/// (`SO_REUSEPORT`: the kernel spreads connections over the workers).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
 fn set_rlimit_nofile(to: u64) -> bool {
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, to, to).is_ok()
 }
@@ -183,7 +217,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let state = Arc::new(State {
         routes,
         nonces: Mutex::new(verify::Nonces::default()),
-        pool: proxy::Pool::default(),
+        pools: (0..cfg.threads.max(1))
+            .map(|_| proxy::Pool::default())
+            .collect(),
         api_rate: conn::Rate::new(API_RATE, API_BURST),
         body_timeout: cfg.body_timeout,
     });
@@ -197,8 +233,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
-    let http = TcpListener::bind(cfg.http).await?;
-    let https = TcpListener::bind(cfg.https).await?;
+    let http = TcpListener::from_std(reuseport_listener(cfg.http)?)?;
+    let https = TcpListener::from_std(reuseport_listener(cfg.https)?)?;
+    // The other workers listen on the same addresses (the ports taken above
+    // when asked for port 0).
+    let (http_at, https_at) = (http.local_addr()?, https.local_addr()?);
+    let mut more = Vec::new();
+    for _ in 1..cfg.threads.max(1) {
+        more.push((reuseport_listener(http_at)?, reuseport_listener(https_at)?));
+    }
     let sock = dir.join("subscribe.sock");
     let _ = std::fs::remove_file(&sock);
     let api = UnixListener::bind(&sock)?;
@@ -239,10 +282,45 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         https,
         state.clone(),
         cfg.clone(),
-        clients,
-        Some(acceptor),
+        clients.clone(),
+        Some(acceptor.clone()),
     ));
     tokio::spawn(serve_api(api, state.clone()));
+    for (i, (http, https)) in more.into_iter().enumerate() {
+        let (state, cfg, clients, acceptor) = (
+            state.clone(),
+            cfg.clone(),
+            clients.clone(),
+            acceptor.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("router-{}", i + 1))
+            .spawn(move || {
+                WORKER.with(|w| w.set(i + 1));
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a worker thread could not start");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let (Ok(http), Ok(https)) =
+                        (TcpListener::from_std(http), TcpListener::from_std(https))
+                    else {
+                        tracing::error!("a worker thread could not listen");
+                        return;
+                    };
+                    tokio::join!(
+                        serve_http(http, state.clone(), cfg.clone(), clients.clone(), None),
+                        serve_http(https, state, cfg, clients, Some(acceptor)),
+                    );
+                });
+            })?;
+    }
     shutdown.await;
     let _ = std::fs::remove_file(&sock);
     Ok(())

@@ -58,6 +58,9 @@ enum Cmd {
         /// the site's `[limits] requests` says.
         #[arg(long, default_value_t = router::routes::MAX_REQUESTS_PER_SITE)]
         max_requests_per_site: usize,
+        /// Worker threads, each with its own event loop (default: one per CPU).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -86,8 +89,10 @@ fn main() {
         max_connections_per_ip,
         max_routes_per_site,
         max_requests_per_site,
+        threads,
     } = Cli::parse().cmd;
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
+    let cfg_default = router::Config::new(http, https, run_dir.clone(), state_dir.clone());
     let cfg = router::Config {
         ttl: Duration::from_secs_f64(ttl.max(1.0)),
         header_timeout: secs(header_timeout),
@@ -97,10 +102,11 @@ fn main() {
         max_connections_per_ip: max_connections_per_ip.max(1),
         max_routes_per_site: max_routes_per_site.max(1),
         max_requests_per_site: max_requests_per_site.max(1),
+        threads: threads.map_or(cfg_default.threads, |t| t.max(1)),
         ..router::Config::new(http, https, run_dir, state_dir)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // This thread is worker 0; `run` starts the others, one event loop each.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -136,7 +136,7 @@ async fn pick<'a>(
     pooled: bool,
 ) -> Option<Conn> {
     for backend in order {
-        while let Some(mut sender) = pooled.then(|| state.pool.take(&backend.path)).flatten() {
+        while let Some(mut sender) = pooled.then(|| state.pool().take(&backend.path)).flatten() {
             // Put back as soon as its last answer was read: ready in a moment.
             if sender.ready().await.is_ok() {
                 return Some(Conn {
@@ -215,6 +215,10 @@ struct Slot {
     /// for each, and since when.
     waiting: Vec<(u64, std::time::Instant)>,
     next: u64,
+    /// Until when connections are not kept: the backend closed a kept one
+    /// before it could be used (it closes after every answer, as uWSGI's
+    /// `--http-socket` does without saying so).
+    fresh_only_until: Option<std::time::Instant>,
 }
 
 impl Slot {
@@ -223,14 +227,22 @@ impl Slot {
     fn stalled(&self) -> bool {
         self.waiting.iter().any(|(_, t)| t.elapsed() >= STALLED)
     }
+
+    fn fresh_only(&self) -> bool {
+        self.fresh_only_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+    }
 }
+
+/// How long a backend that closed a kept connection gets new ones only.
+const FRESH_ONLY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a request on a new connection waits before the router takes it
 /// that the backend does not accept new connections while it holds kept ones.
 const STALLED: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Idle connections kept per backend.
-const POOL_PER_BACKEND: usize = 64;
+const POOL_PER_BACKEND: usize = 256;
 
 impl Pool {
     fn take(&self, path: &std::path::Path) -> Option<Sender> {
@@ -255,17 +267,19 @@ impl Pool {
                 Some(s) => s,
                 None => slots.entry(key(path).to_vec()).or_default(),
             };
-            if !slot.stalled() && slot.idle.len() < POOL_PER_BACKEND {
+            if !slot.stalled() && !slot.fresh_only() && slot.idle.len() < POOL_PER_BACKEND {
                 slot.idle.push(sender);
             }
         }
     }
 
-    /// Drops the idle connections of a backend that closed one of them.
+    /// Drops the idle connections of a backend that closed one of them, and
+    /// keeps none for a while.
     fn forget(&self, path: &std::path::Path) {
         if let Ok(mut slots) = self.slots.lock() {
             if let Some(slot) = slots.get_mut(key(path)) {
                 slot.idle.clear();
+                slot.fresh_only_until = Some(std::time::Instant::now() + FRESH_ONLY);
             }
         }
     }
@@ -318,7 +332,7 @@ struct Kept {
 impl Drop for Kept {
     fn drop(&mut self) {
         if let Some(s) = self.sender.take().filter(|s| !s.is_closed()) {
-            self.state.pool.put(&self.backend.path, s);
+            self.state.pool().put(&self.backend.path, s);
         }
     }
 }
@@ -671,7 +685,7 @@ async fn forward(
     // backend first, then to the next that accepts.
     let mut attempts = 1;
     let mut resp = loop {
-        let waiting = (!conn.reused).then(|| state.pool.waiting(&conn.backend.path));
+        let waiting = (!conn.reused).then(|| state.pool().waiting(&conn.backend.path));
         let sent = tokio::time::timeout(RESPONSE_TIMEOUT, conn.sender.try_send_request(req)).await;
         drop(waiting);
         let mut e = match sent {
@@ -691,7 +705,7 @@ async fn forward(
             ));
         }
         if conn.reused {
-            state.pool.forget(&conn.backend.path);
+            state.pool().forget(&conn.backend.path);
         }
         let again = match (e.take_message(), &replay) {
             (Some(unsent), _) => Some(unsent),

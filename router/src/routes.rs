@@ -23,7 +23,7 @@ pub const MAX_BACKENDS: usize = 16;
 /// How many domains one site may have routed at once by default (names under a wildcard count one each).
 pub const MAX_ROUTES_PER_SITE: usize = 1024;
 /// Requests one site may have in flight at once by default.
-pub const MAX_REQUESTS_PER_SITE: usize = 100;
+pub const MAX_REQUESTS_PER_SITE: usize = 256;
 
 /// One backend of a domain: a socket in the owning site's directory.
 #[derive(Debug, PartialEq, Eq)]
