@@ -478,6 +478,14 @@ fn page(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
+/// A page that says when to ask again (`Retry-After`, seconds).
+fn page_retry(status: StatusCode, text: &'static str, after: &'static str) -> Response<Body> {
+    let mut r = page(status, text);
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static(after));
+    r
+}
+
 /// The host a request is for, lower case, without a port. Two `Host`
 /// headers are no host at all (the request is refused).
 fn host_of(req: &Request<Incoming>) -> Option<String> {
@@ -597,19 +605,18 @@ async fn forward(
             ))
         }
         Route::Suspended => {
-            let mut r = page(StatusCode::SERVICE_UNAVAILABLE, "This site is suspended.");
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("120"));
-            return Ok(r);
+            return Ok(page_retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This site is suspended.",
+                "120",
+            ));
         }
         Route::Moving => {
-            let mut r = page(
+            return Ok(page_retry(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "This site is moving; it will be back in a moment.",
-            );
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("30"));
-            return Ok(r);
+                "30",
+            ));
         }
         Route::Backends(b) => b,
     };
@@ -623,13 +630,11 @@ async fn forward(
                 "site at its cap of requests in flight: 508"
             );
         }
-        let mut r = page(
+        return Ok(page_retry(
             StatusCode::LOOP_DETECTED,
             "This site has reached its limit of requests in progress; try again in a moment.",
-        );
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("5"));
-        return Ok(r);
+            "5",
+        ));
     };
 
     // Headers for the backend: who asked, over what; the Host is kept.

@@ -878,13 +878,18 @@ impl RouterProc {
 
 /// One GET through the router at `addr` with this Host: (status, body).
 fn http_get(addr: &str, host: &str) -> (u16, String) {
+    // A request that reached a site just frozen waits for its thaw: give up, ask again.
+    http_request(addr, host, "/", Duration::from_secs(2))
+}
+
+/// One GET of `path` with this Host, waiting `wait` at most for the answer: (status, body).
+fn http_request(addr: &str, host: &str, path: &str, wait: Duration) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    // A request that reached a site just frozen waits for its thaw: give up, ask again.
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
     write!(
         s,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();
@@ -1285,20 +1290,7 @@ Server(path, App).serve_forever()
 
 /// One GET of `path` through the router: the status.
 fn get_path(addr: &str, host: &str, path: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    http_request(addr, host, path, Duration::from_secs(10)).0
 }
 
 #[test]
