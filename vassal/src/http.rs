@@ -111,3 +111,31 @@ impl Subscriber {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 }
+
+/// Whether something listens on this unix socket (a connection it will see
+/// closed at once; a full backlog counts as listening).
+pub fn accepts(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else {
+        return false;
+    };
+    let Ok(fd) = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    matches!(
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr),
+        Ok(()) | Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
+/// The `[http]` of a process as one instance subscribes it: with its socket.
+pub fn on_socket(http: &model::process::Http, socket: &str) -> model::process::Http {
+    let mut h = http.clone();
+    h.socket = socket.to_owned();
+    h
+}

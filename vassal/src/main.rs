@@ -8,6 +8,7 @@
 
 mod control;
 mod http;
+mod logs;
 mod notify;
 mod site;
 mod spawn;
@@ -160,7 +161,7 @@ fn run(args: &[String]) -> Result<i32, String> {
                 _ => 100,
             };
             let path = home().join("logs").join(format!("{n}.log"));
-            let text = supervisor::tail(&path, lines)
+            let text = logs::tail(&path, lines)
                 .map_err(|e| format!("no log for {n} ({}: {e})", path.display()))?;
             for l in text {
                 println!("{l}");

@@ -8,12 +8,12 @@
 //! every orphan the container hands to PID 1.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +31,8 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::control::{Request, Response};
+use crate::http::{accepts, on_socket};
+use crate::logs::{redirect_output, rotate, AccessLog, ACCESS_LOG_MAX, ACCESS_SOCKET};
 use crate::site::SiteCgroup;
 
 /// How the supervisor is set up.
@@ -189,34 +191,6 @@ fn now_us() -> Option<u64> {
         .duration_since(UNIX_EPOCH)
         .ok()
         .map(|d| d.as_micros() as u64)
-}
-
-/// Whether something listens on this unix socket (a connection it will see
-/// closed at once; a full backlog counts as listening).
-fn accepts(path: &Path) -> bool {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
-    let Ok(addr) = UnixAddr::new(path) else {
-        return false;
-    };
-    let Ok(fd) = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return false;
-    };
-    matches!(
-        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr),
-        Ok(()) | Err(Errno::EAGAIN)
-    )
-}
-
-/// The `[http]` of a process as one instance subscribes it: with its socket.
-fn on_socket(http: &model::process::Http, socket: &str) -> model::process::Http {
-    let mut h = http.clone();
-    h.socket = socket.to_owned();
-    h
 }
 
 #[derive(Debug, Serialize)]
@@ -1377,103 +1351,6 @@ impl Supervisor {
     }
 }
 
-/// Rotates a log past `max` bytes: copy to `.1` (older copies move to `.2`
-/// and `.3`), then truncate. A writer keeps its append-mode descriptor, so
-/// its next lines go to the fresh file.
-fn rotate(log: &Path, max: u64) {
-    let Ok(meta) = std::fs::metadata(log) else {
-        return;
-    };
-    if meta.len() <= max {
-        return;
-    }
-    let old = |i: u32| {
-        let mut p = log.as_os_str().to_owned();
-        p.push(format!(".{i}"));
-        PathBuf::from(p)
-    };
-    let _ = std::fs::rename(old(2), old(3));
-    let _ = std::fs::rename(old(1), old(2));
-    if std::fs::copy(log, old(1)).is_ok() {
-        if let Ok(f) = OpenOptions::new().write(true).open(log) {
-            let _ = f.set_len(0);
-        }
-    }
-}
-
-/// The socket the router sends the site's access lines to (the router's
-/// `access::SOCKET`), in the site's socket directory.
-const ACCESS_SOCKET: &str = ".access-log";
-/// `~/logs/access.log` is rotated past this size.
-const ACCESS_LOG_MAX: u64 = 10 << 20;
-/// Lines taken from the socket per turn of the loop (the rest wait).
-const ACCESS_BATCH: usize = 512;
-
-/// The router's lines for this site, appended to `~/logs/access.log`.
-struct AccessLog {
-    socket: std::os::unix::net::UnixDatagram,
-    path: PathBuf,
-    file: Option<File>,
-    warned: bool,
-}
-
-impl AccessLog {
-    fn bind(sockets: &Path, logs: &Path) -> Option<AccessLog> {
-        let at = sockets.join(ACCESS_SOCKET);
-        let _ = std::fs::remove_file(&at);
-        let socket = std::os::unix::net::UnixDatagram::bind(&at).ok()?;
-        socket.set_nonblocking(true).ok()?;
-        Some(AccessLog {
-            socket,
-            path: logs.join("access.log"),
-            file: None,
-            warned: false,
-        })
-    }
-
-    /// Appends what came in. The file is opened without following a
-    /// symlink: a link planted there gets no lines (and says so once).
-    fn drain(&mut self) {
-        let mut buf = [0u8; 4096];
-        let mut out = Vec::new();
-        for _ in 0..ACCESS_BATCH {
-            match self.socket.recv(&mut buf) {
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(_) => break,
-            }
-        }
-        if out.is_empty() {
-            return;
-        }
-        if self.file.is_none() {
-            use std::os::unix::fs::OpenOptionsExt;
-            match OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&self.path)
-            {
-                Ok(f) => {
-                    self.file = Some(f);
-                    self.warned = false;
-                }
-                Err(e) => {
-                    if !std::mem::replace(&mut self.warned, true) {
-                        eprintln!("vassal: {}: {e}; access lines dropped", self.path.display());
-                    }
-                    return;
-                }
-            }
-        }
-        if let Some(f) = &mut self.file {
-            if f.write_all(&out).is_err() {
-                self.file = None;
-            }
-        }
-    }
-}
-
 /// Whether this is PID 1 of a pid namespace (a container's init).
 fn is_init() -> bool {
     std::process::id() == 1
@@ -1522,36 +1399,5 @@ trait TakeLimit {
 impl TakeLimit for std::os::unix::net::UnixStream {
     fn take_limit(self) -> std::io::Take<Self> {
         std::io::Read::take(self, 64 * 1024)
-    }
-}
-
-/// Reads the last `lines` lines of a log.
-pub fn tail(path: &Path, lines: usize) -> std::io::Result<Vec<String>> {
-    let f = File::open(path)?;
-    let mut all: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    for l in BufReader::new(f).lines() {
-        all.push_back(l.unwrap_or_default());
-        if all.len() > lines {
-            all.pop_front();
-        }
-    }
-    Ok(all.into())
-}
-
-/// Points stdout and stderr at `path` (appended; not through a symlink).
-fn redirect_output(path: &Path) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let Ok(f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(path)
-    else {
-        return;
-    };
-    for fd in [1, 2] {
-        let _ = nix::unistd::dup2(f.as_raw_fd(), fd);
     }
 }
