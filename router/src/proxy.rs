@@ -412,7 +412,7 @@ fn idempotent(m: &hyper::Method) -> bool {
 /// Removes the headers that concern one connection only: the hop-by-hop ones
 /// and those the `Connection` header names (RFC 9110, 7.6.1).
 fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
-    const HOP: [HeaderName; 6] = [
+    static HOP: [HeaderName; 6] = [
         CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
@@ -428,7 +428,12 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
             present[i] = true;
         }
     }
-    if present[0] {
+    // `Connection: keep-alive` or `close` names nothing more to remove.
+    let plain = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    };
+    if present[0] && !h.get_all(CONNECTION).iter().all(plain) {
         let named: Vec<HeaderName> = h
             .get_all(CONNECTION)
             .iter()
