@@ -241,6 +241,11 @@ impl Router {
     }
 
     fn start_with(dir: tempfile::TempDir, ttl: &str, extra: &[&str]) -> Router {
+        Router::start_under(dir, ttl, extra, &[])
+    }
+
+    /// Started through `wrapper` (a command that runs the rest, as `prlimit ... --`).
+    fn start_under(dir: tempfile::TempDir, ttl: &str, extra: &[&str], wrapper: &[&str]) -> Router {
         for s in ["site1", "site2"] {
             std::fs::create_dir_all(dir.path().join("sockets").join(s)).unwrap();
         }
@@ -251,7 +256,15 @@ impl Router {
             .append(true)
             .open(dir.path().join("router.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_router"))
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_router"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_router")),
+        };
+        let child = cmd
             .args([
                 "serve",
                 "--http",
@@ -400,6 +413,11 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn tls_connect(addr: &str, sni: &str) -> (Tls, Vec<u8>) {
+    tls_connect_alpn(addr, sni, &[b"http/1.1"])
+}
+
+/// A TLS connection offering these protocols (ALPN); returns it and the certificate served.
+fn tls_connect_alpn(addr: &str, sni: &str, alpn: &[&[u8]]) -> (Tls, Vec<u8>) {
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -409,7 +427,7 @@ fn tls_connect(addr: &str, sni: &str) -> (Tls, Vec<u8>) {
     .with_custom_certificate_verifier(Arc::new(AcceptAny))
     .with_no_client_auth();
     let mut cfg = cfg;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
@@ -784,26 +802,49 @@ fn a_moving_domain_answers_503_and_oversized_headers_are_refused() {
 fn https_offers_h2_and_http11() {
     let (r, _, _) = setup("60");
     for (offer, want) in [
-        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], &b"h2"[..]),
-        (vec![b"http/1.1".to_vec()], &b"http/1.1"[..]),
+        (&[&b"h2"[..], &b"http/1.1"[..]][..], &b"h2"[..]),
+        (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
     ] {
-        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
-        cfg.alpn_protocols = offer;
-        let name = rustls::pki_types::ServerName::try_from("example.com").unwrap();
-        let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
-        let mut sock = TcpStream::connect(&r.https).unwrap();
-        while conn.is_handshaking() {
-            conn.complete_io(&mut sock).unwrap();
-        }
-        assert_eq!(conn.alpn_protocol(), Some(want));
+        let (tls, _) = tls_connect_alpn(&r.https, "example.com", offer);
+        assert_eq!(tls.conn.alpn_protocol(), Some(want));
     }
+}
+
+#[test]
+fn hostile_an_idle_h2_connection_is_closed() {
+    let (r, _, _) = setup_with(&["example.com"], &["--idle-timeout", "1"]);
+    let (mut tls, _) = tls_connect_alpn(&r.https, "example.com", &[b"h2"]);
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // The client's preface and an empty SETTINGS frame, then nothing.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    tls.flush().unwrap();
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Its SETTINGS, then GOAWAY once idle, then the close (after a grace of 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        assert!(
+            Instant::now() < deadline,
+            "an idle h2 connection stayed open"
+        );
+        match tls.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed);
 }
 
 // ---- Hostile tenants and clients -------------------------------------------
@@ -1425,4 +1466,72 @@ fn a_site_at_its_cap_of_requests_in_flight_gets_508_while_a_neighbour_is_served(
         .all(|(_, at)| *at < first_slow));
     // Once the slow ones are done, the site has its places back.
     assert_eq!(r.get("example.com").0, 200);
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64
+}
+
+#[test]
+fn hostile_a_router_out_of_descriptors_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
+    Router::dominion(
+        dir.path(),
+        &[(&s1, &["example.com"], false), (&s2, &["other.org"], false)],
+    );
+    // 24 descriptors: about 14 are the router's own, so accept fails with
+    // EMFILE after ten clients, before the connection cap (16) is reached.
+    let r = Router::start_under(
+        dir,
+        "60",
+        &["--threads", "1"],
+        &["prlimit", "--nofile=24:24", "--"],
+    );
+    let _a = Backend::start(&r.socket("site1", "a.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "a.sock"));
+    let pid = r.child.as_ref().unwrap().id();
+    let cpu0 = cpu_secs(pid);
+    // 40 clients that send nothing: the router runs out of descriptors and
+    // the rest wait in the backlog until the header timeout (1 s) frees some.
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&r.http).unwrap())
+        .collect();
+    let log = r.dir.path().join("router.log");
+    wait_for(
+        Duration::from_secs(10),
+        "accept to fail and back off",
+        || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("accept failed; backing off"))
+        },
+    );
+    // Every idle client is closed in turn (the backlog drained as descriptors free up).
+    for mut s in idle {
+        assert!(closed_within(&mut s, Duration::from_secs(20)));
+    }
+    // And the router serves again.
+    wait_for(Duration::from_secs(10), "a request served again", || {
+        (r.get("example.com").0 == 200).then_some(())
+    });
+    // It waited, not spun: a loop retrying accept at once burns a core for
+    // the whole time (several seconds here).
+    let used = cpu_secs(pid) - cpu0;
+    assert!(
+        used < 1.0,
+        "the router used {used:.2} s of CPU while out of descriptors"
+    );
 }
