@@ -334,7 +334,7 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
     }
     if let Some(c) = limits.cpu {
         let period = sys::cgroup::CPU_PERIOD_US;
-        let quota = ((c * period as f64).round() as i64).max(1000);
+        let quota = sys::cgroup::cpu_quota_us(c) as i64;
         res = res.cpu(
             LinuxCpuBuilder::default()
                 .quota(quota)

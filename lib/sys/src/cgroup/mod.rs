@@ -82,6 +82,12 @@ pub enum Version {
 /// The CPU period used for bandwidth limits, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
 
+/// The CFS quota (microseconds per [`CPU_PERIOD_US`]) for `cores` of CPU,
+/// at least 1 ms: the one conversion from a file's `cpu` to the kernel's.
+pub fn cpu_quota_us(cores: f64) -> u64 {
+    ((cores * CPU_PERIOD_US as f64).round() as u64).max(1000)
+}
+
 /// How a new process enters its cgroup without the parent migrating it.
 ///
 /// Moving a process into a cgroup after the fact takes the kernel's global

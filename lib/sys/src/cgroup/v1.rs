@@ -88,11 +88,9 @@ impl CgroupTree for V1 {
         )?;
         let cpu = self.dir("cpu", path)?;
         write(&cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-        let quota = l.cpu.map_or("-1".into(), |c| {
-            ((c * CPU_PERIOD_US as f64).round() as u64)
-                .max(1000)
-                .to_string()
-        });
+        let quota = l
+            .cpu
+            .map_or("-1".into(), |c| super::cpu_quota_us(c).to_string());
         write(&cpu, "cpu.cfs_quota_us", &quota)?;
         write(
             &self.dir("pids", path)?,

@@ -72,11 +72,9 @@ impl CgroupTree for V2 {
             "memory.max",
             &l.memory.map_or("max".into(), |m| m.to_string()),
         )?;
-        let quota = l.cpu.map_or("max".into(), |c| {
-            ((c * CPU_PERIOD_US as f64).round() as u64)
-                .max(1000)
-                .to_string()
-        });
+        let quota = l
+            .cpu
+            .map_or("max".into(), |c| super::cpu_quota_us(c).to_string());
         write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
         write(
             &dir,
