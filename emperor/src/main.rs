@@ -153,7 +153,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Status { json } => {
-            let resp = control::call(&cli.run_dir.join("emperor.sock"), &Request::Status).await?;
+            let resp = control::call(
+                &cli.run_dir.join(model::layout::names::CONTROL_SOCKET),
+                &Request::Status,
+            )
+            .await?;
             if !resp.ok {
                 bail!("{}", resp.error.unwrap_or_default());
             }
@@ -173,7 +177,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Shutdown => Request::Shutdown,
     };
     let is_spec = matches!(req, Request::Spec { .. });
-    let resp = control::call(&cli.run_dir.join("emperor.sock"), &req).await?;
+    let resp = control::call(
+        &cli.run_dir.join(model::layout::names::CONTROL_SOCKET),
+        &req,
+    )
+    .await?;
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_default());
     }

@@ -372,7 +372,7 @@ impl Manager {
         let _ = std::fs::create_dir_all(&dir);
         // Root's only: the directory is shared into every container, and a
         // site learns no other customer's domains.
-        match model::atomic::replace(&dir.join("dominion.json"), &bytes, 0o600) {
+        match model::atomic::replace(&self.cfg.layout.dominion(), &bytes, 0o600) {
             Ok(()) => self.last_dominion = bytes,
             Err(e) => tracing::warn!(error = %e, "writing the dominion failed"),
         }

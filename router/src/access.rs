@@ -14,7 +14,7 @@ use crate::routes::Backend;
 
 /// The name the vassal binds in the site's socket directory (a backend's
 /// name cannot start with a dot, so no backend can be it).
-pub const SOCKET: &str = ".access-log";
+pub const SOCKET: &str = model::layout::names::ACCESS_LOG_SOCKET;
 
 /// How long after a failed open the router tries again.
 const RETRY: Duration = Duration::from_secs(1);

@@ -116,11 +116,11 @@ pub struct State {
 }
 
 fn dominion_path(run_dir: &Path) -> PathBuf {
-    run_dir.join("router").join("dominion.json")
+    run_dir.join("router").join(model::layout::names::DOMINION)
 }
 
 fn saved_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("router-dominion.json")
+    state_dir.join(model::layout::names::ROUTER_COPY)
 }
 
 /// The largest dominion read (10,000 sites take about 3 MB).
@@ -242,7 +242,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     for _ in 1..cfg.threads.max(1) {
         more.push((reuseport_listener(http_at)?, reuseport_listener(https_at)?));
     }
-    let sock = dir.join("subscribe.sock");
+    let sock = dir.join(model::layout::names::SUBSCRIBE_SOCKET);
     let _ = std::fs::remove_file(&sock);
     let api = UnixListener::bind(&sock)?;
     // Anyone in any container may call it: the signature says who it is.
@@ -250,7 +250,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666))?;
     let listen = serde_json::json!({ "http": http.local_addr()?.to_string(), "https": https.local_addr()?.to_string() });
     model::atomic::replace(
-        &dir.join("listen.json"),
+        &dir.join(model::layout::names::LISTEN),
         listen.to_string().as_bytes(),
         0o644,
     )?;

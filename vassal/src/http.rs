@@ -27,7 +27,10 @@ impl Subscriber {
             .unwrap_or_else(|| PathBuf::from(model::layout::inside::SITE_KEY));
         let socket = std::env::var_os("IMPERIUM_ROUTER_SOCKET")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(model::layout::inside::ROUTER).join("subscribe.sock"));
+            .unwrap_or_else(|| {
+                Path::new(model::layout::inside::ROUTER)
+                    .join(model::layout::names::SUBSCRIBE_SOCKET)
+            });
         let key = std::fs::read_to_string(&key_path)
             .map_err(|e| format!("no site key ({}: {e})", key_path.display()))
             .and_then(|t| {

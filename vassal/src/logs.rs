@@ -32,7 +32,7 @@ pub fn rotate(log: &Path, max: u64) {
 
 /// The socket the router sends the site's access lines to (the router's
 /// `access::SOCKET`), in the site's socket directory.
-pub const ACCESS_SOCKET: &str = ".access-log";
+pub const ACCESS_SOCKET: &str = model::layout::names::ACCESS_LOG_SOCKET;
 /// `~/logs/access.log` is rotated past this size.
 pub const ACCESS_LOG_MAX: u64 = 10 << 20;
 /// Lines taken from the socket per turn of the loop (the rest wait).

@@ -95,7 +95,11 @@ fn run(args: &[String]) -> Result<i32, String> {
                 .unwrap_or_else(|| PathBuf::from(model::layout::inside::SOCKETS)),
         })
     };
-    let socket = || home().join(".imperium").join("vassal.sock");
+    let socket = || {
+        home()
+            .join(".imperium")
+            .join(model::layout::names::VASSAL_SOCKET)
+    };
     let name = || {
         args.get(1)
             .cloned()

@@ -68,7 +68,9 @@ impl Settings {
     }
     /// The control socket, `~/.imperium/vassal.sock`.
     pub fn socket(&self) -> PathBuf {
-        self.home.join(".imperium").join("vassal.sock")
+        self.home
+            .join(".imperium")
+            .join(model::layout::names::VASSAL_SOCKET)
     }
 }
 

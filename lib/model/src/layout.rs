@@ -95,7 +95,7 @@ impl Layout {
 
     /// The control socket of the emperor.
     pub fn control_socket(&self) -> PathBuf {
-        self.run_dir.join("emperor.sock")
+        self.run_dir.join(names::CONTROL_SOCKET)
     }
 
     /// The runtime record of a running vassal (init pid and identity).
@@ -151,6 +151,11 @@ impl Layout {
         self.run_dir.join("router")
     }
 
+    /// The dominion the emperor writes for the router.
+    pub fn dominion(&self) -> PathBuf {
+        self.router_dir().join(names::DOMINION)
+    }
+
     /// A vassal's cgroup path relative to each hierarchy's root.
     pub fn cgroup(&self, kind_group: Option<&Name>, name: &Name, is_group: bool) -> String {
         let root = self.cgroup_root.trim_matches('/');
@@ -165,6 +170,26 @@ impl Layout {
     pub fn group_cgroup(&self, group: &Name) -> String {
         format!("{}/{group}", self.cgroup_root.trim_matches('/'))
     }
+}
+
+/// File names the emperor, the router, the vassal and the CLIs share, each
+/// spelled here once.
+pub mod names {
+    /// The emperor's control socket, in the run directory.
+    pub const CONTROL_SOCKET: &str = "emperor.sock";
+    /// What the emperor tells the router, in the router's directory.
+    pub const DOMINION: &str = "dominion.json";
+    /// The router's subscription socket, in the router's directory.
+    pub const SUBSCRIBE_SOCKET: &str = "subscribe.sock";
+    /// The addresses the router listens on, in the router's directory.
+    pub const LISTEN: &str = "listen.json";
+    /// The router's own copy of the dominion, in its state directory.
+    pub const ROUTER_COPY: &str = "router-dominion.json";
+    /// The socket a site's vassal binds in the site's socket directory for
+    /// the router's access-log lines (a backend's name cannot start with a dot).
+    pub const ACCESS_LOG_SOCKET: &str = ".access-log";
+    /// The vassal's control socket, in `~/.imperium`.
+    pub const VASSAL_SOCKET: &str = "vassal.sock";
 }
 
 /// Where a container sees things, whatever the host layout.
