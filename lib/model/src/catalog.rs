@@ -75,6 +75,78 @@ impl Verdict {
     }
 }
 
+/// Why a file may not run (its one-line text is the reason shown).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The file itself is invalid.
+    #[error("{0}")]
+    Invalid(ConfigError),
+    /// A group file in a reseller's drop directory.
+    #[error("a reseller's directory may hold sites only")]
+    GroupInDropDir,
+    /// A drop-directory site that names a root filesystem.
+    #[error("container.rootfs may only be set in the admin directory; a reseller's sites run on the host's")]
+    RootfsInDropDir,
+    /// A drop-directory site of another group.
+    #[error("a site in {owner}'s directory may only belong to {owner}, not {group}")]
+    ForeignGroup {
+        /// The directory's group.
+        owner: Name,
+        /// The group the site names.
+        group: Name,
+    },
+    /// A site of a group that does not run.
+    #[error("group {0} does not exist")]
+    NoGroup(Name),
+    /// A group at its `sites` limit.
+    #[error("group {group} already holds its maximum of {max} sites")]
+    TooManySites {
+        /// The group.
+        group: Name,
+        /// Its limit.
+        max: u64,
+    },
+    /// A site of a reserved group that leaves a budgeted limit unset.
+    #[error("limits.{key} must be set: group {group} is reserved with a {key} budget of {budget}")]
+    BudgetUnset {
+        /// The limit.
+        key: &'static str,
+        /// The group.
+        group: Name,
+        /// The group's budget, as written.
+        budget: String,
+    },
+    /// A site of a reserved group asking for more than is left.
+    #[error("limits.{key} {want} exceeds group {group}'s reserved {key} budget of {budget}: {left} left")]
+    OverBudget {
+        /// The limit.
+        key: &'static str,
+        /// What the site asks for.
+        want: String,
+        /// The group.
+        group: Name,
+        /// The group's budget.
+        budget: String,
+        /// What is left of it.
+        left: String,
+    },
+    /// A domain the site may not claim.
+    #[error("{0}")]
+    Domain(String),
+    /// A login name another vassal holds.
+    #[error("user {user} is already taken by {holder}")]
+    UserTaken {
+        /// The name.
+        user: Name,
+        /// Who holds it.
+        holder: Name,
+    },
+    /// A login name of the host.
+    #[error("user {0} is a host account")]
+    HostAccount(Name),
+}
+
 /// The decision for every vassal name, and the files shadowed by a name clash.
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -151,12 +223,10 @@ impl Catalog {
         // Groups first: sites are checked against them.
         for (name, e) in &by_name {
             let new = match (&e.source, &e.parsed) {
-                (Source::Drop(_), Ok(VassalFile::Group(_))) => {
-                    Err("a reseller's directory may hold sites only".to_owned())
-                }
+                (Source::Drop(_), Ok(VassalFile::Group(_))) => Err(Refusal::GroupInDropDir),
                 (_, Ok(VassalFile::Group(g))) => Ok(g.clone()),
                 (_, Ok(VassalFile::Site(_))) => continue,
-                (_, Err(err)) => Err(err.to_string()),
+                (_, Err(err)) => Err(Refusal::Invalid(err.clone())),
             };
             let old = match previous.get(name) {
                 Some(VassalFile::Group(g)) => Some(g),
@@ -192,9 +262,9 @@ impl Catalog {
             let new = match &e.parsed {
                 Ok(VassalFile::Site(s)) => pass.place_site(name, &e.source, s),
                 Ok(VassalFile::Group(_)) => continue,
-                Err(err) => Err(err.to_string()),
+                Err(err) => Err(Refusal::Invalid(err.clone())),
             };
-            let verdict = match new {
+            let verdict = match new.map_err(|why| why.to_string()) {
                 Ok(v) => v,
                 Err(why) => match previous.get(name) {
                     Some(VassalFile::Site(old)) => match pass.place_site(name, &e.source, old) {
@@ -239,14 +309,17 @@ impl Catalog {
 }
 
 impl Pass<'_> {
-    fn claim_user(&mut self, vassal: &Name, user: &Name) -> Result<(), String> {
+    fn claim_user(&mut self, vassal: &Name, user: &Name) -> Result<(), Refusal> {
         if let Some(holder) = self.users.get(user) {
             if holder != vassal {
-                return Err(format!("user {user} is already taken by {holder}"));
+                return Err(Refusal::UserTaken {
+                    user: user.clone(),
+                    holder: holder.clone(),
+                });
             }
         }
         if self.host_users.exists(user.as_str()) {
-            return Err(format!("user {user} is a host account"));
+            return Err(Refusal::HostAccount(user.clone()));
         }
         self.users.insert(user.clone(), vassal.clone());
         Ok(())
@@ -255,13 +328,15 @@ impl Pass<'_> {
     fn try_group(
         &mut self,
         name: &Name,
-        new: Result<GroupFile, String>,
+        new: Result<GroupFile, Refusal>,
         old: Option<&GroupFile>,
     ) -> Verdict {
-        let new = new.and_then(|g| {
-            self.claim_user(name, &VassalFile::Group(g.clone()).user(name))?;
-            Ok(g)
-        });
+        let new = new
+            .and_then(|g| {
+                self.claim_user(name, &VassalFile::Group(g.clone()).user(name))?;
+                Ok(g)
+            })
+            .map_err(|why| why.to_string());
         match (new, old) {
             (Ok(g), _) => {
                 self.groups.insert(name.clone(), g.clone());
@@ -293,21 +368,20 @@ impl Pass<'_> {
         name: &Name,
         source: &Source,
         site: &SiteFile,
-    ) -> Result<Verdict, String> {
+    ) -> Result<Verdict, Refusal> {
         let mut site = site.clone();
         if let Source::Drop(owner) = source {
             // The root filesystem is what an SSH login and every site process
             // trust (libraries, nsswitch.conf): only the admin chooses it.
             if site.container.rootfs != crate::config::Rootfs::Host {
-                return Err(
-                    "container.rootfs may only be set in the admin directory; a reseller's sites run on the host's".into(),
-                );
+                return Err(Refusal::RootfsInDropDir);
             }
             match &site.group {
                 Some(g) if g != owner => {
-                    return Err(format!(
-                        "a site in {owner}'s directory may only belong to {owner}, not {g}"
-                    ))
+                    return Err(Refusal::ForeignGroup {
+                        owner: owner.clone(),
+                        group: g.clone(),
+                    })
                 }
                 _ => site.group = Some(owner.clone()),
             }
@@ -317,13 +391,14 @@ impl Pass<'_> {
             let group = self
                 .groups
                 .get(gname)
-                .ok_or_else(|| format!("group {gname} does not exist"))?;
+                .ok_or_else(|| Refusal::NoGroup(gname.clone()))?;
             let used = self.usage.get(gname);
             if let (Some(max), Some(u)) = (group.limits.sites, used) {
                 if u.sites >= max {
-                    return Err(format!(
-                        "group {gname} already holds its maximum of {max} sites"
-                    ));
+                    return Err(Refusal::TooManySites {
+                        group: gname.clone(),
+                        max,
+                    });
                 }
             }
             match group.mode {
@@ -332,7 +407,9 @@ impl Pass<'_> {
             }
         }
         for d in &site.domains {
-            self.domains.check(name, site.group.as_ref(), d)?;
+            self.domains
+                .check(name, site.group.as_ref(), d)
+                .map_err(Refusal::Domain)?;
         }
         let user = site.user.clone().unwrap_or_else(|| name.clone());
         self.claim_user(name, &user)?;
@@ -360,7 +437,21 @@ fn check_budget(
     budget: &Limits,
     used: Option<&Usage>,
     want: &Limits,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
+    let unset = |key, budget: &dyn std::fmt::Display| Refusal::BudgetUnset {
+        key,
+        group: group.clone(),
+        budget: budget.to_string(),
+    };
+    let over = |key, want: &dyn std::fmt::Display, budget: &dyn std::fmt::Display, left: String| {
+        Refusal::OverBudget {
+            key,
+            want: want.to_string(),
+            group: group.clone(),
+            budget: budget.to_string(),
+            left,
+        }
+    };
     let zero = Usage::default();
     let used = used.unwrap_or(&zero);
     let sizes = [
@@ -371,12 +462,9 @@ fn check_budget(
         if let Some(budget) = budget {
             let left = budget.0.saturating_sub(used);
             match want {
-                None => return Err(format!("limits.{key} must be set: group {group} is reserved with a {key} budget of {budget}")),
+                None => return Err(unset(key, &budget)),
                 Some(w) if w.0 > left => {
-                    return Err(format!(
-                        "limits.{key} {w} exceeds group {group}'s reserved {key} budget of {budget}: {} left",
-                        Size(left)
-                    ))
+                    return Err(over(key, &w, &budget, Size(left).to_string()))
                 }
                 _ => {}
             }
@@ -385,12 +473,10 @@ fn check_budget(
     if let Some(budget) = budget.cpu {
         let left = (budget - used.cpu).max(0.0);
         match want.cpu {
-            None => return Err(format!("limits.cpu must be set: group {group} is reserved with a cpu budget of {budget}")),
+            None => return Err(unset("cpu", &budget)),
             // A thousandth of a core of slack absorbs float rounding in the sum.
             Some(w) if w > left + 1e-3 => {
-                return Err(format!(
-                    "limits.cpu {w} exceeds group {group}'s reserved cpu budget of {budget}: {left:.2} left"
-                ))
+                return Err(over("cpu", &w, &budget, format!("{left:.2}")))
             }
             _ => {}
         }
@@ -398,12 +484,8 @@ fn check_budget(
     if let Some(budget) = budget.pids {
         let left = budget.saturating_sub(used.pids);
         match want.pids {
-            None => return Err(format!("limits.pids must be set: group {group} is reserved with a pids budget of {budget}")),
-            Some(w) if w > left => {
-                return Err(format!(
-                    "limits.pids {w} exceeds group {group}'s reserved pids budget of {budget}: {left} left"
-                ))
-            }
+            None => return Err(unset("pids", &budget)),
+            Some(w) if w > left => return Err(over("pids", &w, &budget, left.to_string())),
             _ => {}
         }
     }
