@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
@@ -344,6 +344,7 @@ impl Supervisor {
         }
 
         let mut access = AccessLog::bind(&self.cfg.sockets, &self.cfg.logs());
+        let mut clients: Vec<Client> = Vec::new();
 
         self.reload();
         let mut last_rotation = Instant::now();
@@ -362,6 +363,9 @@ impl Supervisor {
             }
             if let Some(a) = &access {
                 fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
+            }
+            for c in &clients {
+                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
             }
             let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
             match poll(&mut fds, PollTimeout::from(ms)) {
@@ -393,7 +397,31 @@ impl Supervisor {
             }
             if let Some(l) = &listener {
                 while let Ok((stream, _)) = l.accept() {
-                    self.serve(stream);
+                    if clients.len() < CONTROL_CLIENTS && stream.set_nonblocking(true).is_ok() {
+                        clients.push(Client {
+                            stream,
+                            line: Vec::new(),
+                            since: Instant::now(),
+                        });
+                    }
+                }
+            }
+            // Each client's request as far as it came; none holds the loop.
+            let mut i = 0;
+            while i < clients.len() {
+                match clients[i].read_line() {
+                    Some(Ok(line)) => {
+                        let c = clients.swap_remove(i);
+                        let out = self.serve(&line);
+                        c.reply(&out);
+                    }
+                    Some(Err(())) => {
+                        clients.swap_remove(i);
+                    }
+                    None if clients[i].since.elapsed() > CONTROL_TIMEOUT => {
+                        clients.swap_remove(i);
+                    }
+                    None => i += 1,
                 }
             }
             if let Some(a) = &mut access {
@@ -1181,27 +1209,15 @@ impl Supervisor {
         }
     }
 
-    fn serve(&mut self, stream: std::os::unix::net::UnixStream) {
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let mut line = String::new();
-        let Ok(mut w) = stream.try_clone() else {
-            return;
-        };
-        if BufReader::new(stream.take_limit())
-            .read_line(&mut line)
-            .is_err()
-        {
-            return;
-        }
-        let resp = match serde_json::from_str::<Request>(&line) {
+    /// Answers one request line of the control socket.
+    fn serve(&mut self, line: &[u8]) -> Vec<u8> {
+        let resp = match serde_json::from_slice::<Request>(line) {
             Ok(req) => self.answer(req),
             Err(e) => Response::err(format!("bad request: {e}")),
         };
         let mut out = serde_json::to_vec(&resp).unwrap_or_default();
         out.push(b'\n');
-        let _ = w.write_all(&out);
+        out
     }
 
     fn answer(&mut self, req: Request) -> Response {
@@ -1392,14 +1408,53 @@ fn proc_usage(pid: i32) -> (Option<u64>, Option<f64>) {
     (rss, cpu)
 }
 
-trait TakeLimit {
-    fn take_limit(self) -> std::io::Take<Self>
-    where
-        Self: Sized;
+/// Clients of the control socket served at once (more are closed at accept).
+const CONTROL_CLIENTS: usize = 16;
+/// How long a client has to send its request line.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request line.
+const CONTROL_LINE_MAX: usize = 64 * 1024;
+
+/// A control-socket client whose request line is on its way: read as it
+/// comes, so a client that sends nothing never holds PID 1's loop.
+struct Client {
+    stream: std::os::unix::net::UnixStream,
+    line: Vec<u8>,
+    since: Instant,
 }
 
-impl TakeLimit for std::os::unix::net::UnixStream {
-    fn take_limit(self) -> std::io::Take<Self> {
-        std::io::Read::take(self, 64 * 1024)
+impl Client {
+    /// The request line once it is all there; `Err` for a client that closed,
+    /// failed or sent too much.
+    fn read_line(&mut self) -> Option<Result<Vec<u8>, ()>> {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Some(Err(())),
+                Ok(n) => {
+                    self.line.extend_from_slice(&buf[..n]);
+                    if let Some(end) = self.line.iter().position(|b| *b == b'\n') {
+                        self.line.truncate(end);
+                        return Some(Ok(std::mem::take(&mut self.line)));
+                    }
+                    if self.line.len() > CONTROL_LINE_MAX {
+                        return Some(Err(()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Some(Err(())),
+            }
+        }
+    }
+
+    /// Sends the answer (a few KiB at most; a client that does not read it
+    /// within a second loses it).
+    fn reply(self, out: &[u8]) {
+        let mut s = self.stream;
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = s.write_all(out);
     }
 }

@@ -463,3 +463,53 @@ fn alarms_become_notifications() {
         (Some("admin"), Some("maintenance on sunday"))
     );
 }
+
+#[test]
+fn control_clients_that_send_nothing_never_hold_the_loop() {
+    let v = Vassal::start(&[("web", "command = [\"sleep\", \"30\"]")], &[], 1.0);
+    let first = v.wait_row("web", "running", |r| r["state"] == "running")["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    // A tenant's process opening control connections that send nothing, as
+    // fast as it can, for as long as the test runs.
+    let socket = v.path(".imperium/vassal.sock");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let flooder = {
+        let (stop, made) = (stop.clone(), made.clone());
+        std::thread::spawn(move || {
+            let mut held = std::collections::VecDeque::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = std::os::unix::net::UnixStream::connect(&socket) {
+                    held.push_back(s);
+                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if held.len() > 500 {
+                    held.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    wait_for(Duration::from_secs(10), "the flood under way", || {
+        (made.load(std::sync::atomic::Ordering::Relaxed) > 100).then_some(())
+    });
+    // The supervisor still reaps and restarts: seen in the process table, as
+    // the flood keeps the control socket's places taken.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let vassal = v.pid();
+    wait_for(Duration::from_secs(10), "a restart while flooded", || {
+        children(vassal)
+            .iter()
+            .any(|(pid, state)| *pid != first && *state != 'Z')
+            .then_some(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooder.join().unwrap();
+    // Once the flood is over, the control socket answers again.
+    v.wait_row("web", "running", |r| r["state"] == "running");
+}
