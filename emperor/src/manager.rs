@@ -1011,23 +1011,33 @@ impl Manager {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let dest = l.archive_dir().join(format!("{name}-{stamp}"));
-        let moved = std::fs::rename(&home, &dest).or_else(|e| {
-            // Another filesystem: let mv copy and remove.
-            if e.raw_os_error() == Some(libc::EXDEV) {
-                let ok = std::process::Command::new("mv")
-                    .arg(&home)
-                    .arg(&dest)
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false);
-                if ok {
-                    return Ok(());
-                }
-            }
-            Err(e)
-        });
-        match moved {
+        match std::fs::rename(&home, &dest) {
             Ok(()) => tracing::info!(vassal = %name, archive = %dest.display(), "home archived"),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // Another filesystem: the copy can take long, so it runs off
+                // the loop. The home is first moved aside in its own directory
+                // (instant, and the name is free for a new site at once).
+                let aside = home.with_file_name(format!(".{name}.archiving-{stamp}"));
+                if let Err(e) = std::fs::rename(&home, &aside) {
+                    tracing::error!(vassal = %name, error = %e, "archiving the home failed; it stays in place");
+                    return;
+                }
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let ok = std::process::Command::new("mv")
+                        .arg(&aside)
+                        .arg(&dest)
+                        .stdin(std::process::Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false);
+                    if ok {
+                        tracing::info!(vassal = %name, archive = %dest.display(), "home archived");
+                    } else {
+                        tracing::error!(vassal = %name, aside = %aside.display(), "copying the home to the archive failed; it stays aside");
+                    }
+                });
+            }
             Err(e) => {
                 tracing::error!(vassal = %name, error = %e, "archiving the home failed; it stays in place")
             }

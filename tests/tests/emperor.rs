@@ -1,6 +1,7 @@
 //! The emperor end to end, as root: real containers, real cgroups, checked
 //! through the kernel's own view (/proc, cgroupfs, nsenter).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::*;
@@ -1377,4 +1378,67 @@ fn root_the_router_hands_each_site_its_access_log_and_never_writes_in_a_home() {
             .filter(|t| t.contains("/?after"))
     });
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+}
+
+/// A tmpfs mounted for a test, unmounted when dropped (even after a failure).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64m"),
+        )
+        .unwrap();
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_home_is_archived_to_another_filesystem_off_the_loop() {
+    let mut e = Emperor::new();
+    // The archive on its own filesystem: rename(2) cannot move a home there.
+    let _archive = Tmpfs::mount(&e.state_dir.join("archive"));
+    e.write("group1", GROUP);
+    e.write("site1", &site("group1", "64M", 50));
+    e.start();
+    let pid = e.running_pid("site1");
+    let uid = uid_of(&e, "site1");
+    let cg = e.cgroup("group1/site1");
+    let out = e.exec_in(pid, uid, &cg, "echo precious > /home/site1/data.txt");
+    assert!(out.status.success());
+    e.remove("site1");
+    wait_for(Duration::from_secs(15), "site1 to go", || {
+        e.row("site1").is_none().then_some(())
+    });
+    // The name is free as soon as the site is gone; the copy follows.
+    assert!(!e.home_root.join("group1/site1").exists());
+    let archived = wait_for(Duration::from_secs(15), "the home in the archive", || {
+        std::fs::read_dir(e.state_dir.join("archive"))
+            .ok()?
+            .flatten()
+            .find(|d| d.path().join("data.txt").exists())
+    });
+    assert_eq!(
+        std::fs::read_to_string(archived.path().join("data.txt")).unwrap(),
+        "precious\n"
+    );
+    wait_for(Duration::from_secs(15), "nothing left aside", || {
+        std::fs::read_dir(e.home_root.join("group1"))
+            .unwrap()
+            .flatten()
+            .all(|d| !d.file_name().to_string_lossy().contains("archiving"))
+            .then_some(())
+    });
 }
