@@ -351,15 +351,15 @@ fn root_bad_file_keeps_last_good_version_and_says_why() {
     assert!(alive(pid));
 }
 
-#[test]
-#[ignore = "root: run the README's test command"]
-fn root_removing_a_file_stops_the_site_and_archives_its_home() {
-    let mut e = Emperor::new();
+/// Starts group1 and its site1, writes `~/data.txt` ("precious") as the
+/// tenant, removes site1's file and waits until it is gone: (its init's pid,
+/// its uid, its cgroup).
+fn start_write_and_remove_site1(e: &mut Emperor) -> (i32, u32, String) {
     e.write("group1", GROUP);
     e.write("site1", &site("group1", "64M", 50));
     e.start();
     let pid = e.running_pid("site1");
-    let uid = uid_of(&e, "site1");
+    let uid = uid_of(e, "site1");
     let cg = e.cgroup("group1/site1");
     let out = e.exec_in(pid, uid, &cg, "echo precious > /home/site1/data.txt");
     assert!(out.status.success());
@@ -367,6 +367,14 @@ fn root_removing_a_file_stops_the_site_and_archives_its_home() {
     wait_for(Duration::from_secs(15), "site1 to go", || {
         e.row("site1").is_none().then_some(())
     });
+    (pid, uid, cg)
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_removing_a_file_stops_the_site_and_archives_its_home() {
+    let mut e = Emperor::new();
+    let (pid, uid, cg) = start_write_and_remove_site1(&mut e);
     assert!(!alive(pid));
     assert!(
         !cgroup_file("pids", &cg, "").exists(),
@@ -1410,18 +1418,7 @@ fn root_a_home_is_archived_to_another_filesystem_off_the_loop() {
     let mut e = Emperor::new();
     // The archive on its own filesystem: rename(2) cannot move a home there.
     let _archive = Tmpfs::mount(&e.state_dir.join("archive"));
-    e.write("group1", GROUP);
-    e.write("site1", &site("group1", "64M", 50));
-    e.start();
-    let pid = e.running_pid("site1");
-    let uid = uid_of(&e, "site1");
-    let cg = e.cgroup("group1/site1");
-    let out = e.exec_in(pid, uid, &cg, "echo precious > /home/site1/data.txt");
-    assert!(out.status.success());
-    e.remove("site1");
-    wait_for(Duration::from_secs(15), "site1 to go", || {
-        e.row("site1").is_none().then_some(())
-    });
+    start_write_and_remove_site1(&mut e);
     // The name is free as soon as the site is gone; the copy follows.
     assert!(!e.home_root.join("group1/site1").exists());
     let archived = wait_for(Duration::from_secs(15), "the home in the archive", || {
