@@ -39,19 +39,17 @@ fn lookup(key: Key<'_>) -> Result<Option<Found>, ()> {
 
 /// A found entry with a packer over the caller's buffer, or the status that
 /// says why there is none.
-fn answer(
+///
+/// # Safety
+/// `buf` is valid for writes of `buflen` bytes for as long as the packer is used.
+unsafe fn answer(
     found: Result<Option<Found>, ()>,
     buf: *mut c_char,
     buflen: usize,
 ) -> Result<(Found, Packer), c_int> {
     match found {
-        Ok(Some(f)) => Ok((
-            f,
-            Packer {
-                at: buf,
-                left: buflen,
-            },
-        )),
+        // SAFETY: the caller's contract is the packer's.
+        Ok(Some(f)) => Ok((f, unsafe { Packer::new(buf, buflen) })),
         Ok(None) => Err(NSS_STATUS_NOTFOUND),
         Err(()) => Err(NSS_STATUS_UNAVAIL),
     }
@@ -64,6 +62,14 @@ struct Packer {
 }
 
 impl Packer {
+    /// A packer over the caller's buffer.
+    ///
+    /// # Safety
+    /// `at` is valid for writes of `left` bytes for as long as the packer is used.
+    unsafe fn new(at: *mut c_char, left: usize) -> Packer {
+        Packer { at, left }
+    }
+
     fn str(&mut self, s: &str) -> Option<*mut c_char> {
         let need = s.len() + 1;
         if need > self.left || s.contains('\0') {
@@ -114,7 +120,8 @@ unsafe fn fill_passwd(
     buflen: usize,
     errnop: *mut c_int,
 ) -> c_int {
-    let (f, mut p) = match answer(found, buf, buflen) {
+    // SAFETY: `buf` holds `buflen` bytes (glibc's contract, this function's).
+    let (f, mut p) = match unsafe { answer(found, buf, buflen) } {
         Ok(x) => x,
         Err(status) => return status,
     };
@@ -150,7 +157,8 @@ unsafe fn fill_group(
     buflen: usize,
     errnop: *mut c_int,
 ) -> c_int {
-    let (f, mut p) = match answer(found, buf, buflen) {
+    // SAFETY: `buf` holds `buflen` bytes (glibc's contract, this function's).
+    let (f, mut p) = match unsafe { answer(found, buf, buflen) } {
         Ok(x) => x,
         Err(status) => return status,
     };
@@ -173,83 +181,92 @@ unsafe fn fill_group(
     NSS_STATUS_SUCCESS
 }
 
-fn name_of<'a>(name: *const c_char) -> Option<&'a str> {
+/// The name glibc asks for, if it is UTF-8.
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string that lives for `'a`.
+unsafe fn name_of<'a>(name: *const c_char) -> Option<&'a str> {
     if name.is_null() {
         return None;
     }
-    // SAFETY: glibc passes a NUL-terminated name.
+    // SAFETY: a NUL-terminated string (this function's contract).
     unsafe { CStr::from_ptr(name) }.to_str().ok()
 }
 
-/// `getpwnam_r` for tenants.
-///
-/// # Safety
-/// Called by glibc with valid pointers.
-#[no_mangle]
-pub unsafe extern "C" fn _nss_imperium_getpwnam_r(
-    name: *const c_char,
-    pwd: *mut libc::passwd,
-    buf: *mut c_char,
-    buflen: libc::size_t,
-    errnop: *mut c_int,
-) -> c_int {
-    guard(|| match name_of(name) {
-        // SAFETY: glibc's pointers, passed on.
-        Some(n) => unsafe { fill_passwd(lookup(Key::Name(n)), pwd, buf, buflen, errnop) },
-        None => NSS_STATUS_NOTFOUND,
-    })
+/// An NSS entry point that looks a tenant up by name and fills glibc's struct.
+macro_rules! by_name {
+    ($(#[$doc:meta])* $entry:ident, $out:ty, $fill:ident) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// Called by glibc with valid pointers.
+        #[no_mangle]
+        pub unsafe extern "C" fn $entry(
+            name: *const c_char,
+            out: *mut $out,
+            buf: *mut c_char,
+            buflen: libc::size_t,
+            errnop: *mut c_int,
+        ) -> c_int {
+            guard(|| {
+                // SAFETY: glibc passes a NUL-terminated name for the call.
+                match unsafe { name_of(name) } {
+                    // SAFETY: glibc's pointers, passed on.
+                    Some(n) => unsafe { $fill(lookup(Key::Name(n)), out, buf, buflen, errnop) },
+                    None => NSS_STATUS_NOTFOUND,
+                }
+            })
+        }
+    };
 }
 
-/// `getpwuid_r` for tenants.
-///
-/// # Safety
-/// Called by glibc with valid pointers.
-#[no_mangle]
-pub unsafe extern "C" fn _nss_imperium_getpwuid_r(
-    uid: libc::uid_t,
-    pwd: *mut libc::passwd,
-    buf: *mut c_char,
-    buflen: libc::size_t,
-    errnop: *mut c_int,
-) -> c_int {
-    // SAFETY: glibc's pointers, passed on.
-    guard(|| unsafe { fill_passwd(lookup(Key::Id(uid)), pwd, buf, buflen, errnop) })
+/// An NSS entry point that looks a tenant up by id and fills glibc's struct.
+macro_rules! by_id {
+    ($(#[$doc:meta])* $entry:ident, $id:ty, $out:ty, $fill:ident) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// Called by glibc with valid pointers.
+        #[no_mangle]
+        pub unsafe extern "C" fn $entry(
+            id: $id,
+            out: *mut $out,
+            buf: *mut c_char,
+            buflen: libc::size_t,
+            errnop: *mut c_int,
+        ) -> c_int {
+            // SAFETY: glibc's pointers, passed on.
+            guard(|| unsafe { $fill(lookup(Key::Id(id)), out, buf, buflen, errnop) })
+        }
+    };
 }
 
-/// `getgrnam_r`: each tenant has a group of its own name.
-///
-/// # Safety
-/// Called by glibc with valid pointers.
-#[no_mangle]
-pub unsafe extern "C" fn _nss_imperium_getgrnam_r(
-    name: *const c_char,
-    grp: *mut libc::group,
-    buf: *mut c_char,
-    buflen: libc::size_t,
-    errnop: *mut c_int,
-) -> c_int {
-    guard(|| match name_of(name) {
-        // SAFETY: glibc's pointers, passed on.
-        Some(n) => unsafe { fill_group(lookup(Key::Name(n)), grp, buf, buflen, errnop) },
-        None => NSS_STATUS_NOTFOUND,
-    })
-}
-
-/// `getgrgid_r`: the tenant's own group (gid = uid).
-///
-/// # Safety
-/// Called by glibc with valid pointers.
-#[no_mangle]
-pub unsafe extern "C" fn _nss_imperium_getgrgid_r(
-    gid: libc::gid_t,
-    grp: *mut libc::group,
-    buf: *mut c_char,
-    buflen: libc::size_t,
-    errnop: *mut c_int,
-) -> c_int {
-    // SAFETY: glibc's pointers, passed on.
-    guard(|| unsafe { fill_group(lookup(Key::Id(gid)), grp, buf, buflen, errnop) })
-}
+by_name!(
+    /// `getpwnam_r` for tenants.
+    _nss_imperium_getpwnam_r,
+    libc::passwd,
+    fill_passwd
+);
+by_id!(
+    /// `getpwuid_r` for tenants.
+    _nss_imperium_getpwuid_r,
+    libc::uid_t,
+    libc::passwd,
+    fill_passwd
+);
+by_name!(
+    /// `getgrnam_r`: each tenant has a group of its own name.
+    _nss_imperium_getgrnam_r,
+    libc::group,
+    fill_group
+);
+by_id!(
+    /// `getgrgid_r`: the tenant's own group (gid = uid).
+    _nss_imperium_getgrgid_r,
+    libc::gid_t,
+    libc::group,
+    fill_group
+);
 
 /// # Safety
 /// glibc's contract for `getspnam_r` backends.
@@ -260,7 +277,8 @@ unsafe fn fill_shadow(
     buflen: usize,
     errnop: *mut c_int,
 ) -> c_int {
-    let (f, mut p) = match answer(found, buf, buflen) {
+    // SAFETY: `buf` holds `buflen` bytes (glibc's contract, this function's).
+    let (f, mut p) = match unsafe { answer(found, buf, buflen) } {
         Ok(x) => x,
         Err(status) => return status,
     };
@@ -284,26 +302,14 @@ unsafe fn fill_shadow(
     NSS_STATUS_SUCCESS
 }
 
-/// `getspnam_r`: a tenant's password is locked (`!`) and has no ageing, so a
-/// stock `pam_unix` account stack accepts a key login through PAM, and an sshd
-/// without PAM (which would not land the tenant in its container) refuses it.
-///
-/// # Safety
-/// Called by glibc with valid pointers.
-#[no_mangle]
-pub unsafe extern "C" fn _nss_imperium_getspnam_r(
-    name: *const c_char,
-    sp: *mut libc::spwd,
-    buf: *mut c_char,
-    buflen: libc::size_t,
-    errnop: *mut c_int,
-) -> c_int {
-    guard(|| match name_of(name) {
-        // SAFETY: glibc's pointers, passed on.
-        Some(n) => unsafe { fill_shadow(lookup(Key::Name(n)), sp, buf, buflen, errnop) },
-        None => NSS_STATUS_NOTFOUND,
-    })
-}
+by_name!(
+    /// `getspnam_r`: a tenant's password is locked (`!`) and has no ageing, so a
+    /// stock `pam_unix` account stack accepts a key login through PAM, and an sshd
+    /// without PAM (which would not land the tenant in its container) refuses it.
+    _nss_imperium_getspnam_r,
+    libc::spwd,
+    fill_shadow
+);
 
 /// `initgroups_dyn`: a tenant's only group is its own (gid = uid); it is added
 /// unless it is already the primary group glibc starts from.
@@ -322,7 +328,8 @@ pub unsafe extern "C" fn _nss_imperium_initgroups_dyn(
     errnop: *mut c_int,
 ) -> c_int {
     guard(|| {
-        let Some(n) = name_of(user) else {
+        // SAFETY: glibc passes a NUL-terminated user name for the call.
+        let Some(n) = (unsafe { name_of(user) }) else {
             return NSS_STATUS_NOTFOUND;
         };
         let gid = match lookup(Key::Name(n)) {
