@@ -59,9 +59,19 @@ const NS_FILES: [(&str, c_int); 6] = [
     ("mnt", libc::CLONE_NEWNS),
 ];
 
+/// libpam's handle for the hook being run.
 struct Pam(*mut PamHandle);
 
 impl Pam {
+    /// The handle libpam passed to a hook.
+    ///
+    /// # Safety
+    /// `pamh` is the live handle of the current call: every method passes it
+    /// to libpam, and it must outlive the `Pam`.
+    unsafe fn new(pamh: *mut PamHandle) -> Pam {
+        Pam(pamh)
+    }
+
     fn log(&self, priority: c_int, msg: &str) {
         let Ok(m) = CString::new(msg.replace('\0', " ")) else {
             return;
@@ -181,7 +191,8 @@ pub unsafe extern "C" fn pam_sm_acct_mgmt(
     argv: *const *const c_char,
 ) -> c_int {
     guard(|| {
-        let pam = Pam(pamh);
+        // SAFETY: libpam's live handle for this call.
+        let pam = unsafe { Pam::new(pamh) };
         // SAFETY: libpam's arguments, passed on.
         match unsafe { verdict(&pam, argc, argv) } {
             Ok(Verdict::NotTenant) => PAM_IGNORE,
@@ -210,7 +221,8 @@ pub unsafe extern "C" fn pam_sm_open_session(
     argv: *const *const c_char,
 ) -> c_int {
     let rc = guard(|| {
-        let pam = Pam(pamh);
+        // SAFETY: libpam's live handle for this call.
+        let pam = unsafe { Pam::new(pamh) };
         // SAFETY: libpam's arguments, passed on.
         let target = match unsafe { verdict(&pam, argc, argv) } {
             Ok(Verdict::NotTenant) => return PAM_IGNORE,
