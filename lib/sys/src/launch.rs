@@ -413,21 +413,36 @@ fn opt_ptr(s: &Option<CString>) -> *const c_char {
     s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
 }
 
-/// The child: plain syscalls on prepared data, then exec.
+/// The child: plain syscalls on prepared data, then exec. Each step is a
+/// function of its own; each reports a failure on `err_fd` and exits.
 ///
 /// # Safety
 /// Only called in the child of `clone3`, once. It allocates nothing and calls
 /// only async-signal-safe functions.
 unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
-    let plan = p.plan;
-    let null = std::ptr::null::<c_char>();
-    // SAFETY: (the whole body) each call below is a raw syscall wrapper on
-    // pointers into `p`, which the parent built before the clone and which this
-    // copy of the address space keeps alive until exec.
+    // SAFETY: each step's contract is this function's.
     unsafe {
-        // Until it drops privileges (which clears this), the child dies with
-        // the emperor: a half-made container is never left for nobody to
-        // adopt. Checked once after setting it, in case the emperor is gone
+        die_with_parent(p);
+        enter_cgroup_and_namespaces(p, err_fd);
+        quiet_stdio(err_fd);
+        build_root(p.plan, err_fd);
+        pivot(p.plan, err_fd);
+        drop_privileges(p.plan, err_fd);
+        exec(p, err_fd)
+    }
+}
+
+/// Until it drops privileges (which clears this), the child dies with the
+/// emperor.
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn die_with_parent(p: &Prepared<'_>) {
+    // SAFETY: prctl and poll on a local struct.
+    unsafe {
+        // A half-made container is never left for nobody to adopt. Checked once after setting it, in case the emperor is gone
         // already (its pidfd is readable once it has exited).
         let mut gone = libc::pollfd {
             fd: p.parent,
@@ -439,6 +454,19 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         {
             libc::_exit(127);
         }
+    }
+}
+
+/// Into the site's cgroup, its network namespace and a new cgroup namespace.
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn enter_cgroup_and_namespaces(p: &Prepared<'_>, err_fd: RawFd) {
+    let plan = p.plan;
+    // SAFETY: write/setns/unshare on descriptors the plan holds open.
+    unsafe {
         // Single-threaded, so moving this thread moves the process, and writing
         // "0" to `tasks` skips the kernel's global threadgroup lock.
         for fd in p.self_join {
@@ -456,6 +484,18 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         {
             fail(err_fd, Step::CgroupNs, 0);
         }
+    }
+}
+
+/// Standard input and output on /dev/null.
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn quiet_stdio(err_fd: RawFd) {
+    // SAFETY: open/dup2/close of /dev/null.
+    unsafe {
         // Nothing of the emperor's reaches the container: its stdin, stdout
         // and stderr become /dev/null (the init logs into the site's own
         // files), and every other descriptor closes at exec (below).
@@ -470,7 +510,20 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         if devnull > 2 {
             libc::close(devnull);
         }
+    }
+}
 
+/// The container's root: a private mount tree, a tmpfs, and the plan's
+/// filesystem steps in order; then the hostname and the loopback.
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn build_root(plan: &ChildPlan, err_fd: RawFd) {
+    let null = std::ptr::null::<c_char>();
+    // SAFETY: mount(2) on C strings of the plan.
+    unsafe {
         if libc::mount(
             null,
             c"/".as_ptr(),
@@ -496,76 +549,8 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
             fail(err_fd, Step::Root, 0);
         }
         for (i, op) in plan.fs.iter().enumerate() {
-            let i = i as u32;
-            let ok = match op {
-                FsOp::Dir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0,
-                FsOp::Symlink(target, path) => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
-                FsOp::File(path, content) => {
-                    let fd = libc::open(
-                        path.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                        0o644,
-                    );
-                    let written = fd >= 0
-                        && (content.is_empty()
-                            || libc::write(fd, content.as_ptr() as *const c_void, content.len())
-                                == content.len() as isize);
-                    if fd >= 0 {
-                        libc::close(fd);
-                    }
-                    written
-                }
-                FsOp::Device {
-                    path,
-                    mode,
-                    major,
-                    minor,
-                } => {
-                    // mknod applies the umask; chmod sets the mode asked for.
-                    libc::mknod(
-                        path.as_ptr(),
-                        libc::S_IFCHR | *mode,
-                        libc::makedev(*major, *minor),
-                    ) == 0
-                        && libc::chmod(path.as_ptr(), *mode) == 0
-                }
-                FsOp::Mount(m) => {
-                    let data = opt_ptr(&m.data) as *const c_void;
-                    if libc::mount(
-                        opt_ptr(&m.source),
-                        m.target.as_ptr(),
-                        opt_ptr(&m.fstype),
-                        m.flags,
-                        data,
-                    ) < 0
-                    {
-                        fail(err_fd, Step::Fs, i);
-                    }
-                    if let Some(flags) = m.remount {
-                        let f = libc::MS_BIND | libc::MS_REMOUNT | flags;
-                        if libc::mount(null, m.target.as_ptr(), null, f, std::ptr::null()) < 0 {
-                            fail(err_fd, Step::Remount, i);
-                        }
-                    }
-                    true
-                }
-                FsOp::Attach { tree, target } => {
-                    libc::syscall(
-                        libc::SYS_move_mount,
-                        tree.as_raw_fd(),
-                        c"".as_ptr(),
-                        libc::AT_FDCWD,
-                        target.as_ptr(),
-                        MOVE_MOUNT_F_EMPTY_PATH,
-                    ) == 0
-                }
-                FsOp::Detach(path) => {
-                    libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0
-                        && libc::rmdir(path.as_ptr()) == 0
-                }
-            };
-            if !ok {
-                fail(err_fd, Step::Fs, i);
+            if !fs_op(op, i as u32, err_fd) {
+                fail(err_fd, Step::Fs, i as u32);
             }
         }
         if let Some(h) = &plan.hostname {
@@ -576,7 +561,100 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         if plan.loopback_up && !loopback_up() {
             fail(err_fd, Step::Loopback, 0);
         }
+    }
+}
 
+/// One filesystem step of the plan; false if it failed.
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn fs_op(op: &FsOp, i: u32, err_fd: RawFd) -> bool {
+    let null = std::ptr::null::<c_char>();
+    // SAFETY: syscalls on C strings and descriptors of the plan.
+    unsafe {
+        match op {
+            FsOp::Dir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0,
+            FsOp::Symlink(target, path) => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
+            FsOp::File(path, content) => {
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o644,
+                );
+                let written = fd >= 0
+                    && (content.is_empty()
+                        || libc::write(fd, content.as_ptr() as *const c_void, content.len())
+                            == content.len() as isize);
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                written
+            }
+            FsOp::Device {
+                path,
+                mode,
+                major,
+                minor,
+            } => {
+                // mknod applies the umask; chmod sets the mode asked for.
+                libc::mknod(
+                    path.as_ptr(),
+                    libc::S_IFCHR | *mode,
+                    libc::makedev(*major, *minor),
+                ) == 0
+                    && libc::chmod(path.as_ptr(), *mode) == 0
+            }
+            FsOp::Mount(m) => {
+                let data = opt_ptr(&m.data) as *const c_void;
+                if libc::mount(
+                    opt_ptr(&m.source),
+                    m.target.as_ptr(),
+                    opt_ptr(&m.fstype),
+                    m.flags,
+                    data,
+                ) < 0
+                {
+                    fail(err_fd, Step::Fs, i);
+                }
+                if let Some(flags) = m.remount {
+                    let f = libc::MS_BIND | libc::MS_REMOUNT | flags;
+                    if libc::mount(null, m.target.as_ptr(), null, f, std::ptr::null()) < 0 {
+                        fail(err_fd, Step::Remount, i);
+                    }
+                }
+                true
+            }
+            FsOp::Attach { tree, target } => {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) == 0
+            }
+            FsOp::Detach(path) => {
+                libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0
+                    && libc::rmdir(path.as_ptr()) == 0
+            }
+        }
+    }
+}
+
+/// pivot_root into the new root (and make it read-only if the plan says).
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn pivot(plan: &ChildPlan, err_fd: RawFd) {
+    let null = std::ptr::null::<c_char>();
+    let root = plan.root.as_ptr();
+    // SAFETY: chdir/pivot_root/umount2/mount on C strings.
+    unsafe {
         // pivot_root(".", ".") stacks the old root on the new one; detaching
         // it leaves the new root alone (no put_old directory needed).
         if libc::chdir(root) < 0
@@ -592,7 +670,18 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
                 fail(err_fd, Step::RootReadonly, 0);
             }
         }
+    }
+}
 
+/// Limits, then every capability and the emperor's ids dropped for good.
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn drop_privileges(plan: &ChildPlan, err_fd: RawFd) {
+    // SAFETY: setrlimit/prctl/raw set*id and capset on local structs.
+    unsafe {
         // Limits first: raising a hard limit needs CAP_SYS_RESOURCE.
         for (i, (res, soft, hard)) in plan.rlimits.iter().enumerate() {
             let lim = libc::rlimit {
@@ -639,6 +728,20 @@ unsafe fn child(p: &Prepared<'_>, err_fd: RawFd) -> ! {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             fail(err_fd, Step::NoNewPrivs, 0);
         }
+    }
+}
+
+/// The working directory, the seccomp filter, descriptors closed at exec,
+/// and exec.
+///
+/// # Safety
+/// Only in the child of `clone3`, before exec: async-signal-safe calls only,
+/// on pointers into the plan the parent prepared (this copy of the address
+/// space keeps it alive until exec).
+unsafe fn exec(p: &Prepared<'_>, err_fd: RawFd) -> ! {
+    let plan = p.plan;
+    // SAFETY: chdir/prctl/close_range/execve on the plan's data.
+    unsafe {
         if libc::chdir(plan.workdir.as_ptr()) < 0 {
             libc::chdir(c"/".as_ptr());
         }
