@@ -851,15 +851,17 @@ impl Manager {
             self.cfg.stop_grace,
         );
         tokio::spawn(async move {
-            let thaw = |cg: &str| {
-                if tree.is_frozen(cg).unwrap_or(false) {
-                    let _ = tree.freeze(cg, false);
+            // The cgroup calls wait for the kernel (a freeze or a kill settles
+            // within up to 5 s): on the blocking pool, never on a runtime thread.
+            let (g, c) = (group_cg.clone(), cgroup.clone());
+            off_loop(&tree, move |tree| {
+                for cg in g.iter().chain(std::iter::once(&c)) {
+                    if tree.is_frozen(cg).unwrap_or(false) {
+                        let _ = tree.freeze(cg, false);
+                    }
                 }
-            };
-            if let Some(g) = &group_cg {
-                thaw(g);
-            }
-            thaw(&cgroup);
+            })
+            .await;
             if let Some((pidfd, mut exited)) = init {
                 let _ = pidfd.signal(libc::SIGTERM);
                 let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
@@ -867,7 +869,11 @@ impl Manager {
                     .is_ok();
                 if !ended {
                     tracing::warn!(vassal = %name, ?grace, "init ignored SIGTERM; killing its cgroup");
-                    let _ = tree.kill_all(&cgroup);
+                    let c = cgroup.clone();
+                    off_loop(&tree, move |tree| {
+                        let _ = tree.kill_all(&c);
+                    })
+                    .await;
                     let _ = pidfd.signal(libc::SIGKILL);
                     let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e))
                         .await;
@@ -879,12 +885,20 @@ impl Manager {
             while tree.procs(&cgroup).map(|p| !p.is_empty()).unwrap_or(false)
                 && Instant::now() < deadline
             {
-                let _ = tree.kill_all(&cgroup);
+                let c = cgroup.clone();
+                off_loop(&tree, move |tree| {
+                    let _ = tree.kill_all(&c);
+                })
+                .await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if let Err(e) = tree.remove(&cgroup) {
-                tracing::warn!(vassal = %name, error = %e, "removing the cgroup failed");
-            }
+            let (c, n) = (cgroup.clone(), name.clone());
+            off_loop(&tree, move |tree| {
+                if let Err(e) = tree.remove(&c) {
+                    tracing::warn!(vassal = %n, error = %e, "removing the cgroup failed");
+                }
+            })
+            .await;
             let _ = tx.send(Event::StopDone { name });
         });
     }
@@ -1334,4 +1348,10 @@ fn link_login(l: &model::layout::Layout, user: &Name, name: &Name) -> std::io::R
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(login_target(name), &tmp)?;
     std::fs::rename(&tmp, &link)
+}
+
+/// Runs a cgroup call that may wait for the kernel on tokio's blocking pool.
+async fn off_loop(tree: &Arc<dyn CgroupTree>, f: impl FnOnce(&dyn CgroupTree) + Send + 'static) {
+    let tree = tree.clone();
+    let _ = tokio::task::spawn_blocking(move || f(&*tree)).await;
 }
