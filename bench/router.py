@@ -69,8 +69,6 @@ def h2load(port, seconds):
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     proto = re.search(r"Application protocol: (\S+)", out)
-    if os.environ.get("BENCH_DEBUG"):
-        print(out)
     return {"req_s": round(float(rps.group(1))) if rps else 0,
             "non_2xx": sum(int(x) for x in codes.groups()[1:]) if codes else None,
             "protocol": proto.group(1) if proto else None}
@@ -252,12 +250,6 @@ backend uwsgi
                 print(f"{name} behind uWSGI --http-socket: {u['req_s']} req/s, {u['non_2xx']} non-2xx, "
                       f"{u['socket_errors']} socket errors")
     finally:
-        if os.environ.get("BENCH_DEBUG"):
-            for f in ("nginx.err", "backend.err"):
-                try:
-                    print(f, "\n".join([l for l in open(os.path.join(work, f)).read().splitlines() if "uwsgi" not in l][-5:]))
-                except OSError:
-                    pass
         stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -85,15 +85,7 @@ impl Sink {
 }
 
 fn open(via: &Backend) -> Option<UnixDatagram> {
-    let log = Backend {
-        dir: via.dir.clone(),
-        name: SOCKET.to_owned(),
-        uid: via.uid,
-        path: via.dir.join(SOCKET),
-        weight: 1,
-        expires: via.expires,
-    };
-    let fd = crate::proxy::open_socket(&log).ok()?;
+    let fd = crate::proxy::open_socket_at(&via.dir, SOCKET, via.uid).ok()?;
     let sock = UnixDatagram::unbound().ok()?;
     sock.set_nonblocking(true).ok()?;
     // Through the descriptor checked: the kernel connects to that inode.

@@ -92,7 +92,6 @@ fn main() {
         threads,
     } = Cli::parse().cmd;
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
-    let cfg_default = router::Config::new(http, https, run_dir.clone(), state_dir.clone());
     let cfg = router::Config {
         ttl: Duration::from_secs_f64(ttl.max(1.0)),
         header_timeout: secs(header_timeout),
@@ -102,10 +101,13 @@ fn main() {
         max_connections_per_ip: max_connections_per_ip.max(1),
         max_routes_per_site: max_routes_per_site.max(1),
         max_requests_per_site: max_requests_per_site.max(1),
-        threads: threads.map_or(cfg_default.threads, |t| t.max(1)),
         ..router::Config::new(http, https, run_dir, state_dir)
     };
     // This thread is worker 0; `run` starts the others, one event loop each.
+    let mut cfg = cfg;
+    if let Some(t) = threads {
+        cfg.threads = t.max(1);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

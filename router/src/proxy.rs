@@ -84,10 +84,19 @@ pub enum ConnectError {
 /// name in the site's socket directory, no symlink, a socket the site's uid
 /// owns; checked on the descriptor, at every connect.
 pub fn open_socket(b: &Backend) -> Result<std::os::fd::OwnedFd, ConnectError> {
+    open_socket_at(&b.dir, &b.name, b.uid)
+}
+
+/// [`open_socket`] for the socket `name` of a site's directory `dir`, owned by `uid`.
+pub fn open_socket_at(
+    dir: &std::path::Path,
+    name: &str,
+    uid: Option<u32>,
+) -> Result<std::os::fd::OwnedFd, ConnectError> {
     use std::os::fd::AsFd;
-    let uid = b.uid.ok_or(ConnectError::NoUid)?;
-    let dir = sys::fs::open_dir(&b.dir).map_err(ConnectError::Open)?;
-    let fd = sys::fs::open_beneath(dir.as_fd(), std::path::Path::new(&b.name), libc::O_PATH)
+    let uid = uid.ok_or(ConnectError::NoUid)?;
+    let dir = sys::fs::open_dir(dir).map_err(ConnectError::Open)?;
+    let fd = sys::fs::open_beneath(dir.as_fd(), std::path::Path::new(name), libc::O_PATH)
         .map_err(ConnectError::Open)?;
     let st = sys::fs::stat(fd.as_fd()).map_err(ConnectError::Open)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
@@ -173,7 +182,7 @@ pub type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 /// for the first answer on a new connection.
 #[derive(Debug, Default)]
 pub struct Pool {
-    slots: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Slot, Fnv>>,
+    slots: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Slot, fnv::FnvBuildHasher>>,
 }
 
 /// A backend's key in the pool: its path's bytes (`Path`'s own hash walks
@@ -183,30 +192,8 @@ fn key(path: &std::path::Path) -> &[u8] {
     path.as_os_str().as_bytes()
 }
 
-/// FNV-1a: the pool is looked up twice a request by a short path the
-/// router's own routes hold (not a client's input), so SipHash's cost buys nothing.
-#[derive(Debug, Default, Clone, Copy)]
-struct Fnv;
-
-struct FnvHasher(u64);
-
-impl std::hash::BuildHasher for Fnv {
-    type Hasher = FnvHasher;
-    fn build_hasher(&self) -> FnvHasher {
-        FnvHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+// FNV: the pool is looked up twice a request by a short path the router's
+// own routes hold (not a client's input), so SipHash's cost buys nothing.
 
 #[derive(Debug, Default)]
 struct Slot {

@@ -1414,7 +1414,7 @@ impl Drop for Tmpfs {
 
 #[test]
 #[ignore = "root: run the README's test command"]
-fn root_a_home_is_archived_to_another_filesystem_off_the_loop() {
+fn root_a_home_is_archived_to_another_filesystem() {
     let mut e = Emperor::new();
     // The archive on its own filesystem: rename(2) cannot move a home there.
     let _archive = Tmpfs::mount(&e.state_dir.join("archive"));

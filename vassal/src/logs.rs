@@ -42,7 +42,7 @@ const ACCESS_BATCH: usize = 512;
 pub struct AccessLog {
     pub socket: std::os::unix::net::UnixDatagram,
     path: PathBuf,
-    pub file: Option<File>,
+    file: Option<File>,
     warned: bool,
 }
 
@@ -58,6 +58,12 @@ impl AccessLog {
             file: None,
             warned: false,
         })
+    }
+
+    /// Opens the file again by name at the next line: one the tenant removed
+    /// or moved is not written on for good.
+    pub fn reopen(&mut self) {
+        self.file = None;
     }
 
     /// Appends what came in. The file is opened without following a

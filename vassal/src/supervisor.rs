@@ -432,9 +432,7 @@ impl Supervisor {
                 self.rotate_logs();
                 rotate(&self.cfg.logs().join("access.log"), ACCESS_LOG_MAX);
                 if let Some(a) = &mut access {
-                    // Opened again by name each second: a file the tenant
-                    // removed or moved is not written on for good.
-                    a.file = None;
+                    a.reopen();
                 }
                 self.check_site();
                 last_rotation = Instant::now();
@@ -526,17 +524,12 @@ impl Supervisor {
                 }
                 Action::Update(n) => {
                     let old_http = self.procs.get(&n).and_then(|p| p.spec.file.http.clone());
-                    let was_ready = self.procs.get(&n).is_some_and(|p| p.ready);
                     if old_http != desired[&n].file.http {
                         self.unsubscribe_all(&n);
                     }
                     if let Some(p) = self.procs.get_mut(&n) {
                         p.spec = desired[&n].clone();
                         p.next_run = None;
-                        if old_http != p.spec.file.http && was_ready {
-                            // Same socket, new domains or weight: it accepts already.
-                            p.ready = true;
-                        }
                     }
                     self.schedule_next(&n);
                     if old_http != desired[&n].file.http {
@@ -840,6 +833,8 @@ impl Supervisor {
             let Some(p) = self.procs.get_mut(&name) else {
                 continue;
             };
+            p.ready = false;
+            p.ready_check_at = None;
             p.pid = None;
             p.kill_at = None;
             p.job_deadline = None;
@@ -925,6 +920,9 @@ impl Supervisor {
         let Some(p) = self.procs.get_mut(name) else {
             return;
         };
+        // Going away: no longer served, nor asked whether it accepts.
+        p.ready = false;
+        p.ready_check_at = None;
         p.after = after;
         p.restart_at = None;
         if let Some(next) = p.next.take() {
@@ -1135,7 +1133,8 @@ impl Supervisor {
         }
     }
 
-    /// Withdraws the running instance of a process from the router.
+    /// Withdraws the running instance of a process from the router (it may
+    /// still accept: a changed `[http]` subscribes it again at once).
     fn unsubscribe_all(&mut self, name: &Name) {
         let Some(p) = self.procs.get_mut(name) else {
             return;
@@ -1146,8 +1145,6 @@ impl Supervisor {
         };
         p.subs.clear();
         p.refresh_at = None;
-        p.ready = false;
-        p.ready_check_at = None;
         if let Some(http) = subscribed {
             self.withdraw(&http);
         }
