@@ -1,10 +1,11 @@
 //! The supervisor's control socket: one JSON request per line, one JSON
-//! answer per line, like the emperor's.
+//! answer per line, like the emperor's. The client side ([`call`]) and the
+//! server's non-blocking reading of requests ([`Client`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,4 +58,71 @@ pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
         .read_line(&mut answer)
         .map_err(|e| format!("talking to the supervisor: {e}"))?;
     serde_json::from_str(&answer).map_err(|e| format!("talking to the supervisor: {e}"))
+}
+
+/// Clients of the control socket served at once (more are closed at accept).
+pub const CONTROL_CLIENTS: usize = 16;
+/// How long a client has to send its request line.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request line.
+const CONTROL_LINE_MAX: usize = 64 * 1024;
+
+/// A control-socket client whose request line is on its way: read as it
+/// comes, so a client that sends nothing never holds PID 1's loop.
+pub struct Client {
+    stream: UnixStream,
+    line: Vec<u8>,
+    /// When it connected.
+    pub since: Instant,
+}
+
+impl Client {
+    /// A client just accepted (its socket made non-blocking).
+    pub fn new(stream: UnixStream, since: Instant) -> Option<Client> {
+        stream.set_nonblocking(true).ok()?;
+        Some(Client {
+            stream,
+            line: Vec::new(),
+            since,
+        })
+    }
+
+    /// Its socket, to poll.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.stream)
+    }
+
+    /// The request line once it is all there; `Err` for a client that closed,
+    /// failed or sent too much.
+    pub fn read_line(&mut self) -> Option<Result<Vec<u8>, ()>> {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Some(Err(())),
+                Ok(n) => {
+                    self.line.extend_from_slice(&buf[..n]);
+                    if let Some(end) = self.line.iter().position(|b| *b == b'\n') {
+                        self.line.truncate(end);
+                        return Some(Ok(std::mem::take(&mut self.line)));
+                    }
+                    if self.line.len() > CONTROL_LINE_MAX {
+                        return Some(Err(()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Some(Err(())),
+            }
+        }
+    }
+
+    /// Sends the answer (a few KiB at most; a client that does not read it
+    /// within a second loses it).
+    pub fn reply(self, out: &[u8]) {
+        let mut s = self.stream;
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = s.write_all(out);
+    }
 }

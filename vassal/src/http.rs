@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
@@ -82,10 +82,7 @@ impl Subscriber {
             weight: http.weight,
             cert,
             key: keypem,
-            timestamp: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            timestamp: crate::clock::wall_secs(),
             nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
         };
         let payload = serde_json::to_string(&sub).map_err(|e| e.to_string())?;
@@ -134,11 +131,4 @@ pub fn accepts(path: &Path) -> bool {
         connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr),
         Ok(()) | Err(nix::errno::Errno::EAGAIN)
     )
-}
-
-/// The `[http]` of a process as one instance subscribes it: with its socket.
-pub fn on_socket(http: &model::process::Http, socket: &str) -> model::process::Http {
-    let mut h = http.clone();
-    h.socket = socket.to_owned();
-    h
 }

@@ -6,8 +6,10 @@
 //! everything on SIGTERM). The other verbs talk to it over
 //! `~/.imperium/vassal.sock`.
 
+mod clock;
 mod control;
 mod http;
+mod lifecycle;
 mod logs;
 mod notify;
 mod site;

@@ -2,7 +2,6 @@
 //! the admin or the reseller, kept in `~/.imperium/notifications.db` (SQLite).
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -42,10 +41,7 @@ fn open(home: &Path) -> rusqlite::Result<Connection> {
 
 /// Stores a notification.
 pub fn add(home: &Path, kind: &str, message: &str) -> rusqlite::Result<()> {
-    let at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let at = crate::clock::wall_secs();
     open(home)?.execute(
         "INSERT INTO notifications (at, kind, message) VALUES (?1, ?2, ?3)",
         (at as i64, kind, message),

@@ -90,6 +90,66 @@ impl SiteCgroup {
     }
 }
 
+/// Memory use (in % of the limit) that raises the alarm, and that clears it.
+const MEMORY_ALARM: (u64, u64) = (90, 80);
+
+/// The site's alarms, from one reading of its figures to the next: each OOM
+/// kill is told once, high memory once until it falls back below 80%.
+#[derive(Debug, Clone, Default)]
+pub struct Alarms {
+    oom_seen: Option<u64>,
+    memory_high: bool,
+}
+
+impl Alarms {
+    /// Counting OOM kills from `oom_kills` (the count at the supervisor's start).
+    pub fn new(oom_kills: Option<u64>) -> Alarms {
+        Alarms {
+            oom_seen: oom_kills,
+            memory_high: false,
+        }
+    }
+
+    /// The alarms a new reading raises, as (kind, message).
+    pub fn check(&mut self, f: &Figures) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match self.oom_seen {
+            Some(seen) if f.oom_kills > seen => {
+                let limit = f
+                    .memory_limit
+                    .map(|l| format!(" of {}", model::size::Size(l)))
+                    .unwrap_or_default();
+                out.push((
+                    "oom",
+                    format!(
+                        "the kernel killed {} process(es) for lack of memory: the site reached its limit{limit} ({} so far)",
+                        f.oom_kills - seen,
+                        f.oom_kills
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        self.oom_seen = Some(f.oom_kills);
+        if let Some(limit) = f.memory_limit.filter(|l| *l > 0) {
+            let pct = f.memory * 100 / limit;
+            if pct >= MEMORY_ALARM.0 && !self.memory_high {
+                self.memory_high = true;
+                out.push((
+                    "memory",
+                    format!(
+                        "the site uses {pct}% of its {} memory limit",
+                        model::size::Size(limit)
+                    ),
+                ));
+            } else if pct < MEMORY_ALARM.1 {
+                self.memory_high = false;
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Against fake trees: v2 files written by hand (this host's controllers are
@@ -145,6 +205,56 @@ mod tests {
                 pids_limit: Some(50),
                 oom_kills: 5
             }
+        );
+    }
+
+    fn at(memory: u64, oom_kills: u64) -> Figures {
+        Figures {
+            memory,
+            memory_limit: Some(100 << 20),
+            oom_kills,
+            ..Figures::default()
+        }
+    }
+
+    #[test]
+    fn an_oom_kill_is_told_once_counting_from_the_start() {
+        let mut a = Alarms::new(Some(3));
+        assert!(
+            a.check(&at(0, 3)).is_empty(),
+            "kills before the start are not news"
+        );
+        let got = a.check(&at(0, 5));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "oom");
+        assert!(got[0].1.contains("killed 2 process(es)"), "{}", got[0].1);
+        assert!(got[0].1.contains("(5 so far)"), "{}", got[0].1);
+        assert!(
+            a.check(&at(0, 5)).is_empty(),
+            "the same kills are told once"
+        );
+    }
+
+    #[test]
+    fn high_memory_is_told_once_until_it_falls_below_80_percent() {
+        let mut a = Alarms::new(Some(0));
+        let mb = 1 << 20;
+        assert!(a.check(&at(89 * mb, 0)).is_empty());
+        let got = a.check(&at(95 * mb, 0));
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].1.starts_with("the site uses 95% of its"),
+            "{}",
+            got[0].1
+        );
+        assert!(a.check(&at(96 * mb, 0)).is_empty(), "still high: not again");
+        assert!(a.check(&at(85 * mb, 0)).is_empty(), "85% does not clear it");
+        assert!(a.check(&at(91 * mb, 0)).is_empty(), "so 91% is not news");
+        assert!(a.check(&at(79 * mb, 0)).is_empty());
+        assert_eq!(
+            a.check(&at(92 * mb, 0)).len(),
+            1,
+            "cleared below 80%: told again"
         );
     }
 }

@@ -2,23 +2,25 @@
 //! running, as PID 1 of the container (or as a subreaper when run by hand).
 //!
 //! One thread, one `poll(2)` loop over a signalfd (SIGCHLD and the stop
-//! signals), inotify on `~/vassals`, and the control socket; timers (restarts,
-//! grace periods, job times) set the poll timeout. The only `waitpid(-1)` of
-//! the program is in [`Supervisor::reap`]: it reaps the tenant's processes and
-//! every orphan the container hands to PID 1.
+//! signals), inotify on `~/vassals`, the control socket and the access-log
+//! socket; timers (restarts, grace periods, job times) set the poll timeout.
+//! What happens to a process is decided by the pure [`crate::lifecycle`];
+//! this loop only turns the world into its events and carries out its
+//! effects. The only `waitpid(-1)` of the program is in [`Supervisor::reap`]:
+//! it reaps the tenant's processes and every orphan the container hands to
+//! PID 1.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use model::backoff::{Backoff, Throttle};
-use model::process::{Process, Restart};
+use model::backoff::Throttle;
+use model::process::{Http, Process};
 use model::reconcile::{plan, Action};
 use model::Name;
 use nix::errno::Errno;
@@ -30,10 +32,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::control::{Request, Response};
-use crate::http::{accepts, on_socket};
+use crate::clock::Clock;
+use crate::control::{Client, Request, Response, CONTROL_CLIENTS, CONTROL_TIMEOUT};
+use crate::http::accepts;
+use crate::lifecycle::{desired, Ctx, Effect, Event, Proc, Role, State, SubState};
 use crate::logs::{redirect_output, rotate, AccessLog, ACCESS_LOG_MAX, ACCESS_SOCKET};
-use crate::site::SiteCgroup;
+use crate::site::{Alarms, SiteCgroup};
 
 /// How the supervisor is set up.
 #[derive(Debug, Clone)]
@@ -74,127 +78,6 @@ impl Settings {
     }
 }
 
-/// The state of one process, as `vassal status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Its process runs.
-    Running,
-    /// It died and waits for its throttled restart.
-    Backoff,
-    /// Stopping (signal sent, grace running).
-    Stopping,
-    /// Stopped by the tenant (`vassal stop`), or ended and not to be restarted.
-    Stopped,
-    /// A job waiting for its next time.
-    Scheduled,
-    /// Its file is refused.
-    Rejected,
-}
-
-/// What follows the end of a process being stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum After {
-    Stay,
-    Start,
-    Remove,
-}
-
-struct Proc {
-    spec: Process,
-    state: State,
-    pid: Option<i32>,
-    started: Option<Instant>,
-    started_at_us: Option<u64>,
-    restarts: u32,
-    backoff: Backoff,
-    last_exit: Option<String>,
-    reason: Option<String>,
-    restart_at: Option<Instant>,
-    kill_at: Option<Instant>,
-    after: After,
-    next_run: Option<u64>,
-    job_deadline: Option<Instant>,
-    skipped: u32,
-    subs: Vec<SubState>,
-    refresh_at: Option<Instant>,
-    /// The socket the running instance listens on (http processes).
-    socket: Option<String>,
-    /// Whether it accepted there (and was subscribed).
-    ready: bool,
-    /// When to look again whether it accepts.
-    ready_check_at: Option<Instant>,
-    /// A new instance coming up beside the running one.
-    next: Option<Next>,
-    /// Old instances told to stop, with the time of their SIGKILL.
-    retiring: Vec<(i32, Option<Instant>)>,
-}
-
-/// A new instance started beside the running one (a restart that hands over).
-struct Next {
-    pid: i32,
-    socket: String,
-    started: Instant,
-    started_at_us: Option<u64>,
-    give_up_at: Instant,
-}
-
-/// How often a starting instance is asked whether it accepts.
-const READY_POLL: Duration = Duration::from_millis(20);
-
-/// The router's last answer for one domain of a process.
-#[derive(Debug, Clone, Serialize)]
-struct SubState {
-    domain: String,
-    ok: bool,
-    answer: String,
-}
-
-impl Proc {
-    fn new(spec: Process) -> Proc {
-        Proc {
-            spec,
-            state: State::Stopped,
-            pid: None,
-            started: None,
-            started_at_us: None,
-            restarts: 0,
-            backoff: Backoff::default(),
-            last_exit: None,
-            reason: None,
-            restart_at: None,
-            kill_at: None,
-            after: After::Stay,
-            next_run: None,
-            job_deadline: None,
-            skipped: 0,
-            subs: Vec::new(),
-            refresh_at: None,
-            socket: None,
-            ready: false,
-            ready_check_at: None,
-            next: None,
-            retiring: Vec::new(),
-        }
-    }
-
-    /// Every process of it still alive: the running instance, a new one
-    /// coming up, old ones stopping.
-    fn pids(&self) -> impl Iterator<Item = i32> + '_ {
-        self.pid
-            .into_iter()
-            .chain(self.next.as_ref().map(|n| n.pid))
-            .chain(self.retiring.iter().map(|(pid, _)| *pid))
-    }
-}
-
-fn now_us() -> Option<u64> {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_micros() as u64)
-}
-
 #[derive(Debug, Serialize)]
 struct Row {
     name: String,
@@ -219,20 +102,14 @@ struct Row {
 /// The supervisor.
 pub struct Supervisor {
     cfg: Settings,
+    clock: Clock,
     procs: BTreeMap<Name, Proc>,
     rejected: BTreeMap<Name, String>,
-    clock_origin: (Instant, u64),
     shutting_down: Option<Instant>,
     site: Option<SiteCgroup>,
+    alarms: Alarms,
     subscriber: crate::http::Subscriber,
-    oom_seen: Option<u64>,
-    memory_high: bool,
 }
-
-/// Memory use (in % of the limit) that raises the alarm, and that clears it.
-const MEMORY_ALARM: (u64, u64) = (90, 80);
-/// Quick deaths in a row that make a restart loop worth telling.
-const LOOP_ALARM: u32 = 5;
 
 /// The signals the supervisor handles; an init ignores all others.
 const HANDLED: [Signal; 8] = [
@@ -249,42 +126,22 @@ const HANDLED: [Signal; 8] = [
 /// The most a shutdown waits for processes beyond their own grace.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
-fn wall_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Supervisor {
     /// A supervisor for this home.
     pub fn new(cfg: Settings) -> Supervisor {
         let site = SiteCgroup::detect(&cfg.cgroup_root);
         // OOM kills are counted from the supervisor's start.
-        let oom_seen = site.as_ref().map(|s| s.figures().oom_kills);
+        let alarms = Alarms::new(site.as_ref().map(|s| s.figures().oom_kills));
         Supervisor {
             procs: BTreeMap::new(),
             rejected: BTreeMap::new(),
             site,
+            alarms,
             subscriber: crate::http::Subscriber::from_env(),
+            clock: Clock::new(cfg.clock_scale),
             cfg,
-            clock_origin: (Instant::now(), wall_secs()),
             shutting_down: None,
-            oom_seen,
-            memory_high: false,
         }
-    }
-
-    /// Schedule time: real time, or faster when the clock is scaled.
-    fn now_secs(&self) -> u64 {
-        let (i0, w0) = self.clock_origin;
-        w0 + (i0.elapsed().as_secs_f64() * self.cfg.clock_scale) as u64
-    }
-
-    /// The real instant at which schedule time reaches `secs`.
-    fn instant_of(&self, secs: u64) -> Instant {
-        let (i0, w0) = self.clock_origin;
-        i0 + Duration::from_secs_f64(secs.saturating_sub(w0) as f64 / self.cfg.clock_scale)
     }
 
     /// Runs until SIGTERM (and every process has stopped). Returns the exit code.
@@ -347,13 +204,14 @@ impl Supervisor {
         let mut clients: Vec<Client> = Vec::new();
 
         self.reload();
-        let mut last_rotation = Instant::now();
+        let mut last_rotation = self.clock.now().at;
         loop {
+            let now = self.clock.now().at;
             let timeout = self
                 .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(1));
-            let timeout = timeout.min(Duration::from_secs(1));
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
             let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
             if let Some(i) = &inotify {
                 fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
@@ -365,7 +223,7 @@ impl Supervisor {
                 fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
             }
             for c in &clients {
-                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
             }
             let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
             match poll(&mut fds, PollTimeout::from(ms)) {
@@ -395,14 +253,11 @@ impl Supervisor {
                     }
                 }
             }
+            let now = self.clock.now().at;
             if let Some(l) = &listener {
                 while let Ok((stream, _)) = l.accept() {
-                    if clients.len() < CONTROL_CLIENTS && stream.set_nonblocking(true).is_ok() {
-                        clients.push(Client {
-                            stream,
-                            line: Vec::new(),
-                            since: Instant::now(),
-                        });
+                    if clients.len() < CONTROL_CLIENTS {
+                        clients.extend(Client::new(stream, now));
                     }
                 }
             }
@@ -418,7 +273,7 @@ impl Supervisor {
                     Some(Err(())) => {
                         clients.swap_remove(i);
                     }
-                    None if clients[i].since.elapsed() > CONTROL_TIMEOUT => {
+                    None if now.saturating_duration_since(clients[i].since) > CONTROL_TIMEOUT => {
                         clients.swap_remove(i);
                     }
                     None => i += 1,
@@ -428,14 +283,15 @@ impl Supervisor {
                 a.drain();
             }
             self.timers();
-            if last_rotation.elapsed() >= Duration::from_secs(1) {
+            let now = self.clock.now().at;
+            if now.saturating_duration_since(last_rotation) >= Duration::from_secs(1) {
                 self.rotate_logs();
                 rotate(&self.cfg.logs().join("access.log"), ACCESS_LOG_MAX);
                 if let Some(a) = &mut access {
                     a.reopen();
                 }
                 self.check_site();
-                last_rotation = Instant::now();
+                last_rotation = now;
             }
             if let Some(since) = self.shutting_down {
                 let grace = self
@@ -445,7 +301,8 @@ impl Supervisor {
                     .fold(0.0, f64::max);
                 let all_gone = self.procs.values().all(|p| p.pids().next().is_none())
                     && !(is_init() && others_alive());
-                if all_gone || since.elapsed() > Duration::from_secs_f64(grace) + SHUTDOWN_SLACK {
+                let waited = now.saturating_duration_since(since);
+                if all_gone || waited > Duration::from_secs_f64(grace) + SHUTDOWN_SLACK {
                     self.kill_everything();
                     let _ = std::fs::remove_file(&socket);
                     if access.is_some() {
@@ -457,10 +314,83 @@ impl Supervisor {
         }
     }
 
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            throttle: self.cfg.throttle,
+            shutting_down: self.shutting_down.is_some(),
+        }
+    }
+
+    /// Gives one event to a process and carries out what follows, feeding
+    /// the outcome of each effect back until nothing is left. Returns the
+    /// error of a hand-over's launch that failed on the way, if one did.
+    fn dispatch(&mut self, name: &Name, ev: Event) -> Option<String> {
+        let mut failed = None;
+        let mut queue = VecDeque::from([ev]);
+        while let Some(ev) = queue.pop_front() {
+            let (now, ctx) = (self.clock.now(), self.ctx());
+            let Some(p) = self.procs.get_mut(name) else {
+                break;
+            };
+            for effect in p.on(ev, now, &ctx) {
+                if let Some(back) = self.carry_out(name, effect) {
+                    if let Event::LaunchFailed {
+                        role: Role::Next,
+                        error,
+                    } = &back
+                    {
+                        failed = Some(error.clone());
+                    }
+                    queue.push_back(back);
+                }
+            }
+        }
+        failed
+    }
+
+    /// Does one effect; returns the event that reports its outcome.
+    fn carry_out(&mut self, name: &Name, effect: Effect) -> Option<Event> {
+        match effect {
+            Effect::Launch { role, socket } => {
+                if role == Role::Next {
+                    // A stale socket of an earlier instance would look like the new one accepting.
+                    if let Some(s) = &socket {
+                        let _ = std::fs::remove_file(self.cfg.sockets.join(s));
+                    }
+                }
+                let spec = self.procs.get(name)?.spec.clone();
+                Some(match self.launch(&spec, name, socket.as_deref()) {
+                    Ok(pid) => Event::Launched { role, pid, socket },
+                    Err(error) => Event::LaunchFailed { role, error },
+                })
+            }
+            Effect::Kill { pid, signal } => {
+                let _ = killpg(Pid::from_raw(pid), signal);
+                None
+            }
+            Effect::CheckReady { socket } => {
+                let yes = accepts(&self.cfg.sockets.join(&socket));
+                Some(Event::Accepts { socket, yes })
+            }
+            Effect::Subscribe(http) => Some(self.subscribe(&http)),
+            Effect::Withdraw(http) => {
+                self.withdraw(&http);
+                None
+            }
+            Effect::Alarm { kind, message } => {
+                self.alarm(kind, &message);
+                None
+            }
+            Effect::Forget => {
+                self.procs.remove(name);
+                None
+            }
+        }
+    }
+
     /// Reads every file of `~/vassals` and brings the processes in line.
     pub fn reload(&mut self) {
-        let mut desired: BTreeMap<Name, Process> = BTreeMap::new();
-        self.rejected.clear();
+        let mut parsed: BTreeMap<Name, Result<Process, String>> = BTreeMap::new();
         let entries = std::fs::read_dir(self.cfg.vassals())
             .into_iter()
             .flatten()
@@ -480,94 +410,36 @@ impl Supervisor {
                     continue;
                 }
             };
-            let parsed = std::fs::read_to_string(e.path())
+            let file = std::fs::read_to_string(e.path())
                 .map_err(|err| err.to_string())
                 .and_then(|text| Process::parse(&name, &text).map_err(|err| err.to_string()));
-            match parsed {
-                Ok(p) => {
-                    if let Some(old) = self.procs.get_mut(&name) {
-                        old.reason = None;
-                    }
-                    desired.insert(name, p);
-                }
-                Err(why) => match self.procs.get_mut(&name) {
-                    // The last good version keeps running.
-                    Some(old) if old.after != After::Remove => {
-                        old.reason = Some(why);
-                        desired.insert(name, old.spec.clone());
-                    }
-                    _ => {
-                        self.rejected.insert(name, why);
-                    }
-                },
-            }
+            parsed.insert(name, file);
         }
+        let (want, rejected) = desired(parsed, &mut self.procs);
+        self.rejected = rejected;
         let running: BTreeMap<Name, Process> = self
             .procs
             .iter()
-            .filter(|(_, p)| p.after != After::Remove)
+            .filter(|(_, p)| p.after != crate::lifecycle::After::Remove)
             .map(|(n, p)| (n.clone(), p.spec.clone()))
             .collect();
-        for action in plan(&desired, &running, Process::needs_restart) {
+        for action in plan(&want, &running, Process::needs_restart) {
             match action {
-                Action::Stop(n) => self.stop(&n, After::Remove),
+                Action::Stop(n) => {
+                    self.dispatch(&n, Event::Remove);
+                }
                 Action::Restart(n) => {
-                    if let Some(p) = self.procs.get_mut(&n) {
-                        p.spec = desired[&n].clone();
-                        p.next_run = None;
-                    }
-                    if self.procs.get(&n).is_some_and(|p| p.pid.is_some()) {
-                        let _ = self.restart(&n);
-                    } else {
-                        self.activate(&n);
-                    }
+                    self.dispatch(&n, Event::Replace(want[&n].clone()));
                 }
                 Action::Update(n) => {
-                    let old_http = self.procs.get(&n).and_then(|p| p.spec.file.http.clone());
-                    if old_http != desired[&n].file.http {
-                        self.unsubscribe_all(&n);
-                    }
-                    if let Some(p) = self.procs.get_mut(&n) {
-                        p.spec = desired[&n].clone();
-                        p.next_run = None;
-                    }
-                    self.schedule_next(&n);
-                    if old_http != desired[&n].file.http {
-                        self.subscribe_all(&n);
-                    }
+                    self.dispatch(&n, Event::Update(want[&n].clone()));
                 }
                 Action::Start(n) => {
-                    self.procs.insert(n.clone(), Proc::new(desired[&n].clone()));
-                    self.activate(&n);
+                    self.procs
+                        .insert(n.clone(), Proc::new(n.clone(), want[&n].clone()));
+                    self.dispatch(&n, Event::Activate);
                 }
             }
-        }
-    }
-
-    /// Starts a process, or arms a job's schedule.
-    fn activate(&mut self, name: &Name) {
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        if p.spec.schedule.is_some() {
-            p.state = State::Scheduled;
-            self.schedule_next(name);
-        } else {
-            self.spawn(name);
-        }
-    }
-
-    fn schedule_next(&mut self, name: &Name) {
-        let now = self.now_secs();
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        if let Some(s) = &p.spec.schedule {
-            if p.next_run.is_none_or(|t| t <= now) {
-                p.next_run = s.next_after(now);
-            }
-        } else {
-            p.next_run = None;
         }
     }
 
@@ -639,158 +511,6 @@ impl Supervisor {
         Ok(pid)
     }
 
-    fn spawn(&mut self, name: &Name) {
-        let Some(p) = self.procs.get(name) else {
-            return;
-        };
-        let socket = p.spec.file.http.as_ref().map(|h| h.socket.clone());
-        let launched = self.launch(&p.spec, name, socket.as_deref());
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        match launched {
-            Ok(pid) => {
-                p.pid = Some(pid);
-                p.started = Some(Instant::now());
-                p.started_at_us = now_us();
-                p.state = State::Running;
-                p.restart_at = None;
-                if let Some(t) = p.spec.file.timeout {
-                    p.job_deadline = Some(Instant::now() + Duration::from_secs_f64(t));
-                }
-                // Subscribed once it accepts on its socket.
-                p.socket = socket;
-                p.ready = false;
-                p.ready_check_at = p.socket.as_ref().map(|_| Instant::now());
-            }
-            Err(e) => {
-                p.last_exit = Some(e);
-                self.after_exit(name, Duration::ZERO, false);
-            }
-        }
-    }
-
-    /// Restarts a process: beside the old instance when it can hand over
-    /// (the old one serves until the new one accepts), else stop then start.
-    fn restart(&mut self, name: &Name) -> Result<&'static str, String> {
-        let Some(p) = self.procs.get(name) else {
-            return Err(format!("no process named {name}"));
-        };
-        let can = p.spec.hands_over() && p.pid.is_some() && p.ready && p.next.is_none();
-        if !can {
-            self.stop(name, After::Start);
-            return Ok("restarting");
-        }
-        let http = p.spec.file.http.clone().expect("hands over: has http");
-        let base = http.socket.clone();
-        let socket = if p.socket.as_deref() == Some(base.as_str()) {
-            format!("{base}.1")
-        } else {
-            base
-        };
-        // A stale socket of an earlier instance would look like the new one accepting.
-        let _ = std::fs::remove_file(self.cfg.sockets.join(&socket));
-        let launched = self.launch(&p.spec, name, Some(&socket));
-        let p = self.procs.get_mut(name).expect("looked up above");
-        match launched {
-            Ok(pid) => {
-                let now = Instant::now();
-                p.next = Some(Next {
-                    pid,
-                    socket,
-                    started: now,
-                    started_at_us: now_us(),
-                    give_up_at: now + Duration::from_secs_f64(http.ready_timeout),
-                });
-                p.reason = None;
-                p.ready_check_at = Some(now);
-                Ok("handing over to a new instance")
-            }
-            Err(e) => {
-                p.reason = Some(format!("{e}; the running instance keeps serving"));
-                Err(e)
-            }
-        }
-    }
-
-    /// Looks whether a starting instance accepts: a first start is then
-    /// subscribed; a new instance takes over from the old one, which is
-    /// withdrawn from the router and then stopped with its grace.
-    fn check_ready(&mut self, name: &Name) {
-        let now = Instant::now();
-        let sockets = self.cfg.sockets.clone();
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        p.ready_check_at = None;
-        if let Some(next) = &p.next {
-            if accepts(&sockets.join(&next.socket)) {
-                let next = p.next.take().expect("checked");
-                let old = (p.pid.replace(next.pid), p.socket.replace(next.socket));
-                p.started = Some(next.started);
-                p.started_at_us = next.started_at_us;
-                p.ready = true;
-                p.backoff = Backoff::default();
-                // The new one in before the old one out: no request finds no backend.
-                self.subscribe_all(name);
-                let Some(p) = self.procs.get_mut(name) else {
-                    return;
-                };
-                let http = p.spec.file.http.clone();
-                let grace = Duration::from_secs_f64(p.spec.file.grace);
-                let sig = Signal::try_from(p.spec.stop_signal).unwrap_or(Signal::SIGTERM);
-                if let (Some(http), Some(socket)) = (http, &old.1) {
-                    self.withdraw(&on_socket(&http, socket));
-                }
-                if let (Some(pid), Some(p)) = (old.0, self.procs.get_mut(name)) {
-                    let _ = killpg(Pid::from_raw(pid), sig);
-                    p.retiring.push((pid, Some(now + grace)));
-                }
-            } else if now >= next.give_up_at {
-                let _ = killpg(Pid::from_raw(next.pid), Signal::SIGKILL);
-                p.reason = Some(format!(
-                    "the new instance did not accept on {} within {:?}: given up, the old one keeps serving",
-                    next.socket,
-                    next.give_up_at - next.started
-                ));
-                let pid = next.pid;
-                p.next = None;
-                p.retiring.push((pid, None));
-            } else {
-                p.ready_check_at = Some(now + READY_POLL);
-            }
-            return;
-        }
-        let (Some(socket), Some(_), false) = (&p.socket, p.pid, p.ready) else {
-            return;
-        };
-        if accepts(&sockets.join(socket)) {
-            p.ready = true;
-            if p.reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("not accepting"))
-            {
-                p.reason = None;
-            }
-            self.subscribe_all(name);
-        } else {
-            let waited = p.started.map(|s| s.elapsed()).unwrap_or_default();
-            if waited > Duration::from_secs(1) {
-                p.reason = Some(format!(
-                    "not accepting on {socket} yet ({}s): not subscribed",
-                    waited.as_secs()
-                ));
-            }
-            // Quick at first, then once a second.
-            let wait = if waited < Duration::from_secs(10) {
-                READY_POLL
-            } else {
-                Duration::from_secs(1)
-            };
-            p.ready_check_at = Some(now + wait);
-        }
-    }
-
     /// Reaps every ended child (the tenant's processes and any orphan).
     fn reap(&mut self) {
         loop {
@@ -805,150 +525,14 @@ impl Supervisor {
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(_) => return,
             };
-            let Some(name) = self
+            let owner = self
                 .procs
                 .iter()
                 .find(|(_, p)| p.pids().any(|x| x == pid))
-                .map(|(n, _)| n.clone())
-            else {
-                continue; // an orphan: reaped, nothing more
-            };
-            let Some(p) = self.procs.get_mut(&name) else {
-                continue;
-            };
-            if let Some(i) = p.retiring.iter().position(|(x, _)| *x == pid) {
-                // An old instance, stopped after a hand-over.
-                p.retiring.remove(i);
-                continue;
-            }
-            if let Some(next) = p.next.take_if(|n| n.pid == pid) {
-                p.reason = Some(format!(
-                    "the new instance {text} before it accepted on {}: the old one keeps serving",
-                    next.socket
-                ));
-                continue;
-            }
-            let uptime = p.started.map(|s| s.elapsed()).unwrap_or_default();
-            self.unsubscribe_all(&name);
-            let Some(p) = self.procs.get_mut(&name) else {
-                continue;
-            };
-            p.ready = false;
-            p.ready_check_at = None;
-            p.pid = None;
-            p.kill_at = None;
-            p.job_deadline = None;
-            p.last_exit = Some(text);
-            self.after_exit(&name, uptime, ok);
-        }
-    }
-
-    fn after_exit(&mut self, name: &Name, uptime: Duration, ok: bool) {
-        let throttle = self.cfg.throttle;
-        let shutting = self.shutting_down.is_some();
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        match p.after {
-            After::Remove => {
-                self.procs.remove(name);
-                return;
-            }
-            After::Start => {
-                p.after = After::Stay;
-                if !shutting {
-                    self.activate(name);
-                }
-                return;
-            }
-            After::Stay if p.state == State::Stopping => {
-                // A job stopped for its timeout keeps its schedule; a stop asked for disarms it.
-                p.state = if p.spec.schedule.is_some() && p.next_run.is_some() {
-                    State::Scheduled
-                } else {
-                    State::Stopped
-                };
-                return;
-            }
-            After::Stay => {}
-        }
-        if shutting {
-            p.state = State::Stopped;
-            return;
-        }
-        if p.spec.schedule.is_some() {
-            p.state = State::Scheduled;
-            return;
-        }
-        let again = match p.spec.restart() {
-            Restart::Always => true,
-            Restart::OnFailure => !ok,
-            _ => false,
-        };
-        if !again {
-            p.state = State::Stopped;
-            return;
-        }
-        let delay = p.backoff.on_death(&throttle, uptime);
-        p.restarts += 1;
-        if p.backoff.quick_deaths == LOOP_ALARM {
-            let msg = format!(
-                "process {name} is in a restart loop: {LOOP_ALARM} quick deaths in a row, last {}",
-                p.last_exit.as_deref().unwrap_or("unknown")
-            );
-            self.alarm("restart-loop", &msg);
-        }
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        if delay.is_zero() {
-            self.spawn(name);
-        } else {
-            p.state = State::Backoff;
-            p.restart_at = Some(Instant::now() + delay);
-            p.reason = Some(format!(
-                "restarting in {delay:?} ({} quick deaths in a row)",
-                p.backoff.quick_deaths
-            ));
-        }
-    }
-
-    /// Sends the stop signal; SIGKILL follows after the grace period.
-    fn stop(&mut self, name: &Name, after: After) {
-        // The router stops sending it requests before it is asked to stop.
-        self.unsubscribe_all(name);
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        // Going away: no longer served, nor asked whether it accepts.
-        p.ready = false;
-        p.ready_check_at = None;
-        p.after = after;
-        p.restart_at = None;
-        if let Some(next) = p.next.take() {
-            // A hand-over under way is called off.
-            let _ = killpg(Pid::from_raw(next.pid), Signal::SIGKILL);
-            p.retiring.push((next.pid, None));
-        }
-        match p.pid {
-            Some(pid) => {
-                let sig = Signal::try_from(p.spec.stop_signal).unwrap_or(Signal::SIGTERM);
-                let _ = killpg(Pid::from_raw(pid), sig);
-                p.state = State::Stopping;
-                p.kill_at = Some(Instant::now() + Duration::from_secs_f64(p.spec.file.grace));
-            }
-            None => {
-                p.state = State::Stopped;
-                match after {
-                    After::Remove => {
-                        self.procs.remove(name);
-                    }
-                    After::Start => {
-                        p.after = After::Stay;
-                        self.activate(name);
-                    }
-                    After::Stay => p.next_run = None,
-                }
+                .map(|(n, _)| n.clone());
+            // An orphan is reaped and nothing more.
+            if let Some(name) = owner {
+                self.dispatch(&name, Event::Exited { pid, text, ok });
             }
         }
     }
@@ -957,10 +541,10 @@ impl Supervisor {
         if self.shutting_down.is_some() {
             return;
         }
-        self.shutting_down = Some(Instant::now());
+        self.shutting_down = Some(self.clock.now().at);
         let names: Vec<Name> = self.procs.keys().cloned().collect();
         for n in names {
-            self.stop(&n, After::Stay);
+            self.dispatch(&n, Event::Shutdown);
         }
         if is_init() {
             // Everything else in the container (shells, strays) gets SIGTERM too.
@@ -976,8 +560,8 @@ impl Supervisor {
         if is_init() {
             let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
         }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
+        let deadline = self.clock.now().at + Duration::from_secs(2);
+        while self.clock.now().at < deadline {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Err(Errno::ECHILD) => break,
                 Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
@@ -1001,128 +585,52 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<Instant> {
         self.procs
             .values()
-            .flat_map(|p| {
-                [
-                    p.restart_at,
-                    p.kill_at,
-                    p.job_deadline,
-                    p.refresh_at,
-                    p.ready_check_at,
-                    p.next_run.map(|t| self.instant_of(t)),
-                ]
-                .into_iter()
-                .chain(p.retiring.iter().map(|(_, k)| *k))
-            })
+            .flat_map(|p| [p.deadline(), p.next_run.map(|t| self.clock.instant_of(t))])
             .flatten()
             .min()
     }
 
+    /// Gives every process the time: what is due fires.
     fn timers(&mut self) {
-        let now = Instant::now();
-        let now_secs = self.now_secs();
         let names: Vec<Name> = self.procs.keys().cloned().collect();
         for n in names {
-            let Some(p) = self.procs.get_mut(&n) else {
-                continue;
-            };
-            if p.kill_at.is_some_and(|t| t <= now) {
-                if let Some(pid) = p.pid {
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                p.kill_at = None;
-            }
-            for (pid, kill_at) in &mut p.retiring {
-                if kill_at.is_some_and(|t| t <= now) {
-                    let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
-                    *kill_at = None;
-                }
-            }
-            if p.ready_check_at.is_some_and(|t| t <= now) && self.shutting_down.is_none() {
-                self.check_ready(&n);
-                continue;
-            }
-            if p.job_deadline.is_some_and(|t| t <= now) && p.pid.is_some() {
-                p.job_deadline = None;
-                p.reason = Some("the last run passed its timeout and was stopped".into());
-                self.stop(&n, After::Stay);
-                if let Some(p) = self.procs.get_mut(&n) {
-                    // A job stopped for its timeout stays scheduled.
-                    p.after = After::Stay;
-                    p.state = State::Stopping;
-                }
-                continue;
-            }
-            if p.refresh_at.is_some_and(|t| t <= now)
-                && p.pid.is_some()
-                && p.ready
-                && self.shutting_down.is_none()
-            {
-                self.subscribe_all(&n);
-                continue;
-            }
-            if p.restart_at.is_some_and(|t| t <= now) && self.shutting_down.is_none() {
-                self.spawn(&n);
-                continue;
-            }
-            if p.next_run.is_some_and(|t| t <= now_secs)
-                && self.shutting_down.is_none()
-                && p.state != State::Stopped
-            {
-                if p.pid.is_some() {
-                    // Never two runs at once.
-                    p.skipped += 1;
-                    p.reason = Some(format!(
-                        "{} run(s) skipped: the previous run was still going",
-                        p.skipped
-                    ));
-                } else {
-                    self.spawn(&n);
-                }
-                self.schedule_next(&n);
-            }
+            self.dispatch(&n, Event::Tick);
         }
     }
 
-    /// Subscribes every domain of a running process to the router, and plans
-    /// the refresh (a third of the router's time to live; soon after a refusal).
-    fn subscribe_all(&mut self, name: &Name) {
-        let home = self.cfg.home.clone();
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        let (Some(http), Some(_), Some(socket)) = (&p.spec.file.http, p.pid, &p.socket) else {
-            return;
-        };
-        let http = on_socket(http, socket);
+    /// Subscribes every domain to the router; the answers as an event (a
+    /// refusal is renewed soon, a success at a third of its time to live).
+    fn subscribe(&self, http: &Http) -> Event {
         let mut subs = Vec::new();
         let mut ttl = u64::MAX;
         for d in &http.domains {
-            let (ok, answer) =
-                match self
-                    .subscriber
-                    .send(model::subscription::Action::Subscribe, d, &http, &home)
-                {
-                    Ok(t) => {
-                        ttl = ttl.min(t);
-                        (true, format!("subscribed for {t} s"))
-                    }
-                    Err(e) => {
-                        ttl = ttl.min(6);
-                        (false, e)
-                    }
-                };
+            let sent = self.subscriber.send(
+                model::subscription::Action::Subscribe,
+                d,
+                http,
+                &self.cfg.home,
+            );
+            let (ok, answer) = match sent {
+                Ok(t) => {
+                    ttl = ttl.min(t);
+                    (true, format!("subscribed for {t} s"))
+                }
+                Err(e) => {
+                    ttl = ttl.min(6);
+                    (false, e)
+                }
+            };
             subs.push(SubState {
                 domain: d.clone(),
                 ok,
                 answer,
             });
         }
-        p.subs = subs;
-        p.refresh_at = Some(Instant::now() + Duration::from_secs((ttl / 3).max(1)));
+        Event::Subscribed { subs, ttl }
     }
 
     /// Withdraws these domains on this socket (best effort: routes expire anyway).
-    fn withdraw(&self, http: &model::process::Http) {
+    fn withdraw(&self, http: &Http) {
         for d in &http.domains {
             let _ = self.subscriber.send(
                 model::subscription::Action::Unsubscribe,
@@ -1130,23 +638,6 @@ impl Supervisor {
                 http,
                 &self.cfg.home,
             );
-        }
-    }
-
-    /// Withdraws the running instance of a process from the router (it may
-    /// still accept: a changed `[http]` subscribes it again at once).
-    fn unsubscribe_all(&mut self, name: &Name) {
-        let Some(p) = self.procs.get_mut(name) else {
-            return;
-        };
-        let subscribed = match (&p.spec.file.http, &p.socket) {
-            (Some(http), Some(socket)) if p.ready => Some(on_socket(http, socket)),
-            _ => None,
-        };
-        p.subs.clear();
-        p.refresh_at = None;
-        if let Some(http) = subscribed {
-            self.withdraw(&http);
         }
     }
 
@@ -1160,37 +651,8 @@ impl Supervisor {
     /// The site's alarms: an OOM kill, memory near the limit.
     fn check_site(&mut self) {
         let Some(site) = &self.site else { return };
-        let f = site.figures();
-        match self.oom_seen {
-            Some(seen) if f.oom_kills > seen => {
-                let limit = f
-                    .memory_limit
-                    .map(|l| format!(" of {}", model::size::Size(l)))
-                    .unwrap_or_default();
-                let msg = format!(
-                    "the kernel killed {} process(es) for lack of memory: the site reached its limit{limit} ({} so far)",
-                    f.oom_kills - seen,
-                    f.oom_kills
-                );
-                self.alarm("oom", &msg);
-            }
-            _ => {}
-        }
-        self.oom_seen = Some(f.oom_kills);
-        if let Some(limit) = f.memory_limit.filter(|l| *l > 0) {
-            let pct = f.memory * 100 / limit;
-            if pct >= MEMORY_ALARM.0 && !self.memory_high {
-                self.memory_high = true;
-                self.alarm(
-                    "memory",
-                    &format!(
-                        "the site uses {pct}% of its {} memory limit",
-                        model::size::Size(limit)
-                    ),
-                );
-            } else if pct < MEMORY_ALARM.1 {
-                self.memory_high = false;
-            }
+        for (kind, message) in self.alarms.check(&site.figures()) {
+            self.alarm(kind, &message);
         }
     }
 
@@ -1247,63 +709,38 @@ impl Supervisor {
             };
         };
         let p = &self.procs[&n];
-        match req {
+        let (event, done) = match req {
             Request::Stop { .. } => {
                 if p.pid.is_none() && p.state == State::Stopped {
                     return Response::err(format!("{n} is not running"));
                 }
-                self.stop(&n, After::Stay);
-                if let Some(p) = self.procs.get_mut(&n) {
-                    p.next_run = None;
-                }
-                Response::ok(serde_json::json!("stopping"))
+                (Event::Stop, "stopping")
             }
             Request::Start { .. } => {
                 if p.pid.is_some() {
                     return Response::err(format!("{n} is already running"));
                 }
-                if p.spec.schedule.is_some() {
-                    // Run a job now; its schedule carries on.
-                    self.spawn(&n);
-                    self.schedule_next(&n);
-                } else {
-                    self.procs.get_mut(&n).expect("present").backoff = Backoff::default();
-                    self.spawn(&n);
-                }
-                Response::ok(serde_json::json!("started"))
+                (Event::Start, "started")
             }
-            Request::Restart { .. } => {
-                self.procs.get_mut(&n).expect("present").backoff = Backoff::default();
-                match self.restart(&n) {
-                    Ok(what) => Response::ok(serde_json::json!(what)),
-                    Err(e) => Response::err(e),
-                }
+            Request::Reload { .. } if p.reload_refusal().is_some() => {
+                return Response::err(p.reload_refusal().unwrap_or_default());
             }
-            Request::Reload { .. } => {
-                if !p.spec.hands_over() {
-                    return Response::err(format!(
-                        "{n} cannot hand over: it needs [http] and {{socket}} in its command (or env) \
-                         so that a new instance listens beside the old one; `vassal restart {n}` stops then starts"
-                    ));
-                }
-                if p.next.is_some() {
-                    return Response::err(format!("{n} is already handing over"));
-                }
-                if !(p.pid.is_some() && p.ready) {
-                    return Response::err(format!(
-                        "{n} is not serving yet: nothing to hand over from"
-                    ));
-                }
-                match self.restart(&n) {
-                    Ok(what) => Response::ok(serde_json::json!(what)),
-                    Err(e) => Response::err(e),
-                }
-            }
+            Request::Restart { .. } | Request::Reload { .. } => (Event::Restart, "restarting"),
             Request::Status => unreachable!("answered above"),
+        };
+        let failed = self.dispatch(&n, event);
+        let handing_over = self.procs.get(&n).is_some_and(|p| p.next.is_some());
+        match failed {
+            Some(e) => Response::err(e),
+            _ if handing_over && done == "restarting" => {
+                Response::ok(serde_json::json!("handing over to a new instance"))
+            }
+            _ => Response::ok(serde_json::json!(done)),
         }
     }
 
     fn status(&self) -> Vec<Row> {
+        let now = self.clock.now().at;
         let mut rows: Vec<Row> = self
             .procs
             .iter()
@@ -1318,10 +755,9 @@ impl Supervisor {
                     },
                     state: p.state,
                     pid: p.pid,
-                    uptime_secs: p
-                        .pid
-                        .and(p.started)
-                        .map(|s| (s.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+                    uptime_secs: p.pid.and(p.started).map(|s| {
+                        (now.saturating_duration_since(s).as_secs_f64() * 10.0).round() / 10.0
+                    }),
                     started_at_us: p.pid.and(p.started_at_us),
                     restarts: p.restarts,
                     memory,
@@ -1403,55 +839,4 @@ fn proc_usage(pid: i32) -> (Option<u64>, Option<f64>) {
         Some(ticks as f64 / hz as f64)
     });
     (rss, cpu)
-}
-
-/// Clients of the control socket served at once (more are closed at accept).
-const CONTROL_CLIENTS: usize = 16;
-/// How long a client has to send its request line.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest request line.
-const CONTROL_LINE_MAX: usize = 64 * 1024;
-
-/// A control-socket client whose request line is on its way: read as it
-/// comes, so a client that sends nothing never holds PID 1's loop.
-struct Client {
-    stream: std::os::unix::net::UnixStream,
-    line: Vec<u8>,
-    since: Instant,
-}
-
-impl Client {
-    /// The request line once it is all there; `Err` for a client that closed,
-    /// failed or sent too much.
-    fn read_line(&mut self) -> Option<Result<Vec<u8>, ()>> {
-        use std::io::Read;
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Some(Err(())),
-                Ok(n) => {
-                    self.line.extend_from_slice(&buf[..n]);
-                    if let Some(end) = self.line.iter().position(|b| *b == b'\n') {
-                        self.line.truncate(end);
-                        return Some(Ok(std::mem::take(&mut self.line)));
-                    }
-                    if self.line.len() > CONTROL_LINE_MAX {
-                        return Some(Err(()));
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return Some(Err(())),
-            }
-        }
-    }
-
-    /// Sends the answer (a few KiB at most; a client that does not read it
-    /// within a second loses it).
-    fn reply(self, out: &[u8]) {
-        let mut s = self.stream;
-        let _ = s.set_nonblocking(false);
-        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = s.write_all(out);
-    }
 }
