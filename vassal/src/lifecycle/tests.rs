@@ -862,3 +862,32 @@ fn a_bad_edit_keeps_the_last_good_version_running() {
         "a good file clears the reason"
     );
 }
+
+#[test]
+fn a_job_stopped_by_hand_is_not_stopped_again_at_its_timeout() {
+    let now = t0();
+    let mut p = proc_of(&format!("{JOB}\ntimeout = 5\ngrace = 10"));
+    p.on(Event::Activate, now, &ctx());
+    p.on(Event::Start, now, &ctx());
+    p.on(
+        Event::Launched {
+            role: Role::Main,
+            pid: 50,
+            socket: None,
+        },
+        now,
+        &ctx(),
+    );
+    assert_eq!(
+        p.on(Event::Stop, later(now, 1.0), &ctx()),
+        [kill(50, Signal::SIGTERM)]
+    );
+    assert!(
+        p.on(Event::Tick, later(now, 5.0), &ctx()).is_empty(),
+        "its grace runs on: no second signal, no new grace"
+    );
+    assert_eq!(
+        p.on(Event::Tick, later(now, 11.0), &ctx()),
+        [kill(50, Signal::SIGKILL)]
+    );
+}
