@@ -4,6 +4,9 @@
 //!
 //! `cargo run --release -p emperor --example spawn_cost -- [RUNS]`
 
+// A benchmark: it measures real time.
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -5,8 +5,10 @@
 //! kernel work lives in the `sys` crate and the file model in `model`: this
 //! crate decides what to do and when.
 
+mod clock;
 pub mod control;
 pub mod keys;
+pub mod lifecycle;
 pub mod manager;
 pub mod scan;
 pub mod spawner;
@@ -83,10 +85,10 @@ fn canonical(mut cfg: Config) -> std::io::Result<Config> {
 /// the next scan: four times what this one took, at most a quarter of a second
 /// (a scan that started many sites is long, and later edits should not wait).
 fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher) -> Duration {
-    let t = std::time::Instant::now();
+    let t = clock::now();
     mgr.reconcile();
     watcher.follow(&mgr.drop_dirs());
-    (t.elapsed() * 4).min(Duration::from_millis(250))
+    (clock::now().saturating_duration_since(t) * 4).min(Duration::from_millis(250))
 }
 
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next

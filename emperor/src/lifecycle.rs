@@ -40,15 +40,20 @@ pub enum After {
     Forget,
 }
 
+/// What the rest of the emperor says about a vassal's surroundings.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// Restart throttling.
+    pub throttle: &'a Throttle,
+    /// Its group, if that is suspended: it does not start until the group resumes.
+    pub suspended_group: Option<&'a Name>,
+}
+
 /// Something that happened to a vassal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Its file is new, or a restart is due: start it unless its group is
-    /// suspended (the group's name then).
-    Start {
-        /// The suspended group it belongs to, if it does.
-        suspended_group: Option<Name>,
-    },
+    /// Its file is new: start it.
+    Start,
     /// Its init runs (the start finished).
     Started,
     /// The start failed; a transient failure (a full uid table on disk, a
@@ -81,6 +86,8 @@ pub enum Event {
         /// The site's own freezer state.
         own_frozen: bool,
     },
+    /// `emperor suspend` (true) or `resume` (false) froze or thawed it.
+    Frozen(bool),
 }
 
 /// Something for the manager to do.
@@ -162,18 +169,13 @@ impl Life {
     }
 
     /// Takes one event; returns what to do.
-    pub fn on(&mut self, ev: Event, now: Instant, throttle: &Throttle) -> Effects {
+    pub fn on(&mut self, ev: Event, now: Instant, ctx: &Ctx) -> Effects {
         match ev {
-            Event::Start { suspended_group } => {
+            Event::Start => {
                 if self.running() || self.stopping.is_some() {
                     return vec![];
                 }
-                if let Some(g) = suspended_group {
-                    self.state = State::Stopped;
-                    self.reason = Some(format!("group {g} is suspended; starts on resume"));
-                    return vec![];
-                }
-                vec![Effect::Start]
+                self.start(ctx)
             }
             Event::Started => {
                 self.gen += 1;
@@ -184,7 +186,7 @@ impl Life {
             }
             Event::StartFailed { error, transient } => {
                 if transient {
-                    let delay = self.backoff.on_death(throttle, Duration::ZERO);
+                    let delay = self.backoff.on_death(ctx.throttle, Duration::ZERO);
                     self.state = State::Starting;
                     self.reason = Some(format!("{error}; retry in {delay:?}"));
                     vec![Effect::RestartAfter {
@@ -205,14 +207,16 @@ impl Life {
                     return vec![];
                 };
                 let uptime = now.saturating_duration_since(since);
-                let delay = self.backoff.on_death(throttle, uptime);
+                let delay = self.backoff.on_death(ctx.throttle, uptime);
                 self.restarts += 1;
                 self.state = State::Starting;
                 self.reason = Some(format!(
                     "init {exit} after {uptime:.1?}; restart in {delay:?}"
                 ));
                 if delay.is_zero() {
-                    vec![Effect::Clean, Effect::Start]
+                    let mut fx = vec![Effect::Clean];
+                    fx.extend(self.start(ctx));
+                    fx
                 } else {
                     vec![
                         Effect::Clean,
@@ -229,31 +233,19 @@ impl Life {
                     && self.stopping.is_none()
                     && self.state == State::Starting
                 {
-                    vec![Effect::Start]
+                    self.start(ctx)
                 } else {
                     vec![]
                 }
             }
-            Event::Stop(then) => {
-                self.stopping = Some(then);
-                self.state = State::Stopped;
-                self.reason = Some(
-                    match then {
-                        After::Remove => "stopping: file removed",
-                        After::Start => "restarting",
-                        After::Forget => "stopping: emperor shutdown",
-                    }
-                    .to_owned(),
-                );
-                vec![Effect::BeginStop]
-            }
+            Event::Stop(then) => self.stop(then),
             Event::StopDone => {
                 self.since = None;
                 match self.stopping.take() {
                     Some(After::Start) => {
                         self.restarts += 1;
                         self.state = State::Starting;
-                        vec![Effect::Start]
+                        self.start(ctx)
                     }
                     Some(After::Remove) => vec![Effect::Archive],
                     Some(After::Forget) | None => vec![Effect::Forget],
@@ -270,31 +262,60 @@ impl Life {
                 } else if self.state == State::Stopped && self.stopping.is_none() {
                     // Its start waited for the group.
                     self.state = State::Starting;
-                    vec![Effect::Start]
+                    self.start(ctx)
                 } else {
                     vec![]
                 }
             }
+            Event::Frozen(frozen) => {
+                self.state = if frozen {
+                    State::Suspended
+                } else {
+                    State::Running
+                };
+                vec![]
+            }
         }
+    }
+
+    /// Starts it, unless its group is suspended: then it waits for the resume.
+    fn start(&mut self, ctx: &Ctx) -> Effects {
+        if let Some(g) = ctx.suspended_group {
+            self.state = State::Stopped;
+            self.reason = Some(format!("group {g} is suspended; starts on resume"));
+            return vec![];
+        }
+        vec![Effect::Start]
+    }
+
+    fn stop(&mut self, then: After) -> Effects {
+        self.stopping = Some(then);
+        self.state = State::Stopped;
+        self.reason = Some(
+            match then {
+                After::Remove => "stopping: file removed",
+                After::Start => "restarting",
+                After::Forget => "stopping: emperor shutdown",
+            }
+            .to_owned(),
+        );
+        vec![Effect::BeginStop]
     }
 
     /// `emperor restart`: a running vassal is stopped and started; one that
     /// does not run (failed, throttled) is started now, its throttle forgotten.
-    pub fn restart(&mut self, name: &Name) -> Result<Effects, String> {
+    pub fn restart(&mut self, name: &Name, ctx: &Ctx) -> Result<Effects, String> {
         if self.stopping.is_some() {
             return Err(format!("{name} is already stopping"));
         }
         if self.running() {
-            return Ok(vec![Effect::BeginStop]).inspect(|_| {
-                self.stopping = Some(After::Start);
-                self.state = State::Stopped;
-                self.reason = Some("restarting".into());
-            });
+            return Ok(self.stop(After::Start));
         }
         self.backoff = Backoff::default();
         // A restart planned earlier is now stale.
         self.gen += 1;
-        Ok(vec![Effect::Start])
+        self.state = State::Starting;
+        Ok(self.start(ctx))
     }
 
     /// Whether `emperor suspend` / `resume` may act: an init runs and is not

@@ -193,9 +193,9 @@ impl Spawner {
         }
         tracing::warn!(%cgroup, "processes left in the cgroup of a vassal about to start; killing them");
         self.tree.kill_all(cgroup)?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = crate::clock::now() + std::time::Duration::from_secs(5);
         while !self.tree.procs(cgroup)?.is_empty() {
-            if std::time::Instant::now() > deadline {
+            if crate::clock::now() > deadline {
                 return Err(SpawnError::Leftover(cgroup.to_owned()));
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
@@ -211,9 +211,9 @@ impl Spawner {
     /// Like [`Spawner::start`], but returns once the child is cloned; the child
     /// sets its container up while the caller goes on.
     pub fn begin(&self, inp: &Input<'_>) -> Result<Pending, SpawnError> {
-        let t = std::time::Instant::now();
+        let t = crate::clock::now();
         self.prepare_host(inp)?;
-        let host = t.elapsed();
+        let host = crate::clock::now().saturating_duration_since(t);
         let spec = spec::build(inp)?;
         let root = inp.layout.root_dir(inp.name);
         prep(&root, std::fs::create_dir_all(&root))?;
@@ -226,20 +226,20 @@ impl Spawner {
                 plan.netns = Some(ns);
             }
         }
-        let planned = t.elapsed();
+        let planned = crate::clock::now().saturating_duration_since(t);
         let cgroup = inp.cgroup();
         self.tree.create(&cgroup)?;
         self.evict(&cgroup)?;
         self.tree.set_limits(&cgroup, &cgroup_limits(inp.file))?;
         let join = self.tree.join(&cgroup)?;
-        let cgroups = t.elapsed();
+        let cgroups = crate::clock::now().saturating_duration_since(t);
         let pending = sys::launch::start(&plan, &join)?;
         tracing::debug!(
             vassal = %inp.name,
             host_us = host.as_micros() as u64,
             plan_us = (planned - host).as_micros() as u64,
             cgroup_us = (cgroups - planned).as_micros() as u64,
-            clone_us = (t.elapsed() - cgroups).as_micros() as u64,
+            clone_us = (crate::clock::now().saturating_duration_since(t) - cgroups).as_micros() as u64,
             "spawn phases"
         );
         Ok(pending)

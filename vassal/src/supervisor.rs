@@ -39,6 +39,9 @@ use crate::lifecycle::{desired, Ctx, Effect, Event, Proc, Role, State, SubState}
 use crate::logs::{redirect_output, rotate, AccessLog, ACCESS_LOG_MAX, ACCESS_SOCKET};
 use crate::site::{Alarms, SiteCgroup};
 
+mod launch;
+mod status;
+
 /// How the supervisor is set up.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -76,27 +79,6 @@ impl Settings {
             .join(".imperium")
             .join(model::layout::names::VASSAL_SOCKET)
     }
-}
-
-#[derive(Debug, Serialize)]
-struct Row {
-    name: String,
-    kind: &'static str,
-    state: State,
-    pid: Option<i32>,
-    uptime_secs: Option<f64>,
-    started_at_us: Option<u64>,
-    restarts: u32,
-    memory: Option<u64>,
-    cpu_secs: Option<f64>,
-    last_exit: Option<String>,
-    reason: Option<String>,
-    schedule: Option<String>,
-    next_run: Option<u64>,
-    skipped: u32,
-    /// The socket the running instance listens on.
-    socket: Option<String>,
-    subscriptions: Vec<SubState>,
 }
 
 /// The supervisor.
@@ -443,74 +425,6 @@ impl Supervisor {
         }
     }
 
-    fn login_env(&self) -> Vec<(String, String)> {
-        let home = self.cfg.home.display().to_string();
-        let user = std::env::var("USER").unwrap_or_default();
-        vec![
-            ("HOME".into(), home),
-            ("USER".into(), user.clone()),
-            ("LOGNAME".into(), user),
-            (
-                "SHELL".into(),
-                std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
-            ),
-            (
-                "PATH".into(),
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-            ),
-            (
-                "LANG".into(),
-                std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
-            ),
-        ]
-    }
-
-    /// Starts one instance of a process; `socket` is the socket it is to
-    /// listen on (put in place of `{socket}` and in `$SOCKET`). Returns its pid.
-    fn launch(&self, spec: &Process, name: &Name, socket: Option<&str>) -> Result<i32, String> {
-        let f = &spec.file;
-        let workdir = match &f.workdir {
-            Some(w) => self.cfg.home.join(w),
-            None => self.cfg.home.clone(),
-        };
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.cfg.logs().join(format!("{name}.log")));
-        let (out, err) = match log.and_then(|l| Ok((l.try_clone()?, l))) {
-            Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
-            Err(_) => (Stdio::null(), Stdio::null()),
-        };
-        let path = socket.map(|s| self.cfg.sockets.join(s).display().to_string());
-        let fill = |a: &String| match &path {
-            Some(p) => a.replace(model::process::SOCKET_PLACEHOLDER, p),
-            None => a.clone(),
-        };
-        let mut cmd = Command::new(fill(&f.command[0]));
-        cmd.args(f.command[1..].iter().map(fill))
-            .current_dir(&workdir)
-            .env_clear()
-            .envs(self.login_env())
-            .envs(path.iter().map(|p| ("SOCKET", p)))
-            .envs(f.env.iter().map(|(k, v)| (k, fill(v))))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Its own process group: a stop signal reaches what it forked too.
-            .process_group(0);
-        crate::spawn::reset_signals(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("could not start {:?}: {e}", f.command[0]))?;
-        let pid = child.id() as i32;
-        // The child is reaped by `reap`, not through `child`.
-        drop(child);
-        // A tenant's process is a likelier OOM victim than the init:
-        // raising a score needs no privilege.
-        let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "300");
-        Ok(pid)
-    }
-
     /// Reaps every ended child (the tenant's processes and any orphan).
     fn reap(&mut self) {
         loop {
@@ -738,68 +652,6 @@ impl Supervisor {
             _ => Response::ok(serde_json::json!(done)),
         }
     }
-
-    fn status(&self) -> Vec<Row> {
-        let now = self.clock.now().at;
-        let mut rows: Vec<Row> = self
-            .procs
-            .iter()
-            .map(|(n, p)| {
-                let (memory, cpu) = p.pid.map(proc_usage).unwrap_or((None, None));
-                Row {
-                    name: n.to_string(),
-                    kind: if p.spec.schedule.is_some() {
-                        "job"
-                    } else {
-                        "process"
-                    },
-                    state: p.state,
-                    pid: p.pid,
-                    uptime_secs: p.pid.and(p.started).map(|s| {
-                        (now.saturating_duration_since(s).as_secs_f64() * 10.0).round() / 10.0
-                    }),
-                    started_at_us: p.pid.and(p.started_at_us),
-                    restarts: p.restarts,
-                    memory,
-                    cpu_secs: cpu,
-                    last_exit: p.last_exit.clone(),
-                    reason: match &p.next {
-                        Some(next) => Some(format!(
-                            "handing over to a new instance (pid {}) once it accepts on {}",
-                            next.pid, next.socket
-                        )),
-                        None => p.reason.clone(),
-                    },
-                    schedule: p.spec.schedule.as_ref().map(|s| s.to_string()),
-                    next_run: p.next_run,
-                    skipped: p.skipped,
-                    socket: p.pid.and(p.socket.clone()),
-                    subscriptions: p.subs.clone(),
-                }
-            })
-            .collect();
-        for (n, why) in &self.rejected {
-            rows.push(Row {
-                name: n.to_string(),
-                kind: "process",
-                state: State::Rejected,
-                pid: None,
-                uptime_secs: None,
-                started_at_us: None,
-                restarts: 0,
-                memory: None,
-                cpu_secs: None,
-                last_exit: None,
-                reason: Some(why.clone()),
-                schedule: None,
-                next_run: None,
-                skipped: 0,
-                socket: None,
-                subscriptions: Vec::new(),
-            });
-        }
-        rows
-    }
 }
 
 /// Whether this is PID 1 of a pid namespace (a container's init).
@@ -818,25 +670,4 @@ fn others_alive() -> bool {
             })
         })
         .unwrap_or(false)
-}
-
-/// Resident memory (bytes) and CPU time (seconds) of a process, from /proc.
-fn proc_usage(pid: i32) -> (Option<u64>, Option<f64>) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kb| kb * 1024);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let cpu = stat.rfind(')').and_then(|i| {
-        let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
-        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100);
-        Some(ticks as f64 / hz as f64)
-    });
-    (rss, cpu)
 }

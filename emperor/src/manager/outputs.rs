@@ -1,0 +1,203 @@
+//! What the emperor derives from its state for others to read, each in one
+//! place: the uid and NSS tables, the runtime records and login links (for
+//! the PAM module), the ssh keys (for sshd) and the dominion (for the router).
+
+use super::*;
+
+/// What a login link points at: the record, relative to the links' directory.
+pub(super) fn login_target(name: &Name) -> PathBuf {
+    PathBuf::from(format!("../vassals/{name}.json"))
+}
+
+/// Points `<run-dir>/logins/<user>` at the vassal's record (atomically: a new
+/// link renamed over the old one).
+pub(super) fn link_login(
+    l: &model::layout::Layout,
+    user: &Name,
+    name: &Name,
+) -> std::io::Result<()> {
+    let link = l.login(user);
+    if std::fs::read_link(&link).is_ok_and(|t| t == login_target(name)) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(l.logins_dir())?;
+    let tmp = l.logins_dir().join(format!(".{user}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(login_target(name), &tmp)?;
+    std::fs::rename(&tmp, &link)
+}
+
+impl Manager {
+    /// Saves the uid table, then the NSS table made from it.
+    pub(super) fn save_uids(&self) -> std::io::Result<()> {
+        self.uids.save(&self.cfg.layout.uid_table())?;
+        self.write_nss()
+    }
+
+    /// Every tenant ever given a uid, for `getent passwd` and `ls -l` on the host
+    /// (archived homes keep their owner's name).
+    pub(super) fn write_nss(&self) -> std::io::Result<()> {
+        let tenants: Vec<model::nss::Tenant> = self
+            .uids
+            .users
+            .iter()
+            .map(|(name, uid)| model::nss::Tenant {
+                name: name.clone(),
+                uid: *uid,
+                home: model::layout::inside::home(name),
+                shell: "/bin/bash".into(),
+            })
+            .collect();
+        model::atomic::write(
+            &self.cfg.layout.nss_table(),
+            &model::nss::encode(&tenants),
+            0o644,
+        )
+    }
+
+    /// Tells the router (through `<run-dir>/router/dominion.json`) which site
+    /// owns which domains, each site's public key and whether it is suspended.
+    /// Written only when it changed.
+    pub fn publish_dominion(&mut self) {
+        use model::subscription::{Dominion, SiteRoutes};
+        let mut d = Dominion {
+            schema_version: 1,
+            ..Default::default()
+        };
+        for (name, v) in &self.vassals {
+            let (VassalFile::Site(s), Some(uid)) = (&v.file, v.uid) else {
+                continue;
+            };
+            if !self.public_keys.contains_key(name) {
+                match crate::keys::ensure(&self.cfg.layout.state_dir, name, uid) {
+                    Ok(k) => {
+                        self.public_keys.insert(name.clone(), k);
+                    }
+                    Err(e) => {
+                        tracing::warn!(vassal = %name, error = %e, "no key pair for the router");
+                        continue;
+                    }
+                }
+            }
+            let group_frozen = s
+                .group
+                .as_ref()
+                .is_some_and(|g| self.suspended_groups.contains(g));
+            d.sites.insert(
+                name.to_string(),
+                SiteRoutes {
+                    public_key: self.public_keys[name].clone(),
+                    domains: s.domains.iter().map(|x| x.to_string()).collect(),
+                    sockets: self.cfg.layout.sockets(name).display().to_string(),
+                    uid: Some(uid),
+                    suspended: v.life.state == State::Suspended || group_frozen,
+                    // Set while a site moves to another host: not done by this emperor yet.
+                    moving: Vec::new(),
+                    requests: s.limits.requests,
+                },
+            );
+        }
+        let Ok(bytes) = serde_json::to_vec_pretty(&d) else {
+            return;
+        };
+        if bytes == self.last_dominion {
+            return;
+        }
+        let dir = self.cfg.layout.router_dir();
+        let _ = std::fs::create_dir_all(&dir);
+        // Root's only: the directory is shared into every container, and a
+        // site learns no other customer's domains.
+        match model::atomic::replace(&self.cfg.layout.dominion(), &bytes, 0o600) {
+            Ok(()) => self.last_dominion = bytes,
+            Err(e) => tracing::warn!(error = %e, "writing the dominion failed"),
+        }
+    }
+
+    pub(super) fn write_record(&self, name: &Name) {
+        let Some(v) = self.vassals.get(name) else {
+            return;
+        };
+        let (Some(init), Some(uid)) = (&v.init, v.uid) else {
+            return;
+        };
+        let pid = init.pidfd.pid();
+        let Ok(start_time) = record::start_time(std::path::Path::new("/proc"), pid) else {
+            return;
+        };
+        let cgroup = self.input(name, &v.file, uid).cgroup();
+        let rec = VassalRecord {
+            schema_version: SCHEMA_VERSION,
+            name: name.clone(),
+            kind: v.file.kind(),
+            pid,
+            start_time,
+            uid,
+            cgroup_dirs: self.tree.dirs(&cgroup).unwrap_or_default(),
+            cgroup,
+            config: serde_json::to_value(&v.file).unwrap_or_default(),
+        };
+        let l = &self.cfg.layout;
+        if let Err(e) = model::atomic::replace_json(&l.record(name), &rec, 0o644) {
+            tracing::error!(vassal = %name, error = %e, "writing the runtime record failed");
+        }
+        if let Err(e) = link_login(l, &v.file.user(name), name) {
+            tracing::error!(vassal = %name, error = %e, "writing the login link failed");
+        }
+    }
+
+    /// Removes a vassal's runtime record and its login link.
+    pub(super) fn remove_record(&self, name: &Name, file: &VassalFile) {
+        let l = &self.cfg.layout;
+        let _ = std::fs::remove_file(l.record(name));
+        let link = l.login(&file.user(name));
+        if std::fs::read_link(&link).is_ok_and(|t| t == login_target(name)) {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+
+    /// Installs every accepted vassal's `ssh_keys` where sshd reads them
+    /// (`<state-dir>/ssh/<user>`), and removes the keys of users that are gone.
+    /// Files are rewritten only when their content changes.
+    pub(super) fn sync_ssh_keys(&mut self, want: &BTreeMap<Name, VassalFile>) {
+        let dir = self.cfg.layout.ssh_keys_dir();
+        let mut now: BTreeMap<Name, String> = BTreeMap::new();
+        for (name, file) in want {
+            let keys = &file.container().ssh_keys;
+            if !keys.is_empty() {
+                now.insert(file.user(name), keys.join("\n") + "\n");
+            }
+        }
+        if self.ssh_keys.is_none() {
+            // First pass: the directory may hold keys of users removed while
+            // the emperor was down.
+            let made = std::fs::create_dir_all(&dir).and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            });
+            if let Err(e) = made {
+                tracing::error!(dir = %dir.display(), error = %e, "creating the ssh keys directory failed");
+            }
+            let old = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+            let known: BTreeMap<Name, String> = old
+                .filter_map(|e| {
+                    let user: Name = e.file_name().to_str()?.parse().ok()?;
+                    Some((user, std::fs::read_to_string(e.path()).unwrap_or_default()))
+                })
+                .collect();
+            self.ssh_keys = Some(known);
+        }
+        let had = self.ssh_keys.take().unwrap_or_default();
+        for user in had.keys().filter(|u| !now.contains_key(*u)) {
+            let _ = std::fs::remove_file(self.cfg.layout.ssh_keys(user));
+        }
+        for (user, text) in &now {
+            if had.get(user) != Some(text) {
+                let path = self.cfg.layout.ssh_keys(user);
+                if let Err(e) = model::atomic::replace(&path, text.as_bytes(), 0o644) {
+                    tracing::error!(user = %user, error = %e, "installing ssh keys failed");
+                }
+            }
+        }
+        self.ssh_keys = Some(now);
+    }
+}

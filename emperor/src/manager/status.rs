@@ -1,0 +1,100 @@
+//! The rows of `emperor status`.
+
+use super::*;
+
+/// One row of `emperor status`.
+#[derive(Debug, Serialize)]
+pub(super) struct Row {
+    name: String,
+    kind: Option<Kind>,
+    group: Option<String>,
+    state: State,
+    pid: Option<i32>,
+    uid: Option<u32>,
+    user: Option<String>,
+    cgroup: Option<String>,
+    limits: Option<model::config::Limits>,
+    dynamic: bool,
+    usage: Option<Usage>,
+    restarts: u32,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Usage {
+    memory: u64,
+    pids: u64,
+}
+
+impl Row {
+    /// The row of a file that runs nothing.
+    pub(super) fn rejected(name: &Name, reason: String) -> Row {
+        Row {
+            name: name.to_string(),
+            kind: None,
+            group: None,
+            state: State::Rejected,
+            pid: None,
+            uid: None,
+            user: None,
+            cgroup: None,
+            limits: None,
+            dynamic: false,
+            usage: None,
+            restarts: 0,
+            reason: Some(reason),
+        }
+    }
+}
+
+impl Manager {
+    pub(super) fn status(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for (name, v) in &self.vassals {
+            let mut state = v.life.state;
+            let mut reason = v.life.reason.clone();
+            if let Some(g) = v.group() {
+                if self.suspended_groups.contains(g) && v.init.is_some() {
+                    state = State::Suspended;
+                    reason.get_or_insert_with(|| format!("group {g} is suspended"));
+                }
+            }
+            let cgroup = self.cgroup_of(name, v);
+            let usage = v
+                .init
+                .as_ref()
+                .and_then(|_| self.tree.stats(&cgroup).ok())
+                .map(|s| Usage {
+                    memory: s.memory,
+                    pids: s.pids,
+                });
+            rows.push(Row {
+                name: name.to_string(),
+                kind: Some(v.file.kind()),
+                group: v
+                    .group()
+                    .map(|g| g.to_string())
+                    .or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string())),
+                state,
+                pid: v.init.as_ref().map(|i| i.pidfd.pid()),
+                uid: v.uid,
+                user: Some(v.file.user(name).to_string()),
+                cgroup: Some(cgroup),
+                limits: Some(v.file.limits().clone()),
+                dynamic: v.dynamic,
+                usage,
+                restarts: v.life.restarts,
+                reason,
+            });
+        }
+        for (name, why) in &self.rejected {
+            if !self.vassals.contains_key(name) {
+                rows.push(Row::rejected(name, why.clone()));
+            }
+        }
+        for (name, path, why) in &self.shadowed {
+            rows.push(Row::rejected(name, format!("{}: {why}", path.display())));
+        }
+        rows
+    }
+}
