@@ -11,6 +11,8 @@ use ed25519_dalek::{Signer, SigningKey};
 use model::process::Http;
 use model::subscription::{Action, Answer, Signed, Subscription};
 
+use crate::lifecycle::SubState;
+
 /// Where the key and the router are, and who we are.
 #[derive(Debug)]
 pub struct Subscriber {
@@ -95,6 +97,41 @@ impl Subscriber {
         match answer {
             Answer { ok: true, ttl, .. } => Ok(ttl.unwrap_or(60)),
             Answer { error, .. } => Err(error.unwrap_or_else(|| "refused".into())),
+        }
+    }
+
+    /// Subscribes every domain; one answer per domain, and the shortest
+    /// time to live granted (6 s after a refusal, so it is tried again soon).
+    pub fn subscribe_all(&self, http: &Http, home: &Path) -> (Vec<SubState>, u64) {
+        let mut ttl = u64::MAX;
+        let subs = http
+            .domains
+            .iter()
+            .map(|d| {
+                let (ok, answer) = match self.send(Action::Subscribe, d, http, home) {
+                    Ok(t) => {
+                        ttl = ttl.min(t);
+                        (true, format!("subscribed for {t} s"))
+                    }
+                    Err(e) => {
+                        ttl = ttl.min(6);
+                        (false, e)
+                    }
+                };
+                SubState {
+                    domain: d.clone(),
+                    ok,
+                    answer,
+                }
+            })
+            .collect();
+        (subs, ttl)
+    }
+
+    /// Withdraws every domain (best effort: routes expire anyway).
+    pub fn withdraw_all(&self, http: &Http, home: &Path) {
+        for d in &http.domains {
+            let _ = self.send(Action::Unsubscribe, d, http, home);
         }
     }
 

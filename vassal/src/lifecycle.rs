@@ -5,6 +5,10 @@
 //! that and feeds what came of it back as events (a launch's pid, whether a
 //! socket accepts, the router's answers). So every transition is tested here
 //! without a process, a socket or a clock.
+//!
+//! Longer than the ~600 lines we aim for: every transition of a process is
+//! here, to be read and tested together, and half of it is the documentation
+//! of its events and effects. Its tests are in `lifecycle/tests.rs`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,7 @@
 //! The rows of `vassal status`.
 
 use super::*;
+use crate::lifecycle::SubState;
 
 #[derive(Debug, Serialize)]
 pub(super) struct Row {
