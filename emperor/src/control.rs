@@ -1,10 +1,10 @@
-//! The control socket: one JSON request per line, one JSON response per line.
+//! The emperor's control requests. The protocol (one JSON request per line,
+//! one JSON answer per line) and its client are `model::control`'s, the same
+//! as the vassal's.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 /// A request to the emperor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,52 +50,19 @@ pub enum Request {
 
 pub use model::control::Response;
 
-/// Why the CLI could not get an answer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// Nothing listens on the socket.
-    #[error("the emperor is not running (no control socket at {0})")]
-    NotRunning(String),
-    /// The conversation broke.
-    #[error("talking to the emperor at {path}: {err}")]
-    Io {
-        /// The socket.
-        path: String,
-        /// The error.
-        #[source]
-        err: std::io::Error,
-    },
-}
+pub use model::control::CallError;
 
-/// Sends one request and reads the response.
-pub async fn call(socket: &Path, req: &Request) -> Result<Response, ClientError> {
-    let path = socket.display().to_string();
-    let io = |err| ClientError::Io {
-        path: path.clone(),
-        err,
-    };
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                ClientError::NotRunning(path.clone())
-            }
-            _ => io(e),
-        })?;
-    let (rd, mut wr) = stream.into_split();
-    let mut line = serde_json::to_vec(req).map_err(|e| io(e.into()))?;
-    line.push(b'\n');
-    wr.write_all(&line).await.map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(rd)
-        .read_line(&mut answer)
-        .await
-        .map_err(io)?;
-    if answer.is_empty() {
-        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    serde_json::from_str(&answer).map_err(|e| io(e.into()))
+/// The emperor, as the client's messages name it.
+pub const EMPEROR: model::control::Peer = model::control::Peer {
+    name: "the emperor",
+    absent: "is not running",
+};
+
+/// Sends one request to the emperor and reads its answer (the one
+/// JSON-lines protocol of `model::control`, shared with the vassal).
+pub fn call(socket: &Path, req: &Request) -> Result<Response, CallError> {
+    // A shutdown lasts as long as the slowest vassal's stop: no timeout.
+    model::control::call(EMPEROR, socket, req, None)
 }
 
 #[cfg(test)]

@@ -102,8 +102,16 @@ pub async fn run(
     let socket = cfg.layout.control_socket();
     // Another emperor is running if it answers; a socket that only accepts
     // (held by a dying copy of a killed emperor, between clone and exec) is stale.
-    let probe = control::call(&socket, &control::Request::Status);
-    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), probe).await {
+    let probe = socket.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        model::control::call(
+            control::EMPEROR,
+            &probe,
+            &control::Request::Status,
+            Some(Duration::from_secs(2)),
+        )
+    });
+    if let Ok(Ok(_)) = probe.await {
         return Err(RunError::AlreadyRunning(socket.display().to_string()));
     }
     let seccomp = sys::seccomp::default_program()?;
@@ -241,13 +249,13 @@ async fn serve_control(
             let _guard = guard;
             let _place = place;
             let (rd, mut wr) = stream.into_split();
-            let mut line = String::new();
-            let mut rd = BufReader::new(rd.take(64 * 1024));
-            let read = tokio::time::timeout(CONTROL_TIMEOUT, rd.read_line(&mut line)).await;
+            let mut line = Vec::new();
+            let mut rd = BufReader::new(rd.take(model::control::LINE_MAX as u64));
+            let read = tokio::time::timeout(CONTROL_TIMEOUT, rd.read_until(b'\n', &mut line)).await;
             if !matches!(read, Ok(Ok(_))) {
                 return;
             }
-            let resp = match serde_json::from_str::<control::Request>(&line) {
+            let resp = match model::control::request::<control::Request>(&line) {
                 Ok(req) => {
                     let (rtx, rrx) = oneshot::channel();
                     if tx.send(Event::Control(req, rtx)).is_err() {
@@ -258,11 +266,9 @@ async fn serve_control(
                         Err(_) => return,
                     }
                 }
-                Err(e) => control::Response::err(format!("bad request: {e}")),
+                Err(refusal) => refusal,
             };
-            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-            out.push(b'\n');
-            let _ = wr.write_all(&out).await;
+            let _ = wr.write_all(&model::control::line(&resp)).await;
         });
     }
 }

@@ -102,8 +102,15 @@ pub enum Effect {
         /// Which start.
         gen: u64,
     },
-    /// Its init died: remove its record and login link, kill what is left in its cgroup.
-    Clean,
+    /// Its init died: its record and login link go, what is left in its
+    /// cgroup is killed (off the loop), and `RestartDue` follows once that is
+    /// done and the delay has passed.
+    Restart {
+        /// The throttle's delay.
+        delay: Duration,
+        /// Which start.
+        gen: u64,
+    },
     /// Stop it in the background (SIGTERM, grace, kill, cgroup removed); `StopDone` follows.
     BeginStop,
     /// Archive its home and forget it (its file is gone).
@@ -213,19 +220,10 @@ impl Life {
                 self.reason = Some(format!(
                     "init {exit} after {uptime:.1?}; restart in {delay:?}"
                 ));
-                if delay.is_zero() {
-                    let mut fx = vec![Effect::Clean];
-                    fx.extend(self.start(ctx));
-                    fx
-                } else {
-                    vec![
-                        Effect::Clean,
-                        Effect::RestartAfter {
-                            delay,
-                            gen: self.gen,
-                        },
-                    ]
-                }
+                vec![Effect::Restart {
+                    delay,
+                    gen: self.gen,
+                }]
             }
             Event::RestartDue { gen } => {
                 if gen == self.gen
@@ -267,6 +265,8 @@ impl Life {
                     vec![]
                 }
             }
+            // Stopped while the freezer worked: its state is the stop's.
+            Event::Frozen(_) if !self.running() || self.stopping.is_some() => vec![],
             Event::Frozen(frozen) => {
                 self.state = if frozen {
                     State::Suspended

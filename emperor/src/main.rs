@@ -156,8 +156,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let resp = control::call(
                 &cli.run_dir.join(model::layout::names::CONTROL_SOCKET),
                 &Request::Status,
-            )
-            .await?;
+            )?;
             if !resp.ok {
                 bail!("{}", resp.error.unwrap_or_default());
             }
@@ -180,8 +179,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let resp = control::call(
         &cli.run_dir.join(model::layout::names::CONTROL_SOCKET),
         &req,
-    )
-    .await?;
+    )?;
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_default());
     }

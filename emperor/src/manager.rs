@@ -32,6 +32,8 @@ mod requests;
 mod status;
 mod stop;
 
+use stop::off_loop;
+
 /// How many network namespaces the emperor keeps ready for starts.
 const NETNS_POOL: usize = 4;
 
@@ -76,6 +78,17 @@ pub enum Event {
     },
     /// A control request.
     Control(Request, oneshot::Sender<Response>),
+    /// A freeze or thaw asked for by a control request finished.
+    Froze {
+        /// The vassal.
+        name: Name,
+        /// Frozen (suspend) or thawed (resume).
+        frozen: bool,
+        /// What the kernel said.
+        result: Result<(), String>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Response>,
+    },
 }
 
 /// A running init: its pidfd, and a flag set once it exited.
@@ -389,7 +402,7 @@ impl Manager {
                     }
                 }
                 Effect::RestartAfter { delay, gen } => self.schedule_restart(name, delay, gen),
-                Effect::Clean => {
+                Effect::Restart { delay, gen } => {
                     let Some(v) = self.vassals.get_mut(name) else {
                         continue;
                     };
@@ -398,7 +411,18 @@ impl Manager {
                     tracing::warn!(vassal = %name, %reason, "init died");
                     let v = &self.vassals[name];
                     self.remove_record(name, &v.file);
-                    let _ = self.tree.kill_all(&self.cgroup_of(name, v));
+                    // Its leftovers are killed off the loop (v1 freezes to
+                    // kill, which can take seconds); the restart follows.
+                    let (tree, cgroup) = (self.tree.clone(), self.cgroup_of(name, v));
+                    let (tx, name) = (self.tx.clone(), name.clone());
+                    tokio::spawn(async move {
+                        off_loop(&tree, move |tree| {
+                            let _ = tree.kill_all(&cgroup);
+                        })
+                        .await;
+                        tokio::time::sleep(delay).await;
+                        let _ = tx.send(Event::RestartDue { name, gen });
+                    });
                 }
                 Effect::BeginStop => self.stop_task(name),
                 Effect::Archive => {
@@ -414,7 +438,8 @@ impl Manager {
                     let _ = std::fs::remove_dir_all(self.cfg.layout.sockets(name));
                     let _ = std::fs::remove_file(self.cfg.layout.utmp(name));
                     if let VassalFile::Group(_) = v.file {
-                        let _ = self.tree.remove(&self.cfg.layout.group_cgroup(name));
+                        let (tree, cg) = (self.tree.clone(), self.cfg.layout.group_cgroup(name));
+                        tokio::task::spawn_blocking(move || tree.remove(&cg));
                     }
                     self.continue_shutdown();
                 }
@@ -548,6 +573,15 @@ impl Manager {
             }
             Event::StopDone { name } => self.stop_done(&name),
             Event::Control(req, reply) => self.control(req, reply),
+            Event::Froze {
+                name,
+                frozen,
+                result,
+                reply,
+            } => {
+                let answer = self.froze(&name, frozen, result);
+                let _ = reply.send(answer);
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 //! answer per line, like the emperor's. The client side ([`call`]) and the
 //! server's non-blocking reading of requests ([`Client`]).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,33 +40,22 @@ pub enum Request {
 
 pub use model::control::Response;
 
-/// Sends one request; the error is a one-line reason.
+/// Sends one request to the supervisor and reads its answer (the one
+/// JSON-lines protocol of `model::control`, shared with the emperor); the
+/// error is a one-line reason.
 pub fn call(socket: &Path, req: &Request) -> Result<Response, String> {
-    let mut s = UnixStream::connect(socket).map_err(|_| {
-        format!(
-            "the vassal supervisor is not reachable (no control socket at {})",
-            socket.display()
-        )
-    })?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    s.write_all(&line)
-        .map_err(|e| format!("talking to the supervisor: {e}"))?;
-    let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .map_err(|e| format!("talking to the supervisor: {e}"))?;
-    serde_json::from_str(&answer).map_err(|e| format!("talking to the supervisor: {e}"))
+    let supervisor = model::control::Peer {
+        name: "the vassal supervisor",
+        absent: "is not reachable",
+    };
+    model::control::call(supervisor, socket, req, Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())
 }
 
 /// Clients of the control socket served at once (more are closed at accept).
 pub const CONTROL_CLIENTS: usize = 16;
 /// How long a client has to send its request line.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest request line.
-const CONTROL_LINE_MAX: usize = 64 * 1024;
-
 /// A control-socket client whose request line is on its way: read as it
 /// comes, so a client that sends nothing never holds PID 1's loop.
 pub struct Client {
@@ -106,7 +95,7 @@ impl Client {
                         self.line.truncate(end);
                         return Some(Ok(std::mem::take(&mut self.line)));
                     }
-                    if self.line.len() > CONTROL_LINE_MAX {
+                    if self.line.len() > model::control::LINE_MAX {
                         return Some(Err(()));
                     }
                 }

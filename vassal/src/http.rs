@@ -169,3 +169,89 @@ pub fn accepts(path: &Path) -> bool {
         Ok(()) | Err(nix::errno::Errno::EAGAIN)
     )
 }
+
+/// Work for the subscription thread, done in the order given.
+#[derive(Debug)]
+pub enum Job {
+    /// Subscribe every domain; the answers come back as [`Done::Subscribed`].
+    Subscribe(model::Name, Http),
+    /// Withdraw every domain.
+    Withdraw(Http),
+    /// Nothing to do but come back in order: a signal that must wait until
+    /// the router has heard the jobs before it (an old instance is stopped
+    /// only once the new one is subscribed and the old one withdrawn).
+    Then(model::Name, crate::lifecycle::Effect),
+}
+
+/// What the subscription thread hands back.
+#[derive(Debug)]
+pub enum Done {
+    /// The router's answers for a process.
+    Subscribed(model::Name, Vec<SubState>, u64),
+    /// A [`Job::Then`], back in its turn.
+    Then(model::Name, crate::lifecycle::Effect),
+}
+
+/// Jobs queued at most (a full queue refuses a subscription, which is then
+/// tried again a few seconds later).
+const QUEUE: usize = 256;
+
+/// The thread that talks to the router (each request may wait up to 2 s),
+/// so PID 1's loop never does. It wakes the loop through `wake`.
+pub struct Worker {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    done: std::sync::mpsc::Receiver<Done>,
+    /// Readable when something is done (a byte per result).
+    pub wake: UnixStream,
+}
+
+impl Worker {
+    /// Starts the thread.
+    pub fn start(subscriber: Subscriber, home: PathBuf) -> std::io::Result<Worker> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let (results, done) = std::sync::mpsc::channel();
+        let (wake, mut ring) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        std::thread::Builder::new()
+            .name("subscriptions".into())
+            // Signing and one HTTP exchange at a time: a small stack will do.
+            .stack_size(256 << 10)
+            .spawn(move || {
+                for job in queue {
+                    let out = match job {
+                        Job::Subscribe(name, http) => {
+                            let (subs, ttl) = subscriber.subscribe_all(&http, &home);
+                            Some(Done::Subscribed(name, subs, ttl))
+                        }
+                        Job::Withdraw(http) => {
+                            subscriber.withdraw_all(&http, &home);
+                            None
+                        }
+                        Job::Then(name, effect) => Some(Done::Then(name, effect)),
+                    };
+                    if let Some(out) = out {
+                        if results.send(out).is_err() {
+                            return;
+                        }
+                        let _ = ring.write_all(&[1]);
+                    }
+                }
+            })?;
+        Ok(Worker { jobs, done, wake })
+    }
+
+    /// Queues a job; `Err` gives it back when the queue is full.
+    pub fn send(&self, job: Job) -> Result<(), Box<Job>> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(j)
+            | std::sync::mpsc::TrySendError::Disconnected(j) => Box::new(j),
+        })
+    }
+
+    /// Everything done so far.
+    pub fn results(&mut self) -> Vec<Done> {
+        let mut buf = [0u8; 256];
+        while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+        self.done.try_iter().collect()
+    }
+}

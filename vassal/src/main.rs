@@ -108,7 +108,7 @@ fn run(args: &[String]) -> Result<i32, String> {
             .ok_or_else(|| format!("{verb} needs a process name"))
     };
     let req = match verb.as_str() {
-        "init" => return Ok(supervisor::Supervisor::new(settings(&args[1..])?).run()),
+        "init" => return Ok(supervisor::Supervisor::new(settings(&args[1..])?)?.run()),
         "--version" => {
             println!("vassal {}", env!("CARGO_PKG_VERSION"));
             return Ok(0);

@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use model::backoff::Throttle;
-use model::process::{Http, Process};
+use model::process::Process;
 use model::reconcile::{plan, Action};
 use model::Name;
 use nix::errno::Errno;
@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::control::{Client, Request, Response, CONTROL_CLIENTS, CONTROL_TIMEOUT};
-use crate::http::accepts;
+use crate::http::{accepts, Done, Job, Subscriber, Worker};
 use crate::lifecycle::{desired, Ctx, Effect, Event, Proc, Role, State};
 use crate::logs::{redirect_output, rotate, AccessLog, ACCESS_LOG_MAX, ACCESS_SOCKET};
 use crate::site::{Alarms, SiteCgroup};
@@ -94,7 +94,7 @@ pub struct Supervisor {
     shutting_down: Option<Instant>,
     site: Option<SiteCgroup>,
     alarms: Alarms,
-    subscriber: crate::http::Subscriber,
+    worker: Worker,
 }
 
 /// The signals the supervisor handles; an init ignores all others.
@@ -109,37 +109,44 @@ const HANDLED: [Signal; 8] = [
     Signal::SIGWINCH,
 ];
 
+fn handled() -> SigSet {
+    let mut mask = SigSet::empty();
+    for s in HANDLED {
+        mask.add(s);
+    }
+    mask
+}
+
 /// The most a shutdown waits for processes beyond their own grace.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
 impl Supervisor {
     /// A supervisor for this home.
-    pub fn new(cfg: Settings) -> Supervisor {
+    /// The handled signals are blocked first (they are read through a
+    /// signalfd), so the subscription thread started here never takes one.
+    pub fn new(cfg: Settings) -> Result<Supervisor, String> {
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None)
+            .map_err(|e| format!("blocking signals: {e}"))?;
         let site = SiteCgroup::detect(&cfg.cgroup_root);
         // OOM kills are counted from the supervisor's start.
         let alarms = Alarms::new(site.as_ref().map(|s| s.figures().oom_kills));
-        Supervisor {
+        let worker = Worker::start(Subscriber::from_env(), cfg.home.clone())
+            .map_err(|e| format!("starting the subscription thread: {e}"))?;
+        Ok(Supervisor {
             procs: BTreeMap::new(),
             rejected: BTreeMap::new(),
             site,
             alarms,
-            subscriber: crate::http::Subscriber::from_env(),
+            worker,
             clock: Clock::new(cfg.clock_scale),
             cfg,
             shutting_down: None,
-        }
+        })
     }
 
     /// Runs until SIGTERM (and every process has stopped). Returns the exit code.
     pub fn run(mut self) -> i32 {
-        let mut mask = SigSet::empty();
-        for s in HANDLED {
-            mask.add(s);
-        }
-        if let Err(e) = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
-            eprintln!("vassal: blocking signals: {e}");
-            return 1;
-        }
+        let mask = handled();
         let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         else {
             eprintln!("vassal: signalfd failed");
@@ -208,6 +215,7 @@ impl Supervisor {
             if let Some(a) = &access {
                 fds.push(PollFd::new(a.socket.as_fd(), PollFlags::POLLIN));
             }
+            fds.push(PollFd::new(self.worker.wake.as_fd(), PollFlags::POLLIN));
             for c in &clients {
                 fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
             }
@@ -229,6 +237,7 @@ impl Supervisor {
                 }
             }
             self.reap();
+            self.router_done();
             if let Some(i) = &inotify {
                 if i.read_events().map(|e| !e.is_empty()).unwrap_or(false) {
                     // Let a burst of writes settle, then read every file once.
@@ -318,7 +327,25 @@ impl Supervisor {
             let Some(p) = self.procs.get_mut(name) else {
                 break;
             };
+            // A signal that follows a word to the router waits for it.
+            let mut behind_router = false;
             for effect in p.on(ev, now, &ctx) {
+                let effect = match effect {
+                    Effect::Subscribe(_) | Effect::Withdraw(_) => {
+                        behind_router = true;
+                        effect
+                    }
+                    Effect::Kill { .. } if behind_router => {
+                        let job = Job::Then(name.clone(), effect);
+                        match self.worker.send(job).map_err(|j| *j) {
+                            Ok(()) => continue,
+                            // A full queue: the signal goes now.
+                            Err(Job::Then(_, effect)) => effect,
+                            Err(_) => continue,
+                        }
+                    }
+                    other => other,
+                };
                 if let Some(back) = self.carry_out(name, effect) {
                     if let Event::LaunchFailed {
                         role: Role::Next,
@@ -358,9 +385,16 @@ impl Supervisor {
                 let yes = accepts(&self.cfg.sockets.join(&socket));
                 Some(Event::Accepts { socket, yes })
             }
-            Effect::Subscribe(http) => Some(self.subscribe(&http)),
+            Effect::Subscribe(http) => match self.worker.send(Job::Subscribe(name.clone(), http)) {
+                Ok(()) => None,
+                Err(_) => Some(Event::Subscribed {
+                    subs: Vec::new(),
+                    ttl: 6,
+                }),
+            },
             Effect::Withdraw(http) => {
-                self.withdraw(&http);
+                // Best effort: routes expire anyway.
+                let _ = self.worker.send(Job::Withdraw(http));
                 None
             }
             Effect::Alarm { kind, message } => {
@@ -516,15 +550,27 @@ impl Supervisor {
         }
     }
 
-    /// Subscribes every domain to the router; the answers as an event.
-    fn subscribe(&self, http: &Http) -> Event {
-        let (subs, ttl) = self.subscriber.subscribe_all(http, &self.cfg.home);
-        Event::Subscribed { subs, ttl }
-    }
-
-    /// Withdraws these domains on this socket (best effort: routes expire anyway).
-    fn withdraw(&self, http: &Http) {
-        self.subscriber.withdraw_all(http, &self.cfg.home);
+    /// What the subscription thread finished: the router's answers, and
+    /// signals that waited for them (sent only to a process still ours: one
+    /// reaped meanwhile is left alone, its pid may be another's now).
+    fn router_done(&mut self) {
+        for done in self.worker.results() {
+            match done {
+                Done::Subscribed(name, subs, ttl) => {
+                    self.dispatch(&name, Event::Subscribed { subs, ttl });
+                }
+                Done::Then(name, Effect::Kill { pid, signal }) => {
+                    if self
+                        .procs
+                        .get(&name)
+                        .is_some_and(|p| p.pids().any(|x| x == pid))
+                    {
+                        let _ = killpg(Pid::from_raw(pid), signal);
+                    }
+                }
+                Done::Then(..) => {}
+            }
+        }
     }
 
     /// Stores a notification; a failure is only logged (an alarm never stops the supervisor).
@@ -556,13 +602,11 @@ impl Supervisor {
 
     /// Answers one request line of the control socket.
     fn serve(&mut self, line: &[u8]) -> Vec<u8> {
-        let resp = match serde_json::from_slice::<Request>(line) {
+        let resp = match model::control::request::<Request>(line) {
             Ok(req) => self.answer(req),
-            Err(e) => Response::err(format!("bad request: {e}")),
+            Err(refusal) => refusal,
         };
-        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
-        out.push(b'\n');
-        out
+        model::control::line(&resp)
     }
 
     fn answer(&mut self, req: Request) -> Response {

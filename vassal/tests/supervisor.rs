@@ -27,6 +27,16 @@ impl Vassal {
         clock_scale: f64,
         cgroup: Option<&Path>,
     ) -> Vassal {
+        Vassal::start_env(files, extra, clock_scale, cgroup, &[])
+    }
+
+    fn start_env(
+        files: &[(&str, &str)],
+        extra: &[&str],
+        clock_scale: f64,
+        cgroup: Option<&Path>,
+        envs: &[(&str, &Path)],
+    ) -> Vassal {
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(home.path().join("vassals")).unwrap();
         let v = Vassal { home, child: None };
@@ -44,6 +54,7 @@ impl Vassal {
                 "IMPERIUM_CGROUP_DIR",
                 cgroup.unwrap_or(Path::new("/nonexistent")),
             )
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -515,4 +526,70 @@ fn control_clients_that_send_nothing_never_hold_the_loop() {
     flooder.join().unwrap();
     // Once the flood is over, the control socket answers again.
     v.wait_row("web", "running", |r| r["state"] == "running");
+}
+
+/// A router that takes each request and never answers: every subscription
+/// waits out its 2-second timeout, six seconds for three domains. PID 1 talks
+/// to the router from its own thread, so it answers its control socket at
+/// once all along, and the refusals show up in the status in the end.
+#[test]
+fn a_hung_router_never_stalls_the_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = std::os::unix::net::UnixListener::bind(dir.path().join("router.sock")).unwrap();
+    router.set_nonblocking(true).unwrap();
+    let key = dir.path().join("site.key");
+    std::fs::write(&key, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n").unwrap();
+    let sockets = dir.path().join("sockets");
+    std::fs::create_dir(&sockets).unwrap();
+    let listen = "import socket,os,time; s=socket.socket(socket.AF_UNIX); s.bind(os.environ['SOCKET']); s.listen(); time.sleep(600)";
+    let web = format!(
+        "command = [\"python3\", \"-c\", \"{listen}\"]\n[http]\ndomains = [\"a.example\", \"b.example\", \"c.example\"]\nsocket = \"web.sock\""
+    );
+    let v = Vassal::start_env(
+        &[("web", &web)],
+        &[],
+        1.0,
+        None,
+        &[
+            ("IMPERIUM_ROUTER_SOCKET", &dir.path().join("router.sock")),
+            ("IMPERIUM_SITE_KEY", &key),
+            ("IMPERIUM_SOCKETS", &sockets),
+        ],
+    );
+    let mut held = Vec::new();
+    for domain in 1..=2 {
+        // The router holds the next subscription request unanswered...
+        let (conn, _) = wait_for(Duration::from_secs(10), "a subscription request", || {
+            router.accept().ok()
+        });
+        held.push(conn);
+        // ...and the supervisor answers meanwhile.
+        let t = Instant::now();
+        let row = v.row("web").expect("the status is answered");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the status took {:?} while domain {domain}'s subscription hangs",
+            t.elapsed()
+        );
+        assert_eq!(row["state"], "running");
+        assert_eq!(
+            row["subscriptions"],
+            serde_json::json!([]),
+            "no answers yet"
+        );
+    }
+    drop(held);
+    let row = v.wait_row("web", "the answer for every domain", |r| {
+        r["subscriptions"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    for s in row["subscriptions"].as_array().unwrap() {
+        assert_eq!(s["ok"], false, "{s}");
+        assert!(
+            s["answer"]
+                .as_str()
+                .unwrap()
+                .starts_with("router not reachable"),
+            "{s}"
+        );
+    }
 }

@@ -98,20 +98,17 @@ fn a_dead_init_is_restarted_at_once_then_throttled() {
     for _ in 0..5 {
         t += secs(2.0);
         let fx = l.on(exited(l.gen), t, &ctx());
-        assert_eq!(fx[0], Effect::Clean, "its record and leftovers go first");
-        match fx[1..] {
-            [Effect::Start] => waits.push(0),
-            [Effect::RestartAfter { delay, gen }] => {
-                assert_eq!(gen, l.gen);
-                waits.push(delay.as_secs());
-                assert_eq!(
-                    l.on(Event::RestartDue { gen }, t + delay, &ctx()),
-                    [Effect::Start]
-                );
-            }
-            ref other => panic!("{other:?}"),
-        }
+        let [Effect::Restart { delay, gen }] = fx[..] else {
+            panic!("{fx:?}");
+        };
+        assert_eq!(gen, l.gen);
         assert_eq!(l.state, State::Starting);
+        waits.push(delay.as_secs());
+        assert_eq!(
+            l.on(Event::RestartDue { gen }, t + delay, &ctx()),
+            [Effect::Start],
+            "started once its leftovers are gone and the delay passed"
+        );
         l.on(Event::Started, t, &ctx());
     }
     assert_eq!(waits, [0, 1, 2, 4, 4], "doubling up to the max");
@@ -136,7 +133,13 @@ fn a_healthy_run_forgets_earlier_deaths() {
     let mut l = running(t);
     l.backoff.quick_deaths = 3;
     let fx = l.on(exited(1), t + secs(31.0), &ctx());
-    assert_eq!(fx, [Effect::Clean, Effect::Start]);
+    assert_eq!(
+        fx,
+        [Effect::Restart {
+            delay: Duration::ZERO,
+            gen: 1
+        }]
+    );
 }
 
 #[test]
@@ -205,7 +208,7 @@ fn a_restart_by_hand_of_a_throttled_vassal_starts_it_now() {
     l.on(exited(1), t, &ctx());
     l.on(Event::Started, t, &ctx());
     let fx = l.on(exited(2), t, &ctx());
-    let [Effect::Clean, Effect::RestartAfter { gen, .. }] = fx[..] else {
+    let [Effect::Restart { gen, .. }] = fx[..] else {
         panic!("{fx:?}");
     };
     assert_eq!(l.restart(&name("web"), &ctx()), Ok(vec![Effect::Start]));
@@ -266,7 +269,10 @@ fn an_adopted_init_keeps_its_freezer_state() {
     let mut l = Life::adopted(false, t);
     assert_eq!(
         l.on(exited(1), t + secs(60.0), &ctx()),
-        [Effect::Clean, Effect::Start],
+        [Effect::Restart {
+            delay: Duration::ZERO,
+            gen: 1
+        }],
         "an adopted init that dies is restarted like any other"
     );
 }
@@ -293,6 +299,12 @@ fn suspend_and_resume_need_a_running_init_and_a_running_group() {
         l.may_freeze(&web, false, None),
         Err("web is not running".into()),
         "not while it stops"
+    );
+    l.on(Event::Frozen(true), t, &ctx());
+    assert_eq!(
+        l.state,
+        State::Stopped,
+        "a freeze that ends after the stop began changes nothing"
     );
 }
 

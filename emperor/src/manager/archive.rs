@@ -11,7 +11,9 @@ impl Manager {
         let _ = std::fs::remove_file(l.utmp(name));
         let home = match &v.file {
             VassalFile::Group(_) => {
-                let _ = self.tree.remove(&l.group_cgroup(name));
+                // rmdir may wait for the kernel: off the loop.
+                let (tree, cg) = (self.tree.clone(), l.group_cgroup(name));
+                tokio::task::spawn_blocking(move || tree.remove(&cg));
                 self.suspended_groups.remove(name);
                 l.group_home(name)
             }

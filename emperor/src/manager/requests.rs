@@ -26,11 +26,11 @@ impl Manager {
                 m.apply(n, fx);
                 Ok(serde_json::json!("restarting"))
             }),
-            Request::Suspend { name } => self.with_vassal(&name, |m, n| m.freeze(n, true)),
-            Request::Resume { name } => self.with_vassal(&name, |m, n| m.freeze(n, false)),
-            Request::Notify { name, message } => {
-                self.with_vassal(&name, |m, n| m.notify(n, &message))
-            }
+            // The freezer and the vassal binary may take seconds: they run
+            // off the loop and answer from there.
+            Request::Suspend { name } => return self.freeze(&name, true, reply),
+            Request::Resume { name } => return self.freeze(&name, false, reply),
+            Request::Notify { name, message } => return self.notify(&name, &message, reply),
             Request::Purge { name } => match name.parse::<Name>() {
                 Ok(n) => match self.purge(&n) {
                     Ok(0) => Response::err(format!("no archived home of {n}")),
@@ -64,41 +64,90 @@ impl Manager {
         name: &str,
         f: impl FnOnce(&mut Manager, &Name) -> Result<serde_json::Value, String>,
     ) -> Response {
-        let found = name
-            .parse::<Name>()
-            .ok()
-            .filter(|n| self.vassals.contains_key(n));
-        match found {
-            Some(n) => match f(self, &n) {
+        match self.find(name) {
+            Ok(n) => match f(self, &n) {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(e),
             },
-            None => match name
-                .parse::<Name>()
-                .ok()
-                .and_then(|n| self.rejected.get(&n).cloned())
-            {
-                Some(why) => Response::err(format!("{name} is not running: {why}")),
-                None => Response::err(format!("no vassal named {name:?}")),
-            },
+            Err(answer) => answer,
         }
     }
 
-    pub(super) fn freeze(
+    /// The vassal a request names, or the answer that it has none.
+    fn find(&self, name: &str) -> Result<Name, Response> {
+        let parsed = name.parse::<Name>().ok();
+        if let Some(n) = parsed.clone().filter(|n| self.vassals.contains_key(n)) {
+            return Ok(n);
+        }
+        Err(match parsed.and_then(|n| self.rejected.get(&n).cloned()) {
+            Some(why) => Response::err(format!("{name} is not running: {why}")),
+            None => Response::err(format!("no vassal named {name:?}")),
+        })
+    }
+
+    /// `emperor suspend` / `resume`: the freezer (which waits for the
+    /// kernel) runs on the blocking pool; `froze` finishes the request.
+    fn freeze(&mut self, name: &str, frozen: bool, reply: oneshot::Sender<Response>) {
+        let checked = self.find(name).and_then(|n| {
+            let group = self.suspended_group(&n);
+            let v = &self.vassals[&n];
+            v.life
+                .may_freeze(&n, frozen, group.as_ref())
+                .map_err(Response::err)?;
+            let cg = match v.file {
+                VassalFile::Group(_) => self.cfg.layout.group_cgroup(&n),
+                VassalFile::Site(_) => self.cgroup_of(&n, v),
+            };
+            Ok((n, cg))
+        });
+        let (name, cg) = match checked {
+            Ok(found) => found,
+            Err(answer) => {
+                let _ = reply.send(answer);
+                return;
+            }
+        };
+        let (tree, tx) = (self.tree.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || tree.freeze(&cg, frozen))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let _ = tx.send(Event::Froze {
+                name,
+                frozen,
+                result,
+                reply,
+            });
+        });
+    }
+
+    /// The end of a freeze or thaw: the vassal's state, and its group's sites.
+    pub(super) fn froze(
         &mut self,
         name: &Name,
         frozen: bool,
-    ) -> Result<serde_json::Value, String> {
-        let group = self.suspended_group(name);
-        let v = &self.vassals[name];
-        v.life.may_freeze(name, frozen, group.as_ref())?;
-        let is_group = matches!(v.file, VassalFile::Group(_));
-        let cg = if is_group {
-            self.cfg.layout.group_cgroup(name)
-        } else {
-            self.cgroup_of(name, v)
+        result: Result<(), String>,
+    ) -> Response {
+        if let Err(e) = result {
+            return Response::err(e);
+        }
+        let Some(v) = self.vassals.get(name) else {
+            return Response::err(format!("{name} is gone"));
         };
-        self.tree.freeze(&cg, frozen).map_err(|e| e.to_string())?;
+        if frozen && (!v.life.running() || v.life.stopping.is_some()) {
+            // Stopped meanwhile: a frozen init could not end.
+            let is_group = matches!(v.file, VassalFile::Group(_));
+            let cg = if is_group {
+                self.cfg.layout.group_cgroup(name)
+            } else {
+                self.cgroup_of(name, v)
+            };
+            let tree = self.tree.clone();
+            tokio::task::spawn_blocking(move || tree.freeze(&cg, false));
+            return Response::err(format!("{name} is stopping"));
+        }
+        let is_group = matches!(v.file, VassalFile::Group(_));
         self.step(name, lifecycle::Event::Frozen(frozen));
         if is_group {
             if frozen {
@@ -120,7 +169,7 @@ impl Manager {
             }
         }
         tracing::info!(vassal = %name, frozen, "freezer");
-        Ok(serde_json::json!(if frozen {
+        Response::ok(serde_json::json!(if frozen {
             "suspended"
         } else {
             "running"
@@ -129,8 +178,42 @@ impl Manager {
 
     /// Stores a message in the vassal's notifications. The write is made by
     /// the vassal binary running as the tenant, so a link planted in the home
-    /// can lead it nowhere the tenant could not write anyway.
-    pub(super) fn notify(&self, name: &Name, message: &str) -> Result<serde_json::Value, String> {
+    /// can lead it nowhere the tenant could not write anyway; it runs on the
+    /// blocking pool and answers from there.
+    fn notify(&self, name: &str, message: &str, reply: oneshot::Sender<Response>) {
+        let prepared = self
+            .find(name)
+            .and_then(|n| self.notify_command(&n, message).map_err(Response::err));
+        let (name, pidfd, mut cmd) = match prepared {
+            Ok(p) => p,
+            Err(answer) => {
+                let _ = reply.send(answer);
+                return;
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            // The pidfd stays open until the child has joined the namespace.
+            let answer = match cmd.output() {
+                Err(e) => Response::err(format!("running the vassal binary: {e}")),
+                Ok(out) if !out.status.success() => {
+                    Response::err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+                }
+                Ok(_) => {
+                    tracing::info!(vassal = %name, "notification stored");
+                    Response::ok(serde_json::json!("stored"))
+                }
+            };
+            drop(pidfd);
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// The command that stores the notification inside the site, as the tenant.
+    fn notify_command(
+        &self,
+        name: &Name,
+        message: &str,
+    ) -> Result<(Name, Arc<Pidfd>, std::process::Command), String> {
         if message.is_empty() || message.len() > 1000 || message.contains(['\n', '\r', '\0']) {
             return Err("a message is one line of at most 1000 bytes".into());
         }
@@ -152,13 +235,6 @@ impl Manager {
             model::layout::inside::home(v.file.user(name).as_str()),
         );
         init.pidfd.run_inside(&mut cmd, uid);
-        let out = cmd
-            .output()
-            .map_err(|e| format!("running the vassal binary: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        tracing::info!(vassal = %name, "notification stored");
-        Ok(serde_json::json!("stored"))
+        Ok((name.clone(), init.pidfd.clone(), cmd))
     }
 }
