@@ -9,14 +9,13 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use model::layout::inside;
 use model::VassalFile;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use sys::cgroup::{CgroupError, CgroupTree, Limits};
 use sys::launch::{ChildPlan, FsOp, LaunchError, MountOp, Pending};
 use sys::Pidfd;
 
-use crate::spec::{self, Input, SpecError};
+use crate::spec::{self, Input, Source, SpecError};
 
 /// Why a vassal could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -128,12 +127,40 @@ impl Spawner {
     /// symlink, and the socket directory.
     pub fn prepare_host(&self, inp: &Input<'_>) -> Result<(), SpawnError> {
         let home = inp.home();
+        if let VassalFile::Site(s) = inp.file {
+            if let Some(g) = &s.group {
+                owned_dir(&inp.layout.group_home(g), None, 0o755)?;
+            }
+        }
+        // The sources of the container's binds, from the spec's one table.
+        for b in spec::binds(inp) {
+            match b.make {
+                Source::Given => {}
+                Source::Dir { owner, mode } => owned_dir(&b.source, owner, mode)?,
+                Source::Shared => prep(&b.source, std::fs::create_dir_all(&b.source))?,
+                Source::File => {
+                    if !b.source.is_file() {
+                        let parent = b.source.parent().expect("a file in a directory");
+                        owned_dir(parent, None, 0o755)?;
+                        use std::os::unix::fs::OpenOptionsExt;
+                        let made = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create(true)
+                            .truncate(false)
+                            .mode(0o644)
+                            .open(&b.source);
+                        prep(&b.source, made.map(|_| ()))?;
+                    }
+                }
+                Source::SiteKey => prep(
+                    &b.source,
+                    crate::keys::ensure(&inp.layout.state_dir, inp.name, inp.uid).map(|_| ()),
+                )?,
+            }
+        }
         match inp.file {
             VassalFile::Group(_) => {
-                // The group's tree holds its sites' homes: root owns it, so the
-                // reseller cannot swap a site's home for a symlink. What the
-                // reseller's own vassal writes gets directories of its own.
-                owned_dir(&home, None, 0o755)?;
+                // What the reseller's own vassal writes gets directories of its own.
                 owned_dir(&inp.layout.drop_dir(inp.name), Some(inp.uid), 0o750)?;
                 for (dir, mode) in [
                     (crate::spec::GROUP_PROCESSES, 0o750),
@@ -144,10 +171,6 @@ impl Spawner {
                 }
             }
             VassalFile::Site(s) => {
-                if let Some(g) = &s.group {
-                    owned_dir(&inp.layout.group_home(g), None, 0o755)?;
-                }
-                owned_dir(&home, Some(inp.uid), 0o750)?;
                 if s.group.is_some() {
                     let link = inp.layout.site_link(inp.name);
                     if link.symlink_metadata().is_err() {
@@ -156,30 +179,6 @@ impl Spawner {
                     }
                 }
             }
-        }
-        owned_dir(&home.join(inside::USR_LOCAL_IN_HOME), Some(inp.uid), 0o755)?;
-        let router = inp.layout.router_dir();
-        prep(&router, std::fs::create_dir_all(&router))?;
-        if matches!(inp.file, VassalFile::Site(_)) {
-            let key = crate::keys::private_path(&inp.layout.state_dir, inp.name);
-            prep(
-                &key,
-                crate::keys::ensure(&inp.layout.state_dir, inp.name, inp.uid).map(|_| ()),
-            )?;
-        }
-        let sockets = inp.layout.sockets(inp.name);
-        owned_dir(&sockets, Some(inp.uid), 0o750)?;
-        let utmp = inp.layout.utmp(inp.name);
-        if !utmp.is_file() {
-            owned_dir(utmp.parent().expect("a file in a directory"), None, 0o755)?;
-            use std::os::unix::fs::OpenOptionsExt;
-            let made = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&utmp);
-            prep(&utmp, made.map(|_| ()))?;
         }
         Ok(())
     }

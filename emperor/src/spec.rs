@@ -146,6 +146,119 @@ fn fs(dest: &str, typ: &str, opts: &[&str]) -> Result<Mount, SpecError> {
         .build()?)
 }
 
+/// How the host side of one of the container's own binds is made before a start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// It is there already (the vassal binary).
+    Given,
+    /// A directory with this owner (`None`: root) and mode, never a link.
+    Dir {
+        /// Its owner.
+        owner: Option<u32>,
+        /// Its mode.
+        mode: u32,
+    },
+    /// A directory root owns, shared by every container (the router's).
+    Shared,
+    /// An empty file root owns (0644), in a directory root owns.
+    File,
+    /// The site's key pair for the router.
+    SiteKey,
+}
+
+/// One of the container's own binds (the OS entries of the rootfs aside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Where it is mounted in the container.
+    pub dest: String,
+    /// What is mounted, on the host.
+    pub source: PathBuf,
+    /// Its mount options.
+    pub opts: &'static [&'static str],
+    /// How the spawner makes the source before a start.
+    pub make: Source,
+}
+
+const RW: &[&str] = &["bind", "rw", "nosuid", "nodev"];
+const RW_NOEXEC: &[&str] = &["bind", "rw", "nosuid", "nodev", "noexec"];
+const RO: &[&str] = &["bind", "ro", "nosuid", "nodev"];
+const RO_NOEXEC: &[&str] = &["bind", "ro", "nosuid", "nodev", "noexec"];
+
+/// The container's own binds: the one table the spec mounts and the spawner
+/// makes on the host (`Spawner::prepare_host`), so a new bind is one entry here.
+pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
+    let b = |dest: &str, source: PathBuf, opts, make| Bind {
+        dest: dest.to_owned(),
+        source,
+        opts,
+        make,
+    };
+    let home = inp.home();
+    let tenant = |mode| Source::Dir {
+        owner: Some(inp.uid),
+        mode,
+    };
+    let mut v = vec![b(
+        &inside::home(inp.user().as_str()),
+        home.clone(),
+        RW,
+        match inp.file {
+            // A group's tree holds its sites' homes: root owns it, so the
+            // reseller cannot swap a site's home for a symlink.
+            VassalFile::Group(_) => Source::Dir {
+                owner: None,
+                mode: 0o755,
+            },
+            VassalFile::Site(_) => tenant(0o750),
+        },
+    )];
+    if inp.os_root().join("usr/local").is_dir() {
+        // The tenant's own /usr/local, kept in the home.
+        v.push(b(
+            "/usr/local",
+            home.join(inside::USR_LOCAL_IN_HOME),
+            RW,
+            tenant(0o755),
+        ));
+    }
+    v.push(b(
+        inside::SOCKETS,
+        inp.layout.sockets(inp.name),
+        RW_NOEXEC,
+        tenant(0o750),
+    ));
+    // Login records for SSH sessions (sshd writes them as root into the
+    // container it joined); the root itself is read-only.
+    v.push(b(
+        inside::UTMP,
+        inp.layout.utmp(inp.name),
+        RW_NOEXEC,
+        Source::File,
+    ));
+    v.push(b(
+        VASSAL_INSIDE,
+        inp.vassal_exe.to_path_buf(),
+        RO,
+        Source::Given,
+    ));
+    // The router's subscription socket, and a site's key to sign with.
+    v.push(b(
+        inside::ROUTER,
+        inp.layout.router_dir(),
+        RO_NOEXEC,
+        Source::Shared,
+    ));
+    if matches!(inp.file, VassalFile::Site(_)) {
+        v.push(b(
+            inside::SITE_KEY,
+            crate::keys::private_path(&inp.layout.state_dir, inp.name),
+            RO_NOEXEC,
+            Source::SiteKey,
+        ));
+    }
+    v
+}
+
 /// Which OS entries of the rootfs are directories to bind (symlinks are
 /// recreated in the skeleton instead, as on usr-merged systems).
 fn shared_entries(os_root: &Path) -> Vec<(String, PathBuf)> {
@@ -198,19 +311,8 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         &["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"],
     )?);
     mounts.push(fs("/tmp", "tmpfs", &["nosuid", "nodev", "mode=1777"])?);
-    let home = inp.home();
-    mounts.push(bind(
-        &home_inside,
-        &home,
-        &["bind", "rw", "nosuid", "nodev"],
-    )?);
-    if os_root.join("usr/local").is_dir() {
-        let local = home.join(inside::USR_LOCAL_IN_HOME);
-        mounts.push(bind(
-            "/usr/local",
-            &local,
-            &["bind", "rw", "nosuid", "nodev"],
-        )?);
+    for b in binds(inp) {
+        mounts.push(bind(&b.dest, &b.source, b.opts)?);
     }
     // The site's own cgroup, read-only: the cgroup namespace roots what is
     // mounted at the site, so the tenant sees its figures and limits and
@@ -229,37 +331,6 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
                 &["ro", "nosuid", "nodev", "noexec", ctl],
             )?);
         }
-    }
-    mounts.push(bind(
-        inside::SOCKETS,
-        &inp.layout.sockets(inp.name),
-        &["bind", "rw", "nosuid", "nodev", "noexec"],
-    )?);
-    // Login records for SSH sessions (sshd writes them as root into the
-    // container it joined); the root itself is read-only.
-    mounts.push(bind(
-        inside::UTMP,
-        &inp.layout.utmp(inp.name),
-        &["bind", "rw", "nosuid", "nodev", "noexec"],
-    )?);
-    mounts.push(bind(
-        VASSAL_INSIDE,
-        inp.vassal_exe,
-        &["bind", "ro", "nosuid", "nodev"],
-    )?);
-    // The router's subscription socket, and a site's key to sign with.
-    mounts.push(bind(
-        inside::ROUTER,
-        &inp.layout.router_dir(),
-        &["bind", "ro", "nosuid", "nodev", "noexec"],
-    )?);
-    if matches!(inp.file, VassalFile::Site(_)) {
-        let key = crate::keys::private_path(&inp.layout.state_dir, inp.name);
-        mounts.push(bind(
-            inside::SITE_KEY,
-            &key,
-            &["bind", "ro", "nosuid", "nodev", "noexec"],
-        )?);
     }
 
     let none: Capabilities = Default::default();
