@@ -5,23 +5,17 @@
 
 use std::io::{self, Read};
 use std::os::unix::fs::{chown, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use ed25519_dalek::SigningKey;
-use model::Name;
-
-/// Where a site's private key lives on the host.
-pub fn private_path(state_dir: &Path, name: &Name) -> PathBuf {
-    state_dir.join("keys").join(format!("{name}.key"))
-}
+use model::{Layout, Name};
 
 /// The base64 public key of `name`, making the pair (owned by `uid`) the first time.
-pub fn ensure(state_dir: &Path, name: &Name, uid: u32) -> io::Result<String> {
-    let dir = state_dir.join("keys");
+pub fn ensure(layout: &Layout, name: &Name, uid: u32) -> io::Result<String> {
+    let dir = layout.site_keys_dir();
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-    let path = private_path(state_dir, name);
+    let path = layout.site_key(name);
     let b64 = base64::engine::general_purpose::STANDARD;
     let seed: [u8; 32] = match std::fs::read_to_string(&path) {
         Ok(text) => b64
@@ -68,13 +62,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n: model::Name = "site1".parse().unwrap();
         let uid = nix::unistd::getuid().as_raw();
-        let a = super::ensure(dir.path(), &n, uid).unwrap();
-        let b = super::ensure(dir.path(), &n, uid).unwrap();
+        let layout = model::Layout {
+            state_dir: dir.path().to_path_buf(),
+            ..model::Layout::default()
+        };
+        let a = super::ensure(&layout, &n, uid).unwrap();
+        let b = super::ensure(&layout, &n, uid).unwrap();
         assert_eq!(a, b, "the pair is made once");
         // A temporary file left by a crash does not stop the next site's pair.
         let m: model::Name = "site2".parse().unwrap();
         std::fs::write(dir.path().join("keys/.site2.key.tmp"), "half").unwrap();
-        assert!(super::ensure(dir.path(), &m, uid).is_ok());
+        assert!(super::ensure(&layout, &m, uid).is_ok());
         assert_eq!(
             base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &a)
                 .unwrap()
@@ -82,7 +80,7 @@ mod tests {
             32
         );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(super::private_path(dir.path(), &n))
+        let mode = std::fs::metadata(layout.site_key(&n))
             .unwrap()
             .permissions()
             .mode();

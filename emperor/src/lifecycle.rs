@@ -152,6 +152,26 @@ impl Default for Life {
     }
 }
 
+/// Why a control request cannot act on a vassal now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A restart while it is being stopped.
+    #[error("{0} is already stopping")]
+    Stopping(Name),
+    /// A suspend or resume of a vassal with no init, or one being stopped.
+    #[error("{0} is not running")]
+    NotRunning(Name),
+    /// A resume of a site whose group is suspended.
+    #[error("{name}'s group {group} is suspended; resume the group")]
+    GroupSuspended {
+        /// The site.
+        name: Name,
+        /// Its group.
+        group: Name,
+    },
+}
+
 type Effects = Vec<Effect>;
 
 impl Life {
@@ -304,9 +324,9 @@ impl Life {
 
     /// `emperor restart`: a running vassal is stopped and started; one that
     /// does not run (failed, throttled) is started now, its throttle forgotten.
-    pub fn restart(&mut self, name: &Name, ctx: &Ctx) -> Result<Effects, String> {
+    pub fn restart(&mut self, name: &Name, ctx: &Ctx) -> Result<Effects, Refusal> {
         if self.stopping.is_some() {
-            return Err(format!("{name} is already stopping"));
+            return Err(Refusal::Stopping(name.clone()));
         }
         if self.running() {
             return Ok(self.stop(After::Start));
@@ -325,12 +345,15 @@ impl Life {
         name: &Name,
         frozen: bool,
         suspended_group: Option<&Name>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         if !self.running() || self.stopping.is_some() {
-            return Err(format!("{name} is not running"));
+            return Err(Refusal::NotRunning(name.clone()));
         }
         match suspended_group {
-            Some(g) if !frozen => Err(format!("{name}'s group {g} is suspended; resume the group")),
+            Some(g) if !frozen => Err(Refusal::GroupSuspended {
+                name: name.clone(),
+                group: g.clone(),
+            }),
             _ => Ok(()),
         }
     }

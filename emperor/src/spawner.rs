@@ -154,7 +154,7 @@ impl Spawner {
                 }
                 Source::SiteKey => prep(
                     &b.source,
-                    crate::keys::ensure(&inp.layout.state_dir, inp.name, inp.uid).map(|_| ()),
+                    crate::keys::ensure(inp.layout, inp.name, inp.uid).map(|_| ()),
                 )?,
             }
         }
@@ -162,12 +162,13 @@ impl Spawner {
             VassalFile::Group(_) => {
                 // What the reseller's own vassal writes gets directories of its own.
                 owned_dir(&inp.layout.drop_dir(inp.name), Some(inp.uid), 0o750)?;
+                use model::layout::home as h;
                 for (dir, mode) in [
-                    (crate::spec::GROUP_PROCESSES, 0o750),
-                    ("logs", 0o750),
-                    (".imperium", 0o700),
+                    (h::processes(&home), 0o750),
+                    (h::logs(&home), 0o750),
+                    (h::private(&home), 0o700),
                 ] {
-                    owned_dir(&home.join(dir), Some(inp.uid), mode)?;
+                    owned_dir(&dir, Some(inp.uid), mode)?;
                 }
             }
             VassalFile::Site(s) => {

@@ -251,7 +251,7 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
     if matches!(inp.file, VassalFile::Site(_)) {
         v.push(b(
             inside::SITE_KEY,
-            crate::keys::private_path(&inp.layout.state_dir, inp.name),
+            inp.layout.site_key(inp.name),
             RO_NOEXEC,
             Source::SiteKey,
         ));
@@ -463,13 +463,14 @@ fn init_args(file: &VassalFile, home_inside: &str) -> Vec<String> {
     let mut args = vec![VASSAL_INSIDE.to_owned(), "init".to_owned()];
     if matches!(file, VassalFile::Group(_)) {
         args.push("--processes".to_owned());
-        args.push(format!("{home_inside}/{GROUP_PROCESSES}"));
+        args.push(
+            model::layout::home::processes(Path::new(home_inside))
+                .display()
+                .to_string(),
+        );
     }
     args
 }
-
-/// A group's own process files, in its home.
-pub const GROUP_PROCESSES: &str = "processes";
 
 /// The default seccomp policy in OCI terms (the same rules the spawner compiles).
 fn seccomp() -> Result<oci_spec::runtime::LinuxSeccomp, SpecError> {

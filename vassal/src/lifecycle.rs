@@ -259,6 +259,38 @@ pub struct Proc {
     pub retiring: Vec<(i32, Option<Instant>)>,
 }
 
+/// Why a request of the tenant's cannot act on a process now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// `stop` of a process that does not run.
+    NotRunning(Name),
+    /// `start` of a process that runs.
+    AlreadyRunning(Name),
+    /// `reload` of a process that cannot start a new instance beside the old.
+    CannotHandOver(Name),
+    /// `reload` while a hand-over is under way.
+    HandingOver(Name),
+    /// `reload` before the process accepts: nothing to hand over from.
+    NotServing(Name),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotRunning(n) => write!(f, "{n} is not running"),
+            Refusal::AlreadyRunning(n) => write!(f, "{n} is already running"),
+            Refusal::CannotHandOver(n) => write!(
+                f,
+                "{n} cannot hand over: it needs [http] and {{socket}} in its command (or env) \
+                 so that a new instance listens beside the old one; `vassal restart {n}` stops then starts"
+            ),
+            Refusal::HandingOver(n) => write!(f, "{n} is already handing over"),
+            Refusal::NotServing(n) => write!(f, "{n} is not serving yet: nothing to hand over from"),
+        }
+    }
+}
+
 type Effects = Vec<Effect>;
 
 impl Proc {
@@ -316,22 +348,23 @@ impl Proc {
         .min()
     }
 
-    /// Why `vassal reload` cannot hand over now, if it cannot.
-    pub fn reload_refusal(&self) -> Option<String> {
-        let n = &self.name;
-        if !self.spec.hands_over() {
-            return Some(format!(
-                "{n} cannot hand over: it needs [http] and {{socket}} in its command (or env) \
-                 so that a new instance listens beside the old one; `vassal restart {n}` stops then starts"
-            ));
+    /// Why the tenant's request cannot act now, if it cannot: `stop` of a
+    /// process that does not run, `start` of one that does, `reload` of one
+    /// that cannot hand over now.
+    pub fn refusal(&self, ev: &Event, reload: bool) -> Option<Refusal> {
+        let n = self.name.clone();
+        match ev {
+            Event::Stop if self.pid.is_none() && self.state == State::Stopped => {
+                Some(Refusal::NotRunning(n))
+            }
+            Event::Start if self.pid.is_some() => Some(Refusal::AlreadyRunning(n)),
+            Event::Restart if reload && !self.spec.hands_over() => Some(Refusal::CannotHandOver(n)),
+            Event::Restart if reload && self.next.is_some() => Some(Refusal::HandingOver(n)),
+            Event::Restart if reload && !(self.pid.is_some() && self.ready) => {
+                Some(Refusal::NotServing(n))
+            }
+            _ => None,
         }
-        if self.next.is_some() {
-            return Some(format!("{n} is already handing over"));
-        }
-        if !(self.pid.is_some() && self.ready) {
-            return Some(format!("{n} is not serving yet: nothing to hand over from"));
-        }
-        None
     }
 
     /// Takes one event; returns what to do.

@@ -47,14 +47,14 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    pub fn bind(sockets: &Path, logs: &Path) -> Option<AccessLog> {
+    pub fn bind(sockets: &Path, home: &Path) -> Option<AccessLog> {
         let at = sockets.join(ACCESS_SOCKET);
         let _ = std::fs::remove_file(&at);
         let socket = std::os::unix::net::UnixDatagram::bind(&at).ok()?;
         socket.set_nonblocking(true).ok()?;
         Some(AccessLog {
             socket,
-            path: logs.join("access.log"),
+            path: model::layout::home::access_log(home),
             file: None,
             warned: false,
         })

@@ -97,11 +97,7 @@ fn run(args: &[String]) -> Result<i32, String> {
                 .unwrap_or_else(|| PathBuf::from(model::layout::inside::SOCKETS)),
         })
     };
-    let socket = || {
-        home()
-            .join(".imperium")
-            .join(model::layout::names::VASSAL_SOCKET)
-    };
+    let socket = || model::layout::home::control_socket(&home());
     let name = || {
         args.get(1)
             .cloned()
@@ -166,7 +162,7 @@ fn run(args: &[String]) -> Result<i32, String> {
                     .ok_or("-n needs a number")?,
                 _ => 100,
             };
-            let path = home().join("logs").join(format!("{n}.log"));
+            let path = model::layout::home::log(&home(), &n);
             let text = logs::tail(&path, lines)
                 .map_err(|e| format!("no log for {n} ({}: {e})", path.display()))?;
             for l in text {

@@ -21,11 +21,11 @@ pub struct Notification {
 
 /// The database of the home `home`.
 pub fn path(home: &Path) -> PathBuf {
-    home.join(".imperium").join("notifications.db")
+    model::layout::home::notifications(home)
 }
 
 fn open(home: &Path) -> rusqlite::Result<Connection> {
-    let _ = std::fs::create_dir_all(home.join(".imperium"));
+    let _ = std::fs::create_dir_all(model::layout::home::private(home));
     let db = Connection::open(path(home))?;
     db.busy_timeout(std::time::Duration::from_secs(2))?;
     db.execute_batch(

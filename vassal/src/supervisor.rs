@@ -71,17 +71,15 @@ impl Settings {
     pub fn vassals(&self) -> PathBuf {
         self.processes
             .clone()
-            .unwrap_or_else(|| self.home.join("vassals"))
+            .unwrap_or_else(|| model::layout::home::vassals(&self.home))
     }
     /// `~/logs`.
     pub fn logs(&self) -> PathBuf {
-        self.home.join("logs")
+        model::layout::home::logs(&self.home)
     }
     /// The control socket, `~/.imperium/vassal.sock`.
     pub fn socket(&self) -> PathBuf {
-        self.home
-            .join(".imperium")
-            .join(model::layout::names::VASSAL_SOCKET)
+        model::layout::home::control_socket(&self.home)
     }
 }
 
@@ -159,14 +157,14 @@ impl Supervisor {
         for d in [
             self.cfg.vassals(),
             self.cfg.logs(),
-            self.cfg.home.join(".imperium"),
+            model::layout::home::private(&self.cfg.home),
         ] {
             let _ = std::fs::create_dir_all(d);
         }
         // The supervisor's own messages go to the tenant's ~/logs/vassal.log
         // (PID 1 is started with /dev/null as stdout and stderr).
         if std::process::id() == 1 {
-            redirect_output(&self.cfg.logs().join("vassal.log"));
+            redirect_output(&model::layout::home::supervisor_log(&self.cfg.home));
             // Not dumpable: the tenant's processes (same uid) can neither
             // ptrace PID 1 nor take its descriptors or read its memory.
             let _ = nix::sys::prctl::set_dumpable(false);
@@ -193,7 +191,7 @@ impl Supervisor {
             );
         }
 
-        let mut access = AccessLog::bind(&self.cfg.sockets, &self.cfg.logs());
+        let mut access = AccessLog::bind(&self.cfg.sockets, &self.cfg.home);
         let mut clients: Vec<Client> = Vec::new();
 
         self.reload();
@@ -281,7 +279,10 @@ impl Supervisor {
             let now = self.clock.now().at;
             if now.saturating_duration_since(last_rotation) >= Duration::from_secs(1) {
                 self.rotate_logs();
-                rotate(&self.cfg.logs().join("access.log"), ACCESS_LOG_MAX);
+                rotate(
+                    &model::layout::home::access_log(&self.cfg.home),
+                    ACCESS_LOG_MAX,
+                );
                 if let Some(a) = &mut access {
                     a.reopen();
                 }
@@ -594,7 +595,7 @@ impl Supervisor {
     fn rotate_logs(&self) {
         for (name, p) in &self.procs {
             rotate(
-                &self.cfg.logs().join(format!("{name}.log")),
+                &model::layout::home::log(&self.cfg.home, name.as_str()),
                 p.spec.file.log_max.0,
             );
         }
@@ -639,25 +640,16 @@ impl Supervisor {
             };
         };
         let p = &self.procs[&n];
+        let reload = matches!(req, Request::Reload { .. });
         let (event, done) = match req {
-            Request::Stop { .. } => {
-                if p.pid.is_none() && p.state == State::Stopped {
-                    return Response::err(format!("{n} is not running"));
-                }
-                (Event::Stop, "stopping")
-            }
-            Request::Start { .. } => {
-                if p.pid.is_some() {
-                    return Response::err(format!("{n} is already running"));
-                }
-                (Event::Start, "started")
-            }
-            Request::Reload { .. } if p.reload_refusal().is_some() => {
-                return Response::err(p.reload_refusal().unwrap_or_default());
-            }
+            Request::Stop { .. } => (Event::Stop, "stopping"),
+            Request::Start { .. } => (Event::Start, "started"),
             Request::Restart { .. } | Request::Reload { .. } => (Event::Restart, "restarting"),
             Request::Status => unreachable!("answered above"),
         };
+        if let Some(refusal) = p.refusal(&event, reload) {
+            return Response::err(refusal.to_string());
+        }
         let failed = self.dispatch(&n, event);
         let handing_over = self.procs.get(&n).is_some_and(|p| p.next.is_some());
         match failed {

@@ -195,7 +195,7 @@ fn a_restart_by_hand_stops_then_starts_a_running_vassal() {
     assert_eq!(l.reason.as_deref(), Some("restarting"));
     assert_eq!(
         l.restart(&name("web"), &ctx()),
-        Err("web is already stopping".into())
+        Err(Refusal::Stopping(name("web")))
     );
     assert_eq!(l.on(Event::StopDone, t, &ctx()), [Effect::Start]);
     assert_eq!((l.state, l.restarts), (State::Starting, 1));
@@ -284,20 +284,33 @@ fn suspend_and_resume_need_a_running_init_and_a_running_group() {
     let idle = Life::default();
     assert_eq!(
         idle.may_freeze(&web, true, None),
-        Err("web is not running".into())
+        Err(Refusal::NotRunning(web.clone()))
+    );
+    assert_eq!(
+        Refusal::NotRunning(web.clone()).to_string(),
+        "web is not running"
     );
     let mut l = running(t);
     assert_eq!(l.may_freeze(&web, true, Some(&shop)), Ok(()));
     assert_eq!(
         l.may_freeze(&web, false, Some(&shop)),
-        Err("web's group shop is suspended; resume the group".into())
+        Err(Refusal::GroupSuspended {
+            name: web.clone(),
+            group: shop.clone()
+        })
+    );
+    assert_eq!(
+        l.may_freeze(&web, false, Some(&shop))
+            .unwrap_err()
+            .to_string(),
+        "web's group shop is suspended; resume the group"
     );
     l.on(Event::Frozen(true), t, &ctx());
     assert_eq!(l.state, State::Suspended);
     l.on(Event::Stop(After::Start), t, &ctx());
     assert_eq!(
         l.may_freeze(&web, false, None),
-        Err("web is not running".into()),
+        Err(Refusal::NotRunning(web.clone())),
         "not while it stops"
     );
     l.on(Event::Frozen(true), t, &ctx());

@@ -69,7 +69,7 @@ impl Manager {
                 continue;
             };
             if !self.public_keys.contains_key(name) {
-                match crate::keys::ensure(&self.cfg.layout.state_dir, name, uid) {
+                match crate::keys::ensure(&self.cfg.layout, name, uid) {
                     Ok(k) => {
                         self.public_keys.insert(name.clone(), k);
                     }

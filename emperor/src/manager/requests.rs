@@ -22,7 +22,7 @@ impl Manager {
                     throttle: &m.cfg.throttle,
                     suspended_group: group.as_ref(),
                 };
-                let fx = v.life.restart(n, &ctx)?;
+                let fx = v.life.restart(n, &ctx).map_err(|e| e.to_string())?;
                 m.apply(n, fx);
                 Ok(serde_json::json!("restarting"))
             }),
@@ -93,7 +93,7 @@ impl Manager {
             let v = &self.vassals[&n];
             v.life
                 .may_freeze(&n, frozen, group.as_ref())
-                .map_err(Response::err)?;
+                .map_err(|e| Response::err(e.to_string()))?;
             let cg = match v.file {
                 VassalFile::Group(_) => self.cfg.layout.group_cgroup(&n),
                 VassalFile::Site(_) => self.cgroup_of(&n, v),

@@ -56,7 +56,17 @@ impl Layout {
 
     /// A reseller's drop directory.
     pub fn drop_dir(&self, group: &Name) -> PathBuf {
-        self.group_home(group).join("vassals")
+        home::vassals(&self.group_home(group))
+    }
+
+    /// The directory of the sites' private keys for the router.
+    pub fn site_keys_dir(&self) -> PathBuf {
+        self.state_dir.join("keys")
+    }
+
+    /// A site's private key for the router (bound at [`inside::SITE_KEY`]).
+    pub fn site_key(&self, site: &Name) -> PathBuf {
+        self.site_keys_dir().join(format!("{site}.key"))
     }
 
     /// A site's home: inside its group's tree, or directly under the home root.
@@ -190,6 +200,49 @@ pub mod names {
     pub const ACCESS_LOG_SOCKET: &str = ".access-log";
     /// The vassal's control socket, in `~/.imperium`.
     pub const VASSAL_SOCKET: &str = "vassal.sock";
+}
+
+/// What a home holds, wherever it is mounted (the vassal reads it from
+/// inside, the emperor makes it from outside).
+pub mod home {
+    use std::path::{Path, PathBuf};
+
+    /// The process files (`~/vassals`; a reseller's drop directory of site files).
+    pub fn vassals(home: &Path) -> PathBuf {
+        home.join("vassals")
+    }
+    /// A reseller's own process files.
+    pub fn processes(home: &Path) -> PathBuf {
+        home.join("processes")
+    }
+    /// The logs: one per process, the supervisor's, the access log.
+    pub fn logs(home: &Path) -> PathBuf {
+        home.join("logs")
+    }
+    /// A process's log.
+    pub fn log(home: &Path, process: &str) -> PathBuf {
+        logs(home).join(format!("{process}.log"))
+    }
+    /// The supervisor's own log.
+    pub fn supervisor_log(home: &Path) -> PathBuf {
+        logs(home).join("vassal.log")
+    }
+    /// The site's access log (written by the vassal from the router's datagrams).
+    pub fn access_log(home: &Path) -> PathBuf {
+        logs(home).join("access.log")
+    }
+    /// The supervisor's private directory.
+    pub fn private(home: &Path) -> PathBuf {
+        home.join(".imperium")
+    }
+    /// The supervisor's control socket.
+    pub fn control_socket(home: &Path) -> PathBuf {
+        private(home).join(super::names::VASSAL_SOCKET)
+    }
+    /// The notifications database.
+    pub fn notifications(home: &Path) -> PathBuf {
+        private(home).join("notifications.db")
+    }
 }
 
 /// Where a container sees things, whatever the host layout.

@@ -1,5 +1,6 @@
 //! Every transition of a process, with made-up times: no process is started,
 //! no socket opened, no clock read (but one base instant).
+//! Long on purpose: one test per transition, each readable on its own.
 
 use super::*;
 
@@ -744,20 +745,45 @@ fn a_stop_during_a_hand_over_ends_both_instances() {
 #[test]
 fn a_reload_says_why_it_cannot_hand_over() {
     let now = t0();
+    let reload = |p: &Proc| p.refusal(&Event::Restart, true).map(|r| r.to_string());
     let plain = running(PLAIN, 40, now);
-    assert!(plain
-        .reload_refusal()
+    assert!(reload(&plain)
         .is_some_and(|r| r.starts_with("web cannot hand over: it needs [http] and {socket}")));
+    assert_eq!(
+        plain.refusal(&Event::Restart, false),
+        None,
+        "a restart stops then starts"
+    );
     let starting = running(WEB, 40, now);
     assert_eq!(
-        starting.reload_refusal().as_deref(),
+        reload(&starting).as_deref(),
         Some("web is not serving yet: nothing to hand over from")
     );
     assert_eq!(
-        handing_over(now).reload_refusal().as_deref(),
+        reload(&handing_over(now)).as_deref(),
         Some("web is already handing over")
     );
-    assert_eq!(serving(40, now).reload_refusal(), None);
+    assert_eq!(reload(&serving(40, now)), None);
+}
+
+#[test]
+fn start_and_stop_by_hand_say_when_there_is_nothing_to_do() {
+    let now = t0();
+    let mut p = running(PLAIN, 40, now);
+    assert_eq!(
+        p.refusal(&Event::Start, false),
+        Some(Refusal::AlreadyRunning(p.name.clone()))
+    );
+    assert_eq!(p.refusal(&Event::Stop, false), None);
+    p.on(Event::Stop, now, &ctx());
+    p.on(exited(40, true), now, &ctx());
+    assert_eq!(
+        p.refusal(&Event::Stop, false)
+            .map(|r| r.to_string())
+            .as_deref(),
+        Some("web is not running")
+    );
+    assert_eq!(p.refusal(&Event::Start, false), None);
 }
 
 #[test]

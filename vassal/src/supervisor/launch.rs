@@ -42,7 +42,7 @@ impl Supervisor {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.cfg.logs().join(format!("{name}.log")));
+            .open(model::layout::home::log(&self.cfg.home, name.as_str()));
         let (out, err) = match log.and_then(|l| Ok((l.try_clone()?, l))) {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(_) => (Stdio::null(), Stdio::null()),
