@@ -11,6 +11,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod manager;
 pub mod scan;
+pub mod scope;
 pub mod spawner;
 pub mod spec;
 mod watch;
@@ -151,6 +152,7 @@ pub async fn run(
         Duration::from_secs(3600)
     });
     tokio::pin!(shutdown);
+    let mut status = String::new();
     let mut last_scan = tokio::time::Instant::now();
     let mut gap = Duration::ZERO;
     let mut scan_due: Option<tokio::time::Instant> = None;
@@ -185,6 +187,12 @@ pub async fn run(
                     }
                 }
                 mgr.publish_dominion();
+                // systemd's status line (`systemctl status`), when it changed.
+                let now = mgr.status_line();
+                if now != status {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&now)]);
+                    status = now;
+                }
                 if mgr.shutdown_done() {
                     mgr.finish_shutdown();
                     break;

@@ -43,6 +43,12 @@ enum Cmd {
         /// The vassal binary (default: `vassal` beside this program).
         #[arg(long)]
         vassal_bin: Option<PathBuf>,
+        /// Keep the site tree in a systemd scope of its own,
+        /// `machine.slice/<cgroup-root>.scope` with `Delegate=yes`, which
+        /// outlives restarts of the emperor's service (cgroup v2 under systemd;
+        /// the unit file sets it).
+        #[arg(long)]
+        systemd_scope: bool,
         /// Seconds an init has to exit after SIGTERM.
         #[arg(long, default_value_t = 10.0)]
         stop_grace: f64,
@@ -105,6 +111,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             cgroup_root,
             vassal_bin,
+            systemd_scope,
             stop_grace,
             throttle_base,
             throttle_max,
@@ -119,6 +126,20 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     "vassal binary {} not found (use --vassal-bin)",
                     vassal_exe.display()
                 );
+            }
+            let mut tree: Arc<dyn sys::CgroupTree> =
+                Arc::from(sys::cgroup::detect().context("finding the cgroup hierarchies")?);
+            let mut cgroup_root = cgroup_root;
+            if systemd_scope {
+                if tree.version() != sys::cgroup::Version::V2 {
+                    bail!("--systemd-scope needs cgroup v2 (this host mounts v1)");
+                }
+                let rel = emperor::scope::ensure(&cgroup_root)?;
+                tree = Arc::new(sys::cgroup::V2::delegated(
+                    PathBuf::from("/sys/fs/cgroup"),
+                    &rel,
+                )?);
+                cgroup_root = rel;
             }
             let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
             let cfg = emperor::Config {
@@ -136,9 +157,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 },
                 stop_grace: secs(stop_grace),
                 vassal_exe,
+                systemd_scope,
             };
-            let tree: Arc<dyn sys::CgroupTree> =
-                Arc::from(sys::cgroup::detect().context("finding the cgroup hierarchies")?);
             tracing::info!(version = ?tree.version(), "cgroups");
             let shutdown = async {
                 use tokio::signal::unix::{signal, SignalKind};

@@ -48,6 +48,8 @@ pub struct Config {
     pub stop_grace: Duration,
     /// The vassal binary.
     pub vassal_exe: PathBuf,
+    /// The site tree is a systemd scope (`layout.cgroup_root`): see `scope`.
+    pub systemd_scope: bool,
 }
 
 /// Something that happened.
@@ -205,6 +207,20 @@ impl Manager {
             .collect()
     }
 
+    /// One line for systemd's status: how many vassals run, of how many.
+    pub fn status_line(&self) -> String {
+        let running = self
+            .vassals
+            .values()
+            .filter(|v| v.life.state == State::Running || v.life.state == State::Suspended)
+            .count();
+        format!(
+            "{running} of {} vassals running, {} refused",
+            self.vassals.len(),
+            self.rejected.len()
+        )
+    }
+
     /// Whether a shutdown has finished (every vassal stopped).
     pub fn shutdown_done(&self) -> bool {
         self.shutdown_reply.is_some() && self.vassals.is_empty()
@@ -212,9 +228,11 @@ impl Manager {
 
     /// Finishes a shutdown: removes the emperor's cgroup subtree and answers the caller.
     pub fn finish_shutdown(&mut self) {
-        let _ = self
-            .tree
-            .remove(self.cfg.layout.cgroup_root.trim_matches('/'));
+        let root = self.cfg.layout.cgroup_root.trim_matches('/');
+        if self.cfg.systemd_scope {
+            crate::scope::release(root);
+        }
+        let _ = self.tree.remove(root);
         if let Some(tx) = self.shutdown_reply.take() {
             let _ = tx.send(Response::ok(serde_json::json!("stopped")));
         }
@@ -371,16 +389,25 @@ impl Manager {
 
     /// Gives one event to a vassal's lifecycle and carries out what follows.
     fn step(&mut self, name: &Name, ev: lifecycle::Event) {
+        if let Some(fx) = self.decide(name, |life, ctx| life.on(ev, now(), ctx)) {
+            self.apply(name, fx);
+        }
+    }
+
+    /// Runs a decision of the vassal's lifecycle in its context (its group
+    /// suspended or not, the throttle); `None` for a vassal that is gone.
+    fn decide<R>(
+        &mut self,
+        name: &Name,
+        f: impl FnOnce(&mut Life, &lifecycle::Ctx) -> R,
+    ) -> Option<R> {
         let group = self.suspended_group(name);
-        let Some(v) = self.vassals.get_mut(name) else {
-            return;
-        };
+        let v = self.vassals.get_mut(name)?;
         let ctx = lifecycle::Ctx {
             throttle: &self.cfg.throttle,
             suspended_group: group.as_ref(),
         };
-        let fx = v.life.on(ev, now(), &ctx);
-        self.apply(name, fx);
+        Some(f(&mut v.life, &ctx))
     }
 
     /// The vassal's group, if it is a site of a suspended group.
@@ -454,15 +481,10 @@ impl Manager {
         let mut pending: std::collections::VecDeque<(Name, Begun)> =
             std::collections::VecDeque::new();
         for name in names {
-            let group = self.suspended_group(name);
-            let Some(v) = self.vassals.get_mut(name) else {
-                continue;
+            let start = |life: &mut Life, ctx: &lifecycle::Ctx| {
+                life.on(lifecycle::Event::Start, now(), ctx) == [Effect::Start]
             };
-            let ctx = lifecycle::Ctx {
-                throttle: &self.cfg.throttle,
-                suspended_group: group.as_ref(),
-            };
-            if v.life.on(lifecycle::Event::Start, now(), &ctx) != [Effect::Start] {
+            if self.decide(name, start) != Some(true) {
                 continue;
             }
             if let Some(b) = self.begin_start(name) {

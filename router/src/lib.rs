@@ -256,6 +256,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     )?;
     let max = fit_connections(cfg.max_connections);
     tracing::info!(http = %http.local_addr()?, https = %https.local_addr()?, max_connections = max, "router ready");
+    // Under systemd (`Type=notify`): ready once every listener is bound.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     tokio::spawn(watch_dominion(
         state.clone(),

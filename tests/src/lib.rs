@@ -69,8 +69,22 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", u32::from_ne_bytes(b))
 }
 
+/// How long a test may wait for something that takes `d` on this machine:
+/// `d` times `IMPERIUM_TEST_SLOWDOWN` (a VM under software emulation runs
+/// about 20 times slower; `scripts/test-vm` sets it). Only deadlines scale,
+/// never what a test asserts about speed.
+pub fn patience(d: Duration) -> Duration {
+    let factor = std::env::var("IMPERIUM_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(1);
+    d * factor
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
 pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let limit = patience(limit);
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -189,7 +203,7 @@ impl Emperor {
         self.child = Some(child);
         let start = Instant::now();
         while self.try_status().is_none() {
-            if start.elapsed() > Duration::from_secs(10) {
+            if start.elapsed() > patience(Duration::from_secs(10)) {
                 panic!(
                     "timed out after 10s waiting for the emperor's control socket; log:\n{}",
                     self.log()
@@ -246,7 +260,7 @@ impl Emperor {
 
     /// Waits until `name`'s row satisfies `pred`, and returns it.
     pub fn wait_row(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let limit = Duration::from_secs(15);
+        let limit = patience(Duration::from_secs(15));
         let start = Instant::now();
         loop {
             let row = self.row(name);
@@ -319,7 +333,7 @@ impl Drop for Emperor {
                 .stderr(Stdio::null())
                 .status();
             if let Some(mut c) = self.child.take() {
-                let deadline = Instant::now() + Duration::from_secs(10);
+                let deadline = Instant::now() + patience(Duration::from_secs(10));
                 while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }

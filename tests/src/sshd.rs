@@ -227,28 +227,7 @@ impl Sshd {
 
     /// The ssh command line, to spawn it in the background.
     pub fn ssh_command(&self, user: &str, flags: &[&str], command: &str) -> Command {
-        let mut c = Command::new("timeout");
-        c.arg("30")
-            .arg("ssh")
-            .args(["-F", "/dev/null", "-p", &self.port.to_string(), "-i"])
-            .arg(self.keys.dir.path().join("client"))
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=INFO",
-            ])
-            .args(flags)
-            .arg(format!("{user}@127.0.0.1"))
-            .arg(command)
-            .stdin(Stdio::null());
-        c
+        client(&self.keys, self.port, 30, user, flags, command)
     }
 
     /// sshd's log so far.
@@ -306,4 +285,38 @@ fn binds(d: &Path) -> String {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
+}
+
+/// An ssh client for tests: the client key of `keys`, no configuration of the
+/// machine's, no host key checks, given up after `limit` seconds.
+pub fn client(
+    keys: &Keys,
+    port: u16,
+    limit: u32,
+    user: &str,
+    flags: &[&str],
+    command: &str,
+) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg(limit.to_string())
+        .arg("ssh")
+        .args(["-F", "/dev/null", "-p", &port.to_string(), "-i"])
+        .arg(keys.dir.path().join("client"))
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=INFO",
+        ])
+        .args(flags)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(command)
+        .stdin(Stdio::null());
+    c
 }

@@ -107,7 +107,7 @@ impl Vassal {
             }
             let log = std::fs::read_to_string(self.path("supervisor.log")).unwrap_or_default();
             assert!(
-                start.elapsed() < Duration::from_secs(15),
+                start.elapsed() < e2e::patience(Duration::from_secs(15)),
                 "{name}: timed out waiting for {what}; last row {row:?}; log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(20));

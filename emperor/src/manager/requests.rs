@@ -16,13 +16,10 @@ impl Manager {
                 return;
             }
             Request::Restart { name } => self.with_vassal(&name, |m, n| {
-                let group = m.suspended_group(n);
-                let v = m.vassals.get_mut(n).expect("present");
-                let ctx = lifecycle::Ctx {
-                    throttle: &m.cfg.throttle,
-                    suspended_group: group.as_ref(),
-                };
-                let fx = v.life.restart(n, &ctx).map_err(|e| e.to_string())?;
+                let fx = m
+                    .decide(n, |life, ctx| life.restart(n, ctx))
+                    .expect("present")
+                    .map_err(|e| e.to_string())?;
                 m.apply(n, fx);
                 Ok(serde_json::json!("restarting"))
             }),

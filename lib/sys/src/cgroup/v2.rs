@@ -16,12 +16,34 @@ const WANTED: &[&str] = &["cpu", "memory", "pids"];
 #[derive(Debug, Clone)]
 pub struct V2 {
     root: PathBuf,
+    /// The cgroup delegated to us (relative to `root`), when another manager
+    /// (systemd) owns what is above it: nothing above it is written, and it
+    /// is never removed itself.
+    delegated: Option<PathBuf>,
 }
 
 impl V2 {
-    /// A tree rooted at `root` (normally `/sys/fs/cgroup`).
+    /// A tree rooted at `root` (normally `/sys/fs/cgroup`), all of it ours.
     pub fn new(root: PathBuf) -> V2 {
-        V2 { root }
+        V2 {
+            root,
+            delegated: None,
+        }
+    }
+
+    /// A tree of which only `delegated` (a path below `root`, such as a
+    /// systemd scope with `Delegate=yes`) and what is below it are ours.
+    pub fn delegated(root: PathBuf, delegated: &str) -> Result<V2> {
+        join(&root, delegated)?;
+        Ok(V2 {
+            root,
+            delegated: Some(PathBuf::from(delegated)),
+        })
+    }
+
+    /// Whether the cgroup at `rel` (relative to the root) is ours to write.
+    fn ours(&self, rel: &Path) -> bool {
+        self.delegated.as_ref().is_none_or(|d| rel.starts_with(d))
     }
 
     fn dir(&self, path: &str) -> Result<PathBuf> {
@@ -43,7 +65,11 @@ impl CgroupTree for V2 {
     fn create(&self, path: &str) -> Result<()> {
         let leaf = self.dir(path)?;
         mkdir_p(&leaf)?;
-        let available = read(&self.root, "cgroup.controllers")?;
+        let top = match &self.delegated {
+            Some(d) => self.root.join(d),
+            None => self.root.clone(),
+        };
+        let available = read(&top, "cgroup.controllers")?;
         let enable: Vec<String> = WANTED
             .iter()
             .filter(|c| available.split_whitespace().any(|a| a == **c))
@@ -52,17 +78,28 @@ impl CgroupTree for V2 {
         if enable.is_empty() {
             return Ok(());
         }
-        // Enable the controllers in every ancestor of the leaf, from the root down.
-        let mut dir = self.root.clone();
+        // Enable the controllers in every ancestor of the leaf that is ours,
+        // from the top down.
+        let mut rel = PathBuf::new();
         for part in Path::new(path)
             .parent()
             .into_iter()
             .flat_map(|p| p.components())
         {
-            write(&dir, "cgroup.subtree_control", &enable.join(" "))?;
-            dir.push(part);
+            if self.ours(&rel) {
+                write(
+                    &self.root.join(&rel),
+                    "cgroup.subtree_control",
+                    &enable.join(" "),
+                )?;
+            }
+            rel.push(part);
         }
-        write(&dir, "cgroup.subtree_control", &enable.join(" "))
+        write(
+            &self.root.join(&rel),
+            "cgroup.subtree_control",
+            &enable.join(" "),
+        )
     }
 
     fn set_limits(&self, path: &str, l: &Limits) -> Result<()> {
@@ -118,7 +155,21 @@ impl CgroupTree for V2 {
     }
 
     fn remove(&self, path: &str) -> Result<()> {
-        rmdir_tree(&self.dir(path)?)
+        let dir = self.dir(path)?;
+        if self.delegated.as_deref() == Some(Path::new(path)) {
+            // The delegated cgroup is its owner's to remove (systemd ends a
+            // scope once it is empty): only what is in it goes.
+            for e in std::fs::read_dir(&dir)
+                .map_err(|e| super::io_err("list", &dir, e))?
+                .flatten()
+            {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rmdir_tree(&e.path())?;
+                }
+            }
+            return Ok(());
+        }
+        rmdir_tree(&dir)
     }
 
     fn stats(&self, path: &str) -> Result<Stats> {
@@ -154,6 +205,38 @@ mod tests {
         .unwrap();
         let tree = V2::new(dir.path().to_path_buf());
         (dir, tree)
+    }
+
+    #[test]
+    fn a_delegated_tree_writes_nothing_above_its_scope_and_keeps_the_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let scope = dir.path().join("machine.slice/imperium.scope");
+        std::fs::create_dir_all(&scope).unwrap();
+        std::fs::write(scope.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let t = V2::delegated(dir.path().to_path_buf(), "machine.slice/imperium.scope").unwrap();
+        t.create("machine.slice/imperium.scope/group1/site52")
+            .unwrap();
+        for above in ["", "machine.slice"] {
+            assert!(
+                !dir.path()
+                    .join(above)
+                    .join("cgroup.subtree_control")
+                    .exists(),
+                "systemd's {above:?} was written"
+            );
+        }
+        for ours in [
+            "machine.slice/imperium.scope",
+            "machine.slice/imperium.scope/group1",
+        ] {
+            let got = std::fs::read_to_string(dir.path().join(ours).join("cgroup.subtree_control"))
+                .unwrap();
+            assert_eq!(got, "+cpu +memory +pids", "in {ours:?}");
+        }
+        t.remove("machine.slice/imperium.scope").unwrap();
+        assert!(scope.is_dir(), "the scope is systemd's to remove");
+        assert!(!scope.join("group1").exists(), "what is in it is gone");
+        assert!(V2::delegated(dir.path().to_path_buf(), "../x").is_err());
     }
 
     #[test]

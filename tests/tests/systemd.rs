@@ -1,0 +1,321 @@
+//! The emperor as systemd runs it on a real host (cgroup v2): its unit, the
+//! site tree in a delegated scope of its own, restarts and a watchdog that
+//! leave the sites running, and `emperor shutdown` that ends them all.
+//!
+//! These need systemd as PID 1: `scripts/test-vm` runs them in a VM; the
+//! host's run (`scripts/test`, no systemd here) skips the `systemd_` tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::{alive, bin, require_root, wait_for, Emperor};
+
+fn require_systemd() {
+    let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
+    assert_eq!(
+        pid1.trim(),
+        "systemd",
+        "this test needs systemd as PID 1: run scripts/test-vm"
+    );
+}
+
+fn systemctl(args: &[&str]) -> String {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .expect("systemctl");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The pid of `name`'s init once the emperor answers and says it runs
+/// (the emperor may be starting: no answer is not yet a failure).
+fn running(e: &Emperor, name: &str, what: &str) -> i32 {
+    wait_for(Duration::from_secs(20), what, || {
+        let out = e.cli(&["status", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        rows.as_array()?
+            .iter()
+            .find(|r| r["name"] == name && r["state"] == "running")
+            .and_then(|r| r["pid"].as_i64())
+            .map(|p| p as i32)
+    })
+}
+
+fn main_pid(unit: &str) -> i32 {
+    systemctl(&["show", "-p", "MainPID", "--value", unit])
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The emperor's unit, written where systemd reads runtime units; removed,
+/// with its scope and everything in it, when dropped.
+struct Unit {
+    name: String,
+    scope: String,
+    file: PathBuf,
+}
+
+impl Unit {
+    fn new(e: &Emperor) -> Unit {
+        let name = format!("{}.service", e.cgroup_root);
+        let file = Path::new("/run/systemd/system").join(&name);
+        let text = format!(
+            "[Service]\n\
+             Type=notify\n\
+             NotifyAccess=main\n\
+             ExecStart={emperor} --run-dir {run} serve --vassals {vassals} --home-root {home} \
+             --state-dir {state} --cgroup-root {root} --systemd-scope --stop-grace 3\n\
+             WatchdogSec=10\n\
+             Restart=on-failure\n\
+             RestartSec=1\n\
+             KillMode=process\n\
+             TimeoutStopSec=5\n",
+            emperor = bin("emperor").display(),
+            run = e.run_dir.display(),
+            vassals = e.vassals.display(),
+            home = e.home_root.display(),
+            state = e.state_dir.display(),
+            root = e.cgroup_root,
+        );
+        std::fs::write(&file, text).expect("unit file");
+        systemctl(&["daemon-reload"]);
+        Unit {
+            name,
+            scope: format!("{}.scope", e.cgroup_root),
+            file,
+        }
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        systemctl(&["stop", &self.name]);
+        systemctl(&["kill", "--signal=KILL", &self.scope]);
+        systemctl(&["stop", &self.scope]);
+        let _ = std::fs::remove_file(&self.file);
+        systemctl(&["daemon-reload"]);
+        systemctl(&["reset-failed", &self.name]);
+    }
+}
+
+#[test]
+fn systemd_sites_live_in_a_delegated_scope_and_outlive_restarts_of_the_emperor() {
+    require_root();
+    require_systemd();
+    let e = Emperor::new();
+    let unit = Unit::new(&e);
+    e.write("site1", "kind = \"site\"\n");
+    systemctl(&["start", &unit.name]);
+    assert_eq!(systemctl(&["is-active", &unit.name]), "active");
+    let init = running(&e, "site1", "the site running");
+
+    // The site is in the emperor's scope under machine.slice, not in its unit.
+    let cgroup = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    let want = format!("0::/machine.slice/{}/_admin/site1\n", unit.scope);
+    assert_eq!(cgroup, want);
+    assert_eq!(systemctl(&["is-active", &unit.scope]), "active");
+    assert_eq!(
+        std::fs::read_to_string("/sys/fs/cgroup/machine.slice/cgroup.subtree_control")
+            .unwrap()
+            .split_whitespace()
+            .filter(|c| ["cpu", "memory", "pids"].contains(c))
+            .count(),
+        3,
+        "systemd delegated the controllers the sites need"
+    );
+    let status = systemctl(&["show", "-p", "StatusText", "--value", &unit.name]);
+    assert_eq!(status, "1 of 1 vassals running, 0 refused");
+
+    // `systemctl restart`: the site keeps running, the new emperor adopts it.
+    let first = main_pid(&unit.name);
+    systemctl(&["restart", &unit.name]);
+    let second = main_pid(&unit.name);
+    assert!(second != first && second != 0, "a new emperor");
+    assert_eq!(
+        running(&e, "site1", "the site adopted"),
+        init,
+        "the same init, adopted"
+    );
+
+    // A hung emperor: the watchdog restarts it; the site is not touched.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let third = wait_for(Duration::from_secs(20), "the watchdog's restart", || {
+        let p = main_pid(&unit.name);
+        (p != second && p != 0).then_some(p)
+    });
+    assert_eq!(running(&e, "site1", "the site adopted again"), init);
+    assert!(alive(init));
+    assert_ne!(third, second);
+
+    // `systemctl stop` ends the emperor alone.
+    systemctl(&["stop", &unit.name]);
+    assert_eq!(systemctl(&["is-active", &unit.name]), "inactive");
+    assert!(alive(init), "the site outlives its emperor's stop");
+
+    // `emperor shutdown` ends every site, and with them the scope.
+    systemctl(&["start", &unit.name]);
+    assert_eq!(running(&e, "site1", "the site adopted"), init);
+    let out = e.cli(&["shutdown"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for(Duration::from_secs(20), "the site stopped", || {
+        (!alive(init)).then_some(())
+    });
+    let scope_dir = Path::new("/sys/fs/cgroup/machine.slice").join(&unit.scope);
+    wait_for(
+        Duration::from_secs(20),
+        "systemd removing the scope",
+        || (!scope_dir.exists()).then_some(()),
+    );
+}
+
+/// What scripts/install touches, to compare before and after.
+fn host_files() -> Vec<String> {
+    let mut seen = Vec::new();
+    for f in ["/etc/nsswitch.conf", "/etc/pam.d/sshd"] {
+        seen.push(format!(
+            "{f}: {}",
+            std::fs::read_to_string(f).unwrap_or_default()
+        ));
+    }
+    for d in [
+        "/etc/ssh/sshd_config.d",
+        "/etc/systemd/system",
+        "/etc/imperium",
+        "/usr/local/bin",
+        "/usr/local/share/doc",
+        "/lib/x86_64-linux-gnu/security",
+    ] {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        seen.push(format!("{d}: {names:?}"));
+    }
+    seen.push(format!(
+        "nss module: {}",
+        Path::new("/lib/x86_64-linux-gnu/libnss_imperium.so.2").exists()
+    ));
+    seen
+}
+
+fn script(name: &str, args: &[&str]) -> std::process::Output {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    Command::new(repo.join("scripts").join(name))
+        .args(args)
+        .output()
+        .expect("the script")
+}
+
+/// Undoes an install even when the test fails: its sites, the install, the
+/// state the emperor made.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/local/bin/emperor")
+            .arg("shutdown")
+            .output();
+        let _ = script("uninstall", &[]);
+        for d in [
+            "/home/virtual",
+            "/var/lib/imperium",
+            "/run/imperium",
+            "/etc/imperium",
+        ] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+#[test]
+fn systemd_install_lets_a_tenant_ssh_into_its_site_and_uninstall_leaves_the_host_as_before() {
+    require_root();
+    require_systemd();
+    for d in ["/home/virtual", "/var/lib/imperium", "/etc/imperium"] {
+        assert!(!Path::new(d).exists(), "{d} exists before the install");
+    }
+    let before = host_files();
+    let bins = e2e::bin_dir().display().to_string();
+
+    let dry = script("install", &["--dry-run", "--bin-dir", &bins]);
+    assert!(dry.status.success(), "{dry:?}");
+    let said = String::from_utf8_lossy(&dry.stdout).into_owned();
+    for change in [
+        "would: install /usr/local/bin/emperor",
+        "would: edit /etc/pam.d/sshd",
+        "would: edit /etc/nsswitch.conf",
+        "would: install /etc/ssh/sshd_config.d/imperium.conf",
+        "would: systemctl enable --now imperium-emperor",
+    ] {
+        assert!(said.contains(change), "{change:?} not in:\n{said}");
+    }
+    assert_eq!(host_files(), before, "a dry run changes nothing");
+
+    let _undo = Installed;
+    let out = script("install", &["--bin-dir", &bins]);
+    assert!(out.status.success(), "{out:?}");
+    for u in ["imperium-emperor", "imperium-router"] {
+        assert_eq!(systemctl(&["is-active", u]), "active", "{u}");
+    }
+    let again = script("install", &["--bin-dir", &bins]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "a second install changes nothing: {again:?}"
+    );
+
+    // A tenant's site, and the tenant logging in over the host's own sshd.
+    let keys = e2e::sshd::Keys::new();
+    std::fs::write(
+        "/etc/imperium/vassals/site9.toml",
+        format!(
+            "kind = \"site\"\n[container]\nssh_keys = [\"{}\"]\n",
+            keys.public()
+        ),
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(20), "site9 running", || {
+        let out = Command::new("/usr/local/bin/emperor")
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        rows.as_array()?
+            .iter()
+            .any(|r| r["name"] == "site9" && r["state"] == "running")
+            .then_some(())
+    });
+    systemctl(&["restart", "ssh"]);
+    let login = e2e::sshd::client(
+        &keys,
+        22,
+        120,
+        "site9",
+        &[],
+        "hostname; cat /proc/1/comm; id -un",
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&login.stdout),
+        "site9\nvassal\nsite9\n",
+        "the tenant lands in its own container: {login:?}"
+    );
+
+    let out = Command::new("/usr/local/bin/emperor")
+        .arg("shutdown")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::remove_file("/etc/imperium/vassals/site9.toml").unwrap();
+    let out = script("uninstall", &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(host_files(), before, "the host is as it was");
+}
