@@ -92,6 +92,8 @@ pub struct Supervisor {
     shutting_down: Option<Instant>,
     site: Option<SiteCgroup>,
     alarms: Alarms,
+    /// Alarms whose storing failed, to store at the next check.
+    unsent: Vec<(&'static str, String)>,
     worker: Worker,
 }
 
@@ -115,6 +117,9 @@ fn handled() -> SigSet {
     mask
 }
 
+/// Alarms kept for a second try at most.
+const UNSENT_MAX: usize = 16;
+
 /// The most a shutdown waits for processes beyond their own grace.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
@@ -135,6 +140,7 @@ impl Supervisor {
             rejected: BTreeMap::new(),
             site,
             alarms,
+            unsent: Vec::new(),
             worker,
             clock: Clock::new(cfg.clock_scale),
             cfg,
@@ -575,14 +581,24 @@ impl Supervisor {
     }
 
     /// Stores a notification; a failure is only logged (an alarm never stops the supervisor).
-    fn alarm(&self, kind: &str, message: &str) {
+    fn alarm(&mut self, kind: &'static str, message: &str) {
         if let Err(e) = crate::notify::add(&self.cfg.home, kind, message) {
-            eprintln!("vassal: storing the {kind} notification: {e}");
+            eprintln!("vassal: storing the {kind} notification: {e}; tried again in a second");
+            // The likeliest moment to fail is the likeliest to matter: an
+            // OOM kill, with the site at its memory limit. Kept (a few) and
+            // stored at the next check.
+            if self.unsent.len() < UNSENT_MAX {
+                self.unsent.push((kind, message.to_owned()));
+            }
         }
     }
 
-    /// The site's alarms: an OOM kill, memory near the limit.
+    /// The site's alarms: an OOM kill, memory near the limit; and those that
+    /// could not be stored before.
     fn check_site(&mut self) {
+        for (kind, message) in std::mem::take(&mut self.unsent) {
+            self.alarm(kind, &message);
+        }
         let Some(site) = &self.site else { return };
         for (kind, message) in self.alarms.check(&site.figures()) {
             self.alarm(kind, &message);
