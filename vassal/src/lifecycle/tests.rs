@@ -70,6 +70,20 @@ fn exited(pid: i32, ok: bool) -> Event {
     }
 }
 
+/// Feeds back a launch's pid, as the supervisor does.
+fn launched(p: &mut Proc, role: Role, pid: i32, socket: Option<&str>, now: Now) {
+    let fx = p.on(
+        Event::Launched {
+            role,
+            pid,
+            socket: socket.map(str::to_owned),
+        },
+        now,
+        &ctx(),
+    );
+    assert!(fx.is_empty(), "{fx:?}");
+}
+
 /// A process started at `now` with `pid` (its launch carried out).
 fn running(toml: &str, pid: i32, now: Now) -> Proc {
     let mut p = proc_of(toml);
@@ -122,15 +136,7 @@ fn a_process_is_launched_and_runs() {
         [launch(Role::Main, None)]
     );
     assert_eq!(p.state, State::Stopped, "running only once launched");
-    p.on(
-        Event::Launched {
-            role: Role::Main,
-            pid: 40,
-            socket: None,
-        },
-        now,
-        &ctx(),
-    );
+    launched(&mut p, Role::Main, 40, None, now);
     assert_eq!((p.state, p.pid), (State::Running, Some(40)));
     assert_eq!(p.started_at_us, Some(now.wall_us));
     assert_eq!(p.deadline(), None, "nothing to wait for");
@@ -197,15 +203,7 @@ fn quick_deaths_wait_longer_each_time() {
         } else {
             waits.push(0);
         }
-        p.on(
-            Event::Launched {
-                role: Role::Main,
-                pid,
-                socket: None,
-            },
-            now,
-            &ctx(),
-        );
+        launched(&mut p, Role::Main, pid, None, now);
         assert_eq!(p.restart_at, None);
     }
     assert_eq!(waits, [0, 1, 2, 4, 8], "doubling from the base, up to max");
@@ -239,15 +237,7 @@ fn a_restart_loop_raises_one_alarm() {
                 alarms += 1;
             }
         }
-        p.on(
-            Event::Launched {
-                role: Role::Main,
-                pid,
-                socket: None,
-            },
-            now,
-            &ctx(),
-        );
+        launched(&mut p, Role::Main, pid, None, now);
     }
     assert_eq!(alarms, 1, "told once, not at every death");
 }
@@ -353,15 +343,7 @@ fn a_job_is_skipped_while_its_last_run_goes_on() {
     p.on(Event::Activate, now, &ctx());
     let first = later(now, 40.0);
     assert_eq!(p.on(Event::Tick, first, &ctx()), [launch(Role::Main, None)]);
-    p.on(
-        Event::Launched {
-            role: Role::Main,
-            pid: 50,
-            socket: None,
-        },
-        first,
-        &ctx(),
-    );
+    launched(&mut p, Role::Main, 50, None, first);
     let second = later(first, 60.0);
     assert!(
         p.on(Event::Tick, second, &ctx()).is_empty(),
@@ -388,15 +370,7 @@ fn a_job_past_its_timeout_is_stopped_and_stays_scheduled() {
     p.on(Event::Activate, now, &ctx());
     let run = later(now, 40.0);
     p.on(Event::Tick, run, &ctx());
-    p.on(
-        Event::Launched {
-            role: Role::Main,
-            pid: 50,
-            socket: None,
-        },
-        run,
-        &ctx(),
-    );
+    launched(&mut p, Role::Main, 50, None, run);
     assert!(p.on(Event::Tick, later(run, 4.9), &ctx()).is_empty());
     assert_eq!(
         p.on(Event::Tick, later(run, 5.0), &ctx()),
@@ -441,15 +415,7 @@ fn a_start_by_hand_forgets_the_throttle() {
     let now = t0();
     let mut p = running(PLAIN, 40, now);
     p.on(exited(40, false), now, &ctx());
-    p.on(
-        Event::Launched {
-            role: Role::Main,
-            pid: 41,
-            socket: None,
-        },
-        now,
-        &ctx(),
-    );
+    launched(&mut p, Role::Main, 41, None, now);
     p.on(exited(41, false), now, &ctx());
     assert_eq!(p.state, State::Backoff);
     assert_eq!(p.on(Event::Start, now, &ctx()), [launch(Role::Main, None)]);
@@ -582,15 +548,7 @@ fn a_restart_hands_over_new_in_before_old_out() {
         [launch(Role::Next, Some("web.sock.1"))],
         "beside the old one, on the other socket"
     );
-    p.on(
-        Event::Launched {
-            role: Role::Next,
-            pid: 41,
-            socket: Some("web.sock.1".into()),
-        },
-        now,
-        &ctx(),
-    );
+    launched(&mut p, Role::Next, 41, Some("web.sock.1"), now);
     assert_eq!(p.pid, Some(40), "the old one serves meanwhile");
     assert_eq!(
         p.on(Event::Tick, now, &ctx()),
@@ -644,15 +602,7 @@ fn a_restart_hands_over_new_in_before_old_out() {
 fn handing_over(now: Now) -> Proc {
     let mut p = serving(40, now);
     p.on(Event::Restart, now, &ctx());
-    p.on(
-        Event::Launched {
-            role: Role::Next,
-            pid: 41,
-            socket: Some("web.sock.1".into()),
-        },
-        now,
-        &ctx(),
-    );
+    launched(&mut p, Role::Next, 41, Some("web.sock.1"), now);
     p
 }
 
@@ -895,15 +845,7 @@ fn a_job_stopped_by_hand_is_not_stopped_again_at_its_timeout() {
     let mut p = proc_of(&format!("{JOB}\ntimeout = 5\ngrace = 10"));
     p.on(Event::Activate, now, &ctx());
     p.on(Event::Start, now, &ctx());
-    p.on(
-        Event::Launched {
-            role: Role::Main,
-            pid: 50,
-            socket: None,
-        },
-        now,
-        &ctx(),
-    );
+    launched(&mut p, Role::Main, 50, None, now);
     assert_eq!(
         p.on(Event::Stop, later(now, 1.0), &ctx()),
         [kill(50, Signal::SIGTERM)]
