@@ -207,15 +207,22 @@ impl Manager {
             .collect()
     }
 
-    /// One line for systemd's status: how many vassals run, of how many.
+    /// One line for systemd's status: how many vassals run (and how many
+    /// are suspended), of how many.
     pub fn status_line(&self) -> String {
-        let running = self
-            .vassals
-            .values()
-            .filter(|v| v.life.state == State::Running || v.life.state == State::Suspended)
-            .count();
+        let count = |state| {
+            self.vassals
+                .values()
+                .filter(|v| v.life.state == state)
+                .count()
+        };
+        let suspended = match count(State::Suspended) {
+            0 => String::new(),
+            n => format!(", {n} suspended"),
+        };
         format!(
-            "{running} of {} vassals running, {} refused",
+            "{} of {} vassals running{suspended}, {} refused",
+            count(State::Running),
             self.vassals.len(),
             self.rejected.len()
         )
