@@ -91,10 +91,7 @@ impl Manager {
             v.life
                 .may_freeze(&n, frozen, group.as_ref())
                 .map_err(|e| Response::err(e.to_string()))?;
-            let cg = match v.file {
-                VassalFile::Group(_) => self.cfg.layout.group_cgroup(&n),
-                VassalFile::Site(_) => self.cgroup_of(&n, v),
-            };
+            let cg = self.freezer_cgroup(&n, v);
             Ok((n, cg))
         });
         let (name, cg) = match checked {
@@ -119,6 +116,14 @@ impl Manager {
         });
     }
 
+    /// What `suspend` freezes: a group's whole subtree, or the site's cgroup.
+    fn freezer_cgroup(&self, name: &Name, v: &Vassal) -> String {
+        match v.file {
+            VassalFile::Group(_) => self.cfg.layout.group_cgroup(name),
+            VassalFile::Site(_) => self.cgroup_of(name, v),
+        }
+    }
+
     /// The end of a freeze or thaw: the vassal's state, and its group's sites.
     pub(super) fn froze(
         &mut self,
@@ -134,12 +139,7 @@ impl Manager {
         };
         if frozen && (!v.life.running() || v.life.stopping.is_some()) {
             // Stopped meanwhile: a frozen init could not end.
-            let is_group = matches!(v.file, VassalFile::Group(_));
-            let cg = if is_group {
-                self.cfg.layout.group_cgroup(name)
-            } else {
-                self.cgroup_of(name, v)
-            };
+            let cg = self.freezer_cgroup(name, v);
             let tree = self.tree.clone();
             tokio::task::spawn_blocking(move || tree.freeze(&cg, false));
             return Response::err(format!("{name} is stopping"));
