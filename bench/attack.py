@@ -159,7 +159,8 @@ http {{ access_log off; server {{ {server} }} }}
         open(f"{ev}/vassals/grp.toml", "w").write('kind = "group"\nmode = "overcommit"\n[limits]\nmemory = "256M"\ncpu = 1.0\npids = 400\n')
         open(f"{ev}/vassals/bomb.toml", "w").write('kind = "site"\n[limits]\nmemory = "64M"\ncpu = 0.5\npids = 100\n')
         emperor = subprocess.Popen([f"{REL}/emperor", "--run-dir", f"{ev}/run", "serve", "--vassals", f"{ev}/vassals",
-                                    "--home-root", f"{ev}/home", "--state-dir", f"{ev}/state", "--cgroup-root", cgroot],
+                                    "--home-root", f"{ev}/home", "--state-dir", f"{ev}/state", "--cgroup-root", cgroot,
+                                    "--network", "off"],
                                    stderr=open(f"{work}/emperor.log", "w"))
         wait_path(f"{ev}/home/grp/vassals")
         wait_path(f"{ev}/home/bomb/vassals")

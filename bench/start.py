@@ -85,7 +85,7 @@ class Emperor:
         self.proc = subprocess.Popen(
             [f"{BIN}/emperor", "--run-dir", self.paths["run"], "serve", "--vassals", self.paths["vassals"],
              "--home-root", self.paths["home"], "--state-dir", self.paths["state"], "--cgroup-root", self.cg,
-             "--stop-grace", "2"],
+             "--stop-grace", "2", "--network", "off"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(self.paths["run"], "emperor.sock")):

@@ -48,6 +48,7 @@ fn main() {
         layout: &layout,
         vassal_exe: &vassal,
         cgroup_v2: tree.version() == sys::cgroup::Version::V2,
+        net: None,
     };
     let spawner =
         emperor::spawner::Spawner::new(tree.clone(), sys::seccomp::default_program().unwrap());

@@ -10,6 +10,7 @@ pub mod control;
 pub mod keys;
 pub mod lifecycle;
 pub mod manager;
+pub mod network;
 pub mod scan;
 pub mod scope;
 pub mod spawner;

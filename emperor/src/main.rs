@@ -61,6 +61,20 @@ enum Cmd {
         /// Throttle: a run this long (seconds) resets the count.
         #[arg(long, default_value_t = 30.0)]
         healthy_after: f64,
+        /// The sites' IPv4 address pool (a bridge, NAT and a firewall table
+        /// of the emperor's own), or `off`: sites get only their loopback.
+        #[arg(long, default_value = model::network::DEFAULT_POOL)]
+        network: String,
+        /// The sites' IPv6 prefix (a ULA), or `off`.
+        #[arg(long, default_value = model::network::DEFAULT_POOL6)]
+        network6: String,
+        /// TCP ports of the host that sites may reach (say 3306,5432 for the
+        /// host's database servers); nothing else of the host answers them.
+        #[arg(long, value_delimiter = ',')]
+        host_ports: Vec<u16>,
+        /// Connections one site may have tracked at once (new ones past it are dropped).
+        #[arg(long, default_value_t = emperor::network::SITE_CONNECTIONS)]
+        site_connections: u32,
     },
     /// Show every vassal.
     Status {
@@ -116,6 +130,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             throttle_base,
             throttle_max,
             healthy_after,
+            network,
+            network6,
+            host_ports,
+            site_connections,
         } => {
             let vassal_exe = match vassal_bin {
                 Some(p) => p,
@@ -158,6 +176,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 stop_grace: secs(stop_grace),
                 vassal_exe,
                 systemd_scope,
+                network: match network.as_str() {
+                    "off" => None,
+                    pool => Some(emperor::network::Settings {
+                        pool: model::network::Pool::parse(
+                            pool,
+                            (network6 != "off").then_some(network6.as_str()),
+                        )
+                        .map_err(|e| anyhow::anyhow!("--network: {e}"))?,
+                        host_ports,
+                        site_connections: site_connections.max(1),
+                    }),
+                },
             };
             tracing::info!(version = ?tree.version(), "cgroups");
             let shutdown = async {

@@ -27,6 +27,7 @@ use crate::spec::{self, Input};
 
 mod adopt;
 mod archive;
+mod network;
 mod outputs;
 mod requests;
 mod status;
@@ -50,6 +51,8 @@ pub struct Config {
     pub vassal_exe: PathBuf,
     /// The site tree is a systemd scope (`layout.cgroup_root`): see `scope`.
     pub systemd_scope: bool,
+    /// The sites' network (`None`: each site has only its loopback).
+    pub network: Option<crate::network::Settings>,
 }
 
 /// Something that happened.
@@ -141,6 +144,8 @@ pub struct Manager {
     spawner: Spawner,
     uids: UidTable,
     uids_unsaved: bool,
+    net: Option<Arc<crate::network::HostNet>>,
+    addresses: model::network::AddressTable,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -175,12 +180,26 @@ impl Manager {
             std::fs::create_dir_all(d)?;
         }
         let uids = UidTable::load(&cfg.layout.uid_table())?;
+        let addresses = model::network::AddressTable::load(&cfg.layout.address_table())?;
+        let net = match cfg.network.clone() {
+            None => None,
+            Some(settings) => Some(Arc::new(
+                crate::network::HostNet::setup(settings)
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?,
+            )),
+        };
+        let mut spawner = Spawner::new(tree.clone(), seccomp).with_netns_pool(NETNS_POOL);
+        if let Some(n) = &net {
+            spawner = spawner.with_network(n.clone());
+        }
         let m = Manager {
-            spawner: Spawner::new(tree.clone(), seccomp).with_netns_pool(NETNS_POOL),
+            spawner,
             cfg,
             tree,
             uids,
             uids_unsaved: false,
+            net,
+            addresses,
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -355,6 +374,7 @@ impl Manager {
             }
         }
         self.start_many(&starts);
+        self.sync_smtp();
     }
 
     fn update(&mut self, name: &Name, file: VassalFile) {
@@ -391,6 +411,10 @@ impl Manager {
             layout: &self.cfg.layout,
             vassal_exe: &self.cfg.vassal_exe,
             cgroup_v2: self.tree.version() == sys::cgroup::Version::V2,
+            net: self.net.as_ref().and_then(|n| {
+                let off = self.addresses.vassals.get(name.as_str())?;
+                Some(n.pool().assigned(*off))
+            }),
         }
     }
 
@@ -530,6 +554,10 @@ impl Manager {
                 return None;
             }
         };
+        if let Err(e) = self.allocate_address(name, &file) {
+            self.fail(name, format!("address: {e}"), true);
+            return None;
+        }
         if let VassalFile::Group(_) = file {
             let cg = self.cfg.layout.group_cgroup(name);
             if let Err(e) = self

@@ -48,6 +48,9 @@ pub enum SpawnError {
     /// A string with a NUL byte (cannot reach the kernel).
     #[error("a path or argument holds a NUL byte")]
     Nul,
+    /// Giving the container its network.
+    #[error("network: {0}")]
+    Network(io::Error),
 }
 
 impl SpawnError {
@@ -99,6 +102,7 @@ pub struct Spawner {
     tree: Arc<dyn CgroupTree>,
     seccomp: Vec<u8>,
     netns: Option<sys::netns::NetnsPool>,
+    net: Option<Arc<crate::network::HostNet>>,
 }
 
 impl Spawner {
@@ -108,7 +112,14 @@ impl Spawner {
             tree,
             seccomp,
             netns: None,
+            net: None,
         }
+    }
+
+    /// Gives every container with an address an `eth0` on the host's bridge.
+    pub fn with_network(mut self, net: Arc<crate::network::HostNet>) -> Spawner {
+        self.net = Some(net);
+        self
     }
 
     /// Keeps a few network namespaces ready, so that a start joins one instead of making it.
@@ -220,7 +231,17 @@ impl Spawner {
         let mut plan = plan(&spec, &spec::skeleton(inp, &spec), inp.uid, &self.seccomp)?;
         open_binds(&mut plan, &root)?;
         if plan.namespaces & libc::CLONE_NEWNET != 0 {
-            if let Some(ns) = self.netns.as_ref().and_then(|p| p.take()) {
+            let mut ns = self.netns.as_ref().and_then(|p| p.take());
+            let address = inp.net.map(|a| a.offset).zip(self.net.as_ref());
+            if ns.is_none() && address.is_some() {
+                // The link goes in before the clone: the namespace is made here.
+                ns = Some(sys::netns::fresh().map_err(SpawnError::Network)?);
+            }
+            if let Some(ns) = ns {
+                if let Some((offset, net)) = address {
+                    net.attach(std::os::fd::AsFd::as_fd(&ns), offset)
+                        .map_err(SpawnError::Network)?;
+                }
                 plan.namespaces &= !libc::CLONE_NEWNET;
                 plan.loopback_up = false;
                 plan.netns = Some(ns);

@@ -95,6 +95,8 @@ pub struct Input<'a> {
     pub vassal_exe: &'a Path,
     /// Whether the host's cgroups are v2 (else the v1 hierarchies).
     pub cgroup_v2: bool,
+    /// Its address, when sites have a network.
+    pub net: Option<model::network::Assigned>,
 }
 
 impl Input<'_> {
@@ -592,17 +594,27 @@ pub fn skeleton(inp: &Input<'_>, spec: &Spec) -> Vec<Skel> {
     }
     let user = inp.user();
     let (passwd, group) = passwd_and_group(&user, inp.uid);
-    let hosts = format!(
-        "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost {0}\n",
-        inp.name
-    );
+    // With a network, the site's own name is its address (else loopback's),
+    // and the host (the gateway) is its resolver.
+    let own = match inp.net {
+        Some(_) => String::new(),
+        None => format!(" {}", inp.name),
+    };
+    let mut hosts = format!("127.0.0.1\tlocalhost{own}\n::1\tlocalhost ip6-localhost{own}\n");
+    let resolv = match &inp.net {
+        Some(a) => {
+            hosts.push_str(&format!("{}\t{}\n", a.v4, inp.name));
+            if let Some(v6) = a.v6 {
+                hosts.push_str(&format!("{v6}\t{}\n", inp.name));
+            }
+            format!("nameserver {}\noptions edns0\n", a.gateway).into_bytes()
+        }
+        None => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+    };
     for (name, content) in [
         ("hostname", format!("{}\n", inp.name).into_bytes()),
         ("hosts", hosts.into_bytes()),
-        (
-            "resolv.conf",
-            std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-        ),
+        ("resolv.conf", resolv),
         ("passwd", passwd.into_bytes()),
         ("group", group.into_bytes()),
     ] {
@@ -667,6 +679,7 @@ mod tests {
             layout: &l,
             vassal_exe: Path::new("/usr/bin/true"),
             cgroup_v2: false,
+            net: None,
         };
         let spec = build(&inp).unwrap();
         let mounts: Vec<(String, String)> = spec
@@ -758,6 +771,7 @@ mod tests {
             layout: &l,
             vassal_exe: Path::new("/usr/bin/true"),
             cgroup_v2: false,
+            net: None,
         };
         let spec = build(&inp).unwrap();
         let plan = crate::spawner::plan(&spec, &skeleton(&inp, &spec), 30007, &[]).unwrap();

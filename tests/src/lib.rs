@@ -83,17 +83,26 @@ pub fn patience(d: Duration) -> Duration {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
-pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_or(limit, what, f, String::new)
+}
+
+/// Like [`wait_for`], and a timeout's message ends with what `seen` says then.
+pub fn wait_for_or<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    seen: impl FnOnce() -> String,
+) -> T {
     let limit = patience(limit);
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if start.elapsed() >= limit {
+            panic!("timed out after {limit:?} waiting for {what}; {}", seen());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -136,6 +145,10 @@ pub struct Emperor {
     pub cgroup_root: String,
     /// Extra `serve` flags.
     pub extra: Vec<String>,
+    /// The network namespace the emperor runs in, with the sites' network
+    /// on (`None`: in the test's own namespace, with `--network off`, so
+    /// that the host's network is never touched).
+    pub netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -155,6 +168,7 @@ impl Emperor {
             run_dir: p.join("run"),
             cgroup_root: unique("imperium-test"),
             extra: Vec::new(),
+            netns: None,
             child: None,
             dir,
         };
@@ -180,7 +194,17 @@ impl Emperor {
             .append(true)
             .open(self.dir.path().join("emperor.log"))
             .expect("log file");
-        let child = Command::new(bin("emperor"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(bin("emperor"));
+                c
+            }
+            None => Command::new(bin("emperor")),
+        };
+        let child = cmd
             .arg("--run-dir")
             .arg(&self.run_dir)
             .arg("serve")
@@ -194,6 +218,13 @@ impl Emperor {
             .arg(&self.cgroup_root)
             .arg("--stop-grace")
             .arg("3")
+            .args(
+                self.netns
+                    .is_none()
+                    .then_some(["--network", "off"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -323,6 +354,10 @@ impl Default for Emperor {
 
 impl Drop for Emperor {
     fn drop(&mut self) {
+        // A failed test shows what the emperor said last.
+        if std::thread::panicking() {
+            eprintln!("emperor log (tail):\n{}", tail(&self.log(), 60));
+        }
         // The graceful way first: stop every vassal, then the emperor.
         if self.child.is_some() {
             let _ = Command::new(bin("emperor"))
@@ -344,6 +379,12 @@ impl Drop for Emperor {
         // Whatever is left (a failed test, a killed emperor): kill and remove by hand.
         force_cleanup(&self.cgroup_root);
     }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Kills every process under a cgroup subtree and removes it, in every hierarchy.

@@ -204,6 +204,15 @@ pub struct Container {
     pub ssh_keys: Vec<String>,
 }
 
+/// The `[network]` table of a site or group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// Outbound SMTP (ports 25, 465, 587). A reseller's site gets it only if
+    /// the group's own file (the admin's) allows it too.
+    pub smtp: bool,
+}
+
 /// A reseller group's file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +234,9 @@ pub struct GroupFile {
     /// The reseller's own container.
     #[serde(default)]
     pub container: Container,
+    /// The group's network.
+    #[serde(default)]
+    pub network: Network,
 }
 
 /// A site's file.
@@ -251,6 +263,9 @@ pub struct SiteFile {
     /// The container.
     #[serde(default)]
     pub container: Container,
+    /// The site's network.
+    #[serde(default)]
+    pub network: Network,
 }
 
 fn default_version() -> u32 {

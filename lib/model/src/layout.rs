@@ -87,6 +87,11 @@ impl Layout {
         self.state_dir.join("uids.json")
     }
 
+    /// The address table (see [`crate::network`]).
+    pub fn address_table(&self) -> PathBuf {
+        self.state_dir.join("addresses.json")
+    }
+
     /// The tenant table the NSS module reads (see [`crate::nss`]).
     pub fn nss_table(&self) -> PathBuf {
         self.state_dir.join("tenants.nss")

@@ -16,6 +16,7 @@ pub mod control;
 pub mod cron;
 pub mod layout;
 pub mod name;
+pub mod network;
 pub mod nss;
 pub mod process;
 pub mod reconcile;

@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod fs;
 pub mod launch;
+pub mod net;
 pub mod netns;
 pub mod pidfd;
 pub mod seccomp;

@@ -73,6 +73,23 @@ impl NetnsPool {
     }
 }
 
+/// A fresh namespace with `lo` up, made by a thread that ends right after
+/// (no thread of the caller changes namespace).
+pub fn fresh() -> std::io::Result<OwnedFd> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            let ns = open_ns("/proc/thread-self/ns/net")?;
+            if !crate::launch::bring_loopback_up() {
+                return Err(std::io::Error::other("bringing lo up failed"));
+            }
+            Ok(ns)
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+    })
+}
+
 fn open_ns(path: &str) -> std::io::Result<OwnedFd> {
     Ok(std::fs::File::open(path)?.into())
 }

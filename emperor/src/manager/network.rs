@@ -1,0 +1,59 @@
+//! A vassal's address, and who may send mail.
+
+use super::*;
+
+impl Manager {
+    /// Gives `name` its address in the pool (kept for good once on disk).
+    pub(super) fn allocate_address(
+        &mut self,
+        name: &Name,
+        file: &VassalFile,
+    ) -> std::io::Result<()> {
+        let Some(net) = &self.net else { return Ok(()) };
+        let owner = match file {
+            VassalFile::Group(_) => name.as_str(),
+            VassalFile::Site(s) => s.group.as_ref().map(|g| g.as_str()).unwrap_or(""),
+        };
+        let (_, changed) = self.addresses.allocate(net.pool(), name.as_str(), owner)?;
+        if changed {
+            self.addresses.save(&self.cfg.layout.address_table())?;
+        }
+        Ok(())
+    }
+
+    /// The address of `name`, if it has one.
+    pub(super) fn address_of(&self, name: &Name) -> Option<String> {
+        let net = self.net.as_ref()?;
+        let off = *self.addresses.vassals.get(name.as_str())?;
+        Some(net.pool().v4(off).to_string())
+    }
+
+    /// Sites (and groups) allowed to send mail: their own file says so, and
+    /// for a reseller's site the group's file (the admin's) too.
+    pub(super) fn sync_smtp(&self) {
+        let Some(net) = &self.net else { return };
+        let allowed = |name: &Name, v: &Vassal| match &v.file {
+            VassalFile::Group(g) => g.network.smtp,
+            VassalFile::Site(s) => {
+                s.network.smtp
+                    && s.group.as_ref().is_none_or(|g| {
+                        matches!(self.vassals.get(g).map(|v| &v.file),
+                            Some(VassalFile::Group(gf)) if gf.network.smtp)
+                    })
+            }
+        } && self.addresses.vassals.contains_key(name.as_str());
+        let mut set = BTreeSet::new();
+        for (name, v) in &self.vassals {
+            if allowed(name, v) {
+                let off = self.addresses.vassals[name.as_str()];
+                set.insert(std::net::IpAddr::V4(net.pool().v4(off)));
+                if let Some(a) = net.pool().v6(off) {
+                    set.insert(std::net::IpAddr::V6(a));
+                }
+            }
+        }
+        if let Err(e) = net.allow_smtp(set) {
+            tracing::error!(error = %e, "updating who may send mail failed");
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The address plan: every site and group gets an IPv4 address from the
+//! emperor's pool and an IPv6 address in its ULA prefix, given once and kept
+//! across restarts (recorded in the state directory, like uids).
+//!
+//! The pool is cut into blocks of 256 addresses, after srvctl's plan: block 0
+//! holds the host (`.0.1`, every site's gateway) and admin sites; a group
+//! gets blocks of its own, its container at `.1` of its first block and its
+//! sites after it. So with the default pool, `10.199.3.7` is the 6th site of
+//! the group that owns block 3, and its IPv6 address is `<prefix>::3:7`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The default IPv4 pool.
+pub const DEFAULT_POOL: &str = "10.199.0.0/16";
+/// The default IPv6 prefix (a ULA; `fd69:6d70:6572` spells "imper").
+pub const DEFAULT_POOL6: &str = "fd69:6d70:6572::/64";
+/// The host's bridge.
+pub const BRIDGE: &str = "imperium0";
+
+/// An IPv4 pool and an IPv6 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    /// The pool's first address (host bits zero).
+    pub base: Ipv4Addr,
+    /// Its prefix length, 8 to 24.
+    pub prefix: u8,
+    /// The IPv6 prefix (a /64 at most: block and host fill the last 32 bits).
+    pub base6: Option<(Ipv6Addr, u8)>,
+}
+
+impl Pool {
+    /// Parses `A.B.C.D/N` (N from 8 to 24, host bits zero).
+    pub fn parse(v4: &str, v6: Option<&str>) -> Result<Pool, String> {
+        let (addr, len) = v4
+            .split_once('/')
+            .ok_or_else(|| format!("{v4}: not an address/prefix"))?;
+        let base: Ipv4Addr = addr.parse().map_err(|_| format!("{v4}: bad address"))?;
+        let prefix: u8 = len.parse().map_err(|_| format!("{v4}: bad prefix"))?;
+        if !(8..=24).contains(&prefix) {
+            return Err(format!("{v4}: the prefix must be from /8 to /24"));
+        }
+        if u32::from(base) & (u32::MAX >> prefix) != 0 {
+            return Err(format!("{v4}: host bits are set"));
+        }
+        let base6 = match v6 {
+            None => None,
+            Some(s) => {
+                let (addr, len) = s
+                    .split_once('/')
+                    .ok_or_else(|| format!("{s}: not an address/prefix"))?;
+                let a: Ipv6Addr = addr.parse().map_err(|_| format!("{s}: bad address"))?;
+                let n: u8 = len.parse().map_err(|_| format!("{s}: bad prefix"))?;
+                if !(48..=96).contains(&n) {
+                    return Err(format!("{s}: the prefix must be from /48 to /96"));
+                }
+                if u128::from(a) & (u128::MAX >> n) != 0 {
+                    return Err(format!("{s}: host bits are set"));
+                }
+                Some((a, n))
+            }
+        };
+        Ok(Pool {
+            base,
+            prefix,
+            base6,
+        })
+    }
+
+    /// How many blocks of 256 the pool holds.
+    pub fn blocks(&self) -> u32 {
+        1 << (24 - self.prefix)
+    }
+
+    /// The IPv4 address at `offset` (block × 256 + host).
+    pub fn v4(&self, offset: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + offset)
+    }
+
+    /// The IPv6 address at `offset`: `<prefix>::<block>:<host>`.
+    pub fn v6(&self, offset: u32) -> Option<Ipv6Addr> {
+        self.base6.map(|(a, _)| {
+            let block = offset >> 8;
+            let host = offset & 0xff;
+            Ipv6Addr::from(u128::from(a) | (u128::from(block) << 16) | u128::from(host))
+        })
+    }
+
+    /// The host's own address: every site's gateway.
+    pub fn gateway(&self) -> u32 {
+        1
+    }
+
+    /// What the vassal at `offset` is given.
+    pub fn assigned(&self, offset: u32) -> Assigned {
+        Assigned {
+            offset,
+            v4: self.v4(offset),
+            v6: self.v6(offset),
+            gateway: self.v4(self.gateway()),
+        }
+    }
+
+    /// The pool as `A.B.C.D/N`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.base, self.prefix)
+    }
+}
+
+/// A vassal's place in the pool and what follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assigned {
+    /// Block × 256 + host.
+    pub offset: u32,
+    /// Its IPv4 address.
+    pub v4: Ipv4Addr,
+    /// Its IPv6 address, when the pool has a prefix.
+    pub v6: Option<Ipv6Addr>,
+    /// The host's address: the gateway and the resolver.
+    pub gateway: Ipv4Addr,
+}
+
+/// The recorded addresses: which group owns each block, and each vassal's offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressTable {
+    /// Schema version (1).
+    pub schema_version: u32,
+    /// Block → owning group ("" for the host and admin sites).
+    pub blocks: BTreeMap<u32, String>,
+    /// Vassal name → offset in the pool.
+    pub vassals: BTreeMap<String, u32>,
+}
+
+impl AddressTable {
+    /// Loads the table, or an empty one if the file does not exist.
+    pub fn load(path: &Path) -> io::Result<AddressTable> {
+        match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(AddressTable {
+                schema_version: 1,
+                ..AddressTable::default()
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Saves the table atomically.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        crate::atomic::write_json(path, self, 0o644)
+    }
+
+    /// The offset of `name` (a site or group), owned by `group` ("" for the
+    /// admin), allocating one if it has none. Returns the offset and whether
+    /// the table changed (and must be saved before the address is used).
+    /// A group's own container takes its first block's `.1`.
+    pub fn allocate(&mut self, pool: &Pool, name: &str, group: &str) -> io::Result<(u32, bool)> {
+        if let Some(off) = self.vassals.get(name) {
+            return Ok((*off, false));
+        }
+        self.schema_version = 1;
+        let taken: std::collections::BTreeSet<u32> = self.vassals.values().copied().collect();
+        // The host's block is always the admin's.
+        self.blocks.entry(0).or_default();
+        let first_host = |block: u32| if block == 0 { 2 } else { 1 };
+        for (block, owner) in &self.blocks {
+            if owner != group || *block >= pool.blocks() {
+                continue;
+            }
+            if let Some(off) = (first_host(*block)..=254)
+                .map(|h| block * 256 + h)
+                .find(|o| !taken.contains(o))
+            {
+                self.vassals.insert(name.to_owned(), off);
+                return Ok((off, true));
+            }
+        }
+        let block = (1..pool.blocks())
+            .find(|b| !self.blocks.contains_key(b))
+            .ok_or_else(|| io::Error::other(format!("address pool {} exhausted", pool.cidr())))?;
+        self.blocks.insert(block, group.to_owned());
+        let off = block * 256 + first_host(block);
+        self.vassals.insert(name.to_owned(), off);
+        Ok((off, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        Pool::parse(DEFAULT_POOL, Some(DEFAULT_POOL6)).unwrap()
+    }
+
+    #[test]
+    fn readable_stable_and_per_group_blocks() {
+        let p = pool();
+        let mut t = AddressTable::default();
+        let (a, new) = t.allocate(&p, "site1", "").unwrap();
+        assert!(new);
+        assert_eq!(p.v4(a), "10.199.0.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(p.v4(p.gateway()).to_string(), "10.199.0.1");
+        let (g, _) = t.allocate(&p, "reseller", "reseller").unwrap();
+        assert_eq!(p.v4(g).to_string(), "10.199.1.1", "a group's container");
+        let (s, _) = t.allocate(&p, "shop", "reseller").unwrap();
+        assert_eq!(p.v4(s).to_string(), "10.199.1.2");
+        assert_eq!(p.v6(s).unwrap().to_string(), "fd69:6d70:6572::1:2");
+        assert_eq!(t.allocate(&p, "site1", "").unwrap(), (a, false), "stable");
+        let (other, _) = t.allocate(&p, "x", "other").unwrap();
+        assert_eq!(p.v4(other).to_string(), "10.199.2.1");
+        // Through the file, as after an emperor restart.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addresses.json");
+        t.save(&path).unwrap();
+        let mut back = AddressTable::load(&path).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.allocate(&p, "shop", "reseller").unwrap(), (s, false));
+    }
+
+    #[test]
+    fn a_full_block_spills_into_a_new_one_and_the_pool_ends() {
+        let p = Pool::parse("10.0.0.0/23", None).unwrap();
+        assert_eq!(p.blocks(), 2);
+        let mut t = AddressTable::default();
+        for i in 0..253 {
+            t.allocate(&p, &format!("a{i}"), "").unwrap();
+        }
+        let (next, _) = t.allocate(&p, "g", "g").unwrap();
+        assert_eq!(p.v4(next).to_string(), "10.0.1.1");
+        let e = t.allocate(&p, "spill", "").unwrap_err();
+        assert!(e.to_string().contains("exhausted"), "{e}");
+        assert_eq!(p.v6(next), None);
+    }
+
+    #[test]
+    fn pools_are_checked() {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.1/16",
+            "10.0.0.0/25",
+            "10.0.0.0/7",
+            "x/16",
+        ] {
+            assert!(Pool::parse(bad, None).is_err(), "{bad}");
+        }
+        assert!(Pool::parse(DEFAULT_POOL, Some("fd00::1/64")).is_err());
+        assert!(Pool::parse(DEFAULT_POOL, Some("fd00::/120")).is_err());
+    }
+}

@@ -1,0 +1,412 @@
+//! Site networking, end to end: the emperor runs in a network namespace the
+//! test makes (the "host"), beside a second one playing the internet; packets
+//! go only between those two and the sites' own namespaces. The machine's
+//! own network and firewall are never touched.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::*;
+use nix::sys::signal::Signal;
+
+/// The internet's address, and the host's on the link to it.
+const INTERNET: &str = "198.51.100.2";
+const HOST_UPLINK: &str = "198.51.100.1";
+
+/// Two named network namespaces linked by a veth pair, and the servers in
+/// them; all removed on drop, even when the test fails.
+struct Net {
+    host: String,
+    internet: String,
+    servers: Vec<Child>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+impl Net {
+    fn new() -> Net {
+        // Owned (and so removed on drop) before anything is made.
+        let net = Net {
+            host: unique("imp-host"),
+            internet: unique("imp-inet"),
+            servers: Vec::new(),
+        };
+        ip(&["netns", "add", &net.host]);
+        ip(&["netns", "add", &net.internet]);
+        let (h, i) = (net.host.as_str(), net.internet.as_str());
+        ip(&[
+            "-n", h, "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", i,
+        ]);
+        for (ns, dev, addr) in [(h, "uplink", HOST_UPLINK), (i, "eth0", INTERNET)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        ip(&["-n", h, "route", "add", "default", "via", INTERNET]);
+        net
+    }
+
+    fn path(&self, ns: &str) -> PathBuf {
+        PathBuf::from("/run/netns").join(ns)
+    }
+
+    /// Runs `script` with python3 inside namespace `ns`, in the background.
+    fn serve(&mut self, ns: &str, script: &str) {
+        self.spawn(ns, &["/usr/bin/python3", "-c", script]);
+    }
+
+    /// Runs a program inside namespace `ns`, in the background.
+    fn spawn(&mut self, ns: &str, args: &[&str]) {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.path(ns).display()))
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start a server");
+        self.servers.push(child);
+    }
+
+    /// The internet's name server (`shop.example` is the internet's
+    /// address) and the host's resolver for the sites, run as the shipped
+    /// configuration says, forwarding to the internet's.
+    fn resolvers(&mut self) {
+        let (i, h) = (self.internet.clone(), self.host.clone());
+        let common = [
+            "/usr/sbin/dnsmasq",
+            "--keep-in-foreground",
+            "--pid-file=",
+            "--user=root",
+        ];
+        let authority = format!("--address=/shop.example/{INTERNET}");
+        let listen = format!("--listen-address={INTERNET}");
+        self.spawn(
+            &i,
+            &[
+                &common[..],
+                &[
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    &listen,
+                    &authority,
+                ],
+            ]
+            .concat(),
+        );
+        let conf = format!(
+            "--conf-file={}/../configs/dnsmasq-imperium.conf",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let upstream = format!("--server={INTERNET}");
+        self.spawn(
+            &h,
+            &[&common[..], &[&conf, "--no-resolv", &upstream]].concat(),
+        );
+    }
+
+    /// Runs a command in the host namespace.
+    fn on_host(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path(&self.host).display()))
+            .arg("--")
+            .args(args)
+            .output()
+            .expect("nsenter")
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.host, &self.internet] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// TCP servers on `ports`: each answers a connection with one line naming
+/// the peer's address (`<tag> <peer>`), HTTP-shaped on port 80.
+fn servers(ports: &[(u16, &str)]) -> String {
+    let list: Vec<String> = ports.iter().map(|(p, t)| format!("({p}, '{t}')")).collect();
+    format!(
+        r#"
+import socket, threading
+def run(port, tag):
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('::', port)); s.listen(64)
+    while True:
+        c, a = s.accept()
+        peer = a[0].removeprefix('::ffff:')
+        body = f'{{tag}} {{peer}}\n'.encode()
+        if port == 80:
+            c.recv(4096)
+            c.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n' % len(body) + body)
+        else:
+            c.sendall(body)
+        c.close()
+for p, t in [{}]:
+    threading.Thread(target=run, args=(p, t)).start()
+"#,
+        list.join(", ")
+    )
+}
+
+/// A client inside a site: connects to host:port and prints the first line,
+/// or `refused`/`timeout`.
+const CLIENT: &str = r#"import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+    if sys.argv[2] == '80':
+        s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+    data = b''
+    while True:
+        b = s.recv(4096)
+        if not b: break
+        data += b
+    print(data.decode().splitlines()[-1])
+except ConnectionRefusedError:
+    print('refused')
+except ConnectionResetError:
+    print('refused')
+except OSError:
+    print('timeout')
+"#;
+
+struct Site {
+    name: &'static str,
+    cgroup: String,
+}
+
+impl Site {
+    fn run(&self, e: &Emperor, script: &str) -> String {
+        let init = e.running_pid(self.name);
+        let uid = e.row(self.name).expect("row")["uid"].as_u64().expect("uid") as u32;
+        let out = e.exec_in(init, uid, &self.cgroup, script);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    fn connect(&self, e: &Emperor, host: &str, port: u16) -> String {
+        // A dropped packet waits out the timeout; an answer comes at once.
+        let wait = patience(Duration::from_secs(2)).as_secs_f64();
+        self.run(
+            e,
+            &format!("python3 -c \"$(cat <<'EOF'\n{CLIENT}\nEOF\n)\" {host} {port} {wait}"),
+        )
+    }
+
+    fn address(&self, e: &Emperor) -> String {
+        e.row(self.name).expect("row")["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other() {
+    let mut net = Net::new();
+    net.serve(
+        &net.internet.clone(),
+        &servers(&[(80, "web"), (25, "smtp")]),
+    );
+    net.resolvers();
+    net.serve(
+        &net.host.clone(),
+        &servers(&[(3306, "db"), (3307, "other")]),
+    );
+    let mut e = Emperor::new();
+    e.netns = Some(net.path(&net.host));
+    e.extra = vec!["--host-ports".into(), "3306".into()];
+    e.write("site1", "kind = \"site\"\n");
+    e.write("mailer", "kind = \"site\"\n[network]\nsmtp = true\n");
+    e.write("g1", "kind = \"group\"\n[limits]\nmemory = \"512M\"\n");
+    e.write(
+        "resold",
+        "kind = \"site\"\ngroup = \"g1\"\n[limits]\nmemory = \"128M\"\n[network]\nsmtp = true\n",
+    );
+    e.start();
+    let site = |name: &'static str, cg: &str| Site {
+        name,
+        cgroup: e.cgroup(cg),
+    };
+    let site1 = site("site1", "_admin/site1");
+    let mailer = site("mailer", "_admin/mailer");
+    let resold = site("resold", "g1/resold");
+
+    // Readable, stable addresses from the plan (vassals start in name order);
+    // the gateway is the host.
+    assert_eq!(site1.address(&e), "10.199.0.3");
+    assert_eq!(mailer.address(&e), "10.199.0.2");
+    assert_eq!(e.row("g1").unwrap()["address"], "10.199.1.1");
+    assert_eq!(resold.address(&e), "10.199.1.2");
+    let shown = site1.run(&e, "ip -o addr show dev eth0; ip route");
+    assert!(shown.contains("10.199.0.3/16"), "{shown}");
+    assert!(shown.contains("fd69:6d70:6572::3/64"), "{shown}");
+    assert!(shown.contains("default via 10.199.0.1"), "{shown}");
+
+    // Out to the internet through NAT: the peer sees the host's address.
+    let web = wait_for(Duration::from_secs(10), "the internet", || {
+        let got = site1.connect(&e, INTERNET, 80);
+        got.starts_with("web").then_some(got)
+    });
+    assert_eq!(web, format!("web {HOST_UPLINK}"));
+
+    // Names: the host's resolver answers, the site's own name is its address.
+    let names = wait_for(Duration::from_secs(10), "a name", || {
+        let got = site1.run(&e, "getent hosts shop.example");
+        got.contains("shop.example").then_some(got)
+    });
+    assert!(names.starts_with(INTERNET), "{names}");
+    let own = site1.run(&e, "getent ahostsv4 site1");
+    assert!(own.starts_with("10.199.0.3 "), "{own}");
+    assert_eq!(
+        site1.connect(&e, "shop.example", 80),
+        format!("web {HOST_UPLINK}")
+    );
+
+    // The host: the admin's port only.
+    assert_eq!(site1.connect(&e, "10.199.0.1", 3306), "db 10.199.0.3");
+    assert_eq!(site1.connect(&e, "10.199.0.1", 3307), "timeout");
+
+    // No site reaches another (a server listens in `mailer`; the host reaches it).
+    mailer.run(
+        &e,
+        &format!(
+            "setsid python3 -c \"$(cat <<'EOF'\n{}\nEOF\n)\" >/dev/null 2>&1 < /dev/null &",
+            servers(&[(8000, "mailer")])
+        ),
+    );
+    let from_host = wait_for(Duration::from_secs(10), "mailer's server", || {
+        let out = net.on_host(&["/usr/bin/python3", "-c", CLIENT, "10.199.0.2", "8000", "2"]);
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        got.starts_with("mailer").then_some(got)
+    });
+    assert_eq!(from_host, "mailer 10.199.0.1");
+    assert_eq!(site1.connect(&e, "10.199.0.2", 8000), "timeout");
+    assert_eq!(resold.connect(&e, "10.199.0.2", 8000), "timeout");
+
+    // Mail: only where the site's file allows it, and for a reseller's site
+    // only if the group's (the admin's) file does too.
+    assert_eq!(site1.connect(&e, INTERNET, 25), "refused");
+    assert_eq!(resold.connect(&e, INTERNET, 25), "refused");
+    assert_eq!(
+        mailer.connect(&e, INTERNET, 25),
+        format!("smtp {HOST_UPLINK}")
+    );
+    e.write(
+        "g1",
+        "kind = \"group\"\n[limits]\nmemory = \"512M\"\n[network]\nsmtp = true\n",
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "mail allowed for the group",
+        || {
+            resold
+                .connect(&e, INTERNET, 25)
+                .starts_with("smtp")
+                .then_some(())
+        },
+    );
+
+    // An emperor killed and started again: same addresses, still connected.
+    let init = e.running_pid("site1");
+    e.kill(Signal::SIGKILL);
+    e.start();
+    assert_eq!(e.running_pid("site1"), init, "adopted");
+    assert_eq!(site1.address(&e), "10.199.0.3");
+    assert_eq!(
+        site1.connect(&e, INTERNET, 80),
+        format!("web {HOST_UPLINK}")
+    );
+    assert_eq!(site1.connect(&e, INTERNET, 25), "refused");
+    assert_eq!(
+        mailer.connect(&e, INTERNET, 25),
+        format!("smtp {HOST_UPLINK}")
+    );
+
+    // A removed site takes its interface with it.
+    let link = |name: &str| net.on_host(&["ip", "link", "show", name]).status.success();
+    assert!(link("imp3"), "site1's host end");
+    e.remove("site1");
+    wait_for(Duration::from_secs(15), "site1's link to go", || {
+        (!link("imp3")).then_some(())
+    });
+    assert!(link("imp2"), "mailer's stays");
+}
+
+/// Opens argv[3] connections to argv[1]:argv[2] and holds them; prints how many opened.
+const HOLD: &str = r#"import socket, sys
+held = []
+for _ in range(int(sys.argv[3])):
+    try:
+        held.append(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4])))
+    except OSError:
+        pass
+print(len(held))
+"#;
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_site_cannot_fill_the_hosts_connection_table() {
+    let mut net = Net::new();
+    // A server that holds every connection open.
+    net.serve(
+        &net.internet.clone(),
+        r#"
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 9000)); s.listen(256)
+held = []
+while True:
+    held.append(s.accept()[0])
+"#,
+    );
+    let mut e = Emperor::new();
+    e.netns = Some(net.path(&net.host));
+    e.extra = vec!["--site-connections".into(), "8".into()];
+    e.write("greedy", "kind = \"site\"\n");
+    e.write("neighbour", "kind = \"site\"\n");
+    e.start();
+    let greedy = Site {
+        name: "greedy",
+        cgroup: e.cgroup("_admin/greedy"),
+    };
+    let neighbour = Site {
+        name: "neighbour",
+        cgroup: e.cgroup("_admin/neighbour"),
+    };
+    let wait = patience(Duration::from_secs(1)).as_secs_f64();
+    // 20 connections held open at once: the site's cap lets 8 through.
+    let opened = greedy.run(
+        &e,
+        &format!("python3 -c \"$(cat <<'EOF'\n{HOLD}\nEOF\n)\" {INTERNET} 9000 20 {wait}"),
+    );
+    assert_eq!(opened, "8", "connections greedy got");
+    // Its cap is its own: the neighbour connects.
+    let got = wait_for(
+        Duration::from_secs(10),
+        "the neighbour's connection",
+        || {
+            let n = neighbour.run(
+            &e,
+            &format!(
+                "python3 -c \"import socket; socket.create_connection(('{INTERNET}', 9000), timeout=2); print('ok')\""
+            ),
+        );
+            (n == "ok").then_some(n)
+        },
+    );
+    assert_eq!(got, "ok");
+}
