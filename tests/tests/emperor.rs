@@ -854,12 +854,14 @@ struct RouterProc {
     child: std::process::Child,
     http: String,
     https: String,
+    log: std::path::PathBuf,
 }
 
 impl RouterProc {
     fn start(e: &Emperor) -> RouterProc {
         let listen = e.run_dir.join("router/listen.json");
-        let log = std::fs::File::create(e.dir.path().join("router.log")).unwrap();
+        let log_path = e.dir.path().join("router.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = std::process::Command::new(bin("router"))
             .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
             .arg("--run-dir")
@@ -877,6 +879,7 @@ impl RouterProc {
             child,
             http: v["http"].as_str().unwrap().to_owned(),
             https: v["https"].as_str().unwrap().to_owned(),
+            log: log_path,
         }
     }
 
@@ -918,6 +921,12 @@ fn http_request(addr: &str, host: &str, path: &str, wait: Duration) -> (u16, Str
 
 impl Drop for RouterProc {
     fn drop(&mut self) {
+        // A failed test shows whether the router was still running, and its last words.
+        if std::thread::panicking() {
+            let exited = self.child.try_wait().ok().flatten();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("router exited: {exited:?}; log (tail):\n{}", tail(&log, 60));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -1110,6 +1119,13 @@ struct Seen {
     bodies: std::collections::BTreeSet<String>,
 }
 
+impl Drop for BackgroundLoad {
+    /// A failed test stops its clients too (before its router goes away).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Two clients asking for `host` through the router without pause until stopped.
 struct BackgroundLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -1137,10 +1153,10 @@ impl BackgroundLoad {
         BackgroundLoad { stop, threads }
     }
 
-    fn finish(self) -> Seen {
+    fn finish(mut self) -> Seen {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut all = Seen::default();
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let s = t.join().unwrap();
             for (k, n) in s.statuses {
                 *all.statuses.entry(k).or_default() += n;
@@ -1168,11 +1184,14 @@ fn root_restarts_hand_over_under_load_without_a_failed_request() {
     wait_for(Duration::from_secs(10), "the vassals directory", || {
         home.join("vassals").is_dir().then_some(())
     });
+    // A new instance has this long to accept (an emulated host starts
+    // Python slowly: the time scales like every other wait).
+    let ready = patience(Duration::from_secs(3)).as_secs();
     let file = |version: &str, extra: &str| {
         let text = format!(
             "command = [\"python3\", \"/home/shop/app.py\", \"{{socket}}\"{extra}]\n\
              env = {{ VERSION = \"{version}\", SLOW = \"0.5\" }}\ngrace = 5\n\
-             [http]\ndomains = [\"shop.test\"]\nsocket = \"web.sock\"\nready_timeout = 3\n"
+             [http]\ndomains = [\"shop.test\"]\nsocket = \"web.sock\"\nready_timeout = {ready}\n"
         );
         write_atomic(&home.join("vassals/web.toml"), &text);
     };
@@ -1228,11 +1247,25 @@ fn root_restarts_hand_over_under_load_without_a_failed_request() {
         };
         let out = vassal(verb);
         assert!(out.status.success(), "{verb}: {out:?}");
-        wait_for(Duration::from_secs(20), "the new instance serving", || {
-            let r = row();
-            (r["pid"].as_i64().is_some_and(|p| p != old) && r["subscriptions"][0]["ok"] == true)
-                .then_some(())
-        });
+        wait_for_or(
+            Duration::from_secs(20),
+            "the new instance serving",
+            || {
+                let r = row();
+                (r["pid"].as_i64().is_some_and(|p| p != old) && r["subscriptions"][0]["ok"] == true)
+                    .then_some(())
+            },
+            || {
+                let out = vassal("status --json");
+                format!(
+                    "after `vassal {verb}` (old pid {old}): status {out:?}\nvassal log:\n{}",
+                    tail(
+                        &std::fs::read_to_string(home.join("logs/vassal.log")).unwrap_or_default(),
+                        40
+                    )
+                )
+            },
+        );
     }
     // An app that never comes up: given up, the old one keeps serving.
     let serving = row()["pid"].as_i64().unwrap();
