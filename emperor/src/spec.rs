@@ -343,7 +343,7 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         .permitted(none.clone())
         .ambient(none)
         .build()?;
-    let env = vec![
+    let mut env = vec![
         "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
         format!("HOME={home_inside}"),
         format!("USER={user}"),
@@ -352,6 +352,10 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         "LANG=C.UTF-8".to_owned(),
         format!("IMPERIUM_VASSAL={}", inp.name),
     ];
+    // The site's own address: where its `tcp:PORT` backends listen.
+    if let Some(a) = &inp.net {
+        env.push(format!("IMPERIUM_ADDRESS={}", a.v4));
+    }
     // Never more than the emperor holds itself: raising a hard limit needs
     // CAP_SYS_RESOURCE, which a confined emperor may lack.
     let nofile_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)

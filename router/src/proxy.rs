@@ -114,13 +114,28 @@ pub fn open_socket_at(
 /// A new HTTP/1.1 connection to a backend's socket.
 async fn connect(b: &Backend) -> Result<Sender, ConnectError> {
     use std::os::fd::AsFd;
+    if let Some(addr) = b.tcp {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(ConnectError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        return handshake(stream).await;
+    }
     let fd = open_socket(b)?;
     // Through the descriptor: the kernel connects to the inode just checked.
     let stream = UnixStream::connect(sys::fs::fd_path(fd.as_fd()))
         .await
         .map_err(ConnectError::Connect)?;
     drop(fd);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    handshake(stream).await
+}
+
+/// HTTP/1.1 over a new backend connection, driven by a task of its own.
+async fn handshake<T>(io: T) -> Result<Sender, ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {

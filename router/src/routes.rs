@@ -34,6 +34,8 @@ pub struct Backend {
     pub name: String,
     /// The uid that must own the socket.
     pub uid: Option<u32>,
+    /// A `tcp:PORT` backend: that port of the site's own address.
+    pub tcp: Option<std::net::SocketAddr>,
     /// `dir/name`, for logs and the connection pool.
     pub path: PathBuf,
     /// Its share of the load.
@@ -340,6 +342,7 @@ impl Routes {
                         path: v.dir.join(&v.sub.backend),
                         name: v.sub.backend.clone(),
                         uid,
+                        tcp: v.tcp,
                         weight: v.sub.weight,
                         expires: Instant::now() + self.ttl,
                     }));
@@ -487,6 +490,7 @@ mod tests {
                 path: PathBuf::from(format!("/d/b{i}")),
                 name: format!("b{i}"),
                 uid: Some(1),
+                tcp: None,
                 weight: *w,
                 expires: Instant::now() + Duration::from_secs(60),
             }));

@@ -42,7 +42,7 @@ pub enum VerifyError {
         domain: String,
     },
     /// The backend name leaves the site's socket directory.
-    #[error("backend {0:?} is not a socket name in the site's directory")]
+    #[error("backend {0:?} is not a socket name in the site's directory, nor tcp:PORT of a site with an address")]
     Backend(String),
     /// Out-of-range weight.
     #[error("weight {0} is not between 1 and 100")]
@@ -72,6 +72,8 @@ pub struct Verified {
     pub sub: Subscription,
     /// The site's socket directory on the host (the backend is `sub.backend` in it).
     pub dir: PathBuf,
+    /// For a `tcp:PORT` backend: that port on the site's own address.
+    pub tcp: Option<std::net::SocketAddr>,
     /// The certificate to serve for the domain, if one came with it.
     pub cert: Option<Arc<CertifiedKey>>,
 }
@@ -140,6 +142,16 @@ pub fn verify(
     if b.is_empty() || b.len() > 100 || b == "." || b == ".." || b.contains(['/', '\0']) {
         return Err(VerifyError::Backend(b.clone()));
     }
+    // A TCP backend is a port of the site's own address, never an address the site names.
+    let tcp = match (
+        b.starts_with("tcp:"),
+        model::process::tcp_port(b),
+        site.address,
+    ) {
+        (false, _, _) => None,
+        (true, Some(port), Some(addr)) => Some(std::net::SocketAddr::from((addr, port))),
+        (true, _, _) => return Err(VerifyError::Backend(b.clone())),
+    };
     if sub.action == Action::Subscribe && !(1..=100).contains(&sub.weight) {
         return Err(VerifyError::Weight(sub.weight));
     }
@@ -158,6 +170,7 @@ pub fn verify(
     }
     Ok(Verified {
         dir: PathBuf::from(&site.sockets),
+        tcp,
         cert,
         sub,
     })

@@ -164,6 +164,8 @@ struct Site {
     uid: u32,
     /// Its cap on requests in flight, if not the router's default.
     requests: Option<u32>,
+    /// Its own address (`tcp:PORT` backends), if it has one.
+    address: Option<std::net::Ipv4Addr>,
 }
 
 impl Site {
@@ -173,6 +175,7 @@ impl Site {
             key: SigningKey::from_bytes(&random::<32>()),
             uid: nix::unistd::geteuid().as_raw(),
             requests: None,
+            address: None,
         }
     }
 
@@ -226,6 +229,7 @@ impl Router {
                     suspended: *suspended,
                     moving: Vec::new(),
                     requests: s.requests,
+                    address: s.address,
                 },
             );
         }
@@ -1534,4 +1538,73 @@ fn hostile_a_router_out_of_descriptors_backs_off_and_recovers() {
         used < 1.0,
         "the router used {used:.2} s of CPU while out of descriptors"
     );
+}
+
+/// A backend on TCP: answers every request on a connection with `tcp|<Host>`.
+fn tcp_backend(addr: &str) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    let at = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                loop {
+                    let mut host = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.strip_prefix("host: ").or(line.strip_prefix("Host: "))
+                        {
+                            host = v.trim().to_owned();
+                        }
+                    }
+                    let body = format!("tcp|{host}");
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+    });
+    at
+}
+
+#[test]
+fn a_tcp_backend_is_a_port_of_the_sites_own_address_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s1, s2) = (Site::new("site1"), Site::new("site2"));
+    // site1's own address (a site's eth0 on a real host); site2 has none.
+    s1.address = Some("127.0.0.2".parse().unwrap());
+    Router::dominion(
+        dir.path(),
+        &[(&s1, &["example.com"], false), (&s2, &["other.org"], false)],
+    );
+    let r = Router::start(dir, "60");
+    let port = tcp_backend("127.0.0.2:0").port();
+    let ans = r.subscribe(&s1, &s1.sub("example.com", &format!("tcp:{port}")));
+    assert_eq!(ans["ok"], true, "{ans}");
+    assert_eq!(r.get("example.com"), (200, "tcp|example.com".into()));
+
+    // Only a port: no address of the site's choosing, and no TCP without an address.
+    for (site, domain, backend) in [
+        (&s1, "example.com", "tcp:127.0.0.1:22".to_owned()),
+        (&s1, "example.com", "tcp:0".to_owned()),
+        (&s2, "other.org", format!("tcp:{port}")),
+    ] {
+        let (status, ans) = r.post(&site.sign(&site.sub(domain, &backend)));
+        assert_eq!(status, 403, "{backend}: {ans}");
+        assert!(
+            ans["error"].as_str().unwrap().contains("nor tcp:PORT"),
+            "{ans}"
+        );
+    }
+    assert_eq!(r.get("other.org").0, 404);
 }

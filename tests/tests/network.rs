@@ -410,3 +410,86 @@ while True:
     );
     assert_eq!(got, "ok");
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_router_reaches_a_sites_tcp_backend_on_its_own_address() {
+    let net = Net::new();
+    let mut e = Emperor::new();
+    e.netns = Some(net.path(&net.host));
+    e.write("tcpsite", "kind = \"site\"\ndomains = [\"tcp.test\"]\n");
+    e.start();
+    let init = e.running_pid("tcpsite");
+    // The router runs on the host, beside the bridge.
+    let log = std::fs::File::create(e.dir.path().join("router.log")).unwrap();
+    let mut router = Command::new("nsenter")
+        .arg(format!("--net={}", net.path(&net.host).display()))
+        .arg("--")
+        .arg(bin("router"))
+        .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+        .arg("--run-dir")
+        .arg(&e.run_dir)
+        .arg("--state-dir")
+        .arg(e.dir.path().join("router-state"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let router = Kill(&mut router);
+    let listen = e.run_dir.join("router/listen.json");
+    let http = wait_for(Duration::from_secs(20), "the router", || {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&listen).ok()?).ok()?;
+        Some(v["http"].as_str()?.to_owned())
+    });
+    // The tenant's app listens on port 8080 of whatever address; `tcp:8080`.
+    let home = e.home_root.join("tcpsite");
+    std::fs::create_dir_all(home.join("www")).unwrap();
+    std::fs::write(home.join("www/index.html"), "served over tcp\n").unwrap();
+    wait_for(Duration::from_secs(10), "the vassals directory", || {
+        home.join("vassals").is_dir().then_some(())
+    });
+    write_atomic(
+        &home.join("vassals/web.toml"),
+        "command = [\"python3\", \"-m\", \"http.server\", \"8080\", \"--directory\", \"/home/tcpsite/www\"]\n\
+         [http]\ndomains = [\"tcp.test\"]\nsocket = \"tcp:8080\"\n",
+    );
+    let get = || {
+        let out = net.on_host(&[
+            "curl",
+            "-s",
+            "-H",
+            "Host: tcp.test",
+            &format!("http://{http}/"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let body = wait_for(
+        Duration::from_secs(20),
+        "the app through the router",
+        || {
+            let b = get();
+            b.contains("served over tcp").then_some(b)
+        },
+    );
+    assert_eq!(body, "served over tcp\n");
+    // The vassal saw it accept on the site's own address before subscribing.
+    let out = e.exec_in(
+        init,
+        e.row("tcpsite").unwrap()["uid"].as_u64().unwrap() as u32,
+        &e.cgroup("_admin/tcpsite"),
+        "HOME=/home/tcpsite /run/imperium/bin/vassal status --json",
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["processes"][0]["subscriptions"][0]["ok"], true,
+        "{status}"
+    );
+    drop(router);
+}

@@ -170,6 +170,12 @@ pub fn accepts(path: &Path) -> bool {
     )
 }
 
+/// Whether something listens on this TCP address of the site's own (a
+/// local connection is answered at once; 20 ms at most).
+pub fn accepts_tcp(addr: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(20)).is_ok()
+}
+
 /// Work for the subscription thread, done in the order given.
 #[derive(Debug)]
 pub enum Job {

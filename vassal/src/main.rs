@@ -95,6 +95,9 @@ fn run(args: &[String]) -> Result<i32, String> {
             sockets: std::env::var_os("IMPERIUM_SOCKETS")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(model::layout::inside::SOCKETS)),
+            address: std::env::var("IMPERIUM_ADDRESS")
+                .ok()
+                .and_then(|a| a.parse().ok()),
         })
     };
     let socket = || model::layout::home::control_socket(&home());

@@ -64,6 +64,9 @@ pub struct Settings {
     pub processes: Option<PathBuf>,
     /// The site's socket directory (`/run/imperium/sockets` in the container).
     pub sockets: PathBuf,
+    /// The site's own address, when it has a network: `tcp:PORT` backends
+    /// listen on that port of it.
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 impl Settings {
@@ -389,7 +392,13 @@ impl Supervisor {
                 None
             }
             Effect::CheckReady { socket } => {
-                let yes = accepts(&self.cfg.sockets.join(&socket));
+                let yes = match model::process::tcp_port(&socket) {
+                    Some(port) => self
+                        .cfg
+                        .address
+                        .is_some_and(|a| crate::http::accepts_tcp((a, port).into())),
+                    None => accepts(&self.cfg.sockets.join(&socket)),
+                };
                 Some(Event::Accepts { socket, yes })
             }
             Effect::Subscribe(http) => match self.worker.send(Job::Subscribe(name.clone(), http)) {

@@ -94,6 +94,7 @@ impl Manager {
                     // Set while a site moves to another host: not done by this emperor yet.
                     moving: Vec::new(),
                     requests: s.limits.requests,
+                    address: self.address_of(name).and_then(|a| a.parse().ok()),
                 },
             );
         }

@@ -15,7 +15,7 @@
 //!
 //! [http]                       # serve these domains through the shared router
 //! domains = ["shop.test"]
-//! socket = "web.sock"          # a unix socket in /run/imperium/sockets/
+//! socket = "web.sock"          # a unix socket in /run/imperium/sockets/, or "tcp:8080" (the site's address)
 //! ready_timeout = 60           # seconds a new instance has to accept on it
 //! ```
 //!
@@ -100,7 +100,8 @@ pub struct ProcessFile {
 pub struct Http {
     /// Domains (the site must own them).
     pub domains: Vec<String>,
-    /// The socket the process listens on, a name in `/run/imperium/sockets/`.
+    /// The socket the process listens on: a name in `/run/imperium/sockets/`,
+    /// or `tcp:PORT`, that port on the site's own address.
     pub socket: String,
     /// Certificate chain (PEM), a path in the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +133,15 @@ pub fn is_socket_name(s: &str) -> bool {
         && !s.starts_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The port of a `tcp:PORT` backend (1-65535), `None` for anything else.
+pub fn tcp_port(s: &str) -> Option<u16> {
+    let port = s.strip_prefix("tcp:")?;
+    if port.is_empty() || port.starts_with('0') || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse::<u16>().ok()
 }
 
 fn one() -> u32 {
@@ -214,11 +224,16 @@ impl Process {
                 ));
             }
             let s = &h.socket;
-            if !is_socket_name(s) {
+            if s.starts_with("tcp:") && tcp_port(s).is_none() {
+                return bad(format!(
+                    "http.socket {s:?}: a TCP backend is tcp:PORT, a port from 1 to 65535 on the site's own address"
+                ));
+            }
+            if !is_socket_name(s) && tcp_port(s).is_none() {
                 return bad(format!(
                     "http.socket {s:?} is not a socket name: the process listens on a unix socket \
-                     named in /run/imperium/sockets/ (letters, digits, . _ -, e.g. \"web.sock\"); \
-                     TCP addresses are not backends"
+                     named in /run/imperium/sockets/ (letters, digits, . _ -, e.g. \"web.sock\") \
+                     or on tcp:PORT (the site's own address)"
                 ));
             }
             if !(h.ready_timeout.is_finite() && (0.1..=3600.0).contains(&h.ready_timeout)) {
@@ -281,7 +296,10 @@ impl Process {
     /// process serves http and takes its socket path from the vassal
     /// (`{socket}` in its command or env), so the two listen apart.
     pub fn hands_over(&self) -> bool {
-        self.file.http.is_some()
+        self.file
+            .http
+            .as_ref()
+            .is_some_and(|h| tcp_port(&h.socket).is_none())
             && self
                 .file
                 .command
@@ -395,6 +413,16 @@ mod tests {
             let e = file(bad, "[\"app\"]").unwrap_err().to_string();
             assert!(e.contains("is not a socket name"), "{bad}: {e}");
         }
+        for bad in ["tcp:", "tcp:0", "tcp:65536", "tcp:080", "tcp:80x", "tcp:-1"] {
+            let e = file(bad, "[\"app\"]").unwrap_err().to_string();
+            assert!(e.contains("a TCP backend is tcp:PORT"), "{bad}: {e}");
+        }
+        let tcp = file("tcp:8080", "[\"app\", \"{socket}\"]").unwrap();
+        assert!(
+            !tcp.hands_over(),
+            "one port: no second instance beside the first"
+        );
+        assert_eq!(tcp_port("tcp:8080"), Some(8080));
         let plain = file("web.sock", "[\"app\", \"/run/imperium/sockets/web.sock\"]").unwrap();
         assert!(!plain.hands_over());
         let takes = file("web.sock", "[\"app\", \"--bind\", \"unix:{socket}\"]").unwrap();

@@ -97,6 +97,10 @@ pub struct SiteRoutes {
     /// default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<u32>,
+    /// The site's own address: `tcp:PORT` backends are that port on it (and
+    /// nothing else). Absent: the site has no TCP backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// Everything the dominator tells the router.

@@ -47,7 +47,15 @@ impl Supervisor {
             Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
             Err(_) => (Stdio::null(), Stdio::null()),
         };
-        let path = socket.map(|s| self.cfg.sockets.join(s).display().to_string());
+        // Where the instance listens: the socket's path, or for `tcp:PORT`
+        // that port of the site's own address.
+        let path = socket.map(|s| match model::process::tcp_port(s) {
+            Some(port) => format!(
+                "{}:{port}",
+                self.cfg.address.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+            ),
+            None => self.cfg.sockets.join(s).display().to_string(),
+        });
         let fill = |a: &String| match &path {
             Some(p) => a.replace(model::process::SOCKET_PLACEHOLDER, p),
             None => a.clone(),
