@@ -73,19 +73,24 @@ def pct(xs, p):
 
 
 class Emperor:
-    def __init__(self, root, cgroup_root):
+    def __init__(self, root, cgroup_root, netns=None):
         self.root = root
         self.cg = cgroup_root
+        # With a network namespace (the bench's own): sites get their network
+        # there; without, --network off. The machine's network is never touched.
+        self.netns = netns
         self.paths = {k: os.path.join(root, k) for k in ("vassals", "home", "state", "run")}
         os.makedirs(self.paths["vassals"], exist_ok=True)
         self.proc = None
 
     def start(self):
         log = open(os.path.join(self.root, "emperor.log"), "a")
+        wrap = ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
+        net = [] if self.netns else ["--network", "off"]
         self.proc = subprocess.Popen(
-            [f"{BIN}/emperor", "--run-dir", self.paths["run"], "serve", "--vassals", self.paths["vassals"],
-             "--home-root", self.paths["home"], "--state-dir", self.paths["state"], "--cgroup-root", self.cg,
-             "--stop-grace", "2", "--network", "off"],
+            wrap + [f"{BIN}/emperor", "--run-dir", self.paths["run"], "serve", "--vassals", self.paths["vassals"],
+                    "--home-root", self.paths["home"], "--state-dir", self.paths["state"], "--cgroup-root", self.cg,
+                    "--stop-grace", "2"] + net,
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(self.paths["run"], "emperor.sock")):
@@ -159,6 +164,35 @@ def remove_cgroups(name):
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+def bench_network(work, runs):
+    """Drop -> running with each site's network (veth, addresses, routes) in a
+    network namespace of the bench's own."""
+    ns = f"imp-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    e = Emperor(os.path.join(work, "net"), f"imperium-bench-net-{os.getpid()}", netns=ns)
+    try:
+        e.start()
+        records = os.path.join(e.paths["run"], "vassals")
+        ino = Inotify(records, IN_MOVED_TO | IN_DELETE)
+        lat = []
+        for i in range(runs + 5):
+            name = f"net{i}"
+            t0 = time.perf_counter()
+            e.write(name, 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')
+            ino.wait_for(f"{name}.json", IN_MOVED_TO)
+            dt = (time.perf_counter() - t0) * 1000
+            if i >= 5:
+                lat.append(dt)
+            os.remove(os.path.join(e.paths["vassals"], f"{name}.toml"))
+            ino.wait_for(f"{name}.json", IN_DELETE)
+        ino.close()
+        return {"drop_to_running_network_ms": summary(lat), "spawn_network_ms": summary(e.spawn_times()[5:])}
+    finally:
+        e.shutdown()
+        remove_cgroups(e.cg)
+        subprocess.run(["ip", "netns", "del", ns])
 
 
 def bench_latency(work, runs):
@@ -303,6 +337,7 @@ def main():
         res = {"load_before": os.getloadavg()[0]}
         res.update(floor(args.runs))
         res.update(bench_latency(work, args.runs))
+        res.update(bench_network(work, args.runs))
         res["cold"] = bench_cold(work, args.sites)
         res["load_after"] = os.getloadavg()[0]
     finally:
@@ -314,6 +349,10 @@ def main():
               f" runc / emperor: {med('runc') / med('drop_to_running_ms'):.2f}x;"
               f" emperor / in-process floor: {med('drop_to_running_ms') / med('floor_in_process_ms'):.2f}x;"
               f" emperor spawn / floor: {med('spawn_ms') / med('floor_in_process_ms'):.2f}x")
+    if med("drop_to_running_network_ms") and med("crun"):
+        print(f"with each site's network: drop->running {med('drop_to_running_network_ms')} ms"
+              f" ({med('drop_to_running_network_ms') / med('drop_to_running_ms'):.2f}x without;"
+              f" crun / emperor: {med('crun') / med('drop_to_running_network_ms'):.2f}x)")
 
 
 if __name__ == "__main__":

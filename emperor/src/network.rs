@@ -9,7 +9,7 @@
 //! the host to sites only on the admin's ports, refuses SMTP to sites not
 //! allowed to send mail, and caps each site's tracked connections.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
@@ -43,7 +43,12 @@ pub struct HostNet {
     bridge: u32,
     /// The addresses allowed SMTP, as last applied.
     smtp: Mutex<Option<BTreeSet<IpAddr>>>,
+    /// Each narrowed vassal's egress list, by offset, as last applied.
+    egress: Mutex<Option<Egress>>,
 }
+
+/// Vassals whose egress is narrowed: offset → (its addresses, the list).
+pub type Egress = BTreeMap<u32, (Vec<IpAddr>, Vec<model::network::Egress>)>;
 
 impl std::fmt::Debug for HostNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +90,7 @@ impl HostNet {
             host: Mutex::new(host),
             bridge,
             smtp: Mutex::new(None),
+            egress: Mutex::new(None),
         })
     }
 
@@ -130,6 +136,101 @@ impl HostNet {
         *last = Some(allowed);
         Ok(())
     }
+}
+
+impl HostNet {
+    /// Makes `want` the narrowed egress lists (one atomic change, only when
+    /// it differs from the last one).
+    pub fn set_egress(&self, want: Egress) -> anyhow::Result<()> {
+        let mut last = self
+            .egress
+            .lock()
+            .map_err(|_| anyhow::anyhow!("egress lock poisoned"))?;
+        if last.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        // After a restart the old chains are not known: every chain of ours
+        // not wanted now goes.
+        let known: BTreeSet<u32> = match last.as_ref() {
+            Some(l) => l.keys().copied().collect(),
+            None => existing_egress_chains(),
+        };
+        nft(&egress_elements(&known, &want))?;
+        *last = Some(want);
+        Ok(())
+    }
+}
+
+/// The per-vassal egress chains the table holds now (by offset).
+fn existing_egress_chains() -> BTreeSet<u32> {
+    let Ok(text) =
+        nftables::helper::get_current_ruleset_raw(None::<&str>, ["list", "chains", "inet"])
+    else {
+        return BTreeSet::new();
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+        return BTreeSet::new();
+    };
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["chain"]["table"] == TABLE)
+        .filter_map(|c| {
+            c["chain"]["name"]
+                .as_str()?
+                .strip_prefix("egress-")
+                .map(str::to_owned)
+        })
+        .filter_map(|hex| u32::from_str_radix(&hex, 16).ok())
+        .collect()
+}
+
+fn egress_chain(offset: u32) -> String {
+    format!("egress-{offset:x}")
+}
+
+/// The egress maps' new contents and the chains they jump to, in one transaction.
+pub fn egress_elements(known: &BTreeSet<u32>, want: &Egress) -> Value {
+    let mut cmds = Vec::new();
+    for map in ["egress4", "egress6"] {
+        cmds.push(json!({"flush": {"map": {"family": "inet", "table": TABLE, "name": map}}}));
+    }
+    for off in known.iter().filter(|o| !want.contains_key(o)) {
+        let name = egress_chain(*off);
+        cmds.push(json!({"flush": {"chain": {"family": "inet", "table": TABLE, "name": name}}}));
+        cmds.push(json!({"delete": {"chain": {"family": "inet", "table": TABLE, "name": name}}}));
+    }
+    for (off, (addrs, list)) in want {
+        let name = egress_chain(*off);
+        cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": name}}}));
+        cmds.push(json!({"flush": {"chain": {"family": "inet", "table": TABLE, "name": name}}}));
+        for e in list {
+            let proto = if e.addr.is_ipv4() { "ip" } else { "ip6" };
+            let mut expr = vec![json!({"match": {"op": "==",
+                "left": {"payload": {"protocol": proto, "field": "daddr"}},
+                "right": {"prefix": {"addr": e.addr.to_string(), "len": e.len}}}})];
+            if let Some(p) = e.port {
+                expr.push(
+                    json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
+                    "right": {"set": ["tcp", "udp"]}}}),
+                );
+                expr.push(json!({"match": {"op": "==",
+                    "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": p}}));
+            }
+            expr.push(json!({"accept": null}));
+            cmds.push(rule(&name, expr));
+        }
+        cmds.push(rule(&name, vec![json!({"reject": null})]));
+        for a in addrs {
+            let map = if a.is_ipv4() { "egress4" } else { "egress6" };
+            cmds.push(
+                json!({"add": {"element": {"family": "inet", "table": TABLE, "name": map,
+                "elem": [[a.to_string(), {"jump": {"target": name}}]]}}}),
+            );
+        }
+    }
+    json!({"nftables": cmds})
 }
 
 /// Runs one nftables transaction (all of it or nothing).
@@ -183,6 +284,12 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
         cmds.push(set("smtp6", "ipv6_addr", false));
         cmds.push(set("conns4", "ipv4_addr", true));
         cmds.push(set("conns6", "ipv6_addr", true));
+        for (name, kind) in [("egress4", "ipv4_addr"), ("egress6", "ipv6_addr")] {
+            cmds.push(
+                json!({"add": {"map": {"family": "inet", "table": TABLE, "name": name,
+                "type": kind, "map": "verdict"}}}),
+            );
+        }
     }
     for (name, kind, hook, prio) in [
         ("prerouting", "filter", "prerouting", -150),
@@ -271,6 +378,16 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
                 json!({"match": {"op": "!=", "left": {"payload": {"protocol": proto, "field": "saddr"}},
                     "right": set}}),
                 json!({"reject": {"type": "tcp reset"}}),
+            ],
+        ));
+    }
+    // A vassal with an egress list goes through its own chain (see `set_egress`).
+    for (map, proto) in [("@egress4", "ip"), ("@egress6", "ip6")] {
+        cmds.push(rule(
+            "forward",
+            vec![
+                iif(),
+                json!({"vmap": {"key": {"payload": {"protocol": proto, "field": "saddr"}}, "data": map}}),
             ],
         ));
     }

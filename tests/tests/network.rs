@@ -493,3 +493,72 @@ fn root_the_router_reaches_a_sites_tcp_backend_on_its_own_address() {
     );
     drop(router);
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_site_narrows_its_own_egress() {
+    let mut net = Net::new();
+    net.serve(
+        &net.internet.clone(),
+        &servers(&[(80, "web"), (8080, "alt")]),
+    );
+    let mut e = Emperor::new();
+    e.netns = Some(net.path(&net.host));
+    e.write(
+        "narrow",
+        &format!("kind = \"site\"\n[network]\negress = [\"{INTERNET}/32:80\"]\n"),
+    );
+    e.write("free", "kind = \"site\"\n");
+    e.start();
+    let narrow = Site {
+        name: "narrow",
+        cgroup: e.cgroup("_admin/narrow"),
+    };
+    let free = Site {
+        name: "free",
+        cgroup: e.cgroup("_admin/free"),
+    };
+    let web = format!("web {HOST_UPLINK}");
+    let alt = format!("alt {HOST_UPLINK}");
+    assert_eq!(narrow.connect(&e, INTERNET, 80), web);
+    assert_eq!(narrow.connect(&e, INTERNET, 8080), "refused");
+    assert_eq!(
+        free.connect(&e, INTERNET, 8080),
+        alt,
+        "a list is the site's own"
+    );
+
+    // Kept across an emperor restart; an edit applies in place.
+    e.kill(Signal::SIGKILL);
+    e.start();
+    e.running_pid("narrow");
+    assert_eq!(narrow.connect(&e, INTERNET, 8080), "refused");
+    e.write(
+        "narrow",
+        &format!("kind = \"site\"\n[network]\negress = [\"{INTERNET}:8080\"]\n"),
+    );
+    wait_for(Duration::from_secs(10), "the new list", || {
+        (narrow.connect(&e, INTERNET, 8080) == alt).then_some(())
+    });
+    assert_eq!(narrow.connect(&e, INTERNET, 80), "refused");
+    e.write("narrow", "kind = \"site\"\n");
+    wait_for(Duration::from_secs(10), "the list gone", || {
+        (narrow.connect(&e, INTERNET, 80) == web).then_some(())
+    });
+    let chains = net.on_host(&["nft", "list", "chains", "inet"]);
+    assert!(
+        !String::from_utf8_lossy(&chains.stdout).contains("egress-"),
+        "the site's chain is gone: {chains:?}"
+    );
+    // A bad entry: the file is refused with the reason, the site keeps running.
+    e.write(
+        "free",
+        "kind = \"site\"\n[network]\negress = [\"api.example:443\"]\n",
+    );
+    let row = e.wait_row("free", "the bad edit's reason", |r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("network.egress[0]"))
+    });
+    assert_eq!(row["state"], "running", "{row}");
+}

@@ -29,7 +29,8 @@ impl Manager {
     }
 
     /// Sites (and groups) allowed to send mail: their own file says so, and
-    /// for a reseller's site the group's file (the admin's) too.
+    /// for a reseller's site the group's file (the admin's) too. Then the
+    /// egress lists.
     pub(super) fn sync_smtp(&self) {
         let Some(net) = &self.net else { return };
         let allowed = |name: &Name, v: &Vassal| match &v.file {
@@ -54,6 +55,35 @@ impl Manager {
         }
         if let Err(e) = net.allow_smtp(set) {
             tracing::error!(error = %e, "updating who may send mail failed");
+        }
+        self.sync_egress(net);
+    }
+
+    /// Vassals whose files narrow their egress get their own chain.
+    fn sync_egress(&self, net: &crate::network::HostNet) {
+        let mut want = crate::network::Egress::new();
+        for (name, v) in &self.vassals {
+            let list = match &v.file {
+                VassalFile::Group(g) => &g.network.egress,
+                VassalFile::Site(s) => &s.network.egress,
+            };
+            let Some(off) = self.addresses.vassals.get(name.as_str()) else {
+                continue;
+            };
+            if list.is_empty() {
+                continue;
+            }
+            // Validated with the file: an entry that does not parse is not there.
+            let rules = list
+                .iter()
+                .filter_map(|e| model::network::Egress::parse(e).ok())
+                .collect();
+            let mut addrs = vec![std::net::IpAddr::V4(net.pool().v4(*off))];
+            addrs.extend(net.pool().v6(*off).map(std::net::IpAddr::V6));
+            want.insert(*off, (addrs, rules));
+        }
+        if let Err(e) = net.set_egress(want) {
+            tracing::error!(error = %e, "updating the egress lists failed");
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum ConfigError {
     /// The name is reserved for the layout.
     #[error("name {0} is reserved")]
     Reserved(Name),
+    /// An egress entry is not `ADDRESS[/LEN][:PORT]`.
+    #[error("network.egress[{0}]: {1}")]
+    Egress(usize, String),
 }
 
 /// `kind = "group"` or `kind = "site"`.
@@ -205,12 +208,16 @@ pub struct Container {
 }
 
 /// The `[network]` table of a site or group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Network {
     /// Outbound SMTP (ports 25, 465, 587). A reseller's site gets it only if
     /// the group's own file (the admin's) allows it too.
     pub smtp: bool,
+    /// When not empty, the only destinations the vassal may open connections
+    /// to: `ADDRESS[/LEN][:PORT]` (IPv6 in brackets with a port), TCP and UDP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<String>,
 }
 
 /// A reseller group's file.
@@ -314,6 +321,19 @@ impl VassalFile {
             if !is_ssh_key(key) {
                 return Err(ConfigError::SshKey(i));
             }
+        }
+        let network = match self {
+            VassalFile::Group(g) => &g.network,
+            VassalFile::Site(s) => &s.network,
+        };
+        if network.egress.len() > crate::network::EGRESS_MAX {
+            return Err(ConfigError::Egress(
+                crate::network::EGRESS_MAX,
+                format!("at most {} entries", crate::network::EGRESS_MAX),
+            ));
+        }
+        for (i, e) in network.egress.iter().enumerate() {
+            crate::network::Egress::parse(e).map_err(|why| ConfigError::Egress(i, why))?;
         }
         if let VassalFile::Site(s) = self {
             let mut seen = std::collections::BTreeSet::new();

@@ -22,6 +22,74 @@ pub const DEFAULT_POOL6: &str = "fd69:6d70:6572::/64";
 /// The host's bridge.
 pub const BRIDGE: &str = "imperium0";
 
+/// How many `egress` entries one file may list.
+pub const EGRESS_MAX: usize = 64;
+
+/// One `[network] egress` entry: a destination network and maybe one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Egress {
+    /// The network's address (host bits zero).
+    pub addr: std::net::IpAddr,
+    /// Its prefix length.
+    pub len: u8,
+    /// One port (TCP and UDP), or any.
+    pub port: Option<u16>,
+}
+
+impl Egress {
+    /// Parses `203.0.113.0/24:443`, `198.51.100.7`, `[2001:db8::/32]:443`, `2001:db8::1`.
+    pub fn parse(s: &str) -> Result<Egress, String> {
+        let bad = |why: &str| Err(format!("{s:?}: {why}"));
+        let (net, port) = if let Some(rest) = s.strip_prefix('[') {
+            let Some((net, tail)) = rest.split_once(']') else {
+                return bad("a '[' without its ']'");
+            };
+            match tail.strip_prefix(':') {
+                Some(p) => (net, Some(p)),
+                None if tail.is_empty() => (net, None),
+                None => return bad("expected :PORT after ']'"),
+            }
+        } else if s.matches(':').count() > 1 {
+            (s, None) // a bare IPv6 network
+        } else {
+            match s.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (s, None),
+            }
+        };
+        let port = match port {
+            None => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => return bad("the port must be 1 to 65535"),
+            },
+        };
+        let (addr, len) = match net.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (net, None),
+        };
+        let Ok(addr) = addr.parse::<std::net::IpAddr>() else {
+            return bad("not an IP address (names are not resolved here)");
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return bad("bad prefix length"),
+            },
+        };
+        let host_bits_zero = match addr {
+            std::net::IpAddr::V4(a) => len == 32 || u32::from(a) & (u32::MAX >> len) == 0,
+            std::net::IpAddr::V6(a) => len == 128 || u128::from(a) & (u128::MAX >> len) == 0,
+        };
+        if !host_bits_zero {
+            return bad("host bits are set");
+        }
+        Ok(Egress { addr, len, port })
+    }
+}
+
 /// An IPv4 pool and an IPv6 prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool {
@@ -236,6 +304,26 @@ mod tests {
         let e = t.allocate(&p, "spill", "").unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
         assert_eq!(p.v6(next), None);
+    }
+
+    #[test]
+    fn egress_entries() {
+        let ok = |s: &str| Egress::parse(s).unwrap();
+        assert_eq!(ok("203.0.113.0/24:443").port, Some(443));
+        assert_eq!(ok("198.51.100.7").len, 32);
+        assert_eq!(ok("[2001:db8::/32]:443").len, 32);
+        assert_eq!(ok("2001:db8::1").port, None);
+        assert_eq!(ok("0.0.0.0/0:53").len, 0);
+        for bad in [
+            "x.test:443",
+            "10.0.0.1/24",
+            "10.0.0.0/33",
+            "10.0.0.0/8:0",
+            "[::1",
+            "1.2.3.4:http",
+        ] {
+            assert!(Egress::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
