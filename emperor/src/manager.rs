@@ -146,6 +146,8 @@ pub struct Manager {
     uids_unsaved: bool,
     net: Option<Arc<crate::network::HostNet>>,
     addresses: model::network::AddressTable,
+    /// The hosts table as last written.
+    last_hosts: Vec<u8>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -200,6 +202,7 @@ impl Manager {
             uids_unsaved: false,
             net,
             addresses,
+            last_hosts: Vec::new(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -375,6 +378,7 @@ impl Manager {
         }
         self.start_many(&starts);
         self.sync_smtp();
+        self.write_hosts();
     }
 
     fn update(&mut self, name: &Name, file: VassalFile) {

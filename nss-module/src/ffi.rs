@@ -5,7 +5,8 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::lookup::{find, table_path, Found, Key};
+use crate::lookup::{find, hosts_path, table_path, Found, Key};
+use model::nss::hosts::Host;
 
 /// `enum nss_status`.
 const NSS_STATUS_TRYAGAIN: c_int = -2;
@@ -23,18 +24,28 @@ fn guard(f: impl FnOnce() -> c_int) -> c_int {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(NSS_STATUS_UNAVAIL)
 }
 
-/// Maps the table read-only and looks `key` up.
-fn lookup(key: Key<'_>) -> Result<Option<Found>, ()> {
+/// `IMPERIUM_STATE_DIR`, unless this is a setuid or setgid program.
+fn state_env() -> Option<std::ffi::OsString> {
     // SAFETY: secure_getenv (glibc) reads the environment and returns NULL in a
     // setuid or setgid program; the name is a valid C string.
     let env = unsafe { secure_getenv(c"IMPERIUM_STATE_DIR".as_ptr()) };
-    let env = (!env.is_null()).then(|| {
+    (!env.is_null()).then(|| {
         // SAFETY: a non-null result of secure_getenv is a NUL-terminated string.
         let s = unsafe { CStr::from_ptr(env) };
         <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(s.to_bytes()).to_os_string()
-    });
-    let table = mapfile::Mapped::open(&table_path(env)).map_err(|_| ())?;
+    })
+}
+
+/// Maps the table read-only and looks `key` up.
+fn lookup(key: Key<'_>) -> Result<Option<Found>, ()> {
+    let table = mapfile::Mapped::open(&table_path(state_env())).map_err(|_| ())?;
     find(&table, key)
+}
+
+/// Maps the hosts table read-only and looks a host name up.
+fn lookup_host(name: &str) -> Result<Option<Host>, ()> {
+    let table = mapfile::Mapped::open(&hosts_path(state_env())).map_err(|_| ())?;
+    model::nss::hosts::find(&table, name).map_err(|_| ())
 }
 
 /// A found entry with a packer over the caller's buffer, or the status that
@@ -83,6 +94,21 @@ impl Packer {
             self.at = p.add(need);
         }
         self.left -= need;
+        Some(p)
+    }
+
+    /// A copy of `b` (an address), where the packer stands.
+    fn bytes(&mut self, b: &[u8]) -> Option<*mut c_char> {
+        if b.len() > self.left {
+            return None;
+        }
+        let p = self.at;
+        // SAFETY: `b.len()` bytes are left in the caller's buffer from `at`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b.as_ptr() as *const c_char, p, b.len());
+            self.at = p.add(b.len());
+        }
+        self.left -= b.len();
         Some(p)
     }
 
@@ -366,4 +392,122 @@ pub unsafe extern "C" fn _nss_imperium_initgroups_dyn(
         }
         NSS_STATUS_SUCCESS
     })
+}
+
+/// `h_errno` values (netdb.h).
+const NETDB_INTERNAL: c_int = -1;
+const HOST_NOT_FOUND: c_int = 1;
+const NO_DATA: c_int = 4;
+
+/// Fills a `hostent` for `<vassal>.imperium` in family `af`.
+///
+/// # Safety
+/// glibc's contract for `gethostbyname2_r` backends: valid pointers, `buf` of
+/// `buflen` bytes.
+unsafe fn fill_hostent(
+    found: Result<Option<Host>, ()>,
+    af: c_int,
+    out: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+) -> c_int {
+    let fail = |status: c_int, h: c_int| {
+        // SAFETY: glibc passes a valid h_errno pointer.
+        unsafe { *h_errnop = h };
+        status
+    };
+    let host = match found {
+        Ok(Some(h)) => h,
+        Ok(None) => return fail(NSS_STATUS_NOTFOUND, HOST_NOT_FOUND),
+        Err(()) => return fail(NSS_STATUS_UNAVAIL, HOST_NOT_FOUND),
+    };
+    let v4;
+    let v6;
+    let addr: &[u8] = match (af, host.v6) {
+        (libc::AF_INET, _) => {
+            v4 = host.v4.octets();
+            &v4
+        }
+        (libc::AF_INET6, Some(a)) => {
+            v6 = a.octets();
+            &v6
+        }
+        (libc::AF_INET6, None) => return fail(NSS_STATUS_NOTFOUND, NO_DATA),
+        _ => {
+            // SAFETY: a valid errno pointer (glibc's contract).
+            unsafe { *errnop = libc::EAFNOSUPPORT };
+            return fail(NSS_STATUS_UNAVAIL, NETDB_INTERNAL);
+        }
+    };
+    // SAFETY: the caller's buffer, `buflen` bytes (this function's contract).
+    let mut p = unsafe { Packer::new(buf, buflen) };
+    let name = format!("{}.{}", host.name, model::nss::hosts::DOMAIN);
+    // Pointer arrays first (aligned), the address right after them (aligned too).
+    let (Some(aliases), Some(list)) = (p.ptrs(1), p.ptrs(2)) else {
+        // SAFETY: glibc's pointers.
+        return fail(unsafe { range(errnop) }, NETDB_INTERNAL);
+    };
+    let (Some(a), Some(n)) = (p.bytes(addr), p.str(&name)) else {
+        // SAFETY: glibc's pointers.
+        return fail(unsafe { range(errnop) }, NETDB_INTERNAL);
+    };
+    // SAFETY: `aliases` and `list` point into the caller's buffer with room
+    // for 1 and 2 pointers; `out` is glibc's hostent.
+    unsafe {
+        *aliases = std::ptr::null_mut();
+        *list = a;
+        *list.add(1) = std::ptr::null_mut();
+        (*out).h_name = n;
+        (*out).h_aliases = aliases;
+        (*out).h_addrtype = af;
+        (*out).h_length = addr.len() as c_int;
+        (*out).h_addr_list = list;
+    }
+    NSS_STATUS_SUCCESS
+}
+
+/// `gethostbyname2_r`: `<vassal>.imperium` is the vassal's address, IPv4 or IPv6.
+///
+/// # Safety
+/// Called by glibc with valid pointers.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_gethostbyname2_r(
+    name: *const c_char,
+    af: c_int,
+    out: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+) -> c_int {
+    guard(|| {
+        // SAFETY: glibc passes a NUL-terminated name for the call.
+        let found = match unsafe { name_of(name) } {
+            Some(n) => lookup_host(n),
+            None => Ok(None),
+        };
+        // SAFETY: glibc's pointers, passed on.
+        unsafe { fill_hostent(found, af, out, buf, buflen, errnop, h_errnop) }
+    })
+}
+
+/// `gethostbyname_r`: the IPv4 answer of [`_nss_imperium_gethostbyname2_r`].
+///
+/// # Safety
+/// Called by glibc with valid pointers.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_imperium_gethostbyname_r(
+    name: *const c_char,
+    out: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    errnop: *mut c_int,
+    h_errnop: *mut c_int,
+) -> c_int {
+    // SAFETY: glibc's pointers, passed on.
+    unsafe {
+        _nss_imperium_gethostbyname2_r(name, libc::AF_INET, out, buf, buflen, errnop, h_errnop)
+    }
 }

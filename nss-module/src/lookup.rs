@@ -10,11 +10,19 @@ const DEFAULT_STATE_DIR: &str = model::layout::DEFAULT_STATE_DIR;
 /// The table's path: `IMPERIUM_STATE_DIR` (read with `secure_getenv`, so a
 /// setuid program ignores it) or the default.
 pub fn table_path(secure_env: Option<std::ffi::OsString>) -> PathBuf {
-    let dir = secure_env
+    state_dir(secure_env).join("tenants.nss")
+}
+
+/// The hosts table's path, beside the tenants'.
+pub fn hosts_path(secure_env: Option<std::ffi::OsString>) -> PathBuf {
+    state_dir(secure_env).join("hosts.nss")
+}
+
+fn state_dir(secure_env: Option<std::ffi::OsString>) -> PathBuf {
+    secure_env
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-    dir.join("tenants.nss")
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
 /// One answer, owned (copied out of the mapped table before it is unmapped).

@@ -22,7 +22,7 @@ impl Setup {
         std::os::unix::fs::symlink(&module, lib.join("libnss_imperium.so.2")).unwrap();
         std::fs::write(
             dir.path().join("nsswitch.conf"),
-            "passwd: files imperium\ngroup: files imperium\nshadow: files imperium\ninitgroups: files imperium\nhosts: files\n",
+            "passwd: files imperium\ngroup: files imperium\nshadow: files imperium\ninitgroups: files imperium\nhosts: files imperium\n",
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
@@ -202,7 +202,47 @@ fn the_module_exports_the_nss_entry_points() {
         "_nss_imperium_getgrgid_r",
         "_nss_imperium_getspnam_r",
         "_nss_imperium_initgroups_dyn",
+        "_nss_imperium_gethostbyname_r",
+        "_nss_imperium_gethostbyname2_r",
     ] {
         assert!(syms.iter().any(|s| s == f), "{f} not exported: {syms:?}");
     }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_site_names_under_imperium_resolve_to_their_addresses() {
+    use model::nss::hosts::{encode, Host};
+    let s = Setup::new(Some(&tenants()));
+    let hosts = encode(&[
+        Host {
+            name: "site52".into(),
+            v4: "10.199.1.2".parse().unwrap(),
+            v6: Some("fd69:6d70:6572::1:2".parse().unwrap()),
+        },
+        Host {
+            name: "old".into(),
+            v4: "10.199.0.9".parse().unwrap(),
+            v6: None,
+        },
+    ]);
+    std::fs::write(s.dir.path().join("state/hosts.nss"), hosts).unwrap();
+    // Through getaddrinfo (getent ahosts*) and gethostbyname2 (getent hosts).
+    let (code, out) = s.getent(&["ahostsv4", "site52.imperium"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("10.199.1.2 "), "{out}");
+    let (code, out) = s.getent(&["ahostsv6", "SITE52.imperium"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("fd69:6d70:6572::1:2 "), "{out}");
+    assert_eq!(
+        s.getent(&["hosts", "old.imperium"]),
+        (0, "10.199.0.9      old.imperium".into())
+    );
+    // Only names under the domain, only vassals with an address.
+    for miss in ["site52", "nobody.imperium", "x.site52.imperium"] {
+        assert_eq!(s.getent(&["hosts", miss]).0, 2, "{miss}");
+    }
+    // A torn table answers nothing (and the next source may).
+    std::fs::write(s.dir.path().join("state/hosts.nss"), b"IMPNSS1\0torn").unwrap();
+    assert_eq!(s.getent(&["hosts", "site52.imperium"]).0, 2);
 }

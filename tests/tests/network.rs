@@ -182,6 +182,30 @@ except OSError:
     print('timeout')
 "#;
 
+/// `getent hosts NAME` on the host through glibc with the NSS module in the
+/// `hosts` chain (a private mount namespace binds an nsswitch.conf naming it;
+/// the machine's own file is never touched).
+fn getent_hosts(e: &Emperor, name: &str) -> String {
+    let dir = e.dir.path().join("nss");
+    std::fs::create_dir_all(dir.join("lib")).unwrap();
+    let link = dir.join("lib/libnss_imperium.so.2");
+    if !link.exists() {
+        std::os::unix::fs::symlink(bin_dir().join("libnss_imperium.so"), &link).unwrap();
+    }
+    std::fs::write(dir.join("nsswitch.conf"), "hosts: files imperium\n").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/nsswitch.conf && exec getent hosts \"$0\"",
+        dir.join("nsswitch.conf").display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script, name])
+        .env("LD_LIBRARY_PATH", dir.join("lib"))
+        .env("IMPERIUM_STATE_DIR", &e.state_dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 struct Site {
     name: &'static str,
     cgroup: String,
@@ -251,6 +275,9 @@ fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other()
     assert_eq!(mailer.address(&e), "10.199.0.2");
     assert_eq!(e.row("g1").unwrap()["address"], "10.199.1.1");
     assert_eq!(resold.address(&e), "10.199.1.2");
+    // On the host, `<name>.imperium` is the vassal's address (the NSS module).
+    let v6 = getent_hosts(&e, "site1.imperium");
+    assert_eq!(v6, "fd69:6d70:6572::3 site1.imperium");
     let shown = site1.run(&e, "ip -o addr show dev eth0; ip route");
     assert!(shown.contains("10.199.0.3/16"), "{shown}");
     assert!(shown.contains("fd69:6d70:6572::3/64"), "{shown}");

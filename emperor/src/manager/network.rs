@@ -21,6 +21,32 @@ impl Manager {
         Ok(())
     }
 
+    /// Writes `<state-dir>/hosts.nss` (`<name>.imperium` on the host) when
+    /// the vassals' addresses changed.
+    pub(super) fn write_hosts(&mut self) {
+        let Some(net) = &self.net else { return };
+        let hosts: Vec<model::nss::hosts::Host> = self
+            .vassals
+            .keys()
+            .filter_map(|name| {
+                let off = *self.addresses.vassals.get(name.as_str())?;
+                Some(model::nss::hosts::Host {
+                    name: name.to_string(),
+                    v4: net.pool().v4(off),
+                    v6: net.pool().v6(off),
+                })
+            })
+            .collect();
+        let bytes = model::nss::hosts::encode(&hosts);
+        if bytes == self.last_hosts {
+            return;
+        }
+        match model::atomic::write(&self.cfg.layout.nss_hosts(), &bytes, 0o644) {
+            Ok(()) => self.last_hosts = bytes,
+            Err(e) => tracing::warn!(error = %e, "writing the hosts table failed"),
+        }
+    }
+
     /// The address of `name`, if it has one.
     pub(super) fn address_of(&self, name: &Name) -> Option<String> {
         let net = self.net.as_ref()?;

@@ -97,6 +97,11 @@ impl Layout {
         self.state_dir.join("tenants.nss")
     }
 
+    /// The hosts table the NSS module reads (see [`crate::nss::hosts`]).
+    pub fn nss_hosts(&self) -> PathBuf {
+        self.state_dir.join("hosts.nss")
+    }
+
     /// Where deleted sites' homes are archived.
     pub fn archive_dir(&self) -> PathBuf {
         self.state_dir.join("archive")

@@ -208,6 +208,101 @@ impl<'a> Table<'a> {
     }
 }
 
+/// The hosts table (`hosts.nss`): every vassal with an address, so that
+/// `<name>.imperium` resolves on the host. The same layout and checks as the
+/// tenant table, its fields read as: name = the vassal's name, uid = its IPv4
+/// address (as a number), home = its IPv6 address as text (empty: none).
+pub mod hosts {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// The domain the host's names live under.
+    pub const DOMAIN: &str = "imperium";
+
+    /// One vassal's addresses.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Host {
+        /// The vassal's name.
+        pub name: String,
+        /// Its IPv4 address.
+        pub v4: Ipv4Addr,
+        /// Its IPv6 address, if any.
+        pub v6: Option<Ipv6Addr>,
+    }
+
+    /// Builds the table's bytes.
+    pub fn encode(hosts: &[Host]) -> Vec<u8> {
+        let rows: Vec<super::Tenant> = hosts
+            .iter()
+            .map(|h| super::Tenant {
+                name: h.name.clone(),
+                uid: u32::from(h.v4),
+                home: h.v6.map(|a| a.to_string()).unwrap_or_default(),
+                shell: String::new(),
+            })
+            .collect();
+        super::encode(&rows)
+    }
+
+    /// The vassal a host name means: `<name>.imperium` (any case, a final dot allowed).
+    pub fn vassal_of(host: &str) -> Option<String> {
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let name = host.strip_suffix(DOMAIN)?.strip_suffix('.')?;
+        (!name.is_empty() && !name.contains('.')).then(|| name.to_owned())
+    }
+
+    /// The table cannot be read (torn, damaged, or not a table).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Unusable;
+
+    /// Looks a host name up in the table's bytes.
+    pub fn find(bytes: &[u8], host: &str) -> Result<Option<Host>, Unusable> {
+        let t = super::Table::open(bytes).ok_or(Unusable)?;
+        let Some(name) = vassal_of(host) else {
+            return Ok(None);
+        };
+        Ok(t.by_name(&name).map(|e| Host {
+            name: e.name.to_owned(),
+            v4: Ipv4Addr::from(e.uid),
+            v6: e.home.parse().ok(),
+        }))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_under_the_domain_resolve() {
+            let t = encode(&[
+                Host {
+                    name: "site52".into(),
+                    v4: "10.199.1.2".parse().unwrap(),
+                    v6: Some("fd69:6d70:6572::1:2".parse().unwrap()),
+                },
+                Host {
+                    name: "a".into(),
+                    v4: "10.199.0.2".parse().unwrap(),
+                    v6: None,
+                },
+            ]);
+            let h = find(&t, "Site52.Imperium.").unwrap().unwrap();
+            assert_eq!(h.v4.to_string(), "10.199.1.2");
+            assert_eq!(h.v6.unwrap().to_string(), "fd69:6d70:6572::1:2");
+            assert_eq!(find(&t, "a.imperium").unwrap().unwrap().v6, None);
+            for miss in [
+                "site52",
+                "site52.example",
+                "x.site52.imperium",
+                "imperium",
+                ".imperium",
+            ] {
+                assert_eq!(find(&t, miss).unwrap(), None, "{miss}");
+            }
+            assert_eq!(find(b"garbage", "a.imperium"), Err(Unusable));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
