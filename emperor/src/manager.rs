@@ -503,6 +503,9 @@ impl Manager {
                         let (tree, cg) = (self.tree.clone(), self.cfg.layout.group_cgroup(name));
                         tokio::task::spawn_blocking(move || tree.remove(&cg));
                     }
+                    // Its firewall elements and its host name go with it.
+                    self.sync_smtp();
+                    self.write_hosts();
                     self.continue_shutdown();
                 }
             }

@@ -572,10 +572,24 @@ fn root_a_site_narrows_its_own_egress() {
     wait_for(Duration::from_secs(10), "the list gone", || {
         (narrow.connect(&e, INTERNET, 80) == web).then_some(())
     });
-    let chains = net.on_host(&["nft", "list", "chains", "inet"]);
-    assert!(
-        !String::from_utf8_lossy(&chains.stdout).contains("egress-"),
-        "the site's chain is gone: {chains:?}"
+    let chains = || {
+        let out = net.on_host(&["nft", "list", "chains", "inet"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!chains().contains("egress-"), "the site's chain is gone");
+    // A removed site takes its chain with it (and no rescan is needed).
+    e.write(
+        "narrow",
+        &format!("kind = \"site\"\n[network]\negress = [\"{INTERNET}:8080\"]\n"),
+    );
+    wait_for(Duration::from_secs(10), "the list back", || {
+        chains().contains("egress-").then_some(())
+    });
+    e.remove("narrow");
+    wait_for(
+        Duration::from_secs(4),
+        "the removed site's chain to go",
+        || (!chains().contains("egress-")).then_some(()),
     );
     // A bad entry: the file is refused with the reason, the site keeps running.
     e.write(
