@@ -49,6 +49,7 @@ fn main() {
         vassal_exe: &vassal,
         cgroup_v2: tree.version() == sys::cgroup::Version::V2,
         net: None,
+        quota: None,
     };
     let spawner =
         emperor::spawner::Spawner::new(tree.clone(), sys::seccomp::default_program().unwrap());

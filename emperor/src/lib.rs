@@ -15,6 +15,7 @@ pub mod scan;
 pub mod scope;
 pub mod spawner;
 pub mod spec;
+pub mod storage;
 mod watch;
 
 use std::future::Future;

@@ -75,6 +75,10 @@ enum Cmd {
         /// Connections one site may have tracked at once (new ones past it are dropped).
         #[arg(long, default_value_t = emperor::network::SITE_CONNECTIONS)]
         site_connections: u32,
+        /// Refuse to start when the home root's filesystem cannot enforce
+        /// `storage` limits (else they are reported as not enforced).
+        #[arg(long)]
+        require_quotas: bool,
     },
     /// Show every vassal.
     Status {
@@ -134,6 +138,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             network6,
             host_ports,
             site_connections,
+            require_quotas,
         } => {
             let vassal_exe = match vassal_bin {
                 Some(p) => p,
@@ -176,6 +181,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 stop_grace: secs(stop_grace),
                 vassal_exe,
                 systemd_scope,
+                require_quotas,
                 network: match network.as_str() {
                     "off" => None,
                     pool => Some(emperor::network::Settings {

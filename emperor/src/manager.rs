@@ -32,6 +32,7 @@ mod outputs;
 mod requests;
 mod status;
 mod stop;
+mod storage;
 
 use stop::off_loop;
 
@@ -53,6 +54,8 @@ pub struct Config {
     pub systemd_scope: bool,
     /// The sites' network (`None`: each site has only its loopback).
     pub network: Option<crate::network::Settings>,
+    /// Refuse to run when `storage` limits cannot be enforced.
+    pub require_quotas: bool,
 }
 
 /// Something that happened.
@@ -148,6 +151,8 @@ pub struct Manager {
     addresses: model::network::AddressTable,
     /// The hosts table as last written.
     last_hosts: Vec<u8>,
+    /// What enforces `storage` under the home root.
+    storage: crate::storage::Backend,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -190,6 +195,20 @@ impl Manager {
                     .map_err(|e| std::io::Error::other(format!("{e:#}")))?,
             )),
         };
+        let storage = crate::storage::Backend::detect(&cfg.layout.home_root);
+        match &storage {
+            crate::storage::Backend::Btrfs => {
+                tracing::info!("storage limits enforced by btrfs qgroups")
+            }
+            crate::storage::Backend::None(why) if cfg.require_quotas => {
+                return Err(std::io::Error::other(format!(
+                    "--require-quotas: storage limits cannot be enforced: {why}"
+                )));
+            }
+            crate::storage::Backend::None(why) => {
+                tracing::warn!("storage limits are not enforced: {why}")
+            }
+        }
         let mut spawner = Spawner::new(tree.clone(), seccomp).with_netns_pool(NETNS_POOL);
         if let Some(n) = &net {
             spawner = spawner.with_network(n.clone());
@@ -203,6 +222,7 @@ impl Manager {
             net,
             addresses,
             last_hosts: Vec::new(),
+            storage,
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -395,6 +415,10 @@ impl Manager {
                 &cgroup_limits(&v.file),
             ),
         };
+        self.apply_storage(name);
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         match result {
             Ok(()) => tracing::info!(vassal = %name, "limits applied in place"),
             Err(e) => {
@@ -419,6 +443,10 @@ impl Manager {
                 let off = self.addresses.vassals.get(name.as_str())?;
                 Some(n.pool().assigned(*off))
             }),
+            quota: self
+                .storage
+                .enforced()
+                .then(|| self.quota_group(name, file)),
         }
     }
 

@@ -138,6 +138,33 @@ impl Spawner {
     /// symlink, and the socket directory.
     pub fn prepare_host(&self, inp: &Input<'_>) -> Result<(), SpawnError> {
         let home = inp.home();
+        // With quotas, a new home is a subvolume counted in its group's qgroup.
+        if let Some(group) = inp.quota {
+            if let VassalFile::Site(s) = inp.file {
+                if let Some(g) = &s.group {
+                    let gh = inp.layout.group_home(g);
+                    prep(&gh, crate::storage::make_home(&gh, group))?;
+                }
+            }
+            if prep(&home, crate::storage::make_home(&home, group))? {
+                // A new subvolume is root's: give it the owner and mode the
+                // home's bind asks, as a new directory would have.
+                for b in spec::binds(inp) {
+                    if let (true, Source::Dir { owner, mode }) = (b.source == home, b.make) {
+                        prep(
+                            &home,
+                            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(mode)),
+                        )?;
+                        if let Some(uid) = owner {
+                            prep(&home, chown(&home, Some(uid), Some(uid)))?;
+                        }
+                    }
+                }
+            }
+            if let Err(e) = crate::storage::apply(inp.layout, inp.file, &home, group) {
+                tracing::warn!(vassal = %inp.name, error = %e, "storage limit not applied");
+            }
+        }
         if let VassalFile::Site(s) = inp.file {
             if let Some(g) = &s.group {
                 owned_dir(&inp.layout.group_home(g), None, 0o755)?;

@@ -97,6 +97,9 @@ pub struct Input<'a> {
     pub cgroup_v2: bool,
     /// Its address, when sites have a network.
     pub net: Option<model::network::Assigned>,
+    /// Homes are btrfs subvolumes with qgroups; for a group's site or a
+    /// group, its group's level-1 qgroup.
+    pub quota: Option<Option<u64>>,
 }
 
 impl Input<'_> {
@@ -684,6 +687,7 @@ mod tests {
             vassal_exe: Path::new("/usr/bin/true"),
             cgroup_v2: false,
             net: None,
+            quota: None,
         };
         let spec = build(&inp).unwrap();
         let mounts: Vec<(String, String)> = spec
@@ -776,6 +780,7 @@ mod tests {
             vassal_exe: Path::new("/usr/bin/true"),
             cgroup_v2: false,
             net: None,
+            quota: None,
         };
         let spec = build(&inp).unwrap();
         let plan = crate::spawner::plan(&spec, &skeleton(&inp, &spec), 30007, &[]).unwrap();

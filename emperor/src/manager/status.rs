@@ -25,6 +25,12 @@ pub(super) struct Row {
 pub(super) struct Usage {
     memory: u64,
     pids: u64,
+    /// Bytes on disk, where `storage` is enforced (the kernel's count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage: Option<u64>,
+    /// The cap the kernel enforces (absent: none, or not enforced).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage_limit: Option<u64>,
 }
 
 impl Row {
@@ -66,9 +72,14 @@ impl Manager {
                 .init
                 .as_ref()
                 .and_then(|_| self.tree.stats(&cgroup).ok())
-                .map(|s| Usage {
-                    memory: s.memory,
-                    pids: s.pids,
+                .map(|s| {
+                    let disk = self.storage_usage(name, v);
+                    Usage {
+                        memory: s.memory,
+                        pids: s.pids,
+                        storage: disk.map(|d| d.0),
+                        storage_limit: disk.and_then(|d| d.1),
+                    }
                 });
             rows.push(Row {
                 name: name.to_string(),

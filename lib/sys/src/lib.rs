@@ -7,6 +7,7 @@
 //! nothing of vassal files: callers hand it plain, prepared data.
 #![warn(missing_docs)]
 
+pub mod btrfs;
 pub mod cgroup;
 pub mod fs;
 pub mod launch;

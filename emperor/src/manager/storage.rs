@@ -1,0 +1,52 @@
+//! A vassal's `storage`: its qgroups, and what status shows of them.
+
+use super::*;
+
+impl Manager {
+    /// The level-1 qgroup a vassal counts in: a group's own, a group's
+    /// site's group's; none for an admin site.
+    pub(super) fn quota_group(&self, name: &Name, file: &VassalFile) -> Option<u64> {
+        let group = match file {
+            VassalFile::Group(_) => name.clone(),
+            VassalFile::Site(s) => s.group.clone()?,
+        };
+        let user = match self.vassals.get(&group).map(|v| &v.file) {
+            Some(f) => f.user(&group),
+            None => group.clone(),
+        };
+        let uid = self.uids.users.get(user.as_str())?;
+        Some(crate::storage::group_qgroup(*uid))
+    }
+
+    /// Applies a vassal's `storage` again (an edit in place).
+    pub(super) fn apply_storage(&self, name: &Name) {
+        if !self.storage.enforced() {
+            return;
+        }
+        let Some(v) = self.vassals.get(name) else {
+            return;
+        };
+        let home = self.input(name, &v.file, 0).home();
+        let group = self.quota_group(name, &v.file);
+        if let Err(e) = crate::storage::apply(&self.cfg.layout, &v.file, &home, group) {
+            tracing::warn!(vassal = %name, error = %e, "storage limit not applied");
+        }
+    }
+
+    /// Bytes used and the enforced cap, for status; `None` when not enforced.
+    pub(super) fn storage_usage(&self, name: &Name, v: &Vassal) -> Option<(u64, Option<u64>)> {
+        if !self.storage.enforced() {
+            return None;
+        }
+        match &v.file {
+            VassalFile::Site(_) => {
+                let home = self.input(name, &v.file, 0).home();
+                crate::storage::usage(&home, None).ok()
+            }
+            VassalFile::Group(_) => {
+                let q = self.quota_group(name, &v.file)?;
+                crate::storage::usage(&self.cfg.layout.home_root, Some(q)).ok()
+            }
+        }
+    }
+}

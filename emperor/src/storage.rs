@@ -1,0 +1,271 @@
+//! Disk quotas: the kernel enforces each vassal's `storage`.
+//!
+//! The backend follows the filesystem under the home root. On btrfs each home
+//! is a subvolume of its own, capped by its level-0 qgroup, and every group has
+//! a level-1 qgroup (`1/<the group's uid>`) that holds its sites' and its own,
+//! so the kernel caps the group's total too: that is how an overcommitted
+//! group is held to its budget. All through the kernel's ioctls
+//! (`sys::btrfs`); nothing shells out. Other filesystems: limits are reported
+//! as not enforced.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use sys::btrfs;
+
+/// `statfs`'s `f_type` for btrfs.
+const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+
+/// What enforces `storage` under a home root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// btrfs qgroups.
+    Btrfs,
+    /// Nothing: why not, in one line.
+    None(String),
+}
+
+impl Backend {
+    /// The backend for the filesystem of `home_root`, quotas turned on if
+    /// they were off.
+    pub fn detect(home_root: &Path) -> Backend {
+        let st = match nix::sys::statfs::statfs(home_root) {
+            Ok(st) => st,
+            Err(e) => return Backend::None(format!("statfs {}: {e}", home_root.display())),
+        };
+        if st.filesystem_type().0 as i64 != BTRFS_SUPER_MAGIC {
+            return Backend::None(format!(
+                "{} is not on btrfs (the quota backend here: btrfs qgroups)",
+                home_root.display()
+            ));
+        }
+        match open_dir(home_root).and_then(|fd| btrfs::quota_enable(fd.as_fd())) {
+            Ok(()) => Backend::Btrfs,
+            Err(e) => Backend::None(format!("turning btrfs quotas on: {e}")),
+        }
+    }
+
+    /// Whether limits are enforced.
+    pub fn enforced(&self) -> bool {
+        matches!(self, Backend::Btrfs)
+    }
+}
+
+fn open_dir(p: &Path) -> io::Result<OwnedFd> {
+    Ok(OwnedFd::from(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(p)?,
+    ))
+}
+
+/// The level-1 qgroup of a group (by its reseller's uid).
+pub fn group_qgroup(group_uid: u32) -> u64 {
+    btrfs::qgroupid(1, u64::from(group_uid))
+}
+
+/// Makes `home` a new subvolume (root's, 0755), counted in the group's
+/// qgroup `group` (made if missing) as well as its own; whether it made one.
+/// An existing home is left as it is (a plain directory from before quotas:
+/// [`limit_home`] says it is not enforced).
+pub fn make_home(home: &Path, group: Option<u64>) -> io::Result<bool> {
+    if home.symlink_metadata().is_ok() {
+        return Ok(false);
+    }
+    let parent = home
+        .parent()
+        .ok_or_else(|| io::Error::other("a home has a parent"))?;
+    let name = CString::new(
+        home.file_name()
+            .ok_or_else(|| io::Error::other("a home has a name"))?
+            .as_bytes(),
+    )
+    .map_err(|_| io::Error::other("a NUL in a home's name"))?;
+    std::fs::create_dir_all(parent)?;
+    let dir = open_dir(parent)?;
+    btrfs::subvolume_create(dir.as_fd(), &name)?;
+    if let Some(g) = group {
+        let id = subvolume_of(home)?.ok_or_else(|| io::Error::other("a new subvolume"))?;
+        btrfs::qgroup_create(dir.as_fd(), g)?;
+        // A new, empty subvolume: counting it in the group needs no rescan.
+        btrfs::qgroup_assign(dir.as_fd(), btrfs::qgroupid(0, id), g)?;
+    }
+    Ok(true)
+}
+
+/// The subvolume id of a home, `None` if it is not a subvolume's root.
+fn subvolume_of(home: &Path) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    let fd = open_dir(home)?;
+    let meta = std::fs::File::from(fd.try_clone()?).metadata()?;
+    if meta.ino() != btrfs::SUBVOLUME_ROOT_INO {
+        return Ok(None);
+    }
+    btrfs::subvolume_id(fd.as_fd()).map(Some)
+}
+
+/// Caps a home at `bytes` (`None`: no cap). Errors when the home is not a
+/// subvolume (it predates quotas).
+pub fn limit_home(home: &Path, bytes: Option<u64>) -> io::Result<()> {
+    let id = home_qgroup(home)?;
+    limit(home, id, bytes)
+}
+
+fn home_qgroup(home: &Path) -> io::Result<u64> {
+    let id = subvolume_of(home)?.ok_or_else(|| {
+        io::Error::other(format!(
+            "{} is not a subvolume (made before quotas were on): not enforced",
+            home.display()
+        ))
+    })?;
+    Ok(btrfs::qgroupid(0, id))
+}
+
+/// Caps the qgroup `qgroupid` (made if missing) at `bytes` (`None`: no cap);
+/// `any` is a directory on the filesystem.
+pub fn limit(any: &Path, qgroupid: u64, bytes: Option<u64>) -> io::Result<()> {
+    let fd = open_dir(any)?;
+    // A subvolume's own (level 0) qgroup comes with it.
+    if qgroupid >> 48 != 0 {
+        btrfs::qgroup_create(fd.as_fd(), qgroupid)?;
+    }
+    btrfs::qgroup_limit(fd.as_fd(), qgroupid, bytes)
+}
+
+/// Applies a vassal's `storage`: a site's on its home, a group's on its
+/// level-1 qgroup (`group`), which holds its sites and its own home.
+pub fn apply(
+    layout: &model::Layout,
+    file: &model::VassalFile,
+    home: &Path,
+    group: Option<u64>,
+) -> io::Result<()> {
+    let bytes = file.limits().storage.map(|s| s.0);
+    match file {
+        model::VassalFile::Site(_) => limit_home(home, bytes),
+        model::VassalFile::Group(_) => match group {
+            Some(g) => limit(&layout.home_root, g, bytes),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Used and cap (bytes) of a home's own qgroup, or of `qgroupid`.
+pub fn usage(home: &Path, qgroupid: Option<u64>) -> io::Result<(u64, Option<u64>)> {
+    let id = match qgroupid {
+        Some(q) => q,
+        None => home_qgroup(home)?,
+    };
+    let fd = open_dir(home)?;
+    btrfs::qgroup_usage(fd.as_fd(), id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::Command;
+
+    /// A btrfs on a loop device, mounted; all undone on drop.
+    struct Loop {
+        dir: tempfile::TempDir,
+        dev: String,
+    }
+
+    impl Loop {
+        fn new() -> Loop {
+            let dir = tempfile::tempdir().unwrap();
+            let img = dir.path().join("img");
+            std::fs::File::create(&img)
+                .unwrap()
+                .set_len(1 << 30)
+                .unwrap();
+            let out = Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&img)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "losetup: {out:?}");
+            let l = Loop {
+                dev: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                dir,
+            };
+            let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+            ok(Command::new("mkfs.btrfs").args(["-q", &l.dev]));
+            std::fs::create_dir(l.mnt()).unwrap();
+            ok(Command::new("mount").arg(&l.dev).arg(l.mnt()));
+            l
+        }
+
+        fn mnt(&self) -> std::path::PathBuf {
+            self.dir.path().join("mnt")
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.mnt()).status();
+            let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+        }
+    }
+
+    /// MiB written to `dir/name` before the filesystem refused, up to `max`.
+    fn fill(dir: &Path, name: &str, max: usize) -> (usize, Option<i32>) {
+        let mut f = std::fs::File::create(dir.join(name)).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        for i in 0..max {
+            if let Err(e) = f.write_all(&chunk).and_then(|_| f.sync_data()) {
+                return (i, e.raw_os_error());
+            }
+        }
+        (max, None)
+    }
+
+    #[test]
+    #[ignore = "root: run the README's test command"]
+    fn root_btrfs_caps_each_home_and_a_groups_total() {
+        let l = Loop::new();
+        let root = l.mnt();
+        assert_eq!(Backend::detect(&root), Backend::Btrfs);
+        assert_eq!(Backend::detect(&root), Backend::Btrfs, "on twice is fine");
+        assert!(!Backend::detect(Path::new("/proc")).enforced());
+        let group = group_qgroup(40000);
+        let (a, b) = (root.join("a"), root.join("b"));
+        assert!(make_home(&a, Some(group)).unwrap());
+        assert!(make_home(&b, Some(group)).unwrap());
+        assert!(
+            !make_home(&a, Some(group)).unwrap(),
+            "already there: left as it is"
+        );
+        for h in [&a, &b] {
+            limit_home(h, Some(100 << 20)).unwrap();
+        }
+        limit(&root, group, Some(150 << 20)).unwrap();
+        // One home stops at its own cap.
+        let (wrote, err) = fill(&a, "big", 300);
+        assert_eq!(err, Some(libc::EDQUOT), "wrote {wrote} MiB");
+        assert!((90..=100).contains(&wrote), "{wrote} MiB");
+        // The other at what is left of the group's (overcommit: 2 x 100 > 150).
+        let (wrote_b, err) = fill(&b, "big", 300);
+        assert_eq!(err, Some(libc::EDQUOT));
+        assert!(wrote + wrote_b <= 150, "{wrote} + {wrote_b} MiB");
+        assert!(wrote_b >= 40, "{wrote_b} MiB");
+        let (used, cap) = usage(&a, None).unwrap();
+        assert_eq!(cap, Some(100 << 20));
+        assert!(used >= (wrote as u64) << 20, "{used}");
+        // An edit in place: a larger cap lets more in.
+        limit_home(&b, Some(120 << 20)).unwrap();
+        limit(&root, group, Some(250 << 20)).unwrap();
+        let (more, _) = fill(&b, "more", 300);
+        assert!(more >= 10, "{more} MiB");
+        // A plain directory is not a home with a cap.
+        std::fs::create_dir(root.join("plain")).unwrap();
+        let e = limit_home(&root.join("plain"), Some(1 << 20)).unwrap_err();
+        assert!(e.to_string().contains("not a subvolume"), "{e}");
+    }
+}

@@ -1,0 +1,137 @@
+//! Disk quotas, end to end: the emperor's home root on a real btrfs (a loop
+//! device the test makes and removes), tenants writing from inside their
+//! containers.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::*;
+
+/// A btrfs on a loop device, mounted; all undone on drop, even on failure.
+struct Btrfs {
+    dir: tempfile::TempDir,
+    dev: Option<String>,
+}
+
+impl Btrfs {
+    fn new() -> Btrfs {
+        let dir = tempfile::Builder::new()
+            .prefix("imperium-btrfs")
+            .tempdir()
+            .unwrap();
+        let img = dir.path().join("img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(2 << 30)
+            .unwrap();
+        let mut b = Btrfs { dir, dev: None };
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        b.dev = Some(dev.clone());
+        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(Command::new("mkfs.btrfs").args(["-q", &dev]));
+        std::fs::create_dir(b.mnt()).unwrap();
+        ok(Command::new("mount").arg(&dev).arg(b.mnt()));
+        b
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt()).status();
+        if let Some(dev) = &self.dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+    }
+}
+
+/// Writes `mib` MiB to `file` in the site as its tenant: (MiB written, dd's complaint).
+fn write(e: &Emperor, site: &str, cgroup: &str, file: &str, mib: u32) -> (u64, String) {
+    let init = e.running_pid(site);
+    let uid = e.row(site).unwrap()["uid"].as_u64().unwrap() as u32;
+    let out = e.exec_in(
+        init,
+        uid,
+        &e.cgroup(cgroup),
+        &format!("dd if=/dev/zero of=/home/{site}/{file} bs=1M count={mib} conv=fsync 2>&1; stat -c %s /home/{site}/{file}"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let size: u64 = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    (size >> 20, text)
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_btrfs_enforces_site_and_group_storage_from_inside_the_containers() {
+    let fs = Btrfs::new();
+    let mut e = Emperor::new();
+    e.home_root = fs.mnt();
+    e.write("small", "kind = \"site\"\n[limits]\nstorage = \"100M\"\n");
+    e.write("free", "kind = \"site\"\n");
+    e.write(
+        "g",
+        "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"1G\"\nstorage = \"150M\"\n",
+    );
+    for s in ["g1", "g2"] {
+        e.write(
+            s,
+            "kind = \"site\"\ngroup = \"g\"\n[limits]\nmemory = \"128M\"\nstorage = \"100M\"\n",
+        );
+    }
+    e.start();
+    assert!(
+        e.log().contains("storage limits enforced by btrfs qgroups"),
+        "{}",
+        e.log()
+    );
+
+    // A site stops at its own limit, as the tenant sees it.
+    let (wrote, said) = write(&e, "small", "_admin/small", "big", 300);
+    assert!(said.contains("Disk quota exceeded"), "{said}");
+    assert!((80..=100).contains(&wrote), "{wrote} MiB: {said}");
+    // Its neighbour writes on.
+    let (free, said) = write(&e, "free", "_admin/free", "big", 120);
+    assert_eq!(free, 120, "{said}");
+    // The status shows the kernel's count and cap.
+    let row = e.wait_row("small", "its disk usage", |r| {
+        r["usage"]["storage"]
+            .as_u64()
+            .is_some_and(|b| b >= wrote << 20)
+    });
+    assert_eq!(row["usage"]["storage_limit"], 100u64 << 20, "{row}");
+
+    // An overcommitted group: each site could take 100M, the group holds 150M.
+    let (one, said) = write(&e, "g1", "g/g1", "big", 100);
+    assert!(one >= 90, "{one} MiB: {said}");
+    let (two, said) = write(&e, "g2", "g/g2", "big", 100);
+    assert!(said.contains("Disk quota exceeded"), "{said}");
+    assert!(one + two <= 150, "{one} + {two} MiB");
+    let group = e.wait_row("g", "the group's usage", |r| {
+        r["usage"]["storage"].as_u64().is_some()
+    });
+    assert_eq!(group["usage"]["storage_limit"], 150u64 << 20, "{group}");
+
+    // An edit applies in place: room again without a restart.
+    let init = e.running_pid("small");
+    e.write("small", "kind = \"site\"\n[limits]\nstorage = \"200M\"\n");
+    wait_for(Duration::from_secs(10), "the new limit", || {
+        (e.row("small")?["usage"]["storage_limit"] == 200u64 << 20).then_some(())
+    });
+    let (more, said) = write(&e, "small", "_admin/small", "more", 50);
+    assert_eq!(more, 50, "{said}");
+    assert_eq!(e.running_pid("small"), init, "no restart");
+}
