@@ -134,4 +134,22 @@ fn root_btrfs_enforces_site_and_group_storage_from_inside_the_containers() {
     let (more, said) = write(&e, "small", "_admin/small", "more", 50);
     assert_eq!(more, 50, "{said}");
     assert_eq!(e.running_pid("small"), init, "no restart");
+
+    // A removed site's home (a subvolume) is archived with its files, and
+    // purged for good.
+    e.remove("free");
+    let home = e.home_root.join("free");
+    wait_for(Duration::from_secs(20), "free's home archived", || {
+        (!home.exists()).then_some(())
+    });
+    let archive = e.state_dir.join("archive");
+    let kept = wait_for(Duration::from_secs(20), "the archive", || {
+        let d = std::fs::read_dir(&archive).ok()?.flatten().next()?;
+        let f = d.path().join("big");
+        (std::fs::metadata(&f).ok()?.len() == 120 << 20).then_some(d.path())
+    });
+    assert!(kept.exists());
+    let out = e.cli(&["purge", "free"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!kept.exists());
 }
