@@ -166,6 +166,26 @@ def remove_cgroups(name):
                     time.sleep(0.01)
 
 
+def drop_latency(e, prefix, runs):
+    """Milliseconds from a site file renamed into the directory to its init's
+    record, `runs` times after 5 warm-up starts (each site removed again)."""
+    records = os.path.join(e.paths["run"], "vassals")
+    ino = Inotify(records, IN_MOVED_TO | IN_DELETE)
+    lat = []
+    for i in range(runs + 5):
+        name = f"{prefix}{i}"
+        t0 = time.perf_counter()
+        e.write(name, 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')
+        ino.wait_for(f"{name}.json", IN_MOVED_TO)
+        dt = (time.perf_counter() - t0) * 1000
+        if i >= 5:
+            lat.append(dt)
+        os.remove(os.path.join(e.paths["vassals"], f"{name}.toml"))
+        ino.wait_for(f"{name}.json", IN_DELETE)
+    ino.close()
+    return lat
+
+
 def bench_network(work, runs):
     """Drop -> running with each site's network (veth, addresses, routes) in a
     network namespace of the bench's own."""
@@ -174,20 +194,7 @@ def bench_network(work, runs):
     e = Emperor(os.path.join(work, "net"), f"imperium-bench-net-{os.getpid()}", netns=ns)
     try:
         e.start()
-        records = os.path.join(e.paths["run"], "vassals")
-        ino = Inotify(records, IN_MOVED_TO | IN_DELETE)
-        lat = []
-        for i in range(runs + 5):
-            name = f"net{i}"
-            t0 = time.perf_counter()
-            e.write(name, 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')
-            ino.wait_for(f"{name}.json", IN_MOVED_TO)
-            dt = (time.perf_counter() - t0) * 1000
-            if i >= 5:
-                lat.append(dt)
-            os.remove(os.path.join(e.paths["vassals"], f"{name}.toml"))
-            ino.wait_for(f"{name}.json", IN_DELETE)
-        ino.close()
+        lat = drop_latency(e, "net", runs)
         return {"drop_to_running_network_ms": summary(lat), "spawn_network_ms": summary(e.spawn_times()[5:])}
     finally:
         e.shutdown()
@@ -199,20 +206,7 @@ def bench_latency(work, runs):
     e = Emperor(os.path.join(work, "lat"), f"imperium-bench-{os.getpid()}")
     try:
         e.start()
-        records = os.path.join(e.paths["run"], "vassals")
-        ino = Inotify(records, IN_MOVED_TO | IN_DELETE)
-        lat = []
-        for i in range(runs + 5):
-            name = f"lat{i}"
-            t0 = time.perf_counter()
-            e.write(name, 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')
-            ino.wait_for(f"{name}.json", IN_MOVED_TO)
-            dt = (time.perf_counter() - t0) * 1000
-            if i >= 5:
-                lat.append(dt)
-            os.remove(os.path.join(e.paths["vassals"], f"{name}.toml"))
-            ino.wait_for(f"{name}.json", IN_DELETE)
-        ino.close()
+        lat = drop_latency(e, "lat", runs)
         spawn = e.spawn_times()[5:]
         # One idle site for memory, and its spec for crun and runc.
         e.write("idle", 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')

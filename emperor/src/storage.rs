@@ -169,50 +169,6 @@ pub fn usage(home: &Path, qgroupid: Option<u64>) -> io::Result<(u64, Option<u64>
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::process::Command;
-
-    /// A btrfs on a loop device, mounted; all undone on drop.
-    struct Loop {
-        dir: tempfile::TempDir,
-        dev: String,
-    }
-
-    impl Loop {
-        fn new() -> Loop {
-            let dir = tempfile::tempdir().unwrap();
-            let img = dir.path().join("img");
-            std::fs::File::create(&img)
-                .unwrap()
-                .set_len(1 << 30)
-                .unwrap();
-            let out = Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(&img)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "losetup: {out:?}");
-            let l = Loop {
-                dev: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-                dir,
-            };
-            let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
-            ok(Command::new("mkfs.btrfs").args(["-q", &l.dev]));
-            std::fs::create_dir(l.mnt()).unwrap();
-            ok(Command::new("mount").arg(&l.dev).arg(l.mnt()));
-            l
-        }
-
-        fn mnt(&self) -> std::path::PathBuf {
-            self.dir.path().join("mnt")
-        }
-    }
-
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.mnt()).status();
-            let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-        }
-    }
 
     /// MiB written to `dir/name` before the filesystem refused, up to `max`.
     fn fill(dir: &Path, name: &str, max: usize) -> (usize, Option<i32>) {
@@ -229,7 +185,7 @@ mod tests {
     #[test]
     #[ignore = "root: run the README's test command"]
     fn root_btrfs_caps_each_home_and_a_groups_total() {
-        let l = Loop::new();
+        let l = e2e::LoopBtrfs::new(1 << 30);
         let root = l.mnt();
         assert_eq!(Backend::detect(&root), Backend::Btrfs);
         assert_eq!(Backend::detect(&root), Backend::Btrfs, "on twice is fine");

@@ -531,3 +531,151 @@ pub fn alive(pid: i32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A btrfs on a loop device, mounted at [`LoopBtrfs::mnt`]; unmounted and the
+/// device detached on drop, even when a test fails.
+pub struct LoopBtrfs {
+    dir: tempfile::TempDir,
+    dev: Option<String>,
+}
+
+impl LoopBtrfs {
+    /// A fresh filesystem of `size` bytes (a sparse image in a temporary directory).
+    pub fn new(size: u64) -> LoopBtrfs {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("imperium-btrfs")
+            .tempdir()
+            .expect("tempdir");
+        let img = dir.path().join("img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .expect("image");
+        let mut b = LoopBtrfs { dir, dev: None };
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&img)
+            .output()
+            .expect("losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        b.dev = Some(dev.clone());
+        let ok = |c: &mut Command| assert!(c.status().expect("run").success(), "{c:?}");
+        ok(Command::new("mkfs.btrfs").args(["-q", &dev]));
+        std::fs::create_dir(b.mnt()).expect("mount point");
+        ok(Command::new("mount").arg(&dev).arg(b.mnt()));
+        b
+    }
+
+    /// Where it is mounted.
+    pub fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for LoopBtrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt()).status();
+        if let Some(dev) = &self.dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+    }
+}
+
+/// A router on loopback sharing the emperor's run directory; killed on drop.
+pub struct RouterProc {
+    child: std::process::Child,
+    /// Its HTTP address.
+    pub http: String,
+    /// Its HTTPS address.
+    pub https: String,
+    log: std::path::PathBuf,
+}
+
+impl RouterProc {
+    /// Starts `router serve` on 127.0.0.1 with the emperor's run directory,
+    /// in the emperor's network namespace (where its sites' addresses are).
+    pub fn start(e: &Emperor) -> RouterProc {
+        let listen = e.run_dir.join("router/listen.json");
+        let log_path = e.dir.path().join("router.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = match &e.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(bin("router"));
+                c
+            }
+            None => Command::new(bin("router")),
+        };
+        let child = cmd
+            .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .arg("--run-dir")
+            .arg(&e.run_dir)
+            .arg("--state-dir")
+            .arg(e.dir.path().join("router-state"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let v: serde_json::Value = wait_for(Duration::from_secs(20), "the router", || {
+            serde_json::from_slice(&std::fs::read(&listen).ok()?).ok()
+        });
+        RouterProc {
+            child,
+            http: v["http"].as_str().unwrap().to_owned(),
+            https: v["https"].as_str().unwrap().to_owned(),
+            log: log_path,
+        }
+    }
+
+    /// One GET with this Host: (status, body).
+    pub fn get(&self, host: &str) -> (u16, String) {
+        http_get(&self.http, host)
+    }
+}
+
+/// One GET through the router at `addr` with this Host: (status, body).
+pub fn http_get(addr: &str, host: &str) -> (u16, String) {
+    // A request that reached a site just frozen waits for its thaw: give up, ask again.
+    http_request(addr, host, "/", Duration::from_secs(2))
+}
+
+/// One GET of `path` with this Host, waiting `wait` at most for the answer: (status, body).
+pub fn http_request(addr: &str, host: &str, path: &str, wait: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        // A failed test shows whether the router was still running, and its last words.
+        if std::thread::panicking() {
+            let exited = self.child.try_wait().ok().flatten();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("router exited: {exited:?}; log (tail):\n{}", tail(&log, 60));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

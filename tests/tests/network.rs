@@ -459,33 +459,8 @@ fn root_the_router_reaches_a_sites_tcp_backend_on_its_own_address() {
     e.start();
     let init = e.running_pid("tcpsite");
     // The router runs on the host, beside the bridge.
-    let log = std::fs::File::create(e.dir.path().join("router.log")).unwrap();
-    let mut router = Command::new("nsenter")
-        .arg(format!("--net={}", net.path(&net.host).display()))
-        .arg("--")
-        .arg(bin("router"))
-        .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
-        .arg("--run-dir")
-        .arg(&e.run_dir)
-        .arg("--state-dir")
-        .arg(e.dir.path().join("router-state"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let router = Kill(&mut router);
-    let listen = e.run_dir.join("router/listen.json");
-    let http = wait_for(Duration::from_secs(20), "the router", || {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&listen).ok()?).ok()?;
-        Some(v["http"].as_str()?.to_owned())
-    });
+    let router = RouterProc::start(&e);
+    let http = router.http.clone();
     // The tenant's app listens on port 8080 of whatever address; `tcp:8080`.
     let home = e.home_root.join("tcpsite");
     std::fs::create_dir_all(home.join("www")).unwrap();

@@ -2,58 +2,9 @@
 //! device the test makes and removes), tenants writing from inside their
 //! containers.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use e2e::*;
-
-/// A btrfs on a loop device, mounted; all undone on drop, even on failure.
-struct Btrfs {
-    dir: tempfile::TempDir,
-    dev: Option<String>,
-}
-
-impl Btrfs {
-    fn new() -> Btrfs {
-        let dir = tempfile::Builder::new()
-            .prefix("imperium-btrfs")
-            .tempdir()
-            .unwrap();
-        let img = dir.path().join("img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(2 << 30)
-            .unwrap();
-        let mut b = Btrfs { dir, dev: None };
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(&img)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "losetup: {out:?}");
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        b.dev = Some(dev.clone());
-        let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
-        ok(Command::new("mkfs.btrfs").args(["-q", &dev]));
-        std::fs::create_dir(b.mnt()).unwrap();
-        ok(Command::new("mount").arg(&dev).arg(b.mnt()));
-        b
-    }
-
-    fn mnt(&self) -> PathBuf {
-        self.dir.path().join("home")
-    }
-}
-
-impl Drop for Btrfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.mnt()).status();
-        if let Some(dev) = &self.dev {
-            let _ = Command::new("losetup").args(["-d", dev]).status();
-        }
-    }
-}
 
 /// Writes `mib` MiB to `file` in the site as its tenant: (MiB written, dd's complaint).
 fn write(e: &Emperor, site: &str, cgroup: &str, file: &str, mib: u32) -> (u64, String) {
@@ -77,7 +28,7 @@ fn write(e: &Emperor, site: &str, cgroup: &str, file: &str, mib: u32) -> (u64, S
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_btrfs_enforces_site_and_group_storage_from_inside_the_containers() {
-    let fs = Btrfs::new();
+    let fs = LoopBtrfs::new(2 << 30);
     let mut e = Emperor::new();
     e.home_root = fs.mnt();
     e.write("small", "kind = \"site\"\n[limits]\nstorage = \"100M\"\n");
