@@ -87,8 +87,11 @@ impl Drop for Backend {
 
 fn serve_one(stream: UnixStream, name: &str) {
     stream.set_nonblocking(false).unwrap();
-    let mut r = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
+    serve(BufReader::new(stream.try_clone().unwrap()), stream, name)
+}
+
+/// Answers requests on one connection (any transport): `name|host|proto|for`.
+fn serve(mut r: impl BufRead, mut w: impl Write, name: &str) {
     // Requests one after another on the same connection (keep-alive).
     loop {
         let mut headers = Vec::new();
@@ -1540,38 +1543,13 @@ fn hostile_a_router_out_of_descriptors_backs_off_and_recovers() {
     );
 }
 
-/// A backend on TCP: answers every request on a connection with `tcp|<Host>`.
+/// A backend on TCP, answering like the socket backends (named `tcp`).
 fn tcp_backend(addr: &str) -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind(addr).unwrap();
     let at = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let mut w = s;
-                loop {
-                    let mut host = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.strip_prefix("host: ").or(line.strip_prefix("Host: "))
-                        {
-                            host = v.trim().to_owned();
-                        }
-                    }
-                    let body = format!("tcp|{host}");
-                    let _ = write!(
-                        w,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                }
-            });
+            std::thread::spawn(move || serve(BufReader::new(s.try_clone().unwrap()), s, "tcp"));
         }
     });
     at
@@ -1591,7 +1569,10 @@ fn a_tcp_backend_is_a_port_of_the_sites_own_address_and_nothing_else() {
     let port = tcp_backend("127.0.0.2:0").port();
     let ans = r.subscribe(&s1, &s1.sub("example.com", &format!("tcp:{port}")));
     assert_eq!(ans["ok"], true, "{ans}");
-    assert_eq!(r.get("example.com"), (200, "tcp|example.com".into()));
+    assert_eq!(
+        r.get("example.com"),
+        (200, "tcp|example.com|http|127.0.0.1".into())
+    );
 
     // Only a port: no address of the site's choosing, and no TCP without an address.
     for (site, domain, backend) in [

@@ -194,17 +194,8 @@ impl Emperor {
             .append(true)
             .open(self.dir.path().join("emperor.log"))
             .expect("log file");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display()))
-                    .arg("--")
-                    .arg(bin("emperor"));
-                c
-            }
-            None => Command::new(bin("emperor")),
-        };
-        let child = cmd
+        let child = self
+            .command("emperor")
             .arg("--run-dir")
             .arg(&self.run_dir)
             .arg("serve")
@@ -241,6 +232,21 @@ impl Emperor {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A command for one of the workspace's binaries, run in the emperor's
+    /// network namespace when it has one.
+    pub fn command(&self, name: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(bin(name));
+                c
+            }
+            None => Command::new(bin(name)),
         }
     }
 
@@ -599,17 +605,8 @@ impl RouterProc {
         let listen = e.run_dir.join("router/listen.json");
         let log_path = e.dir.path().join("router.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = match &e.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display()))
-                    .arg("--")
-                    .arg(bin("router"));
-                c
-            }
-            None => Command::new(bin("router")),
-        };
-        let child = cmd
+        let child = e
+            .command("router")
             .args(["serve", "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
             .arg("--run-dir")
             .arg(&e.run_dir)
