@@ -54,6 +54,29 @@ fn root_btrfs_enforces_site_and_group_storage_from_inside_the_containers() {
     let (wrote, said) = write(&e, "small", "_admin/small", "big", 300);
     assert!(said.contains("Disk quota exceeded"), "{said}");
     assert!((80..=100).contains(&wrote), "{wrote} MiB: {said}");
+    // Hostile: a subvolume of its own (a qgroup outside the cap) or another
+    // project id on its files would step out of the limit: both refused to a
+    // tenant's own process (under the container's seccomp filter).
+    let home = e.home_root.join("free");
+    wait_for(Duration::from_secs(10), "free's vassals directory", || {
+        home.join("vassals").is_dir().then_some(())
+    });
+    write_atomic(
+        &home.join("vassals/escape.toml"),
+        "command = [\"sh\", \"-c\", \"touch f; btrfs subvolume create escape; chattr -p 7 f; echo done\"]\n\
+         workdir = \".\"\nrestart = \"never\"\n",
+    );
+    let log = home.join("logs/escape.log");
+    let said = wait_for(Duration::from_secs(10), "the escape attempts", || {
+        let t = std::fs::read_to_string(&log).ok()?;
+        t.contains("done").then_some(t)
+    });
+    assert_eq!(
+        said.matches("Operation not permitted").count(),
+        2,
+        "both refused: {said}"
+    );
+    assert!(!home.join("escape").exists(), "{said}");
     // Its neighbour writes on.
     let (free, said) = write(&e, "free", "_admin/free", "big", 120);
     assert_eq!(free, 120, "{said}");

@@ -14,6 +14,7 @@ pub mod launch;
 pub mod net;
 pub mod netns;
 pub mod pidfd;
+pub mod quota;
 pub mod seccomp;
 
 pub use cgroup::{CgroupError, CgroupTree, Limits as CgroupLimits};

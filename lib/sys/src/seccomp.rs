@@ -3,7 +3,8 @@
 //!
 //! Tenants hold no capabilities, so most dangerous calls already fail; the filter
 //! narrows the kernel surface further (keyrings, bpf, perf, userfaultfd,
-//! io_uring, new namespaces, module and kexec calls).
+//! io_uring, new namespaces, module and kexec calls, and the few ioctls that
+//! would step out of a disk quota).
 
 use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 
@@ -61,6 +62,19 @@ pub const DENIED: &[&str] = &[
     "vhangup",
 ];
 
+/// `ioctl` commands refused with EPERM: the ones that would let a tenant
+/// step out of its disk quota. A btrfs subvolume or snapshot made inside a
+/// home has a qgroup of its own, outside the home's cap and the group's; a
+/// project id changed on the tenant's own files leaves the project quota
+/// (the kernel lets an owner change it outside user namespaces).
+pub const IOCTLS_DENIED: &[(u64, &str)] = &[
+    (0x5000_9401, "BTRFS_IOC_SNAP_CREATE"),
+    (0x5000_940e, "BTRFS_IOC_SUBVOL_CREATE"),
+    (0x5000_9417, "BTRFS_IOC_SNAP_CREATE_V2"),
+    (0x5000_9418, "BTRFS_IOC_SUBVOL_CREATE_V2"),
+    (0x401c_5820, "FS_IOC_FSSETXATTR"),
+];
+
 /// Namespace flags refused in `clone`.
 pub const NS_FLAGS: [u64; 7] = [
     libc::CLONE_NEWNS as u64,
@@ -86,6 +100,12 @@ pub fn default_program() -> Result<Vec<u8>, SeccompError> {
     for flag in NS_FLAGS {
         let cmp = ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(flag), flag);
         ctx.add_rule_conditional(ScmpAction::Errno(libc::EPERM), clone, &[cmp])?;
+    }
+    // The command is an `unsigned int`: only the low 32 bits count.
+    let ioctl = ScmpSyscall::from_name("ioctl")?;
+    for (cmd, _) in IOCTLS_DENIED {
+        let cmp = ScmpArgCompare::new(1, ScmpCompareOp::MaskedEqual(0xffff_ffff), *cmd);
+        ctx.add_rule_conditional(ScmpAction::Errno(libc::EPERM), ioctl, &[cmp])?;
     }
     // clone3 passes its flags in memory, where a filter cannot look: answer
     // ENOSYS so that libc falls back to clone, which is checked above.

@@ -1,0 +1,124 @@
+//! Project quotas (XFS, and ext4 with the `project` and `quota` features):
+//! a directory tree is given a project id that its new files inherit, and
+//! the kernel caps each project's blocks and inodes. Through `quotactl_fd(2)`
+//! on a descriptor of the filesystem and the `FS_IOC_FS{GET,SET}XATTR`
+//! ioctls; no block device path, no tool.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `PRJQUOTA` (quota type 2).
+const PRJQUOTA: libc::c_int = 2;
+/// `FS_XFLAG_PROJINHERIT`: new entries of a directory take its project id.
+const FS_XFLAG_PROJINHERIT: u32 = 0x0000_0200;
+/// Quota limits are in blocks of this many bytes (`QIF_DQBLKSIZE`).
+const DQBLK: u64 = 1024;
+
+/// `struct fsxattr`.
+#[repr(C)]
+#[derive(Default)]
+struct FsXattr {
+    xflags: u32,
+    extsize: u32,
+    nextents: u32,
+    projid: u32,
+    cowextsize: u32,
+    pad: [u8; 8],
+}
+
+/// The ioctls, as nix declares them.
+mod raw {
+    use super::FsXattr;
+    nix::ioctl_read!(fs_get_xattr, b'X', 31, FsXattr);
+    nix::ioctl_write_ptr!(fs_set_xattr, b'X', 32, FsXattr);
+}
+
+fn qcmd(cmd: libc::c_int) -> libc::c_int {
+    // QCMD(cmd, type): the command shifted past the type byte.
+    ((cmd as u32) << 8 | (PRJQUOTA as u32 & 0xff)) as libc::c_int
+}
+
+/// Gives the directory `dir` the project `id`, inherited by what is made in it.
+pub fn set_project(dir: BorrowedFd<'_>, id: u32) -> io::Result<()> {
+    let mut x = FsXattr::default();
+    // SAFETY: `x` is a valid `struct fsxattr`, alive for the call.
+    unsafe { raw::fs_get_xattr(dir.as_raw_fd(), &mut x) }?;
+    x.projid = id;
+    x.xflags |= FS_XFLAG_PROJINHERIT;
+    // SAFETY: as above.
+    unsafe { raw::fs_set_xattr(dir.as_raw_fd(), &x) }?;
+    Ok(())
+}
+
+/// The project of `dir` and whether it passes it on.
+pub fn project(dir: BorrowedFd<'_>) -> io::Result<(u32, bool)> {
+    let mut x = FsXattr::default();
+    // SAFETY: as above.
+    unsafe { raw::fs_get_xattr(dir.as_raw_fd(), &mut x) }?;
+    Ok((x.projid, x.xflags & FS_XFLAG_PROJINHERIT != 0))
+}
+
+fn quotactl(fs: BorrowedFd<'_>, cmd: libc::c_int, id: u32, q: &mut libc::dqblk) -> io::Result<()> {
+    // SAFETY: quotactl_fd(fd, cmd, id, addr): `fs` is an open descriptor on
+    // the filesystem; `q` is a valid `struct if_dqblk` for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_quotactl_fd,
+            fs.as_raw_fd(),
+            qcmd(cmd) as libc::c_uint,
+            id as libc::c_uint,
+            q as *mut libc::dqblk,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A project's use and hard limits (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes used.
+    pub bytes: u64,
+    /// Inodes used.
+    pub inodes: u64,
+    /// The cap on bytes.
+    pub bytes_limit: Option<u64>,
+    /// The cap on inodes.
+    pub inodes_limit: Option<u64>,
+}
+
+/// What project `id` uses on the filesystem of `fs`, and its limits. Fails
+/// when project quotas are not on there.
+pub fn usage(fs: BorrowedFd<'_>, id: u32) -> io::Result<Usage> {
+    // SAFETY: all-zero is a valid `struct if_dqblk`.
+    let mut q: libc::dqblk = unsafe { std::mem::zeroed() };
+    quotactl(fs, libc::Q_GETQUOTA, id, &mut q)?;
+    let cap = |v: u64| (v != 0).then_some(v);
+    Ok(Usage {
+        bytes: q.dqb_curspace,
+        inodes: q.dqb_curinodes,
+        bytes_limit: cap(q.dqb_bhardlimit).map(|b| b * DQBLK),
+        inodes_limit: cap(q.dqb_ihardlimit),
+    })
+}
+
+/// Sets project `id`'s hard (and soft, the same) limits (`None`: none).
+pub fn set_limits(
+    fs: BorrowedFd<'_>,
+    id: u32,
+    bytes: Option<u64>,
+    inodes: Option<u64>,
+) -> io::Result<()> {
+    // SAFETY: as above.
+    let mut q: libc::dqblk = unsafe { std::mem::zeroed() };
+    let blocks = bytes.map(|b| b.div_ceil(DQBLK)).unwrap_or(0);
+    q.dqb_bhardlimit = blocks;
+    q.dqb_bsoftlimit = blocks;
+    q.dqb_ihardlimit = inodes.unwrap_or(0);
+    q.dqb_isoftlimit = inodes.unwrap_or(0);
+    q.dqb_valid = libc::QIF_LIMITS;
+    quotactl(fs, libc::Q_SETQUOTA, id, &mut q)
+}
