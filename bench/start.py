@@ -166,7 +166,10 @@ def remove_cgroups(name):
                     time.sleep(0.01)
 
 
-def drop_latency(e, prefix, runs):
+SITE = 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n'
+
+
+def drop_latency(e, prefix, runs, text=SITE):
     """Milliseconds from a site file renamed into the directory to its init's
     record, `runs` times after 5 warm-up starts (each site removed again)."""
     records = os.path.join(e.paths["run"], "vassals")
@@ -175,7 +178,7 @@ def drop_latency(e, prefix, runs):
     for i in range(runs + 5):
         name = f"{prefix}{i}"
         t0 = time.perf_counter()
-        e.write(name, 'kind = "site"\n[limits]\nmemory = "64M"\npids = 64\n')
+        e.write(name, text)
         ino.wait_for(f"{name}.json", IN_MOVED_TO)
         dt = (time.perf_counter() - t0) * 1000
         if i >= 5:
@@ -184,6 +187,31 @@ def drop_latency(e, prefix, runs):
         ino.wait_for(f"{name}.json", IN_DELETE)
     ino.close()
     return lat
+
+
+def bench_quota(work, runs):
+    """Drop -> running with the home root on a btrfs of the bench's own (a
+    loop device): each start makes a subvolume home and caps its qgroup."""
+    root = os.path.join(work, "quota")
+    os.makedirs(root)
+    img = os.path.join(root, "img")
+    with open(img, "wb") as f:
+        f.truncate(4 << 30)
+    dev = subprocess.run(["losetup", "--find", "--show", img], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    e = Emperor(root, f"imperium-bench-quota-{os.getpid()}")
+    try:
+        subprocess.run(["mkfs.btrfs", "-q", dev], check=True)
+        os.makedirs(e.paths["home"], exist_ok=True)
+        subprocess.run(["mount", dev, e.paths["home"]], check=True)
+        e.start()
+        lat = drop_latency(e, "q", runs, SITE + 'storage = "100M"\n')
+        return {"drop_to_running_quota_ms": summary(lat), "spawn_quota_ms": summary(e.spawn_times()[5:])}
+    finally:
+        e.shutdown()
+        remove_cgroups(e.cg)
+        subprocess.run(["umount", e.paths["home"]])
+        subprocess.run(["losetup", "-d", dev])
 
 
 def bench_network(work, runs):
@@ -332,6 +360,7 @@ def main():
         res.update(floor(args.runs))
         res.update(bench_latency(work, args.runs))
         res.update(bench_network(work, args.runs))
+        res.update(bench_quota(work, args.runs))
         res["cold"] = bench_cold(work, args.sites)
         res["load_after"] = os.getloadavg()[0]
     finally:
@@ -343,6 +372,9 @@ def main():
               f" runc / emperor: {med('runc') / med('drop_to_running_ms'):.2f}x;"
               f" emperor / in-process floor: {med('drop_to_running_ms') / med('floor_in_process_ms'):.2f}x;"
               f" emperor spawn / floor: {med('spawn_ms') / med('floor_in_process_ms'):.2f}x")
+    if med("drop_to_running_quota_ms"):
+        print(f"with each home a btrfs subvolume capped by its qgroup: drop->running"
+              f" {med('drop_to_running_quota_ms')} ms ({med('drop_to_running_quota_ms') / med('drop_to_running_ms'):.2f}x without)")
     if med("drop_to_running_network_ms") and med("crun"):
         print(f"with each site's network: drop->running {med('drop_to_running_network_ms')} ms"
               f" ({med('drop_to_running_network_ms') / med('drop_to_running_ms'):.2f}x without;"

@@ -200,6 +200,9 @@ impl Manager {
             crate::storage::Backend::Btrfs => {
                 tracing::info!("storage limits enforced by btrfs qgroups")
             }
+            crate::storage::Backend::Project(fs) => {
+                tracing::info!("storage limits enforced by {fs} project quotas")
+            }
             crate::storage::Backend::None(why) if cfg.require_quotas => {
                 return Err(std::io::Error::other(format!(
                     "--require-quotas: storage limits cannot be enforced: {why}"
@@ -446,7 +449,7 @@ impl Manager {
             quota: self
                 .storage
                 .enforced()
-                .then(|| self.quota_group(name, file)),
+                .then(|| (&self.storage, self.quota_group(name, file))),
         }
     }
 

@@ -138,17 +138,28 @@ impl Spawner {
     /// symlink, and the socket directory.
     pub fn prepare_host(&self, inp: &Input<'_>) -> Result<(), SpawnError> {
         let home = inp.home();
-        // With quotas, a new home is a subvolume counted in its group's qgroup.
-        if let Some(group) = inp.quota {
-            if let VassalFile::Site(s) = inp.file {
-                if let Some(g) = &s.group {
-                    let gh = inp.layout.group_home(g);
-                    prep(&gh, crate::storage::make_home(&gh, group))?;
+        // With quotas, a new home is a subvolume counted in its group's
+        // qgroup (btrfs), or a directory of the tenant's project (XFS, ext4).
+        if let Some((backend, group)) = inp.quota {
+            use crate::storage::Backend;
+            let made = match backend {
+                Backend::Btrfs => {
+                    if let VassalFile::Site(s) = inp.file {
+                        if let Some(g) = &s.group {
+                            let gh = inp.layout.group_home(g);
+                            prep(&gh, crate::storage::make_home(&gh, group))?;
+                        }
+                    }
+                    prep(&home, crate::storage::make_home(&home, group))?
                 }
-            }
-            if prep(&home, crate::storage::make_home(&home, group))? {
-                // A new subvolume is root's: give it the owner and mode the
-                // home's bind asks, as a new directory would have.
+                Backend::Project(_) => {
+                    prep(&home, crate::storage::make_project_home(&home, inp.uid))?
+                }
+                Backend::None(_) => false,
+            };
+            if made {
+                // A new home is root's: give it the owner and mode the home's
+                // bind asks, as the usual new directory would have.
                 for b in spec::binds(inp) {
                     if let (true, Source::Dir { owner, mode }) = (b.source == home, b.make) {
                         prep(
@@ -161,7 +172,9 @@ impl Spawner {
                     }
                 }
             }
-            if let Err(e) = crate::storage::apply(inp.layout, inp.file, &home, group) {
+            if let Err(e) =
+                crate::storage::apply(backend, inp.layout, inp.file, &home, inp.uid, group)
+            {
                 tracing::warn!(vassal = %inp.name, error = %e, "storage limit not applied");
             }
         }

@@ -97,9 +97,9 @@ pub struct Input<'a> {
     pub cgroup_v2: bool,
     /// Its address, when sites have a network.
     pub net: Option<model::network::Assigned>,
-    /// Homes are btrfs subvolumes with qgroups; for a group's site or a
-    /// group, its group's level-1 qgroup.
-    pub quota: Option<Option<u64>>,
+    /// What enforces `storage`, when something does, and (btrfs) the
+    /// group's level-1 qgroup for a group or a group's site.
+    pub quota: Option<(&'a crate::storage::Backend, Option<u64>)>,
 }
 
 impl Input<'_> {

@@ -1,6 +1,9 @@
-//! Disk quotas: the kernel enforces each vassal's `storage`.
+//! Disk quotas: the kernel enforces each vassal's `storage` (and `inodes`).
 //!
-//! The backend follows the filesystem under the home root. On btrfs each home
+//! The backend follows the filesystem under the home root. On XFS and ext4
+//! with project quotas on, each home is a project (id = the tenant's uid)
+//! that its files inherit, capped in blocks and inodes; projects do not
+//! nest, so a group's total is held by the budget rules, not the kernel. On btrfs each home
 //! is a subvolume of its own, capped by its level-0 qgroup, and every group has
 //! a level-1 qgroup (`1/<the group's uid>`) that holds its sites' and its own,
 //! so the kernel caps the group's total too: that is how an overcommitted
@@ -17,14 +20,18 @@ use std::path::Path;
 
 use sys::btrfs;
 
-/// `statfs`'s `f_type` for btrfs.
+/// `statfs`'s `f_type` for btrfs, XFS and ext4.
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
+const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+const EXT4_SUPER_MAGIC: i64 = 0xef53;
 
 /// What enforces `storage` under a home root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
     /// btrfs qgroups.
     Btrfs,
+    /// XFS or ext4 project quotas (the filesystem's name).
+    Project(&'static str),
     /// Nothing: why not, in one line.
     None(String),
 }
@@ -37,11 +44,31 @@ impl Backend {
             Ok(st) => st,
             Err(e) => return Backend::None(format!("statfs {}: {e}", home_root.display())),
         };
-        if st.filesystem_type().0 as i64 != BTRFS_SUPER_MAGIC {
-            return Backend::None(format!(
-                "{} is not on btrfs (the quota backend here: btrfs qgroups)",
-                home_root.display()
-            ));
+        let project = match st.filesystem_type().0 as i64 {
+            BTRFS_SUPER_MAGIC => None,
+            XFS_SUPER_MAGIC => Some("xfs"),
+            EXT4_SUPER_MAGIC => Some("ext4"),
+            _ => {
+                return Backend::None(format!(
+                    "{} is on none of btrfs, XFS or ext4",
+                    home_root.display()
+                ))
+            }
+        };
+        if let Some(fs) = project {
+            // Project 0 answers when project quotas are on.
+            return match open_dir(home_root).and_then(|fd| sys::quota::usage(fd.as_fd(), 0)) {
+                Ok(_) => Backend::Project(fs),
+                Err(e) => Backend::None(format!(
+                    "project quotas are off on {} ({fs}: {e}); mount it with prjquota{}",
+                    home_root.display(),
+                    if fs == "ext4" {
+                        " on a filesystem made with -O quota,project"
+                    } else {
+                        ""
+                    }
+                )),
+            };
         }
         match open_dir(home_root).and_then(|fd| btrfs::quota_enable(fd.as_fd())) {
             Ok(()) => Backend::Btrfs,
@@ -51,7 +78,7 @@ impl Backend {
 
     /// Whether limits are enforced.
     pub fn enforced(&self) -> bool {
-        matches!(self, Backend::Btrfs)
+        !matches!(self, Backend::None(_))
     }
 }
 
@@ -137,21 +164,89 @@ pub fn limit(any: &Path, qgroupid: u64, bytes: Option<u64>) -> io::Result<()> {
     btrfs::qgroup_limit(fd.as_fd(), qgroupid, bytes)
 }
 
-/// Applies a vassal's `storage`: a site's on its home, a group's on its
-/// level-1 qgroup (`group`), which holds its sites and its own home.
+/// Makes a new home the tenant's project (`uid`), inherited by what is made
+/// in it; whether it made the directory. An existing home gets the project
+/// on its top directory (what is made from then on counts).
+pub fn make_project_home(home: &Path, uid: u32) -> io::Result<bool> {
+    let made = home.symlink_metadata().is_err();
+    if made {
+        std::fs::create_dir_all(home)?;
+    }
+    sys::quota::set_project(open_dir(home)?.as_fd(), uid)?;
+    Ok(made)
+}
+
+/// Applies a vassal's `storage` (and `inodes`): with btrfs, a site's on its
+/// home and a group's on its level-1 qgroup (`group`), which holds its sites
+/// and its own home; with project quotas, on the home's project (`uid`).
 pub fn apply(
+    backend: &Backend,
     layout: &model::Layout,
     file: &model::VassalFile,
     home: &Path,
+    uid: u32,
     group: Option<u64>,
 ) -> io::Result<()> {
     let bytes = file.limits().storage.map(|s| s.0);
-    match file {
-        model::VassalFile::Site(_) => limit_home(home, bytes),
-        model::VassalFile::Group(_) => match group {
+    match (backend, file) {
+        (Backend::None(_), _) => Ok(()),
+        (Backend::Project(_), _) => {
+            let fd = open_dir(&layout.home_root)?;
+            sys::quota::set_limits(fd.as_fd(), uid, bytes, file.limits().inodes)
+        }
+        (Backend::Btrfs, model::VassalFile::Site(_)) => limit_home(home, bytes),
+        (Backend::Btrfs, model::VassalFile::Group(_)) => match group {
             Some(g) => limit(&layout.home_root, g, bytes),
             None => Ok(()),
         },
+    }
+}
+
+/// What a vassal uses on disk and its caps, as the backend counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes.
+    pub bytes: u64,
+    /// Their cap.
+    pub bytes_limit: Option<u64>,
+    /// Files and directories, where the backend counts them.
+    pub inodes: Option<u64>,
+    /// Their cap.
+    pub inodes_limit: Option<u64>,
+}
+
+/// What a vassal uses on disk and its caps.
+pub fn usage_of(
+    backend: &Backend,
+    layout: &model::Layout,
+    home: &Path,
+    uid: u32,
+    group: Option<u64>,
+    is_group: bool,
+) -> io::Result<DiskUsage> {
+    match backend {
+        Backend::None(why) => Err(io::Error::other(why.clone())),
+        Backend::Project(_) => {
+            let u = sys::quota::usage(open_dir(&layout.home_root)?.as_fd(), uid)?;
+            Ok(DiskUsage {
+                bytes: u.bytes,
+                bytes_limit: u.bytes_limit,
+                inodes: Some(u.inodes),
+                inodes_limit: u.inodes_limit,
+            })
+        }
+        Backend::Btrfs => {
+            let (b, cap) = match (is_group, group) {
+                (true, Some(g)) => usage(&layout.home_root, Some(g))?,
+                _ => usage(home, None)?,
+            };
+            Ok(DiskUsage {
+                bytes: b,
+                bytes_limit: cap,
+                inodes: None,
+                inodes_limit: None,
+            })
+        }
     }
 }
 

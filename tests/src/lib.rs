@@ -538,26 +538,47 @@ pub fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
-/// A btrfs on a loop device, mounted at [`LoopBtrfs::mnt`]; unmounted and the
-/// device detached on drop, even when a test fails.
-pub struct LoopBtrfs {
+/// A filesystem on a loop device, mounted at [`LoopFs::mnt`]; unmounted and
+/// the device detached on drop, even when a test fails.
+pub struct LoopFs {
     dir: tempfile::TempDir,
     dev: Option<String>,
 }
 
-impl LoopBtrfs {
-    /// A fresh filesystem of `size` bytes (a sparse image in a temporary directory).
-    pub fn new(size: u64) -> LoopBtrfs {
+/// The btrfs a test makes (see [`LoopFs`]).
+pub type LoopBtrfs = LoopFs;
+
+impl LoopFs {
+    /// A fresh btrfs of `size` bytes (a sparse image in a temporary directory).
+    pub fn new(size: u64) -> LoopFs {
+        LoopFs::make(size, &["mkfs.btrfs", "-q"], "defaults")
+    }
+
+    /// A fresh XFS with project quotas on.
+    pub fn xfs(size: u64) -> LoopFs {
+        LoopFs::make(size, &["mkfs.xfs", "-q"], "prjquota")
+    }
+
+    /// A fresh ext4 with project quotas on.
+    pub fn ext4(size: u64) -> LoopFs {
+        LoopFs::make(
+            size,
+            &["mkfs.ext4", "-q", "-O", "quota,project"],
+            "prjquota",
+        )
+    }
+
+    fn make(size: u64, mkfs: &[&str], options: &str) -> LoopFs {
         require_root();
         let dir = tempfile::Builder::new()
-            .prefix("imperium-btrfs")
+            .prefix("imperium-fs")
             .tempdir()
             .expect("tempdir");
         let img = dir.path().join("img");
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(size))
             .expect("image");
-        let mut b = LoopBtrfs { dir, dev: None };
+        let mut b = LoopFs { dir, dev: None };
         let out = Command::new("losetup")
             .args(["--find", "--show"])
             .arg(&img)
@@ -567,9 +588,12 @@ impl LoopBtrfs {
         let dev = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         b.dev = Some(dev.clone());
         let ok = |c: &mut Command| assert!(c.status().expect("run").success(), "{c:?}");
-        ok(Command::new("mkfs.btrfs").args(["-q", &dev]));
+        ok(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&dev));
         std::fs::create_dir(b.mnt()).expect("mount point");
-        ok(Command::new("mount").arg(&dev).arg(b.mnt()));
+        ok(Command::new("mount")
+            .args(["-o", options])
+            .arg(&dev)
+            .arg(b.mnt()));
         b
     }
 
@@ -579,7 +603,7 @@ impl LoopBtrfs {
     }
 }
 
-impl Drop for LoopBtrfs {
+impl Drop for LoopFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.mnt()).status();
         if let Some(dev) = &self.dev {

@@ -127,3 +127,62 @@ fn root_btrfs_enforces_site_and_group_storage_from_inside_the_containers() {
     assert!(out.status.success(), "{out:?}");
     assert!(!kept.exists());
 }
+
+/// Project quotas on XFS and ext4, from inside the containers. VM only
+/// (`vm_`): this machine's kernel has no CONFIG_QUOTA; `scripts/test-vm`
+/// runs it under Debian's kernel.
+#[test]
+#[ignore = "root: run the README's test command"]
+fn vm_project_quotas_cap_bytes_and_inodes_on_xfs_and_ext4() {
+    for (fs, full) in [
+        // XFS answers ENOSPC at a project's limit, ext4 EDQUOT.
+        (LoopFs::xfs(1 << 30), "No space left on device"),
+        (LoopFs::ext4(1 << 30), "Disk quota exceeded"),
+    ] {
+        let mut e = Emperor::new();
+        e.home_root = fs.mnt();
+        e.write(
+            "small",
+            "kind = \"site\"\n[limits]\nstorage = \"20M\"\ninodes = 200\n",
+        );
+        e.write("free", "kind = \"site\"\n");
+        e.start();
+        assert!(e.log().contains("project quotas"), "{}", e.log());
+        let (wrote, said) = write(&e, "small", "_admin/small", "big", 50);
+        assert!(said.contains(full), "{said}");
+        assert!(wrote <= 20, "{wrote} MiB: {said}");
+        let (free, said) = write(&e, "free", "_admin/free", "big", 30);
+        assert_eq!(free, 30, "{said}");
+        // Many small files stop at the inode limit.
+        let init = e.running_pid("small");
+        let uid = e.row("small").unwrap()["uid"].as_u64().unwrap() as u32;
+        let out = e.exec_in(
+            init,
+            uid,
+            &e.cgroup("_admin/small"),
+            "rm -f /home/small/big; mkdir -p /home/small/many && cd /home/small/many && \
+             for i in $(seq 1 400); do touch f$i 2>/dev/null || break; done; ls | wc -l",
+        );
+        let files: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        assert!((150..200).contains(&files), "{files} files: {out:?}");
+        let row = e.wait_row("small", "its inode count", |r| {
+            r["usage"]["inodes"].as_u64().is_some_and(|n| n >= files)
+        });
+        assert_eq!(row["usage"]["inodes_limit"], 200, "{row}");
+        assert_eq!(row["usage"]["storage_limit"], 20u64 << 20, "{row}");
+        // An edit in place.
+        e.write(
+            "small",
+            "kind = \"site\"\n[limits]\nstorage = \"60M\"\ninodes = 1000\n",
+        );
+        wait_for(Duration::from_secs(10), "the new limit", || {
+            (e.row("small")?["usage"]["storage_limit"] == 60u64 << 20).then_some(())
+        });
+        let (more, said) = write(&e, "small", "_admin/small", "more", 30);
+        assert_eq!(more, 30, "{said}");
+        drop(e);
+    }
+}

@@ -31,6 +31,12 @@ pub(super) struct Usage {
     /// The cap the kernel enforces (absent: none, or not enforced).
     #[serde(skip_serializing_if = "Option::is_none")]
     storage_limit: Option<u64>,
+    /// Files and directories, where the backend counts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inodes: Option<u64>,
+    /// Their cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inodes_limit: Option<u64>,
 }
 
 impl Row {
@@ -77,8 +83,10 @@ impl Manager {
                     Usage {
                         memory: s.memory,
                         pids: s.pids,
-                        storage: disk.map(|d| d.0),
-                        storage_limit: disk.and_then(|d| d.1),
+                        storage: disk.map(|d| d.bytes),
+                        storage_limit: disk.and_then(|d| d.bytes_limit),
+                        inodes: disk.and_then(|d| d.inodes),
+                        inodes_limit: disk.and_then(|d| d.inodes_limit),
                     }
                 });
             rows.push(Row {

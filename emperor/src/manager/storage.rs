@@ -26,27 +26,30 @@ impl Manager {
         let Some(v) = self.vassals.get(name) else {
             return;
         };
-        let home = self.input(name, &v.file, 0).home();
+        let Some(uid) = v.uid else { return };
+        let home = self.input(name, &v.file, uid).home();
         let group = self.quota_group(name, &v.file);
-        if let Err(e) = crate::storage::apply(&self.cfg.layout, &v.file, &home, group) {
+        if let Err(e) =
+            crate::storage::apply(&self.storage, &self.cfg.layout, &v.file, &home, uid, group)
+        {
             tracing::warn!(vassal = %name, error = %e, "storage limit not applied");
         }
     }
 
-    /// Bytes used and the enforced cap, for status; `None` when not enforced.
-    pub(super) fn storage_usage(&self, name: &Name, v: &Vassal) -> Option<(u64, Option<u64>)> {
+    /// Bytes used and their cap, inodes used and their cap, for status;
+    /// `None` when not enforced.
+    pub(super) fn storage_usage(
+        &self,
+        name: &Name,
+        v: &Vassal,
+    ) -> Option<crate::storage::DiskUsage> {
         if !self.storage.enforced() {
             return None;
         }
-        match &v.file {
-            VassalFile::Site(_) => {
-                let home = self.input(name, &v.file, 0).home();
-                crate::storage::usage(&home, None).ok()
-            }
-            VassalFile::Group(_) => {
-                let q = self.quota_group(name, &v.file)?;
-                crate::storage::usage(&self.cfg.layout.home_root, Some(q)).ok()
-            }
-        }
+        let uid = v.uid?;
+        let home = self.input(name, &v.file, uid).home();
+        let group = self.quota_group(name, &v.file);
+        let is_group = matches!(v.file, VassalFile::Group(_));
+        crate::storage::usage_of(&self.storage, &self.cfg.layout, &home, uid, group, is_group).ok()
     }
 }

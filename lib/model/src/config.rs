@@ -88,6 +88,10 @@ pub struct Limits {
     /// Disk quota on the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<Size>,
+    /// Files and directories the home may hold (where the backend counts
+    /// them: XFS and ext4 project quotas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
     /// CPU bandwidth in cores (0.5 = half a core).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<f64>,
@@ -122,6 +126,11 @@ impl Limits {
         if let Some(s) = self.storage {
             if s.0 < 1 << 20 {
                 return limit("storage", format!("{s} is below the minimum of 1M"));
+            }
+        }
+        if let Some(i) = self.inodes {
+            if i < 16 {
+                return limit("inodes", format!("{i} is below the minimum of 16"));
             }
         }
         if let Some(c) = self.cpu {
