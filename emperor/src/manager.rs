@@ -153,6 +153,8 @@ pub struct Manager {
     last_hosts: Vec<u8>,
     /// What enforces `storage` under the home root.
     storage: crate::storage::Backend,
+    /// Each vassal's disk usage as last published to it.
+    last_usage: BTreeMap<Name, model::usage::Disk>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -226,6 +228,7 @@ impl Manager {
             addresses,
             last_hosts: Vec::new(),
             storage,
+            last_usage: BTreeMap::new(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -529,6 +532,8 @@ impl Manager {
                         continue;
                     };
                     let _ = std::fs::remove_dir_all(self.cfg.layout.sockets(name));
+                    let _ = std::fs::remove_dir_all(self.cfg.layout.usage_dir(name));
+                    self.last_usage.remove(name);
                     let _ = std::fs::remove_file(self.cfg.layout.utmp(name));
                     if let VassalFile::Group(_) = v.file {
                         let (tree, cg) = (self.tree.clone(), self.cfg.layout.group_cgroup(name));
@@ -661,7 +666,11 @@ impl Manager {
     /// Handles one event.
     pub fn handle(&mut self, ev: Event) {
         match ev {
-            Event::FilesChanged | Event::Rescan => self.reconcile(),
+            Event::FilesChanged => self.reconcile(),
+            Event::Rescan => {
+                self.reconcile();
+                self.publish_usage();
+            }
             Event::Exited { name, gen } => self.exited(&name, gen),
             Event::RestartDue { name, gen } => {
                 self.step(&name, lifecycle::Event::RestartDue { gen })

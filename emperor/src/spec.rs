@@ -246,6 +246,16 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
         RO,
         Source::Given,
     ));
+    // The vassal's disk usage, as the emperor reads it from the kernel.
+    v.push(b(
+        inside::USAGE,
+        inp.layout.usage_dir(inp.name),
+        RO_NOEXEC,
+        Source::Dir {
+            owner: None,
+            mode: 0o755,
+        },
+    ));
     // The router's subscription socket, and a site's key to sign with.
     v.push(b(
         inside::ROUTER,

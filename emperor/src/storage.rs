@@ -202,19 +202,6 @@ pub fn apply(
     }
 }
 
-/// What a vassal uses on disk and its caps, as the backend counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskUsage {
-    /// Bytes.
-    pub bytes: u64,
-    /// Their cap.
-    pub bytes_limit: Option<u64>,
-    /// Files and directories, where the backend counts them.
-    pub inodes: Option<u64>,
-    /// Their cap.
-    pub inodes_limit: Option<u64>,
-}
-
 /// What a vassal uses on disk and its caps.
 pub fn usage_of(
     backend: &Backend,
@@ -223,12 +210,12 @@ pub fn usage_of(
     uid: u32,
     group: Option<u64>,
     is_group: bool,
-) -> io::Result<DiskUsage> {
+) -> io::Result<model::usage::Disk> {
     match backend {
         Backend::None(why) => Err(io::Error::other(why.clone())),
         Backend::Project(_) => {
             let u = sys::quota::usage(open_dir(&layout.home_root)?.as_fd(), uid)?;
-            Ok(DiskUsage {
+            Ok(model::usage::Disk {
                 bytes: u.bytes,
                 bytes_limit: u.bytes_limit,
                 inodes: Some(u.inodes),
@@ -240,7 +227,7 @@ pub fn usage_of(
                 (true, Some(g)) => usage(&layout.home_root, Some(g))?,
                 _ => usage(home, None)?,
             };
-            Ok(DiskUsage {
+            Ok(model::usage::Disk {
                 bytes: b,
                 bytes_limit: cap,
                 inodes: None,

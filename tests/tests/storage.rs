@@ -87,6 +87,61 @@ fn root_btrfs_enforces_site_and_group_storage_from_inside_the_containers() {
             .is_some_and(|b| b >= wrote << 20)
     });
     assert_eq!(row["usage"]["storage_limit"], 100u64 << 20, "{row}");
+    // The tenant sees it too: the site's figures, and the alarm (kept while
+    // the full home cannot store it, stored once there is room again).
+    let vassal = |args: &str| {
+        let out = e.exec_in(
+            e.running_pid("small"),
+            e.row("small").unwrap()["uid"].as_u64().unwrap() as u32,
+            &e.cgroup("_admin/small"),
+            &format!("HOME=/home/small /run/imperium/bin/vassal {args}"),
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let init = e.running_pid("small");
+    let status = wait_for(Duration::from_secs(20), "the disk alarm", || {
+        let s = vassal("status --json");
+        let told = |list: &serde_json::Value| {
+            list.as_array()
+                .is_some_and(|l| l.iter().any(|n| n["kind"] == "disk"))
+        };
+        (told(&s["unsent"]) || told(&vassal("notifications --json"))).then_some(s)
+    });
+    assert_eq!(
+        status["site"]["disk"]["bytesLimit"],
+        100u64 << 20,
+        "{status}"
+    );
+    assert_eq!(
+        e.running_pid("small"),
+        init,
+        "a full home does not take PID 1 down"
+    );
+    let out = e.exec_in(
+        init,
+        e.row("small").unwrap()["uid"].as_u64().unwrap() as u32,
+        &e.cgroup("_admin/small"),
+        "rm /home/small/big",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let told = wait_for(
+        Duration::from_secs(20),
+        "the disk notification stored",
+        || {
+            vassal("notifications --json")
+                .as_array()?
+                .iter()
+                .find(|n| n["kind"] == "disk")
+                .cloned()
+        },
+    );
+    assert!(
+        told["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("storage limit"),
+        "{told}"
+    );
 
     // An overcommitted group: each site could take 100M, the group holds 150M.
     let (one, said) = write(&e, "g1", "g/g1", "big", 100);

@@ -95,7 +95,7 @@ impl AccessLog {
                 }
                 Err(e) => {
                     if !std::mem::replace(&mut self.warned, true) {
-                        eprintln!("vassal: {}: {e}; access lines dropped", self.path.display());
+                        say!("vassal: {}: {e}; access lines dropped", self.path.display());
                     }
                     return;
                 }

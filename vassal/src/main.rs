@@ -6,6 +6,15 @@
 //! everything on SIGTERM). The other verbs talk to it over
 //! `~/.imperium/vassal.sock`.
 
+/// A line on stderr that never panics: PID 1's stderr is `~/logs/vassal.log`,
+/// in a home that may be full (`eprintln!` panics when a write fails).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod clock;
 mod control;
 mod http;
@@ -35,7 +44,7 @@ fn main() {
     let code = match run(&args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vassal: {e}");
+            say!("vassal: {e}");
             1
         }
     };
@@ -98,6 +107,9 @@ fn run(args: &[String]) -> Result<i32, String> {
             address: std::env::var("IMPERIUM_ADDRESS")
                 .ok()
                 .and_then(|a| a.parse().ok()),
+            usage: std::env::var_os("IMPERIUM_USAGE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(model::layout::inside::USAGE)),
         })
     };
     let socket = || model::layout::home::control_socket(&home());

@@ -33,6 +33,15 @@ pub struct Figures {
     pub pids_limit: Option<u64>,
     /// Processes the kernel killed for lack of memory, so far.
     pub oom_kills: u64,
+    /// Disk use and caps, where the host enforces them (as the emperor last
+    /// read them from the kernel).
+    pub disk: Option<model::usage::Disk>,
+}
+
+/// The disk usage the emperor wrote in `dir` (`/run/imperium/usage`).
+pub fn disk(dir: &Path) -> Option<model::usage::Disk> {
+    let bytes = std::fs::read(dir.join(model::layout::inside::STORAGE_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -78,6 +87,7 @@ impl SiteCgroup {
                 pids: num(&pids.join("pids.current")).unwrap_or(0),
                 pids_limit: limit(&pids.join("pids.max")),
                 oom_kills: keyed(&memory.join("memory.oom_control"), "oom_kill ").unwrap_or(0),
+                disk: None,
             },
             SiteCgroup::V2(dir) => Figures {
                 memory: num(&dir.join("memory.current")).unwrap_or(0),
@@ -85,6 +95,7 @@ impl SiteCgroup {
                 pids: num(&dir.join("pids.current")).unwrap_or(0),
                 pids_limit: limit(&dir.join("pids.max")),
                 oom_kills: keyed(&dir.join("memory.events"), "oom_kill ").unwrap_or(0),
+                disk: None,
             },
         }
     }
@@ -92,6 +103,9 @@ impl SiteCgroup {
 
 /// Memory use (in % of the limit) that raises the alarm, and that clears it.
 const MEMORY_ALARM: (u64, u64) = (90, 80);
+/// The same for disk use (bytes or inodes); at 100 % a second alarm says
+/// the limit is reached (writes fail).
+const DISK_ALARM: (u64, u64) = (90, 80);
 
 /// The site's alarms, from one reading of its figures to the next: each OOM
 /// kill is told once, high memory once until it falls back below 80%.
@@ -99,6 +113,9 @@ const MEMORY_ALARM: (u64, u64) = (90, 80);
 pub struct Alarms {
     oom_seen: Option<u64>,
     memory_high: bool,
+    /// Disk at 90 % or more; disk full.
+    disk_high: bool,
+    disk_full: bool,
 }
 
 impl Alarms {
@@ -106,7 +123,7 @@ impl Alarms {
     pub fn new(oom_kills: Option<u64>) -> Alarms {
         Alarms {
             oom_seen: oom_kills,
-            memory_high: false,
+            ..Alarms::default()
         }
     }
 
@@ -146,6 +163,41 @@ impl Alarms {
                 self.memory_high = false;
             }
         }
+        if let Some(d) = f.disk {
+            // The fuller of bytes and inodes, in % of its cap.
+            let pct = [
+                d.bytes_limit
+                    .filter(|l| *l > 0)
+                    .map(|l| (d.bytes * 100 / l, "storage")),
+                d.inodes_limit
+                    .filter(|l| *l > 0)
+                    .zip(d.inodes)
+                    .map(|(l, n)| (n * 100 / l, "inode")),
+            ]
+            .into_iter()
+            .flatten()
+            .max();
+            if let Some((pct, what)) = pct {
+                if pct >= 100 && !self.disk_full {
+                    self.disk_full = true;
+                    self.disk_high = true;
+                    out.push((
+                        "disk",
+                        format!(
+                            "the site reached its {what} limit: writes fail until it frees space"
+                        ),
+                    ));
+                } else if pct >= DISK_ALARM.0 && !self.disk_high {
+                    self.disk_high = true;
+                    out.push(("disk", format!("the site uses {pct}% of its {what} limit")));
+                } else if pct < DISK_ALARM.1 {
+                    self.disk_high = false;
+                    self.disk_full = false;
+                } else if pct < 100 {
+                    self.disk_full = false;
+                }
+            }
+        }
         out
     }
 }
@@ -176,7 +228,8 @@ mod tests {
                 memory_limit: Some(128 << 20),
                 pids: 3,
                 pids_limit: None,
-                oom_kills: 2
+                oom_kills: 2,
+                disk: None,
             }
         );
 
@@ -203,7 +256,8 @@ mod tests {
                 memory_limit: None,
                 pids: 2,
                 pids_limit: Some(50),
-                oom_kills: 5
+                oom_kills: 5,
+                disk: None,
             }
         );
     }
@@ -256,5 +310,36 @@ mod tests {
             1,
             "cleared below 80%: told again"
         );
+    }
+
+    #[test]
+    fn disk_alarms_at_90_percent_and_at_the_limit_once_each() {
+        let at = |bytes: u64, inodes: u64| Figures {
+            disk: Some(model::usage::Disk {
+                bytes,
+                bytes_limit: Some(100),
+                inodes: Some(inodes),
+                inodes_limit: Some(1000),
+            }),
+            ..Figures::default()
+        };
+        let mut a = Alarms::new(Some(0));
+        assert!(a.check(&at(50, 10)).is_empty());
+        let got = a.check(&at(91, 10));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].1.contains("91% of its storage limit"), "{got:?}");
+        assert!(a.check(&at(95, 10)).is_empty(), "told once");
+        let got = a.check(&at(100, 10));
+        assert!(got[0].1.contains("reached its storage limit"), "{got:?}");
+        assert!(a.check(&at(100, 10)).is_empty(), "told once");
+        assert!(a.check(&at(70, 10)).is_empty(), "below 80 %: cleared");
+        let got = a.check(&at(10, 1000));
+        assert!(got[0].1.contains("reached its inode limit"), "{got:?}");
+        // Without a cap, nothing to say.
+        let none = Figures {
+            disk: Some(model::usage::Disk::default()),
+            ..Figures::default()
+        };
+        assert!(Alarms::new(Some(0)).check(&none).is_empty());
     }
 }

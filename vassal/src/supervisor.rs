@@ -67,6 +67,8 @@ pub struct Settings {
     /// The site's own address, when it has a network: `tcp:PORT` backends
     /// listen on that port of it.
     pub address: Option<std::net::Ipv4Addr>,
+    /// Where the emperor writes the site's disk usage (`/run/imperium/usage`).
+    pub usage: PathBuf,
 }
 
 impl Settings {
@@ -156,7 +158,7 @@ impl Supervisor {
         let mask = handled();
         let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         else {
-            eprintln!("vassal: signalfd failed");
+            say!("vassal: signalfd failed");
             return 1;
         };
         if std::process::id() != 1 {
@@ -194,7 +196,7 @@ impl Supervisor {
         if let Some(l) = &listener {
             let _ = l.set_nonblocking(true);
         } else {
-            eprintln!(
+            say!(
                 "vassal: cannot bind {}; no control socket",
                 socket.display()
             );
@@ -230,7 +232,7 @@ impl Supervisor {
             match poll(&mut fds, PollTimeout::from(ms)) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => {
-                    eprintln!("vassal: poll: {e}");
+                    say!("vassal: poll: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -442,7 +444,7 @@ impl Supervisor {
             let name: Name = match stem.parse() {
                 Ok(n) => n,
                 Err(err) => {
-                    eprintln!("vassal: {}: {err}", e.path().display());
+                    say!("vassal: {}: {err}", e.path().display());
                     continue;
                 }
             };
@@ -592,7 +594,7 @@ impl Supervisor {
     /// Stores a notification; a failure is only logged (an alarm never stops the supervisor).
     fn alarm(&mut self, kind: &'static str, message: &str) {
         if let Err(e) = crate::notify::add(&self.cfg.home, kind, message) {
-            eprintln!("vassal: storing the {kind} notification: {e}; tried again in a second");
+            say!("vassal: storing the {kind} notification: {e}; tried again in a second");
             // The likeliest moment to fail is the likeliest to matter: an
             // OOM kill, with the site at its memory limit. Kept (a few) and
             // stored at the next check.
@@ -608,10 +610,19 @@ impl Supervisor {
         for (kind, message) in std::mem::take(&mut self.unsent) {
             self.alarm(kind, &message);
         }
-        let Some(site) = &self.site else { return };
-        for (kind, message) in self.alarms.check(&site.figures()) {
+        let Some(figures) = self.figures() else {
+            return;
+        };
+        for (kind, message) in self.alarms.check(&figures) {
             self.alarm(kind, &message);
         }
+    }
+
+    /// The site's cgroup figures and disk usage now.
+    fn figures(&self) -> Option<crate::site::Figures> {
+        let mut f = self.site.as_ref()?.figures();
+        f.disk = crate::site::disk(&self.cfg.usage);
+        Some(f)
     }
 
     /// Rotates `~/logs/<name>.log` past its size limit: copy to `.1` (older
@@ -638,10 +649,18 @@ impl Supervisor {
     fn answer(&mut self, req: Request) -> Response {
         let name = match &req {
             Request::Status => {
-                let site = self.site.as_ref().map(|s| s.figures());
-                return Response::ok(
-                    serde_json::json!({ "processes": self.status(), "site": site }),
-                );
+                let site = self.figures();
+                // Alarms not stored yet (a full home): shown here meanwhile.
+                let unsent: Vec<_> = self
+                    .unsent
+                    .iter()
+                    .map(|(kind, message)| serde_json::json!({ "kind": kind, "message": message }))
+                    .collect();
+                return Response::ok(serde_json::json!({
+                    "processes": self.status(),
+                    "site": site,
+                    "unsent": unsent,
+                }));
             }
             Request::Start { name }
             | Request::Stop { name }

@@ -38,11 +38,7 @@ impl Manager {
 
     /// Bytes used and their cap, inodes used and their cap, for status;
     /// `None` when not enforced.
-    pub(super) fn storage_usage(
-        &self,
-        name: &Name,
-        v: &Vassal,
-    ) -> Option<crate::storage::DiskUsage> {
+    pub(super) fn storage_usage(&self, name: &Name, v: &Vassal) -> Option<model::usage::Disk> {
         if !self.storage.enforced() {
             return None;
         }
@@ -51,5 +47,39 @@ impl Manager {
         let group = self.quota_group(name, &v.file);
         let is_group = matches!(v.file, VassalFile::Group(_));
         crate::storage::usage_of(&self.storage, &self.cfg.layout, &home, uid, group, is_group).ok()
+    }
+
+    /// Writes each running vassal's disk usage where its vassal reads it
+    /// (`<run-dir>/usage/<name>/storage.json`, bound read-only inside), when
+    /// it changed.
+    pub(super) fn publish_usage(&mut self) {
+        if !self.storage.enforced() {
+            return;
+        }
+        let mut now = BTreeMap::new();
+        for (name, v) in &self.vassals {
+            if v.init.is_none() {
+                continue;
+            }
+            if let Some(d) = self.storage_usage(name, v) {
+                now.insert(name.clone(), d);
+            }
+        }
+        for (name, d) in now {
+            if self.last_usage.get(&name) == Some(&d) {
+                continue;
+            }
+            let dir = self.cfg.layout.usage_dir(&name);
+            let file = dir.join(model::layout::inside::STORAGE_FILE);
+            match serde_json::to_vec(&d)
+                .map_err(std::io::Error::other)
+                .and_then(|b| model::atomic::write(&file, &b, 0o644))
+            {
+                Ok(()) => {
+                    self.last_usage.insert(name, d);
+                }
+                Err(e) => tracing::warn!(vassal = %name, error = %e, "writing disk usage failed"),
+            }
+        }
     }
 }

@@ -87,6 +87,12 @@ impl Layout {
         self.state_dir.join("uids.json")
     }
 
+    /// A vassal's disk usage as the emperor last read it, a root-owned
+    /// directory bound read-only at [`inside::USAGE`] in its container.
+    pub fn usage_dir(&self, name: &Name) -> PathBuf {
+        self.run_dir.join("usage").join(name.as_str())
+    }
+
     /// The address table (see [`crate::network`]).
     pub fn address_table(&self) -> PathBuf {
         self.state_dir.join("addresses.json")
@@ -265,6 +271,10 @@ pub mod inside {
     pub const SITE_KEY: &str = "/run/imperium/site.key";
     /// The router's directory (its subscription socket) inside every container.
     pub const ROUTER: &str = "/run/imperium/router";
+    /// The site's disk usage (written by the emperor) inside every container.
+    pub const USAGE: &str = "/run/imperium/usage";
+    /// The file in it.
+    pub const STORAGE_FILE: &str = "storage.json";
     /// The home of user `user` inside its container.
     pub fn home(user: &str) -> String {
         format!("/home/{user}")

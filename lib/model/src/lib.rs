@@ -24,6 +24,7 @@ pub mod record;
 pub mod size;
 pub mod subscription;
 pub mod uids;
+pub mod usage;
 
 pub use catalog::{Catalog, Verdict};
 pub use config::{GroupFile, Kind, Mode, SiteFile, VassalFile};
