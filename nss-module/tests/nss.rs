@@ -241,7 +241,10 @@ fn root_site_names_under_imperium_resolve_to_their_addresses() {
             ],
         )
     };
-    assert_eq!(gai("site52.imperium", "AF_INET"), (0, "['10.199.1.2']".into()));
+    assert_eq!(
+        gai("site52.imperium", "AF_INET"),
+        (0, "['10.199.1.2']".into())
+    );
     assert_eq!(
         gai("SITE52.imperium", "AF_INET6"),
         (0, "['fd69:6d70:6572::1:2']".into())
