@@ -238,6 +238,20 @@ fn vm_project_quotas_cap_bytes_and_inodes_on_xfs_and_ext4() {
         });
         let (more, said) = write(&e, "small", "_admin/small", "more", 30);
         assert_eq!(more, 30, "{said}");
+        // `df` in the home shows the project's limit, not the filesystem's.
+        let out = e.exec_in(
+            e.running_pid("small"),
+            uid,
+            &e.cgroup("_admin/small"),
+            "df -k /home/small | tail -1",
+        );
+        let df = String::from_utf8_lossy(&out.stdout).into_owned();
+        let total: u64 = df
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(total, 60 << 10, "df: {df}");
         drop(e);
     }
 }
