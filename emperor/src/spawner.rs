@@ -86,6 +86,11 @@ fn owned_dir(dir: &Path, uid: Option<u32>, mode: u32) -> Result<(), SpawnError> 
         Err(e) => return prep(dir, Err(e)),
     }
     prep(dir, std::fs::create_dir_all(dir))?;
+    own(dir, uid, mode)
+}
+
+/// Gives a directory just made its mode and owner (`None`: root's).
+fn own(dir: &Path, uid: Option<u32>, mode: u32) -> Result<(), SpawnError> {
     prep(
         dir,
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)),
@@ -139,10 +144,12 @@ impl Spawner {
     pub fn prepare_host(&self, inp: &Input<'_>) -> Result<(), SpawnError> {
         let home = inp.home();
         // With quotas, a new home is a subvolume counted in its group's
-        // qgroup (btrfs), or a directory of the tenant's project (XFS, ext4).
+        // qgroup (btrfs), or a directory of the tenant's project (XFS, ext4);
+        // the bind below gives it its owner and mode, as to a new directory.
+        let mut made_home = false;
         if let Some((backend, group)) = inp.quota {
             use crate::storage::Backend;
-            let made = match backend {
+            made_home = match backend {
                 Backend::Btrfs => {
                     if let VassalFile::Site(s) = inp.file {
                         if let Some(g) = &s.group {
@@ -157,21 +164,6 @@ impl Spawner {
                 }
                 Backend::None(_) => false,
             };
-            if made {
-                // A new home is root's: give it the owner and mode the home's
-                // bind asks, as the usual new directory would have.
-                for b in spec::binds(inp) {
-                    if let (true, Source::Dir { owner, mode }) = (b.source == home, b.make) {
-                        prep(
-                            &home,
-                            std::fs::set_permissions(&home, std::fs::Permissions::from_mode(mode)),
-                        )?;
-                        if let Some(uid) = owner {
-                            prep(&home, chown(&home, Some(uid), Some(uid)))?;
-                        }
-                    }
-                }
-            }
             if let Err(e) =
                 crate::storage::apply(backend, inp.layout, inp.file, &home, inp.uid, group)
             {
@@ -187,6 +179,9 @@ impl Spawner {
         for b in spec::binds(inp) {
             match b.make {
                 Source::Given => {}
+                Source::Dir { owner, mode } if made_home && b.source == home => {
+                    own(&b.source, owner, mode)?
+                }
                 Source::Dir { owner, mode } => owned_dir(&b.source, owner, mode)?,
                 Source::Shared => prep(&b.source, std::fs::create_dir_all(&b.source))?,
                 Source::File => {

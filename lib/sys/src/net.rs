@@ -59,16 +59,22 @@ impl Netlink {
         })
     }
 
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    /// Sends one message with the next sequence number.
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        header.flags = NLM_F_REQUEST | flags;
         header.sequence_number = self.seq;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
         packet.finalize();
         let mut buf = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut buf);
         self.sock.send(&buf, 0)?;
+        Ok(())
+    }
+
+    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+        self.send(msg, NLM_F_ACK | flags)?;
         let mut answer = vec![0u8; ANSWER_MAX];
         loop {
             let n = self.sock.recv(&mut &mut answer[..], 0)?;
@@ -262,20 +268,9 @@ pub fn attach_site(
 impl Netlink {
     /// The index of the link `name` in this socket's namespace, if there is one.
     pub fn index(&mut self, name: &str) -> io::Result<Option<u32>> {
-        self.seq = self.seq.wrapping_add(1);
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.into()));
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(
-            header,
-            NetlinkPayload::from(RouteNetlinkMessage::GetLink(m)),
-        );
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
+        self.send(RouteNetlinkMessage::GetLink(m), 0)?;
         let mut answer = vec![0u8; ANSWER_MAX];
         let n = self.sock.recv(&mut &mut answer[..], 0)?;
         let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer[..n])
