@@ -16,7 +16,11 @@ it, in the same run:
 
 The attacker's own processes (wrk, the subscription flooder, the drop-directory
 writer) run as a tenant's (or the reseller's) uid, in a cgroup with a site's CPU
-budget, 0.5 core, as a tenant's would.
+budget, 0.5 core, as a tenant's would. Cgroups as on a systemd host: the router
+(CPUWeight=1000, as its unit) and the emperor in `system`, the sites, their
+backends and the attacker's tools in `machine`; the neighbour's wrk, standing for
+the Internet, in a cgroup of its own with a high weight. Each row also gives the
+cores the router and the emperor used during the flood.
 Every flood is bounded in time (--seconds) and stops by itself; everything
 made is removed at the end.
 
@@ -32,9 +36,10 @@ HTTP = 19080
 TENANT = 39999  # the attacker's uid: a tenant's, never root's
 
 
-def wrk(host, seconds, conns=16):
+def wrk(host, seconds, conns=16, cgroup=None):
     out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-H", f"Host: {host}", f"http://127.0.0.1:{HTTP}/"],
-                         capture_output=True, text=True, timeout=seconds + 30).stdout
+                         capture_output=True, text=True, timeout=seconds + 30,
+                         preexec_fn=cgroup.enter() if cgroup else None).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"req_s": round(rps), "non_2xx": int(errs.group(1)) if errs else 0}
@@ -49,21 +54,34 @@ def wait_path(path, deadline=20):
 
 
 class Budget:
-    """A cgroup with a site's CPU budget (0.5 core), for the attacker's own
-    processes: a tenant's tools run under its site's limits, not beside them."""
+    """A cgroup for a group of the benchmark's processes: with `cores`, a
+    site's CPU budget (the attacker's own tools run under one, as a tenant's
+    would); with `weight`, a CPU weight relative to the default (the
+    neighbour's clients stand for the Internet: what the attacker burns on
+    this machine must not slow the instrument itself)."""
 
-    def __init__(self, name, cores=0.5):
+    def __init__(self, name, cores=None, weight=None):
         period = 100000
-        quota = int(cores * period)
-        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-            self.dirs = [f"/sys/fs/cgroup/{name}"]
-            os.makedirs(self.dirs[0], exist_ok=True)
-            open(f"{self.dirs[0]}/cpu.max", "w").write(f"{quota} {period}")
-        else:
-            self.dirs = [f"/sys/fs/cgroup/cpu/{name}"]
-            os.makedirs(self.dirs[0], exist_ok=True)
-            open(f"{self.dirs[0]}/cpu.cfs_period_us", "w").write(str(period))
-            open(f"{self.dirs[0]}/cpu.cfs_quota_us", "w").write(str(quota))
+        v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+        self.dirs = [f"/sys/fs/cgroup/{name}" if v2 else f"/sys/fs/cgroup/cpu/{name}"]
+        os.makedirs(self.dirs[0], exist_ok=True)
+        d = self.dirs[0]
+        if cores is not None and v2:
+            open(f"{d}/cpu.max", "w").write(f"{int(cores * period)} {period}")
+        elif cores is not None:
+            open(f"{d}/cpu.cfs_period_us", "w").write(str(period))
+            open(f"{d}/cpu.cfs_quota_us", "w").write(str(int(cores * period)))
+        if weight is not None and v2:
+            open(f"{d}/cpu.weight", "w").write(str(100 * weight))
+        elif weight is not None:
+            open(f"{d}/cpu.shares", "w").write(str(1024 * weight))
+
+    def enter(self):
+        """A preexec_fn: the child joins the cgroup and keeps its uid."""
+        def enter():
+            for d in self.dirs:
+                open(f"{d}/cgroup.procs", "w").write(str(os.getpid()))
+        return enter
 
     def enter_as(self, uid):
         """A preexec_fn: the child joins the budget, then becomes `uid` (a tenant is never root)."""
@@ -113,9 +131,20 @@ def main():
     work = tempfile.mkdtemp(prefix="imperium-attack-bench-")
     os.chmod(work, 0o755)  # the attacker's tools run as a tenant's uid
     cgroot = f"imperium-attack-{os.getpid()}"
-    procs, emperor, budget = [], None, None
+    procs, emperor, groups = [], None, []
     try:
-        budget = Budget(f"{cgroot}-attacker")
+        # The placement of a systemd host (see configs/): the router and the
+        # emperor in system.slice, the router with its unit's CPUWeight=1000;
+        # every site (its processes, its backend) in machine.slice. Parents
+        # come before their children here and are removed after them.
+        clients = Budget(f"{cgroot}-clients", weight=8)
+        system, machine = Budget(f"{cgroot}-system"), Budget(f"{cgroot}-machine")
+        routerg = Budget(f"{cgroot}-system/router", weight=10)
+        emperorg = Budget(f"{cgroot}-system/emperor")
+        budget = Budget(f"{cgroot}-machine/attacker-tools", cores=0.5)
+        backends = {site: Budget(f"{cgroot}-machine/{site}", cores=1.0) for site in ("neighbour", "attacker")}
+        groups = [clients, system, machine, routerg, emperorg, budget, *backends.values()]
+        assert groups[5] is budget
         socks = os.path.join(work, "sockets")
         for site in ("neighbour", "attacker"):
             os.makedirs(os.path.join(socks, site))
@@ -130,7 +159,7 @@ worker_processes 1; pid {work}/{name}.pid; error_log {work}/{name}.err; daemon o
 events {{ worker_connections 4096; }}
 http {{ access_log off; server {{ {server} }} }}
 """)
-            procs.append(subprocess.Popen(["nginx", "-c", f"{work}/{name}.conf", "-p", work]))
+            procs.append(subprocess.Popen(["nginx", "-c", f"{work}/{name}.conf", "-p", work], preexec_fn=backends[name].enter()))
         wait_path(f"{socks}/neighbour/app.sock")
         keys, pubs = {}, {}
         for site in ("neighbour", "attacker"):
@@ -148,7 +177,7 @@ http {{ access_log off; server {{ {server} }} }}
         json.dump(dominion, open(f"{work}/run/router/dominion.json", "w"))
         router = subprocess.Popen([f"{REL}/router", "serve", "--http", f"127.0.0.1:{HTTP}", "--https", f"127.0.0.1:{HTTP + 1}",
                                    "--run-dir", f"{work}/run", "--state-dir", f"{work}/state", "--ttl", "3600"],
-                                  stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"))
+                                  stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"), preexec_fn=routerg.enter())
         procs.append(router)
         wait_port(HTTP)
         subprocess.run(sub("neighbour", "app.sock") + ["one", "neighbour.test"], check=True)
@@ -159,20 +188,27 @@ http {{ access_log off; server {{ {server} }} }}
         open(f"{ev}/vassals/grp.toml", "w").write('kind = "group"\nmode = "overcommit"\n[limits]\nmemory = "256M"\ncpu = 1.0\npids = 400\n')
         open(f"{ev}/vassals/bomb.toml", "w").write('kind = "site"\n[limits]\nmemory = "64M"\ncpu = 0.5\npids = 100\n')
         emperor = subprocess.Popen([f"{REL}/emperor", "--run-dir", f"{ev}/run", "serve", "--vassals", f"{ev}/vassals",
-                                    "--home-root", f"{ev}/home", "--state-dir", f"{ev}/state", "--cgroup-root", cgroot,
+                                    "--home-root", f"{ev}/home", "--state-dir", f"{ev}/state", "--cgroup-root", f"{cgroot}-machine/sites",
                                     "--network", "off"],
-                                   stderr=open(f"{work}/emperor.log", "w"))
+                                   stderr=open(f"{work}/emperor.log", "w"), preexec_fn=emperorg.enter())
         wait_path(f"{ev}/home/grp/vassals")
         wait_path(f"{ev}/home/bomb/vassals")
 
         res = {"seconds": S, "load_before": os.getloadavg()[0]}
-        wrk("neighbour.test", 2)  # warm up: connections to the backend pooled
+        wrk("neighbour.test", 2, cgroup=clients)  # warm up: connections to the backend pooled
+
+        def cpu(p):
+            """CPU seconds `p` has used so far (user + system)."""
+            f = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
         def during(name, start, stop):
             # A baseline right before each flood: this machine's speed drifts within a run.
-            base = wrk("neighbour.test", S)
+            base = wrk("neighbour.test", S, cgroup=clients)
             state = start()
-            r = wrk("neighbour.test", S)
+            used = cpu(router), cpu(emperor)
+            r = wrk("neighbour.test", S, cgroup=clients)
+            r["router_cores"], r["emperor_cores"] = (round((cpu(p) - u) / S, 2) for p, u in zip((router, emperor), used))
             extra = stop(state)
             r["baseline_req_s"] = base["req_s"]
             r["ratio"] = round(r["req_s"] / base["req_s"], 3)
@@ -257,14 +293,14 @@ print(n)
 
         res["load_after"] = os.getloadavg()[0]
         print(json.dumps(res, indent=2))
-        print("| flood | neighbour req/s before | during | ratio |")
-        print("|---|---|---|---|")
+        print("| flood | neighbour req/s before | during | ratio | router cores | emperor cores |")
+        print("|---|---:|---:|---:|---:|---:|")
         for name in ("idle", "plain-load", "amplify", "subscribe", "drop-spam", "fork-bomb"):
             r = res[name]
-            print(f"| {name} | {r['baseline_req_s']} | {r['req_s']} | {r['ratio']:.2f} |")
+            print(f"| {name} | {r['baseline_req_s']:,} | {r['req_s']:,} | {r['ratio']:.2f} | {r['router_cores']} | {r['emperor_cores']} |")
     finally:
-        if budget:
-            for d in budget.dirs:
+        for g in groups[5:]:  # the attacker's tools and the backends (not the router and the emperor)
+            for d in g.dirs:
                 for pid in open(f"{d}/cgroup.procs").read().split():
                     try:
                         os.kill(int(pid), signal.SIGKILL)
@@ -278,15 +314,22 @@ print(n)
                 emperor.kill()
         stop_all(procs)
         # Whatever the emperor left (it removes its own on shutdown): v1 controllers, or the v2 tree.
-        for d in [f"/sys/fs/cgroup/{c}/{cgroot}" for c in os.listdir("/sys/fs/cgroup")] + [f"/sys/fs/cgroup/{cgroot}"]:
+        sites = f"{cgroot}-machine/sites"
+        for d in [f"/sys/fs/cgroup/{c}/{sites}" for c in os.listdir("/sys/fs/cgroup")] + [f"/sys/fs/cgroup/{sites}"]:
             for root, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):
                 try:
                     os.rmdir(root)
                 except OSError:
                     pass
-        if budget:
-            time.sleep(0.2)
-            budget.remove()
+        time.sleep(0.2)
+        for g in reversed(groups):
+            g.remove()
+        for c in os.listdir("/sys/fs/cgroup"):  # the emperor's sites' parents in other controllers
+            for d in (f"/sys/fs/cgroup/{c}/{cgroot}-machine",):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -85,13 +85,15 @@ fn canonical(mut cfg: Config) -> std::io::Result<Config> {
 }
 
 /// Reads the directories and acts on them; returns the pause to keep before
-/// the next scan: four times what this one took, at most a quarter of a second
-/// (a scan that started many sites is long, and later edits should not wait).
+/// the next scan: nine times what this one took, so that a reseller rewriting
+/// its drop directory in a loop gets at most a tenth of a core of the
+/// emperor's work, and at most a quarter of a second (a scan that started many
+/// sites is long, and later edits should not wait).
 fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher) -> Duration {
     let t = clock::now();
     mgr.reconcile();
     watcher.follow(&mgr.drop_dirs());
-    (clock::now().saturating_duration_since(t) * 4).min(Duration::from_millis(250))
+    (clock::now().saturating_duration_since(t) * 9).min(Duration::from_millis(250))
 }
 
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next
@@ -177,9 +179,9 @@ pub async fn run(
                     }
                 }
                 if files_changed {
-                    // The next scan waits four times as long as the last one
+                    // The next scan waits nine times as long as the last one
                     // took: a directory rewritten in a loop (a reseller's spam)
-                    // costs a fifth of a core at most, and a quiet host scans at once.
+                    // costs a tenth of a core at most, and a quiet host scans at once.
                     let next = last_scan + gap;
                     if tokio::time::Instant::now() >= next {
                         gap = scan(&mut mgr, &mut watcher);

@@ -265,6 +265,10 @@ fn systemd_install_lets_a_tenant_ssh_into_its_site_and_uninstall_leaves_the_host
     for u in ["imperium-emperor", "imperium-router"] {
         assert_eq!(systemctl(&["is-active", u]), "active", "{u}");
     }
+    // The shared router comes before any one site's work under contention.
+    let weight =
+        std::fs::read_to_string("/sys/fs/cgroup/system.slice/imperium-router.service/cpu.weight");
+    assert_eq!(weight.unwrap().trim(), "1000", "the router's CPU weight");
     let again = script("install", &["--bin-dir", &bins]);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
