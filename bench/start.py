@@ -189,29 +189,40 @@ def drop_latency(e, prefix, runs, text=SITE):
     return lat
 
 
+class LoopBtrfs:
+    """A btrfs on a loop device of the bench's own, mounted at `mnt` (removed by close())."""
+
+    def __init__(self, work, mnt):
+        self.img, self.mnt, self.dev = os.path.join(work, "btrfs.img"), mnt, None
+        with open(self.img, "wb") as f:
+            f.truncate(8 << 30)
+        self.dev = subprocess.run(["losetup", "--find", "--show", self.img], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        subprocess.run(["mkfs.btrfs", "-q", self.dev], check=True)
+        os.makedirs(mnt, exist_ok=True)
+        subprocess.run(["mount", self.dev, mnt], check=True)
+
+    def close(self):
+        subprocess.run(["umount", self.mnt])
+        subprocess.run(["losetup", "-d", self.dev])
+        os.unlink(self.img)
+
+
 def bench_quota(work, runs):
     """Drop -> running with the home root on a btrfs of the bench's own (a
     loop device): each start makes a subvolume home and caps its qgroup."""
     root = os.path.join(work, "quota")
     os.makedirs(root)
-    img = os.path.join(root, "img")
-    with open(img, "wb") as f:
-        f.truncate(4 << 30)
-    dev = subprocess.run(["losetup", "--find", "--show", img], check=True,
-                         capture_output=True, text=True).stdout.strip()
     e = Emperor(root, f"imperium-bench-quota-{os.getpid()}")
+    fs = LoopBtrfs(root, e.paths["home"])
     try:
-        subprocess.run(["mkfs.btrfs", "-q", dev], check=True)
-        os.makedirs(e.paths["home"], exist_ok=True)
-        subprocess.run(["mount", dev, e.paths["home"]], check=True)
         e.start()
         lat = drop_latency(e, "q", runs, SITE + 'storage = "100M"\n')
         return {"drop_to_running_quota_ms": summary(lat), "spawn_quota_ms": summary(e.spawn_times()[5:])}
     finally:
         e.shutdown()
         remove_cgroups(e.cg)
-        subprocess.run(["umount", e.paths["home"]])
-        subprocess.run(["losetup", "-d", dev])
+        fs.close()
 
 
 def bench_network(work, runs):
@@ -295,12 +306,17 @@ def run_oci(tool, spec, work, runs):
         remove_cgroups(cg)
 
 
-def bench_cold(work, sites):
-    e = Emperor(os.path.join(work, "cold"), f"imperium-bench-cold-{os.getpid()}")
+def bench_cold(work, sites, quotas=False):
+    """`sites` sites from cold, then again after a shutdown (homes and uids
+    exist); with `quotas`, the home root on a btrfs of the bench's own and
+    every site capped (a subvolume and a qgroup each)."""
+    name = "cold-quota" if quotas else "cold"
+    e = Emperor(os.path.join(work, name), f"imperium-bench-{name}-{os.getpid()}")
+    fs = LoopBtrfs(os.path.join(work, name), e.paths["home"]) if quotas else None
     try:
         for i in range(sites):
             with open(os.path.join(e.paths["vassals"], f"s{i}.toml"), "w") as f:
-                f.write('kind = "site"\n[limits]\nmemory = "32M"\npids = 32\n')
+                f.write('kind = "site"\n[limits]\nmemory = "32M"\npids = 32\n' + ('storage = "100M"\n' if quotas else ""))
         records = os.path.join(e.paths["run"], "vassals")
         t0 = time.perf_counter()
         e.start()
@@ -328,6 +344,8 @@ def bench_cold(work, sites):
     finally:
         e.shutdown()
         remove_cgroups(e.cg)
+        if fs:
+            fs.close()
 
 
 def floor(runs):
@@ -362,6 +380,7 @@ def main():
         res.update(bench_network(work, args.runs))
         res.update(bench_quota(work, args.runs))
         res["cold"] = bench_cold(work, args.sites)
+        res["cold_quota"] = bench_cold(work, args.sites, quotas=True)
         res["load_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -375,6 +394,10 @@ def main():
     if med("drop_to_running_quota_ms"):
         print(f"with each home a btrfs subvolume capped by its qgroup: drop->running"
               f" {med('drop_to_running_quota_ms')} ms ({med('drop_to_running_quota_ms') / med('drop_to_running_ms'):.2f}x without)")
+    if res.get("cold_quota"):
+        c, q = res["cold"], res["cold_quota"]
+        print(f"{c['sites']} sites cold: {c['up_s']} s; with a capped subvolume each: {q['up_s']} s"
+              f" ({q['up_s'] / c['up_s']:.2f}x); again after a shutdown: {c['up_again_s']} s / {q['up_again_s']} s")
     if med("drop_to_running_network_ms") and med("crun"):
         print(f"with each site's network: drop->running {med('drop_to_running_network_ms')} ms"
               f" ({med('drop_to_running_network_ms') / med('drop_to_running_ms'):.2f}x without;"

@@ -97,6 +97,15 @@ pub enum Event {
         /// Where the answer goes.
         reply: oneshot::Sender<Response>,
     },
+    /// A home from before quotas was put into its project.
+    Projected {
+        /// The vassal.
+        name: Name,
+        /// Its uid (the project).
+        uid: u32,
+        /// What the walk did, or why it failed.
+        result: Result<sys::quota::Tree, String>,
+    },
 }
 
 /// A running init: its pidfd, and a flag set once it exited.
@@ -155,6 +164,8 @@ pub struct Manager {
     storage: crate::storage::Backend,
     /// Each vassal's disk usage as last published to it.
     last_usage: BTreeMap<Name, model::usage::Disk>,
+    /// Homes put into their project (or tried) in this run.
+    projecting: BTreeSet<Name>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -229,6 +240,7 @@ impl Manager {
             last_hosts: Vec::new(),
             storage,
             last_usage: BTreeMap::new(),
+            projecting: BTreeSet::new(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -669,8 +681,10 @@ impl Manager {
             Event::FilesChanged => self.reconcile(),
             Event::Rescan => {
                 self.reconcile();
+                self.project_old_homes();
                 self.publish_usage();
             }
+            Event::Projected { name, uid, result } => self.projected(&name, uid, result),
             Event::Exited { name, gen } => self.exited(&name, gen),
             Event::RestartDue { name, gen } => {
                 self.step(&name, lifecycle::Event::RestartDue { gen })

@@ -176,6 +176,12 @@ pub fn make_project_home(home: &Path, uid: u32) -> io::Result<bool> {
     Ok(made)
 }
 
+/// Puts a whole home, made before project quotas were on, into the
+/// tenant's project `uid` (see [`sys::quota::project_tree`]).
+pub fn project_home(home: &Path, uid: u32) -> io::Result<sys::quota::Tree> {
+    sys::quota::project_tree(open_dir(home)?.as_fd(), uid)
+}
+
 /// Applies a vassal's `storage` (and `inodes`): with btrfs, a site's on its
 /// home and a group's on its level-1 qgroup (`group`), which holds its sites
 /// and its own home; with project quotas, on the home's project (`uid`).

@@ -559,6 +559,11 @@ impl LoopFs {
         LoopFs::make(size, &["mkfs.xfs", "-q"], "prjquota")
     }
 
+    /// A fresh XFS, quotas off (project ids are kept in its inodes all the same).
+    pub fn xfs_plain(size: u64) -> LoopFs {
+        LoopFs::make(size, &["mkfs.xfs", "-q"], "defaults")
+    }
+
     /// A fresh ext4 with project quotas on.
     pub fn ext4(size: u64) -> LoopFs {
         LoopFs::make(

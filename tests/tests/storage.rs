@@ -201,8 +201,29 @@ fn vm_project_quotas_cap_bytes_and_inodes_on_xfs_and_ext4() {
             "kind = \"site\"\n[limits]\nstorage = \"20M\"\ninodes = 200\n",
         );
         e.write("free", "kind = \"site\"\n");
+        // A home from before quotas were on: 30 MiB deep in it, and a link
+        // to 10 MiB outside it that must not count.
+        let old = fs.mnt().join("old");
+        std::fs::create_dir_all(old.join("www/data")).unwrap();
+        std::fs::create_dir_all(fs.mnt().join("outside")).unwrap();
+        std::fs::write(old.join("www/data/db"), vec![7u8; 30 << 20]).unwrap();
+        std::fs::write(fs.mnt().join("outside/other"), vec![7u8; 10 << 20]).unwrap();
+        std::os::unix::fs::symlink("../outside", old.join("www/outside")).unwrap();
+        e.write("old", "kind = \"site\"\n[limits]\nstorage = \"100M\"\n");
         e.start();
         assert!(e.log().contains("project quotas"), "{}", e.log());
+        wait_for(Duration::from_secs(20), "the old home walked", || {
+            e.log()
+                .contains("from before quotas now count")
+                .then_some(())
+        });
+        let row = e.wait_row("old", "its older files counted", |r| {
+            r["usage"]["storage"]
+                .as_u64()
+                .is_some_and(|b| b >= 30 << 20)
+        });
+        let used = row["usage"]["storage"].as_u64().unwrap();
+        assert!(used < 40 << 20, "the link's target counted too: {row}");
         let (wrote, said) = write(&e, "small", "_admin/small", "big", 50);
         assert!(said.contains(full), "{said}");
         assert!(wrote <= 20, "{wrote} MiB: {said}");
@@ -254,4 +275,214 @@ fn vm_project_quotas_cap_bytes_and_inodes_on_xfs_and_ext4() {
         assert_eq!(total, 60 << 10, "df: {df}");
         drop(e);
     }
+}
+
+/// The project of the file or directory at `path` (`None`: not there).
+fn project_at(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    sys::quota::project(std::os::fd::AsFd::as_fd(&f))
+        .ok()
+        .map(|p| p.0)
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_home_from_before_quotas_joins_its_project_without_following_the_tenants_links() {
+    use std::os::unix::fs::symlink;
+    let fs = LoopFs::xfs_plain(1 << 30);
+    let m = fs.mnt();
+    let top = m.join("home");
+    let outside = m.join("outside");
+    std::fs::create_dir_all(top.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(top.join("a/b/c/file"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(outside.join("secret"), "root's").unwrap();
+    symlink(&outside, top.join("to-outside")).unwrap();
+    symlink(outside.join("secret"), top.join("a/to-secret")).unwrap();
+    nix::unistd::mkfifo(
+        &top.join("pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    // Another filesystem mounted inside: not walked.
+    std::fs::create_dir(top.join("mnt")).unwrap();
+    let tmpfs = top.join("mnt");
+    assert!(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&tmpfs)
+        .status()
+        .unwrap()
+        .success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(tmpfs.clone());
+    std::fs::write(tmpfs.join("other"), "x").unwrap();
+    // Deeper than the walk goes.
+    let mut deep = top.join("deep");
+    for _ in 0..sys::quota::MAX_DEPTH + 10 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+
+    let dir = std::fs::File::open(&top).unwrap();
+    let tree = sys::quota::project_tree(std::os::fd::AsFd::as_fd(&dir), 4242).unwrap();
+    assert_eq!(project_at(&top), Some(4242));
+    for p in ["a", "a/b", "a/b/c", "a/b/c/file"] {
+        assert_eq!(project_at(&top.join(p)), Some(4242), "{p}");
+    }
+    for p in [outside.clone(), outside.join("secret"), deep.clone()] {
+        assert_eq!(
+            project_at(&p),
+            Some(0),
+            "{} is not the tenant's",
+            p.display()
+        );
+    }
+    assert_ne!(
+        project_at(&tmpfs.join("other")),
+        Some(4242),
+        "another filesystem"
+    );
+    assert!(tree.moved >= 4 + sys::quota::MAX_DEPTH as u64, "{tree:?}");
+    assert!(
+        tree.skipped >= 5,
+        "links, the fifo, the mount, the deepest: {tree:?}"
+    );
+
+    // The tenant swaps a directory for a link to the outside while the walk
+    // runs, over and over: the outside never joins the project.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (top, outside, stop) = (top.clone(), outside.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (real, link) = (top.join("a"), top.join("a.link"));
+            symlink(&outside, &link).unwrap();
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // RENAME_EXCHANGE: `a` is the directory or the link, never missing.
+                nix::fcntl::renameat2(
+                    None,
+                    &real,
+                    None,
+                    &link,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                )
+                .unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    // (One project throughout: XFS refuses a rename between projects.)
+    for round in 0..300u32 {
+        let _ = sys::quota::project_tree(std::os::fd::AsFd::as_fd(&dir), 4242).unwrap();
+        for p in [outside.clone(), outside.join("secret")] {
+            assert_eq!(
+                project_at(&p),
+                Some(0),
+                "round {round}: {} joined",
+                p.display()
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        swapper.join().unwrap() > 300,
+        "the swaps ran during the walks"
+    );
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_btrfs_home_from_before_quotas_is_capped_after_the_readmes_steps() {
+    let fs = LoopBtrfs::new(1 << 30);
+    let mut e = Emperor::new();
+    e.home_root = fs.mnt();
+    // A plain directory: what a home made before quotas were on is.
+    let home = fs.mnt().join("old");
+    std::fs::create_dir_all(home.join("www")).unwrap();
+    std::fs::write(home.join("www/index.html"), vec![b'x'; 5 << 20]).unwrap();
+    e.write("old", "kind = \"site\"\n[limits]\nstorage = \"20M\"\n");
+    // A home that is a subvolume already, with data not yet written out
+    // when the emperor turns quotas on: counted all the same.
+    let sub = fs.mnt().join("sub");
+    assert!(std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&sub)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(sub.join("data"), vec![b'y'; 6 << 20]).unwrap();
+    e.write("sub", "kind = \"site\"\n[limits]\nstorage = \"20M\"\n");
+    e.start();
+    e.wait_row("sub", "its data counted", |r| {
+        let _ = std::process::Command::new("sync")
+            .arg("-f")
+            .arg(&sub)
+            .status();
+        r["usage"]["storage"].as_u64().is_some_and(|b| b >= 6 << 20)
+    });
+    let first = e.running_pid("old");
+    let uid = e.row("old").unwrap()["uid"].as_u64().unwrap() as u32;
+    // The tenant's, as the emperor before quotas made it.
+    for p in [&home, &home.join("www"), &home.join("www/index.html")] {
+        std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+    }
+    assert!(e.row("old").unwrap()["usage"]["storage_limit"].is_null());
+    assert!(e.log().contains("not a subvolume"), "{}", e.log());
+
+    // The README's steps: freeze, copy into a subvolume, swap, restart.
+    let run = |c: &mut std::process::Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{c:?}: {out:?}");
+    };
+    assert!(e.cli(&["suspend", "old"]).status.success());
+    let new = fs.mnt().join("old.new");
+    run(std::process::Command::new("btrfs")
+        .args(["-q", "subvolume", "create"])
+        .arg(&new));
+    run(std::process::Command::new("cp")
+        .args(["-a", "--reflink=always"])
+        .arg(home.join("."))
+        .arg(format!("{}/", new.display())));
+    run(std::process::Command::new("mv")
+        .arg(&home)
+        .arg(fs.mnt().join("old.old")));
+    run(std::process::Command::new("mv").arg(&new).arg(&home));
+    assert!(e.cli(&["restart", "old"]).status.success());
+    // btrfs counts at its next commit (30 s at most): now.
+    run(std::process::Command::new("sync").arg("-f").arg(fs.mnt()));
+    let row = e.wait_row("old", "a new init, capped", |r| {
+        r["state"] == "running"
+            && r["pid"].as_i64() != Some(first as i64)
+            && r["usage"]["storage_limit"] == 20u64 << 20
+            // The copy's blocks are shared, and counted (at the next commit).
+            && r["usage"]["storage"].as_u64().is_some_and(|b| b >= 5 << 20)
+    });
+    // The tenant's files came along, and the cap holds from inside.
+    let (wrote, said) = write(&e, "old", "_admin/old", "big", 40);
+    assert!(said.contains("Disk quota exceeded"), "{said}");
+    assert!(wrote <= 20, "{wrote} MiB: {said}");
+    let out = e.exec_in(
+        e.running_pid("old"),
+        uid,
+        &e.cgroup("_admin/old"),
+        "stat -c '%s %u' /home/old/www/index.html",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{} {uid}", 5u64 << 20)
+    );
+    drop(e);
+    // The frozen copy of before, as the operator would remove it.
+    let _ = std::fs::remove_dir_all(fs.mnt().join("old.old"));
 }

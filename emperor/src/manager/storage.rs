@@ -49,6 +49,60 @@ impl Manager {
         crate::storage::usage_of(&self.storage, &self.cfg.layout, &home, uid, group, is_group).ok()
     }
 
+    /// With project quotas, a running vassal's home made before they were on
+    /// holds files that count for nobody: once, off the loop, the whole tree
+    /// is put into the tenant's project ([`sys::quota::project_tree`]); a
+    /// root-owned mark in the state directory says it is done.
+    pub(super) fn project_old_homes(&mut self) {
+        if !matches!(self.storage, crate::storage::Backend::Project(_)) {
+            return;
+        }
+        for (name, v) in &self.vassals {
+            let Some(uid) = v.uid else { continue };
+            if v.init.is_none()
+                || self.projecting.contains(name)
+                || self.cfg.layout.projected(uid).exists()
+            {
+                continue;
+            }
+            self.projecting.insert(name.clone());
+            let home = self.input(name, &v.file, uid).home();
+            let (tx, name) = (self.tx.clone(), name.clone());
+            tokio::task::spawn_blocking(move || {
+                let result = crate::storage::project_home(&home, uid).map_err(|e| e.to_string());
+                let _ = tx.send(Event::Projected { name, uid, result });
+            });
+        }
+    }
+
+    /// A walk of [`Manager::project_old_homes`] ended (a failed one is not
+    /// tried again before the emperor restarts).
+    pub(super) fn projected(
+        &mut self,
+        name: &Name,
+        uid: u32,
+        result: Result<sys::quota::Tree, String>,
+    ) {
+        match result {
+            Ok(tree) => {
+                let mark = self.cfg.layout.projected(uid);
+                let written = mark
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| model::atomic::write(&mark, b"", 0o600));
+                if let Err(e) = written {
+                    tracing::warn!(vassal = %name, error = %e, "writing the project mark failed");
+                }
+                if tree.moved > 0 {
+                    tracing::info!(vassal = %name, moved = tree.moved, left = tree.skipped,
+                        "files of its home from before quotas now count in its project");
+                }
+            }
+            Err(e) => tracing::warn!(vassal = %name, error = %e,
+                "its home's older files could not be put into its project; they do not count"),
+        }
+    }
+
     /// Writes each running vassal's disk usage where its vassal reads it
     /// (`<run-dir>/usage/<name>/storage.json`, bound read-only inside), when
     /// it changed.

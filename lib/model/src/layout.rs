@@ -93,6 +93,12 @@ impl Layout {
         self.run_dir.join("usage").join(name.as_str())
     }
 
+    /// Present once the home of `uid`, made before project quotas were on,
+    /// has been put whole into its project (root's; a tenant cannot forge it).
+    pub fn projected(&self, uid: u32) -> PathBuf {
+        self.state_dir.join("projected").join(uid.to_string())
+    }
+
     /// The address table (see [`crate::network`]).
     pub fn address_table(&self) -> PathBuf {
         self.state_dir.join("addresses.json")

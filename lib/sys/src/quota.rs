@@ -51,6 +51,128 @@ pub fn set_project(dir: BorrowedFd<'_>, id: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the open file `fd` the project `id` (and, to a directory, the
+/// inherit flag); whether that changed anything.
+fn assign(fd: BorrowedFd<'_>, id: u32, dir: bool) -> io::Result<bool> {
+    let mut x = FsXattr::default();
+    // SAFETY: `x` is a valid `struct fsxattr`, alive for the call.
+    unsafe { raw::fs_get_xattr(fd.as_raw_fd(), &mut x) }?;
+    if x.projid == id && (!dir || x.xflags & FS_XFLAG_PROJINHERIT != 0) {
+        return Ok(false);
+    }
+    x.projid = id;
+    if dir {
+        x.xflags |= FS_XFLAG_PROJINHERIT;
+    }
+    // SAFETY: as above.
+    unsafe { raw::fs_set_xattr(fd.as_raw_fd(), &x) }?;
+    Ok(true)
+}
+
+/// What [`project_tree`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tree {
+    /// Directories and regular files put into the project (those already
+    /// in it are not counted).
+    pub moved: u64,
+    /// Entries left as they were: links, sockets, fifos, devices, other
+    /// filesystems, what changed under the walk, what lies deeper than
+    /// [`MAX_DEPTH`].
+    pub skipped: u64,
+}
+
+/// How deep [`project_tree`] goes below the top.
+pub const MAX_DEPTH: usize = 256;
+
+/// Puts `top` (a directory opened for reading) and every directory and
+/// regular file under it into the project `id`: a tree made before quotas were on,
+/// whose files would otherwise count for nobody.
+///
+/// The tree is its owner's, who may change it during the walk: every entry
+/// is opened once, relative to its parent's descriptor, never through a
+/// symlink, never on another filesystem, and only what the descriptor shows
+/// to be the directory or regular file that was listed is changed. Nothing
+/// but directories and regular files is opened (no fifo, no device). At
+/// most [`MAX_DEPTH`] descriptors are open at once.
+pub fn project_tree(top: BorrowedFd<'_>, id: u32) -> io::Result<Tree> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstat, fstatat, Mode, SFlag};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    let root = fstat(top.as_raw_fd())?;
+    // The top first: what is made in it during the walk counts already.
+    assign(top, id, true)?;
+    let mut tree = Tree::default();
+    // Each level: its descriptor and what is left to read of it.
+    let mut stack: Vec<(OwnedFd, std::fs::ReadDir)> = Vec::new();
+    let first = top.try_clone_to_owned()?;
+    let rd = std::fs::read_dir(crate::fs::fd_path(first.as_fd()))?;
+    stack.push((first, rd));
+    while let Some((dir, entries)) = stack.last_mut() {
+        let Some(entry) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        let Ok(entry) = entry else {
+            tree.skipped += 1;
+            continue;
+        };
+        let name = entry.file_name();
+        let at = dir.as_raw_fd();
+        let Ok(st) = fstatat(
+            Some(at),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            tree.skipped += 1; // gone meanwhile
+            continue;
+        };
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        let is_dir = kind == SFlag::S_IFDIR;
+        if st.st_dev != root.st_dev
+            || !(is_dir || kind == SFlag::S_IFREG)
+            || (is_dir && stack.len() > MAX_DEPTH)
+        {
+            tree.skipped += 1;
+            continue;
+        }
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC
+            | if is_dir {
+                OFlag::O_DIRECTORY
+            } else {
+                OFlag::empty()
+            };
+        let Ok(raw) = openat(Some(at), name.as_os_str(), flags, Mode::empty()) else {
+            tree.skipped += 1;
+            continue;
+        };
+        // SAFETY: a descriptor openat just returned, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // What was opened must be what was listed (not a swap in between).
+        let same = fstat(fd.as_raw_fd()).is_ok_and(|now| {
+            (now.st_dev, now.st_ino, now.st_mode) == (st.st_dev, st.st_ino, st.st_mode)
+        });
+        match same.then(|| assign(fd.as_fd(), id, is_dir)) {
+            Some(Ok(changed)) => tree.moved += u64::from(changed),
+            _ => {
+                tree.skipped += 1;
+                continue;
+            }
+        }
+        if is_dir {
+            match std::fs::read_dir(crate::fs::fd_path(fd.as_fd())) {
+                Ok(rd) => stack.push((fd, rd)),
+                Err(_) => tree.skipped += 1,
+            }
+        }
+    }
+    Ok(tree)
+}
+
 /// The project of `dir` and whether it passes it on.
 pub fn project(dir: BorrowedFd<'_>) -> io::Result<(u32, bool)> {
     let mut x = FsXattr::default();
