@@ -461,7 +461,7 @@ fn root_a_btrfs_home_from_before_quotas_is_capped_after_the_readmes_steps() {
     assert!(e.cli(&["restart", "old"]).status.success());
     // btrfs counts at its next commit (30 s at most): now.
     run(std::process::Command::new("sync").arg("-f").arg(fs.mnt()));
-    let row = e.wait_row("old", "a new init, capped", |r| {
+    e.wait_row("old", "a new init, capped", |r| {
         r["state"] == "running"
             && r["pid"].as_i64() != Some(first as i64)
             && r["usage"]["storage_limit"] == 20u64 << 20
