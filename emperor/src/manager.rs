@@ -121,6 +121,9 @@ struct Vassal {
     /// Where it is in its life (the pure part: see `lifecycle`).
     life: Life,
     init: Option<Init>,
+    /// A site moving to another group: its home as it was, and the qgroup
+    /// it counted in (moved before its next start).
+    moving: Option<(PathBuf, Option<u64>)>,
 }
 
 impl Vassal {
@@ -131,6 +134,7 @@ impl Vassal {
             uid: None,
             life: Life::default(),
             init: None,
+            moving: None,
         }
     }
 
@@ -399,8 +403,19 @@ impl Manager {
             match action {
                 Action::Stop(name) => self.begin_stop(&name, After::Remove),
                 Action::Restart(name) => {
+                    let moving = match (self.vassals.get(&name).map(|v| &v.file), &want[&name]) {
+                        (Some(VassalFile::Site(old)), VassalFile::Site(new))
+                            if old.group != new.group =>
+                        {
+                            let home = self.cfg.layout.site_home(old.group.as_ref(), &name);
+                            let old = VassalFile::Site(old.clone());
+                            Some((home, self.quota_group(&name, &old)))
+                        }
+                        _ => None,
+                    };
                     if let Some(v) = self.vassals.get_mut(&name) {
                         v.file = want[&name].clone();
+                        v.moving = moving.or(v.moving.take());
                     }
                     tracing::info!(vassal = %name, "configuration needs a restart");
                     self.begin_stop(&name, After::Start);
@@ -609,6 +624,7 @@ impl Manager {
                 return None;
             }
         };
+        self.move_home(name, &file, uid);
         if let Err(e) = self.allocate_address(name, &file) {
             self.fail(name, format!("address: {e}"), true);
             return None;

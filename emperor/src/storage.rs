@@ -176,6 +176,62 @@ pub fn make_project_home(home: &Path, uid: u32) -> io::Result<bool> {
     Ok(made)
 }
 
+/// Moves a site's home from `old` to `new` (same filesystem: both are under
+/// the home root) when the site changes group, so that its files and its
+/// count go along: with btrfs its subvolume leaves the old group's qgroup
+/// (`from`) for the new one's (`to`); with project quotas it keeps the
+/// tenant's project (`uid`) although XFS refuses to rename a directory into
+/// a directory of another inherited project, so the top takes the new
+/// parent's project for the rename only. `new` must not exist; `old` must
+/// be a directory (not a link).
+pub fn move_home(
+    backend: &Backend,
+    old: &Path,
+    new: &Path,
+    uid: u32,
+    from: Option<u64>,
+    to: Option<u64>,
+) -> io::Result<()> {
+    if !old.symlink_metadata()?.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory",
+            old.display()
+        )));
+    }
+    let parent = new
+        .parent()
+        .ok_or_else(|| io::Error::other("a home has a parent"))?;
+    std::fs::create_dir_all(parent)?;
+    match backend {
+        Backend::Project(_) => {
+            let (theirs, inherit) = sys::quota::project(open_dir(parent)?.as_fd())?;
+            let top = open_dir(old)?;
+            if inherit && theirs != uid {
+                sys::quota::set_project(top.as_fd(), theirs)?;
+            }
+            let moved = std::fs::rename(old, new);
+            sys::quota::set_project(top.as_fd(), uid)?;
+            moved
+        }
+        Backend::Btrfs => {
+            std::fs::rename(old, new)?;
+            let id = subvolume_of(new)?.map(|id| btrfs::qgroupid(0, id));
+            if let Some(id) = id {
+                let fd = open_dir(new)?;
+                if let Some(g) = from {
+                    btrfs::qgroup_remove(fd.as_fd(), id, g)?;
+                }
+                if let Some(g) = to {
+                    btrfs::qgroup_create(fd.as_fd(), g)?;
+                    btrfs::qgroup_assign(fd.as_fd(), id, g)?;
+                }
+            }
+            Ok(())
+        }
+        Backend::None(_) => std::fs::rename(old, new),
+    }
+}
+
 /// Puts a whole home, made before project quotas were on, into the
 /// tenant's project `uid` (see [`sys::quota::project_tree`]).
 pub fn project_home(home: &Path, uid: u32) -> io::Result<sys::quota::Tree> {

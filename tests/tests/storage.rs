@@ -486,3 +486,108 @@ fn root_a_btrfs_home_from_before_quotas_is_capped_after_the_readmes_steps() {
     // The frozen copy of before, as the operator would remove it.
     let _ = std::fs::remove_dir_all(fs.mnt().join("old.old"));
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_site_moving_to_another_group_takes_its_home_and_its_count_along() {
+    let fs = LoopBtrfs::new(1 << 30);
+    let mut e = Emperor::new();
+    e.home_root = fs.mnt();
+    for g in ["g1", "g2"] {
+        e.write(
+            g,
+            "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"1G\"\nstorage = \"200M\"\n",
+        );
+    }
+    let site = |g: &str| {
+        format!(
+            "kind = \"site\"\ngroup = \"{g}\"\n[limits]\nmemory = \"128M\"\nstorage = \"100M\"\n"
+        )
+    };
+    e.write("s", &site("g1"));
+    e.start();
+    let (wrote, said) = write(&e, "s", "g1/s", "data", 30);
+    assert_eq!(wrote, 30, "{said}");
+    let _ = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(fs.mnt())
+        .status();
+    let used = |g: &str| e.row(g).unwrap()["usage"]["storage"].as_u64().unwrap_or(0);
+    wait_for(Duration::from_secs(10), "g1 counts the site", || {
+        (used("g1") >= 30 << 20).then_some(())
+    });
+    assert!(used("g2") < 1 << 20, "g2: {}", used("g2"));
+    let first = e.running_pid("s");
+
+    e.write("s", &site("g2"));
+    e.wait_row("s", "running in g2", |r| {
+        r["state"] == "running" && r["group"] == "g2" && r["pid"].as_i64() != Some(first as i64)
+    });
+    assert!(e.log().contains("home moved with the site"), "{}", e.log());
+    // The tenant's file came along, and is counted in g2 now, not in g1.
+    let out = e.exec_in(
+        e.running_pid("s"),
+        e.row("s").unwrap()["uid"].as_u64().unwrap() as u32,
+        &e.cgroup("g2/s"),
+        "stat -c %s /home/s/data",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (30u64 << 20).to_string(),
+        "{out:?}"
+    );
+    let _ = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(fs.mnt())
+        .status();
+    wait_for(Duration::from_secs(10), "g2 counts the site", || {
+        (used("g2") >= 30 << 20 && used("g1") < 1 << 20).then_some(())
+    });
+    assert!(!fs.mnt().join("g1/s").exists(), "nothing left behind");
+    let link = std::fs::read_link(fs.mnt().join("s")).unwrap();
+    assert_eq!(link, std::path::Path::new("g2/s"), "the home's link");
+    // The site is capped as before, and its group's cap holds it too.
+    let (more, said) = write(&e, "s", "g2/s", "more", 100);
+    assert!(said.contains("Disk quota exceeded"), "{said}");
+    assert!(more <= 70, "{more} MiB: {said}");
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn vm_a_site_moving_to_another_group_keeps_its_project_on_xfs() {
+    // XFS refuses to rename a directory into one of another inherited
+    // project (each group's home is its reseller's project).
+    let fs = LoopFs::xfs(1 << 30);
+    let mut e = Emperor::new();
+    e.home_root = fs.mnt();
+    for g in ["g1", "g2"] {
+        e.write(
+            g,
+            "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"1G\"\n",
+        );
+    }
+    let site = |g: &str| {
+        format!(
+            "kind = \"site\"\ngroup = \"{g}\"\n[limits]\nmemory = \"128M\"\nstorage = \"40M\"\n"
+        )
+    };
+    e.write("s", &site("g1"));
+    e.start();
+    let (wrote, said) = write(&e, "s", "g1/s", "data", 10);
+    assert_eq!(wrote, 10, "{said}");
+    let first = e.running_pid("s");
+    e.write("s", &site("g2"));
+    e.wait_row("s", "running in g2", |r| {
+        r["state"] == "running" && r["group"] == "g2" && r["pid"].as_i64() != Some(first as i64)
+    });
+    assert!(e.log().contains("home moved with the site"), "{}", e.log());
+    e.wait_row("s", "its file still counted", |r| {
+        r["usage"]["storage"]
+            .as_u64()
+            .is_some_and(|b| b >= 10 << 20)
+    });
+    // Still capped by its own project from inside.
+    let (more, said) = write(&e, "s", "g2/s", "more", 60);
+    assert!(said.contains("No space left on device"), "{said}");
+    assert!(more <= 30, "{more} MiB: {said}");
+}

@@ -18,6 +18,44 @@ impl Manager {
         Some(crate::storage::group_qgroup(*uid))
     }
 
+    /// A site that changed group takes its home along, before it starts
+    /// again: its files, and its count (see [`crate::storage::move_home`]).
+    /// A home already at the new place is kept, and the old one left where
+    /// it was (one warning says so).
+    pub(super) fn move_home(&mut self, name: &Name, file: &VassalFile, uid: u32) {
+        let Some((old, from)) = self.vassals.get_mut(name).and_then(|v| v.moving.take()) else {
+            return;
+        };
+        let VassalFile::Site(s) = file else { return };
+        let l = &self.cfg.layout;
+        let new = l.site_home(s.group.as_ref(), name);
+        if old.symlink_metadata().is_err() || old == new {
+            return;
+        }
+        // A site of a group is reached by `<home-root>/<site>`, a link into
+        // the group's tree: it must point at the new place (the start makes
+        // it again), or give way to the home itself.
+        let link = l.site_link(name);
+        if link
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            let _ = std::fs::remove_file(&link);
+        }
+        if new.symlink_metadata().is_ok() {
+            tracing::warn!(vassal = %name, old = %old.display(), new = %new.display(),
+                "a home is at the new place already; the old one stays where it was");
+            return;
+        }
+        let to = self.quota_group(name, file);
+        match crate::storage::move_home(&self.storage, &old, &new, uid, from, to) {
+            Ok(()) => tracing::info!(vassal = %name, old = %old.display(), new = %new.display(),
+                "home moved with the site to its new group"),
+            Err(e) => tracing::warn!(vassal = %name, old = %old.display(), error = %e,
+                "moving the home to the new group failed; it stays where it was"),
+        }
+    }
+
     /// Applies a vassal's `storage` again (an edit in place).
     pub(super) fn apply_storage(&self, name: &Name) {
         if !self.storage.enforced() {

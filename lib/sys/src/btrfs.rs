@@ -80,6 +80,7 @@ mod raw {
     nix::ioctl_readwrite!(ino_lookup, MAGIC, 18, InoLookupArgs);
     nix::ioctl_read!(fs_info, MAGIC, 31, FsInfoArgs);
     nix::ioctl_readwrite!(quota_ctl, MAGIC, 40, QuotaCtlArgs);
+    nix::ioctl_write_ptr!(quota_rescan_raw, MAGIC, 44, RescanArgs);
     nix::ioctl_write_ptr!(qgroup_assign_raw, MAGIC, 41, QgroupAssignArgs);
     nix::ioctl_write_ptr!(qgroup_create_raw, MAGIC, 42, QgroupCreateArgs);
     nix::ioctl_read!(qgroup_limit_raw, MAGIC, 43, QgroupLimitArgs);
@@ -168,14 +169,46 @@ pub fn qgroup_create(fs: BorrowedFd<'_>, qgroupid: u64) -> io::Result<()> {
 
 /// Counts qgroup `src` in `dst` too (no harm if it already is).
 pub fn qgroup_assign(fs: BorrowedFd<'_>, src: u64, dst: u64) -> io::Result<()> {
+    relation(fs, src, dst, true)
+}
+
+/// Takes qgroup `src` out of `dst` (not in it: nothing to do).
+pub fn qgroup_remove(fs: BorrowedFd<'_>, src: u64, dst: u64) -> io::Result<()> {
+    relation(fs, src, dst, false)
+}
+
+fn relation(fs: BorrowedFd<'_>, src: u64, dst: u64, assign: bool) -> io::Result<()> {
     let args = QgroupAssignArgs {
-        assign: 1,
+        assign: u64::from(assign),
         src,
         dst,
     };
     // SAFETY: as above.
     match unsafe { qgroup_assign_raw(fs.as_raw_fd(), &args) } {
-        Ok(_) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Ok(0) | Err(nix::errno::Errno::EEXIST | nix::errno::Errno::ENOENT) => Ok(()),
+        // The kernel could not update the counts at once (`src` shares
+        // extents outside itself): they are counted again from scratch.
+        Ok(_) => quota_rescan(fs),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `struct btrfs_ioctl_quota_rescan_args`.
+#[repr(C)]
+#[derive(Default)]
+struct RescanArgs {
+    flags: u64,
+    progress: u64,
+    reserved: [u64; 6],
+}
+
+/// Starts counting every qgroup again (in the background; one running
+/// already is fine).
+pub fn quota_rescan(fs: BorrowedFd<'_>) -> io::Result<()> {
+    let args = RescanArgs::default();
+    // SAFETY: as above.
+    match unsafe { quota_rescan_raw(fs.as_raw_fd(), &args) } {
+        Ok(_) | Err(nix::errno::Errno::EINPROGRESS) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
