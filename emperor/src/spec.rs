@@ -55,7 +55,6 @@ pub const ETC_SHARED: &[&str] = &[
     "localtime",
     "mime.types",
     "nsswitch.conf",
-    "profile",
     "profile.d",
     "protocols",
     "services",
@@ -65,7 +64,46 @@ pub const ETC_SHARED: &[&str] = &[
 ];
 
 /// Files of /etc the emperor writes for each container.
-pub const ETC_OWN: &[&str] = &["hostname", "hosts", "resolv.conf", "passwd", "group"];
+pub const ETC_OWN: &[&str] = &[
+    "hostname",
+    "hosts",
+    "resolv.conf",
+    "passwd",
+    "group",
+    "profile",
+];
+
+/// A container's `/etc/profile` (login shells, SSH sessions): its `PATH`, the
+/// host's `profile.d` and bash settings, and for a person at a terminal
+/// where things are.
+fn profile(name: &str) -> String {
+    format!(
+        r#"# /etc/profile of the site {name} (written by imperium).
+PATH="{path}"
+export PATH
+if [ "${{PS1-}}" ]; then
+  if [ "${{BASH-}}" ] && [ "$BASH" != "/bin/sh" ] && [ -f /etc/bash.bashrc ]; then
+    . /etc/bash.bashrc
+  else
+    PS1='$ '
+  fi
+fi
+if [ -d /etc/profile.d ]; then
+  for i in /etc/profile.d/*.sh; do
+    if [ -r "$i" ]; then . "$i"; fi
+  done
+  unset i
+fi
+case "$-" in
+*i*)
+  echo "Site {name}: processes and jobs in ~/vassals/, logs in ~/logs/."
+  echo "'vassal status' shows them, 'vassal notifications' the site's alarms and messages."
+  ;;
+esac
+"#,
+        path = model::layout::inside::PATH
+    )
+}
 
 /// The device nodes of a container's /dev: (name, major, minor).
 pub const DEVICES: &[(&str, i64, i64)] = &[
@@ -357,7 +395,7 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
         .ambient(none)
         .build()?;
     let mut env = vec![
-        "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
+        format!("PATH={}", model::layout::inside::PATH),
         format!("HOME={home_inside}"),
         format!("USER={user}"),
         format!("LOGNAME={user}"),
@@ -634,6 +672,7 @@ pub fn skeleton(inp: &Input<'_>, spec: &Spec) -> Vec<Skel> {
         ("resolv.conf", resolv),
         ("passwd", passwd.into_bytes()),
         ("group", group.into_bytes()),
+        ("profile", profile(inp.name.as_str()).into_bytes()),
     ] {
         files.push(Skel::File(Path::new("etc").join(name), content));
     }

@@ -30,6 +30,7 @@ extern "C" {
     fn pam_get_user(pamh: *mut PamHandle, user: *mut *const c_char, prompt: *const c_char)
         -> c_int;
     fn pam_syslog(pamh: *const PamHandle, priority: c_int, fmt: *const c_char, ...);
+    fn pam_putenv(pamh: *mut PamHandle, name_value: *const c_char) -> c_int;
     fn pam_prompt(
         pamh: *mut PamHandle,
         style: c_int,
@@ -78,6 +79,16 @@ impl Pam {
         };
         // SAFETY: a live handle from libpam; "%s" with one C string argument.
         unsafe { pam_syslog(self.0, priority, c"%s".as_ptr(), m.as_ptr()) };
+    }
+
+    /// Sets `NAME=value` in the session's environment (sshd passes it on,
+    /// over its own defaults); whether libpam took it.
+    fn putenv(&self, name_value: &str) -> bool {
+        let Ok(nv) = CString::new(name_value) else {
+            return false;
+        };
+        // SAFETY: a live handle from libpam; libpam copies the string.
+        unsafe { pam_putenv(self.0, nv.as_ptr()) == PAM_SUCCESS }
     }
 
     /// A short line for the user (sshd shows it before refusing).
@@ -239,6 +250,11 @@ pub unsafe extern "C" fn pam_sm_open_session(
                     LOG_INFO,
                     &format!("session entered container {}", target.vassal),
                 );
+                // The container's PATH (its tools, `vassal` first), for a
+                // command run without a login shell too.
+                if !pam.putenv(&format!("PATH={}", model::layout::inside::PATH)) {
+                    pam.log(LOG_ERR, "could not set the session's PATH");
+                }
                 PAM_SUCCESS
             }
             Err(e) => {

@@ -116,6 +116,34 @@ fn root_a_tenant_lands_in_its_own_running_container() {
         ["NoNewPrivs: 1", "Seccomp: 2", "unshare-refused"]
     );
 
+    // The tenant's tools by name, with and without a login shell; the
+    // notifications with a date.
+    let out = sshd.ssh(
+        "site52",
+        &[],
+        "command -v vassal && vassal status | head -1 && vassal notify admin hello && vassal notifications",
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines[0], "/run/imperium/bin/vassal", "{t}");
+    assert!(lines[1].starts_with("NAME "), "{t}");
+    let note = lines.last().unwrap().split_whitespace().collect::<Vec<_>>();
+    let date = format!("{} {}", note[1], note[2]);
+    assert!(
+        date.len() == 19 && date.as_bytes()[4] == b'-' && date.as_bytes()[13] == b':',
+        "a date, not epoch seconds: {t}"
+    );
+    assert_eq!(note[3..], ["admin", "hello"], "{t}");
+    let out = sshd.ssh("site52", &[], "bash -lc 'echo $PATH'");
+    let t = text(&out);
+    assert_eq!(t.lines().next(), Some(model::layout::inside::PATH), "{t}");
+    let out = sshd.ssh("site52", &["-tt"], "bash -li -c true");
+    assert!(
+        text(&out).contains("Site site52: processes and jobs in ~/vassals/"),
+        "{out:?}"
+    );
+
     // Another tenant lands in its own container, never in site52's.
     let out = sshd.ssh("site53", &[], "hostname; readlink /proc/self/ns/mnt");
     assert_eq!(

@@ -155,7 +155,7 @@ fn run(args: &[String]) -> Result<i32, String> {
                 println!("no notifications");
             } else {
                 for n in list {
-                    println!("{:>5}  {}  {:<12} {}", n.id, n.at, n.kind, n.message);
+                    println!("{:>5}  {}  {:<12} {}", n.id, n.date, n.kind, n.message);
                 }
             }
             return Ok(0);

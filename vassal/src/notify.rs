@@ -13,6 +13,9 @@ pub struct Notification {
     pub id: i64,
     /// When, in seconds since the Unix epoch.
     pub at: u64,
+    /// The same as a local date and time (`YYYY-MM-DD HH:MM:SS`, the
+    /// container's time zone, which is the host's).
+    pub date: String,
     /// `oom`, `memory`, `restart-loop`, `admin`, ...
     pub kind: String,
     /// One line for the tenant.
@@ -53,7 +56,7 @@ pub fn add(home: &Path, kind: &str, message: &str) -> rusqlite::Result<()> {
 pub fn list(home: &Path, limit: usize) -> rusqlite::Result<Vec<Notification>> {
     let db = open(home)?;
     let mut stmt =
-        db.prepare("SELECT id, at, kind, message FROM notifications ORDER BY id DESC LIMIT ?1")?;
+        db.prepare("SELECT id, at, kind, message, datetime(at, 'unixepoch', 'localtime') FROM notifications ORDER BY id DESC LIMIT ?1")?;
     let mut out: Vec<Notification> = stmt
         .query_map([limit as i64], |r| {
             Ok(Notification {
@@ -61,6 +64,7 @@ pub fn list(home: &Path, limit: usize) -> rusqlite::Result<Vec<Notification>> {
                 at: r.get::<_, i64>(1)? as u64,
                 kind: r.get(2)?,
                 message: r.get(3)?,
+                date: r.get(4)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -81,5 +85,11 @@ mod tests {
         let msgs: Vec<&str> = got.iter().map(|n| n.message.as_str()).collect();
         assert_eq!(msgs, ["message 2", "message 3", "message 4"]);
         assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+        // A local date, as `date` would print it.
+        let d = &got[0].date;
+        assert!(
+            d.len() == 19 && d.as_bytes()[4] == b'-' && d.as_bytes()[13] == b':',
+            "{d}"
+        );
     }
 }

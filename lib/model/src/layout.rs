@@ -277,6 +277,11 @@ pub mod inside {
     pub const SITE_KEY: &str = "/run/imperium/site.key";
     /// The router's directory (its subscription socket) inside every container.
     pub const ROUTER: &str = "/run/imperium/router";
+    /// Every process's `PATH` in a container (its init's, its SSH sessions'):
+    /// the vassal's own directory first, then the usual ones, sbin ones too
+    /// (php-fpm, nginx and the like live there).
+    pub const PATH: &str =
+        "/run/imperium/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
     /// The site's disk usage (written by the emperor) inside every container.
     pub const USAGE: &str = "/run/imperium/usage";
     /// The file in it.
