@@ -257,8 +257,7 @@ def bench_latency(work, runs):
         time.sleep(1.0)
         rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
         pss = int(re.search(r"Pss:\s+(\d+)", open(f"/proc/{pid}/smaps_rollup").read()).group(1))
-        spec = json.loads(e.cli("spec", "idle"))
-        oci = {k: run_oci(tool, spec, work, runs) for k, tool in (("crun", "crun"), ("runc", "runc"))}
+        oci = {k: run_oci(tool, e, "idle", work, runs) for k, tool in (("crun", "crun"), ("runc", "runc"))}
         return {"drop_to_running_ms": summary(lat), "spawn_ms": summary(spawn),
                 "vassal_rss_kib": rss, "vassal_pss_kib": pss, **oci}
     finally:
@@ -272,20 +271,14 @@ def summary(xs):
     return {"n": len(xs), "median": round(statistics.median(xs), 3), "p95": round(pct(xs, 95), 3), "min": round(min(xs), 3)}
 
 
-def run_oci(tool, spec, work, runs):
+def run_oci(tool, e, name, work, runs):
+    """`tool run` of the site `name`'s container, as `emperor spec --bundle`
+    writes it (its own root, home and sockets), running /bin/true."""
     if not shutil.which(tool):
         return None
     bundle = os.path.join(work, f"bundle-{tool}")
-    os.makedirs(bundle, exist_ok=True)
-    spec = json.loads(json.dumps(spec))
-    # The emperor lays its root out on a tmpfs inside the container; give crun
-    # and runc an on-disk root with the same symlinks (usr-merged /bin, /lib*).
-    rootfs = os.path.join(bundle, "rootfs")
-    os.makedirs(rootfs, exist_ok=True)
-    for d in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        if os.path.islink(f"/{d}") and not os.path.lexists(os.path.join(rootfs, d)):
-            os.symlink(os.readlink(f"/{d}"), os.path.join(rootfs, d))
-    spec["root"]["path"] = rootfs
+    e.cli("spec", name, "--bundle", bundle)
+    spec = json.load(open(os.path.join(bundle, "config.json")))
     spec["process"]["args"] = ["/bin/true"]
     cg = f"imperium-bench-{tool}-{os.getpid()}"
     spec["linux"]["cgroupsPath"] = f"/{cg}/ctr"

@@ -32,6 +32,15 @@ pub enum Request {
         /// The vassal.
         name: String,
     },
+    /// A standalone OCI bundle of a vassal's container (see `bundle`).
+    Bundle {
+        /// The vassal.
+        name: String,
+        /// Where (made; must not exist).
+        dir: String,
+        /// With a copy of the home (else an empty one).
+        copy_home: bool,
+    },
     /// Store a message among a vassal's notifications.
     Notify {
         /// The vassal.

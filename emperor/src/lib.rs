@@ -5,6 +5,7 @@
 //! kernel work lives in the `sys` crate and the file model in `model`: this
 //! crate decides what to do and when.
 
+pub mod bundle;
 mod clock;
 pub mod control;
 pub mod keys;

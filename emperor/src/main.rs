@@ -92,8 +92,18 @@ enum Cmd {
     Suspend { name: String },
     /// Thaw a vassal.
     Resume { name: String },
-    /// Print a vassal's OCI runtime spec (config.json).
-    Spec { name: String },
+    /// Print the OCI runtime spec (config.json) of a vassal's live container,
+    /// or write a standalone bundle that crun or runc can run.
+    Spec {
+        name: String,
+        /// Write a bundle into this new directory: its own root, cgroup,
+        /// home, sockets; nothing of the live site but read-only host paths.
+        #[arg(long, value_name = "DIR")]
+        bundle: Option<std::path::PathBuf>,
+        /// With --bundle: copy the home into it (else it starts empty).
+        #[arg(long, requires = "bundle")]
+        copy_home: bool,
+    },
     /// Delete the archived homes of a removed vassal (for good).
     Purge { name: String },
     /// Leave a message among a vassal's notifications (`vassal notifications` shows it).
@@ -226,7 +236,19 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Restart { name } => Request::Restart { name },
         Cmd::Suspend { name } => Request::Suspend { name },
         Cmd::Resume { name } => Request::Resume { name },
-        Cmd::Spec { name } => Request::Spec { name },
+        Cmd::Spec {
+            name, bundle: None, ..
+        } => Request::Spec { name },
+        Cmd::Spec {
+            name,
+            bundle: Some(dir),
+            copy_home,
+        } => Request::Bundle {
+            name,
+            // The emperor writes it: a path of this process's is made absolute.
+            dir: std::path::absolute(&dir)?.display().to_string(),
+            copy_home,
+        },
         Cmd::Purge { name } => Request::Purge { name },
         Cmd::Notify { name, message } => Request::Notify { name, message },
         Cmd::Shutdown => Request::Shutdown,
@@ -241,6 +263,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
     if is_spec {
         println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        eprintln!(
+            "emperor: this spec describes the live container (its root, cgroup, home and sockets \
+             are the live site's): do not run it; `emperor spec NAME --bundle DIR` writes one to run"
+        );
     } else if let Some(s) = resp.data.as_str() {
         println!("{s}");
     }

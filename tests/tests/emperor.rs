@@ -1389,3 +1389,107 @@ fn root_a_home_is_archived_to_another_filesystem() {
             .then_some(())
     });
 }
+
+/// An OCI runtime's command line; on a hybrid cgroup host crun refuses to
+/// run unless the cgroup2 mount is hidden, in a mount namespace of its own.
+fn oci(tool: &str, args: &[&str]) -> std::process::Output {
+    let script = if Path::new("/sys/fs/cgroup/unified").exists() {
+        "mount -t tmpfs tmpfs /sys/fs/cgroup/unified && exec \"$@\""
+    } else {
+        "exec \"$@\""
+    };
+    std::process::Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            tool,
+        ])
+        .args(args)
+        .output()
+        .expect("unshare")
+}
+
+/// Removes a container a test ran with `tool`, even when the test fails.
+struct OciContainer(&'static str, String);
+
+impl Drop for OciContainer {
+    fn drop(&mut self) {
+        let _ = oci(self.0, &["delete", "-f", &self.1]);
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_bundle_from_spec_runs_under_crun_and_runc_beside_the_live_site() {
+    let mut e = Emperor::new();
+    e.write(
+        "b1",
+        "kind = \"site\"\n[limits]\nmemory = \"128M\"\npids = 64\n",
+    );
+    e.start();
+    let live = e.running_pid("b1");
+    let uid = uid_of(&e, "b1");
+    let marker = e.home_root.join("b1/marker");
+    std::fs::write(&marker, "in the copy\n").unwrap();
+    std::os::unix::fs::chown(&marker, Some(uid), Some(uid)).unwrap();
+    let control = e.home_root.join("b1/.imperium/vassal.sock");
+    wait_for(
+        Duration::from_secs(10),
+        "the live site's control socket",
+        || control.exists().then_some(()),
+    );
+    // The plain spec says what it is.
+    let out = e.cli(&["spec", "b1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("describes the live container"),
+        "{out:?}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    for tool in ["crun", "runc"] {
+        let dir = work.path().join(tool);
+        let out = e.cli(&[
+            "spec",
+            "b1",
+            "--bundle",
+            dir.to_str().unwrap(),
+            "--copy-home",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let id = unique(&format!("imperium-bundle-{tool}"));
+        let _gone = OciContainer(tool, id.clone());
+        let out = oci(
+            tool,
+            &["run", "--bundle", dir.to_str().unwrap(), "--detach", &id],
+        );
+        assert!(out.status.success(), "{tool} run: {out:?}");
+        let user = format!("{uid}:{uid}");
+        let probe = "cat /home/b1/marker; tr '\\0' ' ' < /proc/1/cmdline; echo; ls /run/imperium; \
+                     cat /proc/1/cgroup";
+        let out = oci(tool, &["exec", "--user", &user, &id, "sh", "-c", probe]);
+        let t = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{tool} exec: {out:?}");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "in the copy", "{tool}: {t}");
+        assert!(lines[1].contains("vassal init"), "{tool}: {t}");
+        // No way to the router, no key of the live site's.
+        assert_eq!(lines[2..5], ["bin", "sockets", "usage"], "{tool}: {t}");
+        assert!(
+            !t.contains(&e.cgroup("_admin/b1")),
+            "{tool} ran in the live cgroup: {t}"
+        );
+        // The live site never noticed.
+        assert_eq!(e.running_pid("b1"), live, "{tool}");
+        assert!(
+            control.exists(),
+            "{tool} removed the live site's control socket"
+        );
+        assert!(alive(live));
+    }
+    assert_eq!(e.row("b1").unwrap()["restarts"], 0);
+}

@@ -38,6 +38,11 @@ impl Manager {
                 },
                 Err(e) => Response::err(e.to_string()),
             },
+            Request::Bundle {
+                name,
+                dir,
+                copy_home,
+            } => return self.bundle(&name, dir, copy_home, reply),
             Request::Spec { name } => self.with_vassal(&name, |m, n| {
                 let v = &m.vassals[n];
                 let uid = match v.uid {
@@ -54,6 +59,56 @@ impl Manager {
             }),
         };
         let _ = reply.send(answer);
+    }
+
+    /// Writes a standalone bundle of a vassal's container (copying a home
+    /// can take long: off the loop, answered from there).
+    fn bundle(
+        &mut self,
+        name: &str,
+        dir: String,
+        copy_home: bool,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let prepared = self.find(name).and_then(|n| {
+            let v = &self.vassals[&n];
+            let uid = v
+                .uid
+                .or_else(|| self.uids.users.get(v.file.user(&n).as_str()).copied())
+                .ok_or_else(|| Response::err("no uid allocated yet"))?;
+            let inp = self.input(&n, &v.file, uid);
+            let spec = spec::build(&inp).map_err(|e| Response::err(e.to_string()))?;
+            let skeleton = spec::skeleton(&inp, &spec);
+            let home = inp.home();
+            let home_inside = model::layout::inside::home(inp.user().as_str());
+            Ok((spec, skeleton, uid, home, home_inside))
+        });
+        let (spec, skeleton, uid, home, home_inside) = match prepared {
+            Ok(p) => p,
+            Err(answer) => {
+                let _ = reply.send(answer);
+                return;
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            let dir = std::path::PathBuf::from(dir);
+            let src = crate::bundle::Source {
+                spec,
+                skeleton: &skeleton,
+                uid,
+                home_inside,
+                copy_home: copy_home.then_some(home),
+            };
+            let answer = match crate::bundle::write(src, &dir) {
+                Ok(()) => Response::ok(serde_json::json!(format!(
+                    "bundle written to {}; run it with `crun run --bundle {} ID`",
+                    dir.display(),
+                    dir.display()
+                ))),
+                Err(e) => Response::err(format!("writing the bundle to {}: {e}", dir.display())),
+            };
+            let _ = reply.send(answer);
+        });
     }
 
     pub(super) fn with_vassal(
