@@ -138,6 +138,7 @@ pub async fn run(
 
     let mut watcher =
         watch::Watcher::new(&cfg.layout.vassals, tx.clone()).map_err(RunError::Watch)?;
+    mgr.follow_writes(watcher.settling());
     let inflight = Arc::new(());
     tokio::spawn(serve_control(listener, tx.clone(), inflight.clone()));
 

@@ -30,6 +30,7 @@ mod archive;
 mod network;
 mod outputs;
 mod requests;
+mod resellers;
 mod status;
 mod stop;
 mod storage;
@@ -170,6 +171,14 @@ pub struct Manager {
     last_usage: BTreeMap<Name, model::usage::Disk>,
     /// Homes put into their project (or tried) in this run.
     projecting: BTreeSet<Name>,
+    /// Each group's drop-directory refusals, as of the last scan.
+    refused: BTreeMap<Name, Vec<model::usage::Refused>>,
+    /// What each group's container was last given of its sites.
+    last_sites: BTreeMap<Name, Vec<u8>>,
+    /// The files being written (from the watcher), not judged until closed.
+    settling: Option<crate::watch::Settling>,
+    /// The last scan's entries, by path (what a file being written stays).
+    last_entries: BTreeMap<PathBuf, model::catalog::Entry>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -245,6 +254,10 @@ impl Manager {
             storage,
             last_usage: BTreeMap::new(),
             projecting: BTreeSet::new(),
+            refused: BTreeMap::new(),
+            last_sites: BTreeMap::new(),
+            settling: None,
+            last_entries: BTreeMap::new(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -321,7 +334,16 @@ impl Manager {
             .map(|(n, _)| n.clone())
             .collect();
         let mut ignored = Vec::new();
-        let entries = crate::scan::scan(&self.cfg.layout, &groups, &mut ignored);
+        let settling = self.settling.clone();
+        let writes = crate::scan::Writes {
+            settling: &|p| settling.as_ref().is_some_and(|s| s.writing(p)),
+            previous: &self.last_entries,
+        };
+        let entries = crate::scan::scan(&self.cfg.layout, &groups, &mut ignored, &writes);
+        self.last_entries = entries
+            .iter()
+            .map(|e| (e.path.clone(), e.clone()))
+            .collect();
         for (path, why) in &ignored {
             if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
                 tracing::warn!(path = %path.display(), reason = %why, "not a vassal file");
@@ -335,7 +357,59 @@ impl Manager {
             .filter(|(_, v)| v.life.stopping != Some(After::Remove))
             .map(|(n, v)| (n.clone(), v.file.clone()))
             .collect();
+        // Where each file came from: a reseller is told of its own refusals.
+        let dropped: BTreeMap<Name, (Name, String)> = entries
+            .iter()
+            .filter_map(|e| match &e.source {
+                model::catalog::Source::Drop(g) => {
+                    let file = e.path.file_name()?.to_string_lossy().into_owned();
+                    Some((e.name.clone(), (g.clone(), file)))
+                }
+                model::catalog::Source::Admin => None,
+            })
+            .collect();
+        let mut refused: BTreeMap<Name, Vec<model::usage::Refused>> = BTreeMap::new();
+        let mut refuse = |g: &Name, file: String, reason: &str| {
+            refused
+                .entry(g.clone())
+                .or_default()
+                .push(model::usage::Refused {
+                    file,
+                    reason: reason.to_owned(),
+                })
+        };
+        for (path, why) in &self.ignored {
+            let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
+            if let Some(g) = groups.iter().find(|g| self.cfg.layout.drop_dir(g) == dir) {
+                refuse(g, file.to_string_lossy().into_owned(), why);
+            }
+        }
         let cat = Catalog::build(entries, &previous, &|u: &str| host.contains(u));
+        for (name, path, why) in &cat.shadowed {
+            if let Some((g, file)) = dropped.get(name) {
+                if path
+                    .file_name()
+                    .is_some_and(|f| f.to_string_lossy() == *file)
+                {
+                    refuse(g, file.clone(), why);
+                }
+            }
+        }
+        for (name, verdict) in &cat.verdicts {
+            let reason = match verdict {
+                Verdict::Run { reason, .. } => reason.as_deref(),
+                Verdict::Reject { reason } => Some(reason.as_str()),
+            };
+            if let (Some((g, file)), Some(r)) = (dropped.get(name), reason) {
+                refuse(g, file.clone(), r);
+            }
+        }
+        for list in refused.values_mut() {
+            list.sort();
+        }
+        self.refused = refused;
         self.shadowed = cat.shadowed;
         let before = std::mem::take(&mut self.rejected);
         let mut desired = BTreeMap::new();
@@ -432,6 +506,7 @@ impl Manager {
         self.start_many(&starts);
         self.sync_smtp();
         self.write_hosts();
+        self.publish_sites();
     }
 
     fn update(&mut self, name: &Name, file: VassalFile) {
@@ -684,6 +759,11 @@ impl Manager {
 
     fn cgroup_of(&self, name: &Name, v: &Vassal) -> String {
         self.input(name, &v.file, 0).cgroup()
+    }
+
+    /// Scans from now on leave files being written alone (see [`crate::watch`]).
+    pub(crate) fn follow_writes(&mut self, settling: crate::watch::Settling) {
+        self.settling = Some(settling);
     }
 
     /// Stops a vassal in the background; `StopDone` follows.

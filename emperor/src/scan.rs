@@ -15,13 +15,29 @@ const MAX_FILE: u64 = 64 * 1024;
 /// A file of a vassal directory that is not a vassal, and why (logged once per change).
 pub type Ignored = (PathBuf, String);
 
+/// What a scan knows of files still being written (see
+/// [`crate::watch::Settling`]): a file whose writer has not closed it yet is
+/// not judged; the scan keeps what it found of it last time (`previous`, by
+/// path), or leaves a new file out until it is whole.
+pub struct Writes<'a> {
+    /// Whether this file is being written.
+    pub settling: &'a dyn Fn(&Path) -> bool,
+    /// The last scan's entries, by path.
+    pub previous: &'a std::collections::BTreeMap<PathBuf, Entry>,
+}
+
 /// Reads every vassal file of `dir`, found as `source`.
 ///
 /// A drop directory belongs to a reseller, who may put anything there: each
 /// file is opened once, relative to the directory, without following a
 /// symlink and without blocking, and only a regular file is read, never past
 /// [`MAX_FILE`] bytes of what the descriptor gives.
-pub fn scan_dir(dir: &Path, source: &Source, ignored: &mut Vec<Ignored>) -> Vec<Entry> {
+pub fn scan_dir(
+    dir: &Path,
+    source: &Source,
+    ignored: &mut Vec<Ignored>,
+    writes: &Writes<'_>,
+) -> Vec<Entry> {
     let Ok(dirfd) = sys::fs::open_dir(dir) else {
         return Vec::new();
     };
@@ -37,6 +53,11 @@ pub fn scan_dir(dir: &Path, source: &Source, ignored: &mut Vec<Ignored>) -> Vec<
         };
         if stem.starts_with('.') {
             continue; // editors' and our own temporary files
+        }
+        if (writes.settling)(&path) {
+            // Half written (an scp, an editor saving in place): as it was.
+            out.extend(writes.previous.get(&path).cloned());
+            continue;
         }
         let name: Name = match stem.parse() {
             Ok(n) => n,
@@ -68,8 +89,13 @@ pub fn scan_dir(dir: &Path, source: &Source, ignored: &mut Vec<Ignored>) -> Vec<
 
 /// Reads the admin directory and the drop directories of `groups` (and of every
 /// group the admin directory names); what is not a vassal goes to `ignored`.
-pub fn scan(layout: &Layout, groups: &BTreeSet<Name>, ignored: &mut Vec<Ignored>) -> Vec<Entry> {
-    let mut entries = scan_dir(&layout.vassals, &Source::Admin, ignored);
+pub fn scan(
+    layout: &Layout,
+    groups: &BTreeSet<Name>,
+    ignored: &mut Vec<Ignored>,
+    writes: &Writes<'_>,
+) -> Vec<Entry> {
+    let mut entries = scan_dir(&layout.vassals, &Source::Admin, ignored, writes);
     let mut all: BTreeSet<Name> = groups.clone();
     all.extend(
         entries
@@ -82,6 +108,7 @@ pub fn scan(layout: &Layout, groups: &BTreeSet<Name>, ignored: &mut Vec<Ignored>
             &layout.drop_dir(g),
             &Source::Drop(g.clone()),
             ignored,
+            writes,
         ));
     }
     entries

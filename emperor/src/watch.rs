@@ -1,12 +1,16 @@
 //! inotify on the admin directory and the drop directories: any change of a
 //! file there becomes one `FilesChanged` event (the manager rereads the
-//! directories; the periodic rescan is the safety net).
+//! directories; the periodic rescan is the safety net). Files opened for
+//! writing and not closed yet are tracked ([`Settling`]): a scan does not
+//! judge a file half written by scp or an editor.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
 
 use crate::manager::Event;
@@ -14,6 +18,39 @@ use crate::manager::Event;
 pub(crate) struct Watcher {
     watches: Watches,
     drops: BTreeMap<PathBuf, WatchDescriptor>,
+    dirs: Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>,
+    settling: Settling,
+}
+
+/// How long a file may stay open for writing before it is judged anyway (a
+/// writer that hangs, or holds it open for good).
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// The vassal files written to and not closed since, with when that began.
+#[derive(Clone, Default)]
+pub struct Settling(Arc<Mutex<HashMap<PathBuf, Instant>>>);
+
+impl Settling {
+    /// Whether `path` is being written (and not for longer than [`SETTLE_MAX`]).
+    pub fn writing(&self, path: &Path) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::clock::now();
+        map.get(path)
+            .is_some_and(|t| now.saturating_duration_since(*t) < SETTLE_MAX)
+    }
+
+    fn note(&self, path: PathBuf, open: bool) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if open {
+            map.entry(path).or_insert_with(crate::clock::now);
+        } else {
+            map.remove(&path);
+        }
+        // Bounded: a reseller creating files without end fills nothing.
+        if map.len() > 4096 {
+            map.clear();
+        }
+    }
 }
 
 fn mask() -> WatchMask {
@@ -30,10 +67,32 @@ impl Watcher {
     pub(crate) fn new(admin: &Path, tx: mpsc::UnboundedSender<Event>) -> std::io::Result<Watcher> {
         let inotify = Inotify::init()?;
         let mut watches = inotify.watches();
-        watches.add(admin, mask())?;
+        let wd = watches.add(admin, mask())?;
+        let dirs = Arc::new(Mutex::new(HashMap::from([(wd, admin.to_path_buf())])));
+        let settling = Settling::default();
         let mut stream = inotify.into_event_stream(vec![0u8; 16384])?;
+        let (known, writes) = (dirs.clone(), settling.clone());
         tokio::spawn(async move {
             while let Some(ev) = stream.next().await {
+                if let Ok(ev) = &ev {
+                    let dir = known
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&ev.wd)
+                        .cloned();
+                    if let (Some(dir), Some(name)) = (dir, &ev.name) {
+                        let open = ev.mask.intersects(EventMask::CREATE | EventMask::MODIFY);
+                        let done = ev.mask.intersects(
+                            EventMask::CLOSE_WRITE
+                                | EventMask::MOVED_TO
+                                | EventMask::MOVED_FROM
+                                | EventMask::DELETE,
+                        );
+                        if open || done {
+                            writes.note(dir.join(name), open && !done);
+                        }
+                    }
+                }
                 if ev.is_err() || tx.send(Event::FilesChanged).is_err() {
                     // An overflow or a read error: ask for a full rescan and go on.
                     let _ = tx.send(Event::FilesChanged);
@@ -43,7 +102,14 @@ impl Watcher {
         Ok(Watcher {
             watches,
             drops: BTreeMap::new(),
+            dirs,
+            settling,
         })
+    }
+
+    /// The files being written, for the scans.
+    pub(crate) fn settling(&self) -> Settling {
+        self.settling.clone()
     }
 
     /// Watches exactly these drop directories (those that exist).
@@ -56,12 +122,20 @@ impl Watcher {
             .collect();
         for d in gone {
             if let Some(wd) = self.drops.remove(&d) {
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&wd);
                 let _ = self.watches.remove(wd);
             }
         }
         for d in dirs {
             if !self.drops.contains_key(d) {
                 if let Ok(wd) = self.watches.add(d, mask()) {
+                    self.dirs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(wd.clone(), d.clone());
                     self.drops.insert(d.clone(), wd);
                 }
             }

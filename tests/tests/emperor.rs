@@ -1493,3 +1493,111 @@ fn root_a_bundle_from_spec_runs_under_crun_and_runc_beside_the_live_site() {
     }
     assert_eq!(e.row("b1").unwrap()["restarts"], 0);
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_reseller_lists_its_sites_and_is_told_of_refusals_and_changes() {
+    let mut e = Emperor::new();
+    e.write(
+        "r1",
+        "kind = \"group\"\n[limits]\nmemory = \"128M\"\npids = 200\n",
+    );
+    e.write("r2", GROUP);
+    e.write("other", &site("r2", "64M", 40));
+    e.start();
+    let group = e.running_pid("r1");
+    let reseller = uid_of(&e, "r1");
+    let dropdir = e.home_root.join("r1/vassals");
+    let put = |name: &str, text: &str| {
+        let tmp = dropdir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::os::unix::fs::chown(&tmp, Some(reseller), Some(reseller)).unwrap();
+        std::fs::rename(&tmp, dropdir.join(name)).unwrap();
+    };
+    put(
+        "shop.toml",
+        "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 40\n",
+    );
+    put(
+        "big.toml",
+        "kind = \"site\"\n[limits]\nmemory = \"900M\"\npids = 40\n",
+    );
+    e.running_pid("shop");
+    // As the reseller, inside its own container.
+    let inside = |script: &str| {
+        let script = format!(
+            "export PATH={} HOME=/home/r1; {script}",
+            model::layout::inside::PATH
+        );
+        let out = e.exec_in(group, reseller, &e.cgroup("r1/_self"), &script);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let sites = wait_for_or(
+        Duration::from_secs(10),
+        "the reseller's list",
+        || {
+            let v: serde_json::Value = serde_json::from_str(&inside("vassal sites --json")).ok()?;
+            (v["sites"]
+                .as_array()?
+                .iter()
+                .any(|s| s["name"] == "shop" && s["state"] == "running"))
+            .then_some(v)
+        },
+        || inside("vassal sites --json; ls -la /run/imperium/usage"),
+    );
+    let names: Vec<&str> = sites["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(!names.contains(&"other"), "another group's site: {sites}");
+    let refused = sites["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{sites}");
+    assert_eq!(refused[0]["file"], "big.toml");
+    assert!(
+        refused[0]["reason"].as_str().unwrap().contains("exceeds"),
+        "{sites}"
+    );
+    let table = inside("vassal sites");
+    assert!(
+        table.contains("shop") && table.contains("big.toml"),
+        "{table}"
+    );
+    // The refusal and the state changes as notifications.
+    wait_for_or(
+        Duration::from_secs(10),
+        "the reseller's notifications",
+        || {
+            let n = inside("vassal notifications");
+            (n.contains("big.toml refused: limits.memory 900M exceeds")
+                && n.contains("site shop is running"))
+            .then_some(())
+        },
+        || inside("vassal notifications; cat ~/logs/vassal.log"),
+    );
+
+    // A file written slowly (scp) is not judged half written.
+    let slow = dropdir.join("slow.toml");
+    let mut f = std::fs::File::create(&slow).unwrap();
+    std::os::unix::fs::chown(&slow, Some(reseller), Some(reseller)).unwrap();
+    std::io::Write::write_all(&mut f, b"kind = \"site\"\n[lim").unwrap();
+    f.sync_all().unwrap();
+    // Another file changes meanwhile: the scan that follows sees the half.
+    put(
+        "next.toml",
+        "kind = \"site\"\n[limits]\nmemory = \"32M\"\npids = 20\n",
+    );
+    e.running_pid("next");
+    assert!(
+        e.row("slow").is_none(),
+        "judged half written: {:?}",
+        e.row("slow")
+    );
+    assert!(!e.log().contains("slow.toml"), "{}", e.log());
+    std::io::Write::write_all(&mut f, b"its]\nmemory = \"16M\"\npids = 20\n").unwrap();
+    drop(f); // closed: whole now
+    e.running_pid("slow");
+    let n = inside("vassal notifications");
+    assert!(!n.contains("slow.toml refused"), "{n}");
+}

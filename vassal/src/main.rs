@@ -36,6 +36,7 @@ const USAGE: &str =
        vassal status [--json]
        vassal start|stop|restart|reload NAME
        vassal notifications [--json] [-n COUNT]
+       vassal sites [--json]                 (a reseller: the group's sites and refused files)
        vassal notify KIND MESSAGE
        vassal logs NAME [-n LINES]";
 
@@ -160,6 +161,24 @@ fn run(args: &[String]) -> Result<i32, String> {
             }
             return Ok(0);
         }
+        "sites" => {
+            let dir = std::path::Path::new(model::layout::inside::USAGE);
+            let Some(sites) = site::sites(dir) else {
+                return Err(format!(
+                    "no sites here ({} has none: this is not a group's container, or the emperor has not written it yet)",
+                    dir.join(model::layout::inside::SITES_FILE).display()
+                ));
+            };
+            if args.iter().any(|a| a == "--json") {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sites).unwrap_or_default()
+                );
+            } else {
+                print_sites(&sites);
+            }
+            return Ok(0);
+        }
         "notify" => {
             let (Some(kind), Some(message)) = (args.get(1), args.get(2)) else {
                 return Err("notify needs a kind and a message".into());
@@ -202,6 +221,35 @@ fn run(args: &[String]) -> Result<i32, String> {
         println!("{s}");
     }
     Ok(0)
+}
+
+fn print_sites(s: &model::usage::Sites) {
+    let opt = |v: Option<u64>| {
+        v.map(|b| model::size::Size(b).to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "{:<20} {:<10} {:>8} {:>9} {:>9} {:>9}  REASON",
+        "SITE", "STATE", "RESTARTS", "MEMORY", "STORAGE", "LIMIT"
+    );
+    for r in &s.sites {
+        println!(
+            "{:<20} {:<10} {:>8} {:>9} {:>9} {:>9}  {}",
+            r.name,
+            r.state,
+            r.restarts,
+            opt(r.memory),
+            opt(r.storage),
+            opt(r.storage_limit),
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    if !s.refused.is_empty() {
+        println!("\nREFUSED FILE          REASON");
+        for r in &s.refused {
+            println!("{:<21} {}", r.file, r.reason);
+        }
+    }
 }
 
 fn print_status(status: &serde_json::Value) {

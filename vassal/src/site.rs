@@ -44,6 +44,13 @@ pub fn disk(dir: &Path) -> Option<model::usage::Disk> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// In a group's container, its sites and refusals as the emperor wrote them
+/// in `dir` (`/run/imperium/usage`).
+pub fn sites(dir: &Path) -> Option<model::usage::Sites> {
+    let bytes = std::fs::read(dir.join(model::layout::inside::SITES_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 fn read(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok()
 }

@@ -99,6 +99,9 @@ pub struct Supervisor {
     alarms: Alarms,
     /// Alarms whose storing failed, to store at the next check.
     unsent: Vec<(&'static str, String)>,
+    /// In a group's container: its sites as last read (the reseller is told
+    /// what changes).
+    sites: Option<model::usage::Sites>,
     worker: Worker,
 }
 
@@ -146,6 +149,7 @@ impl Supervisor {
             site,
             alarms,
             unsent: Vec::new(),
+            sites: None,
             worker,
             clock: Clock::new(cfg.clock_scale),
             cfg,
@@ -615,6 +619,29 @@ impl Supervisor {
         };
         for (kind, message) in self.alarms.check(&figures) {
             self.alarm(kind, &message);
+        }
+        // A reseller's container: a notification for each change of its
+        // sites and each new refusal of its drop directory.
+        // What was told is kept in the home, so that nothing is told twice
+        // across restarts of this supervisor, and nothing missed meanwhile.
+        if let Some(now) = crate::site::sites(&self.cfg.usage) {
+            let seen = model::layout::home::private(&self.cfg.home).join("sites-seen.json");
+            let before = self.sites.take().unwrap_or_else(|| {
+                std::fs::read(&seen)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default()
+            });
+            let changes = now.changes(&before);
+            for message in &changes {
+                self.alarm("site", message);
+            }
+            if !changes.is_empty() {
+                if let Ok(bytes) = serde_json::to_vec(&now) {
+                    let _ = model::atomic::write(&seen, &bytes, 0o600);
+                }
+            }
+            self.sites = Some(now);
         }
     }
 

@@ -40,6 +40,23 @@ pub(super) struct Usage {
 }
 
 impl Row {
+    /// A site of `group`'s, as its reseller is shown it (`None`: not one).
+    pub(super) fn site_of(&self, group: &Name) -> Option<model::usage::SiteState> {
+        if self.kind != Some(Kind::Site) || self.group.as_deref() != Some(group.as_str()) {
+            return None;
+        }
+        let state = serde_json::to_value(self.state).ok()?;
+        Some(model::usage::SiteState {
+            name: self.name.clone(),
+            state: state.as_str()?.to_owned(),
+            reason: self.reason.clone(),
+            restarts: self.restarts,
+            memory: self.usage.as_ref().map(|u| u.memory),
+            storage: self.usage.as_ref().and_then(|u| u.storage),
+            storage_limit: self.usage.as_ref().and_then(|u| u.storage_limit),
+        })
+    }
+
     /// The row of a file that runs nothing.
     pub(super) fn rejected(name: &Name, reason: String) -> Row {
         Row {

@@ -286,6 +286,8 @@ pub mod inside {
     pub const USAGE: &str = "/run/imperium/usage";
     /// The file in it.
     pub const STORAGE_FILE: &str = "storage.json";
+    /// In a group's container, the file of its sites and refusals.
+    pub const SITES_FILE: &str = "sites.json";
     /// The home of user `user` inside its container.
     pub fn home(user: &str) -> String {
         format!("/home/{user}")
