@@ -55,6 +55,7 @@ pub const ETC_SHARED: &[&str] = &[
     "localtime",
     "mime.types",
     "nsswitch.conf",
+    "php",
     "profile.d",
     "protocols",
     "services",

@@ -81,7 +81,12 @@ impl Watcher {
                         .get(&ev.wd)
                         .cloned();
                     if let (Some(dir), Some(name)) = (dir, &ev.name) {
-                        let open = ev.mask.intersects(EventMask::CREATE | EventMask::MODIFY);
+                        let path = dir.join(name);
+                        // Only a regular file is written to (a link or a fifo
+                        // made is whole at once).
+                        let open = ev.mask.contains(EventMask::MODIFY)
+                            || (ev.mask.contains(EventMask::CREATE)
+                                && path.symlink_metadata().is_ok_and(|m| m.is_file()));
                         let done = ev.mask.intersects(
                             EventMask::CLOSE_WRITE
                                 | EventMask::MOVED_TO
@@ -89,7 +94,7 @@ impl Watcher {
                                 | EventMask::DELETE,
                         );
                         if open || done {
-                            writes.note(dir.join(name), open && !done);
+                            writes.note(path, open && !done);
                         }
                     }
                 }

@@ -232,6 +232,9 @@ fn hostile_files_that_block_or_balloon_in_a_drop_directory_do_not_stop_the_emper
     std::os::unix::fs::symlink("/etc/passwd", drop.join("passwd.toml")).unwrap();
     let big = std::fs::File::create(drop.join("big.toml")).unwrap();
     big.set_len(1 << 30).unwrap();
+    // Closed: a file still open for writing is not judged until it is
+    // closed (or 30 s have passed).
+    std::mem::drop(big);
     for (name, why) in [
         ("kmsg", "symlink"),
         ("fifo", "not a regular file"),
