@@ -79,6 +79,12 @@ enum Cmd {
         /// `storage` limits (else they are reported as not enforced).
         #[arg(long)]
         require_quotas: bool,
+        /// Where lxcfs is mounted: each site's /proc/meminfo, cpuinfo, stat,
+        /// uptime, loadavg, diskstats and swaps come from there (its own
+        /// limits and uptime); `off` for the host's. Used only when lxcfs
+        /// answers there.
+        #[arg(long, default_value = "/var/lib/lxcfs")]
+        lxcfs: String,
     },
     /// Show every vassal.
     Status {
@@ -149,6 +155,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             host_ports,
             site_connections,
             require_quotas,
+            lxcfs,
         } => {
             let vassal_exe = match vassal_bin {
                 Some(p) => p,
@@ -192,6 +199,21 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 vassal_exe,
                 systemd_scope,
                 require_quotas,
+                lxcfs: match lxcfs.as_str() {
+                    "off" => None,
+                    dir => {
+                        let dir = PathBuf::from(dir);
+                        // lxcfs answers: its meminfo reads.
+                        let up =
+                            std::fs::read(dir.join("proc/meminfo")).is_ok_and(|b| !b.is_empty());
+                        if up {
+                            tracing::info!(lxcfs = %dir.display(), "sites see their own /proc figures");
+                        } else {
+                            tracing::info!(lxcfs = %dir.display(), "no lxcfs there: sites see the host's /proc figures");
+                        }
+                        up.then_some(dir)
+                    }
+                },
                 network: match network.as_str() {
                     "off" => None,
                     pool => Some(emperor::network::Settings {

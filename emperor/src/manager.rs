@@ -57,6 +57,9 @@ pub struct Config {
     pub network: Option<crate::network::Settings>,
     /// Refuse to run when `storage` limits cannot be enforced.
     pub require_quotas: bool,
+    /// Where lxcfs is mounted (`None`: containers see the host's `/proc`
+    /// figures).
+    pub lxcfs: Option<PathBuf>,
 }
 
 /// Something that happened.
@@ -555,6 +558,7 @@ impl Manager {
                 .storage
                 .enforced()
                 .then(|| (&self.storage, self.quota_group(name, file))),
+            lxcfs: self.cfg.lxcfs.as_deref(),
         }
     }
 

@@ -139,7 +139,24 @@ pub struct Input<'a> {
     /// What enforces `storage`, when something does, and (btrfs) the
     /// group's level-1 qgroup for a group or a group's site.
     pub quota: Option<(&'a crate::storage::Backend, Option<u64>)>,
+    /// Where lxcfs is mounted, when the host runs it (see [`LXCFS_PROC`]).
+    pub lxcfs: Option<&'a Path>,
 }
+
+/// The files of `/proc` that lxcfs answers for the cgroup of whoever reads
+/// them (memory and swap against the site's limit, its CPU quota, its own
+/// uptime and load): bound over the container's own, so that `free`,
+/// `uptime`, `top` and programs that size themselves from `/proc/meminfo`
+/// see the site, not the host.
+pub const LXCFS_PROC: &[&str] = &[
+    "cpuinfo",
+    "diskstats",
+    "loadavg",
+    "meminfo",
+    "stat",
+    "swaps",
+    "uptime",
+];
 
 impl Input<'_> {
     /// The tenant's login name.
@@ -309,6 +326,14 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
             RO_NOEXEC,
             Source::SiteKey,
         ));
+    }
+    if let Some(lxcfs) = inp.lxcfs {
+        for f in LXCFS_PROC {
+            let source = lxcfs.join("proc").join(f);
+            if source.exists() {
+                v.push(b(&format!("/proc/{f}"), source, RO_NOEXEC, Source::Given));
+            }
+        }
     }
     v
 }
@@ -738,6 +763,7 @@ mod tests {
             cgroup_v2: false,
             net: None,
             quota: None,
+            lxcfs: None,
         };
         let spec = build(&inp).unwrap();
         let mounts: Vec<(String, String)> = spec
@@ -831,6 +857,7 @@ mod tests {
             cgroup_v2: false,
             net: None,
             quota: None,
+            lxcfs: None,
         };
         let spec = build(&inp).unwrap();
         let plan = crate::spawner::plan(&spec, &skeleton(&inp, &spec), 30007, &[]).unwrap();

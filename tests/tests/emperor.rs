@@ -1601,3 +1601,93 @@ fn root_a_reseller_lists_its_sites_and_is_told_of_refusals_and_changes() {
     let n = inside("vassal notifications");
     assert!(!n.contains("slow.toml refused"), "{n}");
 }
+
+/// lxcfs on a mount point of the test's own, stopped and unmounted on drop.
+struct Lxcfs {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Lxcfs {
+    fn start() -> Lxcfs {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let child = std::process::Command::new("lxcfs")
+            .arg("-f")
+            .arg("-p")
+            .arg(dir.path().join("lxcfs.pid"))
+            .arg(&mnt)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("lxcfs (Debian's lxcfs package)");
+        let l = Lxcfs { child, dir };
+        wait_for(Duration::from_secs(10), "lxcfs to answer", || {
+            std::fs::read_to_string(l.mnt().join("proc/meminfo"))
+                .ok()
+                .filter(|m| m.contains("MemTotal"))
+        });
+        l
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Lxcfs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.mnt())
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_free_and_uptime_inside_a_site_are_the_sites_own_with_lxcfs() {
+    let lxcfs = Lxcfs::start();
+    let mut e = Emperor::new();
+    e.extra = vec!["--lxcfs".into(), lxcfs.mnt().display().to_string()];
+    e.write(
+        "small",
+        "kind = \"site\"\n[limits]\nmemory = \"160M\"\ncpu = 0.5\npids = 64\n",
+    );
+    e.start();
+    assert!(
+        e.log().contains("sites see their own /proc figures"),
+        "{}",
+        e.log()
+    );
+    let init = e.running_pid("small");
+    let out = exec_site(
+        &e,
+        "small",
+        init,
+        "free -b | awk '/^Mem:/ {print $2}'; cut -d' ' -f1 /proc/uptime",
+    );
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("167772160"),
+        "free shows the limit: {t} {out:?}"
+    );
+    let up: f64 = lines[1].parse().unwrap();
+    let host_up: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        up < 120.0 && up < host_up,
+        "the site's uptime, not the host's: {up} (host {host_up})"
+    );
+    drop(e);
+}
