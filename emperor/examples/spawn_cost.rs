@@ -50,6 +50,7 @@ fn main() {
         cgroup_v2: tree.version() == sys::cgroup::Version::V2,
         net: None,
         quota: None,
+        lxcfs: None,
     };
     let spawner =
         emperor::spawner::Spawner::new(tree.clone(), sys::seccomp::default_program().unwrap());
