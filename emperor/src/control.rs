@@ -27,6 +27,8 @@ pub enum Request {
         /// The vassal.
         name: String,
     },
+    /// The metrics, in the OpenMetrics text format.
+    Metrics,
     /// The OCI spec of a vassal.
     Spec {
         /// The vassal.

@@ -87,6 +87,10 @@ enum Cmd {
         /// answers there.
         #[arg(long, default_value = "/var/lib/lxcfs")]
         lxcfs: String,
+        /// Serve `/metrics` (Prometheus) on this TCP address too (say
+        /// 127.0.0.1:9105); it is always on `<run-dir>/api.sock`.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Show every vassal.
     Status {
@@ -118,6 +122,8 @@ enum Cmd {
     Notify { name: String, message: String },
     /// Stop every vassal, then the emperor.
     Shutdown,
+    /// Print the metrics (what `/metrics` serves).
+    Metrics,
 }
 
 fn main() {
@@ -158,6 +164,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             site_connections,
             require_quotas,
             lxcfs,
+            metrics_listen,
         } => {
             let vassal_exe = match vassal_bin {
                 Some(p) => p,
@@ -201,6 +208,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 vassal_exe,
                 systemd_scope,
                 require_quotas,
+                metrics_listen,
                 lxcfs: match lxcfs.as_str() {
                     "off" => None,
                     dir => {
@@ -276,6 +284,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Purge { name } => Request::Purge { name },
         Cmd::Notify { name, message } => Request::Notify { name, message },
         Cmd::Shutdown => Request::Shutdown,
+        Cmd::Metrics => Request::Metrics,
     };
     let is_spec = matches!(req, Request::Spec { .. });
     let resp = control::call(

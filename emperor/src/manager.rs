@@ -27,6 +27,7 @@ use crate::spec::{self, Input};
 
 mod adopt;
 mod archive;
+mod metrics;
 mod network;
 mod outputs;
 mod requests;
@@ -60,6 +61,8 @@ pub struct Config {
     /// Where lxcfs is mounted (`None`: containers see the host's `/proc`
     /// figures).
     pub lxcfs: Option<PathBuf>,
+    /// A TCP address to serve `/metrics` on, besides the admin's socket.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Something that happened.
@@ -182,6 +185,8 @@ pub struct Manager {
     settling: Option<crate::watch::Settling>,
     /// The last scan's entries, by path (what a file being written stays).
     last_entries: BTreeMap<PathBuf, model::catalog::Entry>,
+    /// How long starts took (metrics).
+    start_latency: prometheus_client::metrics::histogram::Histogram,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -261,6 +266,7 @@ impl Manager {
             last_sites: BTreeMap::new(),
             settling: None,
             last_entries: BTreeMap::new(),
+            start_latency: metrics::start_histogram(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -738,7 +744,9 @@ impl Manager {
                 self.watch_init(name, &mut v, pidfd);
                 self.vassals.insert(name.clone(), v);
                 self.write_record(name);
-                let elapsed_us = now().saturating_duration_since(t0).as_micros() as u64;
+                let elapsed = now().saturating_duration_since(t0);
+                self.start_latency.observe(elapsed.as_secs_f64());
+                let elapsed_us = elapsed.as_micros() as u64;
                 tracing::info!(vassal = %name, pid, uid, elapsed_us, "started");
             }
             Err(e) => {

@@ -1691,3 +1691,116 @@ fn root_free_and_uptime_inside_a_site_are_the_sites_own_with_lxcfs() {
     );
     drop(e);
 }
+
+/// One sample of a metrics text: the value of `name{labels}` (labels as written).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
+    // A free port for the TCP listener (bound and released here).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut e = Emperor::new();
+    e.extra = vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")];
+    e.write(
+        "m1",
+        "kind = \"site\"\n[limits]\nmemory = \"96M\"\ncpu = 0.5\npids = 70\n",
+    );
+    e.start();
+    e.running_pid("m1");
+    let api = e.run_dir.join("api.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&api).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "root's socket only");
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = curl(&[
+        "--unix-socket",
+        api.to_str().unwrap(),
+        "http://localhost/metrics",
+    ]);
+    // The format, as Prometheus's own tool reads it.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool: {out:?}\n{text}");
+    // The values, as the kernel has them.
+    let l = r#"{vassal="m1",kind="site",group=""}"#;
+    let cg = e.cgroup("_admin/m1");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let (mem_file, pids_file) = if v2 {
+        ("memory.max", "pids.max")
+    } else {
+        ("memory.limit_in_bytes", "pids.max")
+    };
+    let kernel = |controller: &str, file: &str| {
+        read_cgroup(controller, &cg, file)
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(
+        sample(&text, &format!("imperium_vassal_memory_limit_bytes{l}")),
+        Some(kernel("memory", mem_file))
+    );
+    assert_eq!(
+        sample(&text, &format!("imperium_vassal_tasks_limit{l}")),
+        Some(kernel("pids", pids_file))
+    );
+    assert_eq!(sample(&text, &format!("imperium_vassal_up{l}")), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            r#"imperium_vassal_state{vassal="m1",state="running"}"#
+        ),
+        Some(1.0)
+    );
+    let tasks = sample(&text, &format!("imperium_vassal_tasks{l}")).unwrap();
+    assert!(tasks >= 1.0, "{text}");
+    assert!(
+        sample(&text, "imperium_emperor_start_seconds_count").unwrap() >= 1.0,
+        "{text}"
+    );
+    // OpenMetrics when asked, and the same on the TCP address.
+    let open = curl(&[
+        "-H",
+        "Accept: application/openmetrics-text",
+        &format!("http://127.0.0.1:{port}/metrics"),
+    ]);
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert_eq!(
+        curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{port}/other")
+        ]),
+        "404"
+    );
+}

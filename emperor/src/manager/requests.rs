@@ -9,6 +9,7 @@ impl Manager {
             Request::Status => {
                 Response::ok(serde_json::to_value(self.status()).unwrap_or_default())
             }
+            Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
             Request::Shutdown => {
                 tracing::info!("shutdown requested: stopping every vassal");
                 self.shutdown_reply = Some(reply);

@@ -130,6 +130,11 @@ impl Layout {
         self.run_dir.join(names::CONTROL_SOCKET)
     }
 
+    /// The admin's HTTP socket (`/metrics`), root's only.
+    pub fn api_socket(&self) -> PathBuf {
+        self.run_dir.join("api.sock")
+    }
+
     /// The runtime record of a running vassal (init pid and identity).
     pub fn record(&self, name: &Name) -> PathBuf {
         self.run_dir.join("vassals").join(format!("{name}.json"))

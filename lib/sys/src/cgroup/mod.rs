@@ -68,6 +68,18 @@ pub struct Stats {
     pub memory: u64,
     /// Tasks.
     pub pids: u64,
+    /// CPU time used so far, microseconds (`None`: not counted here).
+    pub cpu_usec: Option<u64>,
+    /// Processes the kernel killed for lack of memory so far.
+    pub oom_kills: Option<u64>,
+}
+
+/// The number after `key ` on a line of a flat-keyed cgroup file.
+pub(crate) fn keyed(dir: &Path, file: &str, key: &str) -> Option<u64> {
+    std::fs::read_to_string(dir.join(file))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Which cgroup layout a tree drives.

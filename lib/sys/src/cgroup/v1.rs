@@ -182,9 +182,17 @@ impl CgroupTree for V1 {
     }
 
     fn stats(&self, path: &str) -> Result<Stats> {
+        let memory = self.dir("memory", path)?;
         Ok(Stats {
-            memory: read_u64(&self.dir("memory", path)?, "memory.usage_in_bytes")?,
+            memory: read_u64(&memory, "memory.usage_in_bytes")?,
             pids: read_u64(&self.dir("pids", path)?, "pids.current")?,
+            // cpuacct shares the cpu hierarchy on the hosts we know (cpu,cpuacct).
+            cpu_usec: self
+                .dir("cpu", path)
+                .ok()
+                .and_then(|d| read_u64(&d, "cpuacct.usage").ok())
+                .map(|ns| ns / 1000),
+            oom_kills: super::keyed(&memory, "memory.oom_control", "oom_kill"),
         })
     }
 

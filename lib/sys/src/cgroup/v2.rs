@@ -177,6 +177,8 @@ impl CgroupTree for V2 {
         Ok(Stats {
             memory: read_u64(&dir, "memory.current")?,
             pids: read_u64(&dir, "pids.current")?,
+            cpu_usec: super::keyed(&dir, "cpu.stat", "usage_usec"),
+            oom_kills: super::keyed(&dir, "memory.events", "oom_kill"),
         })
     }
 
@@ -305,11 +307,15 @@ mod tests {
         assert_eq!(t.procs("imperium/s").unwrap(), [42]);
         std::fs::write(d.join("memory.current"), "4096\n").unwrap();
         std::fs::write(d.join("pids.current"), "3\n").unwrap();
+        std::fs::write(d.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
+        std::fs::write(d.join("memory.events"), "low 0\noom 2\noom_kill 1\n").unwrap();
         assert_eq!(
             t.stats("imperium/s").unwrap(),
             Stats {
                 memory: 4096,
-                pids: 3
+                pids: 3,
+                cpu_usec: Some(1500),
+                oom_kills: Some(1),
             }
         );
         t.remove("imperium").unwrap();
