@@ -1712,11 +1712,14 @@ fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
         .local_addr()
         .unwrap()
         .port();
+    // Homes on a btrfs of the test's own: storage is counted too.
+    let fs = LoopBtrfs::new(1 << 30);
     let mut e = Emperor::new();
+    e.home_root = fs.mnt();
     e.extra = vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")];
     e.write(
         "m1",
-        "kind = \"site\"\n[limits]\nmemory = \"96M\"\ncpu = 0.5\npids = 70\n",
+        "kind = \"site\"\n[limits]\nmemory = \"96M\"\ncpu = 0.5\npids = 70\nstorage = \"50M\"\n",
     );
     e.start();
     e.running_pid("m1");
@@ -1774,6 +1777,10 @@ fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
     );
     assert_eq!(sample(&text, &format!("imperium_vassal_up{l}")), Some(1.0));
     assert_eq!(
+        sample(&text, &format!("imperium_vassal_storage_limit_bytes{l}")),
+        Some(50.0 * 1048576.0)
+    );
+    assert_eq!(
         sample(
             &text,
             r#"imperium_vassal_state{vassal="m1",state="running"}"#
@@ -1786,6 +1793,40 @@ fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
         sample(&text, "imperium_emperor_start_seconds_count").unwrap() >= 1.0,
         "{text}"
     );
+    // Every series the example dashboard queries is served.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/grafana/imperium.json"),
+    )
+    .unwrap();
+    let served: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    // CPU time is counted on v2, and on v1 where cpuacct shares cpu's hierarchy.
+    let cpu_counted = v2 || Path::new("/sys/fs/cgroup/cpu/cpuacct.usage").exists();
+    if cpu_counted {
+        assert!(sample(&text, &format!("imperium_vassal_cpu_seconds_total{l}")).unwrap() > 0.0);
+    }
+    let mut queried = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word == "imperium_vassal_cpu_seconds_total" && !cpu_counted {
+            continue;
+        }
+        if word.starts_with("imperium_") {
+            queried += 1;
+            let want = word.strip_suffix("_bucket").map(|b| format!("{b}_bucket"));
+            let want = want.as_deref().unwrap_or(word);
+            let alive = served.contains(&want)
+                // Only non-zero or present for some vassals: declared is enough.
+                || text.contains(&format!("# TYPE {want} "));
+            assert!(
+                alive,
+                "the dashboard queries {word}, which /metrics does not serve"
+            );
+        }
+    }
+    assert!(queried >= 8, "{queried}");
     // OpenMetrics when asked, and the same on the TCP address.
     let open = curl(&[
         "-H",
