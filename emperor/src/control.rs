@@ -29,6 +29,24 @@ pub enum Request {
     },
     /// The metrics, in the OpenMetrics text format.
     Metrics,
+    /// Write an admin vassal file (validated; kept only if the emperor
+    /// accepts it: a refused file is put back as it was).
+    Put {
+        /// The vassal.
+        name: String,
+        /// The file's text (TOML).
+        text: String,
+    },
+    /// A vassal's status row and its file's text.
+    Get {
+        /// The vassal.
+        name: String,
+    },
+    /// Remove an admin vassal file (the vassal stops; its home is archived).
+    Delete {
+        /// The vassal.
+        name: String,
+    },
     /// The OCI spec of a vassal.
     Spec {
         /// The vassal.

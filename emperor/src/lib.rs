@@ -5,13 +5,13 @@
 //! kernel work lives in the `sys` crate and the file model in `model`: this
 //! crate decides what to do and when.
 
+pub mod api;
 pub mod bundle;
 mod clock;
 pub mod control;
 pub mod keys;
 pub mod lifecycle;
 pub mod manager;
-pub mod metrics_http;
 pub mod network;
 pub mod scan;
 pub mod scope;
@@ -142,21 +142,21 @@ pub async fn run(
     mgr.follow_writes(watcher.settling());
     let inflight = Arc::new(());
     tokio::spawn(serve_control(listener, tx.clone(), inflight.clone()));
-    // /metrics: the admin's socket, and a TCP address when asked.
+    // The admin's API and /metrics on its socket; /metrics on a TCP address when asked.
     let api = cfg.layout.api_socket();
     let _ = std::fs::remove_file(&api);
     match UnixListener::bind(&api) {
         Ok(l) => {
             let _ = std::fs::set_permissions(&api, std::fs::Permissions::from_mode(0o600));
-            tokio::spawn(metrics_http::serve(l, tx.clone()));
+            tokio::spawn(api::serve(l, api::Serves::Api, tx.clone()));
         }
-        Err(e) => tracing::warn!(path = %api.display(), error = %e, "no metrics socket"),
+        Err(e) => tracing::warn!(path = %api.display(), error = %e, "no API socket"),
     }
     if let Some(addr) = cfg.metrics_listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics served");
-                tokio::spawn(metrics_http::serve(l, tx.clone()));
+                tokio::spawn(api::serve(l, api::Serves::Metrics, tx.clone()));
             }
             Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen"),
         }

@@ -1845,3 +1845,116 @@ fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
         "404"
     );
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_admin_api_writes_files_and_acts_on_vassals() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut e = Emperor::new();
+    e.extra = vec!["--metrics-listen".into(), format!("127.0.0.1:{port}")];
+    e.write(
+        "g",
+        "kind = \"group\"\n[limits]\nmemory = \"128M\"\npids = 200\n",
+    );
+    e.start();
+    e.running_pid("g");
+    let api = e.run_dir.join("api.sock");
+    // (status, body) of one call.
+    let call = |method: &str, path: &str, body: Option<&str>| {
+        let mut c = std::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&api)
+        .arg(format!("http://localhost{path}"));
+        if let Some(b) = body {
+            c.args(["--data-binary", b, "-H", "Content-Type: application/toml"]);
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), body.to_owned())
+    };
+    let site = "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 40\n";
+    assert_eq!(call("PUT", "/v1/vassals/api1", Some(site)).0, 201);
+    let first = e.running_pid("api1");
+    assert_eq!(
+        std::fs::read_to_string(e.vassals.join("api1.toml")).unwrap(),
+        site
+    );
+    let (code, body) = call("GET", "/v1/vassals/api1", None);
+    assert_eq!(code, 200, "{body}");
+    let row: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(row["state"], "running");
+    assert_eq!(row["file"], site);
+    // Replaced in place.
+    let bigger = site.replace("64M", "96M");
+    assert_eq!(call("PUT", "/v1/vassals/api1", Some(&bigger)).0, 200);
+    e.wait_row("api1", "the new limit", |r| r["limits"]["memory"] == "96M");
+    // A broken file and an over-budget one: 422 with the reason, nothing changed.
+    let (code, body) = call(
+        "PUT",
+        "/v1/vassals/api1",
+        Some("kind = \"site\"\n[limits\n"),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("line 2"), "{body}");
+    assert_eq!(
+        std::fs::read_to_string(e.vassals.join("api1.toml")).unwrap(),
+        bigger
+    );
+    let (code, body) = call(
+        "PUT",
+        "/v1/vassals/shop",
+        Some("kind = \"site\"\ngroup = \"g\"\n[limits]\nmemory = \"900M\"\n"),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("exceeds group g's reserved memory budget"),
+        "{body}"
+    );
+    assert!(
+        !e.vassals.join("shop.toml").exists(),
+        "a refused file stays out"
+    );
+    assert!(e.row("shop").is_none());
+    // Actions.
+    assert_eq!(call("POST", "/v1/vassals/api1/restart", None).0, 200);
+    e.wait_row("api1", "a new init", |r| {
+        r["state"] == "running" && r["pid"].as_i64().is_some_and(|p| p != first as i64)
+    });
+    assert_eq!(call("POST", "/v1/vassals/api1/suspend", None).0, 200);
+    assert_eq!(e.row("api1").unwrap()["state"], "suspended");
+    assert_eq!(call("POST", "/v1/vassals/api1/resume", None).0, 200);
+    assert_eq!(e.row("api1").unwrap()["state"], "running");
+    assert_eq!(call("POST", "/v1/vassals/nope/restart", None).0, 404);
+    assert_eq!(call("GET", "/v1/vassals/nope", None).0, 404);
+    // Removed: the file goes, the vassal stops.
+    assert_eq!(call("DELETE", "/v1/vassals/api1", None).0, 200);
+    assert!(!e.vassals.join("api1.toml").exists());
+    wait_for(Duration::from_secs(10), "api1 gone", || {
+        e.row("api1").is_none().then_some(())
+    });
+    assert_eq!(call("DELETE", "/v1/vassals/api1", None).0, 404);
+    // The list; and no API on the metrics address.
+    let (code, body) = call("GET", "/v1/vassals", None);
+    assert_eq!(code, 200);
+    assert!(body.contains("\"name\":\"g\""), "{body}");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/v1/vassals"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}

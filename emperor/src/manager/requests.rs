@@ -10,6 +10,9 @@ impl Manager {
                 Response::ok(serde_json::to_value(self.status()).unwrap_or_default())
             }
             Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
+            Request::Put { name, text } => self.put(&name, &text),
+            Request::Delete { name } => self.delete(&name),
+            Request::Get { name } => self.get(&name),
             Request::Shutdown => {
                 tracing::info!("shutdown requested: stopping every vassal");
                 self.shutdown_reply = Some(reply);
@@ -110,6 +113,97 @@ impl Manager {
             };
             let _ = reply.send(answer);
         });
+    }
+
+    /// An admin vassal file written through the API: validated, written
+    /// atomically, judged by a scan at once; refused, it is put back as it
+    /// was (a new one removed) and the reason is the answer.
+    fn put(&mut self, name: &str, text: &str) -> Response {
+        let n: Name = match name.parse() {
+            Ok(n) => n,
+            Err(e) => return Response::err(format!("vassal name refused: {e}")),
+        };
+        let file = match VassalFile::parse(&n, text) {
+            Ok(f) => f,
+            Err(e) => return Response::err(e.to_string()),
+        };
+        let path = self.cfg.layout.vassals.join(format!("{n}.toml"));
+        let before = std::fs::read(&path).ok();
+        if let Err(e) = model::atomic::write(&path, text.as_bytes(), 0o644) {
+            return Response::err(format!("writing {}: {e}", path.display()));
+        }
+        self.reconcile();
+        let took = self.vassals.get(&n).is_some_and(|v| v.file == file);
+        if took {
+            tracing::info!(vassal = %n, "vassal file written through the API");
+            let created = before.is_none();
+            return Response::ok(serde_json::json!({ "name": n.to_string(), "created": created }));
+        }
+        let why = self
+            .rejected
+            .get(&n)
+            .cloned()
+            .or_else(|| self.vassals.get(&n).and_then(|v| v.life.reason.clone()))
+            .unwrap_or_else(|| "refused".into());
+        let restored = match &before {
+            Some(b) => model::atomic::write(&path, b, 0o644),
+            None => std::fs::remove_file(&path),
+        };
+        if let Err(e) = restored {
+            tracing::error!(vassal = %n, error = %e, "putting the refused file back failed");
+        }
+        self.reconcile();
+        Response::err(why)
+    }
+
+    /// A vassal's status row with its file's text (the admin directory's, or
+    /// its group's drop directory's).
+    fn get(&self, name: &str) -> Response {
+        let rows = serde_json::to_value(self.status()).unwrap_or_default();
+        let Some(mut row) = rows
+            .as_array()
+            .and_then(|r| r.iter().find(|row| row["name"] == name).cloned())
+        else {
+            return Response::err(format!("no vassal named {name:?}"));
+        };
+        let l = &self.cfg.layout;
+        let mut places = vec![l.vassals.join(format!("{name}.toml"))];
+        if let Some(g) = row["group"].as_str().and_then(|g| g.parse::<Name>().ok()) {
+            places.push(l.drop_dir(&g).join(format!("{name}.toml")));
+        }
+        let text = places.iter().find_map(|p| {
+            sys::fs::open_dir(p.parent()?)
+                .ok()
+                .and_then(|d| {
+                    sys::fs::read_regular(
+                        std::os::fd::AsFd::as_fd(&d),
+                        std::path::Path::new(p.file_name()?),
+                        64 * 1024,
+                    )
+                    .ok()
+                })
+                .and_then(|b| String::from_utf8(b).ok())
+        });
+        row["file"] = text.map_or(serde_json::Value::Null, serde_json::Value::String);
+        Response::ok(row)
+    }
+
+    /// An admin vassal file removed through the API.
+    fn delete(&mut self, name: &str) -> Response {
+        let Ok(n) = name.parse::<Name>() else {
+            return Response::err(format!("no vassal named {name:?}"));
+        };
+        let path = self.cfg.layout.vassals.join(format!("{n}.toml"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.reconcile();
+                Response::ok(serde_json::json!("removed"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Response::err(format!("no vassal named {name:?} in the admin directory"))
+            }
+            Err(e) => Response::err(format!("removing {}: {e}", path.display())),
+        }
     }
 
     pub(super) fn with_vassal(

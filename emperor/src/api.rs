@@ -1,0 +1,321 @@
+//! The admin's HTTP API on `<run-dir>/api.sock` (root's, 0600), and
+//! `/metrics` there and, when asked (`--metrics-listen ADDR`), on a TCP
+//! address for a Prometheus server (metrics only: no API without a
+//! socket's permissions). The manager does the work (control requests);
+//! this only maps HTTP onto them. Bounded like the control socket: a few
+//! connections at once, a few seconds each, 64 KiB a body.
+//!
+//! `/v1/vassals` (GET: every vassal's status), `/v1/vassals/NAME` (GET: its
+//! status and file; PUT: its file, TOML, validated and kept only if the
+//! emperor accepts it, else 422 and nothing changed; DELETE: the file
+//! removed, the vassal stopped, its home archived), and
+//! `/v1/vassals/NAME/{restart,suspend,resume}` (POST). The directory stays
+//! the one source of truth: a file written here and one edited by hand are
+//! the same thing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::control;
+use crate::manager::Event;
+
+/// Connections served at once (per listener).
+const CONNECTIONS: usize = 32;
+/// How long one connection lives at most.
+const LIFETIME: Duration = Duration::from_secs(10);
+/// The content type of the OpenMetrics text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of Prometheus's own text format (0.0.4).
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text as Prometheus's text format 0.0.4, for a client that did
+/// not ask for OpenMetrics (`promtool`, older servers): a counter family's
+/// HELP and TYPE name its `_total` samples, and the UNIT and EOF lines go.
+pub fn prometheus_text(open: &str) -> String {
+    let counters: Vec<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for l in open.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .iter()
+            .find_map(|p| l.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(&name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                out.push_str(&format!("{p}{name} {tail}"));
+            }
+            None => out.push_str(l),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Something that accepts connections.
+pub trait Accept: Send + 'static {
+    /// The stream of one connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection.
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+/// A vassal file's largest body.
+const BODY_MAX: usize = 64 * 1024;
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// `/metrics` and `/v1/...` (the admin's socket).
+    Api,
+    /// `/metrics` only (a TCP address).
+    Metrics,
+}
+
+/// Serves `listener` until the emperor ends.
+pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSender<Event>) {
+    let places = Arc::new(Semaphore::new(CONNECTIONS));
+    let mut wait = Duration::from_millis(10);
+    loop {
+        let io = match listener.accept().await {
+            Ok(io) => {
+                wait = Duration::from_millis(10);
+                io
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "api: accept failed; backing off");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            continue; // full: closed at once
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _place = place;
+            let svc = hyper::service::service_fn(move |req| answer(req, serves, tx.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(io), svc);
+            let _ = tokio::time::timeout(LIFETIME, conn).await;
+        });
+    }
+}
+
+type Answer = Result<Response<Full<Bytes>>, std::convert::Infallible>;
+
+fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
+    *r.status_mut() = status;
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Asks the manager; `None` when it is gone.
+async fn ask(
+    tx: &mpsc::UnboundedSender<Event>,
+    req: control::Request,
+) -> Option<control::Response> {
+    let (rtx, rrx) = oneshot::channel();
+    tx.send(Event::Control(req, rtx)).ok()?;
+    rrx.await.ok()
+}
+
+/// A manager's refusal as an HTTP status: an unknown vassal is 404.
+fn refused(why: String, otherwise: StatusCode) -> Response<Full<Bytes>> {
+    let status = if why.starts_with("no vassal named") {
+        StatusCode::NOT_FOUND
+    } else {
+        otherwise
+    };
+    json(status, &serde_json::json!({ "error": why }))
+}
+
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    serves: Serves,
+    tx: mpsc::UnboundedSender<Event>,
+) -> Answer {
+    let path = req.uri().path().to_owned();
+    if path == "/metrics" {
+        return metrics(req, tx).await;
+    }
+    if serves != Serves::Api {
+        return Ok(plain(StatusCode::NOT_FOUND, "only /metrics here".into()));
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let gone = || {
+        plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the emperor is stopping".into(),
+        )
+    };
+    use hyper::Method as M;
+    match (req.method().clone(), parts.as_slice()) {
+        (M::GET, ["v1", "vassals"]) => Ok(match ask(&tx, control::Request::Status).await {
+            Some(r) => json(StatusCode::OK, &r.data),
+            None => gone(),
+        }),
+        (M::GET, ["v1", "vassals", name]) => {
+            let req = control::Request::Get {
+                name: (*name).to_owned(),
+            };
+            Ok(match ask(&tx, req).await {
+                Some(r) if r.ok => json(StatusCode::OK, &r.data),
+                Some(r) => refused(r.error.unwrap_or_default(), StatusCode::NOT_FOUND),
+                None => gone(),
+            })
+        }
+        (M::PUT, ["v1", "vassals", name]) => {
+            let name = (*name).to_owned();
+            let body = match Limited::new(req.into_body(), BODY_MAX).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    let why = format!("the body: {e} (at most {BODY_MAX} bytes)");
+                    return Ok(json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &serde_json::json!({ "error": why }),
+                    ));
+                }
+            };
+            let Ok(text) = String::from_utf8(body.to_vec()) else {
+                return Ok(json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({ "error": "the file is not UTF-8 text" }),
+                ));
+            };
+            Ok(match ask(&tx, control::Request::Put { name, text }).await {
+                Some(r) if r.ok => {
+                    let created = r.data["created"].as_bool().unwrap_or(false);
+                    let status = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    json(status, &r.data)
+                }
+                Some(r) => refused(
+                    r.error.unwrap_or_default(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                ),
+                None => gone(),
+            })
+        }
+        (M::DELETE, ["v1", "vassals", name]) => {
+            let req = control::Request::Delete {
+                name: (*name).to_owned(),
+            };
+            Ok(match ask(&tx, req).await {
+                Some(r) if r.ok => json(StatusCode::OK, &r.data),
+                Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
+                None => gone(),
+            })
+        }
+        (M::POST, ["v1", "vassals", name, verb]) => {
+            let name = (*name).to_owned();
+            let req = match *verb {
+                "restart" => control::Request::Restart { name },
+                "suspend" => control::Request::Suspend { name },
+                "resume" => control::Request::Resume { name },
+                _ => return Ok(plain(StatusCode::NOT_FOUND, format!("no action {verb:?}"))),
+            };
+            Ok(match ask(&tx, req).await {
+                Some(r) if r.ok => json(StatusCode::OK, &r.data),
+                Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
+                None => gone(),
+            })
+        }
+        (_, ["v1", "vassals", ..]) => Ok(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET, PUT or DELETE /v1/vassals/NAME; POST /v1/vassals/NAME/{restart,suspend,resume}"
+                .into(),
+        )),
+        _ => Ok(plain(StatusCode::NOT_FOUND, format!("nothing at {path}"))),
+    }
+}
+
+async fn metrics<B>(req: Request<B>, tx: mpsc::UnboundedSender<Event>) -> Answer {
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics".into()));
+    }
+    let open = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let Some(resp) = ask(&tx, control::Request::Metrics).await else {
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the emperor is stopping".into(),
+        ));
+    };
+    let text = resp.data.as_str().unwrap_or_default().to_owned();
+    let (text, kind) = if open {
+        (text, OPENMETRICS)
+    } else {
+        (prometheus_text(&text), PROMETHEUS)
+    };
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kind),
+    );
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counters_name_their_total_in_prometheus_text() {
+        let open = "# HELP x_restarts Restarts.\n# TYPE x_restarts counter\nx_restarts_total{v=\"a\"} 1.0\n\
+                    # HELP x_mem Memory.\n# TYPE x_mem gauge\n# UNIT x_mem bytes\nx_mem{v=\"a\"} 5\n# EOF\n";
+        assert_eq!(
+            super::prometheus_text(open),
+            "# HELP x_restarts_total Restarts.\n# TYPE x_restarts_total counter\nx_restarts_total{v=\"a\"} 1.0\n\
+             # HELP x_mem Memory.\n# TYPE x_mem gauge\nx_mem{v=\"a\"} 5\n"
+        );
+    }
+}
