@@ -187,87 +187,20 @@ async fn answer(
         return Ok(plain(StatusCode::NOT_FOUND, "only /metrics here".into()));
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let gone = || {
-        plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the emperor is stopping".into(),
-        )
-    };
     use hyper::Method as M;
     match (req.method().clone(), parts.as_slice()) {
-        (M::GET, ["v1", "vassals"]) => Ok(match ask(&tx, control::Request::Status).await {
-            Some(r) => json(StatusCode::OK, &r.data),
-            None => gone(),
-        }),
-        (M::GET, ["v1", "vassals", name]) => {
-            let req = control::Request::Get {
-                name: (*name).to_owned(),
-            };
-            Ok(match ask(&tx, req).await {
-                Some(r) if r.ok => json(StatusCode::OK, &r.data),
-                Some(r) => refused(r.error.unwrap_or_default(), StatusCode::NOT_FOUND),
-                None => gone(),
-            })
-        }
+        (M::GET, ["v1", "openapi.json"]) => Ok(json(
+            StatusCode::OK,
+            &serde_json::to_value(ApiDoc::openapi()).unwrap_or_default(),
+        )),
+        (M::GET, ["v1", "vassals"]) => list(&tx).await,
+        (M::GET, ["v1", "vassals", name]) => get(&tx, name).await,
         (M::PUT, ["v1", "vassals", name]) => {
             let name = (*name).to_owned();
-            let body = match Limited::new(req.into_body(), BODY_MAX).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    let why = format!("the body: {e} (at most {BODY_MAX} bytes)");
-                    return Ok(json(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &serde_json::json!({ "error": why }),
-                    ));
-                }
-            };
-            let Ok(text) = String::from_utf8(body.to_vec()) else {
-                return Ok(json(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &serde_json::json!({ "error": "the file is not UTF-8 text" }),
-                ));
-            };
-            Ok(match ask(&tx, control::Request::Put { name, text }).await {
-                Some(r) if r.ok => {
-                    let created = r.data["created"].as_bool().unwrap_or(false);
-                    let status = if created {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    json(status, &r.data)
-                }
-                Some(r) => refused(
-                    r.error.unwrap_or_default(),
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                ),
-                None => gone(),
-            })
+            put(&tx, name, req.into_body()).await
         }
-        (M::DELETE, ["v1", "vassals", name]) => {
-            let req = control::Request::Delete {
-                name: (*name).to_owned(),
-            };
-            Ok(match ask(&tx, req).await {
-                Some(r) if r.ok => json(StatusCode::OK, &r.data),
-                Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
-                None => gone(),
-            })
-        }
-        (M::POST, ["v1", "vassals", name, verb]) => {
-            let name = (*name).to_owned();
-            let req = match *verb {
-                "restart" => control::Request::Restart { name },
-                "suspend" => control::Request::Suspend { name },
-                "resume" => control::Request::Resume { name },
-                _ => return Ok(plain(StatusCode::NOT_FOUND, format!("no action {verb:?}"))),
-            };
-            Ok(match ask(&tx, req).await {
-                Some(r) if r.ok => json(StatusCode::OK, &r.data),
-                Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
-                None => gone(),
-            })
-        }
+        (M::DELETE, ["v1", "vassals", name]) => delete(&tx, name).await,
+        (M::POST, ["v1", "vassals", name, action]) => act(&tx, name, action).await,
         (_, ["v1", "vassals", ..]) => Ok(plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "GET, PUT or DELETE /v1/vassals/NAME; POST /v1/vassals/NAME/{restart,suspend,resume}"
@@ -275,6 +208,191 @@ async fn answer(
         )),
         _ => Ok(plain(StatusCode::NOT_FOUND, format!("nothing at {path}"))),
     }
+}
+
+/// The OpenAPI document of `/v1`, made from the handlers below and the
+/// status row's own type (`GET /v1/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "imperium emperor API",
+        version = "1",
+        description = "The admin's API on <run-dir>/api.sock"
+    ),
+    paths(list, get, put, delete, act),
+    components(schemas(
+        crate::manager::StatusRow,
+        crate::manager::StatusUsage,
+        Vassal,
+        Failure,
+        Written
+    ))
+)]
+pub struct ApiDoc;
+
+pub use utoipa::OpenApi;
+
+/// A refusal: the one-line reason.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Failure {
+    /// Why.
+    pub error: String,
+}
+
+/// A vassal file written.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Written {
+    /// The vassal.
+    pub name: String,
+    /// Whether it is new.
+    pub created: bool,
+}
+
+/// A vassal's status row and its file.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Vassal {
+    /// The status row.
+    #[serde(flatten)]
+    pub row: crate::manager::StatusRow,
+    /// The text of its vassal file (absent: not readable).
+    pub file: Option<String>,
+}
+
+fn gone() -> Response<Full<Bytes>> {
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the emperor is stopping".into(),
+    )
+}
+
+/// Every vassal's status.
+#[utoipa::path(get, path = "/v1/vassals", responses(
+    (status = 200, description = "Every vassal", body = [crate::manager::StatusRow])
+))]
+async fn list(tx: &mpsc::UnboundedSender<Event>) -> Answer {
+    Ok(match ask(tx, control::Request::Status).await {
+        Some(r) => json(StatusCode::OK, &r.data),
+        None => gone(),
+    })
+}
+
+/// One vassal's status and file.
+#[utoipa::path(get, path = "/v1/vassals/{name}",
+    params(("name" = String, Path, description = "The vassal")),
+    responses(
+        (status = 200, description = "The vassal", body = Vassal),
+        (status = 404, description = "No such vassal", body = Failure),
+    ))]
+async fn get(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer {
+    let req = control::Request::Get {
+        name: name.to_owned(),
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::OK, &r.data),
+        Some(r) => refused(r.error.unwrap_or_default(), StatusCode::NOT_FOUND),
+        None => gone(),
+    })
+}
+
+/// Writes a vassal file into the admin directory; kept only if the emperor
+/// accepts it.
+#[utoipa::path(put, path = "/v1/vassals/{name}",
+    params(("name" = String, Path, description = "The vassal")),
+    request_body(content = String, content_type = "application/toml", description = "The vassal file"),
+    responses(
+        (status = 201, description = "Created and accepted", body = Written),
+        (status = 200, description = "Replaced and accepted", body = Written),
+        (status = 413, description = "Over 64 KiB", body = Failure),
+        (status = 422, description = "Refused: nothing changed", body = Failure),
+    ))]
+async fn put(
+    tx: &mpsc::UnboundedSender<Event>,
+    name: String,
+    body: hyper::body::Incoming,
+) -> Answer {
+    let body = match Limited::new(body, BODY_MAX).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let why = format!("the body: {e} (at most {BODY_MAX} bytes)");
+            return Ok(json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({ "error": why }),
+            ));
+        }
+    };
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return Ok(json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "error": "the file is not UTF-8 text" }),
+        ));
+    };
+    Ok(match ask(tx, control::Request::Put { name, text }).await {
+        Some(r) if r.ok => {
+            let created = r.data["created"].as_bool().unwrap_or(false);
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json(status, &r.data)
+        }
+        Some(r) => refused(
+            r.error.unwrap_or_default(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        None => gone(),
+    })
+}
+
+/// Removes a vassal file from the admin directory: the vassal stops and
+/// its home is archived.
+#[utoipa::path(delete, path = "/v1/vassals/{name}",
+    params(("name" = String, Path, description = "The vassal")),
+    responses(
+        (status = 200, description = "Removed"),
+        (status = 404, description = "No such file in the admin directory", body = Failure),
+    ))]
+async fn delete(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer {
+    let req = control::Request::Delete {
+        name: name.to_owned(),
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::OK, &r.data),
+        Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
+        None => gone(),
+    })
+}
+
+/// Restarts, suspends (freezes) or resumes a vassal.
+#[utoipa::path(post, path = "/v1/vassals/{name}/{action}",
+    params(
+        ("name" = String, Path, description = "The vassal"),
+        ("action" = String, Path, description = "restart, suspend or resume"),
+    ),
+    responses(
+        (status = 200, description = "Done"),
+        (status = 404, description = "No such vassal or action", body = Failure),
+        (status = 409, description = "Refused now (the reason says why)", body = Failure),
+    ))]
+async fn act(tx: &mpsc::UnboundedSender<Event>, name: &str, action: &str) -> Answer {
+    let name = name.to_owned();
+    let req = match action {
+        "restart" => control::Request::Restart { name },
+        "suspend" => control::Request::Suspend { name },
+        "resume" => control::Request::Resume { name },
+        _ => {
+            let why = format!("no action {action:?} (restart, suspend, resume)");
+            return Ok(json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": why }),
+            ));
+        }
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::OK, &r.data),
+        Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
+        None => gone(),
+    })
 }
 
 async fn metrics<B>(req: Request<B>, tx: mpsc::UnboundedSender<Event>) -> Answer {

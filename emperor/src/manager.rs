@@ -33,6 +33,7 @@ mod outputs;
 mod requests;
 mod resellers;
 mod status;
+pub use status::{Row as StatusRow, Usage as StatusUsage};
 mod stop;
 mod storage;
 

@@ -1947,6 +1947,22 @@ fn root_the_admin_api_writes_files_and_acts_on_vassals() {
         e.row("api1").is_none().then_some(())
     });
     assert_eq!(call("DELETE", "/v1/vassals/api1", None).0, 404);
+    // The OpenAPI document, made from the code.
+    let (code, body) = call("GET", "/v1/openapi.json", None);
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    for p in [
+        "/v1/vassals",
+        "/v1/vassals/{name}",
+        "/v1/vassals/{name}/{action}",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} missing: {doc}");
+    }
+    assert!(
+        doc["components"]["schemas"]["Row"]["properties"]["state"].is_object(),
+        "{doc}"
+    );
     // The list; and no API on the metrics address.
     let (code, body) = call("GET", "/v1/vassals", None);
     assert_eq!(code, 200);

@@ -2,28 +2,48 @@
 
 use super::*;
 
-/// One row of `emperor status`.
-#[derive(Debug, Serialize)]
-pub(super) struct Row {
+/// One row of `emperor status` (and of the API's `/v1/vassals`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Row {
+    /// The vassal.
     name: String,
+    /// `site` or `group` (absent: its file was refused).
+    #[schema(value_type = Option<String>)]
     kind: Option<Kind>,
+    /// Its group (a group: itself).
     group: Option<String>,
+    /// `starting`, `running`, `suspended`, `stopped`, `failed`, `rejected`.
+    #[schema(value_type = String)]
     state: State,
+    /// Its init, in the host's pid namespace.
     pid: Option<i32>,
+    /// The tenant's uid.
     uid: Option<u32>,
+    /// The tenant's login name.
     user: Option<String>,
+    /// Its cgroup, relative to each hierarchy's root.
     cgroup: Option<String>,
+    /// Its address, with site networking.
     address: Option<String>,
+    /// Its `[limits]`, as in its file.
+    #[schema(value_type = Option<Object>)]
     limits: Option<model::config::Limits>,
+    /// Accepted beyond an overcommit group's limits.
     dynamic: bool,
+    /// What it uses now (running vassals).
     usage: Option<Usage>,
+    /// Restarts of its init.
     restarts: u32,
+    /// Why it is not running, or why its last edit was refused.
     reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub(super) struct Usage {
+/// What a running vassal uses.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// Memory in use, bytes.
     memory: u64,
+    /// Processes and threads.
     pids: u64,
     /// Bytes on disk, where `storage` is enforced (the kernel's count).
     #[serde(skip_serializing_if = "Option::is_none")]
