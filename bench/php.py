@@ -97,6 +97,15 @@ class Site:
             except OSError:
                 pass
             p.wait()
+        # Until every process of the groups is gone (workers die after their master).
+        deadline = time.time() + 10
+        for p in self.procs:
+            while time.time() < deadline:
+                try:
+                    os.killpg(p.pid, 0)
+                except OSError:
+                    break
+                time.sleep(0.05)
 
 
 def start_uwsgi(site):
