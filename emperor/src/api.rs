@@ -30,43 +30,7 @@ use crate::manager::Event;
 const CONNECTIONS: usize = 32;
 /// How long one connection lives at most.
 const LIFETIME: Duration = Duration::from_secs(10);
-/// The content type of the OpenMetrics text format.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of Prometheus's own text format (0.0.4).
-const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// OpenMetrics text as Prometheus's text format 0.0.4, for a client that did
-/// not ask for OpenMetrics (`promtool`, older servers): a counter family's
-/// HELP and TYPE name its `_total` samples, and the UNIT and EOF lines go.
-pub fn prometheus_text(open: &str) -> String {
-    let counters: Vec<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open.len());
-    for l in open.lines() {
-        if l == "# EOF" || l.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = ["# HELP ", "# TYPE "]
-            .iter()
-            .find_map(|p| l.strip_prefix(p).map(|rest| (p, rest)));
-        match meta {
-            Some((p, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let name = if counters.contains(&name) {
-                    format!("{name}_total")
-                } else {
-                    name.to_owned()
-                };
-                out.push_str(&format!("{p}{name} {tail}"));
-            }
-            None => out.push_str(l),
-        }
-        out.push('\n');
-    }
-    out
-}
+use model::metrics::{OPENMETRICS, PROMETHEUS};
 
 /// Something that accepts connections.
 pub trait Accept: Send + 'static {
@@ -399,11 +363,11 @@ async fn metrics<B>(req: Request<B>, tx: mpsc::UnboundedSender<Event>) -> Answer
     if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics".into()));
     }
-    let open = req
-        .headers()
-        .get(hyper::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let open = model::metrics::wants_openmetrics(
+        req.headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let Some(resp) = ask(&tx, control::Request::Metrics).await else {
         return Ok(plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -414,7 +378,7 @@ async fn metrics<B>(req: Request<B>, tx: mpsc::UnboundedSender<Event>) -> Answer
     let (text, kind) = if open {
         (text, OPENMETRICS)
     } else {
-        (prometheus_text(&text), PROMETHEUS)
+        (model::metrics::prometheus_text(&text), PROMETHEUS)
     };
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
@@ -422,18 +386,4 @@ async fn metrics<B>(req: Request<B>, tx: mpsc::UnboundedSender<Event>) -> Answer
         hyper::header::HeaderValue::from_static(kind),
     );
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn counters_name_their_total_in_prometheus_text() {
-        let open = "# HELP x_restarts Restarts.\n# TYPE x_restarts counter\nx_restarts_total{v=\"a\"} 1.0\n\
-                    # HELP x_mem Memory.\n# TYPE x_mem gauge\n# UNIT x_mem bytes\nx_mem{v=\"a\"} 5\n# EOF\n";
-        assert_eq!(
-            super::prometheus_text(open),
-            "# HELP x_restarts_total Restarts.\n# TYPE x_restarts_total counter\nx_restarts_total{v=\"a\"} 1.0\n\
-             # HELP x_mem Memory.\n# TYPE x_mem gauge\nx_mem{v=\"a\"} 5\n"
-        );
-    }
 }

@@ -34,6 +34,11 @@ pub struct Permit<K: Eq + Hash + Clone> {
 }
 
 impl<K: Eq + Hash + Clone> Limits<K> {
+    /// Connections admitted now.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
     /// At most `max_total` connections, `max_per_key` of them from one key.
     pub fn new(max_total: usize, max_per_key: usize) -> Arc<Limits<K>> {
         Arc::new(Limits {
@@ -99,6 +104,8 @@ pub struct Activity {
 pub struct SiteLoad {
     in_flight: AtomicUsize,
     refused: AtomicU64,
+    /// Answers by status class (1xx to 5xx).
+    answered: [AtomicU64; 5],
     /// Its access log, handed to its vassal.
     pub log: crate::access::Sink,
 }
@@ -123,6 +130,25 @@ impl SiteLoad {
     /// Requests refused so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// An answer with this status went out.
+    pub fn answered(&self, status: u16) {
+        if let Some(c) = self.answered.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Answers so far, by status class.
+    pub fn answers(&self) -> [(&'static str, u64); 5] {
+        let n = |i: usize| self.answered[i].load(Ordering::Relaxed);
+        [
+            ("1xx", n(0)),
+            ("2xx", n(1)),
+            ("3xx", n(2)),
+            ("4xx", n(3)),
+            ("5xx", n(4)),
+        ]
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod api;
 pub mod conn;
+pub mod metrics;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -59,6 +60,8 @@ pub struct Config {
     /// Worker threads, each with its own event loop and its own listening
     /// sockets (`SO_REUSEPORT`): a connection lives on one thread.
     pub threads: usize,
+    /// Where `/metrics` is served (none: nowhere).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -83,6 +86,7 @@ impl Config {
             max_routes_per_site: routes::MAX_ROUTES_PER_SITE,
             max_requests_per_site: routes::MAX_REQUESTS_PER_SITE,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            metrics: None,
         }
     }
 }
@@ -113,6 +117,8 @@ pub struct State {
     pub api_rate: conn::Rate<u32>,
     /// How long a client may pause within a request body.
     pub body_timeout: Duration,
+    /// The router's own counters (metrics).
+    pub stats: metrics::Stats,
 }
 
 fn dominion_path(run_dir: &Path) -> PathBuf {
@@ -222,6 +228,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             .collect(),
         api_rate: conn::Rate::new(API_RATE, API_BURST),
         body_timeout: cfg.body_timeout,
+        stats: metrics::Stats::default(),
     });
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -288,6 +295,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         Some(acceptor.clone()),
     ));
     tokio::spawn(serve_api(api, state.clone()));
+    if let Some(addr) = cfg.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics address {addr}: {e}"))?;
+        tracing::info!(metrics = %listener.local_addr()?, "metrics served");
+        tokio::spawn(serve_metrics(listener, state.clone(), clients.clone()));
+    }
     for (i, (http, https)) in more.into_iter().enumerate() {
         let (state, cfg, clients, acceptor) = (
             state.clone(),
@@ -453,6 +467,76 @@ async fn serve_api(listener: UnixListener, state: Arc<State>) {
                 .serve_connection(TokioIo::new(stream), svc);
             // Nothing an API call does takes long: a connection lives a bounded time.
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+/// `/metrics` for a Prometheus server: a few connections at once, a few
+/// seconds each.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    clients: Arc<conn::Limits<std::net::IpAddr>>,
+) {
+    let places = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut backoff = conn::Backoff::default();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                backoff.failed("metrics", &e).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (state, clients) = (state.clone(), clients.clone());
+        tokio::spawn(async move {
+            let _place = place;
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (state, clients) = (state.clone(), clients.clone());
+                async move {
+                    let mut resp = if req.uri().path() != "/metrics" {
+                        let mut r = hyper::Response::new(proxy::full("only /metrics here\n"));
+                        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                        r
+                    } else {
+                        let open = model::metrics::wants_openmetrics(
+                            req.headers()
+                                .get(hyper::header::ACCEPT)
+                                .and_then(|v| v.to_str().ok()),
+                        );
+                        let text = metrics::render(&state, clients.total() as u64);
+                        let (text, kind) = if open {
+                            (text, model::metrics::OPENMETRICS)
+                        } else {
+                            (
+                                model::metrics::prometheus_text(&text),
+                                model::metrics::PROMETHEUS,
+                            )
+                        };
+                        let mut r = hyper::Response::new(proxy::full(text));
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(kind),
+                        );
+                        r
+                    };
+                    resp.headers_mut().insert(
+                        hyper::header::CACHE_CONTROL,
+                        hyper::header::HeaderValue::from_static("no-store"),
+                    );
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .max_buf_size(MAX_HEADERS)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
         });
     }
 }

@@ -61,6 +61,9 @@ enum Cmd {
         /// Worker threads, each with its own event loop (default: one per CPU).
         #[arg(long)]
         threads: Option<usize>,
+        /// Serve `/metrics` (Prometheus) on this TCP address (say 127.0.0.1:9106).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
     },
 }
 
@@ -90,6 +93,7 @@ fn main() {
         max_routes_per_site,
         max_requests_per_site,
         threads,
+        metrics_listen,
     } = Cli::parse().cmd;
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
     let cfg = router::Config {
@@ -101,6 +105,7 @@ fn main() {
         max_connections_per_ip: max_connections_per_ip.max(1),
         max_routes_per_site: max_routes_per_site.max(1),
         max_requests_per_site: max_requests_per_site.max(1),
+        metrics: metrics_listen,
         ..router::Config::new(http, https, run_dir, state_dir)
     };
     // This thread is worker 0; `run` starts the others, one event loop each.

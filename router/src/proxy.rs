@@ -469,6 +469,13 @@ pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// The body of every answer.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A body of these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 fn page(status: StatusCode, text: &'static str) -> Response<Body> {
     let body = format!("<!doctype html><title>{status}</title><h1>{status}</h1><p>{text}</p>\n");
     let mut r = Response::new(
@@ -539,6 +546,15 @@ pub async fn handle(
         return Ok(page(StatusCode::BAD_REQUEST, "No Host, or more than one."));
     };
     let route = state.routes.lookup(&host);
+    let t0 = std::time::Instant::now();
+    let load = match &route {
+        Route::Backends(pick) => Some(pick.load().clone()),
+        Route::Unknown => {
+            state.stats.unknown_host();
+            None
+        }
+        _ => None,
+    };
     let mut log = match &route {
         Route::Backends(pick) => {
             let (load, via) = pick.log();
@@ -553,9 +569,13 @@ pub async fn handle(
         }
         _ => None,
     };
-    let resp = forward(state, req, host, route, &client)
+    let resp = forward(&state, req, host, route, &client)
         .await
         .unwrap_or_else(|never| match never {});
+    state.stats.observe(t0.elapsed());
+    if let Some(load) = load {
+        load.answered(resp.status().as_u16());
+    }
     if let Some(l) = &mut log {
         l.status = resp.status().as_u16();
         l.error = resp.extensions().get::<RouterMade>().map(|m| m.0);
@@ -598,7 +618,7 @@ impl Drop for Logged {
 
 /// Forwards a request to the route's backends.
 async fn forward(
-    state: Arc<State>,
+    state: &Arc<State>,
     mut req: Request<Incoming>,
     host: String,
     route: Route,

@@ -140,6 +140,11 @@ impl Pick {
         self.entry.load.refused()
     }
 
+    /// The site's load (its counters).
+    pub fn load(&self) -> &Arc<SiteLoad> {
+        &self.entry.load
+    }
+
     /// The backends in the order to try them, skipping expired ones.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         let n = self.entry.backends.len();
@@ -249,13 +254,10 @@ impl Routes {
         loads.entry(site.to_owned()).or_default().clone()
     }
 
-    /// Each site's requests in flight and refused past its cap.
-    pub fn loads(&self) -> Vec<(String, usize, u64)> {
+    /// Each site's load (its counters), by site.
+    pub fn loads(&self) -> Vec<(String, Arc<SiteLoad>)> {
         let loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
-        loads
-            .iter()
-            .map(|(s, l)| (s.clone(), l.in_flight(), l.refused()))
-            .collect()
+        loads.iter().map(|(s, l)| (s.clone(), l.clone())).collect()
     }
 
     fn change(&self, f: impl FnOnce(&mut Table)) {

@@ -1589,3 +1589,100 @@ fn a_tcp_backend_is_a_port_of_the_sites_own_address_and_nothing_else() {
     }
     assert_eq!(r.get("other.org").0, 404);
 }
+
+/// `GET path` on a plain TCP address with these headers: (status, body).
+fn get_path(addr: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: m\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+#[ignore = "needs Debian's prometheus package (promtool): run the README's test command"]
+fn metrics_count_answers_by_site_and_pass_promtool() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (r, s1, _s2) = setup_with(&["example.com"], &["--metrics-listen", &addr]);
+    let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
+    r.subscribe(&s1, &s1.sub("example.com", "web.sock"));
+    for _ in 0..5 {
+        assert_eq!(r.get("example.com").0, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(r.get("nobody.net").0, 404);
+    }
+    let (status, text) = get_path(&addr, "/metrics", "");
+    assert_eq!(status, 200);
+    let value = |series: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    assert_eq!(
+        value(r#"imperium_router_answers_total{site="site1",class="2xx"}"#),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("imperium_router_unknown_host_total"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"imperium_router_in_flight{site="site1"}"#),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        value("imperium_router_answer_start_seconds_count").unwrap() >= 8.0,
+        "{text}"
+    );
+    assert!(value("imperium_router_connections").is_some(), "{text}");
+    // As Prometheus's own tool reads it.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool: {out:?}\n{text}");
+    let (_, open) = get_path(
+        &addr,
+        "/metrics",
+        "Accept: application/openmetrics-text\r\n",
+    );
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert_eq!(get_path(&addr, "/other", "").0, 404);
+}

@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod cron;
 pub mod layout;
+pub mod metrics;
 pub mod name;
 pub mod network;
 pub mod nss;
