@@ -704,7 +704,7 @@ async fn forward(
         Ok(Err(streamed)) => (None, streamed),
         Err(page) => return Ok(page),
     };
-    let Some(mut conn) = pick(&state, backends.iter(), !upgrading).await else {
+    let Some(mut conn) = pick(state, backends.iter(), !upgrading).await else {
         return Ok(page(
             StatusCode::BAD_GATEWAY,
             "The site's application is not answering.",
@@ -760,7 +760,7 @@ async fn forward(
         let failed = &conn.backend.path;
         let same = backends.iter().filter(|b| b.path == *failed);
         let others = backends.iter().filter(|b| b.path != *failed);
-        conn = match pick(&state, same.chain(others), false).await {
+        conn = match pick(state, same.chain(others), false).await {
             Some(c) => c,
             None => {
                 return Ok(page(
