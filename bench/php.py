@@ -15,19 +15,10 @@ it is left out); everything started is stopped and removed at the end.
 """
 import argparse, os, re, shutil, signal, socket, subprocess, tempfile, time
 
+from router import wait_port  # bench/router.py, beside this file
+
 PAGE = "<?php\necho 'sum=' . array_sum(range(1, 1000)) . \"\\n\";\n"
 CSS = "body { color: red }\n" * 20
-
-
-def wait_port(port, deadline=15):
-    t = time.time() + deadline
-    while time.time() < t:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(port)
 
 
 def tree(pid):

@@ -1590,27 +1590,11 @@ fn a_tcp_backend_is_a_port_of_the_sites_own_address_and_nothing_else() {
     assert_eq!(r.get("other.org").0, 404);
 }
 
-/// `GET path` on a plain TCP address with these headers: (status, body).
+/// `GET path` on a plain TCP address with these header lines: (status, body).
 fn get_path(addr: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: m\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        raw.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
+    let (status, _, body) =
+        e2e::http_exchange_with(addr, "m", path, headers, std::time::Duration::from_secs(10));
+    (status, body)
 }
 
 #[test]
@@ -1663,21 +1647,7 @@ fn metrics_count_answers_by_site_and_pass_promtool() {
     );
     assert!(value("imperium_router_connections").is_some(), "{text}");
     // As Prometheus's own tool reads it.
-    let mut check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    check
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {out:?}\n{text}");
+    e2e::promtool_check(&text);
     let (_, open) = get_path(
         &addr,
         "/metrics",

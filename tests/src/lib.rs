@@ -670,12 +670,25 @@ pub fn http_get(addr: &str, host: &str) -> (u16, String) {
 
 /// One GET of `path` with this Host: (status, the answer's header lines, body).
 pub fn http_exchange(addr: &str, host: &str, path: &str) -> (u16, String, String) {
+    http_exchange_with(addr, host, path, "", Duration::from_secs(10))
+}
+
+/// One GET of `path` with this Host and these extra header lines (each
+/// ending in CRLF), waiting `wait` at most: (status, head, body, a chunked
+/// body's data).
+pub fn http_exchange_with(
+    addr: &str,
+    host: &str,
+    path: &str,
+    headers: &str,
+    wait: Duration,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();
@@ -697,6 +710,27 @@ pub fn http_exchange(addr: &str, host: &str, path: &str) -> (u16, String, String
     (status, head.to_owned(), body)
 }
 
+/// Checks a metrics text as Prometheus's own tool does (`promtool check
+/// metrics`, from Debian's prometheus package); panics with its complaint.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    check
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool: {out:?}\n{text}");
+}
+
 /// The data of a chunked body.
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
@@ -715,27 +749,8 @@ fn dechunk(mut rest: &str) -> String {
 
 /// One GET of `path` with this Host, waiting `wait` at most for the answer: (status, body).
 pub fn http_request(addr: &str, host: &str, path: &str, wait: Duration) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(wait)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
+    let (status, _, body) = http_exchange_with(addr, host, path, "", wait);
+    (status, body)
 }
 
 impl Drop for RouterProc {

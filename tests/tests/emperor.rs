@@ -1742,16 +1742,7 @@ fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
         "http://localhost/metrics",
     ]);
     // The format, as Prometheus's own tool reads it.
-    let mut check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package)");
-    std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {out:?}\n{text}");
+    promtool_check(&text);
     // The values, as the kernel has them.
     let l = r#"{vassal="m1",kind="site",group=""}"#;
     let cg = e.cgroup("_admin/m1");
