@@ -58,12 +58,22 @@ impl Accept for tokio::net::TcpListener {
 const BODY_MAX: usize = 64 * 1024;
 
 /// What a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serves {
     /// `/metrics` and `/v1/...` (the admin's socket).
     Api,
     /// `/metrics` only (a TCP address).
     Metrics,
+    /// `/v1/...` for one vassal's own socket, inside its container: a
+    /// group's scope is the group and its sites (its files go to its drop
+    /// directory), a site's is the site alone (read it, restart it). What is
+    /// outside is answered 404, as if it did not exist.
+    Scoped {
+        /// The vassal whose socket it is.
+        name: String,
+        /// Whether it is a group.
+        group: bool,
+    },
 }
 
 /// Serves `listener` until the emperor ends.
@@ -86,10 +96,11 @@ pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSen
         let Ok(place) = places.clone().try_acquire_owned() else {
             continue; // full: closed at once
         };
-        let tx = tx.clone();
+        let (tx, serves) = (tx.clone(), serves.clone());
         tokio::spawn(async move {
             let _place = place;
-            let svc = hyper::service::service_fn(move |req| answer(req, serves, tx.clone()));
+            let svc =
+                hyper::service::service_fn(move |req| answer(req, serves.clone(), tx.clone()));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
@@ -144,27 +155,61 @@ async fn answer(
     tx: mpsc::UnboundedSender<Event>,
 ) -> Answer {
     let path = req.uri().path().to_owned();
-    if path == "/metrics" {
-        return metrics(req, tx).await;
-    }
-    if serves != Serves::Api {
-        return Ok(plain(StatusCode::NOT_FOUND, "only /metrics here".into()));
-    }
+    let scope = match &serves {
+        Serves::Metrics if path == "/metrics" => return metrics(req, tx).await,
+        Serves::Metrics => return Ok(plain(StatusCode::NOT_FOUND, "only /metrics here".into())),
+        Serves::Api if path == "/metrics" => return metrics(req, tx).await,
+        Serves::Api => None,
+        Serves::Scoped { name, group } => Some((name.as_str(), *group)),
+    };
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     use hyper::Method as M;
-    match (req.method().clone(), parts.as_slice()) {
+    let method = req.method().clone();
+    if let (Some(scope), ["v1", "vassals", name, ..]) = (scope, parts.as_slice()) {
+        // Outside the scope: as if it did not exist (a PUT may make one).
+        if method != M::PUT && !in_scope(&tx, scope, name).await {
+            return Ok(refused(
+                format!("no vassal named {name:?}"),
+                StatusCode::NOT_FOUND,
+            ));
+        }
+    }
+    match (method, parts.as_slice()) {
         (M::GET, ["v1", "openapi.json"]) => Ok(json(
             StatusCode::OK,
             &serde_json::to_value(ApiDoc::openapi()).unwrap_or_default(),
         )),
-        (M::GET, ["v1", "vassals"]) => list(&tx).await,
+        (M::GET, ["v1", "vassals"]) => list(&tx, scope).await,
         (M::GET, ["v1", "vassals", name]) => get(&tx, name).await,
         (M::PUT, ["v1", "vassals", name]) => {
             let name = (*name).to_owned();
-            put(&tx, name, req.into_body()).await
+            let into = match scope {
+                None => None,
+                // A reseller writes its sites into its drop directory.
+                Some((g, true)) if name != g => {
+                    if exists_outside(&tx, g, &name).await {
+                        let why = format!("no vassal named {name:?}");
+                        return Ok(refused(why, StatusCode::NOT_FOUND));
+                    }
+                    Some(g.to_owned())
+                }
+                Some(_) => return Ok(not_here()),
+            };
+            put(&tx, name, into, req.into_body()).await
         }
-        (M::DELETE, ["v1", "vassals", name]) => delete(&tx, name).await,
-        (M::POST, ["v1", "vassals", name, action]) => act(&tx, name, action).await,
+        (M::DELETE, ["v1", "vassals", name]) => match scope {
+            None => delete(&tx, name, None).await,
+            Some((g, true)) if *name != g => delete(&tx, name, Some(g.to_owned())).await,
+            Some(_) => Ok(not_here()),
+        },
+        (M::POST, ["v1", "vassals", name, action]) => match scope {
+            // A tenant may restart its site; a reseller may act on its
+            // sites and restart its own container (freezing it would
+            // freeze the caller).
+            Some((own, false)) if *action != "restart" || *name != own => Ok(not_here()),
+            Some((own, true)) if *name == own && *action != "restart" => Ok(not_here()),
+            _ => act(&tx, name, action).await,
+        },
         (_, ["v1", "vassals", ..]) => Ok(plain(
             StatusCode::METHOD_NOT_ALLOWED,
             "GET, PUT or DELETE /v1/vassals/NAME; POST /v1/vassals/NAME/{restart,suspend,resume}"
@@ -172,6 +217,45 @@ async fn answer(
         )),
         _ => Ok(plain(StatusCode::NOT_FOUND, format!("nothing at {path}"))),
     }
+}
+
+/// 405: in the scope, not to be done from there.
+fn not_here() -> Response<Full<Bytes>> {
+    json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({ "error": "not allowed from this socket" }),
+    )
+}
+
+/// Whether the status row `row` is in `scope` (a group: the group and its
+/// sites; a site: itself).
+fn row_in(scope: (&str, bool), row: &serde_json::Value) -> bool {
+    match scope {
+        (g, true) => row["group"] == g,
+        (s, false) => row["name"] == s,
+    }
+}
+
+/// Whether the vassal `name` is in `scope`.
+async fn in_scope(tx: &mpsc::UnboundedSender<Event>, scope: (&str, bool), name: &str) -> bool {
+    let Some(r) = ask(tx, control::Request::Status).await else {
+        return false;
+    };
+    r.data.as_array().is_some_and(|rows| {
+        rows.iter()
+            .any(|row| row["name"] == name && row_in(scope, row))
+    })
+}
+
+/// Whether a vassal `name` exists outside the group `g`.
+async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) -> bool {
+    let Some(r) = ask(tx, control::Request::Status).await else {
+        return true;
+    };
+    r.data.as_array().is_some_and(|rows| {
+        rows.iter()
+            .any(|row| row["name"] == name && !row_in((g, true), row))
+    })
 }
 
 /// The OpenAPI document of `/v1`, made from the handlers below and the
@@ -233,9 +317,16 @@ fn gone() -> Response<Full<Bytes>> {
 #[utoipa::path(get, path = "/v1/vassals", responses(
     (status = 200, description = "Every vassal", body = [crate::manager::StatusRow])
 ))]
-async fn list(tx: &mpsc::UnboundedSender<Event>) -> Answer {
+async fn list(tx: &mpsc::UnboundedSender<Event>, scope: Option<(&str, bool)>) -> Answer {
     Ok(match ask(tx, control::Request::Status).await {
-        Some(r) => json(StatusCode::OK, &r.data),
+        Some(r) => match (scope, r.data.as_array()) {
+            (Some(scope), Some(rows)) => {
+                let mine: Vec<&serde_json::Value> =
+                    rows.iter().filter(|row| row_in(scope, row)).collect();
+                json(StatusCode::OK, &serde_json::json!(mine))
+            }
+            _ => json(StatusCode::OK, &r.data),
+        },
         None => gone(),
     })
 }
@@ -272,6 +363,7 @@ async fn get(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer {
 async fn put(
     tx: &mpsc::UnboundedSender<Event>,
     name: String,
+    group: Option<String>,
     body: hyper::body::Incoming,
 ) -> Answer {
     let body = match Limited::new(body, BODY_MAX).collect().await {
@@ -290,22 +382,24 @@ async fn put(
             &serde_json::json!({ "error": "the file is not UTF-8 text" }),
         ));
     };
-    Ok(match ask(tx, control::Request::Put { name, text }).await {
-        Some(r) if r.ok => {
-            let created = r.data["created"].as_bool().unwrap_or(false);
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            json(status, &r.data)
-        }
-        Some(r) => refused(
-            r.error.unwrap_or_default(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        None => gone(),
-    })
+    Ok(
+        match ask(tx, control::Request::Put { name, text, group }).await {
+            Some(r) if r.ok => {
+                let created = r.data["created"].as_bool().unwrap_or(false);
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                json(status, &r.data)
+            }
+            Some(r) => refused(
+                r.error.unwrap_or_default(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            None => gone(),
+        },
+    )
 }
 
 /// Removes a vassal file from the admin directory: the vassal stops and
@@ -316,9 +410,10 @@ async fn put(
         (status = 200, description = "Removed"),
         (status = 404, description = "No such file in the admin directory", body = Failure),
     ))]
-async fn delete(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer {
+async fn delete(tx: &mpsc::UnboundedSender<Event>, name: &str, group: Option<String>) -> Answer {
     let req = control::Request::Delete {
         name: name.to_owned(),
+        group,
     };
     Ok(match ask(tx, req).await {
         Some(r) if r.ok => json(StatusCode::OK, &r.data),

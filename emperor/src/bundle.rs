@@ -50,7 +50,7 @@ fn write_into(src: Source<'_>, dir: &Path) -> io::Result<()> {
     let rootfs = dir.join("rootfs");
     std::fs::DirBuilder::new().mode(0o755).create(&rootfs)?;
     // No mount point for what stays out.
-    let out: Vec<&Path> = [inside::ROUTER, inside::SITE_KEY]
+    let out: Vec<&Path> = [inside::ROUTER, inside::SITE_KEY, inside::API]
         .iter()
         .filter_map(|d| Path::new(d).strip_prefix("/").ok())
         .collect();
@@ -135,8 +135,8 @@ pub fn rewrite(mut spec: Spec, home_inside: &str, own: &[(&str, PathBuf)]) -> io
             inside::SOCKETS => Some("sockets"),
             inside::USAGE => Some("usage"),
             inside::UTMP => Some("utmp"),
-            // A copy must not speak for the live site to the router.
-            inside::ROUTER | inside::SITE_KEY => continue,
+            // A copy must not speak for the live site to the router or the emperor.
+            inside::ROUTER | inside::SITE_KEY | inside::API => continue,
             _ => None,
         };
         match key {

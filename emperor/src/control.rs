@@ -36,6 +36,10 @@ pub enum Request {
         name: String,
         /// The file's text (TOML).
         text: String,
+        /// Into this group's drop directory (a reseller's own socket), not
+        /// the admin directory.
+        #[serde(default)]
+        group: Option<String>,
     },
     /// A vassal's status row and its file's text.
     Get {
@@ -46,6 +50,9 @@ pub enum Request {
     Delete {
         /// The vassal.
         name: String,
+        /// From this group's drop directory, not the admin directory.
+        #[serde(default)]
+        group: Option<String>,
     },
     /// The OCI spec of a vassal.
     Spec {

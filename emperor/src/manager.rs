@@ -188,6 +188,8 @@ pub struct Manager {
     last_entries: BTreeMap<PathBuf, model::catalog::Entry>,
     /// How long starts took (metrics).
     start_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Each running vassal's own API socket, served in its scope.
+    api_sockets: BTreeMap<Name, tokio::task::JoinHandle<()>>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -268,6 +270,7 @@ impl Manager {
             settling: None,
             last_entries: BTreeMap::new(),
             start_latency: metrics::start_histogram(),
+            api_sockets: BTreeMap::new(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),
@@ -517,6 +520,7 @@ impl Manager {
         self.sync_smtp();
         self.write_hosts();
         self.publish_sites();
+        self.ensure_api_sockets();
     }
 
     fn update(&mut self, name: &Name, file: VassalFile) {

@@ -1965,3 +1965,144 @@ fn root_the_admin_api_writes_files_and_acts_on_vassals() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
+    let mut e = Emperor::new();
+    e.write(
+        "r1",
+        "kind = \"group\"\n[limits]\nmemory = \"256M\"\npids = 300\n",
+    );
+    e.write(
+        "r2",
+        "kind = \"group\"\n[limits]\nmemory = \"256M\"\npids = 300\n",
+    );
+    e.write("own", &site("r1", "64M", 40).replace("cpu = 0.5\n", ""));
+    e.write("theirs", &site("r2", "64M", 40).replace("cpu = 0.5\n", ""));
+    e.start();
+    let (group, reseller) = (e.running_pid("r1"), uid_of(&e, "r1"));
+    let (tenant_init, tenant) = (e.running_pid("own"), uid_of(&e, "own"));
+    // (status, body) of one call from inside a container, as its user.
+    let call = |init: i32, uid: u32, cg: &str, method: &str, path: &str, body: Option<&str>| {
+        let data = body
+            .map(|b| format!("--data-binary '{b}'"))
+            .unwrap_or_default();
+        let script = format!(
+            "curl -sS --max-time 10 -X {method} -w '\\n%{{http_code}}' {data} \
+             --unix-socket /run/imperium/api/api.sock http://localhost{path}"
+        );
+        let out = e.exec_in(init, uid, &e.cgroup(cg), &script);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.parse::<u16>().unwrap_or(0), body.to_owned())
+    };
+    let r = |m: &str, p: &str, b: Option<&str>| call(group, reseller, "r1/_self", m, p, b);
+    let t = |m: &str, p: &str, b: Option<&str>| call(tenant_init, tenant, "r1/own", m, p, b);
+    let names = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let mut n: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str().map(str::to_owned))
+            .collect();
+        n.sort();
+        n
+    };
+    wait_for(Duration::from_secs(10), "the reseller's socket", || {
+        (r("GET", "/v1/vassals", None).0 == 200).then_some(())
+    });
+
+    // The reseller: its group and its sites, nothing of another group's.
+    let (code, body) = r("GET", "/v1/vassals", None);
+    assert_eq!(
+        (code, names(&body)),
+        (200, vec!["own".to_owned(), "r1".to_owned()]),
+        "{body}"
+    );
+    assert_eq!(r("GET", "/v1/vassals/theirs", None).0, 404);
+    assert_eq!(r("POST", "/v1/vassals/theirs/restart", None).0, 404);
+    assert_eq!(r("DELETE", "/v1/vassals/theirs", None).0, 404);
+    assert_eq!(
+        r("PUT", "/v1/vassals/theirs", Some("kind = \"site\"\n")).0,
+        404
+    );
+    assert!(r("GET", "/metrics", None).0 == 404);
+    // A site of its own, written into its drop directory as the reseller's file.
+    let (code, body) = r(
+        "PUT",
+        "/v1/vassals/shop",
+        Some("kind = \"site\"\n[limits]\nmemory = \"32M\"\npids = 20\n"),
+    );
+    assert_eq!(code, 201, "{body}");
+    let dropped = e.home_root.join("r1/vassals/shop.toml");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dropped).unwrap()),
+        reseller
+    );
+    assert!(
+        !e.vassals.join("shop.toml").exists(),
+        "not in the admin directory"
+    );
+    e.running_pid("shop");
+    assert_eq!(e.row("shop").unwrap()["group"], "r1");
+    let (code, body) = r(
+        "PUT",
+        "/v1/vassals/huge",
+        Some("kind = \"site\"\n[limits]\nmemory = \"900M\"\npids = 20\n"),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("exceeds"), "{body}");
+    assert!(!e.home_root.join("r1/vassals/huge.toml").exists());
+    // Hostile: a link planted at the file's name is replaced, never followed.
+    let outside = e.dir.path().join("root-only");
+    std::fs::write(&outside, "root's\n").unwrap();
+    std::os::unix::fs::symlink(&outside, e.home_root.join("r1/vassals/shop.toml.link")).unwrap();
+    std::fs::rename(e.home_root.join("r1/vassals/shop.toml.link"), &dropped).unwrap();
+    assert_eq!(
+        r(
+            "PUT",
+            "/v1/vassals/shop",
+            Some("kind = \"site\"\n[limits]\nmemory = \"40M\"\npids = 20\n")
+        )
+        .0,
+        200
+    );
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "root's\n");
+    assert!(std::fs::symlink_metadata(&dropped).unwrap().is_file());
+    assert_eq!(r("POST", "/v1/vassals/shop/restart", None).0, 200);
+    assert_eq!(
+        r("POST", "/v1/vassals/r1/suspend", None).0,
+        405,
+        "freezing itself"
+    );
+    assert_eq!(r("DELETE", "/v1/vassals/shop", None).0, 200);
+    assert!(!dropped.exists());
+    assert_eq!(
+        r("PUT", "/v1/vassals/r1", Some("kind = \"group\"\n")).0,
+        405
+    );
+
+    // The tenant: its site alone, read and restarted.
+    let (code, body) = t("GET", "/v1/vassals", None);
+    assert_eq!(
+        (code, names(&body)),
+        (200, vec!["own".to_owned()]),
+        "{body}"
+    );
+    assert_eq!(t("GET", "/v1/vassals/r1", None).0, 404);
+    assert_eq!(t("GET", "/v1/vassals/theirs", None).0, 404);
+    assert_eq!(
+        t("PUT", "/v1/vassals/own", Some("kind = \"site\"\n")).0,
+        405
+    );
+    assert_eq!(t("POST", "/v1/vassals/own/suspend", None).0, 405);
+    let (code, body) = t("GET", "/v1/vassals/own", None);
+    assert_eq!(code, 200, "{body}");
+    // Its own restart: the answer may not come back (the caller dies with it).
+    let _ = t("POST", "/v1/vassals/own/restart", None);
+    e.wait_row("own", "a new init", |row| {
+        row["state"] == "running" && row["pid"].as_i64().is_some_and(|p| p != tenant_init as i64)
+    });
+}

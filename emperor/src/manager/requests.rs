@@ -10,8 +10,8 @@ impl Manager {
                 Response::ok(serde_json::to_value(self.status()).unwrap_or_default())
             }
             Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
-            Request::Put { name, text } => self.put(&name, &text),
-            Request::Delete { name } => self.delete(&name),
+            Request::Put { name, text, group } => self.put(&name, &text, group.as_deref()),
+            Request::Delete { name, group } => self.delete(&name, group.as_deref()),
             Request::Get { name } => self.get(&name),
             Request::Shutdown => {
                 tracing::info!("shutdown requested: stopping every vassal");
@@ -115,28 +115,41 @@ impl Manager {
         });
     }
 
-    /// An admin vassal file written through the API: validated, written
+    /// A vassal file written through the API, into the admin directory or
+    /// (a reseller's socket) the group's drop directory: validated, written
     /// atomically, judged by a scan at once; refused, it is put back as it
-    /// was (a new one removed) and the reason is the answer.
-    fn put(&mut self, name: &str, text: &str) -> Response {
+    /// was (a new one removed) and the reason is the answer. A drop
+    /// directory is the reseller's: written relative to its descriptor,
+    /// never through a link planted there, and the file is the reseller's.
+    fn put(&mut self, name: &str, text: &str, group: Option<&str>) -> Response {
         let n: Name = match name.parse() {
             Ok(n) => n,
             Err(e) => return Response::err(format!("vassal name refused: {e}")),
         };
-        let file = match VassalFile::parse(&n, text) {
+        let mut file = match VassalFile::parse(&n, text) {
             Ok(f) => f,
             Err(e) => return Response::err(e.to_string()),
         };
-        let path = self.cfg.layout.vassals.join(format!("{n}.toml"));
-        let before = std::fs::read(&path).ok();
-        if let Err(e) = model::atomic::write(&path, text.as_bytes(), 0o644) {
-            return Response::err(format!("writing {}: {e}", path.display()));
+        let place = match self.file_place(group) {
+            Ok(p) => p,
+            Err(e) => return Response::err(e),
+        };
+        if let (Some(g), VassalFile::Site(s)) = (group, &mut file) {
+            // A drop directory's site is its group's, said or not.
+            if s.group.is_none() {
+                s.group = g.parse().ok();
+            }
+        }
+        let file_name = format!("{n}.toml");
+        let before = place.read(&file_name);
+        let created = !self.vassals.contains_key(&n);
+        if let Err(e) = place.write(&file_name, text.as_bytes()) {
+            return Response::err(format!("writing {file_name}: {e}"));
         }
         self.reconcile();
         let took = self.vassals.get(&n).is_some_and(|v| v.file == file);
         if took {
             tracing::info!(vassal = %n, "vassal file written through the API");
-            let created = before.is_none();
             return Response::ok(serde_json::json!({ "name": n.to_string(), "created": created }));
         }
         let why = self
@@ -146,14 +159,55 @@ impl Manager {
             .or_else(|| self.vassals.get(&n).and_then(|v| v.life.reason.clone()))
             .unwrap_or_else(|| "refused".into());
         let restored = match &before {
-            Some(b) => model::atomic::write(&path, b, 0o644),
-            None => std::fs::remove_file(&path),
+            Some(b) => place.write(&file_name, b),
+            None => place.remove(&file_name),
         };
         if let Err(e) = restored {
             tracing::error!(vassal = %n, error = %e, "putting the refused file back failed");
         }
         self.reconcile();
         Response::err(why)
+    }
+
+    /// A vassal file removed through the API (the admin directory, or a
+    /// group's drop directory).
+    fn delete(&mut self, name: &str, group: Option<&str>) -> Response {
+        let Ok(n) = name.parse::<Name>() else {
+            return Response::err(format!("no vassal named {name:?}"));
+        };
+        let place = match self.file_place(group) {
+            Ok(p) => p,
+            Err(e) => return Response::err(e),
+        };
+        match place.remove(&format!("{n}.toml")) {
+            Ok(()) => {
+                self.reconcile();
+                Response::ok(serde_json::json!("removed"))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Response::err(format!("no vassal named {name:?} in that directory"))
+            }
+            Err(e) => Response::err(format!("removing {n}.toml: {e}")),
+        }
+    }
+
+    /// Where vassal files written through the API go.
+    fn file_place(&self, group: Option<&str>) -> Result<FilePlace, String> {
+        let Some(g) = group else {
+            return Ok(FilePlace::Admin(self.cfg.layout.vassals.clone()));
+        };
+        let g: Name = g.parse().map_err(|e| format!("group: {e}"))?;
+        let v = self
+            .vassals
+            .get(&g)
+            .filter(|v| matches!(v.file, VassalFile::Group(_)))
+            .ok_or_else(|| format!("no group named {g}"))?;
+        let owner = v.uid.ok_or("the group has no uid yet")?;
+        // The group's home is root's: the path to its drop directory holds
+        // no link of the reseller's; what is inside the directory may.
+        let dir = sys::fs::open_dir(&self.cfg.layout.drop_dir(&g))
+            .map_err(|e| format!("the drop directory: {e}"))?;
+        Ok(FilePlace::Drop { dir, owner })
     }
 
     /// A vassal's status row with its file's text (the admin directory's, or
@@ -186,24 +240,6 @@ impl Manager {
         });
         row["file"] = text.map_or(serde_json::Value::Null, serde_json::Value::String);
         Response::ok(row)
-    }
-
-    /// An admin vassal file removed through the API.
-    fn delete(&mut self, name: &str) -> Response {
-        let Ok(n) = name.parse::<Name>() else {
-            return Response::err(format!("no vassal named {name:?}"));
-        };
-        let path = self.cfg.layout.vassals.join(format!("{n}.toml"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                self.reconcile();
-                Response::ok(serde_json::json!("removed"))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Response::err(format!("no vassal named {name:?} in the admin directory"))
-            }
-            Err(e) => Response::err(format!("removing {}: {e}", path.display())),
-        }
     }
 
     pub(super) fn with_vassal(
@@ -383,5 +419,48 @@ impl Manager {
         );
         init.pidfd.run_inside(&mut cmd, uid);
         Ok((name.clone(), init.pidfd.clone(), cmd))
+    }
+}
+
+/// A directory vassal files are written to through the API.
+enum FilePlace {
+    /// The admin's directory (root's).
+    Admin(std::path::PathBuf),
+    /// A group's drop directory (the reseller's), by descriptor.
+    Drop {
+        dir: std::os::fd::OwnedFd,
+        owner: u32,
+    },
+}
+
+impl FilePlace {
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        match self {
+            FilePlace::Admin(d) => std::fs::read(d.join(name)).ok(),
+            FilePlace::Drop { dir, .. } => {
+                use std::os::fd::AsFd;
+                sys::fs::read_regular(dir.as_fd(), std::path::Path::new(name), 64 * 1024).ok()
+            }
+        }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            FilePlace::Admin(d) => model::atomic::write(&d.join(name), bytes, 0o644),
+            FilePlace::Drop { dir, owner } => {
+                use std::os::fd::AsFd;
+                sys::fs::replace_in(dir.as_fd(), name, bytes, *owner)
+            }
+        }
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        match self {
+            FilePlace::Admin(d) => std::fs::remove_file(d.join(name)),
+            FilePlace::Drop { dir, .. } => {
+                use std::os::fd::AsFd;
+                sys::fs::remove_in(dir.as_fd(), name)
+            }
+        }
     }
 }

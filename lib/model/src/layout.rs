@@ -130,6 +130,12 @@ impl Layout {
         self.run_dir.join(names::CONTROL_SOCKET)
     }
 
+    /// A vassal's own API socket's directory (bound read-only at
+    /// [`inside::API`] in its container; the socket in it is the tenant's).
+    pub fn api_dir(&self, name: &Name) -> PathBuf {
+        self.run_dir.join("api").join(name.as_str())
+    }
+
     /// The admin's HTTP socket (`/metrics`), root's only.
     pub fn api_socket(&self) -> PathBuf {
         self.run_dir.join("api.sock")
@@ -287,6 +293,12 @@ pub mod inside {
     /// (php-fpm, nginx and the like live there).
     pub const PATH: &str =
         "/run/imperium/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+    /// The directory of the vassal's own API socket (`api.sock`) inside its
+    /// container: a reseller's scope in a group's container, a tenant's in
+    /// a site's.
+    pub const API: &str = "/run/imperium/api";
+    /// The socket's name in it.
+    pub const API_SOCKET: &str = "api.sock";
     /// The site's disk usage (written by the emperor) inside every container.
     pub const USAGE: &str = "/run/imperium/usage";
     /// The file in it.

@@ -234,9 +234,85 @@ pub fn read_regular(dir: BorrowedFd<'_>, name: &Path, max: u64) -> Result<Vec<u8
     Ok(buf)
 }
 
+/// Replaces (or makes) the file `name` in `dir` with `bytes`, owned by
+/// `owner`, atomically, in a directory somebody else controls: the bytes go
+/// to a temporary name made anew (`O_EXCL|O_NOFOLLOW`, after removing
+/// whatever was planted there: a link is removed, never followed), then
+/// `renameat` over `name` (which replaces a link at `name` itself, never
+/// its target). `name` is one plain name.
+pub fn replace_in(dir: BorrowedFd<'_>, name: &str, bytes: &[u8], owner: u32) -> io::Result<()> {
+    use nix::fcntl::{openat, renameat, OFlag};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{fchown, unlinkat, UnlinkatFlags};
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let tmp = format!(".{name}.imperium-tmp");
+    let at = Some(dir.as_raw_fd());
+    match unlinkat(at, tmp.as_str(), UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let raw = openat(
+        at,
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )?;
+    // SAFETY: a descriptor openat just returned, owned by nobody else.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    let written = io::Write::write_all(&mut f, bytes)
+        .and_then(|()| {
+            fchown(f.as_raw_fd(), Some(owner.into()), Some(owner.into())).map_err(io::Error::from)
+        })
+        .and_then(|()| f.sync_all())
+        .and_then(|()| renameat(at, tmp.as_str(), at, name).map_err(io::Error::from));
+    if written.is_err() {
+        let _ = unlinkat(at, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    written
+}
+
+/// Removes the entry `name` of `dir` (a link itself, never its target).
+pub fn remove_in(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    if name.is_empty() || name.contains('/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    nix::unistd::unlinkat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )
+    .map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replaces_a_file_without_following_what_was_planted() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let outside = d.join("outside");
+        std::fs::write(&outside, b"root's").unwrap();
+        let drop = d.join("drop");
+        std::fs::create_dir(&drop).unwrap();
+        // Links planted at the temporary name and at the name itself.
+        std::os::unix::fs::symlink(&outside, drop.join(".a.toml.imperium-tmp")).unwrap();
+        std::os::unix::fs::symlink(&outside, drop.join("a.toml")).unwrap();
+        let dir = open_dir(&drop).unwrap();
+        replace_in(dir.as_fd(), "a.toml", b"new", 0).unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"root's");
+        let m = std::fs::symlink_metadata(drop.join("a.toml")).unwrap();
+        assert!(m.is_file());
+        assert_eq!(std::fs::read(drop.join("a.toml")).unwrap(), b"new");
+        assert!(!drop.join(".a.toml.imperium-tmp").exists());
+        assert!(replace_in(dir.as_fd(), "../x", b"", 0).is_err());
+        std::os::unix::fs::symlink(&outside, drop.join("b.toml")).unwrap();
+        remove_in(dir.as_fd(), "b.toml").unwrap();
+        assert!(outside.exists());
+    }
 
     #[test]
     fn reads_regular_files_only_and_never_follows_links() {
