@@ -57,6 +57,42 @@ impl Accept for tokio::net::TcpListener {
 /// A vassal file's largest body.
 const BODY_MAX: usize = 64 * 1024;
 
+/// Requests a container's own socket may make a second, sustained, and in a
+/// burst: each is work on the emperor's loop (a status of every vassal), so
+/// a tenant cannot make it the whole host's.
+const SCOPED_RATE: (f64, f64) = (5.0, 20.0);
+
+/// A token bucket.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn full() -> std::sync::Mutex<Bucket> {
+        std::sync::Mutex::new(Bucket {
+            tokens: SCOPED_RATE.1,
+            at: crate::clock::now(),
+        })
+    }
+
+    /// Takes a token if there is one.
+    fn take(m: &std::sync::Mutex<Bucket>) -> bool {
+        let mut b = m.lock().unwrap_or_else(|p| p.into_inner());
+        let now = crate::clock::now();
+        let gained = now.saturating_duration_since(b.at).as_secs_f64() * SCOPED_RATE.0;
+        b.tokens = (b.tokens + gained).min(SCOPED_RATE.1);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// What a listener serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serves {
@@ -79,6 +115,7 @@ pub enum Serves {
 /// Serves `listener` until the emperor ends.
 pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSender<Event>) {
     let places = Arc::new(Semaphore::new(CONNECTIONS));
+    let bucket = Arc::new(Bucket::full());
     let mut wait = Duration::from_millis(10);
     loop {
         let io = match listener.accept().await {
@@ -96,11 +133,24 @@ pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSen
         let Ok(place) = places.clone().try_acquire_owned() else {
             continue; // full: closed at once
         };
-        let (tx, serves) = (tx.clone(), serves.clone());
+        let (tx, serves, bucket) = (tx.clone(), serves.clone(), bucket.clone());
         tokio::spawn(async move {
             let _place = place;
-            let svc =
-                hyper::service::service_fn(move |req| answer(req, serves.clone(), tx.clone()));
+            let svc = hyper::service::service_fn(move |req| {
+                let scoped = matches!(serves, Serves::Scoped { .. });
+                let (serves, tx, bucket) = (serves.clone(), tx.clone(), bucket.clone());
+                async move {
+                    if scoped && !Bucket::take(&bucket) {
+                        let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "slow down".into());
+                        r.headers_mut().insert(
+                            hyper::header::RETRY_AFTER,
+                            hyper::header::HeaderValue::from_static("1"),
+                        );
+                        return Ok(r);
+                    }
+                    answer(req, serves, tx).await
+                }
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))

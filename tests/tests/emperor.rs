@@ -2100,9 +2100,26 @@ fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
     assert_eq!(t("POST", "/v1/vassals/own/suspend", None).0, 405);
     let (code, body) = t("GET", "/v1/vassals/own", None);
     assert_eq!(code, 200, "{body}");
-    // Its own restart: the answer may not come back (the caller dies with it).
-    let _ = t("POST", "/v1/vassals/own/restart", None);
-    e.wait_row("own", "a new init", |row| {
-        row["state"] == "running" && row["pid"].as_i64().is_some_and(|p| p != tenant_init as i64)
+    // A flood from inside is cut to its rate (429), not the host's loop.
+    let out = e.exec_in(
+        tenant_init,
+        tenant,
+        &e.cgroup("r1/own"),
+        "seq 100 | xargs -P 16 -I{} curl -s -o /dev/null -w '%{http_code}\n' \
+         --unix-socket /run/imperium/api/api.sock http://localhost/v1/vassals | sort | uniq -c",
+    );
+    let counts = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        counts.contains(" 429") && counts.contains(" 200"),
+        "{counts}"
+    );
+    assert!(e.row("own").is_some(), "the emperor still answers");
+    // Its own restart, once the bucket has a token again: the answer may not
+    // come back (the caller dies with its container).
+    wait_for(Duration::from_secs(15), "the tenant's restart", || {
+        let _ = t("POST", "/v1/vassals/own/restart", None);
+        let row = e.row("own")?;
+        (row["pid"].as_i64().is_some_and(|p| p != tenant_init as i64)).then_some(())
     });
+    e.running_pid("own");
 }
