@@ -45,7 +45,9 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: u32,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    use crate::metrics::SubRefusal as Why;
     if req.method() != Method::POST || req.uri().path() != "/subscribe" {
+        state.stats.sub_refused(Why::BadCall);
         return Ok(refuse(
             StatusCode::NOT_FOUND,
             "POST /subscribe is the only call".into(),
@@ -55,6 +57,7 @@ pub async fn handle(
     // forged requests spends the sender's own budget, never a neighbour's.
     // Root (the host's own tools) is not rated; tenants' uids are never 0.
     if peer != 0 && !state.api_rate.allow(&peer) {
+        state.stats.sub_refused(Why::Rate);
         return Ok(refuse(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -67,16 +70,18 @@ pub async fn handle(
     let body = match tokio::time::timeout(crate::API_TIMEOUT, collect).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(_)) => {
+            state.stats.sub_refused(Why::TooLarge);
             return Ok(refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("requests are limited to {MAX_BODY} bytes"),
-            ))
+            ));
         }
         Err(_) => {
+            state.stats.sub_refused(Why::Timeout);
             return Ok(refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the body did not come within {:?}", crate::API_TIMEOUT),
-            ))
+            ));
         }
     };
     let now = SystemTime::now()
@@ -95,8 +100,10 @@ pub async fn handle(
         Ok(v) => {
             if let Err(e) = state.routes.apply(&v) {
                 tracing::warn!(site = %v.sub.site, error = %e, "subscription refused");
+                state.stats.sub_refused(Why::NotApplied);
                 return Ok(refuse(StatusCode::FORBIDDEN, e.to_string()));
             }
+            state.stats.subscribed();
             tracing::info!(site = %v.sub.site, domain = %v.sub.domain, backend = %v.sub.backend, action = ?v.sub.action, "subscription");
             Ok(answer(
                 StatusCode::OK,
@@ -109,6 +116,7 @@ pub async fn handle(
         }
         Err(e) => {
             tracing::warn!(error = %e, "subscription refused");
+            state.stats.sub_refused(Why::Unverified);
             Ok(refuse(StatusCode::FORBIDDEN, e.to_string()))
         }
     }

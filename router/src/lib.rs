@@ -450,9 +450,11 @@ async fn serve_api(listener: UnixListener, state: Arc<State>) {
         // A uid over its rate is closed before any byte is read: refusing a
         // flood costs an accept and a close, not a parsed request each.
         if uid != 0 && !state.api_rate.has_left(&uid) {
+            state.stats.sub_refused(metrics::SubRefusal::Rate);
             continue;
         }
         let Some(permit) = limits.admit(uid) else {
+            state.stats.sub_refused(metrics::SubRefusal::Rate);
             continue;
         };
         let state = state.clone();

@@ -21,10 +21,39 @@ pub const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Why a call of the subscription API was refused (a label of bounded values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubRefusal {
+    /// Not `POST /subscribe`.
+    BadCall = 0,
+    /// The caller's uid was over its rate.
+    Rate,
+    /// The body was over the limit.
+    TooLarge,
+    /// The body did not come in time.
+    Timeout,
+    /// Not signed by the site, stale, replayed, or not the site's to ask.
+    Unverified,
+    /// Verified, but past a cap (routes, backends) or not applicable.
+    NotApplied,
+}
+
+/// The label value of each [`SubRefusal`], in order.
+const SUB_REFUSALS: [&str; 6] = [
+    "bad_call",
+    "rate",
+    "too_large",
+    "timeout",
+    "unverified",
+    "not_applied",
+];
+
 /// The router's own counters (a site's are in its load).
 #[derive(Debug, Default)]
 pub struct Stats {
     unknown: AtomicU64,
+    subscriptions: AtomicU64,
+    sub_refused: [AtomicU64; SUB_REFUSALS.len()],
     /// Per bucket (not cumulative); the last is past every bound.
     buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_us: AtomicU64,
@@ -34,6 +63,16 @@ impl Stats {
     /// A request for a host no site serves.
     pub fn unknown_host(&self) {
         self.unknown.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A subscription (or withdrawal) applied.
+    pub fn subscribed(&self) {
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call of the subscription API refused.
+    pub fn sub_refused(&self, why: SubRefusal) {
+        self.sub_refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// An answer's head went out `took` after its request's did.
@@ -76,6 +115,11 @@ struct Answered {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Site {
     site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
 }
 
 /// The text `/metrics` answers (OpenMetrics).
@@ -121,6 +165,24 @@ pub fn render(state: &crate::State, connections: u64) -> String {
         "Requests for a host no site serves (404)",
         unknown,
     );
+    let subs = Counter::<u64>::default();
+    subs.inc_by(state.stats.subscriptions.load(Ordering::Relaxed));
+    reg.register(
+        "subscriptions",
+        "Subscriptions and withdrawals applied",
+        subs,
+    );
+    let sub_refused = Family::<Reason, Counter>::default();
+    reg.register(
+        "subscriptions_refused",
+        "Calls of the subscription API refused, by reason",
+        sub_refused.clone(),
+    );
+    for (i, reason) in SUB_REFUSALS.iter().enumerate() {
+        sub_refused
+            .get_or_create(&Reason { reason })
+            .inc_by(state.stats.sub_refused[i].load(Ordering::Relaxed));
+    }
     let conns = Gauge::<i64>::default();
     conns.set(connections as i64);
     reg.register("connections", "Client connections open now", conns);

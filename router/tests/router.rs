@@ -1615,6 +1615,8 @@ fn metrics_count_answers_by_site_and_pass_promtool() {
     for _ in 0..3 {
         assert_eq!(r.get("nobody.net").0, 404);
     }
+    // A forged call of the subscription API.
+    assert_eq!(r.post(b"{\"not\": \"signed\"}").0, 403);
     let (status, text) = get_path(&addr, "/metrics", "");
     assert_eq!(status, 200);
     let value = |series: &str| {
@@ -1634,6 +1636,16 @@ fn metrics_count_answers_by_site_and_pass_promtool() {
     assert_eq!(
         value("imperium_router_unknown_host_total"),
         Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("imperium_router_subscriptions_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(r#"imperium_router_subscriptions_refused_total{reason="unverified"}"#),
+        Some(1.0),
         "{text}"
     );
     assert_eq!(
