@@ -16,8 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Bytes;
+use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -28,8 +30,16 @@ use crate::manager::Event;
 
 /// Connections served at once (per listener).
 const CONNECTIONS: usize = 32;
-/// How long one connection lives at most.
-const LIFETIME: Duration = Duration::from_secs(10);
+/// How long one connection lives at most (an event stream's; any other
+/// connection carries one request, with 5 s for its head and its body).
+const LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a request's body may take.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// An event stream says it is alive this often.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// An answer's body.
+type Body = BoxBody<Bytes, std::convert::Infallible>;
 use model::metrics::{OPENMETRICS, PROMETHEUS};
 
 /// Something that accepts connections.
@@ -113,7 +123,12 @@ pub enum Serves {
 }
 
 /// Serves `listener` until the emperor ends.
-pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSender<Event>) {
+pub async fn serve(
+    listener: impl Accept,
+    serves: Serves,
+    tx: mpsc::UnboundedSender<Event>,
+    events: tokio::sync::broadcast::Sender<crate::manager::Change>,
+) {
     let places = Arc::new(Semaphore::new(CONNECTIONS));
     let bucket = Arc::new(Bucket::full());
     let mut wait = Duration::from_millis(10);
@@ -133,12 +148,14 @@ pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSen
         let Ok(place) = places.clone().try_acquire_owned() else {
             continue; // full: closed at once
         };
-        let (tx, serves, bucket) = (tx.clone(), serves.clone(), bucket.clone());
+        let (tx, serves, bucket, events) =
+            (tx.clone(), serves.clone(), bucket.clone(), events.clone());
         tokio::spawn(async move {
             let _place = place;
             let svc = hyper::service::service_fn(move |req| {
                 let scoped = matches!(serves, Serves::Scoped { .. });
                 let (serves, tx, bucket) = (serves.clone(), tx.clone(), bucket.clone());
+                let events = events.clone();
                 async move {
                     if scoped && !Bucket::take(&bucket) {
                         let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "slow down".into());
@@ -148,12 +165,13 @@ pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSen
                         );
                         return Ok(r);
                     }
-                    answer(req, serves, tx).await
+                    answer(req, serves, tx, events).await
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
+                .keep_alive(false)
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(io), svc);
             let _ = tokio::time::timeout(LIFETIME, conn).await;
@@ -161,16 +179,16 @@ pub async fn serve(listener: impl Accept, serves: Serves, tx: mpsc::UnboundedSen
     }
 }
 
-type Answer = Result<Response<Full<Bytes>>, std::convert::Infallible>;
+type Answer = Result<Response<Body>, std::convert::Infallible>;
 
-fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(text + "\n")));
+fn plain(status: StatusCode, text: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(text + "\n")).boxed());
     *r.status_mut() = status;
     r
 }
 
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -190,7 +208,7 @@ async fn ask(
 }
 
 /// A manager's refusal as an HTTP status: an unknown vassal is 404.
-fn refused(why: String, otherwise: StatusCode) -> Response<Full<Bytes>> {
+fn refused(why: String, otherwise: StatusCode) -> Response<Body> {
     let status = if why.starts_with("no vassal named") {
         StatusCode::NOT_FOUND
     } else {
@@ -203,6 +221,7 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     serves: Serves,
     tx: mpsc::UnboundedSender<Event>,
+    events: tokio::sync::broadcast::Sender<crate::manager::Change>,
 ) -> Answer {
     let path = req.uri().path().to_owned();
     let scope = match &serves {
@@ -230,6 +249,7 @@ async fn answer(
             &serde_json::to_value(ApiDoc::openapi()).unwrap_or_default(),
         )),
         (M::GET, ["v1", "vassals"]) => list(&tx, scope).await,
+        (M::GET, ["v1", "events"]) => Ok(stream(events.subscribe(), scope)),
         (M::GET, ["v1", "vassals", name]) => get(&tx, name).await,
         (M::PUT, ["v1", "vassals", name]) => {
             let name = (*name).to_owned();
@@ -269,8 +289,61 @@ async fn answer(
     }
 }
 
+/// `GET /v1/events`: Server-Sent Events, one `state` event per change of a
+/// vassal's state in the scope (`data` is its name, group, state and
+/// reason, JSON), a `lagged` event when the reader fell behind (it should
+/// read `/v1/vassals` again), a comment every 15 s.
+fn stream(
+    rx: tokio::sync::broadcast::Receiver<crate::manager::Change>,
+    scope: Option<(&str, bool)>,
+) -> Response<Body> {
+    use tokio::sync::broadcast::error::RecvError;
+    let scope = scope.map(|(n, g)| (n.to_owned(), g));
+    let events =
+        futures_util::stream::unfold((rx, scope, true), |(mut rx, scope, first)| async move {
+            if first {
+                // The reader knows it is subscribed: what changes from now on comes.
+                let hello: Result<Frame<Bytes>, std::convert::Infallible> =
+                    Ok(Frame::data(Bytes::from_static(b": subscribed\n\n")));
+                return Some((hello, (rx, scope, false)));
+            }
+            loop {
+                let text = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+                    Err(_) => ": alive\n\n".to_owned(),
+                    Ok(Ok(c)) => {
+                        let mine = match &scope {
+                            None => true,
+                            Some((g, true)) => c.group.as_deref() == Some(g.as_str()),
+                            Some((s, false)) => c.vassal == *s,
+                        };
+                        if !mine {
+                            continue;
+                        }
+                        let data = serde_json::to_string(&c).unwrap_or_default();
+                        format!("event: state\ndata: {data}\n\n")
+                    }
+                    Ok(Err(RecvError::Lagged(n))) => format!("event: lagged\ndata: {n}\n\n"),
+                    Ok(Err(RecvError::Closed)) => return None,
+                };
+                let frame: Result<Frame<Bytes>, std::convert::Infallible> =
+                    Ok(Frame::data(Bytes::from(text)));
+                return Some((frame, (rx, scope, false)));
+            }
+        });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
+    r.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
 /// 405: in the scope, not to be done from there.
-fn not_here() -> Response<Full<Bytes>> {
+fn not_here() -> Response<Body> {
     json(
         StatusCode::METHOD_NOT_ALLOWED,
         &serde_json::json!({ "error": "not allowed from this socket" }),
@@ -356,7 +429,7 @@ pub struct Vassal {
     pub file: Option<String>,
 }
 
-fn gone() -> Response<Full<Bytes>> {
+fn gone() -> Response<Body> {
     plain(
         StatusCode::SERVICE_UNAVAILABLE,
         "the emperor is stopping".into(),
@@ -416,16 +489,24 @@ async fn put(
     group: Option<String>,
     body: hyper::body::Incoming,
 ) -> Answer {
-    let body = match Limited::new(body, BODY_MAX).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            let why = format!("the body: {e} (at most {BODY_MAX} bytes)");
-            return Ok(json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &serde_json::json!({ "error": why }),
-            ));
-        }
-    };
+    let body =
+        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, BODY_MAX).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Err(_) => {
+                let why = format!("the body did not come within {BODY_TIMEOUT:?}");
+                return Ok(json(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &serde_json::json!({ "error": why }),
+                ));
+            }
+            Ok(Err(e)) => {
+                let why = format!("the body: {e} (at most {BODY_MAX} bytes)");
+                return Ok(json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &serde_json::json!({ "error": why }),
+                ));
+            }
+        };
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return Ok(json(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -525,7 +606,7 @@ async fn metrics<B>(req: Request<B>, tx: mpsc::UnboundedSender<Event>) -> Answer
     } else {
         (model::metrics::prometheus_text(&text), PROMETHEUS)
     };
-    let mut r = Response::new(Full::new(Bytes::from(text)));
+    let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(kind),

@@ -148,7 +148,7 @@ pub async fn run(
     match UnixListener::bind(&api) {
         Ok(l) => {
             let _ = std::fs::set_permissions(&api, std::fs::Permissions::from_mode(0o600));
-            tokio::spawn(api::serve(l, api::Serves::Api, tx.clone()));
+            tokio::spawn(api::serve(l, api::Serves::Api, tx.clone(), mgr.events()));
         }
         Err(e) => tracing::warn!(path = %api.display(), error = %e, "no API socket"),
     }
@@ -156,7 +156,12 @@ pub async fn run(
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics served");
-                tokio::spawn(api::serve(l, api::Serves::Metrics, tx.clone()));
+                tokio::spawn(api::serve(
+                    l,
+                    api::Serves::Metrics,
+                    tx.clone(),
+                    mgr.events(),
+                ));
             }
             Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen"),
         }
@@ -240,6 +245,8 @@ pub async fn run(
                 }
             }
         }
+        // What changed, to the API's event streams.
+        mgr.publish_changes();
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);

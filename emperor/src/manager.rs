@@ -116,6 +116,20 @@ pub enum Event {
     },
 }
 
+/// A vassal's state changed (the API's event streams).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The vassal.
+    pub vassal: String,
+    /// Its group (a group: itself), for scoped streams.
+    pub group: Option<String>,
+    /// `starting`, `running`, `suspended`, `stopped`, `failed`, `rejected`,
+    /// or `removed`.
+    pub state: String,
+    /// Why, when it says.
+    pub reason: Option<String>,
+}
+
 /// A running init: its pidfd, and a flag set once it exited.
 struct Init {
     pidfd: Arc<Pidfd>,
@@ -190,6 +204,10 @@ pub struct Manager {
     start_latency: prometheus_client::metrics::histogram::Histogram,
     /// Each running vassal's own API socket, served in its scope.
     api_sockets: BTreeMap<Name, tokio::task::JoinHandle<()>>,
+    /// Changes of state, for the API's event streams.
+    events: tokio::sync::broadcast::Sender<Change>,
+    /// Each vassal's state as last told on `events`.
+    told: BTreeMap<Name, Change>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Files of the vassal directories that are not vassals (logged once per change).
@@ -271,6 +289,8 @@ impl Manager {
             last_entries: BTreeMap::new(),
             start_latency: metrics::start_histogram(),
             api_sockets: BTreeMap::new(),
+            events: tokio::sync::broadcast::channel(1024).0,
+            told: BTreeMap::new(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             ignored: Vec::new(),

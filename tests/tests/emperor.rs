@@ -2,7 +2,7 @@
 //! through the kernel's own view (/proc, cgroupfs, nsenter).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use e2e::*;
 use nix::sys::signal::Signal;
@@ -2122,4 +2122,102 @@ fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
         (row["pid"].as_i64().is_some_and(|p| p != tenant_init as i64)).then_some(())
     });
     e.running_pid("own");
+}
+
+/// Lines of a long-lived command's output, as they come.
+fn lines_of(
+    mut child: std::process::Child,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line of `rx` holding every one of `parts`; the lines seen.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, parts: &[&str], seen: &mut Vec<String>) {
+    let deadline = Instant::now() + patience(Duration::from_secs(15));
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            let hit = parts.iter().all(|p| l.contains(p));
+            seen.push(l);
+            if hit {
+                return;
+            }
+        }
+    }
+    panic!("no line with {parts:?}; seen: {seen:#?}");
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_event_stream_tells_state_changes_in_its_scope() {
+    let mut e = Emperor::new();
+    e.write("g", "kind = \"group\"\n[limits]\nmemory = \"256M\"\n");
+    e.write(
+        "mine",
+        "kind = \"site\"\ngroup = \"g\"\n[limits]\nmemory = \"64M\"\n",
+    );
+    e.write("other", "kind = \"site\"\n[limits]\nmemory = \"64M\"\n");
+    e.start();
+    e.running_pid("mine");
+    e.running_pid("other");
+    // The admin's stream, over the admin's socket.
+    let admin = std::process::Command::new("curl")
+        .args(["-sN", "--unix-socket"])
+        .arg(e.run_dir.join("api.sock"))
+        .arg("http://localhost/v1/events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut admin, arx) = lines_of(admin);
+    // The tenant's: its container's own socket (here from the host's side,
+    // where it outlives the container's restart; the scope is the socket's).
+    let tenant = std::process::Command::new("curl")
+        .args(["-sN", "--unix-socket"])
+        .arg(e.run_dir.join("api/mine/api.sock"))
+        .arg("http://localhost/v1/events")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut tenant, trx) = lines_of(tenant);
+    // Both streams subscribed (events are not replayed): each says so first.
+    let (mut seen, mut tseen) = (Vec::new(), Vec::new());
+    wait_line(&arx, &[": subscribed"], &mut seen);
+    wait_line(&trx, &[": subscribed"], &mut tseen);
+    // A new site: the admin hears it start.
+    e.write("fresh", "kind = \"site\"\n[limits]\nmemory = \"64M\"\n");
+    wait_line(
+        &arx,
+        &["\"vassal\":\"fresh\"", "\"state\":\"running\""],
+        &mut seen,
+    );
+    // The neighbour's restart, then the tenant's own: the tenant hears only its own.
+    assert!(e.cli(&["restart", "other"]).status.success());
+    assert!(e.cli(&["restart", "mine"]).status.success());
+    wait_line(&trx, &["\"vassal\":\"mine\""], &mut tseen);
+    wait_line(&arx, &["\"vassal\":\"other\""], &mut seen);
+    assert!(
+        !tseen
+            .iter()
+            .any(|l| l.contains("\"other\"") || l.contains("\"fresh\"")),
+        "{tseen:#?}"
+    );
+    // Removed.
+    e.remove("fresh");
+    wait_line(
+        &arx,
+        &["\"vassal\":\"fresh\"", "\"state\":\"removed\""],
+        &mut seen,
+    );
+    let _ = admin.kill();
+    let _ = admin.wait();
+    let _ = tenant.kill();
+    let _ = tenant.wait();
 }

@@ -96,11 +96,59 @@ impl Manager {
                         name: name.to_string(),
                         group: matches!(v.file, VassalFile::Group(_)),
                     };
-                    let task = tokio::spawn(crate::api::serve(listener, scope, self.tx.clone()));
+                    let task = tokio::spawn(crate::api::serve(
+                        listener,
+                        scope,
+                        self.tx.clone(),
+                        self.events.clone(),
+                    ));
                     self.api_sockets.insert(name.clone(), task);
                 }
                 Err(e) => tracing::warn!(vassal = %name, error = %e, "no API socket for it"),
             }
         }
+    }
+}
+
+impl Manager {
+    /// The event streams' source.
+    pub fn events(&self) -> tokio::sync::broadcast::Sender<Change> {
+        self.events.clone()
+    }
+
+    /// Tells the event streams what changed since the last call (a state or
+    /// its reason; a vassal gone). Called after each batch of events.
+    pub fn publish_changes(&mut self) {
+        let rows = serde_json::to_value(self.status_rows_light()).unwrap_or_default();
+        let mut now: BTreeMap<Name, Change> = BTreeMap::new();
+        for row in rows.as_array().into_iter().flatten() {
+            let Some(name) = row["name"].as_str().and_then(|n| n.parse::<Name>().ok()) else {
+                continue;
+            };
+            now.insert(
+                name.clone(),
+                Change {
+                    vassal: name.to_string(),
+                    group: row["group"].as_str().map(str::to_owned),
+                    state: row["state"].as_str().unwrap_or_default().to_owned(),
+                    reason: row["reason"].as_str().map(str::to_owned),
+                },
+            );
+        }
+        for (name, c) in &now {
+            if self.told.get(name) != Some(c) {
+                let _ = self.events.send(c.clone());
+            }
+        }
+        for (name, c) in &self.told {
+            if !now.contains_key(name) {
+                let _ = self.events.send(Change {
+                    state: "removed".into(),
+                    reason: None,
+                    ..c.clone()
+                });
+            }
+        }
+        self.told = now;
     }
 }

@@ -100,6 +100,16 @@ impl Row {
 
 impl Manager {
     pub(super) fn status(&self) -> Vec<Row> {
+        self.rows(true)
+    }
+
+    /// The rows without what is read from the kernel (usage): what the
+    /// event streams compare after every event.
+    pub(super) fn status_rows_light(&self) -> Vec<Row> {
+        self.rows(false)
+    }
+
+    fn rows(&self, with_usage: bool) -> Vec<Row> {
         let mut rows = Vec::new();
         for (name, v) in &self.vassals {
             let mut state = v.life.state;
@@ -114,6 +124,7 @@ impl Manager {
             let usage = v
                 .init
                 .as_ref()
+                .filter(|_| with_usage)
                 .and_then(|_| self.tree.stats(&cgroup).ok())
                 .map(|s| {
                     let disk = self.storage_usage(name, v);
