@@ -8,6 +8,9 @@ moment the call is sent to the moment its `state` event is read.
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, time
 
+from php import exchange  # bench/php.py, beside this file
+from start import remove_cgroups  # bench/start.py, beside this file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(REPO, "target", "release")
 
@@ -15,12 +18,7 @@ BIN = os.path.join(REPO, "target", "release")
 def call(sock, method, path):
     s = socket.socket(socket.AF_UNIX)
     s.connect(sock)
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    s.close()
-    return data.decode(errors="replace")
+    return exchange(s, f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
 
 
 def main():
@@ -67,13 +65,7 @@ def main():
             emperor.wait(timeout=20)
         except subprocess.TimeoutExpired:
             emperor.kill()
-        for c in os.listdir("/sys/fs/cgroup"):
-            d = f"/sys/fs/cgroup/{c}/{cg}"
-            for root, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])) if os.path.isdir(d) else []:
-                try:
-                    os.rmdir(root)
-                except OSError:
-                    pass
+        remove_cgroups(cg)
         shutil.rmtree(work, ignore_errors=True)
 
 

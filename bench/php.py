@@ -48,14 +48,19 @@ def memory(pids):
     return pss, rss
 
 
-def get(port, path):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+def exchange(s, request):
+    """Sends `request` on the connected socket `s`; the whole answer, as text."""
+    s.sendall(request.encode())
     data = b""
     while chunk := s.recv(65536):
         data += chunk
     s.close()
     return data.decode(errors="replace")
+
+
+def get(port, path):
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return exchange(s, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 
 def wrk(port, path, seconds):

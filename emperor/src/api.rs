@@ -359,26 +359,27 @@ fn row_in(scope: (&str, bool), row: &serde_json::Value) -> bool {
     }
 }
 
+/// The status row of the vassal `name`, if there is one (its usage read
+/// for it alone).
+async fn row_of(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Option<serde_json::Value> {
+    let req = control::Request::Get {
+        name: name.to_owned(),
+    };
+    ask(tx, req).await.filter(|r| r.ok).map(|r| r.data)
+}
+
 /// Whether the vassal `name` is in `scope`.
 async fn in_scope(tx: &mpsc::UnboundedSender<Event>, scope: (&str, bool), name: &str) -> bool {
-    let Some(r) = ask(tx, control::Request::Status).await else {
-        return false;
-    };
-    r.data.as_array().is_some_and(|rows| {
-        rows.iter()
-            .any(|row| row["name"] == name && row_in(scope, row))
-    })
+    row_of(tx, name)
+        .await
+        .is_some_and(|row| row_in(scope, &row))
 }
 
 /// Whether a vassal `name` exists outside the group `g`.
 async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) -> bool {
-    let Some(r) = ask(tx, control::Request::Status).await else {
-        return true;
-    };
-    r.data.as_array().is_some_and(|rows| {
-        rows.iter()
-            .any(|row| row["name"] == name && !row_in((g, true), row))
-    })
+    row_of(tx, name)
+        .await
+        .is_some_and(|row| !row_in((g, true), &row))
 }
 
 /// The OpenAPI document of `/v1`, made from the handlers below and the

@@ -34,14 +34,7 @@ impl Manager {
     /// The text `/metrics` answers.
     pub(super) fn metrics(&self) -> String {
         let mut reg = Registry::with_prefix("imperium");
-        let gauge = |reg: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
-            let f = Family::<Vassal, Gauge>::default();
-            match unit {
-                Some(u) => reg.register_with_unit(name, help, u, f.clone()),
-                None => reg.register(name, help, f.clone()),
-            }
-            f
-        };
+        let gauge = family::<Gauge>;
         let up = gauge(&mut reg, "vassal_up", "1 when the vassal's init runs", None);
         let memory = gauge(
             &mut reg,
@@ -75,14 +68,7 @@ impl Manager {
             "The cpu limit",
             None,
         );
-        let counter = |reg: &mut Registry, name: &str, help: &str, unit: Option<Unit>| {
-            let f = Family::<Vassal, Counter<f64>>::default();
-            match unit {
-                Some(u) => reg.register_with_unit(name, help, u, f.clone()),
-                None => reg.register(name, help, f.clone()),
-            }
-            f
-        };
+        let counter = family::<Counter<f64>>;
         let cpu = counter(&mut reg, "vassal_cpu", "CPU time used", Some(Unit::Seconds));
         let restarts = counter(&mut reg, "vassal_restarts", "Restarts of its init", None);
         let ooms = counter(
@@ -167,6 +153,20 @@ impl Manager {
         let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
         out
     }
+}
+
+/// A family of one metric per vassal, registered (with its unit, if any).
+fn family<M>(reg: &mut Registry, name: &str, help: &str, unit: Option<Unit>) -> Family<Vassal, M>
+where
+    M: Default,
+    Family<Vassal, M>: prometheus_client::registry::Metric + Clone,
+{
+    let f = Family::<Vassal, M>::default();
+    match unit {
+        Some(u) => reg.register_with_unit(name, help, u, f.clone()),
+        None => reg.register(name, help, f.clone()),
+    }
+    f
 }
 
 /// A group is its own group.

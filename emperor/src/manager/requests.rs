@@ -213,10 +213,9 @@ impl Manager {
     /// A vassal's status row with its file's text (the admin directory's, or
     /// its group's drop directory's).
     fn get(&self, name: &str) -> Response {
-        let rows = serde_json::to_value(self.status()).unwrap_or_default();
-        let Some(mut row) = rows
-            .as_array()
-            .and_then(|r| r.iter().find(|row| row["name"] == name).cloned())
+        let Some(mut row) = self
+            .status_of(name)
+            .and_then(|r| serde_json::to_value(r).ok())
         else {
             return Response::err(format!("no vassal named {name:?}"));
         };

@@ -119,22 +119,11 @@ impl Manager {
     /// Tells the event streams what changed since the last call (a state or
     /// its reason; a vassal gone). Called after each batch of events.
     pub fn publish_changes(&mut self) {
-        let rows = serde_json::to_value(self.status_rows_light()).unwrap_or_default();
-        let mut now: BTreeMap<Name, Change> = BTreeMap::new();
-        for row in rows.as_array().into_iter().flatten() {
-            let Some(name) = row["name"].as_str().and_then(|n| n.parse::<Name>().ok()) else {
-                continue;
-            };
-            now.insert(
-                name.clone(),
-                Change {
-                    vassal: name.to_string(),
-                    group: row["group"].as_str().map(str::to_owned),
-                    state: row["state"].as_str().unwrap_or_default().to_owned(),
-                    reason: row["reason"].as_str().map(str::to_owned),
-                },
-            );
-        }
+        let now: BTreeMap<Name, Change> = self
+            .changes_now()
+            .into_iter()
+            .filter_map(|(n, c)| Some((n.parse::<Name>().ok()?, c)))
+            .collect();
         for (name, c) in &now {
             if self.told.get(name) != Some(c) {
                 let _ = self.events.send(c.clone());

@@ -100,18 +100,42 @@ impl Row {
 
 impl Manager {
     pub(super) fn status(&self) -> Vec<Row> {
-        self.rows(true)
+        self.rows(true, None)
     }
 
-    /// The rows without what is read from the kernel (usage): what the
-    /// event streams compare after every event.
-    pub(super) fn status_rows_light(&self) -> Vec<Row> {
-        self.rows(false)
+    /// One vassal's row (its usage read from the kernel for it alone).
+    pub(super) fn status_of(&self, name: &str) -> Option<Row> {
+        self.rows(true, Some(name)).pop()
     }
 
-    fn rows(&self, with_usage: bool) -> Vec<Row> {
+    /// What the event streams compare after every event: each row's state,
+    /// with nothing read from the kernel.
+    pub(super) fn changes_now(&self) -> BTreeMap<String, Change> {
+        self.rows(false, None)
+            .into_iter()
+            .map(|r| {
+                let state = serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let change = Change {
+                    vassal: r.name.clone(),
+                    group: r.group,
+                    state,
+                    reason: r.reason,
+                };
+                (r.name, change)
+            })
+            .collect()
+    }
+
+    /// The rows (of `only`, when given); `with_usage`: read what each uses.
+    fn rows(&self, with_usage: bool, only: Option<&str>) -> Vec<Row> {
         let mut rows = Vec::new();
         for (name, v) in &self.vassals {
+            if only.is_some_and(|o| o != name.as_str()) {
+                continue;
+            }
             let mut state = v.life.state;
             let mut reason = v.life.reason.clone();
             if let Some(g) = v.group() {
@@ -158,11 +182,17 @@ impl Manager {
             });
         }
         for (name, why) in &self.rejected {
+            if only.is_some_and(|o| o != name.as_str()) {
+                continue;
+            }
             if !self.vassals.contains_key(name) {
                 rows.push(Row::rejected(name, why.clone()));
             }
         }
         for (name, path, why) in &self.shadowed {
+            if only.is_some_and(|o| o != name.as_str()) {
+                continue;
+            }
             rows.push(Row::rejected(name, format!("{}: {why}", path.display())));
         }
         rows
