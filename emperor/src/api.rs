@@ -33,6 +33,9 @@ const CONNECTIONS: usize = 32;
 /// How long one connection lives at most (an event stream's; any other
 /// connection carries one request, with 5 s for its head and its body).
 const LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a connection to the metrics address lives at most (a scraper
+/// that stops reading gives its place back).
+const METRICS_LIFETIME: Duration = Duration::from_secs(10);
 /// How long a request's body may take.
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// An event stream says it is alive this often.
@@ -150,6 +153,7 @@ pub async fn serve(
         };
         let (tx, serves, bucket, events) =
             (tx.clone(), serves.clone(), bucket.clone(), events.clone());
+        let serves_metrics = serves == Serves::Metrics;
         tokio::spawn(async move {
             let _place = place;
             let svc = hyper::service::service_fn(move |req| {
@@ -174,7 +178,13 @@ pub async fn serve(
                 .keep_alive(false)
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(io), svc);
-            let _ = tokio::time::timeout(LIFETIME, conn).await;
+            // Only an event stream lives long; the metrics address carries none.
+            let lifetime = if serves_metrics {
+                METRICS_LIFETIME
+            } else {
+                LIFETIME
+            };
+            let _ = tokio::time::timeout(lifetime, conn).await;
         });
     }
 }

@@ -1443,6 +1443,16 @@ fn root_a_bundle_from_spec_runs_under_crun_and_runc_beside_the_live_site() {
         "the live site's control socket",
         || control.exists().then_some(()),
     );
+    // Hostile: the tenant's home holds a link to a root-only file and a fifo
+    // nobody writes; the copy (made as root) must neither read through the
+    // one nor block on the other.
+    let out = exec_site(
+        &e,
+        "b1",
+        live,
+        "ln -s /etc/shadow /home/b1/shadow && mkfifo /home/b1/pipe",
+    );
+    assert!(out.status.success(), "{out:?}");
     // The plain spec says what it is.
     let out = e.cli(&["spec", "b1"]);
     assert!(
@@ -1461,6 +1471,13 @@ fn root_a_bundle_from_spec_runs_under_crun_and_runc_beside_the_live_site() {
             "--copy-home",
         ]);
         assert!(out.status.success(), "{out:?}");
+        let copied = dir.join("home/shadow").symlink_metadata().unwrap();
+        assert!(
+            copied.file_type().is_symlink(),
+            "the link's target was copied"
+        );
+        let pipe = dir.join("home/pipe").symlink_metadata().unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()));
         let id = unique(&format!("imperium-bundle-{tool}"));
         let _gone = OciContainer(tool, id.clone());
         let out = oci(
@@ -1835,6 +1852,13 @@ fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
         ]),
         "404"
     );
+    // A client that connects and sends nothing is closed (5 s for a request's head).
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(patience(Duration::from_secs(15))))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut idle, &mut buf);
+    assert!(matches!(n, Ok(0)), "an idle connection stays open: {n:?}");
 }
 
 #[test]
