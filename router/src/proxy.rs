@@ -467,7 +467,7 @@ const MAX_ATTEMPTS: usize = 3;
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The body of every answer.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A body of these bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -569,9 +569,10 @@ pub async fn handle(
         }
         _ => None,
     };
-    let resp = forward(&state, req, host, route, &client)
-        .await
-        .unwrap_or_else(|never| match never {});
+    let (resp, hold) = match forward(&state, req, host, route, &client).await {
+        Ok((resp, hold)) => (resp.map(Either::Left), Some(hold)),
+        Err(page) => (page.map(Either::Right), None),
+    };
     state.stats.observe(t0.elapsed());
     if let Some(load) = load {
         load.answered(resp.status().as_u16());
@@ -580,11 +581,13 @@ pub async fn handle(
         l.status = resp.status().as_u16();
         l.error = resp.extensions().get::<RouterMade>().map(|m| m.0);
     }
-    // The request stays in flight (the client connection is not idle) until its answer's body is done.
+    // The request stays in flight (the client connection is not idle), the
+    // site's place and the backend's connection are held, until the
+    // answer's body is done: one wrapping for all of them.
     Ok(resp.map(move |b| {
         let mut log = log;
         b.map_frame(move |f| {
-            let _ = &in_flight;
+            let _ = (&in_flight, &hold);
             if let (Some(l), Some(d)) = (&mut log, f.data_ref()) {
                 l.bytes += d.len() as u64;
             }
@@ -623,23 +626,23 @@ async fn forward(
     host: String,
     route: Route,
     client: &Client,
-) -> Result<Response<Body>, std::convert::Infallible> {
+) -> Result<(Response<Incoming>, Hold), Response<Body>> {
     let mut backends = match route {
         Route::Unknown => {
-            return Ok(page(
+            return Err(page(
                 StatusCode::NOT_FOUND,
                 "No site serves this domain here.",
             ))
         }
         Route::Suspended => {
-            return Ok(page_retry(
+            return Err(page_retry(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "This site is suspended.",
                 "120",
             ));
         }
         Route::Moving => {
-            return Ok(page_retry(
+            return Err(page_retry(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "This site is moving; it will be back in a moment.",
                 "30",
@@ -657,7 +660,7 @@ async fn forward(
                 "site at its cap of requests in flight: 508"
             );
         }
-        return Ok(page_retry(
+        return Err(page_retry(
             StatusCode::LOOP_DETECTED,
             "This site has reached its limit of requests in progress; try again in a moment.",
             "5",
@@ -679,14 +682,17 @@ async fn forward(
             h.insert(HOST, v);
         }
     }
-    // The backend speaks HTTP/1.1: origin-form target.
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    if let Ok(uri) = path.parse() {
-        *req.uri_mut() = uri;
+    // The backend speaks HTTP/1.1: origin-form target (made only when the
+    // client sent another form: absolute, or HTTP/2's).
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        if let Ok(uri) = path.parse() {
+            *req.uri_mut() = uri;
+        }
     }
     *req.version_mut() = hyper::Version::HTTP_11;
     // Hop-by-hop headers concern the client's connection, not ours to the backend.
@@ -702,10 +708,10 @@ async fn forward(
             (Some(replay), req)
         }
         Ok(Err(streamed)) => (None, streamed),
-        Err(page) => return Ok(page),
+        Err(page) => return Err(page),
     };
     let Some(mut conn) = pick(state, backends.iter(), !upgrading).await else {
-        return Ok(page(
+        return Err(page(
             StatusCode::BAD_GATEWAY,
             "The site's application is not answering.",
         ));
@@ -724,14 +730,14 @@ async fn forward(
             Ok(Ok(r)) => break r,
             Ok(Err(e)) => e,
             Err(_) => {
-                return Ok(page(
+                return Err(page(
                     StatusCode::GATEWAY_TIMEOUT,
                     "The site's application did not answer in time.",
                 ))
             }
         };
         if caused_by_body_timeout(e.error()) {
-            return Ok(page(
+            return Err(page(
                 StatusCode::REQUEST_TIMEOUT,
                 "The request body did not come in time.",
             ));
@@ -746,7 +752,7 @@ async fn forward(
         };
         tracing::debug!(backend = %conn.backend.path.display(), error = %e.error(), reused = conn.reused, again = again.is_some(), "request failed");
         let Some(again) = again.filter(|_| attempts < MAX_ATTEMPTS) else {
-            return Ok(page(
+            return Err(page(
                 StatusCode::BAD_GATEWAY,
                 "The site's application failed to answer.",
             ));
@@ -763,7 +769,7 @@ async fn forward(
         conn = match pick(state, same.chain(others), false).await {
             Some(c) => c,
             None => {
-                return Ok(page(
+                return Err(page(
                     StatusCode::BAD_GATEWAY,
                     "The site's application is not answering.",
                 ))
@@ -795,14 +801,20 @@ async fn forward(
     }
     // A websocket is not a request in progress: it leaves the site's count.
     let entered = (resp.status() != StatusCode::SWITCHING_PROTOCOLS).then_some(entered);
-    // The site's place is held until the answer's body is done.
-    Ok(resp.map(move |b| {
-        b.map_frame(move |f| {
-            let _ = (&entered, &kept);
-            f
-        })
-        .boxed()
-    }))
+    Ok((
+        resp,
+        Hold {
+            _entered: entered,
+            _kept: kept,
+        },
+    ))
+}
+
+/// What an answer's body holds until it is done: the site's place, and the
+/// backend's connection (back to the pool when dropped).
+struct Hold {
+    _entered: Option<crate::conn::Entered>,
+    _kept: Option<Kept>,
 }
 
 #[cfg(test)]
