@@ -82,18 +82,20 @@ struct Bucket {
     at: std::time::Instant,
 }
 
-impl Bucket {
-    fn full() -> std::sync::Mutex<Bucket> {
-        std::sync::Mutex::new(Bucket {
-            tokens: SCOPED_RATE.1,
-            at: crate::clock::now(),
-        })
-    }
+/// Token buckets by scope (one for a container's socket; one per scoped
+/// token over TCP, so one reseller's panel cannot slow another's).
+#[derive(Debug, Default)]
+struct Rates(std::sync::Mutex<std::collections::HashMap<String, Bucket>>);
 
-    /// Takes a token if there is one.
-    fn take(m: &std::sync::Mutex<Bucket>) -> bool {
-        let mut b = m.lock().unwrap_or_else(|p| p.into_inner());
+impl Rates {
+    /// Takes a token of `key`'s bucket if there is one.
+    fn take(&self, key: &str) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = crate::clock::now();
+        let b = m.entry(key.to_owned()).or_insert(Bucket {
+            tokens: SCOPED_RATE.1,
+            at: now,
+        });
         let gained = now.saturating_duration_since(b.at).as_secs_f64() * SCOPED_RATE.0;
         b.tokens = (b.tokens + gained).min(SCOPED_RATE.1);
         b.at = now;
@@ -107,7 +109,7 @@ impl Bucket {
 }
 
 /// What a listener serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Serves {
     /// `/metrics` and `/v1/...` (the admin's socket).
     Api,
@@ -123,17 +125,83 @@ pub enum Serves {
         /// Whether it is a group.
         group: bool,
     },
+    /// `/v1/...` and `/metrics` over TLS for remote panels: each request's
+    /// bearer token gives its scope (an admin's token is the admin's socket,
+    /// a group's or a site's token is that vassal's own socket); no token,
+    /// or one unknown or revoked, is 401.
+    Remote(Arc<crate::tokens::Tokens>),
 }
 
-/// Serves `listener` until the emperor ends.
+impl Serves {
+    /// What a request may do here: `None` without a good token.
+    fn for_request<B>(&self, req: &Request<B>) -> Option<Serves> {
+        let Serves::Remote(tokens) = self else {
+            return Some(self.clone());
+        };
+        let auth = req.headers().get(hyper::header::AUTHORIZATION)?;
+        Some(match tokens.scope_of(auth.as_bytes())? {
+            crate::tokens::Scope::Admin => Serves::Api,
+            crate::tokens::Scope::Group(name) => Serves::Scoped { name, group: true },
+            crate::tokens::Scope::Site(name) => Serves::Scoped { name, group: false },
+        })
+    }
+}
+
+impl PartialEq for Serves {
+    fn eq(&self, other: &Serves) -> bool {
+        match (self, other) {
+            (Serves::Api, Serves::Api) | (Serves::Metrics, Serves::Metrics) => true,
+            (Serves::Scoped { name: a, group: x }, Serves::Scoped { name: b, group: y }) => {
+                a == b && x == y
+            }
+            (Serves::Remote(a), Serves::Remote(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// How long a client has for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The TLS settings of `--api-listen`: the certificate chain and key of
+/// these PEM files, HTTP/1.1.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("{}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("{}: certificates", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{}: no certificate", cert.display());
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("{}", key.display()))?,
+    ))
+    .with_context(|| format!("{}: key", key.display()))?
+    .with_context(|| format!("{}: no private key", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("the certificate and its key")?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serves `listener` until the emperor ends; over TLS when `tls` is given.
 pub async fn serve(
     listener: impl Accept,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     serves: Serves,
     tx: mpsc::UnboundedSender<Event>,
     events: tokio::sync::broadcast::Sender<crate::manager::Change>,
 ) {
     let places = Arc::new(Semaphore::new(CONNECTIONS));
-    let bucket = Arc::new(Bucket::full());
+    let rates = Arc::new(Rates::default());
     let mut wait = Duration::from_millis(10);
     loop {
         let io = match listener.accept().await {
@@ -151,42 +219,79 @@ pub async fn serve(
         let Ok(place) = places.clone().try_acquire_owned() else {
             continue; // full: closed at once
         };
-        let (tx, serves, bucket, events) =
-            (tx.clone(), serves.clone(), bucket.clone(), events.clone());
-        let serves_metrics = serves == Serves::Metrics;
+        let (tx, serves, rates, events, tls) = (
+            tx.clone(),
+            serves.clone(),
+            rates.clone(),
+            events.clone(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
             let _place = place;
-            let svc = hyper::service::service_fn(move |req| {
-                let scoped = matches!(serves, Serves::Scoped { .. });
-                let (serves, tx, bucket) = (serves.clone(), tx.clone(), bucket.clone());
-                let events = events.clone();
-                async move {
-                    if scoped && !Bucket::take(&bucket) {
-                        let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "slow down".into());
-                        r.headers_mut().insert(
-                            hyper::header::RETRY_AFTER,
-                            hyper::header::HeaderValue::from_static("1"),
-                        );
-                        return Ok(r);
+            match tls {
+                None => connection(io, serves, tx, rates, events).await,
+                Some(tls) => {
+                    if let Ok(Ok(io)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(io)).await
+                    {
+                        connection(io, serves, tx, rates, events).await
                     }
-                    answer(req, serves, tx, events).await
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .keep_alive(false)
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(io), svc);
-            // Only an event stream lives long; the metrics address carries none.
-            let lifetime = if serves_metrics {
-                METRICS_LIFETIME
-            } else {
-                LIFETIME
-            };
-            let _ = tokio::time::timeout(lifetime, conn).await;
+            }
         });
     }
+}
+
+/// One connection: one request, or one event stream.
+async fn connection<I>(
+    io: I,
+    serves: Serves,
+    tx: mpsc::UnboundedSender<Event>,
+    rates: Arc<Rates>,
+    events: tokio::sync::broadcast::Sender<crate::manager::Change>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let serves_metrics = serves == Serves::Metrics;
+    let svc = hyper::service::service_fn(move |req| {
+        let (tx, rates, events) = (tx.clone(), rates.clone(), events.clone());
+        let serves = serves.for_request(&req);
+        async move {
+            let Some(serves) = serves else {
+                let mut r = plain(StatusCode::UNAUTHORIZED, "a bearer token, please".into());
+                r.headers_mut().insert(
+                    hyper::header::WWW_AUTHENTICATE,
+                    hyper::header::HeaderValue::from_static("Bearer"),
+                );
+                return Ok(r);
+            };
+            if let Serves::Scoped { name, group } = &serves {
+                let key = format!("{}:{name}", if *group { "group" } else { "site" });
+                if !rates.take(&key) {
+                    let mut r = plain(StatusCode::TOO_MANY_REQUESTS, "slow down".into());
+                    r.headers_mut().insert(
+                        hyper::header::RETRY_AFTER,
+                        hyper::header::HeaderValue::from_static("1"),
+                    );
+                    return Ok(r);
+                }
+            }
+            answer(req, serves, tx, events).await
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(false)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(io), svc);
+    // Only an event stream lives long; the metrics address carries none.
+    let lifetime = if serves_metrics {
+        METRICS_LIFETIME
+    } else {
+        LIFETIME
+    };
+    let _ = tokio::time::timeout(lifetime, conn).await;
 }
 
 type Answer = Result<Response<Body>, std::convert::Infallible>;
@@ -240,6 +345,8 @@ async fn answer(
         Serves::Api if path == "/metrics" => return metrics(req, tx).await,
         Serves::Api => None,
         Serves::Scoped { name, group } => Some((name.as_str(), *group)),
+        // Resolved to one of the above by its token before it comes here.
+        Serves::Remote(_) => return Ok(plain(StatusCode::UNAUTHORIZED, "no scope".into())),
     };
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     use hyper::Method as M;

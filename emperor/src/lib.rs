@@ -18,6 +18,7 @@ pub mod scope;
 pub mod spawner;
 pub mod spec;
 pub mod storage;
+pub mod tokens;
 mod watch;
 
 use std::future::Future;
@@ -29,7 +30,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
-pub use manager::Config;
+pub use manager::{ApiListen, Config};
 use manager::{Event, Manager};
 
 /// Control connections served at once.
@@ -148,7 +149,13 @@ pub async fn run(
     match UnixListener::bind(&api) {
         Ok(l) => {
             let _ = std::fs::set_permissions(&api, std::fs::Permissions::from_mode(0o600));
-            tokio::spawn(api::serve(l, api::Serves::Api, tx.clone(), mgr.events()));
+            tokio::spawn(api::serve(
+                l,
+                None,
+                api::Serves::Api,
+                tx.clone(),
+                mgr.events(),
+            ));
         }
         Err(e) => tracing::warn!(path = %api.display(), error = %e, "no API socket"),
     }
@@ -158,12 +165,39 @@ pub async fn run(
                 tracing::info!(%addr, "metrics served");
                 tokio::spawn(api::serve(
                     l,
+                    None,
                     api::Serves::Metrics,
                     tx.clone(),
                     mgr.events(),
                 ));
             }
             Err(e) => tracing::error!(%addr, error = %e, "metrics: cannot listen"),
+        }
+    }
+
+    if let Some(a) = &cfg.api_listen {
+        let listening = match api::tls_acceptor(&a.cert, &a.key) {
+            Ok(tls) => tokio::net::TcpListener::bind(a.addr)
+                .await
+                .map(|l| (l, tls))
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match listening {
+            Ok((l, tls)) => {
+                tracing::info!(addr = %a.addr, "API served over TLS, with tokens");
+                let tokens = Arc::new(tokens::Tokens::new(&cfg.layout.state_dir));
+                tokio::spawn(api::serve(
+                    l,
+                    Some(tls),
+                    api::Serves::Remote(tokens),
+                    tx.clone(),
+                    mgr.events(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!(addr = %a.addr, error = %format!("{e:#}"), "api: not served over TLS")
+            }
         }
     }
 

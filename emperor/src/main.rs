@@ -91,6 +91,25 @@ enum Cmd {
         /// 127.0.0.1:9105); it is always on `<run-dir>/api.sock`.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Serve the API over TLS on this TCP address for remote panels
+        /// (say 0.0.0.0:9443): every request carries a bearer token made by
+        /// `emperor token create`, scoped to the admin, a group or a site.
+        #[arg(long, value_name = "ADDR", requires_all = ["api_cert", "api_key"])]
+        api_listen: Option<std::net::SocketAddr>,
+        /// The certificate chain (PEM) of --api-listen.
+        #[arg(long, value_name = "FILE")]
+        api_cert: Option<PathBuf>,
+        /// The private key (PEM) of --api-listen.
+        #[arg(long, value_name = "FILE")]
+        api_key: Option<PathBuf>,
+    },
+    /// Bearer tokens of the API over TLS (`serve --api-listen`).
+    Token {
+        /// The persistent state directory (the tokens' hashes live there).
+        #[arg(long, default_value = layout::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: TokenCmd,
     },
     /// Show every vassal.
     Status {
@@ -124,6 +143,50 @@ enum Cmd {
     Shutdown,
     /// Print the metrics (what `/metrics` serves).
     Metrics,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a token and print it (once: only its hash is kept).
+    Create {
+        /// `admin`, `group:NAME` (a reseller: the group and its sites) or
+        /// `site:NAME` (one tenant).
+        #[arg(long)]
+        scope: emperor::tokens::Scope,
+        /// What it is for (a panel's name, say).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List the tokens (their ids, scopes and labels).
+    List,
+    /// Revoke a token by its id: refused from the next request on.
+    Revoke { id: String },
+}
+
+fn token(state_dir: &std::path::Path, cmd: TokenCmd) -> anyhow::Result<()> {
+    use emperor::tokens;
+    match cmd {
+        TokenCmd::Create { scope, label } => {
+            let (token, entry) = tokens::create(state_dir, &scope, &label)?;
+            eprintln!(
+                "emperor: token {} for {}: shown once, keep it",
+                entry.id, entry.scope
+            );
+            println!("{token}");
+        }
+        TokenCmd::List => {
+            println!("{:<18} {:<24} {:<12} LABEL", "ID", "SCOPE", "CREATED");
+            for t in tokens::list(state_dir)? {
+                println!("{:<18} {:<24} {:<12} {}", t.id, t.scope, t.created, t.label);
+            }
+        }
+        TokenCmd::Revoke { id } => {
+            if !tokens::revoke(state_dir, &id)? {
+                bail!("no token {id:?}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -165,6 +228,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             require_quotas,
             lxcfs,
             metrics_listen,
+            api_listen,
+            api_cert,
+            api_key,
         } => {
             let vassal_exe = match vassal_bin {
                 Some(p) => p,
@@ -209,6 +275,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 systemd_scope,
                 require_quotas,
                 metrics_listen,
+                api_listen: match (api_listen, api_cert, api_key) {
+                    (Some(addr), Some(cert), Some(key)) => {
+                        Some(emperor::ApiListen { addr, cert, key })
+                    }
+                    _ => None,
+                },
                 lxcfs: match lxcfs.as_str() {
                     "off" => None,
                     dir => {
@@ -265,6 +337,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        Cmd::Token { state_dir, cmd } => return token(&state_dir, cmd),
         Cmd::Restart { name } => Request::Restart { name },
         Cmd::Suspend { name } => Request::Suspend { name },
         Cmd::Resume { name } => Request::Resume { name },

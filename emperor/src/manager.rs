@@ -64,6 +64,19 @@ pub struct Config {
     pub lxcfs: Option<PathBuf>,
     /// A TCP address to serve `/metrics` on, besides the admin's socket.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The API over TLS for remote panels, with bearer tokens.
+    pub api_listen: Option<ApiListen>,
+}
+
+/// `--api-listen`: where, and with what certificate.
+#[derive(Debug, Clone)]
+pub struct ApiListen {
+    /// The TCP address.
+    pub addr: std::net::SocketAddr,
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
 }
 
 /// Something that happened.

@@ -2,6 +2,7 @@
 //! through the kernel's own view (/proc, cgroupfs, nsenter).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::*;
@@ -2146,6 +2147,175 @@ fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
         (row["pid"].as_i64().is_some_and(|p| p != tenant_init as i64)).then_some(())
     });
     e.running_pid("own");
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_tokens_over_tls_act_in_their_scope_until_revoked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut e = Emperor::new();
+    let (cert, key) = (e.dir.path().join("api.crt"), e.dir.path().join("api.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    e.extra = vec![
+        "--api-listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--api-cert".into(),
+        cert.display().to_string(),
+        "--api-key".into(),
+        key.display().to_string(),
+    ];
+    e.write(
+        "r1",
+        "kind = \"group\"\n[limits]\nmemory = \"256M\"\npids = 300\n",
+    );
+    e.write(
+        "r2",
+        "kind = \"group\"\n[limits]\nmemory = \"256M\"\npids = 300\n",
+    );
+    e.write("theirs", &site("r2", "64M", 40).replace("cpu = 0.5\n", ""));
+    e.start();
+    e.running_pid("r1");
+    let token = |args: &[&str]| {
+        let out = Command::new(bin("emperor"))
+            .args(["token", "--state-dir"])
+            .arg(&e.state_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let reseller = token(&["create", "--scope", "group:r1", "--label", "panel"]);
+    let admin = token(&["create", "--scope", "admin"]);
+    let mode = std::fs::metadata(e.state_dir.join("api-tokens.json"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    // (status, body) of one call over TLS, the certificate checked.
+    let call = |bearer: Option<&str>, method: &str, path: &str, body: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(&cert)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")]);
+        if let Some(t) = bearer {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            c.args(["--data-binary", b]);
+        }
+        let out = c
+            .arg(format!("https://localhost:{port}{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.parse::<u16>().unwrap_or(0), body.to_owned())
+    };
+    let names = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let mut n: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str().map(str::to_owned))
+            .collect();
+        n.sort();
+        n
+    };
+    wait_for(Duration::from_secs(10), "the API over TLS", || {
+        (call(Some(&admin), "GET", "/v1/vassals", None).0 == 200).then_some(())
+    });
+
+    // No token, a forged one, or plain HTTP: nothing.
+    assert_eq!(call(None, "GET", "/v1/vassals", None).0, 401);
+    let forged = format!("{}AAAA", &reseller[..reseller.len() - 4]);
+    assert_eq!(call(Some(&forged), "GET", "/v1/vassals", None).0, 401);
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/v1/vassals"))
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+
+    // The reseller's token is the reseller: its group and sites only.
+    let r = |m: &str, p: &str, b: Option<&str>| call(Some(&reseller), m, p, b);
+    let (code, body) = r("GET", "/v1/vassals", None);
+    assert_eq!((code, names(&body)), (200, vec!["r1".to_owned()]), "{body}");
+    assert_eq!(r("GET", "/v1/vassals/theirs", None).0, 404);
+    assert_eq!(r("DELETE", "/v1/vassals/theirs", None).0, 404);
+    assert_eq!(r("GET", "/metrics", None).0, 404);
+    let (code, body) = r(
+        "PUT",
+        "/v1/vassals/shop",
+        Some("kind = \"site\"\n[limits]\nmemory = \"32M\"\npids = 20\n"),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert!(e.home_root.join("r1/vassals/shop.toml").is_file());
+    e.running_pid("shop");
+    assert_eq!(e.row("shop").unwrap()["group"], "r1");
+    let (code, body) = r(
+        "PUT",
+        "/v1/vassals/huge",
+        Some("kind = \"site\"\n[limits]\nmemory = \"900M\"\npids = 20\n"),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("exceeds"), "{body}");
+
+    // The admin's token sees everything, metrics included.
+    let (code, body) = call(Some(&admin), "GET", "/v1/vassals", None);
+    assert_eq!(code, 200);
+    assert_eq!(names(&body), ["r1", "r2", "shop", "theirs"], "{body}");
+    assert_eq!(call(Some(&admin), "GET", "/metrics", None).0, 200);
+
+    // Revoked: refused from the next request on; the admin's still good.
+    let id = reseller.split('_').nth(1).unwrap();
+    let listed = token(&["list"]);
+    assert!(
+        listed.contains(id) && listed.contains("group:r1"),
+        "{listed}"
+    );
+    token(&["revoke", id]);
+    assert_eq!(r("GET", "/v1/vassals", None).0, 401);
+    assert_eq!(call(Some(&admin), "GET", "/v1/vassals", None).0, 200);
 }
 
 /// Lines of a long-lived command's output, as they come.

@@ -98,6 +98,7 @@ impl Manager {
                     };
                     let task = tokio::spawn(crate::api::serve(
                         listener,
+                        None,
                         scope,
                         self.tx.clone(),
                         self.events.clone(),
