@@ -189,10 +189,7 @@ pub fn create(state_dir: &Path, scope: &Scope, label: &str) -> Result<(String, E
         scope: scope.to_string(),
         sha256: hash(&token),
         label: label.to_owned(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: crate::clock::wall_secs(),
     };
     let kept = entry.clone();
     change(state_dir, move |s| s.tokens.push(kept))?;
@@ -213,12 +210,15 @@ pub fn list(state_dir: &Path) -> Result<Vec<Entry>, Error> {
     Ok(read(&state_dir.join(FILE))?.tokens)
 }
 
+/// A file's inode, modification time and size: it changed when this did.
+type Stamp = (u64, i64, i64, u64);
+
 /// The emperor's view of the tokens' file: read again whenever it changed
 /// (a revoked token is refused from the next request on).
 #[derive(Debug)]
 pub struct Tokens {
     path: PathBuf,
-    cache: Mutex<Option<((u64, i64, i64, u64), Vec<Entry>)>>,
+    cache: Mutex<Option<(Stamp, Vec<Entry>)>>,
 }
 
 impl Tokens {
