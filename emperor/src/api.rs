@@ -389,6 +389,22 @@ async fn answer(
             Some((g, true)) if *name != g => delete(&tx, name, Some(g.to_owned())).await,
             Some(_) => Ok(not_here()),
         },
+        (M::GET, ["v1", "vassals", name, "notifications"]) => {
+            notifications(&tx, name, req.uri().query()).await
+        }
+        // The admin, or a reseller to its sites (not to itself: its own
+        // notifications are the admin's to write).
+        (M::POST, ["v1", "vassals", name, "notifications"]) => match scope {
+            None => notify(&tx, name, "admin", req.into_body()).await,
+            Some((g, true)) if *name != g => notify(&tx, name, "reseller", req.into_body()).await,
+            Some(_) => Ok(not_here()),
+        },
+        // The tenant marks its own read (and the admin any).
+        (M::POST, ["v1", "vassals", name, "notifications", "read"]) => match scope {
+            None => mark_read(&tx, name, req.into_body()).await,
+            Some((own, false)) if *name == own => mark_read(&tx, name, req.into_body()).await,
+            Some(_) => Ok(not_here()),
+        },
         (M::POST, ["v1", "vassals", name, action]) => match scope {
             // A tenant may restart its site; a reseller may act on its
             // sites and restart its own container (freezing it would
@@ -399,7 +415,8 @@ async fn answer(
         },
         (_, ["v1", "vassals", ..]) => Ok(plain(
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET, PUT or DELETE /v1/vassals/NAME; POST /v1/vassals/NAME/{restart,suspend,resume}"
+            "GET, PUT or DELETE /v1/vassals/NAME; POST /v1/vassals/NAME/{restart,suspend,resume}; \
+             GET or POST /v1/vassals/NAME/notifications; POST /v1/vassals/NAME/notifications/read"
                 .into(),
         )),
         _ => Ok(plain(StatusCode::NOT_FOUND, format!("nothing at {path}"))),
@@ -508,13 +525,16 @@ async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) 
         version = "1",
         description = "The admin's API on <run-dir>/api.sock"
     ),
-    paths(list, get, put, delete, act),
+    paths(list, get, put, delete, act, notifications, notify, mark_read),
     components(schemas(
         crate::manager::StatusRow,
         crate::manager::StatusUsage,
         Vassal,
         Failure,
-        Written
+        Written,
+        Notification,
+        Message,
+        ReadMark
     ))
 )]
 pub struct ApiDoc;
@@ -607,24 +627,10 @@ async fn put(
     group: Option<String>,
     body: hyper::body::Incoming,
 ) -> Answer {
-    let body =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, BODY_MAX).collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
-            Err(_) => {
-                let why = format!("the body did not come within {BODY_TIMEOUT:?}");
-                return Ok(json(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &serde_json::json!({ "error": why }),
-                ));
-            }
-            Ok(Err(e)) => {
-                let why = format!("the body: {e} (at most {BODY_MAX} bytes)");
-                return Ok(json(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &serde_json::json!({ "error": why }),
-                ));
-            }
-        };
+    let body = match body_of(body).await {
+        Ok(b) => b,
+        Err(r) => return Ok(r),
+    };
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return Ok(json(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -695,6 +701,201 @@ async fn act(tx: &mpsc::UnboundedSender<Event>, name: &str, action: &str) -> Ans
                 &serde_json::json!({ "error": why }),
             ));
         }
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::OK, &r.data),
+        Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
+        None => gone(),
+    })
+}
+
+/// A request's body, within its time and size.
+async fn body_of(body: hyper::body::Incoming) -> Result<Bytes, Response<Body>> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, BODY_MAX).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Err(_) => {
+            let why = format!("the body did not come within {BODY_TIMEOUT:?}");
+            Err(json(
+                StatusCode::REQUEST_TIMEOUT,
+                &serde_json::json!({ "error": why }),
+            ))
+        }
+        Ok(Err(e)) => {
+            let why = format!("the body: {e} (at most {BODY_MAX} bytes)");
+            Err(json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({ "error": why }),
+            ))
+        }
+    }
+}
+
+/// A site's notifications, newest last: alarms (OOM kills, memory near its
+/// limit, restart loops, disk) and messages from the admin or the reseller.
+/// Read from inside the running site, as its user.
+#[utoipa::path(get, path = "/v1/vassals/{name}/notifications",
+    params(
+        ("name" = String, Path, description = "The vassal"),
+        ("unread" = Option<bool>, Query, description = "Only those not marked read"),
+        ("limit" = Option<u32>, Query, description = "How many at most (50; 1,000 at most)"),
+    ),
+    responses(
+        (status = 200, description = "Its notifications, oldest first", body = [Notification]),
+        (status = 404, description = "No such vassal", body = Failure),
+        (status = 409, description = "Not running, or its answer failed", body = Failure),
+    ))]
+async fn notifications(
+    tx: &mpsc::UnboundedSender<Event>,
+    name: &str,
+    query: Option<&str>,
+) -> Answer {
+    let (mut unread, mut limit) = (false, None);
+    for (k, v) in query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+    {
+        match k {
+            "unread" => unread = v == "true" || v == "1",
+            "limit" => match v.parse::<u32>() {
+                Ok(n) => limit = Some(n),
+                Err(_) => {
+                    let why = format!("limit {v:?} is not a count");
+                    return Ok(json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({ "error": why }),
+                    ));
+                }
+            },
+            _ => {}
+        }
+    }
+    let req = control::Request::Notifications {
+        name: name.to_owned(),
+        unread,
+        limit,
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::OK, &r.data),
+        Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
+        None => gone(),
+    })
+}
+
+/// A notification of a site.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Notification {
+    /// Its number, increasing.
+    pub id: i64,
+    /// When, seconds since the epoch.
+    pub at: u64,
+    /// The same, as the site's local date and time.
+    pub date: String,
+    /// `oom`, `memory`, `restart-loop`, `storage`, `admin`, `reseller`, ...
+    pub kind: String,
+    /// One line.
+    pub message: String,
+    /// Marked read.
+    pub read: bool,
+}
+
+/// A message for a site.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct Message {
+    /// One line, at most 1,000 bytes.
+    pub message: String,
+}
+
+/// Leaves a message among a site's notifications (the admin's, or a
+/// reseller's to its sites).
+#[utoipa::path(post, path = "/v1/vassals/{name}/notifications",
+    params(("name" = String, Path, description = "The vassal")),
+    request_body(content = Message, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored"),
+        (status = 404, description = "No such vassal", body = Failure),
+        (status = 422, description = "Not a message, or not stored (the reason says why)", body = Failure),
+    ))]
+async fn notify(
+    tx: &mpsc::UnboundedSender<Event>,
+    name: &str,
+    from: &str,
+    body: hyper::body::Incoming,
+) -> Answer {
+    let body = match body_of(body).await {
+        Ok(b) => b,
+        Err(r) => return Ok(r),
+    };
+    let message = match serde_json::from_slice::<Message>(&body) {
+        Ok(m) => m.message,
+        Err(e) => {
+            let why = format!("the body: {e} (want {{\"message\": \"...\"}})");
+            return Ok(json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "error": why }),
+            ));
+        }
+    };
+    let req = control::Request::Notify {
+        name: name.to_owned(),
+        message,
+        from: Some(from.to_owned()),
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::CREATED, &r.data),
+        Some(r) => refused(
+            r.error.unwrap_or_default(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        None => gone(),
+    })
+}
+
+/// Up to which notification to mark read.
+#[derive(serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct ReadMark {
+    /// The last one read (absent: all of them).
+    #[serde(default)]
+    pub upto: Option<i64>,
+}
+
+/// Marks a site's notifications read, up to one or all (the tenant's, or
+/// the admin's).
+#[utoipa::path(post, path = "/v1/vassals/{name}/notifications/read",
+    params(("name" = String, Path, description = "The vassal")),
+    request_body(content = Option<ReadMark>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Read up to this one", body = ReadMark),
+        (status = 404, description = "No such vassal", body = Failure),
+        (status = 409, description = "Not running, or its answer failed", body = Failure),
+        (status = 422, description = "Not a mark", body = Failure),
+    ))]
+async fn mark_read(
+    tx: &mpsc::UnboundedSender<Event>,
+    name: &str,
+    body: hyper::body::Incoming,
+) -> Answer {
+    let body = match body_of(body).await {
+        Ok(b) => b,
+        Err(r) => return Ok(r),
+    };
+    let mark = if body.iter().all(u8::is_ascii_whitespace) {
+        ReadMark { upto: None }
+    } else {
+        match serde_json::from_slice::<ReadMark>(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                let why = format!("the body: {e} (want {{\"upto\": N}} or nothing)");
+                return Ok(json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &serde_json::json!({ "error": why }),
+                ));
+            }
+        }
+    };
+    let req = control::Request::NotificationsRead {
+        name: name.to_owned(),
+        upto: mark.upto,
     };
     Ok(match ask(tx, req).await {
         Some(r) if r.ok => json(StatusCode::OK, &r.data),

@@ -74,6 +74,28 @@ pub enum Request {
         name: String,
         /// One line.
         message: String,
+        /// Who says it: `admin` (the default) or `reseller`.
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// A vassal's newest notifications, read from inside it as its user.
+    Notifications {
+        /// The vassal.
+        name: String,
+        /// Only those not marked read.
+        #[serde(default)]
+        unread: bool,
+        /// How many at most (50 when absent, 1,000 at most).
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Mark a vassal's notifications read, up to one (all when absent).
+    NotificationsRead {
+        /// The vassal.
+        name: String,
+        /// The last one to mark.
+        #[serde(default)]
+        upto: Option<i64>,
     },
     /// Delete the archived homes of a removed vassal.
     Purge {

@@ -355,7 +355,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             copy_home,
         },
         Cmd::Purge { name } => Request::Purge { name },
-        Cmd::Notify { name, message } => Request::Notify { name, message },
+        Cmd::Notify { name, message } => Request::Notify {
+            name,
+            message,
+            from: None,
+        },
         Cmd::Shutdown => Request::Shutdown,
         Cmd::Metrics => Request::Metrics,
     };

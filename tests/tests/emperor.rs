@@ -2318,6 +2318,144 @@ fn root_tokens_over_tls_act_in_their_scope_until_revoked() {
     assert_eq!(call(Some(&admin), "GET", "/v1/vassals", None).0, 200);
 }
 
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_sites_notifications_through_the_api() {
+    let mut e = Emperor::new();
+    e.write(
+        "r1",
+        "kind = \"group\"\n[limits]\nmemory = \"256M\"\npids = 300\n",
+    );
+    e.write("own", &site("r1", "64M", 40).replace("cpu = 0.5\n", ""));
+    e.write("other", &site("r1", "64M", 40).replace("cpu = 0.5\n", ""));
+    e.start();
+    let (group, reseller) = (e.running_pid("r1"), uid_of(&e, "r1"));
+    let (tenant_init, tenant) = (e.running_pid("own"), uid_of(&e, "own"));
+    e.running_pid("other");
+    let api = e.run_dir.join("api.sock");
+    // (status, body) of a call: the admin's from the host, or from inside
+    // a container as its user.
+    let call = |inside: Option<(i32, u32, &str)>, method: &str, path: &str, body: Option<&str>| {
+        let data = body
+            .map(|b| format!("--data-binary '{b}'"))
+            .unwrap_or_default();
+        let sock = match inside {
+            Some(_) => "/run/imperium/api/api.sock".to_owned(),
+            None => api.display().to_string(),
+        };
+        let script = format!(
+            "curl -sS --max-time 20 -X {method} -w '\\n%{{http_code}}' {data} \
+             --unix-socket {sock} 'http://localhost{path}'"
+        );
+        let out = match inside {
+            Some((init, uid, cg)) => e.exec_in(init, uid, &e.cgroup(cg), &script),
+            None => Command::new("sh").args(["-c", &script]).output().unwrap(),
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.parse::<u16>().unwrap_or(0), body.to_owned())
+    };
+    let admin = |m: &str, p: &str, b: Option<&str>| call(None, m, p, b);
+    let r = |m: &str, p: &str, b: Option<&str>| call(Some((group, reseller, "r1/_self")), m, p, b);
+    let t =
+        |m: &str, p: &str, b: Option<&str>| call(Some((tenant_init, tenant, "r1/own")), m, p, b);
+    let messages = |body: &str| -> Vec<(String, String, bool)> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                let s = |k: &str| n[k].as_str().unwrap_or_default().to_owned();
+                (s("kind"), s("message"), n["read"].as_bool().unwrap_or(true))
+            })
+            .collect()
+    };
+    let path = "/v1/vassals/own/notifications";
+
+    // The admin and the reseller leave messages; the tenant reads them.
+    let (code, body) = admin("POST", path, Some(r#"{"message": "maintenance at 02:00"}"#));
+    assert_eq!(code, 201, "{body}");
+    wait_for(Duration::from_secs(10), "the reseller's socket", || {
+        (r("GET", "/v1/vassals", None).0 == 200).then_some(())
+    });
+    let (code, body) = r(
+        "POST",
+        path,
+        Some(r#"{"message": "your invoice is ready"}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = t("GET", path, None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        messages(&body),
+        [
+            ("admin".into(), "maintenance at 02:00".into(), false),
+            ("reseller".into(), "your invoice is ready".into(), false)
+        ],
+        "{body}"
+    );
+    // Written by the tenant's own vassal binary, in its home, as the tenant.
+    let db = e.home_root.join("own/.imperium/notifications.db");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&db).unwrap()),
+        tenant
+    );
+    // Marked read up to the first: one unread left; then all.
+    let first: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = first[0]["id"].as_i64().unwrap();
+    let (code, body) = t(
+        "POST",
+        &format!("{path}/read"),
+        Some(&format!(r#"{{"upto": {id}}}"#)),
+    );
+    assert_eq!(
+        (code, body.contains(&id.to_string())),
+        (200, true),
+        "{body}"
+    );
+    let (_, body) = t("GET", &format!("{path}?unread=true"), None);
+    assert_eq!(messages(&body).len(), 1, "{body}");
+    assert_eq!(t("POST", &format!("{path}/read"), None).0, 200);
+    let (_, body) = admin("GET", &format!("{path}?unread=1"), None);
+    assert!(messages(&body).is_empty(), "{body}");
+    let (_, body) = admin("GET", &format!("{path}?limit=1"), None);
+    assert_eq!(messages(&body).len(), 1, "{body}");
+
+    // Scopes: a tenant writes none and reads no neighbour's; a reseller
+    // marks none read and writes none to itself.
+    assert_eq!(t("POST", path, Some(r#"{"message": "x"}"#)).0, 405);
+    assert_eq!(t("GET", "/v1/vassals/other/notifications", None).0, 404);
+    assert_eq!(r("POST", &format!("{path}/read"), None).0, 405);
+    assert_eq!(
+        r(
+            "POST",
+            "/v1/vassals/r1/notifications",
+            Some(r#"{"message": "x"}"#)
+        )
+        .0,
+        405
+    );
+    let (code, body) = admin("POST", path, Some(r#"{"message": "two\nlines"}"#));
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(admin("POST", path, Some("not json")).0, 422);
+
+    // Hostile: the tenant makes its database a fifo. The reader inside
+    // fails with its reason (a reader stopped by its tenant is killed after
+    // 5 s: `run_bounded`'s unit test), the emperor goes on.
+    let out = e.exec_in(
+        tenant_init,
+        tenant,
+        &e.cgroup("r1/own"),
+        "rm -f /home/own/.imperium/notifications.db && mkfifo /home/own/.imperium/notifications.db",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (code, body) = admin("GET", path, None);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("notifications.db"), "{body}");
+    assert!(e.row("own").is_some(), "the emperor still answers");
+    assert_eq!(admin("GET", "/v1/vassals/other/notifications", None).0, 200);
+}
+
 /// Lines of a long-lived command's output, as they come.
 fn lines_of(
     mut child: std::process::Child,

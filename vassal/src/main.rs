@@ -35,7 +35,8 @@ const USAGE: &str =
     "usage: vassal init [--throttle-base SECS] [--throttle-max SECS] [--healthy-after SECS] [--processes DIR]
        vassal status [--json]
        vassal start|stop|restart|reload NAME
-       vassal notifications [--json] [-n COUNT]
+       vassal notifications [--json] [--unread] [-n COUNT]
+       vassal notifications read [UPTO]
        vassal sites [--json]                 (a reseller: the group's sites and refused files)
        vassal notify KIND MESSAGE
        vassal logs NAME [-n LINES]";
@@ -137,15 +138,30 @@ fn run(args: &[String]) -> Result<i32, String> {
             }
             return Ok(0);
         }
+        "notifications" if args.get(1).map(String::as_str) == Some("read") => {
+            let upto = match args.get(2) {
+                None => None,
+                Some(v) => Some(
+                    v.parse::<i64>()
+                        .map_err(|_| format!("{v:?} is not a notification's number"))?,
+                ),
+            };
+            let upto = notify::mark_read(&home(), upto)
+                .map_err(|e| format!("writing {}: {e}", notify::path(&home()).display()))?;
+            println!("{upto}");
+            return Ok(0);
+        }
         "notifications" => {
             let json = args.iter().any(|a| a == "--json");
+            let unread = args.iter().any(|a| a == "--unread");
             let n = args
                 .iter()
                 .position(|a| a == "-n")
                 .and_then(|i| args.get(i + 1))
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(50);
-            let list = notify::list(&home(), n)
+                .unwrap_or(50usize)
+                .min(1000);
+            let list = notify::list(&home(), n, unread)
                 .map_err(|e| format!("reading {}: {e}", notify::path(&home()).display()))?;
             if json {
                 println!(
@@ -156,7 +172,8 @@ fn run(args: &[String]) -> Result<i32, String> {
                 println!("no notifications");
             } else {
                 for n in list {
-                    println!("{:>5}  {}  {:<12} {}", n.id, n.date, n.kind, n.message);
+                    let mark = if n.read { ' ' } else { '*' };
+                    println!("{:>5}{mark} {}  {:<12} {}", n.id, n.date, n.kind, n.message);
                 }
             }
             return Ok(0);

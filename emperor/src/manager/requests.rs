@@ -31,7 +31,56 @@ impl Manager {
             // off the loop and answer from there.
             Request::Suspend { name } => return self.freeze(&name, true, reply),
             Request::Resume { name } => return self.freeze(&name, false, reply),
-            Request::Notify { name, message } => return self.notify(&name, &message, reply),
+            Request::Notify {
+                name,
+                message,
+                from,
+            } => {
+                let kind = match from.as_deref() {
+                    None | Some("admin") => "admin",
+                    Some("reseller") => "reseller",
+                    Some(other) => {
+                        let _ = reply.send(Response::err(format!(
+                            "{other:?}: a message is from admin or reseller"
+                        )));
+                        return;
+                    }
+                };
+                if message.is_empty()
+                    || message.len() > 1000
+                    || message.contains(['\n', '\r', '\0'])
+                {
+                    let why = "a message is one line of at most 1000 bytes";
+                    let _ = reply.send(Response::err(why.to_owned()));
+                    return;
+                }
+                let args = ["notify", kind, message.as_str()];
+                return self.inside(&name, &args, reply, |_| Ok(serde_json::json!("stored")));
+            }
+            Request::Notifications {
+                name,
+                unread,
+                limit,
+            } => {
+                let n = limit.unwrap_or(50).min(1000).to_string();
+                let mut args = vec!["notifications", "--json", "-n", n.as_str()];
+                if unread {
+                    args.push("--unread");
+                }
+                return self.inside(&name, &args, reply, |out| {
+                    serde_json::from_slice(out).map_err(|e| format!("the site's answer: {e}"))
+                });
+            }
+            Request::NotificationsRead { name, upto } => {
+                let upto = upto.map(|u| u.to_string());
+                let mut args = vec!["notifications", "read"];
+                args.extend(upto.as_deref());
+                return self.inside(&name, &args, reply, |out| {
+                    let upto = String::from_utf8_lossy(out).trim().parse::<i64>();
+                    let upto = upto.map_err(|_| "the site's answer is not a number".to_owned())?;
+                    Ok(serde_json::json!({ "upto": upto }))
+                });
+            }
             Request::Purge { name } => match name.parse::<Name>() {
                 Ok(n) => match self.purge(&n) {
                     Ok(0) => Response::err(format!("no archived home of {n}")),
@@ -358,67 +407,121 @@ impl Manager {
         }))
     }
 
-    /// Stores a message in the vassal's notifications. The write is made by
-    /// the vassal binary running as the tenant, so a link planted in the home
-    /// can lead it nowhere the tenant could not write anyway; it runs on the
-    /// blocking pool and answers from there.
-    fn notify(&self, name: &str, message: &str, reply: oneshot::Sender<Response>) {
+    /// Runs the vassal binary with `args` inside the running site, as its
+    /// user (notifications live in the tenant's home: a link planted there
+    /// leads it nowhere the tenant could not write anyway), off the loop;
+    /// `done` makes the answer from what it printed. The tenant can stop or
+    /// trace that process: it is killed after 5 s, and its output is read
+    /// up to 1 MiB.
+    fn inside(
+        &self,
+        name: &str,
+        args: &[&str],
+        reply: oneshot::Sender<Response>,
+        done: impl FnOnce(&[u8]) -> Result<serde_json::Value, String> + Send + 'static,
+    ) {
         let prepared = self
             .find(name)
-            .and_then(|n| self.notify_command(&n, message).map_err(Response::err));
-        let (name, pidfd, mut cmd) = match prepared {
+            .and_then(|n| self.inside_command(&n, args).map_err(Response::err));
+        let (name, pidfd, cmd) = match prepared {
             Ok(p) => p,
             Err(answer) => {
                 let _ = reply.send(answer);
                 return;
             }
         };
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             // The pidfd stays open until the child has joined the namespace.
-            let answer = match cmd.output() {
-                Err(e) => Response::err(format!("running the vassal binary: {e}")),
-                Ok(out) if !out.status.success() => {
-                    Response::err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-                }
-                Ok(_) => {
-                    tracing::info!(vassal = %name, "notification stored");
-                    Response::ok(serde_json::json!("stored"))
+            let ran = run_bounded(cmd).await;
+            drop(pidfd);
+            let answer = match ran.and_then(|out| done(&out)) {
+                Ok(v) => Response::ok(v),
+                Err(why) => {
+                    tracing::info!(vassal = %name, error = %why, "inside the site");
+                    Response::err(why)
                 }
             };
-            drop(pidfd);
             let _ = reply.send(answer);
         });
     }
 
-    /// The command that stores the notification inside the site, as the tenant.
-    fn notify_command(
+    /// The vassal binary inside the site, as the tenant, with `args`.
+    fn inside_command(
         &self,
         name: &Name,
-        message: &str,
+        args: &[&str],
     ) -> Result<(Name, Arc<Pidfd>, std::process::Command), String> {
-        if message.is_empty() || message.len() > 1000 || message.contains(['\n', '\r', '\0']) {
-            return Err("a message is one line of at most 1000 bytes".into());
-        }
         let v = &self.vassals[name];
         let uid = v
             .uid
             .or_else(|| self.uids.users.get(v.file.user(name).as_str()).copied())
             .ok_or("no uid allocated yet")?;
-        // Written by the tenant's own vassal binary, as the tenant, inside the
-        // site's mount namespace: a symlink in the home resolves in the
-        // container, never to a path of the host.
+        // Inside the site's mount namespace: a symlink in the home resolves
+        // in the container, never to a path of the host.
         let init = v
             .init
             .as_ref()
-            .ok_or("the site is not running; notifications are stored from inside it")?;
+            .ok_or("the site is not running; its notifications are reached from inside it")?;
         let mut cmd = std::process::Command::new(crate::spec::VASSAL_INSIDE);
-        cmd.args(["notify", "admin", message]).env_clear().env(
+        cmd.args(args).env_clear().env(
             "HOME",
             model::layout::inside::home(v.file.user(name).as_str()),
         );
         init.pidfd.run_inside(&mut cmd, uid);
         Ok((name.clone(), init.pidfd.clone(), cmd))
     }
+}
+
+/// How long a command inside a site has.
+const INSIDE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The most of a command's output read.
+const INSIDE_OUTPUT_MAX: u64 = 1024 * 1024;
+
+/// Runs `cmd` to its end within [`INSIDE_TIMEOUT`] (else it is killed); its
+/// output, or the one-line reason it failed.
+async fn run_bounded(cmd: std::process::Command) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("running the vassal binary: {e}"))?;
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let work = async {
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let read_out = async {
+            if let Some(s) = out {
+                let _ = s.take(INSIDE_OUTPUT_MAX + 1).read_to_end(&mut o).await;
+            }
+        };
+        let read_err = async {
+            if let Some(s) = err {
+                let _ = s.take(4096).read_to_end(&mut e).await;
+            }
+        };
+        let (_, _, status) = tokio::join!(read_out, read_err, child.wait());
+        (o, e, status)
+    };
+    let (out, err, status) = tokio::time::timeout(INSIDE_TIMEOUT, work)
+        .await
+        .map_err(|_| "the site's vassal binary did not answer within 5 s".to_owned())?;
+    if out.len() as u64 > INSIDE_OUTPUT_MAX {
+        return Err("the site's answer is larger than 1 MiB".into());
+    }
+    let status = status.map_err(|e| format!("waiting for the vassal binary: {e}"))?;
+    if !status.success() {
+        let why = String::from_utf8_lossy(&err).trim().to_owned();
+        return Err(if why.is_empty() {
+            format!("the vassal binary failed ({status})")
+        } else {
+            why
+        });
+    }
+    Ok(out)
 }
 
 /// A directory vassal files are written to through the API.
@@ -461,5 +564,32 @@ impl FilePlace {
                 sys::fs::remove_in(dir.as_fd(), name)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_command_that_hangs_is_killed_and_its_output_bounded() {
+        let t = crate::clock::now();
+        let mut sleeper = std::process::Command::new("sleep");
+        sleeper.arg("30");
+        let why = run_bounded(sleeper).await.unwrap_err();
+        assert!(why.contains("5 s"), "{why}");
+        assert!(
+            crate::clock::now().saturating_duration_since(t) < std::time::Duration::from_secs(10)
+        );
+        let mut flood = std::process::Command::new("sh");
+        flood.args(["-c", "head -c 3000000 /dev/zero"]);
+        let why = run_bounded(flood).await.unwrap_err();
+        assert!(why.contains("1 MiB"), "{why}");
+        let mut fails = std::process::Command::new("sh");
+        fails.args(["-c", "echo no such site >&2; exit 3"]);
+        assert_eq!(run_bounded(fails).await.unwrap_err(), "no such site");
+        let mut ok = std::process::Command::new("echo");
+        ok.arg("42");
+        assert_eq!(run_bounded(ok).await.unwrap(), b"42\n");
     }
 }
