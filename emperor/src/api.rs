@@ -382,7 +382,11 @@ async fn answer(
                 }
                 Some(_) => return Ok(not_here()),
             };
-            put(&tx, name, into, req.into_body()).await
+            let is_json = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            put(&tx, name, into, is_json, req.into_body()).await
         }
         (M::DELETE, ["v1", "vassals", name]) => match scope {
             None => delete(&tx, name, None).await,
@@ -614,10 +618,12 @@ async fn get(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer {
 /// accepts it.
 #[utoipa::path(put, path = "/v1/vassals/{name}",
     params(("name" = String, Path, description = "The vassal")),
-    request_body(content = String, content_type = "application/toml", description = "The vassal file"),
+    request_body(description = "The vassal file: its TOML text, or the same as a JSON object",
+        content((String = "application/toml"), (Object = "application/json"))),
     responses(
         (status = 201, description = "Created and accepted", body = Written),
         (status = 200, description = "Replaced and accepted", body = Written),
+        (status = 408, description = "The body did not come within 5 s", body = Failure),
         (status = 413, description = "Over 64 KiB", body = Failure),
         (status = 422, description = "Refused: nothing changed", body = Failure),
     ))]
@@ -625,17 +631,31 @@ async fn put(
     tx: &mpsc::UnboundedSender<Event>,
     name: String,
     group: Option<String>,
+    is_json: bool,
     body: hyper::body::Incoming,
 ) -> Answer {
     let body = match body_of(body).await {
         Ok(b) => b,
         Err(r) => return Ok(r),
     };
-    let Ok(text) = String::from_utf8(body.to_vec()) else {
-        return Ok(json(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &serde_json::json!({ "error": "the file is not UTF-8 text" }),
-        ));
+    let text = if is_json {
+        // The same file as JSON: written as the TOML it stands for.
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .map_err(|e| format!("the body is not JSON: {e}"))
+            .and_then(|v| {
+                toml::to_string(&v).map_err(|e| format!("the body is not a vassal file: {e}"))
+            })
+    } else {
+        String::from_utf8(body.to_vec()).map_err(|_| "the file is not UTF-8 text".to_owned())
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(why) => {
+            return Ok(json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "error": why }),
+            ))
+        }
     };
     Ok(
         match ask(tx, control::Request::Put { name, text, group }).await {
@@ -741,6 +761,7 @@ async fn body_of(body: hyper::body::Incoming) -> Result<Bytes, Response<Body>> {
     ),
     responses(
         (status = 200, description = "Its notifications, oldest first", body = [Notification]),
+        (status = 400, description = "A limit that is not a count", body = Failure),
         (status = 404, description = "No such vassal", body = Failure),
         (status = 409, description = "Not running, or its answer failed", body = Failure),
     ))]

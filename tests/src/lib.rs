@@ -263,6 +263,57 @@ impl Emperor {
         }
     }
 
+    /// Has `start` serve the API over TLS on a free loopback port, with a
+    /// new self-signed certificate for `localhost`: (the port, the
+    /// certificate's file, which a client trusts).
+    pub fn api_over_tls(&mut self) -> (u16, PathBuf) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let (cert, key) = (
+            self.dir.path().join("api.crt"),
+            self.dir.path().join("api.key"),
+        );
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(made.status.success(), "openssl: {made:?}");
+        self.extra.extend([
+            "--api-listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--api-cert".into(),
+            cert.display().to_string(),
+            "--api-key".into(),
+            key.display().to_string(),
+        ]);
+        (port, cert)
+    }
+
+    /// `emperor token ARGS` on this emperor's state directory: what it printed.
+    pub fn token(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("emperor"))
+            .args(["token", "--state-dir"])
+            .arg(&self.state_dir)
+            .args(args)
+            .output()
+            .expect("run emperor token");
+        assert!(out.status.success(), "emperor token {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Runs the CLI with these arguments.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin("emperor"))

@@ -2152,37 +2152,8 @@ fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_tokens_over_tls_act_in_their_scope_until_revoked() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut e = Emperor::new();
-    let (cert, key) = (e.dir.path().join("api.crt"), e.dir.path().join("api.key"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    e.extra = vec![
-        "--api-listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--api-cert".into(),
-        cert.display().to_string(),
-        "--api-key".into(),
-        key.display().to_string(),
-    ];
+    let (port, cert) = e.api_over_tls();
     e.write(
         "r1",
         "kind = \"group\"\n[limits]\nmemory = \"256M\"\npids = 300\n",
@@ -2194,16 +2165,7 @@ fn root_tokens_over_tls_act_in_their_scope_until_revoked() {
     e.write("theirs", &site("r2", "64M", 40).replace("cpu = 0.5\n", ""));
     e.start();
     e.running_pid("r1");
-    let token = |args: &[&str]| {
-        let out = Command::new(bin("emperor"))
-            .args(["token", "--state-dir"])
-            .arg(&e.state_dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let token = |args: &[&str]| e.token(args);
     let reseller = token(&["create", "--scope", "group:r1", "--label", "panel"]);
     let admin = token(&["create", "--scope", "admin"]);
     let mode = std::fs::metadata(e.state_dir.join("api-tokens.json"))
