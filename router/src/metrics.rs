@@ -1,7 +1,7 @@
 //! The router's metrics (`--metrics-listen ADDR`, `/metrics`): answers by
 //! site and status class, requests refused at a site's cap, requests in
-//! flight, requests for no known site, client connections, and how long
-//! answers took to start. Counted with plain atomics on the request path
+//! flight, requests for no known site, client connections, how long
+//! answers took to start, and when each site's first certificate expires. Counted with plain atomics on the request path
 //! (a site's counters live in its `SiteLoad`); rendered at each scrape with
 //! prometheus-client. Labels: the site (bounded by the dominion) and the
 //! status class; never a domain, a path or a client.
@@ -157,6 +157,16 @@ pub fn render(state: &crate::State, connections: u64) -> String {
         let s = Site { site };
         refused.get_or_create(&s).inc_by(load.refused());
         in_flight.get_or_create(&s).set(load.in_flight() as i64);
+    }
+    let expiry = Family::<Site, Gauge>::default();
+    reg.register_with_unit(
+        "certificate_expiry",
+        "When the site's first certificate to expire does (notAfter, seconds since the epoch)",
+        Unit::Seconds,
+        expiry.clone(),
+    );
+    for (site, t) in state.routes.cert_expiries() {
+        expiry.get_or_create(&Site { site }).set(t);
     }
     let unknown = Counter::<u64>::default();
     unknown.inc_by(state.stats.unknown.load(Ordering::Relaxed));

@@ -56,6 +56,8 @@ pub struct Entry {
     ring: Vec<u8>,
     /// The certificate the site gave for the domain.
     pub cert: Option<Arc<CertifiedKey>>,
+    /// When it expires, seconds since the epoch.
+    pub cert_not_after: Option<i64>,
     /// The site's requests in flight (shared by all its domains).
     pub load: Arc<SiteLoad>,
 }
@@ -84,6 +86,7 @@ impl Entry {
             backends: self.backends.clone(),
             ring: Vec::new(),
             cert: self.cert.clone(),
+            cert_not_after: self.cert_not_after,
             load: self.load.clone(),
         }
     }
@@ -260,6 +263,21 @@ impl Routes {
         loads.iter().map(|(s, l)| (s.clone(), l.clone())).collect()
     }
 
+    /// Each site's first certificate to expire among its live routes
+    /// (`notAfter`, seconds since the epoch).
+    pub fn cert_expiries(&self) -> std::collections::BTreeMap<String, i64> {
+        let now = Instant::now();
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.table.load().by_domain.values() {
+            let Some(t) = e.cert_not_after else { continue };
+            if e.backends.iter().any(|b| b.expires > now) {
+                let first = out.entry(e.site.clone()).or_insert(t);
+                *first = (*first).min(t);
+            }
+        }
+        out
+    }
+
     fn change(&self, f: impl FnOnce(&mut Table)) {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut t = (**self.table.load()).clone();
@@ -350,6 +368,7 @@ impl Routes {
                     }));
                     if let Some(c) = &v.cert {
                         e.cert = Some(c.clone());
+                        e.cert_not_after = v.cert_not_after;
                     }
                     e.rebuild();
                     t.remove(domain);

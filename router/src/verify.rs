@@ -76,6 +76,14 @@ pub struct Verified {
     pub tcp: Option<std::net::SocketAddr>,
     /// The certificate to serve for the domain, if one came with it.
     pub cert: Option<Arc<CertifiedKey>>,
+    /// When that certificate expires (its `notAfter`), seconds since the epoch.
+    pub cert_not_after: Option<i64>,
+}
+
+/// When a certificate expires (its `notAfter`), seconds since the epoch.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Whether `site_domains` own `domain` (exactly, or under a wildcard).
@@ -164,6 +172,7 @@ pub fn verify(
             ))
         }
     };
+    let cert_not_after = cert.as_ref().and_then(|c| not_after(c.cert.first()?));
     // Only a request that passed every other check spends its nonce.
     if !nonces.check_and_add(n, now) {
         return Err(VerifyError::Replay);
@@ -172,6 +181,7 @@ pub fn verify(
         dir: PathBuf::from(&site.sockets),
         tcp,
         cert,
+        cert_not_after,
         sub,
     })
 }

@@ -1608,7 +1608,15 @@ fn metrics_count_answers_by_site_and_pass_promtool() {
     let addr = format!("127.0.0.1:{port}");
     let (r, s1, _s2) = setup_with(&["example.com"], &["--metrics-listen", &addr]);
     let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
-    r.subscribe(&s1, &s1.sub("example.com", "web.sock"));
+    // Its certificate expires on 2031-05-17 (1936742400 s after the epoch).
+    let mut params = rcgen::CertificateParams::new(vec!["example.com".to_owned()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let made = params.self_signed(&key).unwrap();
+    let mut sub = s1.sub("example.com", "web.sock");
+    sub.cert = Some(made.pem());
+    sub.key = Some(key.serialize_pem());
+    r.subscribe(&s1, &sub);
     for _ in 0..5 {
         assert_eq!(r.get("example.com").0, 200);
     }
@@ -1658,8 +1666,32 @@ fn metrics_count_answers_by_site_and_pass_promtool() {
         "{text}"
     );
     assert!(value("imperium_router_connections").is_some(), "{text}");
+    assert_eq!(
+        value(r#"imperium_router_certificate_expiry_seconds{site="site1"}"#),
+        Some(1936742400.0),
+        "{text}"
+    );
     // As Prometheus's own tool reads it.
     e2e::promtool_check(&text);
+    // Every router series the example dashboard queries is served.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/grafana/imperium.json"),
+    )
+    .unwrap();
+    let mut queried = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("imperium_router_") {
+            queried += 1;
+            let served = text
+                .lines()
+                .any(|l| l.split(['{', ' ']).next() == Some(word));
+            assert!(
+                served,
+                "the dashboard queries {word}, which the router does not serve"
+            );
+        }
+    }
+    assert!(queried >= 3, "{queried}");
     let (_, open) = get_path(
         &addr,
         "/metrics",
