@@ -393,6 +393,7 @@ async fn answer(
             Some((g, true)) if *name != g => delete(&tx, name, Some(g.to_owned())).await,
             Some(_) => Ok(not_here()),
         },
+        (M::GET, ["v1", "vassals", name, "subscriptions"]) => subscriptions(&tx, name).await,
         (M::GET, ["v1", "vassals", name, "notifications"]) => {
             notifications(&tx, name, req.uri().query()).await
         }
@@ -529,7 +530,17 @@ async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) 
         version = "1",
         description = "The admin's API on <run-dir>/api.sock"
     ),
-    paths(list, get, put, delete, act, notifications, notify, mark_read),
+    paths(
+        list,
+        get,
+        put,
+        delete,
+        act,
+        notifications,
+        notify,
+        mark_read,
+        subscriptions
+    ),
     components(schemas(
         crate::manager::StatusRow,
         crate::manager::StatusUsage,
@@ -538,7 +549,9 @@ async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) 
         Written,
         Notification,
         Message,
-        ReadMark
+        ReadMark,
+        model::subscription::RouteReport,
+        model::subscription::BackendReport
     ))
 )]
 pub struct ApiDoc;
@@ -799,6 +812,27 @@ async fn notifications(
     Ok(match ask(tx, req).await {
         Some(r) if r.ok => json(StatusCode::OK, &r.data),
         Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
+        None => gone(),
+    })
+}
+
+/// A site's domains as the router routes them now: each with its live
+/// backends and when its certificate expires.
+#[utoipa::path(get, path = "/v1/vassals/{name}/subscriptions",
+    params(("name" = String, Path, description = "The vassal")),
+    responses(
+        (status = 200, description = "Its routed domains (none for a group or a stopped site)",
+            body = [model::subscription::RouteReport]),
+        (status = 404, description = "No such vassal", body = Failure),
+        (status = 502, description = "The router could not be asked", body = Failure),
+    ))]
+async fn subscriptions(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer {
+    let req = control::Request::Subscriptions {
+        name: name.to_owned(),
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::OK, &r.data),
+        Some(r) => refused(r.error.unwrap_or_default(), StatusCode::BAD_GATEWAY),
         None => gone(),
     })
 }

@@ -89,6 +89,11 @@ pub enum Request {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// A site's domains as the router routes them now.
+    Subscriptions {
+        /// The vassal.
+        name: String,
+    },
     /// Mark a vassal's notifications read, up to one (all when absent).
     NotificationsRead {
         /// The vassal.

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod manager;
 pub mod network;
+pub mod routes;
 pub mod scan;
 pub mod scope;
 pub mod spawner;

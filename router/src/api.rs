@@ -1,5 +1,8 @@
 //! The subscription API: `POST /subscribe` with a [`model::subscription::Signed`]
-//! body, over a unix socket shared into every container.
+//! body, over a unix socket shared into every container; and `GET /routes`:
+//! the caller's site's domains as they are routed now (the site is the one
+//! whose uid the kernel gives for the caller; root names one with
+//! `?site=NAME`).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -39,6 +42,45 @@ fn refuse(status: StatusCode, why: String) -> Response<Body> {
     )
 }
 
+/// `GET /routes`: the routes of the caller's site (root: of `?site=NAME`).
+fn routes(state: &State, query: Option<&str>, peer: u32) -> Response<Body> {
+    let dominion = state.routes.dominion();
+    let site = if peer == 0 {
+        query
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("site="))
+            .map(str::to_owned)
+    } else {
+        dominion
+            .sites
+            .iter()
+            .find(|(_, s)| s.uid == Some(peer))
+            .map(|(name, _)| name.clone())
+    };
+    let Some(site) = site.filter(|s| dominion.sites.contains_key(s)) else {
+        let why = if peer == 0 {
+            "GET /routes?site=NAME, a site of the dominion".to_owned()
+        } else {
+            format!("uid {peer} is no site's")
+        };
+        return refuse(StatusCode::NOT_FOUND, why);
+    };
+    let report = state.routes.report(&site);
+    let mut body = serde_json::to_vec(&report).unwrap_or_default();
+    body.push(b'\n');
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// Handles one API request from a process of uid `peer`.
 pub async fn handle(
     state: Arc<State>,
@@ -46,11 +88,12 @@ pub async fn handle(
     peer: u32,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     use crate::metrics::SubRefusal as Why;
-    if req.method() != Method::POST || req.uri().path() != "/subscribe" {
+    let reading = req.method() == Method::GET && req.uri().path() == "/routes";
+    if !reading && (req.method() != Method::POST || req.uri().path() != "/subscribe") {
         state.stats.sub_refused(Why::BadCall);
         return Ok(refuse(
             StatusCode::NOT_FOUND,
-            "POST /subscribe is the only call".into(),
+            "POST /subscribe or GET /routes".into(),
         ));
     }
     // Counted by the caller's uid, which the kernel vouches for: a flood of
@@ -65,6 +108,10 @@ pub async fn handle(
                 crate::API_RATE
             ),
         ));
+    }
+    // A report scans the route table: rated like a subscription.
+    if reading {
+        return Ok(routes(&state, req.uri().query(), peer));
     }
     let collect = Limited::new(req.into_body(), MAX_BODY).collect();
     let body = match tokio::time::timeout(crate::API_TIMEOUT, collect).await {

@@ -263,6 +263,40 @@ impl Routes {
         loads.iter().map(|(s, l)| (s.clone(), l.clone())).collect()
     }
 
+    /// The site's domains as they are routed now, by domain.
+    pub fn report(&self, site: &str) -> Vec<model::subscription::RouteReport> {
+        use model::subscription::{BackendReport, RouteReport};
+        let now = Instant::now();
+        let t = self.table.load();
+        let mut out: Vec<RouteReport> = t
+            .by_domain
+            .iter()
+            .filter(|(_, e)| e.site == site)
+            .filter_map(|(domain, e)| {
+                let backends: Vec<BackendReport> = e
+                    .backends
+                    .iter()
+                    .filter(|b| b.expires > now)
+                    .map(|b| BackendReport {
+                        backend: match b.tcp {
+                            Some(a) => format!("tcp:{}", a.port()),
+                            None => b.name.clone(),
+                        },
+                        weight: b.weight,
+                        expires_in: b.expires.saturating_duration_since(now).as_secs(),
+                    })
+                    .collect();
+                (!backends.is_empty()).then(|| RouteReport {
+                    domain: domain.clone(),
+                    backends,
+                    certificate_expires: e.cert.as_ref().and(e.cert_not_after),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
+        out
+    }
+
     /// Each site's first certificate to expire among its live routes
     /// (`notAfter`, seconds since the epoch).
     pub fn cert_expiries(&self) -> std::collections::BTreeMap<String, i64> {

@@ -329,6 +329,24 @@ impl Router {
         (status, serde_json::from_str(json).unwrap())
     }
 
+    /// Another call of the subscription socket (`METHOD PATH`), as root: (status, body).
+    fn call(&self, line: &str) -> (u16, String) {
+        let mut s = UnixStream::connect(self.dir.path().join("run/router/subscribe.sock")).unwrap();
+        write!(
+            s,
+            "{line} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     fn subscribe(&self, site: &Site, sub: &Subscription) -> serde_json::Value {
         let (status, v) = self.post(&site.sign(sub));
         assert_eq!(status, 200, "{v}");
@@ -523,6 +541,24 @@ fn routes_by_host_and_serves_each_domain_its_certificate() {
         r.get("shop.example.com").1,
         "a|shop.example.com|http|127.0.0.1"
     );
+    // The routes as the router reports them: the site's own, with the
+    // certificate's expiry (rcgen's default notAfter, 4096-01-01).
+    let (status, text) = r.call("GET /routes?site=site1");
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let domains: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["domain"].as_str().unwrap())
+        .collect();
+    assert_eq!(domains, ["*.example.com", "example.com"], "{text}");
+    assert_eq!(v[1]["backends"][0]["backend"], "web.sock", "{text}");
+    assert!(v[1]["backends"][0]["expires_in"].as_u64().unwrap() <= 60);
+    assert_eq!(v[1]["certificate_expires"], 67090118400_i64, "{text}");
+    assert!(v[0].get("certificate_expires").is_none(), "{text}");
+    assert_eq!(r.call("GET /routes?site=nobody").0, 404);
+    assert_eq!(r.call("GET /routes").0, 404);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! that knows nothing else: schemathesis (from PyPI) generates requests for
 //! every operation of `/v1/openapi.json` and checks each answer, over the
 //! TLS listener with an admin's token, against a live emperor with a group
-//! and a site running. Host only (the VM does not run it): the document and
+//! and a site running, and a router. Host only (the VM does not run it): the document and
 //! the handlers are the same there, and the generator is slow under an
 //! emulated CPU.
 
@@ -22,9 +22,11 @@ fn root_the_api_answers_as_its_openapi_document_says() {
     );
     e.write(
         "shop",
-        "kind = \"site\"\ngroup = \"g\"\n[limits]\nmemory = \"64M\"\npids = 40\n",
+        "kind = \"site\"\ngroup = \"g\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"64M\"\npids = 40\n",
     );
     e.start();
+    // A real router to ask for the sites' routes.
+    let _router = RouterProc::start(&e);
     e.running_pid("shop");
     let admin = e.token(&["create", "--scope", "admin", "--label", "schemathesis"]);
     let base = format!("https://localhost:{port}");

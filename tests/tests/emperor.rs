@@ -977,6 +977,50 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
             .contains("does not own other.test"),
         "{subs:?}"
     );
+    // Its routes as the router reports them: to the admin through the API,
+    // and to the tenant on the router's socket (its own site only).
+    let curl = format!(
+        "curl -s --unix-socket {}",
+        e.run_dir.join("api.sock").display()
+    );
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("{curl} http://localhost/v1/vassals/shop/subscriptions"),
+        ])
+        .output()
+        .unwrap();
+    let routes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let domains: Vec<&str> = routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["domain"].as_str())
+        .collect();
+    assert_eq!(domains, ["shop.test", "www.shop.test"], "{routes}");
+    assert_eq!(routes[0]["backends"][0]["backend"], "web.sock", "{routes}");
+    assert!(
+        routes[0]["certificate_expires"].as_i64().unwrap() > 0,
+        "{routes}"
+    );
+    let out = e.exec_in(
+        init,
+        uid,
+        &e.cgroup("_admin/shop"),
+        "curl -s --unix-socket /run/imperium/router/subscribe.sock http://router/routes",
+    );
+    let own: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let own_domains: Vec<&str> = own
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["domain"].as_str())
+        .collect();
+    assert_eq!(own_domains, domains, "{own}");
+    assert_eq!(
+        own[0]["certificate_expires"],
+        routes[0]["certificate_expires"]
+    );
     // Suspending the site: its domains answer 503 at once.
     assert!(e.cli(&["suspend", "shop"]).status.success());
     wait_for(Duration::from_secs(5), "503", || {

@@ -71,6 +71,30 @@ impl Manager {
                     serde_json::from_slice(out).map_err(|e| format!("the site's answer: {e}"))
                 });
             }
+            Request::Subscriptions { name } => {
+                let name = match self.find(&name) {
+                    Ok(n) => n,
+                    Err(answer) => {
+                        let _ = reply.send(answer);
+                        return;
+                    }
+                };
+                let socket = self
+                    .cfg
+                    .layout
+                    .router_dir()
+                    .join(model::layout::names::SUBSCRIBE_SOCKET);
+                tokio::spawn(async move {
+                    let answer = match crate::routes::of(&socket, name.as_str()).await {
+                        Ok(routes) => {
+                            Response::ok(serde_json::to_value(routes).unwrap_or_default())
+                        }
+                        Err(why) => Response::err(why),
+                    };
+                    let _ = reply.send(answer);
+                });
+                return;
+            }
             Request::NotificationsRead { name, upto } => {
                 let upto = upto.map(|u| u.to_string());
                 let mut args = vec!["notifications", "read"];

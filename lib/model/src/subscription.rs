@@ -73,6 +73,33 @@ pub struct Answer {
     pub ttl: Option<u64>,
 }
 
+/// One domain of a site as the router routes it now (`GET /routes` on its
+/// subscription socket: a site's own, or any site's for root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct RouteReport {
+    /// The domain (`*.example.com` for the names under it).
+    pub domain: String,
+    /// Its live backends.
+    pub backends: Vec<BackendReport>,
+    /// When the certificate the site gave for it expires (`notAfter`,
+    /// seconds since the epoch); absent: the router's default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<i64>,
+}
+
+/// A backend of a routed domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct BackendReport {
+    /// The socket's name in the site's socket directory, or `tcp:PORT`.
+    pub backend: String,
+    /// Its share of the load.
+    pub weight: u32,
+    /// Seconds it lives unless the site's vassal subscribes it again.
+    pub expires_in: u64,
+}
+
 /// The router's view of one site, written by the emperor (the dominator).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
