@@ -198,7 +198,7 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     serves: Serves,
     tx: mpsc::UnboundedSender<Event>,
-    events: tokio::sync::broadcast::Sender<crate::manager::Change>,
+    events: tokio::sync::broadcast::Sender<crate::manager::Told>,
 ) {
     let places = Arc::new(Semaphore::new(CONNECTIONS));
     let rates = Arc::new(Rates::default());
@@ -248,7 +248,7 @@ async fn connection<I>(
     serves: Serves,
     tx: mpsc::UnboundedSender<Event>,
     rates: Arc<Rates>,
-    events: tokio::sync::broadcast::Sender<crate::manager::Change>,
+    events: tokio::sync::broadcast::Sender<crate::manager::Told>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -336,7 +336,7 @@ async fn answer(
     req: Request<hyper::body::Incoming>,
     serves: Serves,
     tx: mpsc::UnboundedSender<Event>,
-    events: tokio::sync::broadcast::Sender<crate::manager::Change>,
+    events: tokio::sync::broadcast::Sender<crate::manager::Told>,
 ) -> Answer {
     let path = req.uri().path().to_owned();
     let scope = match &serves {
@@ -433,7 +433,7 @@ async fn answer(
 /// reason, JSON), a `lagged` event when the reader fell behind (it should
 /// read `/v1/vassals` again), a comment every 15 s.
 fn stream(
-    rx: tokio::sync::broadcast::Receiver<crate::manager::Change>,
+    rx: tokio::sync::broadcast::Receiver<crate::manager::Told>,
     scope: Option<(&str, bool)>,
 ) -> Response<Body> {
     use tokio::sync::broadcast::error::RecvError;
@@ -449,17 +449,18 @@ fn stream(
             loop {
                 let text = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
                     Err(_) => ": alive\n\n".to_owned(),
-                    Ok(Ok(c)) => {
+                    Ok(Ok(told)) => {
+                        let (vassal, group) = told.whose();
                         let mine = match &scope {
                             None => true,
-                            Some((g, true)) => c.group.as_deref() == Some(g.as_str()),
-                            Some((s, false)) => c.vassal == *s,
+                            Some((g, true)) => group == Some(g.as_str()),
+                            Some((s, false)) => vassal == s,
                         };
                         if !mine {
                             continue;
                         }
-                        let data = serde_json::to_string(&c).unwrap_or_default();
-                        format!("event: state\ndata: {data}\n\n")
+                        let (event, data) = told.event();
+                        format!("event: {event}\ndata: {data}\n\n")
                     }
                     Ok(Err(RecvError::Lagged(n))) => format!("event: lagged\ndata: {n}\n\n"),
                     Ok(Err(RecvError::Closed)) => return None,

@@ -129,6 +129,48 @@ pub enum Event {
     },
 }
 
+/// What the API's event streams tell.
+#[derive(Debug, Clone)]
+pub enum Told {
+    /// A vassal's state changed (`event: state`).
+    State(Change),
+    /// A message was left among a vassal's notifications through the
+    /// emperor (`event: notification`). Alarms a site's own vassal raises
+    /// inside it are read with `GET /v1/vassals/NAME/notifications`.
+    Notification(Note),
+}
+
+impl Told {
+    /// The vassal it concerns, and its group (a group: itself).
+    pub fn whose(&self) -> (&str, Option<&str>) {
+        match self {
+            Told::State(c) => (&c.vassal, c.group.as_deref()),
+            Told::Notification(n) => (&n.vassal, n.group.as_deref()),
+        }
+    }
+
+    /// Its Server-Sent Event: the event's name and its JSON data.
+    pub fn event(&self) -> (&'static str, String) {
+        match self {
+            Told::State(c) => ("state", serde_json::to_string(c).unwrap_or_default()),
+            Told::Notification(n) => ("notification", serde_json::to_string(n).unwrap_or_default()),
+        }
+    }
+}
+
+/// A message left for a vassal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    /// The vassal.
+    pub vassal: String,
+    /// Its group (a group: itself).
+    pub group: Option<String>,
+    /// `admin` or `reseller`.
+    pub kind: String,
+    /// The message.
+    pub message: String,
+}
+
 /// A vassal's state changed (the API's event streams).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
@@ -218,7 +260,7 @@ pub struct Manager {
     /// Each running vassal's own API socket, served in its scope.
     api_sockets: BTreeMap<Name, tokio::task::JoinHandle<()>>,
     /// Changes of state, for the API's event streams.
-    events: tokio::sync::broadcast::Sender<Change>,
+    events: tokio::sync::broadcast::Sender<Told>,
     /// Each vassal's state as last told on `events`.
     told: BTreeMap<Name, Change>,
     vassals: BTreeMap<Name, Vassal>,

@@ -2555,6 +2555,23 @@ fn root_the_event_stream_tells_state_changes_in_its_scope() {
         &["\"vassal\":\"fresh\"", "\"state\":\"removed\""],
         &mut seen,
     );
+    // A message left for the tenant (once its new container runs): both
+    // streams tell it, as a notification.
+    e.wait_row("mine", "running again", |r| r["state"] == "running");
+    wait_for(Duration::from_secs(10), "the message stored", || {
+        e.cli(&["notify", "mine", "backup done"])
+            .status
+            .success()
+            .then_some(())
+    });
+    for (rx, lines) in [(&arx, &mut seen), (&trx, &mut tseen)] {
+        wait_line(rx, &["event: notification"], lines);
+        wait_line(
+            rx,
+            &["\"vassal\":\"mine\"", "\"kind\":\"admin\"", "backup done"],
+            lines,
+        );
+    }
     let _ = admin.kill();
     let _ = admin.wait();
     let _ = tenant.kill();

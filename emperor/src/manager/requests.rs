@@ -55,7 +55,20 @@ impl Manager {
                     return;
                 }
                 let args = ["notify", kind, message.as_str()];
-                return self.inside(&name, &args, reply, |_| Ok(serde_json::json!("stored")));
+                // Told on the event streams once stored.
+                let note = self.find(&name).ok().map(|n| Note {
+                    group: self.told.get(&n).and_then(|c| c.group.clone()),
+                    vassal: n.to_string(),
+                    kind: kind.to_owned(),
+                    message: message.clone(),
+                });
+                let events = self.events.clone();
+                return self.inside(&name, &args, reply, move |_| {
+                    if let Some(note) = note {
+                        let _ = events.send(Told::Notification(note));
+                    }
+                    Ok(serde_json::json!("stored"))
+                });
             }
             Request::Notifications {
                 name,

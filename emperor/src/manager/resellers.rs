@@ -113,7 +113,7 @@ impl Manager {
 
 impl Manager {
     /// The event streams' source.
-    pub fn events(&self) -> tokio::sync::broadcast::Sender<Change> {
+    pub fn events(&self) -> tokio::sync::broadcast::Sender<Told> {
         self.events.clone()
     }
 
@@ -127,16 +127,16 @@ impl Manager {
             .collect();
         for (name, c) in &now {
             if self.told.get(name) != Some(c) {
-                let _ = self.events.send(c.clone());
+                let _ = self.events.send(Told::State(c.clone()));
             }
         }
         for (name, c) in &self.told {
             if !now.contains_key(name) {
-                let _ = self.events.send(Change {
+                let _ = self.events.send(Told::State(Change {
                     state: "removed".into(),
                     reason: None,
                     ..c.clone()
-                });
+                }));
             }
         }
         self.told = now;
