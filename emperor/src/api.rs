@@ -67,6 +67,32 @@ impl Accept for tokio::net::TcpListener {
     }
 }
 
+/// A container's own socket: only its user's connections (and root's) are
+/// served; the socket's mode (0600, the user's) says the same, and the
+/// kernel's word on each peer (`SO_PEERCRED`) is checked too.
+#[derive(Debug)]
+pub struct OwnedBy {
+    /// The socket.
+    pub listener: tokio::net::UnixListener,
+    /// Its user.
+    pub uid: u32,
+}
+
+impl Accept for OwnedBy {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        loop {
+            let (s, _) = self.listener.accept().await?;
+            match s.peer_cred().map(|c| c.uid()) {
+                Ok(uid) if uid == self.uid || uid == 0 => return Ok(s),
+                peer => {
+                    tracing::warn!(uid = self.uid, ?peer, "api: a connection of another user, closed");
+                }
+            }
+        }
+    }
+}
+
 /// A vassal file's largest body.
 const BODY_MAX: usize = 64 * 1024;
 
@@ -987,4 +1013,60 @@ async fn metrics<B>(req: Request<B>, tx: mpsc::UnboundedSender<Event>) -> Answer
         hyper::header::HeaderValue::from_static(kind),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `curl` as `uid` on `socket`: the status it got (0: none).
+    fn curl_as(uid: u32, socket: &std::path::Path) -> u16 {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg("--unix-socket")
+            .arg(socket)
+            .arg("http://localhost/v1/openapi.json")
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "root: run the README's test command"]
+    async fn a_containers_socket_serves_its_user_and_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        // A mode that lets anyone connect: the peer's uid is what stops them.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (events, _) = tokio::sync::broadcast::channel(4);
+        let scope = Serves::Scoped {
+            name: "site".into(),
+            group: false,
+        };
+        let server = tokio::spawn(serve(
+            OwnedBy {
+                listener,
+                uid: 64123,
+            },
+            None,
+            scope,
+            tx,
+            events,
+        ));
+        let p = path.clone();
+        let codes = tokio::task::spawn_blocking(move || {
+            [curl_as(0, &p), curl_as(64123, &p), curl_as(64124, &p)]
+        })
+        .await
+        .unwrap();
+        assert_eq!(codes, [200, 200, 0], "root, the owner, another user");
+        server.abort();
+    }
 }

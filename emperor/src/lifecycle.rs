@@ -130,6 +130,9 @@ pub struct Life {
     pub backoff: Backoff,
     /// Restarts so far.
     pub restarts: u32,
+    /// Starts the throttle delayed (a restart loop, a start that failed
+    /// for a while).
+    pub throttled: u32,
     /// Which start of it this is (events of older starts are stale).
     pub gen: u64,
     /// Being stopped, and what follows.
@@ -145,6 +148,7 @@ impl Default for Life {
             reason: None,
             backoff: Backoff::default(),
             restarts: 0,
+            throttled: 0,
             gen: 0,
             stopping: None,
             since: None,
@@ -214,6 +218,7 @@ impl Life {
             Event::StartFailed { error, transient } => {
                 if transient {
                     let delay = self.backoff.on_death(ctx.throttle, Duration::ZERO);
+                    self.throttled += u32::from(!delay.is_zero());
                     self.state = State::Starting;
                     self.reason = Some(format!("{error}; retry in {delay:?}"));
                     vec![Effect::RestartAfter {
@@ -236,6 +241,7 @@ impl Life {
                 let uptime = now.saturating_duration_since(since);
                 let delay = self.backoff.on_death(ctx.throttle, uptime);
                 self.restarts += 1;
+                self.throttled += u32::from(!delay.is_zero());
                 self.state = State::Starting;
                 self.reason = Some(format!(
                     "init {exit} after {uptime:.1?}; restart in {delay:?}"

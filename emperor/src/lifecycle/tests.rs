@@ -113,6 +113,7 @@ fn a_dead_init_is_restarted_at_once_then_throttled() {
     }
     assert_eq!(waits, [0, 1, 2, 4, 4], "doubling up to the max");
     assert_eq!(l.restarts, 5);
+    assert_eq!(l.throttled, 4, "every restart but the first waited");
     assert!(l.reason.is_none(), "a running init has no reason to show");
 }
 

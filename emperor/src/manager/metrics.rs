@@ -71,6 +71,12 @@ impl Manager {
         let counter = family::<Counter<f64>>;
         let cpu = counter(&mut reg, "vassal_cpu", "CPU time used", Some(Unit::Seconds));
         let restarts = counter(&mut reg, "vassal_restarts", "Restarts of its init", None);
+        let throttled = counter(
+            &mut reg,
+            "vassal_throttled_starts",
+            "Starts the restart throttle delayed",
+            None,
+        );
         let ooms = counter(
             &mut reg,
             "vassal_oom_kills",
@@ -113,6 +119,9 @@ impl Manager {
             restarts
                 .get_or_create(&l)
                 .inc_by(f64::from(v.life.restarts));
+            throttled
+                .get_or_create(&l)
+                .inc_by(f64::from(v.life.throttled));
             let limits = v.file.limits();
             if let Some(m) = limits.memory {
                 memory_limit.get_or_create(&l).set(m.0 as i64);

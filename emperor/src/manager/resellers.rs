@@ -97,7 +97,7 @@ impl Manager {
                         group: matches!(v.file, VassalFile::Group(_)),
                     };
                     let task = tokio::spawn(crate::api::serve(
-                        listener,
+                        crate::api::OwnedBy { listener, uid },
                         None,
                         scope,
                         self.tx.clone(),
