@@ -86,7 +86,11 @@ impl Accept for OwnedBy {
             match s.peer_cred().map(|c| c.uid()) {
                 Ok(uid) if uid == self.uid || uid == 0 => return Ok(s),
                 peer => {
-                    tracing::warn!(uid = self.uid, ?peer, "api: a connection of another user, closed");
+                    tracing::warn!(
+                        uid = self.uid,
+                        ?peer,
+                        "api: a connection of another user, closed"
+                    );
                 }
             }
         }
@@ -1023,7 +1027,15 @@ mod tests {
     fn curl_as(uid: u32, socket: &std::path::Path) -> u16 {
         use std::os::unix::process::CommandExt;
         let out = std::process::Command::new("curl")
-            .args(["-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
             .arg("--unix-socket")
             .arg(socket)
             .arg("http://localhost/v1/openapi.json")

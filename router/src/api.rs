@@ -66,7 +66,16 @@ fn routes(state: &State, query: Option<&str>, peer: u32) -> Response<Body> {
         };
         return refuse(StatusCode::NOT_FOUND, why);
     };
-    let report = state.routes.report(&site);
+    let mut report = state.routes.report(&site);
+    if let Some(acme) = &state.acme {
+        for r in report.iter_mut().filter(|r| r.certificate.is_none()) {
+            if let Some(i) = acme.issued(&r.domain) {
+                r.certificate = Some("acme".into());
+                r.certificate_expires = Some(i.not_after);
+            }
+            r.acme_error = acme.error(&r.domain);
+        }
+    }
     let mut body = serde_json::to_vec(&report).unwrap_or_default();
     body.push(b'\n');
     let mut r = Response::new(

@@ -7,6 +7,7 @@
 //! requests on `<run-dir>/router/subscribe.sock`.
 
 pub mod access;
+pub mod acme;
 pub mod api;
 pub mod conn;
 pub mod metrics;
@@ -62,6 +63,8 @@ pub struct Config {
     pub threads: usize,
     /// Where `/metrics` is served (none: nowhere).
     pub metrics: Option<SocketAddr>,
+    /// Certificates through ACME (none: off).
+    pub acme: Option<acme::Settings>,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             max_requests_per_site: routes::MAX_REQUESTS_PER_SITE,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             metrics: None,
+            acme: None,
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct State {
     pub body_timeout: Duration,
     /// The router's own counters (metrics).
     pub stats: metrics::Stats,
+    /// Certificates through ACME, when on.
+    pub acme: Option<Arc<acme::Acme>>,
 }
 
 fn dominion_path(run_dir: &Path) -> PathBuf {
@@ -219,7 +225,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         routes::Routes::new(dominion, cfg.ttl, cfg.max_routes_per_site)
             .with_max_requests(cfg.max_requests_per_site),
     );
-    let certs = Arc::new(tls::SniCerts::new(routes.clone())?);
+    let acme = match &cfg.acme {
+        Some(a) => Some(Arc::new(acme::Acme::load(a.clone(), &cfg.state_dir)?)),
+        None => None,
+    };
+    let certs = Arc::new(tls::SniCerts::new(routes.clone(), acme.clone())?);
     let state = Arc::new(State {
         routes,
         nonces: Mutex::new(verify::Nonces::default()),
@@ -229,6 +239,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         api_rate: conn::Rate::new(API_RATE, API_BURST),
         body_timeout: cfg.body_timeout,
         stats: metrics::Stats::default(),
+        acme: acme.clone(),
     });
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -271,6 +282,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cfg.run_dir.clone(),
         cfg.state_dir.clone(),
     ));
+    if let Some(acme) = acme {
+        tokio::spawn(acme.run(state.routes.clone()));
+    }
     let sweeper = state.clone();
     tokio::spawn(async move {
         loop {

@@ -64,6 +64,17 @@ enum Cmd {
         /// Serve `/metrics` (Prometheus) on this TCP address (say 127.0.0.1:9106).
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Obtain certificates through ACME from this directory URL for the
+        /// domains sites subscribe without one of their own (HTTP-01 on the
+        /// HTTP listener); off when absent.
+        #[arg(long, value_name = "URL")]
+        acme_directory: Option<String>,
+        /// The ACME account's contact.
+        #[arg(long, value_name = "EMAIL", requires = "acme_directory")]
+        acme_email: Option<String>,
+        /// Trust this root (PEM) for the ACME server's own TLS (a private CA).
+        #[arg(long, value_name = "FILE", requires = "acme_directory")]
+        acme_ca: Option<std::path::PathBuf>,
     },
 }
 
@@ -94,6 +105,9 @@ fn main() {
         max_requests_per_site,
         threads,
         metrics_listen,
+        acme_directory,
+        acme_email,
+        acme_ca,
     } = Cli::parse().cmd;
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
     let cfg = router::Config {
@@ -106,6 +120,11 @@ fn main() {
         max_routes_per_site: max_routes_per_site.max(1),
         max_requests_per_site: max_requests_per_site.max(1),
         metrics: metrics_listen,
+        acme: acme_directory.map(|directory| router::acme::Settings {
+            directory,
+            email: acme_email,
+            ca: acme_ca,
+        }),
         ..router::Config::new(http, https, run_dir, state_dir)
     };
     // This thread is worker 0; `run` starts the others, one event loop each.

@@ -165,7 +165,16 @@ pub fn render(state: &crate::State, connections: u64) -> String {
         Unit::Seconds,
         expiry.clone(),
     );
-    for (site, t) in state.routes.cert_expiries() {
+    let mut expiries = state.routes.cert_expiries();
+    if let Some(acme) = &state.acme {
+        for (domain, site) in state.routes.uncertified() {
+            if let Some(i) = acme.issued(&domain) {
+                let first = expiries.entry(site).or_insert(i.not_after);
+                *first = (*first).min(i.not_after);
+            }
+        }
+    }
+    for (site, t) in expiries {
         expiry.get_or_create(&Site { site }).set(t);
     }
     let unknown = Counter::<u64>::default();

@@ -542,6 +542,24 @@ pub async fn handle(
     client: Arc<Client>,
     in_flight: InFlight,
 ) -> Result<Response<Body>, std::convert::Infallible> {
+    // The CA checking an HTTP-01 challenge (any host: the token names it).
+    if let (Some(acme), "http") = (&state.acme, client.scheme) {
+        if let Some(token) = req
+            .uri()
+            .path()
+            .strip_prefix("/.well-known/acme-challenge/")
+        {
+            return Ok(match acme.challenge(token) {
+                Some(key_auth) => {
+                    let mut r = Response::new(full(key_auth));
+                    r.headers_mut()
+                        .insert("content-type", HeaderValue::from_static("text/plain"));
+                    r
+                }
+                None => page(StatusCode::NOT_FOUND, "No such challenge."),
+            });
+        }
+    }
     let Some(host) = host_of(&req) else {
         return Ok(page(StatusCode::BAD_REQUEST, "No Host, or more than one."));
     };

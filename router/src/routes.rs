@@ -290,11 +290,39 @@ impl Routes {
                     domain: domain.clone(),
                     backends,
                     certificate_expires: e.cert.as_ref().and(e.cert_not_after),
+                    certificate: e.cert.as_ref().map(|_| "site".to_owned()),
+                    acme_error: None,
                 })
             })
             .collect();
         out.sort_by(|a, b| a.domain.cmp(&b.domain));
         out
+    }
+
+    /// The routed domains that carry no certificate of their site's own
+    /// (wildcards left out: ACME's HTTP-01 cannot prove them), with their site.
+    pub fn uncertified(&self) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let t = self.table.load();
+        t.by_domain
+            .iter()
+            .filter(|(d, e)| {
+                !d.starts_with("*.")
+                    && e.cert.is_none()
+                    && e.backends.iter().any(|b| b.expires > now)
+            })
+            .map(|(d, e)| (d.clone(), e.site.clone()))
+            .collect()
+    }
+
+    /// Whether `name` itself is routed now (a live backend).
+    pub fn is_routed(&self, name: &str) -> bool {
+        let now = Instant::now();
+        self.table
+            .load()
+            .by_domain
+            .get(name)
+            .is_some_and(|e| e.backends.iter().any(|b| b.expires > now))
     }
 
     /// Each site's first certificate to expire among its live routes

@@ -1,5 +1,6 @@
 //! Certificates by SNI: the certificate a site subscribed with its domain
-//! (exact name, then the wildcard one level up), else the default. They live in
+//! (exact name, then the wildcard one level up), else the one ACME got for
+//! a routed name, else the default. They live in
 //! the route table, so a certificate goes when its domain's last route goes.
 
 use std::sync::Arc;
@@ -13,25 +14,41 @@ use crate::routes::Routes;
 #[derive(Debug)]
 pub struct SniCerts {
     routes: Arc<Routes>,
+    acme: Option<Arc<crate::acme::Acme>>,
     default: Arc<CertifiedKey>,
 }
 
 impl SniCerts {
     /// Over `routes`, with a self-signed default certificate for unknown names.
-    pub fn new(routes: Arc<Routes>) -> anyhow::Result<SniCerts> {
+    pub fn new(
+        routes: Arc<Routes>,
+        acme: Option<Arc<crate::acme::Acme>>,
+    ) -> anyhow::Result<SniCerts> {
         let cert = rcgen::generate_simple_self_signed(vec!["imperium.invalid".to_owned()])?;
         let default = crate::verify::load_cert(
             &cert.cert.pem(),
             &cert.key_pair.serialize_pem(),
             "imperium.invalid",
         )?;
-        Ok(SniCerts { routes, default })
+        Ok(SniCerts {
+            routes,
+            acme,
+            default,
+        })
     }
 
-    /// The certificate for a name.
+    /// The certificate for a name: the site's own, else the one ACME got
+    /// for a routed name, else the default.
     pub fn get(&self, name: &str) -> Arc<CertifiedKey> {
         self.routes
             .cert(name)
+            .or_else(|| {
+                let acme = self.acme.as_ref()?;
+                self.routes
+                    .is_routed(name)
+                    .then(|| acme.cert(name))
+                    .flatten()
+            })
             .unwrap_or_else(|| self.default.clone())
     }
 }

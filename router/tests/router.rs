@@ -1736,3 +1736,316 @@ fn metrics_count_answers_by_site_and_pass_promtool() {
     assert!(open.ends_with("# EOF\n"), "{open}");
     assert_eq!(get_path(&addr, "/other", "").0, 404);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's pebble (a real ACME server, RFC 8555) on 127.0.0.1, validating
+/// on the router's HTTP port, with pebble-challtestsrv as its DNS server
+/// (every name is 127.0.0.1; nothing leaves the machine).
+struct Pebble {
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+    /// The directory URL.
+    url: String,
+    /// Pebble's own TLS certificate (the router trusts it with --acme-ca).
+    tls_ca: PathBuf,
+    management: u16,
+    /// pebble-challtestsrv's management port (DNS answers to change).
+    dns_admin: u16,
+}
+
+impl Pebble {
+    /// Ports are chosen now; `start` runs it, once the router's HTTP port is known.
+    fn new() -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, management) = (free_port(), free_port());
+        // A CA of the test's, and pebble's certificate from it (a
+        // self-signed leaf is no trust anchor for webpki).
+        let tls_ca = dir.path().join("ca.crt");
+        let run = |args: &[&str]| {
+            let made = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(made.status.success(), "openssl {args:?}: {made:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=imperium test CA"],
+        ]
+        .concat()
+        .iter()
+        .chain(&["-keyout", "ca.key", "-out", "ca.crt"])
+        .copied()
+        .collect::<Vec<_>>());
+        run(&[
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=127.0.0.1", "-keyout", "pebble.key"],
+        ]
+        .concat()
+        .iter()
+        .chain(&["-out", "pebble.csr"])
+        .copied()
+        .collect::<Vec<_>>());
+        std::fs::write(
+            dir.path().join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "pebble.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "pebble.crt",
+        ]);
+        Pebble {
+            children: Vec::new(),
+            url: format!("https://127.0.0.1:{port}/dir"),
+            tls_ca,
+            management,
+            dns_admin: free_port(),
+            dir,
+        }
+    }
+
+    fn start(&mut self, http_port: u16) {
+        let (dns, dns_admin) = (free_port(), self.dns_admin);
+        let port = self.url.split(':').nth(2).unwrap().trim_end_matches("/dir");
+        let cfg = serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{}", self.management),
+            "certificate": self.dir.path().join("pebble.crt"),
+            "privateKey": self.dir.path().join("pebble.key"),
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+        }});
+        let cfg_path = self.dir.path().join("pebble.json");
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let log = |name: &str| std::fs::File::create(self.dir.path().join(name)).unwrap();
+        self.children.push(
+            Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                .args(["-dns01", &format!("127.0.0.1:{dns}")])
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                .args(["-management", &format!("127.0.0.1:{dns_admin}")])
+                .stdout(log("dns.log"))
+                .stderr(log("dns.err"))
+                .spawn()
+                .expect("pebble-challtestsrv (Debian's pebble package)"),
+        );
+        self.children.push(
+            Command::new("pebble")
+                .arg("-config")
+                .arg(&cfg_path)
+                .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .stdout(log("pebble.log"))
+                .stderr(log("pebble.err"))
+                .spawn()
+                .expect("pebble (Debian's pebble package)"),
+        );
+        wait_for(Duration::from_secs(20), "pebble to listen", || {
+            TcpStream::connect(format!("127.0.0.1:{port}")).ok()
+        });
+    }
+
+    /// The root pebble signs certificates with (it makes one at each start).
+    fn root(&self) -> PathBuf {
+        let path = self.dir.path().join("root.pem");
+        let out = Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(&self.tls_ca)
+            .arg(format!("https://127.0.0.1:{}/roots/0", self.management))
+            .arg("-o")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        path
+    }
+
+    /// Makes the DNS answer `host` with `ip` (instead of 127.0.0.1).
+    fn resolve(&self, host: &str, ip: &str) {
+        let body = serde_json::json!({ "host": format!("{host}."), "addresses": [ip] });
+        let out = Command::new("curl")
+            .args(["-s", "-f", "-X", "POST", "--data-binary", &body.to_string()])
+            .arg(format!("http://127.0.0.1:{}/add-a", self.dns_admin))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    fn stop(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether an HTTPS client that trusts only `root` accepts `name` at `addr`.
+fn verified(addr: &str, name: &str, root: &Path) -> bool {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-servername", name])
+        .args(["-verify_hostname", name, "-verify_return_error", "-CAfile"])
+        .arg(root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains("Verify return code: 0 (ok)")
+}
+
+#[test]
+#[ignore = "needs Debian's pebble package: run the README's test command"]
+fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
+    let mut pebble = Pebble::new();
+    let acme = ["--acme-directory", &pebble.url.clone(), "--acme-ca"];
+    let ca = pebble.tls_ca.display().to_string();
+    let extra: Vec<&str> = acme.iter().copied().chain([ca.as_str()]).collect();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let extra: Vec<&str> = extra
+        .into_iter()
+        .chain(["--metrics-listen", &metrics])
+        .collect();
+    let (mut r, s1, _s2) = setup_with(
+        &["shop.test", "own.test", "*.shop.test", "fail.test"],
+        &extra,
+    );
+    let http_port: u16 = r.http.rsplit(':').next().unwrap().parse().unwrap();
+    pebble.start(http_port);
+    let root = pebble.root();
+    let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
+    // A domain with no certificate of its own, one with the tenant's, a wildcard.
+    r.subscribe(&s1, &s1.sub("shop.test", "web.sock"));
+    let (own_pem, own_key, own_der) = cert(&["own.test"]);
+    let mut own = s1.sub("own.test", "web.sock");
+    own.cert = Some(own_pem);
+    own.key = Some(own_key);
+    r.subscribe(&s1, &own);
+    r.subscribe(&s1, &s1.sub("*.shop.test", "web.sock"));
+    // Refreshed while the order goes on (routes live 60 s here anyway).
+    let logs = || {
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "router:\n{}\npebble:\n{}{}",
+            read(r.dir.path().join("router.log")),
+            read(pebble.dir.path().join("pebble.log")),
+            read(pebble.dir.path().join("pebble.err"))
+        )
+    };
+    e2e::wait_for_or(
+        Duration::from_secs(60),
+        "a certificate from pebble for shop.test",
+        || verified(&r.https, "shop.test", &root).then_some(()),
+        logs,
+    );
+    let (status, body, issued) = r.get_tls("shop.test");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "a|shop.test|https|127.0.0.1")
+    );
+    // The tenant's own certificate is not replaced; the wildcard got none.
+    assert_eq!(r.get_tls("own.test").2, own_der);
+    assert!(!verified(&r.https, "x.shop.test", &root));
+    let stored = std::fs::read_dir(r.dir.path().join("state/acme/certs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(stored, ["shop.test.pem"]);
+    let mode = std::fs::metadata(r.dir.path().join("state/acme/certs/shop.test.pem"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    // The router's report and metric of it.
+    let (status, text) = r.call("GET /routes?site=site1");
+    assert_eq!(status, 200, "{text}");
+    let routes: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let shop = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "shop.test")
+        .unwrap();
+    assert_eq!(shop["certificate"], "acme", "{text}");
+    let not_after = shop["certificate_expires"].as_i64().unwrap();
+    assert!(not_after > now() as i64 + 86400, "{text}");
+    let (_, m) = get_path(&metrics, "/metrics", "");
+    let line = format!(r#"imperium_router_certificate_expiry_seconds{{site="site1"}} {not_after}"#);
+    assert!(m.contains(&line), "{line} in\n{m}");
+
+    // A domain the CA cannot validate (its name points where nothing
+    // answers): one failed order, then the router waits (a minute, then
+    // failures squared), never a loop; the reason is reported.
+    pebble.resolve("fail.test", "127.0.0.2");
+    r.subscribe(&s1, &s1.sub("fail.test", "web.sock"));
+    let failures = || {
+        std::fs::read_to_string(r.dir.path().join("router.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("no certificate") && l.contains("fail.test"))
+            .count()
+    };
+    e2e::wait_for_or(
+        Duration::from_secs(60),
+        "a failed order for fail.test",
+        || (failures() == 1).then_some(()),
+        logs,
+    );
+    let (_, text) = r.call("GET /routes?site=site1");
+    assert!(text.contains("acme_error"), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert_eq!(failures(), 1, "a second order within the back-off");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A restart with the CA gone serves the stored certificate at once.
+    pebble.stop();
+    let dir = r.stop();
+    let mut r = Router::start_with(dir, "60", &extra);
+    r.subscribe(&s1, &s1.sub("shop.test", "web.sock"));
+    assert_eq!(r.get_tls("shop.test").2, issued);
+    assert!(verified(&r.https, "shop.test", &root));
+    let _ = r.stop();
+}

@@ -86,6 +86,13 @@ pub struct RouteReport {
     /// seconds since the epoch); absent: the router's default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_expires: Option<i64>,
+    /// Where its certificate comes from: `site` (the tenant's own), `acme`
+    /// (the router got it), absent: the router's default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// Why the router could not get it a certificate through ACME, lately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme_error: Option<String>,
 }
 
 /// A backend of a routed domain.

@@ -1,0 +1,370 @@
+//! Automatic certificates (ACME, RFC 8555, with instant-acme): a domain a
+//! site has subscribed without a certificate of its own gets one from the
+//! CA the admin names (`router serve --acme-directory URL`), proved by the
+//! HTTP-01 challenge on the router's HTTP listener. Only what the dominion
+//! gives a site and the site subscribed is ever asked for; a wildcard is
+//! skipped (HTTP-01 cannot prove it); a tenant's own certificate always wins.
+//!
+//! Never a storm: a few orders at once, a global budget of new orders well
+//! under Let's Encrypt's (300 per account per 3 hours), and each domain's
+//! failures back off (failures squared minutes, a day at most). The account
+//! and every certificate live in `<state-dir>/acme/` (0600, written
+//! atomically) and are loaded at start without a network call.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::sign::CertifiedKey;
+
+/// What the admin set.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// The account's contact (`mailto:`).
+    pub email: Option<String>,
+    /// A PEM file of the root to trust for the CA's own TLS (a private CA,
+    /// as the tests' pebble); the system's roots otherwise.
+    pub ca: Option<PathBuf>,
+}
+
+/// A certificate the CA gave.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The chain and key, for SNI.
+    pub key: Arc<CertifiedKey>,
+    /// Its `notBefore` and `notAfter`, seconds since the epoch.
+    pub not_before: i64,
+    /// See `not_before`.
+    pub not_after: i64,
+}
+
+/// A domain's failures.
+#[derive(Debug, Clone)]
+struct Failing {
+    failures: u32,
+    next: Instant,
+    error: String,
+}
+
+/// Orders in flight at once.
+const CONCURRENT: usize = 4;
+/// New orders the router may place, at most, per window.
+const ORDERS_PER_WINDOW: usize = 250;
+/// The window of that budget.
+const WINDOW: Duration = Duration::from_secs(3 * 3600);
+/// How often the routes are looked at.
+const TICK: Duration = Duration::from_secs(1);
+/// The longest wait after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+/// The router's ACME client and what it holds.
+pub struct Acme {
+    settings: Settings,
+    dir: PathBuf,
+    /// HTTP-01 tokens and their key authorizations.
+    challenges: Mutex<HashMap<String, String>>,
+    certs: ArcSwap<HashMap<String, Issued>>,
+    failing: Mutex<HashMap<String, Failing>>,
+    in_flight: Mutex<HashSet<String>>,
+    /// When each order of the window was placed.
+    placed: Mutex<Vec<Instant>>,
+    account: tokio::sync::OnceCell<Account>,
+}
+
+impl std::fmt::Debug for Acme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acme")
+            .field("directory", &self.settings.directory)
+            .field("certs", &self.certs.load().len())
+            .finish()
+    }
+}
+
+/// Seconds since the epoch.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes `bytes` to `path` atomically, 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    model::atomic::replace(path, bytes, 0o600)
+}
+
+fn cert_file(dir: &Path, domain: &str) -> PathBuf {
+    dir.join("certs").join(format!("{domain}.pem"))
+}
+
+/// A certificate file's chain and key as the router serves them.
+fn load_issued(domain: &str, pem: &str) -> Option<Issued> {
+    let key = crate::verify::load_cert(pem, pem, domain).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(key.cert.first()?).ok()?;
+    Some(Issued {
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        key,
+    })
+}
+
+impl Acme {
+    /// The client, with the certificates already in `<state_dir>/acme/certs`.
+    pub fn load(settings: Settings, state_dir: &Path) -> std::io::Result<Acme> {
+        let dir = state_dir.join("acme");
+        std::fs::create_dir_all(dir.join("certs"))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let mut certs = HashMap::new();
+        for entry in std::fs::read_dir(dir.join("certs"))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(domain) = name.strip_suffix(".pem") else {
+                continue;
+            };
+            match std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|pem| load_issued(domain, &pem))
+            {
+                Some(issued) => {
+                    certs.insert(domain.to_owned(), issued);
+                }
+                None => {
+                    tracing::warn!(file = %entry.path().display(), "acme: unusable certificate file, ignored")
+                }
+            }
+        }
+        tracing::info!(certificates = certs.len(), directory = %settings.directory, "acme: certificates loaded");
+        Ok(Acme {
+            settings,
+            dir,
+            challenges: Mutex::new(HashMap::new()),
+            certs: ArcSwap::from_pointee(certs),
+            failing: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
+            placed: Mutex::new(Vec::new()),
+            account: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The certificate issued for `name`, if any.
+    pub fn cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.certs.load().get(name).map(|i| i.key.clone())
+    }
+
+    /// The certificate issued for `name`, with its dates.
+    pub fn issued(&self, name: &str) -> Option<Issued> {
+        self.certs.load().get(name).cloned()
+    }
+
+    /// The key authorization of an HTTP-01 token the CA asks for.
+    pub fn challenge(&self, token: &str) -> Option<String> {
+        lock(&self.challenges).get(token).cloned()
+    }
+
+    /// The last error of a domain that is failing.
+    pub fn error(&self, domain: &str) -> Option<String> {
+        lock(&self.failing).get(domain).map(|f| f.error.clone())
+    }
+
+    /// Whether `domain` needs an order now: no certificate, or one in its
+    /// last third (30 days at most before its end), and not backing off.
+    fn due(&self, domain: &str, now: Instant) -> bool {
+        if lock(&self.in_flight).contains(domain) {
+            return false;
+        }
+        if lock(&self.failing)
+            .get(domain)
+            .is_some_and(|f| now < f.next)
+        {
+            return false;
+        }
+        match self.certs.load().get(domain) {
+            None => true,
+            Some(i) => {
+                let life = (i.not_after - i.not_before).max(0);
+                let margin = (life / 3).min(30 * 86400);
+                now_secs() >= i.not_after - margin
+            }
+        }
+    }
+
+    /// Spends one order of the window's budget, if there is one left.
+    fn budget(&self, now: Instant) -> bool {
+        let mut placed = lock(&self.placed);
+        placed.retain(|t| now.saturating_duration_since(*t) < WINDOW);
+        if placed.len() >= ORDERS_PER_WINDOW {
+            return false;
+        }
+        placed.push(now);
+        true
+    }
+
+    /// Looks at the routes every second and orders what is due, until the
+    /// router ends.
+    pub async fn run(self: Arc<Self>, routes: Arc<crate::routes::Routes>) {
+        let mut told_budget = false;
+        loop {
+            tokio::time::sleep(TICK).await;
+            let now = Instant::now();
+            for (domain, _) in routes.uncertified() {
+                if lock(&self.in_flight).len() >= CONCURRENT {
+                    break;
+                }
+                if !self.due(&domain, now) {
+                    continue;
+                }
+                if !self.budget(now) {
+                    if !told_budget {
+                        tracing::warn!(
+                            "acme: {ORDERS_PER_WINDOW} orders in {WINDOW:?}: waiting for the window"
+                        );
+                        told_budget = true;
+                    }
+                    break;
+                }
+                told_budget = false;
+                lock(&self.in_flight).insert(domain.clone());
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let got = me.issue(&domain).await;
+                    match got {
+                        Ok(issued) => {
+                            tracing::info!(%domain, not_after = issued.not_after, "acme: certificate issued");
+                            lock(&me.failing).remove(&domain);
+                            let mut certs = (**me.certs.load()).clone();
+                            certs.insert(domain.clone(), issued);
+                            me.certs.store(Arc::new(certs));
+                        }
+                        Err(error) => {
+                            let mut failing = lock(&me.failing);
+                            let f = failing.entry(domain.clone()).or_insert(Failing {
+                                failures: 0,
+                                next: Instant::now(),
+                                error: String::new(),
+                            });
+                            f.failures += 1;
+                            let wait = Duration::from_secs(60 * u64::from(f.failures).pow(2))
+                                .min(MAX_BACKOFF);
+                            f.next = Instant::now() + wait;
+                            f.error = error.clone();
+                            tracing::warn!(%domain, %error, failures = f.failures, retry_in = ?wait, "acme: no certificate");
+                        }
+                    }
+                    lock(&me.in_flight).remove(&domain);
+                });
+            }
+        }
+    }
+
+    async fn account(&self) -> Result<&Account, String> {
+        self.account
+            .get_or_try_init(|| async {
+                let builder = match &self.settings.ca {
+                    Some(ca) => Account::builder_with_root(ca),
+                    None => Account::builder(),
+                }
+                .map_err(|e| format!("the ACME client: {e}"))?;
+                let file = self.dir.join("account.json");
+                if let Ok(text) = std::fs::read(&file) {
+                    if let Ok(creds) = serde_json::from_slice::<AccountCredentials>(&text) {
+                        return builder
+                            .from_credentials(creds)
+                            .await
+                            .map_err(|e| format!("the stored ACME account: {e}"));
+                    }
+                }
+                let contact = self.settings.email.as_ref().map(|e| format!("mailto:{e}"));
+                let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let (account, creds) = builder
+                    .create(
+                        &NewAccount {
+                            contact: &contacts,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        self.settings.directory.clone(),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| format!("creating the ACME account: {e}"))?;
+                let text = serde_json::to_vec(&creds).unwrap_or_default();
+                write_private(&file, &text).map_err(|e| format!("{}: {e}", file.display()))?;
+                tracing::info!(id = account.id(), "acme: account created");
+                Ok(account)
+            })
+            .await
+    }
+
+    /// One order for `domain`, HTTP-01, to its certificate (stored).
+    async fn issue(&self, domain: &str) -> Result<Issued, String> {
+        // It names a file: a plain host name only (the dominion's names are).
+        if domain.starts_with('.')
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(format!("{domain:?} is not a plain host name"));
+        }
+        let account = self.account().await?;
+        let ids = [Identifier::Dns(domain.to_owned())];
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| format!("new order: {e}"))?;
+        let mut tokens = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                s => return Err(format!("authorization is {s:?}")),
+            }
+            let mut challenge = authz
+                .challenge(ChallengeType::Http01)
+                .ok_or("the CA offers no http-01 challenge")?;
+            let token = challenge.token.clone();
+            let key_auth = challenge.key_authorization().as_str().to_owned();
+            lock(&self.challenges).insert(token.clone(), key_auth);
+            tokens.push(token);
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| format!("challenge: {e}"))?;
+        }
+        let retry = RetryPolicy::default().timeout(Duration::from_secs(60));
+        let status = order.poll_ready(&retry).await;
+        for t in &tokens {
+            lock(&self.challenges).remove(t);
+        }
+        match status.map_err(|e| format!("order: {e}"))? {
+            OrderStatus::Ready => {}
+            s => return Err(format!("the order is {s:?} (the challenge failed)")),
+        }
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain_pem = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        let pem = format!("{chain_pem}\n{key_pem}");
+        let issued = load_issued(domain, &pem).ok_or("the CA's certificate does not load")?;
+        let file = cert_file(&self.dir, domain);
+        write_private(&file, pem.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(issued)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
