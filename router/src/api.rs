@@ -72,6 +72,7 @@ fn routes(state: &State, query: Option<&str>, peer: u32) -> Response<Body> {
             if let Some(i) = acme.issued(&r.domain) {
                 r.certificate = Some("acme".into());
                 r.certificate_expires = Some(i.not_after);
+                r.issuer = i.key.cert.first().and_then(|c| crate::verify::issuer(c));
             }
             r.acme_error = acme.error(&r.domain);
         }

@@ -291,6 +291,10 @@ impl Routes {
                     backends,
                     certificate_expires: e.cert.as_ref().and(e.cert_not_after),
                     certificate: e.cert.as_ref().map(|_| "site".to_owned()),
+                    issuer: e
+                        .cert
+                        .as_ref()
+                        .and_then(|c| crate::verify::issuer(c.cert.first()?)),
                     acme_error: None,
                 })
             })

@@ -86,6 +86,12 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// Who issued a certificate (its issuer's distinguished name).
+pub fn issuer(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.issuer().to_string())
+}
+
 /// Whether `site_domains` own `domain` (exactly, or under a wildcard).
 pub fn owns(site_domains: &[String], domain: &str) -> bool {
     site_domains.iter().any(|d| {

@@ -1944,10 +1944,37 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
         .into_iter()
         .chain(["--metrics-listen", &metrics])
         .collect();
-    let (mut r, s1, _s2) = setup_with(
-        &["shop.test", "own.test", "*.shop.test", "fail.test"],
-        &extra,
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (Site::new("site1"), Site::new("site2"));
+    let names = [
+        "shop.test",
+        "own.test",
+        "*.shop.test",
+        "fail.test",
+        "renew.test",
+    ];
+    Router::dominion(
+        dir.path(),
+        &[(&s1, &names, false), (&s2, &["other.org"], false)],
     );
+    // A certificate got earlier, now in the last third of its life (12 days
+    // long, 2 left): renewed once its domain is subscribed.
+    let mut params = rcgen::CertificateParams::new(vec!["renew.test".to_owned()]).unwrap();
+    let day = |d: i64| {
+        rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs((now() as i64 / 86400 + d) as u64 * 86400)
+    };
+    params.not_before = day(-10);
+    params.not_after = day(2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let old = params.self_signed(&key).unwrap();
+    std::fs::create_dir_all(dir.path().join("state/acme/certs")).unwrap();
+    std::fs::write(
+        dir.path().join("state/acme/certs/renew.test.pem"),
+        format!("{}{}", old.pem(), key.serialize_pem()),
+    )
+    .unwrap();
+    let mut r = Router::start_with(dir, "60", &extra);
     let http_port: u16 = r.http.rsplit(':').next().unwrap().parse().unwrap();
     pebble.start(http_port);
     let root = pebble.root();
@@ -1976,6 +2003,14 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
         || verified(&r.https, "shop.test", &root).then_some(()),
         logs,
     );
+    // Renewed: the planted certificate gives way to the CA's.
+    r.subscribe(&s1, &s1.sub("renew.test", "web.sock"));
+    e2e::wait_for_or(
+        Duration::from_secs(60),
+        "renew.test renewed by pebble",
+        || verified(&r.https, "renew.test", &root).then_some(()),
+        logs,
+    );
     let (status, body, issued) = r.get_tls("shop.test");
     assert_eq!(
         (status, body.as_str()),
@@ -1987,8 +2022,11 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
     let stored = std::fs::read_dir(r.dir.path().join("state/acme/certs"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect::<Vec<_>>();
-    assert_eq!(stored, ["shop.test.pem"]);
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        stored.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["renew.test.pem", "shop.test.pem"]
+    );
     let mode = std::fs::metadata(r.dir.path().join("state/acme/certs/shop.test.pem"))
         .unwrap()
         .permissions();
@@ -2008,6 +2046,10 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
         .find(|d| d["domain"] == "shop.test")
         .unwrap();
     assert_eq!(shop["certificate"], "acme", "{text}");
+    assert!(
+        shop["issuer"].as_str().unwrap().contains("Pebble"),
+        "{text}"
+    );
     let not_after = shop["certificate_expires"].as_i64().unwrap();
     assert!(not_after > now() as i64 + 86400, "{text}");
     let (_, m) = get_path(&metrics, "/metrics", "");

@@ -135,6 +135,29 @@ impl Subscriber {
         }
     }
 
+    /// The site's domains as the router routes them now (`GET /routes`:
+    /// the router knows the site by this process's uid), for `vassal status`.
+    pub fn routes(&self) -> Result<Vec<model::subscription::RouteReport>, String> {
+        let ask = || -> std::io::Result<String> {
+            let mut s = UnixStream::connect(&self.socket)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.set_write_timeout(Some(Duration::from_secs(2)))?;
+            write!(
+                s,
+                "GET /routes HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut text = String::new();
+            s.take(8 << 20).read_to_string(&mut text)?;
+            Ok(text)
+        };
+        let text = ask().map_err(|e| format!("the router ({}): {e}", self.socket.display()))?;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        if head.split(' ').nth(1) == Some("404") {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(body).map_err(|e| format!("the router's answer: {e}"))
+    }
+
     fn post(&self, body: &[u8]) -> std::io::Result<Answer> {
         let mut s = UnixStream::connect(&self.socket)?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;

@@ -128,13 +128,24 @@ fn run(args: &[String]) -> Result<i32, String> {
         }
         "status" => {
             let resp = control::call(&socket(), &Request::Status)?;
+            // The site's routes as the router has them (certificates, ACME's
+            // errors): asked here, by the CLI, never by PID 1.
+            let mut data = resp.data;
+            if let Some(obj) = data.as_object_mut() {
+                let routes = http::Subscriber::from_env().routes();
+                let v = match routes {
+                    Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                obj.insert("routes".into(), v);
+            }
             if args.get(1).map(String::as_str) == Some("--json") {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&resp.data).unwrap_or_default()
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
                 );
             } else {
-                print_status(&resp.data);
+                print_status(&data);
             }
             return Ok(0);
         }
@@ -301,6 +312,30 @@ fn print_status(status: &serde_json::Value) {
             mem,
             why
         );
+    }
+    if let Some(routes) = status["routes"].as_array().filter(|r| !r.is_empty()) {
+        println!(
+            "{:<32} {:<8} {:<12} ISSUER / ACME ERROR",
+            "DOMAIN", "CERT", "EXPIRES"
+        );
+        for r in routes {
+            let expires = r["certificate_expires"]
+                .as_i64()
+                .map(|t| model::cron::Moment::from_unix(t.max(0) as u64).date())
+                .unwrap_or_else(|| "-".to_owned());
+            let about = [r["issuer"].as_str(), r["acme_error"].as_str()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            println!(
+                "{:<32} {:<8} {:<12} {}",
+                s(&r["domain"]),
+                r["certificate"].as_str().unwrap_or("default"),
+                expires,
+                about
+            );
+        }
     }
     let site = &status["site"];
     if site.is_object() {

@@ -40,15 +40,23 @@ pub struct Moment {
     pub month: u32,
     /// 0-6, Sunday = 0.
     pub weekday: u32,
+    /// The year.
+    pub year: i64,
 }
 
 impl Moment {
+    /// `YYYY-MM-DD`.
+    pub fn date(&self) -> String {
+        format!("{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+
     /// The UTC moment of `secs` seconds since the Unix epoch.
     pub fn from_unix(secs: u64) -> Moment {
         let days = secs / 86_400;
         let rem = secs % 86_400;
         // Civil from days (Howard Hinnant's algorithm).
         let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
         let doe = z.rem_euclid(146_097);
         let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
         let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
@@ -62,6 +70,7 @@ impl Moment {
             month,
             // 1970-01-01 was a Thursday (4).
             weekday: ((days + 4) % 7) as u32,
+            year: yoe + era * 400 + i64::from(month <= 2),
         }
     }
 }
@@ -196,8 +205,13 @@ mod tests {
             (m.day, m.month, m.hour, m.minute, m.weekday),
             (21, 11, 23, 42, 6)
         );
+        assert_eq!(m.date(), "2026-11-21");
         let m = Moment::from_unix(951_782_400); // 2000-02-29 00:00, Tuesday
         assert_eq!((m.day, m.month, m.weekday), (29, 2, 2));
+        assert_eq!(m.date(), "2000-02-29");
+        // January and February count in the year they are in.
+        assert_eq!(Moment::from_unix(1_735_689_600).date(), "2025-01-01");
+        assert_eq!(Moment::from_unix(67_090_118_400).date(), "4096-01-01");
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct RouteReport {
     /// (the router got it), absent: the router's default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// Who issued that certificate (its issuer's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// Why the router could not get it a certificate through ACME, lately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acme_error: Option<String>,
