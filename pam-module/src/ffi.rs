@@ -381,6 +381,13 @@ fn enter(t: &Target) -> Result<(), String> {
             return Err(errno("joining the site's cgroup"));
         }
     }
+    // A tenant's session is a likelier OOM victim in its site than the
+    // site's init, as the init's own children are (raising needs no
+    // privilege; a failure leaves the kernel's default).
+    if let Ok(f) = open("/proc/self/oom_score_adj", libc::O_WRONLY) {
+        // SAFETY: writing a few bytes from a live buffer to an fd we own.
+        let _ = unsafe { libc::write(f.as_raw_fd(), b"300".as_ptr().cast(), 3) };
+    }
     // SAFETY: setns(2) on a pidfd we own: joins all the namespaces at once or none.
     if unsafe { libc::setns(pidfd.as_raw_fd(), NAMESPACES) } != 0 {
         let err = std::io::Error::last_os_error();

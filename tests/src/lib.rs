@@ -394,7 +394,12 @@ impl Emperor {
                 break; // v2: one hierarchy
             }
         }
-        let wrapper = format!("{join}exec nsenter -t {pid} -a -S {uid} -G {uid} -- sh -c \"$0\"");
+        // As a tenant's ssh session (the PAM module) is: a likelier OOM
+        // victim in its site than the site's init.
+        let wrapper = format!(
+            "{join}echo 300 > /proc/self/oom_score_adj && \
+             exec nsenter -t {pid} -a -S {uid} -G {uid} -- sh -c \"$0\""
+        );
         Command::new("sh")
             .args(["-c", &wrapper, script])
             .stdin(Stdio::null())

@@ -135,6 +135,9 @@ fn root_a_tenant_lands_in_its_own_running_container() {
         "a date, not epoch seconds: {t}"
     );
     assert_eq!(note[3..], ["admin", "hello"], "{t}");
+    // A session is a likelier OOM victim in its site than the site's init.
+    let out = sshd.ssh("site52", &[], "cat /proc/self/oom_score_adj");
+    assert_eq!(text(&out).trim(), "300", "{out:?}");
     let out = sshd.ssh("site52", &[], "bash -lc 'echo $PATH'");
     let t = text(&out);
     assert_eq!(t.lines().next(), Some(model::layout::inside::PATH), "{t}");
