@@ -578,7 +578,7 @@ async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) 
         Vassal,
         Failure,
         Written,
-        Notification,
+        model::notification::Notification,
         Message,
         ReadMark,
         model::subscription::RouteReport,
@@ -804,7 +804,7 @@ async fn body_of(body: hyper::body::Incoming) -> Result<Bytes, Response<Body>> {
         ("limit" = Option<u32>, Query, description = "How many at most (50; 1,000 at most)"),
     ),
     responses(
-        (status = 200, description = "Its notifications, oldest first", body = [Notification]),
+        (status = 200, description = "Its notifications, oldest first", body = [model::notification::Notification]),
         (status = 400, description = "A limit that is not a count", body = Failure),
         (status = 404, description = "No such vassal", body = Failure),
         (status = 409, description = "Not running, or its answer failed", body = Failure),
@@ -866,23 +866,6 @@ async fn subscriptions(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer 
         Some(r) => refused(r.error.unwrap_or_default(), StatusCode::BAD_GATEWAY),
         None => gone(),
     })
-}
-
-/// A notification of a site.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Notification {
-    /// Its number, increasing.
-    pub id: i64,
-    /// When, seconds since the epoch.
-    pub at: u64,
-    /// The same, as the site's local date and time.
-    pub date: String,
-    /// `oom`, `memory`, `restart-loop`, `storage`, `admin`, `reseller`, ...
-    pub kind: String,
-    /// One line.
-    pub message: String,
-    /// Marked read.
-    pub read: bool,
 }
 
 /// A message for a site.

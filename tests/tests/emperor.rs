@@ -2072,23 +2072,11 @@ fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
              --unix-socket /run/imperium/api/api.sock http://localhost{path}"
         );
         let out = e.exec_in(init, uid, &e.cgroup(cg), &script);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.parse::<u16>().unwrap_or(0), body.to_owned())
+        code_and_body(&out)
     };
     let r = |m: &str, p: &str, b: Option<&str>| call(group, reseller, "r1/_self", m, p, b);
     let t = |m: &str, p: &str, b: Option<&str>| call(tenant_init, tenant, "r1/own", m, p, b);
-    let names = |body: &str| -> Vec<String> {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        let mut n: Vec<String> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["name"].as_str().map(str::to_owned))
-            .collect();
-        n.sort();
-        n
-    };
+    let names = names_in;
     wait_for(Duration::from_secs(10), "the reseller's socket", || {
         (r("GET", "/v1/vassals", None).0 == 200).then_some(())
     });
@@ -2109,31 +2097,12 @@ fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
     );
     assert!(r("GET", "/metrics", None).0 == 404);
     // A site of its own, written into its drop directory as the reseller's file.
-    let (code, body) = r(
-        "PUT",
-        "/v1/vassals/shop",
-        Some("kind = \"site\"\n[limits]\nmemory = \"32M\"\npids = 20\n"),
-    );
-    assert_eq!(code, 201, "{body}");
+    reseller_puts_shop_and_nothing_over_budget(&e, &r);
     let dropped = e.home_root.join("r1/vassals/shop.toml");
     assert_eq!(
         std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dropped).unwrap()),
         reseller
     );
-    assert!(
-        !e.vassals.join("shop.toml").exists(),
-        "not in the admin directory"
-    );
-    e.running_pid("shop");
-    assert_eq!(e.row("shop").unwrap()["group"], "r1");
-    let (code, body) = r(
-        "PUT",
-        "/v1/vassals/huge",
-        Some("kind = \"site\"\n[limits]\nmemory = \"900M\"\npids = 20\n"),
-    );
-    assert_eq!(code, 422, "{body}");
-    assert!(body.contains("exceeds"), "{body}");
-    assert!(!e.home_root.join("r1/vassals/huge.toml").exists());
     // Hostile: a link planted at the file's name is replaced, never followed.
     let outside = e.dir.path().join("root-only");
     std::fs::write(&outside, "root's\n").unwrap();
@@ -2275,21 +2244,9 @@ fn root_tokens_over_tls_act_in_their_scope_until_revoked() {
             .arg(format!("https://localhost:{port}{path}"))
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.parse::<u16>().unwrap_or(0), body.to_owned())
+        code_and_body(&out)
     };
-    let names = |body: &str| -> Vec<String> {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        let mut n: Vec<String> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["name"].as_str().map(str::to_owned))
-            .collect();
-        n.sort();
-        n
-    };
+    let names = names_in;
     wait_for(Duration::from_secs(10), "the API over TLS", || {
         (call(Some(&admin), "GET", "/v1/vassals", None).0 == 200).then_some(())
     });
@@ -2320,22 +2277,7 @@ fn root_tokens_over_tls_act_in_their_scope_until_revoked() {
     assert_eq!(r("GET", "/v1/vassals/theirs", None).0, 404);
     assert_eq!(r("DELETE", "/v1/vassals/theirs", None).0, 404);
     assert_eq!(r("GET", "/metrics", None).0, 404);
-    let (code, body) = r(
-        "PUT",
-        "/v1/vassals/shop",
-        Some("kind = \"site\"\n[limits]\nmemory = \"32M\"\npids = 20\n"),
-    );
-    assert_eq!(code, 201, "{body}");
-    assert!(e.home_root.join("r1/vassals/shop.toml").is_file());
-    e.running_pid("shop");
-    assert_eq!(e.row("shop").unwrap()["group"], "r1");
-    let (code, body) = r(
-        "PUT",
-        "/v1/vassals/huge",
-        Some("kind = \"site\"\n[limits]\nmemory = \"900M\"\npids = 20\n"),
-    );
-    assert_eq!(code, 422, "{body}");
-    assert!(body.contains("exceeds"), "{body}");
+    reseller_puts_shop_and_nothing_over_budget(&e, &r);
 
     // The admin's token sees everything, metrics included.
     let (code, body) = call(Some(&admin), "GET", "/v1/vassals", None);
@@ -2388,9 +2330,7 @@ fn root_a_sites_notifications_through_the_api() {
             Some((init, uid, cg)) => e.exec_in(init, uid, &e.cgroup(cg), &script),
             None => Command::new("sh").args(["-c", &script]).output().unwrap(),
         };
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.parse::<u16>().unwrap_or(0), body.to_owned())
+        code_and_body(&out)
     };
     let admin = |m: &str, p: &str, b: Option<&str>| call(None, m, p, b);
     let r = |m: &str, p: &str, b: Option<&str>| call(Some((group, reseller, "r1/_self")), m, p, b);
@@ -2491,6 +2431,56 @@ fn root_a_sites_notifications_through_the_api() {
     assert!(body.contains("notifications.db"), "{body}");
     assert!(e.row("own").is_some(), "the emperor still answers");
     assert_eq!(admin("GET", "/v1/vassals/other/notifications", None).0, 200);
+}
+
+/// One API call (method, path, body): (status, body).
+type ApiCall<'a> = dyn Fn(&str, &str, Option<&str>) -> (u16, String) + 'a;
+
+/// The reseller of group `r1` (its calls through `r`) puts the site `shop`,
+/// which lands in its drop directory (not the admin's) and runs in its
+/// group; a site over its budget is refused with the reason, no file left.
+fn reseller_puts_shop_and_nothing_over_budget(e: &Emperor, r: &ApiCall) {
+    let (code, body) = r(
+        "PUT",
+        "/v1/vassals/shop",
+        Some("kind = \"site\"\n[limits]\nmemory = \"32M\"\npids = 20\n"),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert!(e.home_root.join("r1/vassals/shop.toml").is_file());
+    assert!(
+        !e.vassals.join("shop.toml").exists(),
+        "not in the admin directory"
+    );
+    e.running_pid("shop");
+    assert_eq!(e.row("shop").unwrap()["group"], "r1");
+    let (code, body) = r(
+        "PUT",
+        "/v1/vassals/huge",
+        Some("kind = \"site\"\n[limits]\nmemory = \"900M\"\npids = 20\n"),
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("exceeds"), "{body}");
+    assert!(!e.home_root.join("r1/vassals/huge.toml").exists());
+}
+
+/// The vassal names of a JSON list of status rows, sorted.
+fn names_in(body: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let mut n: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str().map(str::to_owned))
+        .collect();
+    n.sort();
+    n
+}
+
+/// (status, body) of a `curl -w '\n%{http_code}'` run.
+fn code_and_body(out: &std::process::Output) -> (u16, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse::<u16>().unwrap_or(0), body.to_owned())
 }
 
 /// Lines of a long-lived command's output, as they come.

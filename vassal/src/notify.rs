@@ -4,25 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
-use serde::Serialize;
 
-/// One notification.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Notification {
-    /// Its number, increasing.
-    pub id: i64,
-    /// When, in seconds since the Unix epoch.
-    pub at: u64,
-    /// The same as a local date and time (`YYYY-MM-DD HH:MM:SS`, the
-    /// container's time zone, which is the host's).
-    pub date: String,
-    /// `oom`, `memory`, `restart-loop`, `admin`, ...
-    pub kind: String,
-    /// One line for the tenant.
-    pub message: String,
-    /// Marked read (`vassal notifications read`, or through the API).
-    pub read: bool,
-}
+pub use model::notification::Notification;
 
 /// The longest message listed (the database is the tenant's: what it holds
 /// is bounded on the way out).

@@ -18,6 +18,7 @@ pub mod layout;
 pub mod metrics;
 pub mod name;
 pub mod network;
+pub mod notification;
 pub mod nss;
 pub mod process;
 pub mod reconcile;
