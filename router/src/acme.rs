@@ -76,7 +76,9 @@ pub struct Acme {
     in_flight: Mutex<HashSet<String>>,
     /// When each order of the window was placed.
     placed: Mutex<Vec<Instant>>,
-    account: tokio::sync::OnceCell<Account>,
+    /// The account, once loaded or made (forgotten when the CA no longer
+    /// knows it).
+    account: tokio::sync::Mutex<Option<Account>>,
 }
 
 impl std::fmt::Debug for Acme {
@@ -150,7 +152,7 @@ impl Acme {
             failing: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             placed: Mutex::new(Vec::new()),
-            account: tokio::sync::OnceCell::new(),
+            account: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -264,23 +266,28 @@ impl Acme {
         }
     }
 
-    async fn account(&self) -> Result<&Account, String> {
-        self.account
-            .get_or_try_init(|| async {
-                let builder = match &self.settings.ca {
-                    Some(ca) => Account::builder_with_root(ca),
-                    None => Account::builder(),
-                }
-                .map_err(|e| format!("the ACME client: {e}"))?;
-                let file = self.dir.join("account.json");
-                if let Ok(text) = std::fs::read(&file) {
-                    if let Ok(creds) = serde_json::from_slice::<AccountCredentials>(&text) {
-                        return builder
-                            .from_credentials(creds)
-                            .await
-                            .map_err(|e| format!("the stored ACME account: {e}"));
-                    }
-                }
+    /// The account: the one in memory, else the stored one, else a new one
+    /// (stored, 0600).
+    async fn account(&self) -> Result<Account, String> {
+        let mut held = self.account.lock().await;
+        if let Some(a) = held.as_ref() {
+            return Ok(a.clone());
+        }
+        let builder = match &self.settings.ca {
+            Some(ca) => Account::builder_with_root(ca),
+            None => Account::builder(),
+        }
+        .map_err(|e| format!("the ACME client: {e}"))?;
+        let file = self.dir.join("account.json");
+        let stored = std::fs::read(&file)
+            .ok()
+            .and_then(|t| serde_json::from_slice::<AccountCredentials>(&t).ok());
+        let account = match stored {
+            Some(creds) => builder
+                .from_credentials(creds)
+                .await
+                .map_err(|e| format!("the stored ACME account: {e}"))?,
+            None => {
                 let contact = self.settings.email.as_ref().map(|e| format!("mailto:{e}"));
                 let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
                 let (account, creds) = builder
@@ -298,9 +305,37 @@ impl Acme {
                 let text = serde_json::to_vec(&creds).unwrap_or_default();
                 write_private(&file, &text).map_err(|e| format!("{}: {e}", file.display()))?;
                 tracing::info!(id = account.id(), "acme: account created");
-                Ok(account)
-            })
-            .await
+                account
+            }
+        };
+        *held = Some(account.clone());
+        Ok(account)
+    }
+
+    /// A new order for `domain`; when the CA no longer knows the stored
+    /// account (a CA reset, an account deactivated), a new account is made
+    /// and the order placed again once.
+    async fn order(&self, domain: &str) -> Result<instant_acme::Order, String> {
+        let ids = [Identifier::Dns(domain.to_owned())];
+        for first in [true, false] {
+            let account = self.account().await?;
+            match account.new_order(&NewOrder::new(&ids)).await {
+                Ok(order) => return Ok(order),
+                Err(instant_acme::Error::Api(p))
+                    if first
+                        && p.r#type.as_deref()
+                            == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
+                {
+                    tracing::warn!(
+                        "acme: the CA no longer knows the stored account; making a new one"
+                    );
+                    *self.account.lock().await = None;
+                    let _ = std::fs::remove_file(self.dir.join("account.json"));
+                }
+                Err(e) => return Err(format!("new order: {e}")),
+            }
+        }
+        Err("new order: the CA refused the new account too".into())
     }
 
     /// One order for `domain`, HTTP-01, to its certificate (stored).
@@ -313,12 +348,7 @@ impl Acme {
         {
             return Err(format!("{domain:?} is not a plain host name"));
         }
-        let account = self.account().await?;
-        let ids = [Identifier::Dns(domain.to_owned())];
-        let mut order = account
-            .new_order(&NewOrder::new(&ids))
-            .await
-            .map_err(|e| format!("new order: {e}"))?;
+        let mut order = self.order(domain).await?;
         let mut tokens = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {

@@ -1952,6 +1952,7 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
         "*.shop.test",
         "fail.test",
         "renew.test",
+        "again.test",
     ];
     Router::dominion(
         dir.path(),
@@ -2089,5 +2090,18 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
     r.subscribe(&s1, &s1.sub("shop.test", "web.sock"));
     assert_eq!(r.get_tls("shop.test").2, issued);
     assert!(verified(&r.https, "shop.test", &root));
+    // The CA comes back with none of its state: the stored account is
+    // unknown to it, so the router makes a new one and goes on.
+    let http_port: u16 = r.http.rsplit(':').next().unwrap().parse().unwrap();
+    pebble.start(http_port);
+    let root = pebble.root();
+    r.subscribe(&s1, &s1.sub("again.test", "web.sock"));
+    wait_for(
+        Duration::from_secs(60),
+        "again.test from the reset CA",
+        || verified(&r.https, "again.test", &root).then_some(()),
+    );
+    let log = std::fs::read_to_string(r.dir.path().join("router.log")).unwrap();
+    assert!(log.contains("no longer knows the stored account"), "{log}");
     let _ = r.stop();
 }

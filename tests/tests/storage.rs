@@ -333,9 +333,19 @@ fn root_a_home_from_before_quotas_joins_its_project_without_following_the_tenant
     }
     std::fs::create_dir_all(&deep).unwrap();
 
+    // A site's home inside its group's: another project's, left to it.
+    std::fs::create_dir(top.join("site")).unwrap();
+    let site = std::fs::File::open(top.join("site")).unwrap();
+    sys::quota::set_project(std::os::fd::AsFd::as_fd(&site), 777).unwrap();
+    std::fs::create_dir(top.join("site/data")).unwrap();
+    std::fs::write(top.join("site/data/file"), "the site's").unwrap();
+
     let dir = std::fs::File::open(&top).unwrap();
     let tree = sys::quota::project_tree(std::os::fd::AsFd::as_fd(&dir), 4242).unwrap();
     assert_eq!(project_at(&top), Some(4242));
+    for p in ["site", "site/data", "site/data/file"] {
+        assert_eq!(project_at(&top.join(p)), Some(777), "{p} is the site's");
+    }
     for p in ["a", "a/b", "a/b/c", "a/b/c/file"] {
         assert_eq!(project_at(&top.join(p)), Some(4242), "{p}");
     }

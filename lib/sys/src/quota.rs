@@ -86,7 +86,8 @@ pub const MAX_DEPTH: usize = 256;
 
 /// Puts `top` (a directory opened for reading) and every directory and
 /// regular file under it into the project `id`: a tree made before quotas were on,
-/// whose files would otherwise count for nobody.
+/// whose files would otherwise count for nobody. What is already in another
+/// project (a site's home inside its group's) is left to it, and not walked.
 ///
 /// The tree is its owner's, who may change it during the walk: every entry
 /// is opened once, relative to its parent's descriptor, never through a
@@ -156,6 +157,12 @@ pub fn project_tree(top: BorrowedFd<'_>, id: u32) -> io::Result<Tree> {
         let same = fstat(fd.as_raw_fd()).is_ok_and(|now| {
             (now.st_dev, now.st_ino, now.st_mode) == (st.st_dev, st.st_ino, st.st_mode)
         });
+        // Another project's tree (a site's home inside its group's) stays
+        // that project's: neither relabelled nor walked.
+        if project(fd.as_fd()).is_ok_and(|(p, _)| p != 0 && p != id) {
+            tree.skipped += 1;
+            continue;
+        }
         match same.then(|| assign(fd.as_fd(), id, is_dir)) {
             Some(Ok(changed)) => tree.moved += u64::from(changed),
             _ => {
