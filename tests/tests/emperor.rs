@@ -2062,20 +2062,12 @@ fn root_a_resellers_and_a_tenants_own_api_sockets_see_only_their_scope() {
     e.start();
     let (group, reseller) = (e.running_pid("r1"), uid_of(&e, "r1"));
     let (tenant_init, tenant) = (e.running_pid("own"), uid_of(&e, "own"));
-    // (status, body) of one call from inside a container, as its user.
-    let call = |init: i32, uid: u32, cg: &str, method: &str, path: &str, body: Option<&str>| {
-        let data = body
-            .map(|b| format!("--data-binary '{b}'"))
-            .unwrap_or_default();
-        let script = format!(
-            "curl -sS --max-time 10 -X {method} -w '\\n%{{http_code}}' {data} \
-             --unix-socket /run/imperium/api/api.sock http://localhost{path}"
-        );
-        let out = e.exec_in(init, uid, &e.cgroup(cg), &script);
-        code_and_body(&out)
+    let r = |m: &str, p: &str, b: Option<&str>| {
+        api_call(&e, Some((group, reseller, "r1/_self")), m, p, b)
     };
-    let r = |m: &str, p: &str, b: Option<&str>| call(group, reseller, "r1/_self", m, p, b);
-    let t = |m: &str, p: &str, b: Option<&str>| call(tenant_init, tenant, "r1/own", m, p, b);
+    let t = |m: &str, p: &str, b: Option<&str>| {
+        api_call(&e, Some((tenant_init, tenant, "r1/own")), m, p, b)
+    };
     let names = names_in;
     wait_for(Duration::from_secs(10), "the reseller's socket", || {
         (r("GET", "/v1/vassals", None).0 == 200).then_some(())
@@ -2311,31 +2303,13 @@ fn root_a_sites_notifications_through_the_api() {
     let (group, reseller) = (e.running_pid("r1"), uid_of(&e, "r1"));
     let (tenant_init, tenant) = (e.running_pid("own"), uid_of(&e, "own"));
     e.running_pid("other");
-    let api = e.run_dir.join("api.sock");
-    // (status, body) of a call: the admin's from the host, or from inside
-    // a container as its user.
-    let call = |inside: Option<(i32, u32, &str)>, method: &str, path: &str, body: Option<&str>| {
-        let data = body
-            .map(|b| format!("--data-binary '{b}'"))
-            .unwrap_or_default();
-        let sock = match inside {
-            Some(_) => "/run/imperium/api/api.sock".to_owned(),
-            None => api.display().to_string(),
-        };
-        let script = format!(
-            "curl -sS --max-time 20 -X {method} -w '\\n%{{http_code}}' {data} \
-             --unix-socket {sock} 'http://localhost{path}'"
-        );
-        let out = match inside {
-            Some((init, uid, cg)) => e.exec_in(init, uid, &e.cgroup(cg), &script),
-            None => Command::new("sh").args(["-c", &script]).output().unwrap(),
-        };
-        code_and_body(&out)
+    let admin = |m: &str, p: &str, b: Option<&str>| api_call(&e, None, m, p, b);
+    let r = |m: &str, p: &str, b: Option<&str>| {
+        api_call(&e, Some((group, reseller, "r1/_self")), m, p, b)
     };
-    let admin = |m: &str, p: &str, b: Option<&str>| call(None, m, p, b);
-    let r = |m: &str, p: &str, b: Option<&str>| call(Some((group, reseller, "r1/_self")), m, p, b);
-    let t =
-        |m: &str, p: &str, b: Option<&str>| call(Some((tenant_init, tenant, "r1/own")), m, p, b);
+    let t = |m: &str, p: &str, b: Option<&str>| {
+        api_call(&e, Some((tenant_init, tenant, "r1/own")), m, p, b)
+    };
     let messages = |body: &str| -> Vec<(String, String, bool)> {
         let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         v.as_array()
@@ -2461,6 +2435,34 @@ fn reseller_puts_shop_and_nothing_over_budget(e: &Emperor, r: &ApiCall) {
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("exceeds"), "{body}");
     assert!(!e.home_root.join("r1/vassals/huge.toml").exists());
+}
+
+/// (status, body) of one call of the emperor's API with curl: the admin's
+/// from the host, or from inside a container (its init, its user, its
+/// cgroup) on the container's own socket.
+fn api_call(
+    e: &Emperor,
+    inside: Option<(i32, u32, &str)>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let data = body
+        .map(|b| format!("--data-binary '{b}'"))
+        .unwrap_or_default();
+    let sock = match inside {
+        Some(_) => "/run/imperium/api/api.sock".to_owned(),
+        None => e.run_dir.join("api.sock").display().to_string(),
+    };
+    let script = format!(
+        "curl -sS --max-time 20 -X {method} -w '\\n%{{http_code}}' {data} \
+         --unix-socket {sock} 'http://localhost{path}'"
+    );
+    let out = match inside {
+        Some((init, uid, cg)) => e.exec_in(init, uid, &e.cgroup(cg), &script),
+        None => Command::new("sh").args(["-c", &script]).output().unwrap(),
+    };
+    code_and_body(&out)
 }
 
 /// The vassal names of a JSON list of status rows, sorted.
