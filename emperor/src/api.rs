@@ -177,19 +177,6 @@ impl Serves {
     }
 }
 
-impl PartialEq for Serves {
-    fn eq(&self, other: &Serves) -> bool {
-        match (self, other) {
-            (Serves::Api, Serves::Api) | (Serves::Metrics, Serves::Metrics) => true,
-            (Serves::Scoped { name: a, group: x }, Serves::Scoped { name: b, group: y }) => {
-                a == b && x == y
-            }
-            (Serves::Remote(a), Serves::Remote(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-}
-
 /// How long a client has for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -282,7 +269,7 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let serves_metrics = serves == Serves::Metrics;
+    let serves_metrics = matches!(serves, Serves::Metrics);
     let svc = hyper::service::service_fn(move |req| {
         let (tx, rates, events) = (tx.clone(), rates.clone(), events.clone());
         let serves = serves.for_request(&req);

@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -218,7 +218,7 @@ type Stamp = (u64, i64, i64, u64);
 #[derive(Debug)]
 pub struct Tokens {
     path: PathBuf,
-    cache: Mutex<Option<(Stamp, Vec<Entry>)>>,
+    cache: Mutex<Option<(Stamp, Arc<Vec<Entry>>)>>,
 }
 
 impl Tokens {
@@ -243,10 +243,10 @@ impl Tokens {
         same.then(|| entry.scope.parse().ok()).flatten()
     }
 
-    fn entries(&self) -> Option<Vec<Entry>> {
+    fn entries(&self) -> Option<Arc<Vec<Entry>>> {
         let meta = match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.is_file() => m,
-            _ => return Some(Vec::new()),
+            _ => return Some(Arc::default()),
         };
         let stamp = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size());
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -257,8 +257,9 @@ impl Tokens {
         }
         match read(&self.path) {
             Ok(s) => {
-                *cache = Some((stamp, s.tokens.clone()));
-                Some(s.tokens)
+                let entries = Arc::new(s.tokens);
+                *cache = Some((stamp, entries.clone()));
+                Some(entries)
             }
             Err(e) => {
                 // Fail closed: no token is good while the file is broken.

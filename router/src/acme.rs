@@ -176,26 +176,30 @@ impl Acme {
         lock(&self.failing).get(domain).map(|f| f.error.clone())
     }
 
-    /// Whether `domain` needs an order now: no certificate, or one in its
-    /// last third (30 days at most before its end), and not backing off.
-    fn due(&self, domain: &str, now: Instant) -> bool {
-        if lock(&self.in_flight).contains(domain) {
-            return false;
-        }
-        if lock(&self.failing)
-            .get(domain)
-            .is_some_and(|f| now < f.next)
-        {
-            return false;
-        }
-        match self.certs.load().get(domain) {
-            None => true,
-            Some(i) => {
-                let life = (i.not_after - i.not_before).max(0);
-                let margin = (life / 3).min(30 * 86400);
-                now_secs() >= i.not_after - margin
+    /// The domains routed without a certificate of their site's that need
+    /// an order now (no certificate, or one in its last third, 30 days at
+    /// most before its end), not in flight nor backing off: at most as many
+    /// as may start. One look at the routes, the certificates and the
+    /// failures for all of them.
+    fn due(&self, routes: &crate::routes::Routes, now: Instant) -> Vec<String> {
+        let certs = self.certs.load();
+        let failing = lock(&self.failing);
+        let in_flight = lock(&self.in_flight);
+        let room = CONCURRENT.saturating_sub(in_flight.len());
+        let secs = now_secs();
+        let mut due = Vec::new();
+        routes.each_uncertified(|domain, _| {
+            let wanted = !in_flight.contains(domain)
+                && failing.get(domain).is_none_or(|f| now >= f.next)
+                && certs.get(domain).is_none_or(|i| {
+                    let life = (i.not_after - i.not_before).max(0);
+                    secs >= i.not_after - (life / 3).min(30 * 86400)
+                });
+            if wanted && due.len() < room {
+                due.push(domain.to_owned());
             }
-        }
+        });
+        due
     }
 
     /// Spends one order of the window's budget, if there is one left.
@@ -216,13 +220,7 @@ impl Acme {
         loop {
             tokio::time::sleep(TICK).await;
             let now = Instant::now();
-            for (domain, _) in routes.uncertified() {
-                if lock(&self.in_flight).len() >= CONCURRENT {
-                    break;
-                }
-                if !self.due(&domain, now) {
-                    continue;
-                }
+            for domain in self.due(&routes, now) {
                 if !self.budget(now) {
                     if !told_budget {
                         tracing::warn!(

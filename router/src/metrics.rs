@@ -167,12 +167,12 @@ pub fn render(state: &crate::State, connections: u64) -> String {
     );
     let mut expiries = state.routes.cert_expiries();
     if let Some(acme) = &state.acme {
-        for (domain, site) in state.routes.uncertified() {
-            if let Some(i) = acme.issued(&domain) {
-                let first = expiries.entry(site).or_insert(i.not_after);
+        state.routes.each_uncertified(|domain, site| {
+            if let Some(i) = acme.issued(domain) {
+                let first = expiries.entry(site.to_owned()).or_insert(i.not_after);
                 *first = (*first).min(i.not_after);
             }
-        }
+        });
     }
     for (site, t) in expiries {
         expiry.get_or_create(&Site { site }).set(t);

@@ -304,19 +304,19 @@ impl Routes {
     }
 
     /// The routed domains that carry no certificate of their site's own
-    /// (wildcards left out: ACME's HTTP-01 cannot prove them), with their site.
-    pub fn uncertified(&self) -> Vec<(String, String)> {
+    /// (wildcards left out: ACME's HTTP-01 cannot prove them), each with its
+    /// site, visited without copying the table.
+    pub fn each_uncertified(&self, mut f: impl FnMut(&str, &str)) {
         let now = Instant::now();
         let t = self.table.load();
-        t.by_domain
-            .iter()
-            .filter(|(d, e)| {
-                !d.starts_with("*.")
-                    && e.cert.is_none()
-                    && e.backends.iter().any(|b| b.expires > now)
-            })
-            .map(|(d, e)| (d.clone(), e.site.clone()))
-            .collect()
+        for (d, e) in &t.by_domain {
+            if !d.starts_with("*.")
+                && e.cert.is_none()
+                && e.backends.iter().any(|b| b.expires > now)
+            {
+                f(d, &e.site);
+            }
+        }
     }
 
     /// Whether `name` itself is routed now (a live backend).
