@@ -12,6 +12,11 @@ subscription sent to its first routed request. Then each proxies a uWSGI
 under wrk -c32: req/s and the answers that were not 2xx.
 
     bench/router.py [--seconds 8] [--domains 10000]     (bench/run-router builds and installs)
+
+With `--callgrind N` nothing is timed: the router and HAProxy (one thread
+each) run under valgrind's callgrind, and each reports the user-space
+instructions per request over N keep-alive GETs after a warm-up; counts do not
+depend on the machine's load, so two versions of the router can be compared.
 """
 import argparse, json, os, re, shutil, signal, subprocess, tempfile, time
 
@@ -81,6 +86,48 @@ def s_time(port, seconds):
     return round(int(m.group(1)) / float(m.group(2)), 1) if m else None
 
 
+def keepalive_gets(port, n):
+    """n GETs for localhost over one kept connection; each must be a 200."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(n):
+        c.request("GET", "/", headers={"Host": "localhost"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+    c.close()
+
+
+def instructions(pid, port, n, out):
+    """User-space instructions per request of the process `pid` under callgrind."""
+    keepalive_gets(port, 200)
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    keepalive_gets(port, n)
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    # The process runs on: only the dump just asked for is there.
+    total = 0
+    for f in os.listdir(out):
+        m = re.search(r"^(?:summary|totals): (\d+)", open(os.path.join(out, f)).read(), re.M)
+        total = max(total, int(m.group(1)) if m else 0)
+    return round(total / n)
+
+
+def perf_stat(pids, seconds):
+    """Syscalls and context switches of these processes (all threads) over the next seconds."""
+    return subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
+                             "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def perf_counts(p):
+    out = {}
+    for line in p.communicate(timeout=60)[1].splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[0].isdigit():
+            out[f[2]] = int(f[0])
+    return out
+
+
 def stop_all(procs):
     """SIGTERM to each, then a wait of up to 10 s each, then SIGKILL."""
     for p in procs:
@@ -108,6 +155,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--domains", type=int, default=10000)
+    ap.add_argument("--callgrind", type=int, metavar="N", help="count instructions per request over N GETs instead")
+    ap.add_argument("--keep", metavar="DIR", help="with --callgrind: copy the profiles there (callgrind_annotate)")
     ap.add_argument("--proxies", default="router,nginx,haproxy", help="which to measure (nginx always starts: it is the baseline)")
     args = ap.parse_args()
     only = args.proxies.split(",")
@@ -149,12 +198,18 @@ http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ re
                                                             "sockets": socks, "uid": os.getuid(), "requests": 100000}}}
         json.dump(dominion, open(f"{work}/run/router/dominion.json", "w"))
         rp, rs = PORTS["router"]
-        router = subprocess.Popen([f"{REL}/router", "serve", "--http", f"127.0.0.1:{rp}", "--https", f"127.0.0.1:{rs}",
+        grind = []
+        if args.callgrind:
+            os.makedirs(f"{work}/cg/router")
+            os.makedirs(f"{work}/cg/haproxy")
+            grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg/router/out.%p"]
+        router = subprocess.Popen(grind + [f"{REL}/router", "serve", "--http", f"127.0.0.1:{rp}", "--https", f"127.0.0.1:{rs}",
                                    "--run-dir", f"{work}/run", "--state-dir", f"{work}/state", "--ttl", "3600",
-                                   "--max-routes-per-site", str(args.domains + 1000)],
+                                   "--max-routes-per-site", str(args.domains + 1000)]
+                                  + (["--threads", "1"] if args.callgrind else []),
                                   stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"))
         procs.append(router)
-        wait_port(rp)
+        wait_port(rp, 120 if args.callgrind else 20)
         subprocess.run(sub + ["one", "localhost"], check=True)
         subprocess.run(sub[:4] + ["uwsgi.sock", "one", "uwsgi.bench.test"], check=True)
         loaded = json.loads(subprocess.run(sub + ["many", str(args.domains)], capture_output=True, text=True, check=True).stdout)
@@ -203,10 +258,22 @@ backend uwsgi
   retry-on all-retryable-errors
   server u1 {socks}/uwsgi.sock
 """)
-        haproxy = subprocess.Popen(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"])
+        if args.callgrind:
+            cfg = open(f"{work}/haproxy.cfg").read().replace("nbthread 2", "nbthread 1")
+            open(f"{work}/haproxy.cfg", "w").write("\n".join(x for x in cfg.splitlines() if "ssl crt" not in x) + "\n")
+            grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg/haproxy/out.%p"]
+        haproxy = subprocess.Popen(grind + ["haproxy", "-f", f"{work}/haproxy.cfg", "-db"])
         procs.append(haproxy)
-        for p in (np_, ns, hp, hs):
-            wait_port(p)
+        for p in (np_, ns, hp) + (() if args.callgrind else (hs,)):
+            wait_port(p, 120 if args.callgrind else 20)
+        if args.callgrind:
+            res = {n: instructions(p.pid, PORTS[n][0], args.callgrind, f"{work}/cg/{n}")
+                   for n, p in (("router", router), ("haproxy", haproxy))}
+            print(json.dumps({"instructions_per_request": res}))
+            if args.keep:
+                shutil.copytree(f"{work}/cg", args.keep, dirs_exist_ok=True)
+            print(f"router: {res['router'] / res['haproxy']:.2f}x HAProxy's instructions per request")
+            return
         pids = {"router": lambda: [router.pid], "nginx": lambda: tree(nginx.pid), "haproxy": lambda: [haproxy.pid]}
         res = {"load_before": os.getloadavg()[0], "domains_loaded": loaded}
         # Every proxy must answer 200 through its backend before it is measured.
@@ -222,8 +289,15 @@ backend uwsgi
             for scheme, port in (("http", http), ("https", https)):
                 c0 = cpu_of(pids[name]())
                 url = f"http://127.0.0.1:{port}/" if scheme == "http" else f"https://localhost:{port}/"
+                stat = perf_stat(pids[name](), args.seconds - 1) if shutil.which("perf") else None
                 r = wrk(url, args.seconds, host="localhost" if scheme == "http" else None)
                 r["cpu_us_per_req"] = round((cpu_of(pids[name]()) - c0) / r["requests"] * 1e6, 1)
+                if stat:
+                    # Counted over all but the last second of the run: per request at its rate.
+                    c = perf_counts(stat)
+                    done = r["req_s"] * (args.seconds - 1)
+                    r["syscalls_per_req"] = round(c.get("raw_syscalls:sys_enter", 0) / done, 2)
+                    r["switches_per_req"] = round(c.get("context-switches", 0) / done, 3)
                 row[scheme] = r
             row["handshakes_s"] = s_time(https, 5)
             row["h2"] = h2load(https, args.seconds)

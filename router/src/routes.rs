@@ -116,6 +116,8 @@ pub struct Pick {
     entry: Arc<Entry>,
     first: usize,
     cap: usize,
+    /// When it was looked up: a backend live then is tried (one clock read a request).
+    now: Instant,
 }
 
 impl Pick {
@@ -151,7 +153,7 @@ impl Pick {
     /// The backends in the order to try them, skipping expired ones.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         let n = self.entry.backends.len();
-        let now = Instant::now();
+        let now = self.now;
         (0..n)
             .map(move |i| &self.entry.backends[(self.first + i) % n])
             .filter(move |b| b.expires > now)
@@ -527,6 +529,11 @@ impl Routes {
 
     /// The backends for `host`, by weight, starting at the next in turn.
     pub fn lookup(&self, host: &str) -> Route {
+        self.lookup_at(host, Instant::now())
+    }
+
+    /// [`Routes::lookup`] with the clock already read.
+    pub fn lookup_at(&self, host: &str, now: Instant) -> Route {
         let Some(e) = self.entry(host) else {
             return Route::Unknown;
         };
@@ -557,6 +564,7 @@ impl Routes {
             entry: e,
             first,
             cap,
+            now,
         };
         if pick.iter().next().is_none() {
             return Route::Unknown;
@@ -604,6 +612,7 @@ mod tests {
     fn a_pick_tries_every_live_backend_once_starting_at_its_turn() {
         let e = Arc::new(entry(&[1, 1, 1]));
         let p = Pick {
+            now: Instant::now(),
             entry: e,
             first: 2,
             cap: 1,
