@@ -1,7 +1,9 @@
 //! Automatic certificates (ACME, RFC 8555, with instant-acme): a domain a
 //! site has subscribed without a certificate of its own gets one from the
 //! CA the admin names (`router serve --acme-directory URL`), proved by the
-//! HTTP-01 challenge on the router's HTTP listener. Only what the dominion
+//! HTTP-01 challenge on the router's HTTP listener or the TLS-ALPN-01 one
+//! (RFC 8737) on its HTTPS listener, whichever the admin allows and the CA
+//! offers, in the admin's order. Only what the dominion
 //! gives a site and the site subscribed is ever asked for; a wildcard is
 //! skipped (HTTP-01 cannot prove it); a tenant's own certificate always wins.
 //!
@@ -18,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::sign::CertifiedKey;
 
@@ -33,7 +35,41 @@ pub struct Settings {
     /// A PEM file of the root to trust for the CA's own TLS (a private CA,
     /// as the tests' pebble); the system's roots otherwise.
     pub ca: Option<PathBuf>,
+    /// The challenges the router answers, the first the CA offers taken.
+    pub challenges: Vec<Challenge>,
+    /// External Account Binding (RFC 8555, 7.3.4): the key id and the HMAC
+    /// key the CA gave, for CAs that tie accounts to a customer of theirs.
+    pub eab: Option<(String, Vec<u8>)>,
 }
+
+/// A way to prove control of a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A token served over HTTP on port 80.
+    Http01,
+    /// A certificate for the domain served under the ALPN `acme-tls/1` on port 443.
+    TlsAlpn01,
+}
+
+impl Challenge {
+    /// Its name in RFC 8555's registry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Challenge::Http01 => "http-01",
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    fn kind(self) -> ChallengeType {
+        match self {
+            Challenge::Http01 => ChallengeType::Http01,
+            Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        }
+    }
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validation.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// A certificate the CA gave.
 #[derive(Debug, Clone)]
@@ -71,6 +107,8 @@ pub struct Acme {
     dir: PathBuf,
     /// HTTP-01 tokens and their key authorizations.
     challenges: Mutex<HashMap<String, String>>,
+    /// TLS-ALPN-01 certificates, by domain, while their order is in flight.
+    alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     certs: ArcSwap<HashMap<String, Issued>>,
     failing: Mutex<HashMap<String, Failing>>,
     in_flight: Mutex<HashSet<String>>,
@@ -148,6 +186,7 @@ impl Acme {
             settings,
             dir,
             challenges: Mutex::new(HashMap::new()),
+            alpn: Mutex::new(HashMap::new()),
             certs: ArcSwap::from_pointee(certs),
             failing: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
@@ -169,6 +208,16 @@ impl Acme {
     /// The key authorization of an HTTP-01 token the CA asks for.
     pub fn challenge(&self, token: &str) -> Option<String> {
         lock(&self.challenges).get(token).cloned()
+    }
+
+    /// Whether the CA may check domains over TLS-ALPN-01.
+    pub fn tls_alpn(&self) -> bool {
+        self.settings.challenges.contains(&Challenge::TlsAlpn01)
+    }
+
+    /// The TLS-ALPN-01 certificate of a domain whose order is in flight.
+    pub fn alpn_cert(&self, domain: &str) -> Option<Arc<CertifiedKey>> {
+        lock(&self.alpn).get(domain).cloned()
     }
 
     /// The last error of a domain that is failing.
@@ -288,6 +337,11 @@ impl Acme {
             None => {
                 let contact = self.settings.email.as_ref().map(|e| format!("mailto:{e}"));
                 let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let eab = self
+                    .settings
+                    .eab
+                    .as_ref()
+                    .map(|(kid, key)| ExternalAccountKey::new(kid.clone(), key));
                 let (account, creds) = builder
                     .create(
                         &NewAccount {
@@ -296,7 +350,7 @@ impl Acme {
                             only_return_existing: false,
                         },
                         self.settings.directory.clone(),
-                        None,
+                        eab.as_ref(),
                     )
                     .await
                     .map_err(|e| format!("creating the ACME account: {e}"))?;
@@ -336,7 +390,8 @@ impl Acme {
         Err("new order: the CA refused the new account too".into())
     }
 
-    /// One order for `domain`, HTTP-01, to its certificate (stored).
+    /// One order for `domain`, by the first challenge allowed and offered, to
+    /// its certificate (stored).
     async fn issue(&self, domain: &str) -> Result<Issued, String> {
         // It names a file: a plain host name only (the dominion's names are).
         if domain.starts_with('.')
@@ -356,23 +411,37 @@ impl Acme {
                 AuthorizationStatus::Pending => {}
                 s => return Err(format!("authorization is {s:?}")),
             }
+            let offered = |c: &&Challenge| authz.challenges.iter().any(|o| o.r#type == c.kind());
+            let Some(&kind) = self.settings.challenges.iter().find(offered) else {
+                return Err("the CA offers none of the challenges the router answers".into());
+            };
             let mut challenge = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or("the CA offers no http-01 challenge")?;
-            let token = challenge.token.clone();
-            let key_auth = challenge.key_authorization().as_str().to_owned();
-            lock(&self.challenges).insert(token.clone(), key_auth);
-            tokens.push(token);
+                .challenge(kind.kind())
+                .ok_or("the CA took back its challenge")?;
+            let key_auth = challenge.key_authorization();
+            match kind {
+                Challenge::Http01 => {
+                    let token = challenge.token.clone();
+                    lock(&self.challenges).insert(token.clone(), key_auth.as_str().to_owned());
+                    tokens.push(token);
+                }
+                Challenge::TlsAlpn01 => {
+                    let cert = alpn_certificate(domain, key_auth.digest().as_ref())?;
+                    lock(&self.alpn).insert(domain.to_owned(), cert);
+                }
+            }
             challenge
                 .set_ready()
                 .await
                 .map_err(|e| format!("challenge: {e}"))?;
+            tracing::info!(%domain, challenge = kind.name(), "acme: challenge ready");
         }
         let retry = RetryPolicy::default().timeout(Duration::from_secs(60));
         let status = order.poll_ready(&retry).await;
         for t in &tokens {
             lock(&self.challenges).remove(t);
         }
+        lock(&self.alpn).remove(domain);
         match status.map_err(|e| format!("order: {e}"))? {
             OrderStatus::Ready => {}
             s => return Err(format!("the order is {s:?} (the challenge failed)")),
@@ -391,6 +460,33 @@ impl Acme {
         write_private(&file, pem.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(issued)
     }
+}
+
+/// The self-signed certificate of TLS-ALPN-01 for `domain`: its name, and
+/// the SHA-256 of the key authorization in the critical acmeIdentifier
+/// extension (RFC 8737, 3).
+fn alpn_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("the tls-alpn-01 certificate: {e}");
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_owned()]).map_err(|e| fail(&e))?;
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::new_acme_identifier(digest));
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+    let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
+    // Not through `verify::load_cert` nor `CertifiedKey::from_der`: webpki
+    // rightly refuses an unknown critical extension, and this certificate is
+    // for the CA's eyes only.
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let provider = rustls::crypto::ring::default_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| fail(&e))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

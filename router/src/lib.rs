@@ -249,6 +249,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     .with_no_client_auth()
     .with_cert_resolver(certs);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme.as_ref().is_some_and(|a| a.tls_alpn()) {
+        tls.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
+    }
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
     let http = TcpListener::from_std(reuseport_listener(cfg.http)?)?;
@@ -391,7 +394,12 @@ async fn serve_http(
                     else {
                         return;
                     };
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let alpn = stream.get_ref().1.alpn_protocol();
+                    // TLS-ALPN-01: the handshake was the answer; nothing follows.
+                    if alpn == Some(acme::ACME_TLS_ALPN) {
+                        return;
+                    }
+                    let h2 = alpn == Some(b"h2");
                     serve_client(stream, h2, permit, state, cfg, peer, "https").await
                 }
             }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use router::acme::Challenge;
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +76,18 @@ enum Cmd {
         /// Trust this root (PEM) for the ACME server's own TLS (a private CA).
         #[arg(long, value_name = "FILE", requires = "acme_directory")]
         acme_ca: Option<std::path::PathBuf>,
+        /// A challenge to answer (http-01 on the HTTP listener, tls-alpn-01 on
+        /// the HTTPS one); repeat it to allow both, in order of preference.
+        /// Default: http-01, then tls-alpn-01.
+        #[arg(long, value_name = "TYPE", requires = "acme_directory", value_parser = ["http-01", "tls-alpn-01"])]
+        acme_challenge: Vec<String>,
+        /// The key id of an External Account Binding the CA gave.
+        #[arg(long, value_name = "KID", requires_all = ["acme_directory", "acme_eab_key"])]
+        acme_eab_kid: Option<String>,
+        /// A file holding the External Account Binding's HMAC key, as the CA
+        /// gave it (base64url).
+        #[arg(long, value_name = "FILE", requires = "acme_eab_kid")]
+        acme_eab_key: Option<std::path::PathBuf>,
     },
 }
 
@@ -108,7 +121,33 @@ fn main() {
         acme_directory,
         acme_email,
         acme_ca,
+        acme_challenge,
+        acme_eab_kid,
+        acme_eab_key,
     } = Cli::parse().cmd;
+    let eab = match (acme_eab_kid, acme_eab_key) {
+        (Some(kid), Some(file)) => match eab_key(&file) {
+            Ok(key) => Some((kid, key)),
+            Err(e) => {
+                eprintln!("router: --acme-eab-key {}: {e}", file.display());
+                std::process::exit(2);
+            }
+        },
+        _ => None,
+    };
+    let challenges = if acme_challenge.is_empty() {
+        vec![Challenge::Http01, Challenge::TlsAlpn01]
+    } else {
+        let mut c: Vec<Challenge> = acme_challenge
+            .iter()
+            .map(|t| match t.as_str() {
+                "tls-alpn-01" => Challenge::TlsAlpn01,
+                _ => Challenge::Http01,
+            })
+            .collect();
+        c.dedup();
+        c
+    };
     let secs = |s: f64| Duration::from_secs_f64(s.max(0.1));
     let cfg = router::Config {
         ttl: Duration::from_secs_f64(ttl.max(1.0)),
@@ -124,6 +163,8 @@ fn main() {
             directory,
             email: acme_email,
             ca: acme_ca,
+            challenges,
+            eab,
         }),
         ..router::Config::new(http, https, run_dir, state_dir)
     };
@@ -143,4 +184,18 @@ fn main() {
         eprintln!("router: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The HMAC key of an External Account Binding, from a file holding it as
+/// CAs give it (base64url, padding and a trailing newline allowed).
+fn eab_key(file: &std::path::Path) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim().trim_end_matches('='))
+        .map_err(|e| format!("not base64url: {e}"))?;
+    if key.is_empty() {
+        return Err("empty".into());
+    }
+    Ok(key)
 }

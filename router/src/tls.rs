@@ -1,6 +1,7 @@
 //! Certificates by SNI: the certificate a site subscribed with its domain
 //! (exact name, then the wildcard one level up), else the one ACME got for
-//! a routed name, else the default. They live in
+//! a routed name, else the default (and to a CA checking TLS-ALPN-01, the
+//! challenge's certificate). They live in
 //! the route table, so a certificate goes when its domain's last route goes.
 
 use std::sync::Arc;
@@ -55,6 +56,15 @@ impl SniCerts {
 
 impl ResolvesServerCert for SniCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A CA checking TLS-ALPN-01 gets the challenge's certificate for a
+        // domain in flight, or no handshake: never a site's certificate.
+        let acme_check = hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        if acme_check {
+            let acme = self.acme.as_ref()?;
+            return acme.alpn_cert(&hello.server_name()?.to_ascii_lowercase());
+        }
         Some(match hello.server_name() {
             Some(name) => self.get(&name.to_ascii_lowercase()),
             None => self.default.clone(),

@@ -1758,6 +1758,8 @@ struct Pebble {
     management: u16,
     /// pebble-challtestsrv's management port (DNS answers to change).
     dns_admin: u16,
+    /// External Account Binding required, with this key id and key (base64url).
+    eab: Option<(String, String)>,
 }
 
 impl Pebble {
@@ -1831,11 +1833,13 @@ impl Pebble {
             tls_ca,
             management,
             dns_admin: free_port(),
+            eab: None,
             dir,
         }
     }
 
-    fn start(&mut self, http_port: u16) {
+    /// Runs it, validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`.
+    fn start(&mut self, http_port: u16, tls_port: u16) {
         let (dns, dns_admin) = (free_port(), self.dns_admin);
         let port = self.url.split(':').nth(2).unwrap().trim_end_matches("/dir");
         let cfg = serde_json::json!({ "pebble": {
@@ -1844,9 +1848,10 @@ impl Pebble {
             "certificate": self.dir.path().join("pebble.crt"),
             "privateKey": self.dir.path().join("pebble.key"),
             "httpPort": http_port,
-            "tlsPort": free_port(),
+            "tlsPort": tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
+            "externalAccountBindingRequired": self.eab.is_some(),
+            "externalAccountMACKeys": self.eab.iter().cloned().collect::<std::collections::HashMap<_, _>>(),
         }});
         let cfg_path = self.dir.path().join("pebble.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
@@ -1977,7 +1982,7 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
     .unwrap();
     let mut r = Router::start_with(dir, "60", &extra);
     let http_port: u16 = r.http.rsplit(':').next().unwrap().parse().unwrap();
-    pebble.start(http_port);
+    pebble.start(http_port, free_port());
     let root = pebble.root();
     let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
     // A domain with no certificate of its own, one with the tenant's, a wildcard.
@@ -2093,7 +2098,7 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
     // The CA comes back with none of its state: the stored account is
     // unknown to it, so the router makes a new one and goes on.
     let http_port: u16 = r.http.rsplit(':').next().unwrap().parse().unwrap();
-    pebble.start(http_port);
+    pebble.start(http_port, free_port());
     let root = pebble.root();
     r.subscribe(&s1, &s1.sub("again.test", "web.sock"));
     wait_for(
@@ -2103,5 +2108,92 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
     );
     let log = std::fs::read_to_string(r.dir.path().join("router.log")).unwrap();
     assert!(log.contains("no longer knows the stored account"), "{log}");
+    let _ = r.stop();
+}
+
+#[test]
+#[ignore = "needs Debian's pebble package: run the README's test command"]
+fn acme_tls_alpn_01_on_the_https_listener_with_an_external_account_binding() {
+    use base64::Engine as _;
+    let mut pebble = Pebble::new();
+    // The CA ties accounts to a customer of its: a key id and an HMAC key.
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<48>());
+    pebble.eab = Some(("kid-imperium".into(), key.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("eab.key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let (url, ca, key_file) = (
+        pebble.url.clone(),
+        pebble.tls_ca.display().to_string(),
+        key_file.display().to_string(),
+    );
+    let extra = [
+        "--acme-directory",
+        &url,
+        "--acme-ca",
+        &ca,
+        "--acme-challenge",
+        "tls-alpn-01",
+        "--acme-eab-kid",
+        "kid-imperium",
+        "--acme-eab-key",
+        &key_file,
+    ];
+    let s1 = Site::new("site1");
+    Router::dominion(dir.path(), &[(&s1, &["alpn.test", "shop.test"], false)]);
+    let mut r = Router::start_with(dir, "60", &extra);
+    // HTTP-01 would be checked on a port where nothing listens: only the
+    // HTTPS listener can prove the domain.
+    let https_port: u16 = r.https.rsplit(':').next().unwrap().parse().unwrap();
+    pebble.start(free_port(), https_port);
+    let root = pebble.root();
+    let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
+    r.subscribe(&s1, &s1.sub("alpn.test", "web.sock"));
+    let logs = || {
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "router:\n{}\npebble:\n{}{}",
+            read(r.dir.path().join("router.log")),
+            read(pebble.dir.path().join("pebble.log")),
+            read(pebble.dir.path().join("pebble.err"))
+        )
+    };
+    e2e::wait_for_or(
+        Duration::from_secs(60),
+        "a certificate from pebble for alpn.test over tls-alpn-01",
+        || verified(&r.https, "alpn.test", &root).then_some(()),
+        logs,
+    );
+    assert_eq!(r.get_tls("alpn.test").0, 200);
+    let log = std::fs::read_to_string(r.dir.path().join("router.log")).unwrap();
+    let ready: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("challenge ready"))
+        .collect();
+    assert!(
+        ready.len() == 1 && ready[0].contains("tls-alpn-01"),
+        "{log}"
+    );
+    // Anyone else asking for acme-tls/1 (no order in flight for the name,
+    // or a name the router does not route) gets no certificate at all.
+    for name in ["alpn.test", "shop.test", "elsewhere.test"] {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &r.https, "-servername", name])
+            .args(["-alpn", "acme-tls/1"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && !text.contains("BEGIN CERTIFICATE"),
+            "{name}: {text}"
+        );
+    }
+    // The account was made with the binding (pebble refuses any without).
+    let account: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(r.dir.path().join("state/acme/account.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(account["id"].as_str().is_some(), "{account}");
     let _ = r.stop();
 }
