@@ -6,6 +6,8 @@
 //! with a fresh certificate;
 //! `subscriber SOCKET SITE KEYFILE BACKEND many N`   subscribes N domains
 //! `d<i>.bench.test`, each with its own certificate, and prints the time taken.
+//! `subscriber SOCKET SITE KEYFILE BACKEND bare N`   subscribes N domains
+//! `a<i>.bench.test` with no certificate (for ACME to get one each).
 //! `subscriber SOCKET SITE KEYFILE BACKEND latency HTTP_ADDR RUNS`   subscribes a
 //! fresh domain and sends requests with its Host until one is routed; prints
 //! the median and p95 of subscription-sent to first-routed, in ms.
@@ -78,6 +80,7 @@ fn main() {
             weight,
             cert: cert.as_ref().map(|c| c.0.clone()),
             key: cert.map(|c| c.1),
+            redirect: false,
             timestamp: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
@@ -121,6 +124,13 @@ fn main() {
                 "{{\"domains\": {n}, \"prepare_seconds\": {made:.3}, \"seconds\": {:.3}}}",
                 t.elapsed().as_secs_f64()
             );
+        }
+        "bare" => {
+            let n: usize = a[6].parse().unwrap();
+            for i in 0..n {
+                let answer = post(socket, &sign(&format!("a{i}.bench.test"), None));
+                assert!(answer.contains("\"ok\":true"), "{answer}");
+            }
         }
         "latency" => {
             let (addr, runs): (&str, usize) = (&a[6], a[7].parse().unwrap());

@@ -40,6 +40,8 @@ pub struct Settings {
     /// External Account Binding (RFC 8555, 7.3.4): the key id and the HMAC
     /// key the CA gave, for CAs that tie accounts to a customer of theirs.
     pub eab: Option<(String, Vec<u8>)>,
+    /// New orders at most per window (three hours).
+    pub max_orders: usize,
 }
 
 /// A way to prove control of a domain.
@@ -92,8 +94,8 @@ struct Failing {
 
 /// Orders in flight at once.
 const CONCURRENT: usize = 4;
-/// New orders the router may place, at most, per window.
-const ORDERS_PER_WINDOW: usize = 250;
+/// New orders the router may place, at most, per window, by default.
+pub const ORDERS_PER_WINDOW: usize = 250;
 /// The window of that budget.
 const WINDOW: Duration = Duration::from_secs(3 * 3600);
 /// How often the routes are looked at.
@@ -114,6 +116,8 @@ pub struct Acme {
     in_flight: Mutex<HashSet<String>>,
     /// When each order of the window was placed.
     placed: Mutex<Vec<Instant>>,
+    /// Told when an order ends (room for the next).
+    ended: tokio::sync::Notify,
     /// The account, once loaded or made (forgotten when the CA no longer
     /// knows it).
     account: tokio::sync::Mutex<Option<Account>>,
@@ -191,6 +195,7 @@ impl Acme {
             failing: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             placed: Mutex::new(Vec::new()),
+            ended: tokio::sync::Notify::new(),
             account: tokio::sync::Mutex::new(None),
         })
     }
@@ -240,10 +245,9 @@ impl Acme {
         routes.each_uncertified(|domain, _| {
             let wanted = !in_flight.contains(domain)
                 && failing.get(domain).is_none_or(|f| now >= f.next)
-                && certs.get(domain).is_none_or(|i| {
-                    let life = (i.not_after - i.not_before).max(0);
-                    secs >= i.not_after - (life / 3).min(30 * 86400)
-                });
+                && certs
+                    .get(domain)
+                    .is_none_or(|i| secs >= renew_at(domain, i));
             if wanted && due.len() < room {
                 due.push(domain.to_owned());
             }
@@ -255,7 +259,7 @@ impl Acme {
     fn budget(&self, now: Instant) -> bool {
         let mut placed = lock(&self.placed);
         placed.retain(|t| now.saturating_duration_since(*t) < WINDOW);
-        if placed.len() >= ORDERS_PER_WINDOW {
+        if placed.len() >= self.settings.max_orders {
             return false;
         }
         placed.push(now);
@@ -267,13 +271,15 @@ impl Acme {
     pub async fn run(self: Arc<Self>, routes: Arc<crate::routes::Routes>) {
         let mut told_budget = false;
         loop {
-            tokio::time::sleep(TICK).await;
+            // Every second, or at once when an order ends and leaves room.
+            let _ = tokio::time::timeout(TICK, self.ended.notified()).await;
             let now = Instant::now();
             for domain in self.due(&routes, now) {
                 if !self.budget(now) {
                     if !told_budget {
                         tracing::warn!(
-                            "acme: {ORDERS_PER_WINDOW} orders in {WINDOW:?}: waiting for the window"
+                            max = self.settings.max_orders,
+                            "acme: the window's orders are spent: waiting for the window"
                         );
                         told_budget = true;
                     }
@@ -308,6 +314,7 @@ impl Acme {
                         }
                     }
                     lock(&me.in_flight).remove(&domain);
+                    me.ended.notify_one();
                 });
             }
         }
@@ -489,6 +496,74 @@ fn alpn_certificate(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, St
     )))
 }
 
+/// When a certificate is renewed (seconds since the epoch): once it enters
+/// the last third of its life (30 days before its end at most), later by a
+/// jitter of up to a tenth of that window that is the domain's own, so that
+/// certificates got together are not all renewed in the same second.
+fn renew_at(domain: &str, i: &Issued) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let window = ((i.not_after - i.not_before).max(0) / 3).min(30 * 86400);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    domain.hash(&mut h);
+    let jitter = (h.finish() % (window as u64 / 10 + 1)) as i64;
+    i.not_after - window + jitter
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_starts_in_the_last_third_spread_by_domain() {
+        let key = alpn_certificate("x.test", &[0; 32]).unwrap();
+        let day = 86400;
+        for (life, window) in [
+            (90 * day, 30 * day),
+            (12 * day, 4 * day),
+            (365 * day, 30 * day),
+        ] {
+            let i = Issued {
+                key: key.clone(),
+                not_before: 1_000_000,
+                not_after: 1_000_000 + life,
+            };
+            let at: Vec<i64> = (0..200)
+                .map(|n| renew_at(&format!("d{n}.test"), &i))
+                .collect();
+            for t in &at {
+                assert!(
+                    (i.not_after - window..=i.not_after - window + window / 10).contains(t),
+                    "{life}: {t}"
+                );
+            }
+            let distinct: HashSet<&i64> = at.iter().collect();
+            assert!(distinct.len() > 150, "{life}: {} distinct", distinct.len());
+            // The same domain, the same moment.
+            assert_eq!(renew_at("d1.test", &i), at[1]);
+        }
+    }
+
+    #[test]
+    fn the_tls_alpn_certificate_carries_the_digest_in_a_critical_extension() {
+        let digest = [7u8; 32];
+        let key = alpn_certificate("shop.test", &digest).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&key.cert[0]).unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier");
+        assert!(ext.critical);
+        // An OCTET STRING of the 32 bytes.
+        assert_eq!(ext.value, [&[0x04, 32][..], &digest].concat());
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            format!("{:?}", san.value.general_names),
+            r#"[DNSName("shop.test")]"#
+        );
+    }
 }

@@ -74,7 +74,13 @@ fn routes(state: &State, query: Option<&str>, peer: u32) -> Response<Body> {
                 r.certificate_expires = Some(i.not_after);
                 r.issuer = i.key.cert.first().and_then(|c| crate::verify::issuer(c));
             }
-            r.acme_error = acme.error(&r.domain);
+            r.acme_error = acme.error(&r.domain).or_else(|| {
+                r.domain.starts_with("*.").then(|| {
+                    "a wildcard: ACME's http-01 and tls-alpn-01 cannot prove it; \
+                     subscribe it with a certificate of your own"
+                        .to_owned()
+                })
+            });
         }
     }
     let mut body = serde_json::to_vec(&report).unwrap_or_default();

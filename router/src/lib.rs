@@ -125,6 +125,8 @@ pub struct State {
     pub stats: metrics::Stats,
     /// Certificates through ACME, when on.
     pub acme: Option<Arc<acme::Acme>>,
+    /// The port of the HTTPS listener (for redirects to it).
+    pub https_port: u16,
 }
 
 fn dominion_path(run_dir: &Path) -> PathBuf {
@@ -229,6 +231,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         Some(a) => Some(Arc::new(acme::Acme::load(a.clone(), &cfg.state_dir)?)),
         None => None,
     };
+    let http = TcpListener::from_std(reuseport_listener(cfg.http)?)?;
+    let https = TcpListener::from_std(reuseport_listener(cfg.https)?)?;
+    // The other workers listen on the same addresses (the ports taken above
+    // when asked for port 0).
+    let (http_at, https_at) = (http.local_addr()?, https.local_addr()?);
     let certs = Arc::new(tls::SniCerts::new(routes.clone(), acme.clone())?);
     let state = Arc::new(State {
         routes,
@@ -240,6 +247,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         body_timeout: cfg.body_timeout,
         stats: metrics::Stats::default(),
         acme: acme.clone(),
+        https_port: https_at.port(),
     });
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -254,11 +262,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     let acceptor = TlsAcceptor::from(Arc::new(tls));
 
-    let http = TcpListener::from_std(reuseport_listener(cfg.http)?)?;
-    let https = TcpListener::from_std(reuseport_listener(cfg.https)?)?;
-    // The other workers listen on the same addresses (the ports taken above
-    // when asked for port 0).
-    let (http_at, https_at) = (http.local_addr()?, https.local_addr()?);
     let mut more = Vec::new();
     for _ in 1..cfg.threads.max(1) {
         more.push((reuseport_listener(http_at)?, reuseport_listener(https_at)?));

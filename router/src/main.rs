@@ -81,6 +81,10 @@ enum Cmd {
         /// Default: http-01, then tls-alpn-01.
         #[arg(long, value_name = "TYPE", requires = "acme_directory", value_parser = ["http-01", "tls-alpn-01"])]
         acme_challenge: Vec<String>,
+        /// New orders at most per three hours (Let's Encrypt allows 300 per
+        /// account; raise it only for a CA of your own).
+        #[arg(long, value_name = "N", requires = "acme_directory", default_value_t = router::acme::ORDERS_PER_WINDOW)]
+        acme_max_orders: usize,
         /// The key id of an External Account Binding the CA gave.
         #[arg(long, value_name = "KID", requires_all = ["acme_directory", "acme_eab_key"])]
         acme_eab_kid: Option<String>,
@@ -122,6 +126,7 @@ fn main() {
         acme_email,
         acme_ca,
         acme_challenge,
+        acme_max_orders,
         acme_eab_kid,
         acme_eab_key,
     } = Cli::parse().cmd;
@@ -165,6 +170,7 @@ fn main() {
             ca: acme_ca,
             challenges,
             eab,
+            max_orders: acme_max_orders.max(1),
         }),
         ..router::Config::new(http, https, run_dir, state_dir)
     };

@@ -573,6 +573,11 @@ pub async fn handle(
     };
     let t0 = std::time::Instant::now();
     let route = state.routes.lookup_at(&host, t0);
+    if let (Route::Backends(pick), "http") = (&route, client.scheme) {
+        if pick.redirects() && serves_certificate(&state, &host) {
+            return Ok(to_https(&req, &host, state.https_port));
+        }
+    }
     let load = match &route {
         Route::Backends(pick) => Some(pick.load().clone()),
         Route::Unknown => {
@@ -621,6 +626,32 @@ pub async fn handle(
         })
         .boxed()
     }))
+}
+
+/// Whether HTTPS for `host` shows a certificate of its own (the site's, or
+/// ACME's), not the router's default.
+fn serves_certificate(state: &State, host: &str) -> bool {
+    state.routes.cert(host).is_some() || state.acme.as_ref().is_some_and(|a| a.cert(host).is_some())
+}
+
+/// A 308 to the same target over HTTPS (the method and body kept).
+fn to_https(req: &Request<Incoming>, host: &str, port: u16) -> Response<Body> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        443 => format!("https://{host}{target}"),
+        p => format!("https://{host}:{p}{target}"),
+    };
+    let mut r = page(
+        StatusCode::PERMANENT_REDIRECT,
+        "This site is served over HTTPS.",
+    );
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            r.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        Err(_) => *r.status_mut() = StatusCode::BAD_REQUEST,
+    }
+    r
 }
 
 /// An answer the router made itself, and why (for the access log).

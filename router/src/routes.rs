@@ -40,6 +40,8 @@ pub struct Backend {
     pub path: PathBuf,
     /// Its share of the load.
     pub weight: u32,
+    /// Its subscription asked plain HTTP to be sent to HTTPS.
+    pub redirect: bool,
     /// When it expires unless refreshed.
     pub expires: Instant,
 }
@@ -148,6 +150,15 @@ impl Pick {
     /// The site's load (its counters).
     pub fn load(&self) -> &Arc<SiteLoad> {
         &self.entry.load
+    }
+
+    /// Whether plain HTTP is to be sent to HTTPS (a live backend's
+    /// subscription asked it).
+    pub fn redirects(&self) -> bool {
+        self.entry
+            .backends
+            .iter()
+            .any(|b| b.redirect && b.expires > self.now)
     }
 
     /// The backends in the order to try them, skipping expired ones.
@@ -432,6 +443,7 @@ impl Routes {
                         uid,
                         tcp: v.tcp,
                         weight: v.sub.weight,
+                        redirect: v.sub.redirect,
                         expires: Instant::now() + self.ttl,
                     }));
                     if let Some(c) = &v.cert {
@@ -586,6 +598,7 @@ mod tests {
                 name: format!("b{i}"),
                 uid: Some(1),
                 tcp: None,
+                redirect: false,
                 weight: *w,
                 expires: Instant::now() + Duration::from_secs(60),
             }));

@@ -202,6 +202,7 @@ impl Site {
             weight: 1,
             cert: None,
             key: None,
+            redirect: false,
             timestamp: now(),
             nonce: hex(&random::<16>()),
         }
@@ -559,6 +560,43 @@ fn routes_by_host_and_serves_each_domain_its_certificate() {
     assert!(v[0].get("certificate_expires").is_none(), "{text}");
     assert_eq!(r.call("GET /routes?site=nobody").0, 404);
     assert_eq!(r.call("GET /routes").0, 404);
+}
+
+#[test]
+fn http_redirect_sends_plain_http_to_https_once_a_certificate_is_served() {
+    let (r, s1, _s2) = setup_with(&["red.test", "bare.test", "kept.test"], &[]);
+    let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
+    let with_cert = |domain: &str, redirect: bool| {
+        let (pem, key, _) = cert(&[domain]);
+        let mut sub = s1.sub(domain, "web.sock");
+        (sub.cert, sub.key, sub.redirect) = (Some(pem), Some(key), redirect);
+        r.subscribe(&s1, &sub);
+    };
+    with_cert("red.test", true);
+    with_cert("kept.test", false);
+    // Asked, but nothing but the router's default certificate to show: served over HTTP.
+    let mut bare = s1.sub("bare.test", "web.sock");
+    bare.redirect = true;
+    r.subscribe(&s1, &bare);
+
+    let port = r.https.rsplit(':').next().unwrap();
+    let text = r.raw("POST /cart?id=7 HTTP/1.1\r\nHost: Red.Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 308"), "{text}");
+    let location = format!("location: https://red.test:{port}/cart?id=7\r\n");
+    assert!(text.to_ascii_lowercase().contains(&location), "{text}");
+    // Over HTTPS it is served; the others are served over HTTP.
+    assert_eq!(r.get_tls("red.test").0, 200);
+    assert_eq!(
+        r.get("kept.test"),
+        (200, "a|kept.test|http|127.0.0.1".into())
+    );
+    assert_eq!(
+        r.get("bare.test"),
+        (200, "a|bare.test|http|127.0.0.1".into())
+    );
+    // Subscribed again without it: no more redirect.
+    with_cert("red.test", false);
+    assert_eq!(r.get("red.test").0, 200);
 }
 
 #[test]
@@ -2052,6 +2090,17 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
         .find(|d| d["domain"] == "shop.test")
         .unwrap();
     assert_eq!(shop["certificate"], "acme", "{text}");
+    // The wildcard: why it gets none, where `vassal status` shows it.
+    let wild = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "*.shop.test")
+        .unwrap();
+    assert!(
+        wild["acme_error"].as_str().unwrap().contains("a wildcard"),
+        "{text}"
+    );
     assert!(
         shop["issuer"].as_str().unwrap().contains("Pebble"),
         "{text}"

@@ -1039,6 +1039,15 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     wait_for(Duration::from_secs(5), "200 again", || {
         (router.get("shop.test").0 == 200).then_some(())
     });
+    // The tenant asks plain HTTP to go to HTTPS: its certificate is served,
+    // so the router answers 308 to the same target over HTTPS.
+    write_atomic(
+        &home.join("vassals/web.toml"),
+        "command = [\"python3\", \"/home/shop/app.py\"]\n[http]\ndomains = [\"shop.test\", \"www.shop.test\"]\nsocket = \"web.sock\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nhttp_redirect = true\n",
+    );
+    wait_for(Duration::from_secs(20), "308 to HTTPS", || {
+        (router.get("shop.test").0 == 308).then_some(())
+    });
     // Stopping the app withdraws its domains.
     let out = e.exec_in(
         init,

@@ -82,6 +82,7 @@ impl Subscriber {
             domain: domain.to_owned(),
             backend: http.socket.clone(),
             weight: http.weight,
+            redirect: http.http_redirect,
             cert,
             key: keypem,
             timestamp: crate::clock::wall_secs(),

@@ -17,6 +17,7 @@
 //! domains = ["shop.test"]
 //! socket = "web.sock"          # a unix socket in /run/imperium/sockets/, or "tcp:8080" (the site's address)
 //! ready_timeout = 60           # seconds a new instance has to accept on it
+//! http_redirect = true         # plain HTTP gets a 308 to HTTPS once a certificate is served
 //! ```
 //!
 //! `{socket}` in the command or an env value is replaced by the path of the
@@ -112,6 +113,10 @@ pub struct Http {
     /// Share of the load against the domain's other backends (1-100).
     #[serde(default = "one")]
     pub weight: u32,
+    /// Answer plain HTTP with a redirect (308) to HTTPS once the router
+    /// serves a certificate for the domain (the site's own or ACME's).
+    #[serde(default)]
+    pub http_redirect: bool,
     /// Seconds a new instance has to accept on its socket; past it, a restart
     /// that hands over gives the new one up and the old one keeps serving.
     #[serde(default = "default_ready_timeout")]
@@ -358,6 +363,18 @@ mod tests {
         assert!(j.schedule.is_some());
         let p = Process::parse(&n(), "command = [\"x\"]\nrestart = \"on-failure\"\nstop_signal = \"SIGINT\"\ngrace = 0.5\nenv = { A = \"1\" }").unwrap();
         assert_eq!((p.restart(), p.stop_signal), (Restart::OnFailure, 2));
+    }
+
+    #[test]
+    fn http_redirect_is_off_unless_asked() {
+        let http = |extra: &str| {
+            let text = format!(
+                "command = [\"x\"]\n[http]\ndomains = [\"a.test\"]\nsocket = \"w.sock\"\n{extra}"
+            );
+            Process::parse(&n(), &text).unwrap().file.http.unwrap()
+        };
+        assert!(!http("").http_redirect);
+        assert!(http("http_redirect = true").http_redirect);
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct Subscription {
     /// Its private key, PEM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Plain HTTP requests for the domain are answered with a redirect to
+    /// HTTPS once the router serves a certificate for it (the site's or ACME's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect: bool,
     /// Seconds since the Unix epoch when it was signed.
     pub timestamp: u64,
     /// A value used once (hex, 16 to 64 characters).
