@@ -15,7 +15,10 @@ one request every 5 ms on a kept connection, before and during issuance.
 
     bench/acme.py [--domains 1000] [--timeout 900]     (bench/run-acme builds and installs)
 """
-import argparse, http.client, json, os, shutil, socket, subprocess, tempfile, threading, time
+import argparse, http.client, json, os, shutil, socket, subprocess, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from router import backend, stop_all, wait_port  # noqa: E402  (bench/router.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(REPO, "target", "release")
@@ -25,17 +28,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_port(port, deadline=20):
-    t = time.time() + deadline
-    while time.time() < t:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(port)
 
 
 def cpu(pid):
@@ -88,16 +80,8 @@ def main():
     work = tempfile.mkdtemp(prefix="imperium-acme-bench-")
     procs = []
     try:
-        os.chmod(work, 0o755)  # nginx's workers (nobody) reach the socket
-        socks = os.path.join(work, "sockets")
-        os.makedirs(socks)
-        os.makedirs(os.path.join(work, "run", "router"))
-        open(f"{work}/backend.conf", "w").write(f"""
-worker_processes 1; pid {work}/backend.pid; error_log {work}/backend.err; daemon off;
-events {{ worker_connections 1024; }}
-http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ return 200 "ok"; }} }} }}
-""")
-        procs.append(subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work]))
+        socks, nginx_backend = backend(work, 1)
+        procs.append(nginx_backend)
         # Pebble's own TLS certificate from a CA of ours (webpki takes no self-signed leaf as a root).
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         ssl = lambda *a: subprocess.run(["openssl", *a], cwd=work, check=True, capture_output=True)
@@ -181,13 +165,7 @@ http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ re
               f"({res['orders_per_s']}/s); another site's p50 {b['p50_ms']} -> {d['p50_ms']} ms, "
               f"p99 {b['p99_ms']} -> {d['p99_ms']} ms, errors {d['errors']}")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

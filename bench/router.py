@@ -128,6 +128,22 @@ def perf_counts(p):
     return out
 
 
+def backend(work, workers):
+    """The layout under `work` (sockets/, run/router/) and the backend: nginx
+    answering "ok" on sockets/app.sock. Returns the socket directory and nginx."""
+    # nginx's workers run as nobody: they must reach the sockets (mkdtemp makes 0700).
+    os.chmod(work, 0o755)
+    socks = os.path.join(work, "sockets")
+    os.makedirs(socks)
+    os.makedirs(os.path.join(work, "run", "router"))
+    open(f"{work}/backend.conf", "w").write(f"""
+worker_processes {workers}; pid {work}/backend.pid; error_log {work}/backend.err; daemon off;
+events {{ worker_connections 4096; }}
+http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ return 200 "ok"; }} }} }}
+""")
+    return socks, subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work])
+
+
 def stop_all(procs):
     """SIGTERM to each, then a wait of up to 10 s each, then SIGKILL."""
     for p in procs:
@@ -163,18 +179,8 @@ def main():
     work = tempfile.mkdtemp(prefix="imperium-router-bench-")
     procs = []
     try:
-        # nginx's workers run as nobody: they must reach the sockets (mkdtemp makes 0700).
-        os.chmod(work, 0o755)
-        socks = os.path.join(work, "sockets")
-        os.makedirs(socks)
-        os.makedirs(os.path.join(work, "run", "router"))
-        # The backend.
-        open(f"{work}/backend.conf", "w").write(f"""
-worker_processes 2; pid {work}/backend.pid; error_log {work}/backend.err; daemon off;
-events {{ worker_connections 4096; }}
-http {{ access_log off; server {{ listen unix:{socks}/app.sock; location / {{ return 200 "ok"; }} }} }}
-""")
-        procs.append(subprocess.Popen(["nginx", "-c", f"{work}/backend.conf", "-p", work]))
+        socks, nginx_backend = backend(work, 2)
+        procs.append(nginx_backend)
         # The backend that closes after each answer: uWSGI --http-socket, an app setting Content-Length.
         open(f"{work}/app.py", "w").write(
             "def application(env, start_response):\n"

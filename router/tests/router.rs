@@ -1936,6 +1936,17 @@ impl Pebble {
         path
     }
 
+    /// The router's log and pebble's, for a failed wait.
+    fn logs_with(&self, r: &Router) -> String {
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "router:\n{}\npebble:\n{}{}",
+            read(r.dir.path().join("router.log")),
+            read(self.dir.path().join("pebble.log")),
+            read(self.dir.path().join("pebble.err"))
+        )
+    }
+
     /// Makes the DNS answer `host` with `ip` (instead of 127.0.0.1).
     fn resolve(&self, host: &str, ip: &str) {
         let body = serde_json::json!({ "host": format!("{host}."), "addresses": [ip] });
@@ -2032,15 +2043,7 @@ fn acme_certificates_for_subscribed_domains_from_a_real_acme_server() {
     r.subscribe(&s1, &own);
     r.subscribe(&s1, &s1.sub("*.shop.test", "web.sock"));
     // Refreshed while the order goes on (routes live 60 s here anyway).
-    let logs = || {
-        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-        format!(
-            "router:\n{}\npebble:\n{}{}",
-            read(r.dir.path().join("router.log")),
-            read(pebble.dir.path().join("pebble.log")),
-            read(pebble.dir.path().join("pebble.err"))
-        )
-    };
+    let logs = || pebble.logs_with(&r);
     e2e::wait_for_or(
         Duration::from_secs(60),
         "a certificate from pebble for shop.test",
@@ -2198,15 +2201,7 @@ fn acme_tls_alpn_01_on_the_https_listener_with_an_external_account_binding() {
     let root = pebble.root();
     let _a = Backend::start(&r.socket("site1", "web.sock"), "a");
     r.subscribe(&s1, &s1.sub("alpn.test", "web.sock"));
-    let logs = || {
-        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-        format!(
-            "router:\n{}\npebble:\n{}{}",
-            read(r.dir.path().join("router.log")),
-            read(pebble.dir.path().join("pebble.log")),
-            read(pebble.dir.path().join("pebble.err"))
-        )
-    };
+    let logs = || pebble.logs_with(&r);
     e2e::wait_for_or(
         Duration::from_secs(60),
         "a certificate from pebble for alpn.test over tls-alpn-01",
