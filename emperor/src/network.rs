@@ -40,7 +40,9 @@ pub struct Settings {
 pub struct HostNet {
     settings: Settings,
     host: Mutex<Netlink>,
-    bridge: u32,
+    /// The bridges made so far (number → link index); the first at start,
+    /// the others when a vassal of theirs first starts.
+    bridges: Mutex<BTreeMap<u32, u32>>,
     /// The addresses allowed SMTP, as last applied.
     smtp: Mutex<Option<BTreeSet<IpAddr>>>,
     /// Each narrowed vassal's egress list, by offset, as last applied.
@@ -88,7 +90,7 @@ impl HostNet {
         Ok(HostNet {
             settings,
             host: Mutex::new(host),
-            bridge,
+            bridges: Mutex::new(BTreeMap::from([(0, bridge)])),
             smtp: Mutex::new(None),
             egress: Mutex::new(None),
         })
@@ -119,7 +121,40 @@ impl HostNet {
             .host
             .lock()
             .map_err(|_| std::io::Error::other("netlink lock poisoned"))?;
-        sys::net::attach_site(&mut host, self.bridge, ns, &self.link(offset))
+        let k = self.settings.pool.bridge_of(offset);
+        let mut bridges = self
+            .bridges
+            .lock()
+            .map_err(|_| std::io::Error::other("bridges lock poisoned"))?;
+        let bridge = match bridges.get(&k) {
+            Some(b) => *b,
+            None => {
+                let b = self.more_bridge(&mut host, k)?;
+                bridges.insert(k, b);
+                b
+            }
+        };
+        drop(bridges);
+        sys::net::attach_site(&mut host, bridge, ns, &self.link(offset))
+    }
+
+    /// Bridge `k` (beyond the first): the host's gateway addresses on it
+    /// too (the sites' gateway is the same everywhere), and routes to its
+    /// blocks, more precise than the pool's route through the first.
+    fn more_bridge(&self, host: &mut Netlink, k: u32) -> std::io::Result<u32> {
+        let pool = &self.settings.pool;
+        let name = model::network::bridge_name(k);
+        let bridge = host.ensure_bridge(&name)?;
+        let gw = pool.gateway();
+        host.add_address(bridge, IpAddr::V4(pool.v4(gw)), 32)?;
+        let (v4, v4_len, v6) = pool.bridge_range(k);
+        host.add_link_route(bridge, IpAddr::V4(v4), v4_len)?;
+        if let (Some(gw6), Some((v6, v6_len))) = (pool.v6(gw), v6) {
+            host.add_address(bridge, IpAddr::V6(gw6), 128)?;
+            host.add_link_route(bridge, IpAddr::V6(v6), v6_len)?;
+        }
+        tracing::info!(bridge = %name, "a bridge for the next blocks of the pool");
+        Ok(bridge)
     }
 
     /// Makes `allowed` the addresses that may send mail (one atomic change,
@@ -244,12 +279,23 @@ fn nft(batch: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn iif() -> Value {
-    json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": BRIDGE}})
+/// Every bridge the pool may need, as a set for a rule (a bridge takes 1,023
+/// ports: the pool's sites are spread over several).
+fn bridges(pool: &Pool) -> Value {
+    let names: Vec<String> = (0..pool.bridges())
+        .map(model::network::bridge_name)
+        .collect();
+    json!({"set": names})
 }
 
-fn oif() -> Value {
-    json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": BRIDGE}})
+/// Arriving from a site.
+fn iif(pool: &Pool) -> Value {
+    json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": bridges(pool)}})
+}
+
+/// Leaving towards a site.
+fn oif(pool: &Pool) -> Value {
+    json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": bridges(pool)}})
 }
 
 fn ct_state(states: &[&str]) -> Value {
@@ -305,7 +351,7 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
         cmds.push(rule(
             "prerouting",
             vec![
-                iif(),
+                iif(pool),
                 ct_state(&["new"]),
                 json!({"set": {"op": "add", "set": set,
                     "elem": {"payload": {"protocol": proto, "field": "saddr"}},
@@ -318,7 +364,7 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
     cmds.push(rule(
         "input",
         vec![
-            iif(),
+            iif(pool),
             ct_state(&["established", "related"]),
             json!({"accept": null}),
         ],
@@ -328,7 +374,7 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
         cmds.push(rule(
             "input",
             vec![
-                iif(),
+                iif(pool),
                 json!({"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
                     "right": {"set": ports}}}),
                 json!({"accept": null}),
@@ -338,7 +384,7 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
     cmds.push(rule(
         "input",
         vec![
-            iif(),
+            iif(pool),
             json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
                 "right": {"set": ["icmp", "ipv6-icmp"]}}}),
             json!({"accept": null}),
@@ -349,30 +395,30 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
         cmds.push(rule(
             "input",
             vec![
-                iif(),
+                iif(pool),
                 json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}},
                     "right": 53}}),
                 json!({"accept": null}),
             ],
         ));
     }
-    cmds.push(rule("input", vec![iif(), json!({"drop": null})]));
+    cmds.push(rule("input", vec![iif(pool), json!({"drop": null})]));
     // Into a site: only answers. (Sites meet only through the router.)
     cmds.push(rule(
         "forward",
         vec![
-            oif(),
+            oif(pool),
             ct_state(&["established", "related"]),
             json!({"accept": null}),
         ],
     ));
-    cmds.push(rule("forward", vec![oif(), json!({"drop": null})]));
+    cmds.push(rule("forward", vec![oif(pool), json!({"drop": null})]));
     // Mail only from the allowed.
     for (set, proto) in [("@smtp4", "ip"), ("@smtp6", "ip6")] {
         cmds.push(rule(
             "forward",
             vec![
-                iif(),
+                iif(pool),
                 json!({"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
                     "right": {"set": SMTP_PORTS}}}),
                 json!({"match": {"op": "!=", "left": {"payload": {"protocol": proto, "field": "saddr"}},
@@ -386,7 +432,7 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
         cmds.push(rule(
             "forward",
             vec![
-                iif(),
+                iif(pool),
                 json!({"vmap": {"key": {"payload": {"protocol": proto, "field": "saddr"}}, "data": map}}),
             ],
         ));
@@ -405,7 +451,7 @@ pub fn ruleset(s: &Settings, new: bool) -> Value {
             vec![
                 json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "saddr"}},
                     "right": prefix}}),
-                json!({"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": BRIDGE}}),
+                json!({"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": bridges(pool)}}),
                 json!({"masquerade": null}),
             ],
         ));

@@ -384,6 +384,97 @@ fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other()
     assert!(link("imp2"), "mailer's stays");
 }
 
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_sites_past_a_bridges_ports_are_on_the_next_bridge_as_connected_and_isolated() {
+    let mut net = Net::new();
+    net.serve(&net.internet.clone(), &servers(&[(80, "web")]));
+    net.resolvers();
+    net.serve(&net.host.clone(), &servers(&[(3306, "db")]));
+    let mut e = Emperor::new();
+    e.netns = Some(net.path(&net.host));
+    e.extra = vec!["--host-ports".into(), "3306".into()];
+    // A host with more vassals than one bridge takes (1,023 ports): `far`
+    // was given an address of block 5 (the plan's table, as the emperor
+    // keeps it), so its port is on the second bridge.
+    std::fs::create_dir_all(&e.state_dir).unwrap();
+    std::fs::write(
+        e.state_dir.join("addresses.json"),
+        r#"{"schemaVersion":1,"blocks":{"0":"","5":""},"vassals":{"far":1287}}"#,
+    )
+    .unwrap();
+    e.write("near", "kind = \"site\"\n");
+    e.write("far", "kind = \"site\"\n");
+    e.start();
+    let site = |name: &'static str| Site {
+        name,
+        cgroup: e.cgroup(&format!("_admin/{name}")),
+    };
+    let (near, far) = (site("near"), site("far"));
+    assert_eq!(near.address(&e), "10.199.0.2");
+    assert_eq!(far.address(&e), "10.199.5.7");
+    let ports = |bridge: &str| {
+        let out = net.on_host(&["ip", "-o", "link", "show", "master", bridge]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        ports("imperium1").contains("imp507@"),
+        "{}",
+        ports("imperium1")
+    );
+    assert!(
+        !ports("imperium0").contains("imp507@"),
+        "{}",
+        ports("imperium0")
+    );
+    assert!(
+        ports("imperium0").contains("imp2@"),
+        "{}",
+        ports("imperium0")
+    );
+    let shown = far.run(&e, "ip -o addr show dev eth0; ip route");
+    assert!(shown.contains("10.199.5.7/16"), "{shown}");
+    assert!(shown.contains("default via 10.199.0.1"), "{shown}");
+
+    // As connected as a site of the first bridge: the internet through NAT,
+    // names, the admin's host port over IPv4 and IPv6.
+    let web = wait_for(Duration::from_secs(10), "the internet from far", || {
+        let got = far.connect(&e, INTERNET, 80);
+        got.starts_with("web").then_some(got)
+    });
+    assert_eq!(web, format!("web {HOST_UPLINK}"));
+    let names = wait_for(Duration::from_secs(10), "a name from far", || {
+        let got = far.run(&e, "getent hosts shop.example");
+        got.contains("shop.example").then_some(got)
+    });
+    assert!(names.starts_with(INTERNET), "{names}");
+    assert_eq!(far.connect(&e, "10.199.0.1", 3306), "db 10.199.5.7");
+    assert_eq!(
+        far.connect(&e, "fd69:6d70:6572::1", 3306),
+        "db fd69:6d70:6572::5:7"
+    );
+
+    // As isolated: the host reaches each site's server, neither site the other's.
+    let listen = servers(&[(8000, "site")]);
+    for s in [&near, &far] {
+        s.run(
+            &e,
+            &format!("setsid python3 -c \"$(cat <<'EOF'\n{listen}\nEOF\n)\" >/dev/null 2>&1 < /dev/null &"),
+        );
+    }
+    for addr in ["10.199.0.2", "10.199.5.7"] {
+        let got = wait_for(Duration::from_secs(10), "a site's server", || {
+            let out = net.on_host(&["/usr/bin/python3", "-c", CLIENT, addr, "8000", "2"]);
+            let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            got.starts_with("site").then_some(got)
+        });
+        assert_eq!(got, "site 10.199.0.1", "{addr}");
+    }
+    assert_eq!(near.connect(&e, "10.199.5.7", 8000), "timeout");
+    assert_eq!(far.connect(&e, "10.199.0.2", 8000), "timeout");
+    assert_eq!(far.connect(&e, "fd69:6d70:6572::2", 8000), "timeout");
+}
+
 /// Opens argv[3] connections to argv[1]:argv[2] and holds them; prints how many opened.
 const HOLD: &str = r#"import socket, sys
 held = []

@@ -19,8 +19,22 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_POOL: &str = "10.199.0.0/16";
 /// The default IPv6 prefix (a ULA; `fd69:6d70:6572` spells "imper").
 pub const DEFAULT_POOL6: &str = "fd69:6d70:6572::/64";
-/// The host's bridge.
+/// The host's first bridge (blocks 0 to 3).
 pub const BRIDGE: &str = "imperium0";
+
+/// Blocks per bridge: a Linux bridge takes 1,023 ports (`BR_MAX_PORTS`,
+/// measured: the 1,024th is refused with EXFULL), and four blocks hold at most
+/// 4 × 254 vassals.
+pub const BLOCKS_PER_BRIDGE: u32 = 4;
+const _: () = assert!(
+    BLOCKS_PER_BRIDGE * 254 < 1023,
+    "more vassals than a bridge's ports"
+);
+
+/// The name of the host's bridge number `k` (`imperium0`, `imperium1`, ...).
+pub fn bridge_name(k: u32) -> String {
+    format!("imperium{k}")
+}
 
 /// How many `egress` entries one file may list.
 pub const EGRESS_MAX: usize = 64;
@@ -156,6 +170,29 @@ impl Pool {
             let host = offset & 0xff;
             Ipv6Addr::from(u128::from(a) | (u128::from(block) << 16) | u128::from(host))
         })
+    }
+
+    /// The bridge of the vassal at `offset` (its block's quarter).
+    pub fn bridge_of(&self, offset: u32) -> u32 {
+        (offset >> 8) / BLOCKS_PER_BRIDGE
+    }
+
+    /// How many bridges the pool may need.
+    pub fn bridges(&self) -> u32 {
+        self.blocks().div_ceil(BLOCKS_PER_BRIDGE)
+    }
+
+    /// The addresses of bridge `k`, IPv4 and IPv6 (if any), each with its
+    /// prefix length: the host routes them to that bridge.
+    pub fn bridge_range(&self, k: u32) -> (Ipv4Addr, u8, Option<(Ipv6Addr, u8)>) {
+        let first = k * BLOCKS_PER_BRIDGE * 256;
+        // 4 blocks: 2 more bits than a block (/24 in IPv4, 16 bits in IPv6).
+        let v4_len = (24 - 2).max(self.prefix);
+        (
+            self.v4(first),
+            v4_len,
+            self.v6(first).map(|a| (a, 128 - 16 - 2)),
+        )
     }
 
     /// The host's own address: every site's gateway.
@@ -304,6 +341,30 @@ mod tests {
         let e = t.allocate(&p, "spill", "").unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
         assert_eq!(p.v6(next), None);
+    }
+
+    #[test]
+    fn four_blocks_a_bridge_each_with_its_routes() {
+        let p = pool();
+        assert_eq!(p.bridges(), 64);
+        assert_eq!((p.bridge_of(2), p.bridge_of(3 * 256 + 254)), (0, 0));
+        assert_eq!(
+            (p.bridge_of(4 * 256 + 1), p.bridge_of(255 * 256 + 254)),
+            (1, 63)
+        );
+        let (v4, len, v6) = p.bridge_range(1);
+        assert_eq!((v4.to_string(), len), ("10.199.4.0".into(), 22));
+        let (v6, len6) = v6.unwrap();
+        assert_eq!((v6.to_string(), len6), ("fd69:6d70:6572::4:0".into(), 110));
+        // Every address of the bridge's blocks is inside its routes, none of the next.
+        let inside =
+            |a: std::net::Ipv6Addr| u128::from(a) >> (128 - len6) == u128::from(v6) >> (128 - len6);
+        assert!(inside(p.v6(7 * 256 + 254).unwrap()));
+        assert!(!inside(p.v6(8 * 256 + 1).unwrap()));
+        // A small pool: one bridge, its route the pool's own.
+        let small = Pool::parse("10.0.0.0/23", None).unwrap();
+        assert_eq!(small.bridges(), 1);
+        assert_eq!(small.bridge_range(0).1, 23);
     }
 
     #[test]

@@ -193,6 +193,27 @@ impl Netlink {
         }
     }
 
+    /// Routes `dst/len` to link `index` directly (no gateway); one already
+    /// there is left as it is.
+    pub fn add_link_route(&mut self, index: u32, dst: IpAddr, len: u8) -> io::Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(dst);
+        m.header.destination_prefix_length = len;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Static;
+        m.header.scope = RouteScope::Link;
+        m.header.kind = RouteType::Unicast;
+        m.attributes.push(RouteAttribute::Destination(match dst {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        }));
+        m.attributes.push(RouteAttribute::Oif(index));
+        match self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Adds the default route through `gateway`.
     pub fn add_default_route(&mut self, gateway: IpAddr) -> io::Result<()> {
         let mut m = RouteMessage::default();
