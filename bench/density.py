@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Density: how many idle sites one host holds, and what it costs.
+
+The emperor (release build) in a network namespace of the bench's own (the
+machine's network is never touched), every site with its network (address,
+veth, firewall), brought up from cold with --sites files at once. Reported:
+the time until every init runs (and how far it got if it did not), the
+emperor's RSS and CPU at rest afterwards, `emperor status` latency, kernel
+memory (slab) and MemAvailable per site, the vassals' unshared memory
+(private pages, sampled), the bridges made, and what broke first (the
+emperor's first errors). Everything is removed at the end.
+
+    bench/density.py [--sites 2000] [--timeout 900]     (bench/run-density builds)
+"""
+import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from start import BIN, Emperor, remove_cgroups  # noqa: E402  (bench/start.py)
+
+
+def meminfo():
+    m = {}
+    for line in open("/proc/meminfo"):
+        k, v = line.split(":")
+        m[k] = int(v.split()[0])
+    return m
+
+
+def proc_cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def private_kib(pid):
+    """Pages only this process has (anonymous and file): what one more site costs."""
+    t = open(f"/proc/{pid}/smaps_rollup").read()
+    return sum(int(re.search(rf"^{k}:\s+(\d+)", t, re.M).group(1)) for k in ("Private_Clean", "Private_Dirty"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sites", type=int, default=2000)
+    ap.add_argument("--timeout", type=int, default=900)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    # The kernel tears network namespaces down in the background: a run right
+    # after another would measure that teardown too.
+    settle = time.monotonic() + 300
+    while os.getloadavg()[0] > 3 and time.monotonic() < settle:
+        time.sleep(5)
+    work = tempfile.mkdtemp(prefix="imperium-density-")
+    ns = f"imp-density-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    e = Emperor(os.path.join(work, "e"), f"imperium-density-{os.getpid()}", netns=ns)
+    res = {"sites": args.sites, "load_before": os.getloadavg()[0]}
+    try:
+        for i in range(args.sites):
+            with open(os.path.join(e.paths["vassals"], f"s{i}.toml"), "w") as f:
+                f.write('kind = "site"\n[limits]\nmemory = "32M"\npids = 32\n')
+        subprocess.run(["sync"])
+        before = meminfo()
+        records = os.path.join(e.paths["run"], "vassals")
+        count = lambda: len([f for f in os.listdir(records) if f.endswith(".json")]) if os.path.isdir(records) else 0
+        t0 = time.perf_counter()
+        e.start()
+        n, last_n, last_t = 0, 0, time.monotonic()
+        while True:
+            n = count()
+            if n >= args.sites:
+                break
+            if n != last_n:
+                last_n, last_t = n, time.monotonic()
+            # Stalled for 60 s, or the deadline: report how far it got.
+            if time.monotonic() - last_t > 60 or time.perf_counter() - t0 > args.timeout:
+                break
+            time.sleep(0.05)
+        res["running"] = n
+        res["up_s"] = round(time.perf_counter() - t0, 2)
+        # At rest: the emperor's memory and CPU over 10 s.
+        time.sleep(5)
+        c0 = proc_cpu(e.proc.pid)
+        time.sleep(10)
+        res["emperor_cpu_at_rest"] = round((proc_cpu(e.proc.pid) - c0) / 10, 4)
+        res["emperor_rss_kib"] = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{e.proc.pid}/status").read()).group(1))
+        lat = []
+        for _ in range(5):
+            t = time.perf_counter()
+            rows = e.status()
+            lat.append((time.perf_counter() - t) * 1000)
+        res["status_ms"] = {"median": round(statistics.median(lat), 1), "max": round(max(lat), 1),
+                            "rows": len(rows) if isinstance(rows, list) else None}
+        after = meminfo()
+        per = lambda k: round((after[k] - before[k]) / max(n, 1), 1)
+        res["per_site_kib"] = {"slab": per("Slab"), "slab_unreclaimable": per("SUnreclaim"),
+                               "kernel_stack": per("KernelStack"), "page_tables": per("PageTables"),
+                               "mem_available_drop": round((before["MemAvailable"] - after["MemAvailable"]) / max(n, 1), 1)}
+        pids = []
+        for f in sorted(os.listdir(records))[:50] if os.path.isdir(records) else []:
+            try:
+                pids.append(json.load(open(os.path.join(records, f)))["pid"])
+            except (OSError, ValueError, KeyError):
+                pass
+        priv = [private_kib(p) for p in pids if os.path.exists(f"/proc/{p}")]
+        res["vassal_private_kib"] = {"median": statistics.median(priv), "max": max(priv)} if priv else None
+        links = subprocess.run(["ip", "-n", ns, "-o", "link", "show", "type", "bridge"], capture_output=True, text=True).stdout
+        res["bridges"] = sorted(re.findall(r"\d+: (imperium\d+)", links))
+        log = re.sub(r"\x1b\[[0-9;]*m", "", open(os.path.join(e.root, "emperor.log")).read())
+        errors = [l for l in log.splitlines() if " ERROR " in l or " WARN " in l]
+        res["emperor_warnings"] = len(errors)
+        res["first_warnings"] = [l[:300] for l in errors[:5]]
+        t1 = time.perf_counter()
+        e.shutdown()
+        res["shutdown_s"] = round(time.perf_counter() - t1, 2)
+        res["load_after"] = os.getloadavg()[0]
+        print(json.dumps(res, indent=2))
+    finally:
+        e.shutdown()
+        remove_cgroups(e.cg)
+        subprocess.run(["ip", "netns", "del", ns])
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
