@@ -196,19 +196,11 @@ impl Netlink {
     /// Routes `dst/len` to link `index` directly (no gateway); one already
     /// there is left as it is.
     pub fn add_link_route(&mut self, index: u32, dst: IpAddr, len: u8) -> io::Result<()> {
-        let mut m = RouteMessage::default();
-        m.header.address_family = family(dst);
-        m.header.destination_prefix_length = len;
-        m.header.table = RouteHeader::RT_TABLE_MAIN;
-        m.header.protocol = RouteProtocol::Static;
-        m.header.scope = RouteScope::Link;
-        m.header.kind = RouteType::Unicast;
-        m.attributes.push(RouteAttribute::Destination(match dst {
-            IpAddr::V4(a) => RouteAddress::Inet(a),
-            IpAddr::V6(a) => RouteAddress::Inet6(a),
-        }));
-        m.attributes.push(RouteAttribute::Oif(index));
-        match self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL) {
+        let attrs = vec![
+            RouteAttribute::Destination(route_address(dst)),
+            RouteAttribute::Oif(index),
+        ];
+        match self.add_route(family(dst), len, RouteScope::Link, attrs) {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             r => r,
         }
@@ -216,17 +208,34 @@ impl Netlink {
 
     /// Adds the default route through `gateway`.
     pub fn add_default_route(&mut self, gateway: IpAddr) -> io::Result<()> {
+        let attrs = vec![RouteAttribute::Gateway(route_address(gateway))];
+        self.add_route(family(gateway), 0, RouteScope::Universe, attrs)
+    }
+
+    /// A static unicast route of the main table.
+    fn add_route(
+        &mut self,
+        family: AddressFamily,
+        len: u8,
+        scope: RouteScope,
+        attributes: Vec<RouteAttribute>,
+    ) -> io::Result<()> {
         let mut m = RouteMessage::default();
-        m.header.address_family = family(gateway);
+        m.header.address_family = family;
+        m.header.destination_prefix_length = len;
         m.header.table = RouteHeader::RT_TABLE_MAIN;
         m.header.protocol = RouteProtocol::Static;
-        m.header.scope = RouteScope::Universe;
+        m.header.scope = scope;
         m.header.kind = RouteType::Unicast;
-        m.attributes.push(RouteAttribute::Gateway(match gateway {
-            IpAddr::V4(a) => RouteAddress::Inet(a),
-            IpAddr::V6(a) => RouteAddress::Inet6(a),
-        }));
+        m.attributes = attributes;
         self.request(RouteNetlinkMessage::NewRoute(m), NLM_F_CREATE | NLM_F_EXCL)
+    }
+}
+
+fn route_address(addr: IpAddr) -> RouteAddress {
+    match addr {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
     }
 }
 
