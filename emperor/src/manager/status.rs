@@ -149,12 +149,12 @@ impl Manager {
                 .init
                 .as_ref()
                 .filter(|_| with_usage)
-                .and_then(|_| self.tree.stats(&cgroup).ok())
-                .map(|s| {
+                .and_then(|_| self.tree.usage(&cgroup).ok())
+                .map(|(memory, pids)| {
                     let disk = self.storage_usage(name, v);
                     Usage {
-                        memory: s.memory,
-                        pids: s.pids,
+                        memory,
+                        pids,
                         storage: disk.map(|d| d.bytes),
                         storage_limit: disk.and_then(|d| d.bytes_limit),
                         inodes: disk.and_then(|d| d.inodes),

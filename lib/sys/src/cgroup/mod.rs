@@ -137,6 +137,9 @@ pub trait CgroupTree: Send + Sync + std::fmt::Debug {
     fn remove(&self, path: &str) -> Result<()>;
     /// Usage of `path`.
     fn stats(&self, path: &str) -> Result<Stats>;
+    /// Memory and pids in use now: the two figures a status line shows,
+    /// read without the rest of [`CgroupTree::stats`] (two files).
+    fn usage(&self, path: &str) -> Result<(u64, u64)>;
     /// Whether `path` exists.
     fn exists(&self, path: &str) -> bool;
     /// The directories of `path`: one per hierarchy (v1), or the one (v2).

@@ -196,6 +196,13 @@ impl CgroupTree for V1 {
         })
     }
 
+    fn usage(&self, path: &str) -> Result<(u64, u64)> {
+        Ok((
+            read_u64(&self.dir("memory", path)?, "memory.usage_in_bytes")?,
+            read_u64(&self.dir("pids", path)?, "pids.current")?,
+        ))
+    }
+
     fn exists(&self, path: &str) -> bool {
         self.dir("pids", path).map(|d| d.is_dir()).unwrap_or(false)
     }
@@ -262,6 +269,12 @@ mod tests {
         for c in CONTROLLERS {
             assert_eq!(f(c, "cgroup.procs"), "7");
         }
+        let put = |c: &str, n: &str, v: &str| {
+            std::fs::write(dir.path().join(c).join("imperium/g/s").join(n), v).unwrap()
+        };
+        put("memory", "memory.usage_in_bytes", "8192\n");
+        put("pids", "pids.current", "2\n");
+        assert_eq!(t.usage("imperium/g/s").unwrap(), (8192, 2));
         t.remove("imperium").unwrap();
         for c in CONTROLLERS {
             assert!(!dir.path().join(c).join("imperium").exists());

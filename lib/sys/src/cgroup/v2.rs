@@ -182,6 +182,14 @@ impl CgroupTree for V2 {
         })
     }
 
+    fn usage(&self, path: &str) -> Result<(u64, u64)> {
+        let dir = self.dir(path)?;
+        Ok((
+            read_u64(&dir, "memory.current")?,
+            read_u64(&dir, "pids.current")?,
+        ))
+    }
+
     fn exists(&self, path: &str) -> bool {
         self.dir(path).map(|d| d.is_dir()).unwrap_or(false)
     }
@@ -318,6 +326,7 @@ mod tests {
                 oom_kills: Some(1),
             }
         );
+        assert_eq!(t.usage("imperium/s").unwrap(), (4096, 3));
         t.remove("imperium").unwrap();
         assert!(!dir.path().join("imperium").exists());
     }
