@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Mutex;
 
-use model::network::{Pool, BRIDGE};
+use model::network::{bridge_name, Pool};
 use serde_json::{json, Value};
 use sys::net::{Netlink, SiteLink};
 
@@ -68,9 +68,10 @@ impl HostNet {
     pub fn setup(settings: Settings) -> anyhow::Result<HostNet> {
         use anyhow::Context;
         let mut host = Netlink::open().context("opening rtnetlink")?;
+        let first = bridge_name(0);
         let bridge = host
-            .ensure_bridge(BRIDGE)
-            .with_context(|| format!("making the bridge {BRIDGE}"))?;
+            .ensure_bridge(&first)
+            .with_context(|| format!("making the bridge {first}"))?;
         let pool = settings.pool;
         let gw = pool.gateway();
         host.add_address(bridge, IpAddr::V4(pool.v4(gw)), pool.prefix)
@@ -143,7 +144,7 @@ impl HostNet {
     /// blocks, more precise than the pool's route through the first.
     fn more_bridge(&self, host: &mut Netlink, k: u32) -> std::io::Result<u32> {
         let pool = &self.settings.pool;
-        let name = model::network::bridge_name(k);
+        let name = bridge_name(k);
         let bridge = host.ensure_bridge(&name)?;
         let gw = pool.gateway();
         host.add_address(bridge, IpAddr::V4(pool.v4(gw)), 32)?;
@@ -282,9 +283,7 @@ fn nft(batch: &Value) -> anyhow::Result<()> {
 /// Every bridge the pool may need, as a set for a rule (a bridge takes 1,023
 /// ports: the pool's sites are spread over several).
 fn bridges(pool: &Pool) -> Value {
-    let names: Vec<String> = (0..pool.bridges())
-        .map(model::network::bridge_name)
-        .collect();
+    let names: Vec<String> = (0..pool.bridges()).map(bridge_name).collect();
     json!({"set": names})
 }
 

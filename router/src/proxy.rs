@@ -574,7 +574,9 @@ pub async fn handle(
     let t0 = std::time::Instant::now();
     let route = state.routes.lookup_at(&host, t0);
     if let (Route::Backends(pick), "http") = (&route, client.scheme) {
-        if pick.redirects() && serves_certificate(&state, &host) {
+        if pick.redirects()
+            && crate::tls::own_cert(&state.routes, state.acme.as_deref(), &host).is_some()
+        {
             return Ok(to_https(&req, &host, state.https_port));
         }
     }
@@ -626,12 +628,6 @@ pub async fn handle(
         })
         .boxed()
     }))
-}
-
-/// Whether HTTPS for `host` shows a certificate of its own (the site's, or
-/// ACME's), not the router's default.
-fn serves_certificate(state: &State, host: &str) -> bool {
-    state.routes.cert(host).is_some() || state.acme.as_ref().is_some_and(|a| a.cert(host).is_some())
 }
 
 /// A 308 to the same target over HTTPS (the method and body kept).

@@ -41,17 +41,21 @@ impl SniCerts {
     /// The certificate for a name: the site's own, else the one ACME got
     /// for a routed name, else the default.
     pub fn get(&self, name: &str) -> Arc<CertifiedKey> {
-        self.routes
-            .cert(name)
-            .or_else(|| {
-                let acme = self.acme.as_ref()?;
-                self.routes
-                    .is_routed(name)
-                    .then(|| acme.cert(name))
-                    .flatten()
-            })
-            .unwrap_or_else(|| self.default.clone())
+        own_cert(&self.routes, self.acme.as_deref(), name).unwrap_or_else(|| self.default.clone())
     }
+}
+
+/// The certificate of a name's own: the site's, else the one ACME got for a
+/// routed name (none: the router's default is what SNI shows).
+pub fn own_cert(
+    routes: &Routes,
+    acme: Option<&crate::acme::Acme>,
+    name: &str,
+) -> Option<Arc<CertifiedKey>> {
+    routes.cert(name).or_else(|| {
+        let acme = acme?;
+        routes.is_routed(name).then(|| acme.cert(name)).flatten()
+    })
 }
 
 impl ResolvesServerCert for SniCerts {

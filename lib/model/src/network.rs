@@ -19,9 +19,6 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_POOL: &str = "10.199.0.0/16";
 /// The default IPv6 prefix (a ULA; `fd69:6d70:6572` spells "imper").
 pub const DEFAULT_POOL6: &str = "fd69:6d70:6572::/64";
-/// The host's first bridge (blocks 0 to 3).
-pub const BRIDGE: &str = "imperium0";
-
 /// Blocks per bridge: a Linux bridge takes 1,023 ports (`BR_MAX_PORTS`,
 /// measured: the 1,024th is refused with EXFULL), and four blocks hold at most
 /// 4 × 254 vassals.

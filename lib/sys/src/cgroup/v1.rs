@@ -182,10 +182,11 @@ impl CgroupTree for V1 {
     }
 
     fn stats(&self, path: &str) -> Result<Stats> {
+        let (used, pids) = self.usage(path)?;
         let memory = self.dir("memory", path)?;
         Ok(Stats {
-            memory: read_u64(&memory, "memory.usage_in_bytes")?,
-            pids: read_u64(&self.dir("pids", path)?, "pids.current")?,
+            memory: used,
+            pids,
             // cpuacct shares the cpu hierarchy on the hosts we know (cpu,cpuacct).
             cpu_usec: self
                 .dir("cpu", path)

@@ -173,10 +173,11 @@ impl CgroupTree for V2 {
     }
 
     fn stats(&self, path: &str) -> Result<Stats> {
+        let (memory, pids) = self.usage(path)?;
         let dir = self.dir(path)?;
         Ok(Stats {
-            memory: read_u64(&dir, "memory.current")?,
-            pids: read_u64(&dir, "pids.current")?,
+            memory,
+            pids,
             cpu_usec: super::keyed(&dir, "cpu.stat", "usage_usec"),
             oom_kills: super::keyed(&dir, "memory.events", "oom_kill"),
         })
