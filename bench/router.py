@@ -25,12 +25,13 @@ REL = os.path.join(REPO, "target", "release")
 PORTS = {"router": (18080, 18443), "nginx": (18081, 18444), "haproxy": (18082, 18445)}
 
 
-def cpu_of(pids):
+def cpu_of(pids, kernel_only=False):
+    """CPU seconds of these processes (all threads): user and kernel, or kernel only."""
     total = 0
     for pid in pids:
         try:
             f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            total += int(f[11]) + int(f[12])
+            total += (0 if kernel_only else int(f[11])) + int(f[12])
         except OSError:
             pass
     return total / os.sysconf("SC_CLK_TCK")
@@ -114,7 +115,7 @@ def instructions(pid, port, n, out):
 
 def perf_stat(pids, seconds):
     """Syscalls and context switches of these processes (all threads) over the next seconds."""
-    return subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
+    return subprocess.Popen(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches,page-faults",
                              "-p", ",".join(map(str, pids)), "--", "sleep", str(seconds)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
@@ -216,6 +217,10 @@ def main():
                                   stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="off"))
         procs.append(router)
         wait_port(rp, 120 if args.callgrind else 20)
+        # The subscription socket comes up after the listeners (later still under valgrind).
+        t = time.time() + 60
+        while not os.path.exists(sub[1]) and time.time() < t:
+            time.sleep(0.05)
         subprocess.run(sub + ["one", "localhost"], check=True)
         subprocess.run(sub[:4] + ["uwsgi.sock", "one", "uwsgi.bench.test"], check=True)
         loaded = json.loads(subprocess.run(sub + ["many", str(args.domains)], capture_output=True, text=True, check=True).stdout)
@@ -293,17 +298,19 @@ backend uwsgi
                 continue
             row = {}
             for scheme, port in (("http", http), ("https", https)):
-                c0 = cpu_of(pids[name]())
+                c0, k0 = cpu_of(pids[name]()), cpu_of(pids[name](), kernel_only=True)
                 url = f"http://127.0.0.1:{port}/" if scheme == "http" else f"https://localhost:{port}/"
                 stat = perf_stat(pids[name](), args.seconds - 1) if shutil.which("perf") else None
                 r = wrk(url, args.seconds, host="localhost" if scheme == "http" else None)
                 r["cpu_us_per_req"] = round((cpu_of(pids[name]()) - c0) / r["requests"] * 1e6, 1)
+                r["kernel_us_per_req"] = round((cpu_of(pids[name](), kernel_only=True) - k0) / r["requests"] * 1e6, 1)
                 if stat:
                     # Counted over all but the last second of the run: per request at its rate.
                     c = perf_counts(stat)
                     done = r["req_s"] * (args.seconds - 1)
                     r["syscalls_per_req"] = round(c.get("raw_syscalls:sys_enter", 0) / done, 2)
                     r["switches_per_req"] = round(c.get("context-switches", 0) / done, 3)
+                    r["page_faults_per_req"] = round(c.get("page-faults", 0) / done, 3)
                 row[scheme] = r
             row["handshakes_s"] = s_time(https, 5)
             row["h2"] = h2load(https, args.seconds)
@@ -324,6 +331,11 @@ backend uwsgi
                   f"{r['https']['cpu_us_per_req'] / n['https']['cpu_us_per_req']:.2f}x CPU/req; "
                   f"h2 {r['h2']['req_s'] / max(n['h2']['req_s'], 1):.2f}x req/s; "
                   f"handshakes {r['handshakes_s'] / n['handshakes_s']:.2f}x")
+        if "router" in res and "haproxy" in res:
+            r, h = res["router"], res["haproxy"]
+            print("router against HAProxy: " + "; ".join(
+                f"{s} {r[s]['req_s'] / h[s]['req_s']:.2f}x req/s, {r[s]['cpu_us_per_req'] / h[s]['cpu_us_per_req']:.2f}x CPU/req"
+                for s in ("http", "https")) + f"; h2 {r['h2']['req_s'] / max(h['h2']['req_s'], 1):.2f}x req/s")
         for name in ("router", "nginx", "haproxy"):
             if name in res:
                 u = res[name]["uwsgi_http_socket"]

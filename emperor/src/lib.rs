@@ -264,6 +264,12 @@ pub async fn run(
                     break;
                 }
             }
+            // The next batch of a mass start, between events (select! takes
+            // ready branches in random order).
+            _ = std::future::ready(()), if mgr.starts_pending() => {
+                mgr.start_some();
+                mgr.publish_dominion();
+            }
             _ = tokio::time::sleep_until(scan_due.unwrap_or_else(tokio::time::Instant::now)), if scan_due.is_some() => {
                 scan_due = None;
                 gap = scan(&mut mgr, &mut watcher);

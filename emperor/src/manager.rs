@@ -41,6 +41,8 @@ use stop::off_loop;
 
 /// How many network namespaces the emperor keeps ready for starts.
 const NETNS_POOL: usize = 4;
+/// Vassals started per turn of the loop (a start takes a few milliseconds).
+const START_BATCH: usize = 32;
 
 /// Settings of a running emperor.
 #[derive(Debug, Clone)]
@@ -265,6 +267,8 @@ pub struct Manager {
     told: BTreeMap<Name, Change>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
+    /// Vassals to start, taken [`START_BATCH`] at a time between events.
+    to_start: std::collections::VecDeque<Name>,
     /// Files of the vassal directories that are not vassals (logged once per change).
     ignored: Vec<crate::scan::Ignored>,
     shadowed: Vec<(Name, PathBuf, String)>,
@@ -348,6 +352,7 @@ impl Manager {
             told: BTreeMap::new(),
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
+            to_start: Default::default(),
             ignored: Vec::new(),
             shadowed: Vec::new(),
             ssh_keys: None,
@@ -591,7 +596,25 @@ impl Manager {
                 }
             }
         }
-        self.start_many(&starts);
+        self.to_start.extend(starts);
+        self.start_some();
+    }
+
+    /// Whether vassals wait to be started (see [`Manager::start_some`]).
+    pub fn starts_pending(&self) -> bool {
+        !self.to_start.is_empty()
+    }
+
+    /// Starts the next few vassals waiting, and refreshes what depends on
+    /// who runs. A host brought up with 10,000 files starts them a batch at
+    /// a time: requests, exits and file changes are handled in between.
+    pub fn start_some(&mut self) {
+        if self.shutdown_reply.is_some() {
+            self.to_start.clear();
+        }
+        let n = self.to_start.len().min(START_BATCH);
+        let batch: Vec<Name> = self.to_start.drain(..n).collect();
+        self.start_many(&batch);
         self.sync_smtp();
         self.write_hosts();
         self.publish_sites();

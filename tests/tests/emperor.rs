@@ -1617,10 +1617,12 @@ fn root_a_reseller_lists_its_sites_and_is_told_of_refusals_and_changes() {
         "the reseller's list",
         || {
             let v: serde_json::Value = serde_json::from_str(&inside("vassal sites --json")).ok()?;
+            // The site runs, and the refused file (taken at a later scan) is listed.
             (v["sites"]
                 .as_array()?
                 .iter()
-                .any(|s| s["name"] == "shop" && s["state"] == "running"))
+                .any(|s| s["name"] == "shop" && s["state"] == "running")
+                && !v["refused"].as_array()?.is_empty())
             .then_some(v)
         },
         || inside("vassal sites --json; ls -la /run/imperium/usage"),

@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 /// Rotates a log past `max` bytes: copy to `.1` (older copies move to `.2`
 /// and `.3`), then truncate. A writer keeps its append-mode descriptor, so
-/// its next lines go to the fresh file.
-pub fn rotate(log: &Path, max: u64) {
+/// its next lines go to the fresh file. Returns the size it found (0: none).
+pub fn rotate(log: &Path, max: u64) -> u64 {
     let Ok(meta) = std::fs::metadata(log) else {
-        return;
+        return 0;
     };
     if meta.len() <= max {
-        return;
+        return meta.len();
     }
     let old = |i: u32| {
         let mut p = log.as_os_str().to_owned();
@@ -28,6 +28,7 @@ pub fn rotate(log: &Path, max: u64) {
             let _ = f.set_len(0);
         }
     }
+    meta.len()
 }
 
 /// The socket the router sends the site's access lines to (the router's

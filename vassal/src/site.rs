@@ -2,22 +2,23 @@
 //! cgroup filesystems read-only at /sys/fs/cgroup inside a cgroup namespace
 //! rooted at the site, so the root of what is mounted is the site itself.
 
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use serde::Serialize;
 
-/// Where the figures are read from.
-#[derive(Debug, Clone)]
-pub enum SiteCgroup {
-    /// v1: one directory per controller.
-    V1 {
-        /// The memory hierarchy's root (the site).
-        memory: PathBuf,
-        /// The pids hierarchy's root (the site).
-        pids: PathBuf,
-    },
-    /// v2: one directory.
-    V2(PathBuf),
+/// Where the figures are read from: the site's five files, opened once.
+/// A reading is then five `pread`s (this runs every second in every site:
+/// opening by path would walk the container's mounts five times over).
+#[derive(Debug)]
+pub struct SiteCgroup {
+    memory: File,
+    memory_limit: File,
+    pids: File,
+    pids_limit: File,
+    /// `memory.oom_control` (v1) or `memory.events` (v2).
+    oom: File,
 }
 
 /// The site's figures against its limits.
@@ -51,59 +52,79 @@ pub fn sites(dir: &Path) -> Option<model::usage::Sites> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn read(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok()
+/// The whole of a small file, read from its start.
+fn read(f: &File) -> Option<String> {
+    let mut buf = [0u8; 512];
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(buf[..n].to_vec()).ok()
 }
 
-fn num(p: &Path) -> Option<u64> {
-    read(p)?.trim().parse().ok()
+fn num(f: &File) -> Option<u64> {
+    read(f)?.trim().parse().ok()
 }
 
-fn limit(p: &Path) -> Option<u64> {
+fn limit(f: &File) -> Option<u64> {
     // "max" (v2) and the huge v1 default both mean no limit.
-    num(p).filter(|v| *v < 1 << 62)
+    num(f).filter(|v| *v < 1 << 62)
 }
 
-fn keyed(p: &Path, key: &str) -> Option<u64> {
-    read(p)?
+fn keyed(f: &File, key: &str) -> Option<u64> {
+    read(f)?
         .lines()
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
 }
 
 impl SiteCgroup {
-    /// Finds the site's cgroup under `root` (normally /sys/fs/cgroup).
+    /// Finds and opens the site's cgroup files under `root` (normally
+    /// /sys/fs/cgroup): v2's, or v1's memory and pids hierarchies.
     pub fn detect(root: &Path) -> Option<SiteCgroup> {
-        if root.join("memory.current").exists() {
-            Some(SiteCgroup::V2(root.to_path_buf()))
-        } else if root.join("memory/memory.usage_in_bytes").exists() {
-            Some(SiteCgroup::V1 {
-                memory: root.join("memory"),
-                pids: root.join("pids"),
+        let open = |names: [&str; 5]| {
+            let [memory, memory_limit, pids, pids_limit, oom] =
+                names.map(|n| File::open(root.join(n)).ok());
+            Some(SiteCgroup {
+                memory: memory?,
+                memory_limit: memory_limit?,
+                pids: pids?,
+                pids_limit: pids_limit?,
+                oom: oom?,
             })
+        };
+        if root.join("memory.current").exists() {
+            open([
+                "memory.current",
+                "memory.max",
+                "pids.current",
+                "pids.max",
+                "memory.events",
+            ])
         } else {
-            None
+            open([
+                "memory/memory.usage_in_bytes",
+                "memory/memory.limit_in_bytes",
+                "pids/pids.current",
+                "pids/pids.max",
+                "memory/memory.oom_control",
+            ])
         }
     }
 
     /// Reads the figures now.
     pub fn figures(&self) -> Figures {
-        match self {
-            SiteCgroup::V1 { memory, pids } => Figures {
-                memory: num(&memory.join("memory.usage_in_bytes")).unwrap_or(0),
-                memory_limit: limit(&memory.join("memory.limit_in_bytes")),
-                pids: num(&pids.join("pids.current")).unwrap_or(0),
-                pids_limit: limit(&pids.join("pids.max")),
-                oom_kills: keyed(&memory.join("memory.oom_control"), "oom_kill ").unwrap_or(0),
-                disk: None,
-            },
-            SiteCgroup::V2(dir) => Figures {
-                memory: num(&dir.join("memory.current")).unwrap_or(0),
-                memory_limit: limit(&dir.join("memory.max")),
-                pids: num(&dir.join("pids.current")).unwrap_or(0),
-                pids_limit: limit(&dir.join("pids.max")),
-                oom_kills: keyed(&dir.join("memory.events"), "oom_kill ").unwrap_or(0),
-                disk: None,
-            },
+        Figures {
+            memory: num(&self.memory).unwrap_or(0),
+            memory_limit: limit(&self.memory_limit),
+            pids: num(&self.pids).unwrap_or(0),
+            pids_limit: limit(&self.pids_limit),
+            oom_kills: keyed(&self.oom, "oom_kill ").unwrap_or(0),
+            disk: None,
         }
     }
 }
@@ -255,7 +276,8 @@ mod tests {
         ] {
             std::fs::write(d.path().join(f), v).unwrap();
         }
-        let f = SiteCgroup::detect(d.path()).unwrap().figures();
+        let site = SiteCgroup::detect(d.path()).unwrap();
+        let f = site.figures();
         assert_eq!(
             f,
             Figures {
@@ -267,6 +289,11 @@ mod tests {
                 disk: None,
             }
         );
+        // Kept open: the next reading sees what the kernel says then.
+        std::fs::write(d.path().join("memory/memory.usage_in_bytes"), "81920\n").unwrap();
+        std::fs::write(d.path().join("pids/pids.current"), "12\n").unwrap();
+        let f = site.figures();
+        assert_eq!((f.memory, f.pids), (81920, 12));
     }
 
     fn at(memory: u64, oom_kills: u64) -> Figures {

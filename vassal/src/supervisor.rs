@@ -102,6 +102,9 @@ pub struct Supervisor {
     /// In a group's container: its sites as last read (the reseller is told
     /// what changes).
     sites: Option<model::usage::Sites>,
+    /// What the last housekeeping saw (figures, log sizes): an idle site is
+    /// looked at less often.
+    seen: Option<(crate::site::Figures, u64)>,
     worker: Worker,
 }
 
@@ -131,6 +134,11 @@ const UNSENT_MAX: usize = 16;
 /// The most a shutdown waits for processes beyond their own grace.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
+/// Logs and alarms are looked at every second while anything moves; the
+/// period doubles, up to this, while nothing does (a host holds thousands of
+/// idle sites: each wake-up of each supervisor is the host's CPU).
+const QUIET_MAX: Duration = Duration::from_secs(4);
+
 impl Supervisor {
     /// A supervisor for this home.
     /// The handled signals are blocked first (they are read through a
@@ -150,6 +158,7 @@ impl Supervisor {
             alarms,
             unsent: Vec::new(),
             sites: None,
+            seen: None,
             worker,
             clock: Clock::new(cfg.clock_scale),
             cfg,
@@ -210,14 +219,20 @@ impl Supervisor {
         let mut clients: Vec<Client> = Vec::new();
 
         self.reload();
-        let mut last_rotation = self.clock.now().at;
+        let mut quiet = Duration::from_secs(1);
+        let mut housekeeping_at = self.clock.now().at + quiet;
         loop {
             let now = self.clock.now().at;
+            let longest = if self.shutting_down.is_some() {
+                Duration::from_secs(1)
+            } else {
+                QUIET_MAX
+            };
             let timeout = self
                 .next_deadline()
-                .map(|d| d.saturating_duration_since(now))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
+                .map_or(housekeeping_at, |d| d.min(housekeeping_at))
+                .saturating_duration_since(now)
+                .min(longest);
             let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
             if let Some(i) = &inotify {
                 fds.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
@@ -234,7 +249,12 @@ impl Supervisor {
             }
             let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
             match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(_) | Err(Errno::EINTR) => {}
+                Ok(0) | Err(Errno::EINTR) => {}
+                Ok(_) => {
+                    // Something happened: look at logs and alarms again soon.
+                    quiet = Duration::from_secs(1);
+                    housekeeping_at = housekeeping_at.min(self.clock.now().at + quiet);
+                }
                 Err(e) => {
                     say!("vassal: poll: {e}");
                     std::thread::sleep(Duration::from_millis(100));
@@ -292,17 +312,32 @@ impl Supervisor {
             }
             self.timers();
             let now = self.clock.now().at;
-            if now.saturating_duration_since(last_rotation) >= Duration::from_secs(1) {
-                self.rotate_logs();
-                rotate(
-                    &model::layout::home::access_log(&self.cfg.home),
-                    ACCESS_LOG_MAX,
-                );
+            if now >= housekeeping_at {
+                let logs = self.rotate_logs()
+                    + rotate(
+                        &model::layout::home::access_log(&self.cfg.home),
+                        ACCESS_LOG_MAX,
+                    );
                 if let Some(a) = &mut access {
                     a.reopen();
                 }
-                self.check_site();
-                last_rotation = now;
+                let figures = self.check_site();
+                // Memory in MiB: an idle site's page counts wobble.
+                let seen = figures.map(|f| crate::site::Figures {
+                    memory: f.memory >> 20,
+                    ..f
+                });
+                let moved = match (seen, &self.seen) {
+                    (Some(f), Some((was, logs_were))) => f != *was || logs != *logs_were,
+                    _ => true,
+                };
+                self.seen = seen.map(|f| (f, logs));
+                quiet = if moved {
+                    Duration::from_secs(1)
+                } else {
+                    (quiet * 2).min(QUIET_MAX)
+                };
+                housekeeping_at = now + quiet;
             }
             if let Some(since) = self.shutting_down {
                 let grace = self
@@ -610,13 +645,12 @@ impl Supervisor {
 
     /// The site's alarms: an OOM kill, memory near the limit; and those that
     /// could not be stored before.
-    fn check_site(&mut self) {
+    /// Returns the figures read.
+    fn check_site(&mut self) -> Option<crate::site::Figures> {
         for (kind, message) in std::mem::take(&mut self.unsent) {
             self.alarm(kind, &message);
         }
-        let Some(figures) = self.figures() else {
-            return;
-        };
+        let figures = self.figures()?;
         for (kind, message) in self.alarms.check(&figures) {
             self.alarm(kind, &message);
         }
@@ -643,6 +677,7 @@ impl Supervisor {
             }
             self.sites = Some(now);
         }
+        Some(figures)
     }
 
     /// The site's cgroup figures and disk usage now.
@@ -655,13 +690,17 @@ impl Supervisor {
     /// Rotates `~/logs/<name>.log` past its size limit: copy to `.1` (older
     /// copies move to `.2` and `.3`), then truncate. The process keeps its
     /// append-mode descriptor, so its next lines go to the fresh file.
-    fn rotate_logs(&self) {
-        for (name, p) in &self.procs {
-            rotate(
-                &model::layout::home::log(&self.cfg.home, name.as_str()),
-                p.spec.file.log_max.0,
-            );
-        }
+    /// Returns the sum of the logs' sizes seen (what moved since last time).
+    fn rotate_logs(&self) -> u64 {
+        self.procs
+            .iter()
+            .map(|(name, p)| {
+                rotate(
+                    &model::layout::home::log(&self.cfg.home, name.as_str()),
+                    p.spec.file.log_max.0,
+                )
+            })
+            .sum()
     }
 
     /// Answers one request line of the control socket.

@@ -6,9 +6,7 @@ use super::*;
 impl Manager {
     pub(super) fn control(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         let answer = match req {
-            Request::Status => {
-                Response::ok(serde_json::to_value(self.status()).unwrap_or_default())
-            }
+            Request::Status => return self.answer_status(reply),
             Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
             Request::Put { name, text, group } => self.put(&name, &text, group.as_deref()),
             Request::Delete { name, group } => self.delete(&name, group.as_deref()),

@@ -8,7 +8,7 @@ impl Manager {
     /// Writes each running group's `sites.json` (`<run-dir>/usage/<group>/`,
     /// bound read-only at `/run/imperium/usage`), when it changed.
     pub(super) fn publish_sites(&mut self) {
-        let groups: Vec<Name> = self
+        let groups: BTreeSet<Name> = self
             .vassals
             .iter()
             .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)) && v.init.is_some())
@@ -17,7 +17,9 @@ impl Manager {
         if groups.is_empty() {
             return;
         }
-        let rows = self.status();
+        // Only those groups' sites are read (not every vassal of the host at every scan).
+        let (mut rows, probes) = self.rows(status::Which::SitesOf(&groups));
+        self.readers().fill(&mut rows, &probes);
         for g in groups {
             let sites = model::usage::Sites {
                 sites: rows.iter().filter_map(|r| r.site_of(&g)).collect(),

@@ -1,5 +1,6 @@
 //! The rows of `emperor status`.
 
+use super::storage::DiskQuery;
 use super::*;
 
 /// One row of `emperor status` (and of the API's `/v1/vassals`).
@@ -98,20 +99,92 @@ impl Row {
     }
 }
 
-impl Manager {
-    pub(super) fn status(&self) -> Vec<Row> {
-        self.rows(true, None)
-    }
+/// What a row's usage is read from: its cgroup (the row's), and its disk
+/// counters where storage is enforced.
+pub(super) struct Probe {
+    row: usize,
+    disk: Option<DiskQuery>,
+}
 
+/// Which rows.
+#[derive(Clone, Copy)]
+pub(super) enum Which<'a> {
+    All,
+    One(&'a str),
+    /// The sites of these groups.
+    SitesOf(&'a BTreeSet<Name>),
+}
+
+/// What reads usage, apart from the manager: status is answered off the
+/// loop, so that 10,000 rows never hold up starts and exits.
+#[derive(Clone)]
+pub(super) struct Readers {
+    tree: Arc<dyn CgroupTree>,
+    storage: crate::storage::Backend,
+    layout: model::Layout,
+}
+
+impl Readers {
+    /// Fills in what each probed row uses now (cgroups read in one batch).
+    pub(super) fn fill(&self, rows: &mut [Row], probes: &[Probe]) {
+        let paths: Vec<&str> = probes
+            .iter()
+            .map(|p| rows[p.row].cgroup.as_deref().unwrap_or_default())
+            .collect();
+        let used = self.tree.usage_all(&paths);
+        for (p, used) in probes.iter().zip(used) {
+            let Ok((memory, pids)) = used else { continue };
+            let disk = p
+                .disk
+                .as_ref()
+                .and_then(|q| q.read(&self.storage, &self.layout));
+            rows[p.row].usage = Some(Usage {
+                memory,
+                pids,
+                storage: disk.map(|d| d.bytes),
+                storage_limit: disk.and_then(|d| d.bytes_limit),
+                inodes: disk.and_then(|d| d.inodes),
+                inodes_limit: disk.and_then(|d| d.inodes_limit),
+            });
+        }
+    }
+}
+
+impl Manager {
     /// One vassal's row (its usage read from the kernel for it alone).
     pub(super) fn status_of(&self, name: &str) -> Option<Row> {
-        self.rows(true, Some(name)).pop()
+        self.rows_with_usage(Which::One(name)).pop()
+    }
+
+    fn rows_with_usage(&self, which: Which) -> Vec<Row> {
+        let (mut rows, probes) = self.rows(which);
+        self.readers().fill(&mut rows, &probes);
+        rows
+    }
+
+    pub(super) fn readers(&self) -> Readers {
+        Readers {
+            tree: self.tree.clone(),
+            storage: self.storage.clone(),
+            layout: self.cfg.layout.clone(),
+        }
+    }
+
+    /// Every row, its usage read and the answer written off the loop.
+    pub(super) fn answer_status(&self, reply: oneshot::Sender<Response>) {
+        let (mut rows, probes) = self.rows(Which::All);
+        let readers = self.readers();
+        tokio::task::spawn_blocking(move || {
+            readers.fill(&mut rows, &probes);
+            let _ = reply.send(Response::ok(serde_json::to_value(rows).unwrap_or_default()));
+        });
     }
 
     /// What the event streams compare after every event: each row's state,
     /// with nothing read from the kernel.
     pub(super) fn changes_now(&self) -> BTreeMap<String, Change> {
-        self.rows(false, None)
+        self.rows(Which::All)
+            .0
             .into_iter()
             .map(|r| {
                 let state = serde_json::to_value(r.state)
@@ -129,12 +202,23 @@ impl Manager {
             .collect()
     }
 
-    /// The rows (of `only`, when given); `with_usage`: read what each uses.
-    fn rows(&self, with_usage: bool, only: Option<&str>) -> Vec<Row> {
+    /// The rows `which` asks for, without usage, and what to read for the
+    /// usage of those whose init runs.
+    pub(super) fn rows(&self, which: Which) -> (Vec<Row>, Vec<Probe>) {
+        let only = match which {
+            Which::One(o) => Some(o),
+            _ => None,
+        };
         let mut rows = Vec::new();
+        let mut probes = Vec::new();
         for (name, v) in &self.vassals {
             if only.is_some_and(|o| o != name.as_str()) {
                 continue;
+            }
+            if let Which::SitesOf(groups) = which {
+                if !v.group().is_some_and(|g| groups.contains(g)) {
+                    continue;
+                }
             }
             let mut state = v.life.state;
             let mut reason = v.life.reason.clone();
@@ -145,22 +229,12 @@ impl Manager {
                 }
             }
             let cgroup = self.cgroup_of(name, v);
-            let usage = v
-                .init
-                .as_ref()
-                .filter(|_| with_usage)
-                .and_then(|_| self.tree.usage(&cgroup).ok())
-                .map(|(memory, pids)| {
-                    let disk = self.storage_usage(name, v);
-                    Usage {
-                        memory,
-                        pids,
-                        storage: disk.map(|d| d.bytes),
-                        storage_limit: disk.and_then(|d| d.bytes_limit),
-                        inodes: disk.and_then(|d| d.inodes),
-                        inodes_limit: disk.and_then(|d| d.inodes_limit),
-                    }
+            if v.init.is_some() {
+                probes.push(Probe {
+                    row: rows.len(),
+                    disk: self.disk_query(name, v),
                 });
+            }
             rows.push(Row {
                 name: name.to_string(),
                 kind: Some(v.file.kind()),
@@ -176,10 +250,13 @@ impl Manager {
                 cgroup: Some(cgroup),
                 limits: Some(v.file.limits().clone()),
                 dynamic: v.dynamic,
-                usage,
+                usage: None,
                 restarts: v.life.restarts,
                 reason,
             });
+        }
+        if matches!(which, Which::SitesOf(_)) {
+            return (rows, probes);
         }
         for (name, why) in &self.rejected {
             if only.is_some_and(|o| o != name.as_str()) {
@@ -195,6 +272,6 @@ impl Manager {
             }
             rows.push(Row::rejected(name, format!("{}: {why}", path.display())));
         }
-        rows
+        (rows, probes)
     }
 }

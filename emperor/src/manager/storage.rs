@@ -77,14 +77,22 @@ impl Manager {
     /// Bytes used and their cap, inodes used and their cap, for status;
     /// `None` when not enforced.
     pub(super) fn storage_usage(&self, name: &Name, v: &Vassal) -> Option<model::usage::Disk> {
+        self.disk_query(name, v)?
+            .read(&self.storage, &self.cfg.layout)
+    }
+
+    /// What to ask the disk for a vassal's usage (`None`: not enforced).
+    pub(super) fn disk_query(&self, name: &Name, v: &Vassal) -> Option<DiskQuery> {
         if !self.storage.enforced() {
             return None;
         }
         let uid = v.uid?;
-        let home = self.input(name, &v.file, uid).home();
-        let group = self.quota_group(name, &v.file);
-        let is_group = matches!(v.file, VassalFile::Group(_));
-        crate::storage::usage_of(&self.storage, &self.cfg.layout, &home, uid, group, is_group).ok()
+        Some(DiskQuery {
+            home: self.input(name, &v.file, uid).home(),
+            uid,
+            group: self.quota_group(name, &v.file),
+            is_group: matches!(v.file, VassalFile::Group(_)),
+        })
     }
 
     /// With project quotas, a running vassal's home made before they were on
@@ -173,5 +181,24 @@ impl Manager {
                 Err(e) => tracing::warn!(vassal = %name, error = %e, "writing disk usage failed"),
             }
         }
+    }
+}
+
+/// A vassal's disk counters, to read on or off the loop.
+pub(super) struct DiskQuery {
+    home: PathBuf,
+    uid: u32,
+    group: Option<u64>,
+    is_group: bool,
+}
+
+impl DiskQuery {
+    pub(super) fn read(
+        &self,
+        storage: &crate::storage::Backend,
+        layout: &model::Layout,
+    ) -> Option<model::usage::Disk> {
+        let q = self;
+        crate::storage::usage_of(storage, layout, &q.home, q.uid, q.group, q.is_group).ok()
     }
 }

@@ -2,6 +2,7 @@
 //! process joined in each, the freezer controller for suspend.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -197,11 +198,31 @@ impl CgroupTree for V1 {
         })
     }
 
-    fn usage(&self, path: &str) -> Result<(u64, u64)> {
-        Ok((
-            read_u64(&self.dir("memory", path)?, "memory.usage_in_bytes")?,
-            read_u64(&self.dir("pids", path)?, "pids.current")?,
-        ))
+    fn usage_all(&self, paths: &[&str]) -> Vec<Result<(u64, u64)>> {
+        let (memory, pids) = (&self.mounts["memory"], &self.mounts["pids"]);
+        let roots = super::open_root(memory).and_then(|m| Ok((m, super::open_root(pids)?)));
+        let (m, p) = match roots {
+            Ok(r) => r,
+            Err(e) => {
+                let why = e.to_string();
+                return paths
+                    .iter()
+                    .map(|_| {
+                        Err(super::io_err(
+                            "open",
+                            memory,
+                            std::io::Error::other(why.clone()),
+                        ))
+                    })
+                    .collect();
+            }
+        };
+        super::batch(paths, |path| {
+            Ok((
+                super::read_u64_at(m.as_fd(), memory, path, "memory.usage_in_bytes")?,
+                super::read_u64_at(p.as_fd(), pids, path, "pids.current")?,
+            ))
+        })
     }
 
     fn exists(&self, path: &str) -> bool {

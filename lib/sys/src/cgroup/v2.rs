@@ -1,12 +1,14 @@
 //! The unified (v2) hierarchy: one tree, controllers enabled in
 //! `cgroup.subtree_control` down the path, no processes in inner nodes.
 
+use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    join, mkdir_p, read, read_procs, read_u64, rmdir_tree, settle, write, CgroupTree, Limits,
-    Result, Stats, Version, CPU_PERIOD_US,
+    join, mkdir_p, read, read_procs, rmdir_tree, settle, write, CgroupTree, Limits, Result, Stats,
+    Version, CPU_PERIOD_US,
 };
 
 /// The controllers the emperor enables for its subtree.
@@ -183,12 +185,27 @@ impl CgroupTree for V2 {
         })
     }
 
-    fn usage(&self, path: &str) -> Result<(u64, u64)> {
-        let dir = self.dir(path)?;
-        Ok((
-            read_u64(&dir, "memory.current")?,
-            read_u64(&dir, "pids.current")?,
-        ))
+    fn usage_all(&self, paths: &[&str]) -> Vec<Result<(u64, u64)>> {
+        let root = match super::open_root(&self.root) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let why = e.to_string();
+                return paths
+                    .iter()
+                    .map(|_| {
+                        Err(super::io_err(
+                            "open",
+                            &self.root,
+                            io::Error::other(why.clone()),
+                        ))
+                    })
+                    .collect();
+            }
+        };
+        let at = |rel: &str, file: &str| super::read_u64_at(root.as_fd(), &self.root, rel, file);
+        super::batch(paths, |p| {
+            Ok((at(p, "memory.current")?, at(p, "pids.current")?))
+        })
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -330,5 +347,39 @@ mod tests {
         assert_eq!(t.usage("imperium/s").unwrap(), (4096, 3));
         t.remove("imperium").unwrap();
         assert!(!dir.path().join("imperium").exists());
+    }
+
+    #[test]
+    fn usage_of_many_cgroups_comes_back_in_order_and_a_bad_path_fails_alone() {
+        let (dir, t) = fake();
+        // Past one reader's share, so that the batch is split over threads.
+        let names: Vec<String> = (0..1200).map(|i| format!("imperium/s{i}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            let d = dir.path().join(n);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.current"), format!("{}\n", i * 4096)).unwrap();
+            std::fs::write(d.join("pids.current"), format!("{}\n", i % 7)).unwrap();
+        }
+        // A planted symlink is not followed out of the tree.
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/memory.current"), "1\n").unwrap();
+        std::fs::write(dir.path().join("outside/pids.current"), "1\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), dir.path().join("imperium/link"))
+            .unwrap();
+        let mut paths: Vec<&str> = names.iter().map(String::as_str).collect();
+        paths.insert(600, "imperium/gone");
+        paths.insert(700, "imperium/../outside");
+        paths.insert(800, "imperium/link");
+        let got = t.usage_all(&paths);
+        assert_eq!(got.len(), paths.len());
+        for (p, r) in paths.iter().zip(&got) {
+            match p.strip_prefix("imperium/s") {
+                Some(i) => {
+                    let i: u64 = i.parse().unwrap();
+                    assert_eq!(*r.as_ref().unwrap(), (i * 4096, i % 7), "{p}");
+                }
+                None => assert!(r.is_err(), "{p} read as {r:?}"),
+            }
+        }
     }
 }
