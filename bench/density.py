@@ -3,7 +3,8 @@
 
 The emperor (release build) in a network namespace of the bench's own (the
 machine's network is never touched), every site with its network (address,
-veth, firewall), brought up from cold with --sites files at once. Reported:
+veth, firewall), brought up from cold with --sites files at once, then each
+given one process of its tenant's (`sleep`, through ~/vassals/). Reported:
 the time until every init runs (and how far it got if it did not), the
 emperor's RSS and CPU at rest afterwards, `emperor status` latency, kernel
 memory (slab) and MemAvailable per site, the vassals' unshared memory
@@ -41,6 +42,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=2000)
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--no-process", action="store_true",
+                    help="leave the sites empty (by default each then runs one small process of its tenant's)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
@@ -77,6 +80,30 @@ def main():
             time.sleep(0.05)
         res["running"] = n
         res["up_s"] = round(time.perf_counter() - t0, 2)
+        if not args.no_process:
+            # Each tenant's own process, as a tenant adds one: a file in ~/vassals.
+            t1 = time.perf_counter()
+            for i in range(n):
+                home = os.path.join(e.paths["home"], f"s{i}")
+                try:
+                    st = os.stat(home)
+                    d = os.path.join(home, "vassals")
+                    tmp, dst = os.path.join(d, ".idle.tmp"), os.path.join(d, "idle.toml")
+                    with open(tmp, "w") as f:
+                        f.write('command = ["sleep", "infinity"]\n')
+                    os.chown(tmp, st.st_uid, st.st_gid)
+                    os.rename(tmp, dst)
+                except OSError as err:
+                    res.setdefault("plant_errors", []).append(f"s{i}: {err}")
+            with_process = 0
+            while time.perf_counter() - t1 < args.timeout:
+                rows = e.status()
+                with_process = sum(1 for r in rows if (r.get("usage") or {}).get("pids", 0) >= 2)
+                if with_process >= n:
+                    break
+                time.sleep(1)
+            res["with_process"] = with_process
+            res["process_up_s"] = round(time.perf_counter() - t1, 2)
         # At rest: the emperor's memory and CPU over 10 s.
         time.sleep(5)
         c0 = proc_cpu(e.proc.pid)

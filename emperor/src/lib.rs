@@ -100,6 +100,31 @@ fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher) -> Duration {
     (clock::now().saturating_duration_since(t) * 9).min(Duration::from_millis(250))
 }
 
+/// Every running vassal holds two descriptors here (its init's pidfd and
+/// its API socket): 10,000 sites are 20,000. The limit is raised to the
+/// most the kernel allows a process (`fs.nr_open`, at most 2^20), or at
+/// least the soft limit to the hard one when raising the hard one is not
+/// allowed (without CAP_SYS_RESOURCE). Containers get their own limits.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let most: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let want = most.min(1 << 20).max(hard);
+    let now = if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        want
+    } else if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    tracing::debug!(from = soft, to = now, "open files limit");
+}
+
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next
 /// emperor to adopt) or a `shutdown` request has stopped every vassal.
 pub async fn run(
@@ -108,6 +133,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let cfg = canonical(cfg).map_err(RunError::State)?;
+    raise_nofile();
     let socket = cfg.layout.control_socket();
     // Another emperor is running if it answers; a socket that only accepts
     // (held by a dying copy of a killed emperor, between clone and exec) is stale.

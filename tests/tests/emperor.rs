@@ -2610,3 +2610,35 @@ fn root_the_event_stream_tells_state_changes_in_its_scope() {
     let _ = tenant.kill();
     let _ = tenant.wait();
 }
+
+/// The open-files limit of a process, soft and hard, from the host's /proc.
+fn nofile(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1])
+}
+
+#[test]
+fn root_the_emperor_raises_its_open_files_limit_and_sites_keep_their_own() {
+    // Each running site holds two descriptors in the emperor: 10,000 sites
+    // need more than a shell's usual soft limit, which the emperor is started with.
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft0, hard0) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let mut e = Emperor::new();
+    e.write("site1", "kind = \"site\"\n");
+    setrlimit(Resource::RLIMIT_NOFILE, 1024, hard0).unwrap();
+    e.start();
+    setrlimit(Resource::RLIMIT_NOFILE, soft0, hard0).unwrap();
+    let init = e.running_pid("site1");
+    let (soft, hard) = nofile(e.pid());
+    // As high as the kernel lets it (the hard limit too, with CAP_SYS_RESOURCE).
+    assert!(soft == hard && hard >= hard0, "emperor: {soft} / {hard}");
+    assert_eq!(nofile(init), (4096, hard.min(65536)), "the site's init");
+}
