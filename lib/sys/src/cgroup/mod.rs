@@ -245,6 +245,15 @@ pub(crate) fn read_u64_at(
         .ok_or_else(|| failed("parse", io::ErrorKind::InvalidData.into()))
 }
 
+/// Every path's answer when the roots they are read under could not be opened.
+pub(crate) fn each_failed<T>(paths: &[&str], e: &CgroupError) -> Vec<Result<T>> {
+    let why = e.to_string();
+    paths
+        .iter()
+        .map(|p| Err(io_err("read", Path::new(p), io::Error::other(why.clone()))))
+        .collect()
+}
+
 /// `one` over every path, in order; past a few hundred paths on up to four
 /// threads (each cgroup file is an open, a read and a close: 10,000 sites
 /// are 20,000 of each).

@@ -203,19 +203,7 @@ impl CgroupTree for V1 {
         let roots = super::open_root(memory).and_then(|m| Ok((m, super::open_root(pids)?)));
         let (m, p) = match roots {
             Ok(r) => r,
-            Err(e) => {
-                let why = e.to_string();
-                return paths
-                    .iter()
-                    .map(|_| {
-                        Err(super::io_err(
-                            "open",
-                            memory,
-                            std::io::Error::other(why.clone()),
-                        ))
-                    })
-                    .collect();
-            }
+            Err(e) => return super::each_failed(paths, &e),
         };
         super::batch(paths, |path| {
             Ok((

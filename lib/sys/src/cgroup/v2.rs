@@ -1,7 +1,6 @@
 //! The unified (v2) hierarchy: one tree, controllers enabled in
 //! `cgroup.subtree_control` down the path, no processes in inner nodes.
 
-use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -188,19 +187,7 @@ impl CgroupTree for V2 {
     fn usage_all(&self, paths: &[&str]) -> Vec<Result<(u64, u64)>> {
         let root = match super::open_root(&self.root) {
             Ok(fd) => fd,
-            Err(e) => {
-                let why = e.to_string();
-                return paths
-                    .iter()
-                    .map(|_| {
-                        Err(super::io_err(
-                            "open",
-                            &self.root,
-                            io::Error::other(why.clone()),
-                        ))
-                    })
-                    .collect();
-            }
+            Err(e) => return super::each_failed(paths, &e),
         };
         let at = |rel: &str, file: &str| super::read_u64_at(root.as_fd(), &self.root, rel, file);
         super::batch(paths, |p| {
