@@ -313,26 +313,7 @@ impl Supervisor {
             self.timers();
             let now = self.clock.now().at;
             if now >= housekeeping_at {
-                let logs = self.rotate_logs()
-                    + rotate(
-                        &model::layout::home::access_log(&self.cfg.home),
-                        ACCESS_LOG_MAX,
-                    );
-                if let Some(a) = &mut access {
-                    a.reopen();
-                }
-                let figures = self.check_site();
-                // Memory in MiB: an idle site's page counts wobble.
-                let seen = figures.map(|f| crate::site::Figures {
-                    memory: f.memory >> 20,
-                    ..f
-                });
-                let moved = match (seen, &self.seen) {
-                    (Some(f), Some((was, logs_were))) => f != *was || logs != *logs_were,
-                    _ => true,
-                };
-                self.seen = seen.map(|f| (f, logs));
-                quiet = if moved {
+                quiet = if self.housekeeping(&mut access) {
                     Duration::from_secs(1)
                 } else {
                     (quiet * 2).min(QUIET_MAX)
@@ -643,9 +624,32 @@ impl Supervisor {
         }
     }
 
+    /// Rotates the logs and checks the site's alarms; returns whether
+    /// anything moved since the last time (figures, logs' sizes).
+    fn housekeeping(&mut self, access: &mut Option<AccessLog>) -> bool {
+        let logs = self.rotate_logs()
+            + rotate(
+                &model::layout::home::access_log(&self.cfg.home),
+                ACCESS_LOG_MAX,
+            );
+        if let Some(a) = access {
+            a.reopen();
+        }
+        // Memory in MiB: an idle site's page counts wobble.
+        let seen = self.check_site().map(|f| crate::site::Figures {
+            memory: f.memory >> 20,
+            ..f
+        });
+        let moved = match (seen, &self.seen) {
+            (Some(f), Some((was, logs_were))) => f != *was || logs != *logs_were,
+            _ => true,
+        };
+        self.seen = seen.map(|f| (f, logs));
+        moved
+    }
+
     /// The site's alarms: an OOM kill, memory near the limit; and those that
-    /// could not be stored before.
-    /// Returns the figures read.
+    /// could not be stored before. Returns the figures read.
     fn check_site(&mut self) -> Option<crate::site::Figures> {
         for (kind, message) in std::mem::take(&mut self.unsent) {
             self.alarm(kind, &message);

@@ -174,13 +174,18 @@ pub(crate) fn io_err(op: &'static str, path: &Path, err: io::Error) -> CgroupErr
     }
 }
 
-/// Joins a relative cgroup path onto a hierarchy root, refusing `..` and absolute paths.
-pub(crate) fn join(root: &Path, rel: &str) -> Result<PathBuf> {
+/// A relative cgroup path, refusing `..`, `.` and absolute paths.
+fn clean(rel: &str) -> Result<&Path> {
     let p = Path::new(rel);
     if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
         return Err(CgroupError::BadPath(rel.to_owned()));
     }
-    Ok(root.join(p))
+    Ok(p)
+}
+
+/// Joins a relative cgroup path onto a hierarchy root (see [`clean`]).
+pub(crate) fn join(root: &Path, rel: &str) -> Result<PathBuf> {
+    Ok(root.join(clean(rel)?))
 }
 
 pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
@@ -220,16 +225,9 @@ pub(crate) fn read_u64_at(
     file: &str,
 ) -> Result<u64> {
     use std::os::fd::AsRawFd;
-    let clean = !rel.is_empty()
-        && rel
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..");
-    if !clean {
-        return Err(CgroupError::BadPath(rel.to_owned()));
-    }
-    let path = format!("{rel}/{file}");
+    let path = clean(rel)?.join(file);
     let failed = |op, e: io::Error| io_err(op, &root_path.join(&path), e);
-    let fd = match crate::fs::open_beneath(root, Path::new(&path), libc::O_RDONLY) {
+    let fd = match crate::fs::open_beneath(root, &path, libc::O_RDONLY) {
         // A kernel without openat2: by the full path.
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             std::fs::File::open(root_path.join(&path)).map(Into::into)
