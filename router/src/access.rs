@@ -105,6 +105,21 @@ pub struct Request {
     start: Instant,
 }
 
+/// A request's line and the headers the log shows, as they came.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    /// Its method.
+    pub method: &'a str,
+    /// Its target.
+    pub target: &'a [u8],
+    /// `HTTP/1.1` and so on.
+    pub version: &'static str,
+    /// Its `Referer`.
+    pub referer: Option<&'a [u8]>,
+    /// Its `User-Agent`.
+    pub agent: Option<&'a [u8]>,
+}
+
 /// Writes `s` for a quoted field: `"` and `\` and bytes outside printable
 /// ASCII as `\xHH`, as nginx does, so a client cannot forge a line.
 fn quoted(s: &[u8], out: &mut String) {
@@ -125,36 +140,53 @@ fn quoted(s: &[u8], out: &mut String) {
 impl Request {
     /// Notes a request as it comes in.
     pub fn new<B>(req: &hyper::Request<B>, peer: std::net::IpAddr, host: &str) -> Request {
-        let header = |name: hyper::header::HeaderName| {
-            let mut s = String::new();
-            match req.headers().get(name) {
-                Some(v) => quoted(v.as_bytes(), &mut s),
-                None => s.push('-'),
-            }
-            s
-        };
-        let mut line = String::new();
-        line.push_str(req.method().as_str());
-        line.push(' ');
+        let header = |name| req.headers().get(name).map(|v| v.as_bytes());
         let target = req
             .uri()
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        quoted(target.as_bytes(), &mut line);
-        line.push(' ');
-        line.push_str(match req.version() {
+        let version = match req.version() {
             hyper::Version::HTTP_10 => "HTTP/1.0",
             hyper::Version::HTTP_2 => "HTTP/2.0",
             _ => "HTTP/1.1",
-        });
+        };
+        Request::of(
+            Line {
+                method: req.method().as_str(),
+                target: target.as_bytes(),
+                version,
+                referer: header(hyper::header::REFERER),
+                agent: header(hyper::header::USER_AGENT),
+            },
+            peer,
+            host,
+        )
+    }
+
+    /// Notes a request from its parts as they came.
+    pub fn of(l: Line<'_>, peer: std::net::IpAddr, host: &str) -> Request {
+        let field = |v: Option<&[u8]>| {
+            let mut s = String::new();
+            match v {
+                Some(v) => quoted(v, &mut s),
+                None => s.push('-'),
+            }
+            s
+        };
+        let mut line = String::new();
+        quoted(l.method.as_bytes(), &mut line);
+        line.push(' ');
+        quoted(l.target, &mut line);
+        line.push(' ');
+        line.push_str(l.version);
         let mut h = String::new();
         quoted(host.as_bytes(), &mut h);
         Request {
             peer,
             line,
-            referer: header(hyper::header::REFERER),
-            agent: header(hyper::header::USER_AGENT),
+            referer: field(l.referer),
+            agent: field(l.agent),
             host: h,
             at: SystemTime::now(),
             start: Instant::now(),

@@ -10,6 +10,7 @@ pub mod access;
 pub mod acme;
 pub mod api;
 pub mod conn;
+pub mod h1;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
@@ -61,6 +62,9 @@ pub struct Config {
     /// Worker threads, each with its own event loop and its own listening
     /// sockets (`SO_REUSEPORT`): a connection lives on one thread.
     pub threads: usize,
+    /// Plain HTTP/1.1 requests take the router's own path ([`h1`]); off,
+    /// hyper's serves every request.
+    pub own_http1: bool,
     /// Where `/metrics` is served (none: nowhere).
     pub metrics: Option<SocketAddr>,
     /// Certificates through ACME (none: off).
@@ -89,6 +93,7 @@ impl Config {
             max_routes_per_site: routes::MAX_ROUTES_PER_SITE,
             max_requests_per_site: routes::MAX_REQUESTS_PER_SITE,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            own_http1: true,
             metrics: None,
             acme: None,
         }
@@ -117,6 +122,8 @@ pub struct State {
     /// Idle backend connections, one pool per worker thread (a connection's
     /// task runs on the thread that opened it).
     pub pools: Vec<proxy::Pool>,
+    /// The same for the router's own HTTP/1.1 path ([`h1`]).
+    pub raw_pools: Vec<proxy::Pool<h1::Upstream>>,
     /// Subscription requests per peer uid.
     pub api_rate: conn::Rate<u32>,
     /// How long a client may pause within a request body.
@@ -194,6 +201,12 @@ impl State {
         let i = WORKER.with(std::cell::Cell::get);
         &self.pools[i.min(self.pools.len() - 1)]
     }
+
+    /// This worker thread's pool of idle backend connections of [`h1`].
+    pub fn raw_pool(&self) -> &proxy::Pool<h1::Upstream> {
+        let i = WORKER.with(std::cell::Cell::get);
+        &self.raw_pools[i.min(self.raw_pools.len() - 1)]
+    }
 }
 
 /// A listening socket that others of the same address may share
@@ -241,6 +254,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         routes,
         nonces: Mutex::new(verify::Nonces::default()),
         pools: (0..cfg.threads.max(1))
+            .map(|_| proxy::Pool::default())
+            .collect(),
+        raw_pools: (0..cfg.threads.max(1))
             .map(|_| proxy::Pool::default())
             .collect(),
         api_rate: conn::Rate::new(API_RATE, API_BURST),
@@ -422,10 +438,19 @@ async fn serve_client<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let client = Arc::new(proxy::Client::new(peer, scheme));
+    let mut io = io;
+    let mut read = bytes::BytesMut::new();
+    if !h2 && cfg.own_http1 {
+        match h1::serve(&mut io, &mut read, &state, &cfg, &client).await {
+            h1::Next::Closed => return,
+            h1::Next::Handoff => {}
+        }
+    }
+    let io = h1::Rewind::new(read, io);
     let activity = conn::Activity::new();
     let io = TokioIo::new(conn::Tracked::new(io, activity.clone(), permit));
     let act = activity.clone();
-    let client = Arc::new(proxy::Client::new(peer, scheme));
     let svc = service_fn(move |req| {
         let in_flight = act.begin();
         proxy::handle(state.clone(), req, client.clone(), in_flight)

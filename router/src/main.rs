@@ -62,6 +62,10 @@ enum Cmd {
         /// Worker threads, each with its own event loop (default: one per CPU).
         #[arg(long)]
         threads: Option<usize>,
+        /// Serve every HTTP/1.1 request through hyper, none through the
+        /// router's own HTTP/1.1 path (for comparing the two).
+        #[arg(long)]
+        hyper_only: bool,
         /// Serve `/metrics` (Prometheus) on this TCP address (say 127.0.0.1:9106).
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
@@ -121,6 +125,7 @@ fn main() {
         max_routes_per_site,
         max_requests_per_site,
         threads,
+        hyper_only,
         metrics_listen,
         acme_directory,
         acme_email,
@@ -163,6 +168,7 @@ fn main() {
         max_connections_per_ip: max_connections_per_ip.max(1),
         max_routes_per_site: max_routes_per_site.max(1),
         max_requests_per_site: max_requests_per_site.max(1),
+        own_http1: !hyper_only,
         metrics: metrics_listen,
         acme: acme_directory.map(|directory| router::acme::Settings {
             directory,

@@ -111,23 +111,109 @@ pub fn open_socket_at(
     Ok(fd)
 }
 
-/// A new HTTP/1.1 connection to a backend's socket.
-async fn connect(b: &Backend) -> Result<Sender, ConnectError> {
+/// A new connection to a backend: its TCP port, or its socket opened as
+/// [`open_socket`] does.
+pub async fn connect_stream(b: &Backend) -> Result<Stream, ConnectError> {
     use std::os::fd::AsFd;
     if let Some(addr) = b.tcp {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(ConnectError::Connect)?;
         let _ = stream.set_nodelay(true);
-        return handshake(stream).await;
+        return Ok(Stream::Tcp(stream));
     }
     let fd = open_socket(b)?;
     // Through the descriptor: the kernel connects to the inode just checked.
     let stream = UnixStream::connect(sys::fs::fd_path(fd.as_fd()))
         .await
         .map_err(ConnectError::Connect)?;
-    drop(fd);
-    handshake(stream).await
+    Ok(Stream::Unix(stream))
+}
+
+/// A connection to a backend: a unix socket, or a TCP port of the site's address.
+#[derive(Debug)]
+pub enum Stream {
+    /// A socket in the site's socket directory.
+    Unix(UnixStream),
+    /// A port of the site's own address.
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Stream {
+    /// A read that never waits (`WouldBlock` without a system call when the
+    /// event loop has not seen the socket readable).
+    pub fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.try_read(buf),
+            Stream::Tcp(s) => s.try_read(buf),
+        }
+    }
+}
+
+macro_rules! either_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Unix($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            Stream::Tcp($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        either_stream!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        either_stream!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        either_stream!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        either_stream!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        either_stream!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// A new HTTP/1.1 connection to a backend's socket.
+async fn connect(b: &Backend) -> Result<Sender, ConnectError> {
+    handshake(connect_stream(b).await?).await
 }
 
 /// HTTP/1.1 over a new backend connection, driven by a task of its own.
@@ -195,9 +281,29 @@ pub type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 /// Idle connections to backends, by socket path, and how many requests wait
 /// for the first answer on a new connection.
-#[derive(Debug, Default)]
-pub struct Pool {
-    slots: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Slot, fnv::FnvBuildHasher>>,
+#[derive(Debug)]
+pub struct Pool<C = Sender> {
+    slots: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Slot<C>, fnv::FnvBuildHasher>>,
+}
+
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Pool {
+            slots: Default::default(),
+        }
+    }
+}
+
+/// A backend connection that may be kept between requests.
+pub trait Reusable {
+    /// Known to be closed already (it is then not handed out again).
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn is_closed(&self) -> bool {
+        Sender::is_closed(self)
+    }
 }
 
 /// A backend's key in the pool: its path's bytes (`Path`'s own hash walks
@@ -210,9 +316,9 @@ fn key(path: &std::path::Path) -> &[u8] {
 // FNV: the pool is looked up twice a request by a short path the router's
 // own routes hold (not a client's input), so SipHash's cost buys nothing.
 
-#[derive(Debug, Default)]
-struct Slot {
-    idle: Vec<Sender>,
+#[derive(Debug)]
+struct Slot<C> {
+    idle: Vec<C>,
     /// Requests sent on new connections that have no answer yet: a number
     /// for each, and since when.
     waiting: Vec<(u64, std::time::Instant)>,
@@ -223,7 +329,18 @@ struct Slot {
     fresh_only_until: Option<std::time::Instant>,
 }
 
-impl Slot {
+impl<C> Default for Slot<C> {
+    fn default() -> Self {
+        Slot {
+            idle: Vec::new(),
+            waiting: Vec::new(),
+            next: 0,
+            fresh_only_until: None,
+        }
+    }
+}
+
+impl<C> Slot<C> {
     /// Whether a request has waited on a new connection longer than a
     /// backend that accepts it would take.
     fn stalled(&self) -> bool {
@@ -246,8 +363,9 @@ const STALLED: std::time::Duration = std::time::Duration::from_millis(50);
 /// Idle connections kept per backend.
 const POOL_PER_BACKEND: usize = 256;
 
-impl Pool {
-    fn take(&self, path: &std::path::Path) -> Option<Sender> {
+impl<C: Reusable> Pool<C> {
+    /// An idle connection to the backend at `path`, if one is kept.
+    pub fn take(&self, path: &std::path::Path) -> Option<C> {
         let mut slots = self.slots.lock().ok()?;
         let list = &mut slots.get_mut(key(path))?.idle;
         while let Some(s) = list.pop() {
@@ -263,7 +381,7 @@ impl Pool {
     /// that gives a worker to each connection (uWSGI's `--http11-socket`)
     /// then has all its workers on kept connections and the new ones are
     /// never accepted, so the connection is closed to free its worker.
-    fn put(&self, path: &std::path::Path, sender: Sender) {
+    pub fn put(&self, path: &std::path::Path, sender: C) {
         if let Ok(mut slots) = self.slots.lock() {
             let slot = match slots.get_mut(key(path)) {
                 Some(s) => s,
@@ -277,7 +395,7 @@ impl Pool {
 
     /// Drops the idle connections of a backend that closed one of them, and
     /// keeps none for a while.
-    fn forget(&self, path: &std::path::Path) {
+    pub fn forget(&self, path: &std::path::Path) {
         if let Ok(mut slots) = self.slots.lock() {
             if let Some(slot) = slots.get_mut(key(path)) {
                 slot.idle.clear();
@@ -287,7 +405,7 @@ impl Pool {
     }
 
     /// Notes a request waiting on a new connection until the guard drops.
-    fn waiting<'a>(&'a self, path: &'a std::path::Path) -> Waiting<'a> {
+    pub fn waiting<'a>(&'a self, path: &'a std::path::Path) -> Waiting<'a, C> {
         let mut id = 0;
         if let Ok(mut slots) = self.slots.lock() {
             let slot = match slots.get_mut(key(path)) {
@@ -307,13 +425,13 @@ impl Pool {
 }
 
 /// A request waiting for the first answer on a new connection.
-struct Waiting<'a> {
-    pool: &'a Pool,
+pub struct Waiting<'a, C> {
+    pool: &'a Pool<C>,
     path: &'a std::path::Path,
     id: u64,
 }
 
-impl Drop for Waiting<'_> {
+impl<C> Drop for Waiting<'_, C> {
     fn drop(&mut self) {
         if let Ok(mut slots) = self.pool.slots.lock() {
             if let Some(slot) = slots.get_mut(key(self.path)) {
@@ -398,7 +516,7 @@ async fn prepare(
 }
 
 /// Methods that may be sent twice (RFC 9110, 9.2.2).
-fn idempotent(m: &hyper::Method) -> bool {
+pub(crate) fn idempotent(m: &hyper::Method) -> bool {
     use hyper::Method;
     [
         Method::GET,
@@ -469,7 +587,7 @@ fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
 }
 
 /// Tries of one request: the first and two more on new connections.
-const MAX_ATTEMPTS: usize = 3;
+pub(crate) const MAX_ATTEMPTS: usize = 3;
 
 /// How long a backend has to start its answer.
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -484,8 +602,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// The page of an answer the router makes itself.
+pub(crate) fn page_html(status: StatusCode, text: &str) -> String {
+    format!("<!doctype html><title>{status}</title><h1>{status}</h1><p>{text}</p>\n")
+}
+
 fn page(status: StatusCode, text: &'static str) -> Response<Body> {
-    let body = format!("<!doctype html><title>{status}</title><h1>{status}</h1><p>{text}</p>\n");
+    let body = page_html(status, text);
     let mut r = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
@@ -519,6 +642,11 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
     let raw = first
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())?;
+    Some(normal_host(raw))
+}
+
+/// A `Host` as routes are keyed: lower case, without a port or a final dot.
+pub(crate) fn normal_host(raw: &str) -> String {
     // A port is stripped; an IPv6 literal (colons inside) is left alone.
     let host = match raw.rsplit_once(':') {
         Some((h, port))
@@ -528,7 +656,7 @@ fn host_of(req: &Request<Incoming>) -> Option<String> {
         }
         _ => raw,
     };
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn caused_by_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -591,13 +719,9 @@ pub async fn handle(
     let mut log = match &route {
         Route::Backends(pick) => {
             let (load, via) = pick.log();
-            load.log.wanted().then(|| Logged {
-                note: crate::access::Request::new(&req, client.addr.ip(), &host),
-                load,
-                via,
-                status: 0,
-                error: None,
-                bytes: 0,
+            load.log.wanted().then(|| {
+                let note = crate::access::Request::new(&req, client.addr.ip(), &host);
+                Logged::new(note, load, via)
             })
         }
         _ => None,
@@ -656,13 +780,31 @@ struct RouterMade(&'static str);
 
 /// A request on its way to the site's access log: sent when dropped (its
 /// answer's body done, or abandoned).
-struct Logged {
+pub(crate) struct Logged {
     note: crate::access::Request,
     load: Arc<crate::conn::SiteLoad>,
     via: Arc<Backend>,
-    status: u16,
-    error: Option<&'static str>,
-    bytes: u64,
+    pub(crate) status: u16,
+    pub(crate) error: Option<&'static str>,
+    pub(crate) bytes: u64,
+}
+
+impl Logged {
+    /// A request noted for `load`'s log, through a backend of its site.
+    pub(crate) fn new(
+        note: crate::access::Request,
+        load: Arc<crate::conn::SiteLoad>,
+        via: Arc<Backend>,
+    ) -> Logged {
+        Logged {
+            note,
+            load,
+            via,
+            status: 0,
+            error: None,
+            bytes: 0,
+        }
+    }
 }
 
 impl Drop for Logged {

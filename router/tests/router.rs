@@ -2241,3 +2241,251 @@ fn acme_tls_alpn_01_on_the_https_listener_with_an_external_account_binding() {
     assert!(account["id"].as_str().is_some(), "{account}");
     let _ = r.stop();
 }
+
+/// A backend answering each path with another framing: `/length`,
+/// `/chunked` (an extension and a trailer), `/close` (no length: the body
+/// ends when it closes), `/head` (a HEAD's length with no body), `/304`,
+/// `/hop` (hop-by-hop fields of its own), `/early` (103 first), `/echo` (the
+/// request's fields and body as it got them).
+fn framings_backend(path: &Path) -> Backend {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    std::thread::spawn(move || answer_framings(stream));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    Backend {
+        path: path.to_path_buf(),
+        stop,
+        accepted: Default::default(),
+        open: Default::default(),
+    }
+}
+
+fn answer_framings(stream: UnixStream) {
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line.trim_end().to_owned());
+        }
+        let (method, target) = {
+            let mut p = head[0].split(' ');
+            (p.next().unwrap().to_owned(), p.next().unwrap().to_owned())
+        };
+        let length: usize = head
+            .iter()
+            .find_map(|h| {
+                h.strip_prefix("Content-Length: ")
+                    .or(h.strip_prefix("content-length: "))
+            })
+            .map_or(0, |v| v.parse().unwrap());
+        let mut body = vec![0u8; length];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer: Vec<u8> = match target.as_str() {
+            "/length" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: t\r\n\r\n".to_vec(),
+            "/head" if method == "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            "/304" => b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\n\r\n".to_vec(),
+            "/hop" => b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            "/early" => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater".to_vec(),
+            "/echo" => {
+                let mut text = head[1..].join("\n").into_bytes();
+                text.extend_from_slice(b"\n\n");
+                text.extend_from_slice(&body);
+                let mut a = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", text.len()).into_bytes();
+                a.extend_from_slice(&text);
+                a
+            }
+            "/close" => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil ");
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = w.write_all(b"close");
+                return;
+            }
+            _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        };
+        if w.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+/// One answer on a kept connection, 1xx skipped: (status, fields in lower
+/// case, body decoded).
+fn read_full_answer(
+    r: &mut impl BufRead,
+    head_method: bool,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut fields = Vec::new();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap();
+            fields.push((k.to_ascii_lowercase(), v.trim().to_owned()));
+        }
+        if (100..200).contains(&status) {
+            continue;
+        }
+        let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if head_method || status == 304 {
+        } else if field("transfer-encoding").is_some_and(|v| v.ends_with("chunked")) {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size).unwrap();
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+                if n == 0 {
+                    // Trailer fields, then the empty line.
+                    loop {
+                        let mut t = String::new();
+                        r.read_line(&mut t).unwrap();
+                        if t == "\r\n" {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                let mut chunk = vec![0u8; n + 2];
+                r.read_exact(&mut chunk).unwrap();
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = field("content-length") {
+            body = vec![0u8; n.parse().unwrap()];
+            r.read_exact(&mut body).unwrap();
+        } else {
+            r.read_to_end(&mut body).unwrap();
+        }
+        return (status, fields, body);
+    }
+}
+
+/// Every framing of an answer, hop-by-hop fields both ways, pipelined
+/// requests, then a websocket on the same connection: the same through the
+/// router's own HTTP/1.1 path and through hyper's (`--hyper-only`).
+#[test]
+fn both_http11_paths_pass_every_framing_on_one_kept_connection() {
+    for extra in [&[][..], &["--hyper-only"][..]] {
+        let (r, s1, _) = setup_with(&["example.com", "ws.example.com"], extra);
+        let _b = framings_backend(&r.socket("site1", "f.sock"));
+        r.subscribe(&s1, &s1.sub("example.com", "f.sock"));
+        let s = TcpStream::connect(&r.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut rd = BufReader::new(s);
+        let mut ask = |req: &str, head: bool| {
+            w.write_all(req.as_bytes()).unwrap();
+            read_full_answer(&mut rd, head)
+        };
+        let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let field = |f: &[(String, String)], k: &str| {
+            f.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        };
+        let path = if extra.is_empty() { "own" } else { "hyper" };
+
+        let (st, _, body) = ask(&get("/length"), false);
+        assert_eq!((st, body.as_slice()), (200, &b"hello"[..]), "{path}");
+        let (st, _, body) = ask(&get("/chunked"), false);
+        assert_eq!((st, body.as_slice()), (200, &b"Wikipedia"[..]), "{path}");
+        let (st, f, body) = ask("HEAD /head HTTP/1.1\r\nHost: example.com\r\n\r\n", true);
+        assert_eq!(
+            (st, field(&f, "content-length").as_deref(), body.len()),
+            (200, Some("5"), 0),
+            "{path}"
+        );
+        let (st, f, _) = ask(&get("/304"), false);
+        assert_eq!(
+            (st, field(&f, "etag").as_deref()),
+            (304, Some("\"e\"")),
+            "{path}"
+        );
+        let (st, f, body) = ask(&get("/hop"), false);
+        assert_eq!((st, body.as_slice()), (200, &b"ok"[..]), "{path}");
+        assert_eq!(field(&f, "x-kept").as_deref(), Some("yes"), "{path}");
+        for gone in ["x-secret", "keep-alive", "connection"] {
+            assert_eq!(field(&f, gone), None, "{path}: {gone} reached the client");
+        }
+        let (st, _, body) = ask(&get("/early"), false);
+        assert_eq!((st, body.as_slice()), (200, &b"later"[..]), "{path}");
+        // The backend closes after this body: the client's connection stays.
+        let (st, _, body) = ask(&get("/close"), false);
+        assert_eq!((st, body.as_slice()), (200, &b"until close"[..]), "{path}");
+        let (st, _, body) = ask(
+            "POST /echo HTTP/1.1\r\nHost: example.com\r\nConnection: X-Mine\r\nX-Mine: 1\r\nKeep-Alive: 9\r\nX-Forwarded-For: 10.0.0.1\r\nContent-Length: 10\r\n\r\n0123456789",
+            false,
+        );
+        let text = String::from_utf8(body).unwrap().to_ascii_lowercase();
+        assert_eq!(st, 200, "{path}");
+        assert!(
+            text.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\n"),
+            "{path}: {text}"
+        );
+        assert!(text.contains("x-forwarded-proto: http\n"), "{path}: {text}");
+        assert!(
+            !text.contains("x-mine") && !text.contains("keep-alive"),
+            "{path}: {text}"
+        );
+        assert!(text.ends_with("\n\n0123456789"), "{path}: {text}");
+        // Two requests in one write: two answers, in order.
+        let two = format!("{}{}", get("/length"), get("/hop"));
+        let (st, _, body) = ask(&two, false);
+        assert_eq!((st, body.as_slice()), (200, &b"hello"[..]), "{path}");
+        let (st, _, body) = read_full_answer(&mut rd, false);
+        assert_eq!((st, body.as_slice()), (200, &b"ok"[..]), "{path}");
+        drop(rd);
+        drop(w);
+
+        // A websocket after a plain request on one connection (the own
+        // path hands the connection over with the bytes it read).
+        let _e = Backend::start(&r.socket("site1", "ws.sock"), "e");
+        r.subscribe(&s1, &s1.sub("ws.example.com", "ws.sock"));
+        let mut s = TcpStream::connect(&r.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET / HTTP/1.1\r\nHost: ws.example.com\r\n\r\nGET /chat HTTP/1.1\r\nHost: ws.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        let mut rd = BufReader::new(s.try_clone().unwrap());
+        let (st, _, body) = read_full_answer(&mut rd, false);
+        assert_eq!(
+            (st, body.as_slice()),
+            (200, &b"e|ws.example.com|http|127.0.0.1"[..]),
+            "{path}"
+        );
+        let mut line = String::new();
+        rd.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 101"), "{path}: {line}");
+        while line != "\r\n" {
+            line.clear();
+            rd.read_line(&mut line).unwrap();
+        }
+        s.write_all(b"ping").unwrap();
+        let mut echo = [0u8; 4];
+        rd.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping", "{path}");
+    }
+}
