@@ -33,6 +33,9 @@ const MAX_FIELDS: usize = 64;
 /// The most read from a backend at once while copying an answer's body.
 const CHUNK: usize = 64 * 1024;
 
+/// The buffer a kept backend connection holds between requests.
+const KEPT_BUF: usize = 8 * 1024;
+
 /// How a client connection leaves this path.
 #[derive(Debug)]
 pub enum Next {
@@ -479,6 +482,10 @@ where
     .await?;
     io.flush().await?;
     if done && answer.keep_backend && up.buf.is_empty() {
+        // A kept connection holds a small buffer, not the largest body's.
+        if up.buf.capacity() > KEPT_BUF {
+            up.buf = BytesMut::with_capacity(KEPT_BUF);
+        }
         state.raw_pool().put(&backend.path, up);
     }
     Ok(done && keep)
@@ -502,7 +509,7 @@ async fn pick<'a>(
             Ok(io) => {
                 let up = Upstream {
                     io,
-                    buf: BytesMut::with_capacity(8192),
+                    buf: BytesMut::with_capacity(KEPT_BUF),
                 };
                 return Some((backend.clone(), up, false));
             }
