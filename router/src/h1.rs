@@ -995,6 +995,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any chunk sizes, cut anywhere: the end is found exactly; any
+        /// bytes at all: no panic.
+        #[test]
+        fn chunked_bodies_of_any_shape_end_where_they_end(
+            sizes in proptest::collection::vec(1usize..300, 0..8),
+            cut in 0usize..4000,
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            let mut body = Vec::new();
+            for n in &sizes {
+                body.extend_from_slice(format!("{n:X}\r\n").as_bytes());
+                body.extend(std::iter::repeat_n(b'x', *n));
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+            let cut = cut.min(body.len() - 1);
+            let mut c = Chunks::default();
+            proptest::prop_assert_eq!(c.feed(&body[..cut]), Ok(None));
+            proptest::prop_assert_eq!(c.feed(&body[cut..]), Ok(Some(body.len() - cut)));
+            let _ = Chunks::default().feed(&noise);
+        }
+    }
+
     fn answer(raw: &[u8], head: bool, keeps: bool) -> Option<Answer> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
         let mut r = httparse::Response::new(&mut fields);
