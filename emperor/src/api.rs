@@ -320,7 +320,12 @@ fn plain(status: StatusCode, text: String) -> Response<Body> {
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    json_bytes(status, v.to_string().into_bytes())
+}
+
+/// A JSON answer of this text.
+fn json_bytes(status: StatusCode, text: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -615,14 +620,21 @@ fn gone() -> Response<Body> {
 ))]
 async fn list(tx: &mpsc::UnboundedSender<Event>, scope: Option<(&str, bool)>) -> Answer {
     Ok(match ask(tx, control::Request::Status).await {
-        Some(r) => match (scope, r.data.as_array()) {
-            (Some(scope), Some(rows)) => {
-                let mine: Vec<&serde_json::Value> =
-                    rows.iter().filter(|row| row_in(scope, row)).collect();
-                json(StatusCode::OK, &serde_json::json!(mine))
+        // The admin's: the rows as the emperor wrote them.
+        Some(control::Response { raw: Some(raw), .. }) if scope.is_none() => {
+            json_bytes(StatusCode::OK, raw)
+        }
+        Some(r) => {
+            let data = r.value();
+            match (scope, data.as_array()) {
+                (Some(scope), Some(rows)) => {
+                    let mine: Vec<&serde_json::Value> =
+                        rows.iter().filter(|row| row_in(scope, row)).collect();
+                    json(StatusCode::OK, &serde_json::json!(mine))
+                }
+                _ => json(StatusCode::OK, &data),
             }
-            _ => json(StatusCode::OK, &r.data),
-        },
+        }
         None => gone(),
     })
 }

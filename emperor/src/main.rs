@@ -323,10 +323,15 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Cmd::Status { json } => {
-            let resp = control::call(
-                &cli.run_dir.join(model::layout::names::CONTROL_SOCKET),
-                &Request::Status,
-            )?;
+            let socket = cli.run_dir.join(model::layout::names::CONTROL_SOCKET);
+            let answer = model::control::call_line(control::EMPEROR, &socket, &Request::Status, None)?;
+            // The rows as the emperor wrote them: thousands are not parsed
+            // only to be written again.
+            if let (true, Some(rows)) = (json, model::control::ok_data(&answer)) {
+                println!("{rows}");
+                return Ok(());
+            }
+            let resp: model::control::Response = serde_json::from_str(&answer)?;
             if !resp.ok {
                 bail!("{}", resp.error.unwrap_or_default());
             }

@@ -14,6 +14,10 @@ pub struct Response {
     /// The result.
     #[serde(default)]
     pub data: serde_json::Value,
+    /// The result already written as JSON, in place of `data` (a large
+    /// answer made straight from typed rows, never built as a `Value`).
+    #[serde(skip)]
+    pub raw: Option<Vec<u8>>,
 }
 
 impl Response {
@@ -23,6 +27,25 @@ impl Response {
             ok: true,
             error: None,
             data,
+            raw: None,
+        }
+    }
+
+    /// A success whose data is this JSON text, sent as it is.
+    pub fn ok_raw(json: Vec<u8>) -> Response {
+        Response {
+            ok: true,
+            error: None,
+            data: serde_json::Value::Null,
+            raw: Some(json),
+        }
+    }
+
+    /// The data as a value (the raw text parsed, when that is what it holds).
+    pub fn value(&self) -> serde_json::Value {
+        match &self.raw {
+            Some(raw) => serde_json::from_slice(raw).unwrap_or_default(),
+            None => self.data.clone(),
         }
     }
 
@@ -32,6 +55,7 @@ impl Response {
             ok: false,
             error: Some(reason.into()),
             data: serde_json::Value::Null,
+            raw: None,
         }
     }
 }
@@ -46,7 +70,16 @@ pub fn request<R: serde::de::DeserializeOwned>(line: &[u8]) -> Result<R, Respons
 
 /// An answer as it goes on the wire: one JSON object and a newline.
 pub fn line(resp: &Response) -> Vec<u8> {
-    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    let mut out = match &resp.raw {
+        Some(raw) => {
+            let mut out = Vec::with_capacity(raw.len() + 32);
+            out.extend_from_slice(br#"{"ok":true,"data":"#);
+            out.extend_from_slice(raw);
+            out.push(b'}');
+            out
+        }
+        None => serde_json::to_vec(resp).unwrap_or_default(),
+    };
     out.push(b'\n');
     out
 }
@@ -100,6 +133,30 @@ pub fn call<R: Serialize>(
     req: &R,
     timeout: Option<std::time::Duration>,
 ) -> Result<Response, CallError> {
+    let answer = call_line(who, socket, req, timeout)?;
+    serde_json::from_str(&answer).map_err(|e| CallError::Io {
+        who,
+        path: socket.display().to_string(),
+        err: e.into(),
+    })
+}
+
+/// The data of a successful answer line, as the server wrote it (`None`:
+/// a refusal, or not a line of [`line`]'s).
+pub fn ok_data(answer: &str) -> Option<&str> {
+    answer
+        .trim_end()
+        .strip_prefix(r#"{"ok":true,"data":"#)?
+        .strip_suffix('}')
+}
+
+/// [`call`], the answer line as it came.
+pub fn call_line<R: Serialize>(
+    who: Peer,
+    socket: &std::path::Path,
+    req: &R,
+    timeout: Option<std::time::Duration>,
+) -> Result<String, CallError> {
     use std::io::{BufRead, Write};
     let path = socket.display().to_string();
     let io = |err| CallError::Io {
@@ -128,12 +185,29 @@ pub fn call<R: Serialize>(
     if answer.is_empty() {
         return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    serde_json::from_str(&answer).map_err(|e| io(e.into()))
+    Ok(answer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_written_ahead_reads_back_as_the_same_answer() {
+        let data = serde_json::json!([{"name": "a\"b", "pid": 7}, {"name": "c", "usage": null}]);
+        let raw = Response::ok_raw(serde_json::to_vec(&data).unwrap());
+        let wire = line(&raw);
+        assert_eq!(wire.last(), Some(&b'\n'));
+        let back: Response = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(back, Response::ok(data.clone()));
+        assert_eq!(raw.value(), data);
+        assert_eq!(wire, line(&Response::ok(data.clone())), "the same bytes as a value's");
+        let text = String::from_utf8(wire).unwrap();
+        let passed: serde_json::Value = serde_json::from_str(ok_data(&text).unwrap()).unwrap();
+        assert_eq!(passed, data);
+        let refused = String::from_utf8(line(&Response::err("no"))).unwrap();
+        assert_eq!(ok_data(&refused), None);
+    }
 
     #[test]
     fn a_request_and_its_answer_on_a_real_socket() {
