@@ -324,7 +324,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Status { json } => {
             let socket = cli.run_dir.join(model::layout::names::CONTROL_SOCKET);
-            let answer = model::control::call_line(control::EMPEROR, &socket, &Request::Status, None)?;
+            let answer =
+                model::control::call_line(control::EMPEROR, &socket, &Request::Status, None)?;
             // The rows as the emperor wrote them: thousands are not parsed
             // only to be written again.
             if let (true, Some(rows)) = (json, model::control::ok_data(&answer)) {

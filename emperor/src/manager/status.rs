@@ -178,7 +178,9 @@ impl Manager {
             readers.fill(&mut rows, &probes);
             // Written straight from the rows: 10,000 of them never become a
             // tree of values to build, write and free.
-            let _ = reply.send(Response::ok_raw(serde_json::to_vec(&rows).unwrap_or_default()));
+            let _ = reply.send(Response::ok_raw(
+                serde_json::to_vec(&rows).unwrap_or_default(),
+            ));
         });
     }
 

@@ -201,7 +201,11 @@ mod tests {
         let back: Response = serde_json::from_slice(&wire).unwrap();
         assert_eq!(back, Response::ok(data.clone()));
         assert_eq!(raw.value(), data);
-        assert_eq!(wire, line(&Response::ok(data.clone())), "the same bytes as a value's");
+        assert_eq!(
+            wire,
+            line(&Response::ok(data.clone())),
+            "the same bytes as a value's"
+        );
         let text = String::from_utf8(wire).unwrap();
         let passed: serde_json::Value = serde_json::from_str(ok_data(&text).unwrap()).unwrap();
         assert_eq!(passed, data);

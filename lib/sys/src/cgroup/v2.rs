@@ -357,6 +357,12 @@ mod tests {
         paths.insert(600, "imperium/gone");
         paths.insert(700, "imperium/../outside");
         paths.insert(800, "imperium/link");
+        // Nor is a planted parent.
+        std::fs::create_dir_all(dir.path().join("outside/s1")).unwrap();
+        std::fs::write(dir.path().join("outside/s1/memory.current"), "1\n").unwrap();
+        std::fs::write(dir.path().join("outside/s1/pids.current"), "1\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), dir.path().join("planted")).unwrap();
+        paths.insert(900, "planted/s1");
         let got = t.usage_all(&paths);
         assert_eq!(got.len(), paths.len());
         for (p, r) in paths.iter().zip(&got) {
