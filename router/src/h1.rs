@@ -159,8 +159,9 @@ where
     R: From<Other>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = 0;
     loop {
-        if !buf.is_empty() {
+        if head_may_end(buf, &mut seen) {
             let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
             let mut req = httparse::Request::new(&mut fields);
             match req.parse(buf) {
@@ -176,6 +177,18 @@ where
             _ => return None,
         }
     }
+}
+
+/// Whether `buf` may hold a whole head (an empty line after the first
+/// `*seen` bytes, which held none), or is at the size limit. A head sent a
+/// byte at a time is parsed once, not once a byte.
+fn head_may_end(buf: &[u8], seen: &mut usize) -> bool {
+    let from = seen.saturating_sub(2);
+    *seen = buf.len();
+    buf.len() >= crate::MAX_HEADERS
+        || buf[from..].iter().enumerate().any(|(i, &b)| {
+            b == b'\n' && matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..])
+        })
 }
 
 /// The request goes to hyper's path.
@@ -536,8 +549,9 @@ where
     up.io.write_all(req).await.map_err(|_| Broken::Before)?;
     up.buf.clear();
     let mut answered = false;
+    let mut seen = 0;
     loop {
-        if !up.buf.is_empty() {
+        if head_may_end(&up.buf, &mut seen) {
             let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
             let mut resp = httparse::Response::new(&mut fields);
             match resp.parse(&up.buf) {
@@ -548,6 +562,7 @@ where
                         let head = up.buf.split_to(n);
                         client.write_all(&head).await.map_err(|_| Broken::After)?;
                         answered = true;
+                        seen = 0;
                         continue;
                     }
                     let answer =
@@ -965,6 +980,27 @@ mod tests {
             let end = c.feed(&with_more[cut..]).unwrap();
             assert_eq!(end.map(|e| e + cut), Some(BODY.len()), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_it_may_be_whole() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut seen = 0;
+        let mut looked = 0;
+        for n in 1..=head.len() {
+            if head_may_end(&head[..n], &mut seen) {
+                looked += 1;
+                assert_eq!(n, head.len(), "looked at {n} bytes");
+            }
+        }
+        assert_eq!(looked, 1);
+        let mut seen = 0;
+        assert!(
+            head_may_end(b"GET / HTTP/1.1\n\n", &mut seen),
+            "bare line ends"
+        );
+        let mut seen = 0;
+        assert!(!head_may_end(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut seen));
     }
 
     #[test]

@@ -91,20 +91,25 @@ fn serve_one(stream: UnixStream, name: &str) {
 }
 
 /// Answers requests on one connection (any transport): `name|host|proto|for`.
+/// A request's line and fields, each without its line end (`None`: the
+/// connection ended).
+fn read_head_lines(r: &mut impl BufRead) -> Option<Vec<String>> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(head);
+        }
+        head.push(line.trim_end().to_owned());
+    }
+}
+
 fn serve(mut r: impl BufRead, mut w: impl Write, name: &str) {
     // Requests one after another on the same connection (keep-alive).
-    loop {
-        let mut headers = Vec::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            headers.push(line.trim_end().to_owned());
-        }
+    while let Some(headers) = read_head_lines(&mut r) {
         let get = |k: &str| {
             headers
                 .iter()
@@ -2275,18 +2280,7 @@ fn framings_backend(path: &Path) -> Backend {
 fn answer_framings(stream: UnixStream) {
     let mut r = BufReader::new(stream.try_clone().unwrap());
     let mut w = stream;
-    loop {
-        let mut head = Vec::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push(line.trim_end().to_owned());
-        }
+    while let Some(head) = read_head_lines(&mut r) {
         let (method, target) = {
             let mut p = head[0].split(' ');
             (p.next().unwrap().to_owned(), p.next().unwrap().to_owned())
