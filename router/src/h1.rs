@@ -159,7 +159,7 @@ where
     R: From<Other>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut seen = 0;
+    let mut seen = None;
     loop {
         if head_may_end(buf, &mut seen) {
             let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
@@ -179,16 +179,21 @@ where
     }
 }
 
-/// Whether `buf` may hold a whole head (an empty line after the first
-/// `*seen` bytes, which held none), or is at the size limit. A head sent a
-/// byte at a time is parsed once, not once a byte.
-fn head_may_end(buf: &[u8], seen: &mut usize) -> bool {
-    let from = seen.saturating_sub(2);
-    *seen = buf.len();
+/// Whether to parse `buf` for a head now: at the first look (a head nearly
+/// always comes in one read), then only once an empty line may have come
+/// after the `*seen` bytes looked at before, or at the size limit. A head
+/// sent a byte at a time is parsed a few times, not once a byte.
+fn head_may_end(buf: &[u8], seen: &mut Option<usize>) -> bool {
+    if buf.is_empty() {
+        return false;
+    }
+    let Some(before) = seen.replace(buf.len()) else {
+        return true;
+    };
+    let from = before.saturating_sub(2);
     buf.len() >= crate::MAX_HEADERS
-        || buf[from..].iter().enumerate().any(|(i, &b)| {
-            b == b'\n' && matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..])
-        })
+        || memchr::memchr_iter(b'\n', &buf[from..])
+            .any(|i| matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
 }
 
 /// The request goes to hyper's path.
@@ -549,7 +554,7 @@ where
     up.io.write_all(req).await.map_err(|_| Broken::Before)?;
     up.buf.clear();
     let mut answered = false;
-    let mut seen = 0;
+    let mut seen = None;
     loop {
         if head_may_end(&up.buf, &mut seen) {
             let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
@@ -562,7 +567,7 @@ where
                         let head = up.buf.split_to(n);
                         client.write_all(&head).await.map_err(|_| Broken::After)?;
                         answered = true;
-                        seen = 0;
+                        seen = None;
                         continue;
                     }
                     let answer =
@@ -985,21 +990,21 @@ mod tests {
     #[test]
     fn a_head_is_parsed_only_once_it_may_be_whole() {
         let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let mut seen = 0;
-        let mut looked = 0;
-        for n in 1..=head.len() {
-            if head_may_end(&head[..n], &mut seen) {
-                looked += 1;
-                assert_eq!(n, head.len(), "looked at {n} bytes");
-            }
-        }
-        assert_eq!(looked, 1);
-        let mut seen = 0;
+        let mut seen = None;
+        let looked: Vec<usize> = (1..=head.len())
+            .filter(|n| head_may_end(&head[..*n], &mut seen))
+            .collect();
+        assert_eq!(
+            looked,
+            [1, head.len()],
+            "the first look, then the whole head"
+        );
+        let mut seen = Some(0);
         assert!(
             head_may_end(b"GET / HTTP/1.1\n\n", &mut seen),
             "bare line ends"
         );
-        let mut seen = 0;
+        let mut seen = Some(0);
         assert!(!head_may_end(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut seen));
     }
 
