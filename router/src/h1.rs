@@ -132,7 +132,12 @@ where
             None => return Next::Closed,
         };
         let Some(entered) = plan.pick.enter() else {
-            // At its cap: hyper's path counts the refusal and answers 508.
+            // At its cap: hyper's path counts the refusal, answers 508 and
+            // logs it (this path's note of the request is not sent).
+            let mut plan = plan;
+            if let Some(l) = &mut plan.log {
+                l.passed_on = true;
+            }
             return Next::Handoff;
         };
         match one(io, buf, *plan, state, cfg).await {

@@ -787,6 +787,8 @@ pub(crate) struct Logged {
     pub(crate) status: u16,
     pub(crate) error: Option<&'static str>,
     pub(crate) bytes: u64,
+    /// Not sent after all: the request went to another path, which logs it.
+    pub(crate) passed_on: bool,
 }
 
 impl Logged {
@@ -803,12 +805,16 @@ impl Logged {
             status: 0,
             error: None,
             bytes: 0,
+            passed_on: false,
         }
     }
 }
 
 impl Drop for Logged {
     fn drop(&mut self) {
+        if self.passed_on {
+            return;
+        }
         let line = self.note.finish(self.status, self.bytes, self.error);
         self.load.log.send(&self.via, &line);
     }

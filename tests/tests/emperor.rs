@@ -1366,6 +1366,12 @@ fn root_the_router_hands_each_site_its_access_log_and_never_writes_in_a_home() {
     assert!(line("\"GET /crash HTTP/1.1\" 502")
         .contains("router=\"The site's application failed to answer.\""));
     assert!(line("\"GET /slow HTTP/1.1\" 508").contains("router=\""));
+    // Each request is logged once, with the status it got: the one passed
+    // from the router's own path to hyper's (at the cap) is not logged twice.
+    assert!(
+        !lines.lines().any(|l| l.contains("HTTP/1.1\" 0 ")),
+        "a line without a status:\n{lines}"
+    );
     let meta = std::fs::metadata(&log).unwrap();
     assert_eq!(meta.uid(), uid, "the access log is the tenant's");
 
