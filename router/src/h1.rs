@@ -221,16 +221,7 @@ fn tokens(v: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
 
 /// Whether a field is not forwarded: hop-by-hop, or named by `Connection`.
 fn hop_by_hop(name: &str, named: &[&[u8]]) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| is(name, h))
+    proxy::HOP_BY_HOP.iter().any(|h| is(name, h))
         || named
             .iter()
             .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))

@@ -529,9 +529,21 @@ pub(crate) fn idempotent(m: &hyper::Method) -> bool {
     .contains(m)
 }
 
+/// The headers that concern one connection only (RFC 9110, 7.6.1), in
+/// lower case: both HTTP/1.1 paths drop them.
+pub(crate) const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
 /// Removes the headers that concern one connection only: the hop-by-hop ones
 /// and those the `Connection` header names (RFC 9110, 7.6.1).
 fn strip_hop_by_hop(h: &mut hyper::HeaderMap) {
+    // [`HOP_BY_HOP`], as header names.
     static HOP: [HeaderName; 6] = [
         CONNECTION,
         KEEP_ALIVE,
