@@ -16,7 +16,7 @@ emperor's first errors). Everything is removed at the end.
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from start import BIN, Emperor, remove_cgroups  # noqa: E402  (bench/start.py)
+from start import BIN, Emperor  # noqa: E402  (bench/start.py)
 
 
 def meminfo():
@@ -142,8 +142,7 @@ def main():
         res["load_after"] = os.getloadavg()[0]
         print(json.dumps(res, indent=2))
     finally:
-        e.shutdown()
-        remove_cgroups(e.cg)
+        e.close()
         subprocess.run(["ip", "netns", "del", ns])
         shutil.rmtree(work, ignore_errors=True)
 

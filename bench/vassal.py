@@ -4,12 +4,15 @@ resident memory idle and with 20 supervised processes, and the time from a
 killed child to its replacement running (kill -> the new process's spawn,
 with no back-off: every death follows a healthy run).
 
-  python3 bench/vassal.py [--runs 50]      (after cargo build --release)
+  python3 bench/vassal.py [--runs 50] [--dynamic]
+      (after scripts/build-pid1 --release: the statically linked vassal, as
+      installed; --dynamic: cargo's own build, target/release/vassal)
 """
 import argparse, json, os, re, signal, statistics, subprocess, tempfile, time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VASSAL = os.path.join(REPO, "target", "release", "vassal")
+STATIC = os.path.join(REPO, "target", "pid1", "release", "vassal")
+DYNAMIC = os.path.join(REPO, "target", "release", "vassal")
 
 
 def mem(pid):
@@ -26,15 +29,17 @@ def mem(pid):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--dynamic", action="store_true")
     args = ap.parse_args()
+    vassal = DYNAMIC if args.dynamic else STATIC
     with tempfile.TemporaryDirectory() as home:
         os.makedirs(f"{home}/vassals")
         env = dict(os.environ, HOME=home, IMPERIUM_CGROUP_DIR="/nonexistent")
-        sup = subprocess.Popen([VASSAL, "init", "--healthy-after", "0"], env=env,
+        sup = subprocess.Popen([vassal, "init", "--healthy-after", "0"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def status():
-            out = subprocess.run([VASSAL, "status", "--json"], env=env, capture_output=True, text=True)
+            out = subprocess.run([vassal, "status", "--json"], env=env, capture_output=True, text=True)
             return json.loads(out.stdout)["processes"] if out.returncode == 0 else None
 
         try:
@@ -65,6 +70,7 @@ def main():
                 lat.append((new["started_at_us"] - t0) / 1000)
             lat.sort()
             res = {
+                "binary": vassal,
                 "idle": {"rss_kib": idle[0], "pss_kib": idle[1], "anon_kib": idle[2]},
                 "with_20_processes": {"rss_kib": busy[0], "pss_kib": busy[1], "anon_kib": busy[2]},
                 "kill_to_replacement_ms": {"n": len(lat), "median": round(statistics.median(lat), 3),

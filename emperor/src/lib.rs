@@ -85,6 +85,17 @@ fn canonical(mut cfg: Config) -> std::io::Result<Config> {
         *dir = dir.canonicalize()?;
     }
     cfg.vassal_exe = cfg.vassal_exe.canonicalize()?;
+    // Every container binds the notifications' program from beside it.
+    let notify = spec::notify_exe(&cfg.vassal_exe);
+    if !notify.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{} not found: it is installed beside the vassal binary",
+                notify.display()
+            ),
+        ));
+    }
     Ok(cfg)
 }
 

@@ -117,7 +117,12 @@ pub const DEVICES: &[(&str, i64, i64)] = &[
 ];
 
 /// The path of the vassal binary inside every container.
-pub const VASSAL_INSIDE: &str = "/run/imperium/bin/vassal";
+pub const VASSAL_INSIDE: &str = model::layout::inside::VASSAL;
+
+/// `vassal-notify` (the notifications database's program), beside the vassal.
+pub fn notify_exe(vassal_exe: &Path) -> PathBuf {
+    vassal_exe.with_file_name("vassal-notify")
+}
 
 /// What a spec is built from.
 #[derive(Debug)]
@@ -299,6 +304,12 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
     v.push(b(
         VASSAL_INSIDE,
         inp.vassal_exe.to_path_buf(),
+        RO,
+        Source::Given,
+    ));
+    v.push(b(
+        inside::NOTIFY,
+        notify_exe(inp.vassal_exe),
         RO,
         Source::Given,
     ));

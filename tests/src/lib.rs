@@ -36,6 +36,16 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// A binary of the workspace.
+/// The vassal binary the emperors of the tests run as PID 1: the statically
+/// linked one `scripts/build-pid1` makes (what is installed) when
+/// `IMPERIUM_VASSAL_BIN` names it, else the one cargo built.
+pub fn vassal_bin() -> PathBuf {
+    match std::env::var_os("IMPERIUM_VASSAL_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => bin("vassal"),
+    }
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
@@ -217,6 +227,17 @@ impl Emperor {
                     .flatten(),
             )
             .args(&self.extra)
+            .args(
+                (!self.extra.iter().any(|a| a == "--vassal-bin"))
+                    .then(|| {
+                        [
+                            std::ffi::OsString::from("--vassal-bin"),
+                            vassal_bin().into(),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -439,10 +439,16 @@ fn root_a_dead_init_is_restarted_with_throttling() {
 #[ignore = "root: run the README's test command"]
 fn root_crash_loop_backs_off() {
     let mut e = Emperor::new();
-    // An init that dies at once: /bin/false as the vassal binary.
+    // An init that dies at once: /bin/false as the vassal binary (with the
+    // notifications' program that is installed beside it).
+    let bin = tempfile::tempdir().unwrap();
+    for f in ["vassal", "vassal-notify"] {
+        std::fs::copy("/bin/false", bin.path().join(f)).unwrap();
+    }
+    let vassal = bin.path().join("vassal");
     e.extra = [
         "--vassal-bin",
-        "/bin/false",
+        vassal.to_str().unwrap(),
         "--throttle-base",
         "0.2",
         "--throttle-max",

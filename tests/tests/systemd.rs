@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{alive, bin, require_root, wait_for, Emperor};
+use e2e::{alive, bin, require_root, vassal_bin, wait_for, Emperor};
 
 fn require_systemd() {
     let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
@@ -65,13 +65,15 @@ impl Unit {
              Type=notify\n\
              NotifyAccess=main\n\
              ExecStart={emperor} --run-dir {run} serve --vassals {vassals} --home-root {home} \
-             --state-dir {state} --cgroup-root {root} --systemd-scope --stop-grace 3\n\
+             --state-dir {state} --cgroup-root {root} --systemd-scope --stop-grace 3 \
+             --vassal-bin {vassal}\n\
              WatchdogSec=10\n\
              Restart=on-failure\n\
              RestartSec=1\n\
              KillMode=process\n\
              TimeoutStopSec=5\n",
             emperor = bin("emperor").display(),
+            vassal = vassal_bin().display(),
             run = e.run_dir.display(),
             vassals = e.vassals.display(),
             home = e.home_root.display(),

@@ -149,46 +149,8 @@ fn run(args: &[String]) -> Result<i32, String> {
             }
             return Ok(0);
         }
-        "notifications" if args.get(1).map(String::as_str) == Some("read") => {
-            let upto = match args.get(2) {
-                None => None,
-                Some(v) => Some(
-                    v.parse::<i64>()
-                        .map_err(|_| format!("{v:?} is not a notification's number"))?,
-                ),
-            };
-            let upto = notify::mark_read(&home(), upto)
-                .map_err(|e| format!("writing {}: {e}", notify::path(&home()).display()))?;
-            println!("{upto}");
-            return Ok(0);
-        }
-        "notifications" => {
-            let json = args.iter().any(|a| a == "--json");
-            let unread = args.iter().any(|a| a == "--unread");
-            let n = args
-                .iter()
-                .position(|a| a == "-n")
-                .and_then(|i| args.get(i + 1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(50usize)
-                .min(1000);
-            let list = notify::list(&home(), n, unread)
-                .map_err(|e| format!("reading {}: {e}", notify::path(&home()).display()))?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).unwrap_or_default()
-                );
-            } else if list.is_empty() {
-                println!("no notifications");
-            } else {
-                for n in list {
-                    let mark = if n.read { ' ' } else { '*' };
-                    println!("{:>5}{mark} {}  {:<12} {}", n.id, n.date, n.kind, n.message);
-                }
-            }
-            return Ok(0);
-        }
+        // The database's verbs are vassal-notify's (SQLite stays out of PID 1).
+        "notifications" | "notify" => return Err(notify::hand_over(args)),
         "sites" => {
             let dir = std::path::Path::new(model::layout::inside::USAGE);
             let Some(sites) = site::sites(dir) else {
@@ -205,14 +167,6 @@ fn run(args: &[String]) -> Result<i32, String> {
             } else {
                 print_sites(&sites);
             }
-            return Ok(0);
-        }
-        "notify" => {
-            let (Some(kind), Some(message)) = (args.get(1), args.get(2)) else {
-                return Err("notify needs a kind and a message".into());
-            };
-            notify::add(&home(), kind, message)
-                .map_err(|e| format!("writing {}: {e}", notify::path(&home()).display()))?;
             return Ok(0);
         }
         "logs" => {

@@ -97,8 +97,11 @@ pub struct Supervisor {
     shutting_down: Option<Instant>,
     site: Option<SiteCgroup>,
     alarms: Alarms,
-    /// Alarms whose storing failed, to store at the next check.
-    unsent: Vec<(&'static str, String)>,
+    /// Alarms not stored yet, oldest first (`vassal-notify` stores them).
+    unsent: VecDeque<(&'static str, String)>,
+    /// The `vassal-notify` storing the first alarms of `unsent`: its pid,
+    /// how many it stores, since when.
+    storing: Option<(i32, usize, Instant)>,
     /// In a group's container: its sites as last read (the reseller is told
     /// what changes).
     sites: Option<model::usage::Sites>,
@@ -128,8 +131,15 @@ fn handled() -> SigSet {
     mask
 }
 
-/// Alarms kept for a second try at most.
-const UNSENT_MAX: usize = 16;
+/// Alarms kept waiting to be stored at most (a message is at most 1000 bytes).
+const UNSENT_MAX: usize = 256;
+
+/// Alarms stored by one `vassal-notify`, in one transaction.
+const STORE_BATCH: usize = 64;
+
+/// How long a `vassal-notify` may take before it is killed and its alarms
+/// tried again (SQLite waits at most 2 s for a lock).
+const STORE_MAX: Duration = Duration::from_secs(10);
 
 /// The most a shutdown waits for processes beyond their own grace.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
@@ -156,7 +166,8 @@ impl Supervisor {
             rejected: BTreeMap::new(),
             site,
             alarms,
-            unsent: Vec::new(),
+            unsent: VecDeque::new(),
+            storing: None,
             sites: None,
             seen: None,
             worker,
@@ -515,6 +526,10 @@ impl Supervisor {
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(_) => return,
             };
+            if self.storing.is_some_and(|(p, ..)| p == pid) {
+                self.stored(ok, &text);
+                continue;
+            }
             let owner = self
                 .procs
                 .iter()
@@ -611,16 +626,45 @@ impl Supervisor {
         }
     }
 
-    /// Stores a notification; a failure is only logged (an alarm never stops the supervisor).
+    /// Queues a notification and stores it; a failure is only logged (an
+    /// alarm never stops the supervisor).
     fn alarm(&mut self, kind: &'static str, message: &str) {
-        if let Err(e) = crate::notify::add(&self.cfg.home, kind, message) {
-            say!("vassal: storing the {kind} notification: {e}; tried again in a second");
-            // The likeliest moment to fail is the likeliest to matter: an
-            // OOM kill, with the site at its memory limit. Kept (a few) and
-            // stored at the next check.
-            if self.unsent.len() < UNSENT_MAX {
-                self.unsent.push((kind, message.to_owned()));
-            }
+        if self.unsent.len() < UNSENT_MAX {
+            self.unsent.push_back((kind, message.to_owned()));
+        } else {
+            say!("vassal: {UNSENT_MAX} notifications wait to be stored; the {kind} one is dropped");
+        }
+        self.store();
+    }
+
+    /// Starts a `vassal-notify` for the oldest alarms waiting, unless one
+    /// runs. A failure leaves them waiting: the likeliest moment to fail (an
+    /// OOM kill, with the site at its memory or task limit) is the likeliest
+    /// to matter, so they are tried again at the next check.
+    fn store(&mut self) {
+        if self.storing.is_some() || self.unsent.is_empty() {
+            return;
+        }
+        let n = self.unsent.len().min(STORE_BATCH);
+        let batch: Vec<_> = self.unsent.iter().take(n).collect();
+        match crate::notify::store(&batch) {
+            Ok(child) => self.storing = Some((child.id() as i32, n, self.clock.now().at)),
+            Err(e) => say!("vassal: storing {n} notification(s): {e}; tried again in a second"),
+        }
+    }
+
+    /// The `vassal-notify` storing alarms ended.
+    fn stored(&mut self, ok: bool, how: &str) {
+        let Some((_, n, _)) = self.storing.take() else {
+            return;
+        };
+        if ok {
+            self.unsent.drain(..n.min(self.unsent.len()));
+            self.store();
+        } else {
+            say!(
+                "vassal: storing {n} notification(s): vassal-notify {how}; tried again in a second"
+            );
         }
     }
 
@@ -651,9 +695,13 @@ impl Supervisor {
     /// The site's alarms: an OOM kill, memory near the limit; and those that
     /// could not be stored before. Returns the figures read.
     fn check_site(&mut self) -> Option<crate::site::Figures> {
-        for (kind, message) in std::mem::take(&mut self.unsent) {
-            self.alarm(kind, &message);
+        if let Some((pid, _, since)) = self.storing {
+            if self.clock.now().at.saturating_duration_since(since) > STORE_MAX {
+                // Reaped as killed: its alarms wait for the next try.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
         }
+        self.store();
         let figures = self.figures()?;
         for (kind, message) in self.alarms.check(&figures) {
             self.alarm(kind, &message);

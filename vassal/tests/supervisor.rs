@@ -412,6 +412,51 @@ fn notifications(v: &Vassal) -> Vec<Value> {
 }
 
 #[test]
+fn alarms_wait_until_they_can_be_stored_then_are_stored_in_order() {
+    // PID 1 does not carry the database: SQLite is vassal-notify's.
+    let pid1 = std::fs::read(env!("CARGO_BIN_EXE_vassal")).unwrap();
+    assert!(
+        !pid1.windows(15).any(|w| w == b"SQLite format 3"),
+        "SQLite is linked into the vassal binary"
+    );
+    // The database cannot be opened (a directory in its place): the alarms
+    // wait, shown by `vassal status`.
+    let v = Vassal::start_with(
+        &[("crash", "command = [\"false\"]")],
+        &["--throttle-base", "0.05", "--throttle-max", "0.1"],
+        1.0,
+        None,
+    );
+    let db = v.home.path().join(".imperium/notifications.db");
+    std::fs::create_dir_all(&db).unwrap();
+    let unsent = || -> Vec<Value> {
+        let out = v.cli(&["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["unsent"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let waiting = wait_for(Duration::from_secs(10), "an alarm waiting", || {
+        let u = unsent();
+        u.iter().any(|n| n["kind"] == "restart-loop").then_some(u)
+    });
+    // Once the database can be written, every waiting alarm is stored, in order.
+    std::fs::remove_dir(&db).unwrap();
+    wait_for(Duration::from_secs(10), "the alarms stored", || {
+        unsent().is_empty().then_some(())
+    });
+    let stored: Vec<(Value, Value)> = notifications(&v)
+        .into_iter()
+        .map(|n| (n["kind"].clone(), n["message"].clone()))
+        .collect();
+    let waited: Vec<(Value, Value)> = waiting
+        .into_iter()
+        .map(|n| (n["kind"].clone(), n["message"].clone()))
+        .collect();
+    assert_eq!(stored[..waited.len()], waited[..], "{stored:?}");
+}
+
+#[test]
 fn alarms_become_notifications() {
     // A FAKE cgroup v2 directory (files written by the test): the real OOM
     // alarm inside a container is in the end-to-end tests.

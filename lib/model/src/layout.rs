@@ -288,6 +288,10 @@ pub mod inside {
     pub const SITE_KEY: &str = "/run/imperium/site.key";
     /// The router's directory (its subscription socket) inside every container.
     pub const ROUTER: &str = "/run/imperium/router";
+    /// The vassal binary inside every container.
+    pub const VASSAL: &str = "/run/imperium/bin/vassal";
+    /// The notifications database's program, beside it (SQLite is kept out of PID 1).
+    pub const NOTIFY: &str = "/run/imperium/bin/vassal-notify";
     /// Every process's `PATH` in a container (its init's, its SSH sessions'):
     /// the vassal's own directory first, then the usual ones, sbin ones too
     /// (php-fpm, nginx and the like live there).

@@ -1,0 +1,103 @@
+//! `vassal-notify`: the site's notifications database, on its own.
+//!
+//! SQLite (and the libm it links) stays out of PID 1: the supervisor starts
+//! this program to store an alarm, and `vassal notify` and `vassal
+//! notifications` hand their arguments to it. Every vassal maps what PID 1
+//! links; this runs for a moment and is gone.
+
+/// A line on stderr that never panics (a full home must not panic a store).
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+mod db;
+
+use std::path::PathBuf;
+
+const USAGE: &str = "usage: vassal-notify notify KIND MESSAGE [KIND MESSAGE]...
+       vassal-notify notifications [--json] [--unread] [-n COUNT]
+       vassal-notify notifications read [UPTO]";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            say!("vassal: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn run(args: &[String]) -> Result<i32, String> {
+    let home = home();
+    let path = db::path(&home);
+    let writing = |e: rusqlite::Error| format!("writing {}: {e}", path.display());
+    let reading = |e: rusqlite::Error| format!("reading {}: {e}", path.display());
+    match (
+        args.first().map(String::as_str),
+        args.get(1).map(String::as_str),
+    ) {
+        (Some("notify"), _) => {
+            let pairs = &args[1..];
+            if pairs.is_empty() || pairs.len() % 2 != 0 {
+                return Err("notify needs a kind and a message (or several of each)".into());
+            }
+            let notes: Vec<(&str, &str)> = pairs
+                .chunks(2)
+                .map(|p| (p[0].as_str(), p[1].as_str()))
+                .collect();
+            db::add(&home, &notes).map_err(writing)?;
+        }
+        (Some("notifications"), Some("read")) => {
+            let upto = match args.get(2) {
+                None => None,
+                Some(v) => Some(
+                    v.parse::<i64>()
+                        .map_err(|_| format!("{v:?} is not a notification's number"))?,
+                ),
+            };
+            println!("{}", db::mark_read(&home, upto).map_err(writing)?);
+        }
+        (Some("notifications"), _) => {
+            let json = args.iter().any(|a| a == "--json");
+            let unread = args.iter().any(|a| a == "--unread");
+            let n = args
+                .iter()
+                .position(|a| a == "-n")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50usize)
+                .min(1000);
+            let list = db::list(&home, n, unread).map_err(reading)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if list.is_empty() {
+                println!("no notifications");
+            } else {
+                for n in list {
+                    let mark = if n.read { ' ' } else { '*' };
+                    println!("{:>5}{mark} {}  {:<12} {}", n.id, n.date, n.kind, n.message);
+                }
+            }
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return Ok(2);
+        }
+    }
+    Ok(0)
+}
