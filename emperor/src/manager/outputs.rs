@@ -48,7 +48,10 @@ impl Manager {
                 shell: "/bin/bash".into(),
             })
             .collect();
-        model::atomic::write(
+        // Derived from the uid table (which is written durably first) and
+        // written again at every start of the emperor: replaced whole, without
+        // the fsyncs that a new tenant's start would wait for.
+        model::atomic::replace(
             &self.cfg.layout.nss_table(),
             &model::nss::encode(&tenants),
             0o644,
