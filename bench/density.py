@@ -16,7 +16,7 @@ emperor's first errors). Everything is removed at the end.
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from start import BIN, Emperor  # noqa: E402  (bench/start.py)
+from start import BIN, Emperor, drop_latency, summary  # noqa: E402  (bench/start.py)
 
 
 def meminfo():
@@ -44,6 +44,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=900)
     ap.add_argument("--no-process", action="store_true",
                     help="leave the sites empty (by default each then runs one small process of its tenant's)")
+    ap.add_argument("--launcher", choices=["on", "off"], default="on",
+                    help="off: the emperor clones every container itself")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
@@ -55,8 +57,9 @@ def main():
     work = tempfile.mkdtemp(prefix="imperium-density-")
     ns = f"imp-density-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    e = Emperor(os.path.join(work, "e"), f"imperium-density-{os.getpid()}", netns=ns)
-    res = {"sites": args.sites, "load_before": os.getloadavg()[0]}
+    e = Emperor(os.path.join(work, "e"), f"imperium-density-{os.getpid()}", netns=ns,
+                extra=("--launcher", args.launcher))
+    res = {"sites": args.sites, "launcher": args.launcher, "load_before": os.getloadavg()[0]}
     try:
         for i in range(args.sites):
             with open(os.path.join(e.paths["vassals"], f"s{i}.toml"), "w") as f:
@@ -117,6 +120,9 @@ def main():
             lat.append((time.perf_counter() - t) * 1000)
         res["status_ms"] = {"median": round(statistics.median(lat), 1), "max": round(max(lat), 1),
                             "rows": len(rows) if isinstance(rows, list) else None}
+        # One more site on a full host, 20 times (each removed again): what a
+        # start costs once the emperor holds every other site.
+        res["drop_to_running_on_full_host_ms"] = summary(drop_latency(e, "more", 20))
         after = meminfo()
         per = lambda k: round((after[k] - before[k]) / max(n, 1), 1)
         res["per_site_kib"] = {"slab": per("Slab"), "slab_unreclaimable": per("SUnreclaim"),

@@ -75,8 +75,9 @@ def pct(xs, p):
 
 
 class Emperor:
-    def __init__(self, root, cgroup_root, netns=None):
+    def __init__(self, root, cgroup_root, netns=None, extra=()):
         self.root = root
+        self.extra = list(extra)
         self.cg = cgroup_root
         # With a network namespace (the bench's own): sites get their network
         # there; without, --network off. The machine's network is never touched.
@@ -95,7 +96,7 @@ class Emperor:
         self.proc = subprocess.Popen(
             wrap + [f"{BIN}/emperor", "--run-dir", self.paths["run"], "serve", "--vassals", self.paths["vassals"],
                     "--home-root", self.paths["home"], "--state-dir", self.paths["state"], "--cgroup-root", self.cg,
-                    "--stop-grace", "2", "--vassal-bin", PID1] + net,
+                    "--stop-grace", "2", "--vassal-bin", PID1] + net + self.extra,
             stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not os.path.exists(os.path.join(self.paths["run"], "emperor.sock")):
@@ -311,12 +312,14 @@ def run_oci(tool, e, name, work, runs):
         remove_cgroups(cg)
 
 
-def bench_cold(work, sites, quotas=False):
+def bench_cold(work, sites, quotas=False, launcher=True):
     """`sites` sites from cold, then again after a shutdown (homes and uids
     exist); with `quotas`, the home root on a btrfs of the bench's own and
-    every site capped (a subvolume and a qgroup each)."""
-    name = "cold-quota" if quotas else "cold"
-    e = Emperor(os.path.join(work, name), f"imperium-bench-{name}-{os.getpid()}")
+    every site capped (a subvolume and a qgroup each); without `launcher`,
+    the emperor clones every container itself (`--launcher off`)."""
+    name = ("cold-quota" if quotas else "cold") + ("" if launcher else "-nolauncher")
+    e = Emperor(os.path.join(work, name), f"imperium-bench-{name}-{os.getpid()}",
+                extra=() if launcher else ("--launcher", "off"))
     fs = None
     try:
         fs = LoopBtrfs(os.path.join(work, name), e.paths["home"]) if quotas else None
@@ -355,6 +358,14 @@ def bench_cold(work, sites, quotas=False):
             fs.close()
 
 
+def settle(limit=2.5, timeout=300):
+    """Waits (up to `timeout` s) for the load average to fall under `limit`:
+    the kernel frees a run's namespaces and cgroups in the background."""
+    deadline = time.monotonic() + timeout
+    while os.getloadavg()[0] > limit and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def floor(runs):
     out = subprocess.run(["cargo", "run", "--release", "-q", "-p", "sys", "--example", "floor", "--", str(runs)],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
@@ -387,6 +398,9 @@ def main():
         res.update(bench_network(work, args.runs))
         res.update(bench_quota(work, args.runs))
         res["cold"] = bench_cold(work, args.sites)
+        settle()
+        res["cold_no_launcher"] = bench_cold(work, args.sites, launcher=False)
+        settle()
         res["cold_quota"] = bench_cold(work, args.sites, quotas=True)
         res["load_after"] = os.getloadavg()[0]
     finally:
@@ -401,6 +415,10 @@ def main():
     if med("drop_to_running_quota_ms"):
         print(f"with each home a btrfs subvolume capped by its qgroup: drop->running"
               f" {med('drop_to_running_quota_ms')} ms ({med('drop_to_running_quota_ms') / med('drop_to_running_ms'):.2f}x without)")
+    if res.get("cold_no_launcher"):
+        c, n = res["cold"], res["cold_no_launcher"]
+        print(f"{c['sites']} sites cold, cloned by the launcher: {c['up_s']} s (again {c['up_again_s']} s);"
+              f" by the emperor itself: {n['up_s']} s (again {n['up_again_s']} s)")
     if res.get("cold_quota"):
         c, q = res["cold"], res["cold_quota"]
         print(f"{c['sites']} sites cold: {c['up_s']} s; with a capped subvolume each: {q['up_s']} s"

@@ -102,6 +102,11 @@ enum Cmd {
         /// The private key (PEM) of --api-listen.
         #[arg(long, value_name = "FILE")]
         api_key: Option<PathBuf>,
+        /// Clone containers from a small launcher process (`on`: what a start
+        /// costs then does not grow with the emperor's memory and descriptors),
+        /// or from the emperor itself (`off`).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        launcher: String,
     },
     /// Bearer tokens of the API over TLS (`serve --api-listen`).
     Token {
@@ -190,7 +195,23 @@ fn token(state_dir: &std::path::Path, cmd: TokenCmd) -> anyhow::Result<()> {
 }
 
 fn main() {
+    // The launcher (a copy of this program, started by `serve` below): it
+    // clones containers for the emperor and does nothing else.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "launcher") {
+        sys::launcher::serve();
+    }
     let cli = Cli::parse();
+    // Started while this process has one thread: the containers it clones
+    // are children of this (main) thread, which lives as long as the emperor.
+    if let Cmd::Serve { launcher, .. } = &cli.cmd {
+        if launcher == "on" {
+            if let Err(e) =
+                sys::launcher::start(std::path::Path::new("/proc/self/exe"), &["launcher"])
+            {
+                eprintln!("emperor: no launcher ({e}); containers are cloned by the emperor");
+            }
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -231,6 +252,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             api_listen,
             api_cert,
             api_key,
+            launcher: _,
         } => {
             let vassal_exe = match vassal_bin {
                 Some(p) => p,

@@ -28,6 +28,54 @@ fn exec_site(e: &Emperor, site: &str, init: i32, script: &str) -> std::process::
     )
 }
 
+/// The process's name and its parent's pid, from `/proc/PID/stat`.
+fn comm_and_parent(pid: i32) -> Option<(String, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let comm = head.split_once(" (")?.1.to_owned();
+    let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_launcher_clones_the_inits_as_the_emperors_children_and_the_emperor_takes_over_when_it_dies(
+) {
+    require_root();
+    let mut e = Emperor::new();
+    e.write("site1", "kind = \"site\"\n");
+    e.start();
+    let row = e.wait_row("site1", "running", |r| r["state"] == "running");
+    let emperor = e.pid();
+    let launcher: Vec<i32> = children(emperor)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| comm_and_parent(*pid).is_some_and(|(c, _)| c == "launcher"))
+        .collect();
+    assert_eq!(launcher.len(), 1, "one launcher, the emperor's child");
+    // The init is the emperor's own child (cloned with CLONE_PARENT), so the
+    // emperor sees it exit and restarts it.
+    let init = row["pid"].as_i64().unwrap() as i32;
+    assert_eq!(comm_and_parent(init).map(|(_, p)| p), Some(emperor));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), Signal::SIGKILL).unwrap();
+    let again = e.wait_row("site1", "restarted", |r| {
+        r["state"] == "running" && r["pid"].as_i64().is_some_and(|p| p as i32 != init)
+    });
+    let init = again["pid"].as_i64().unwrap() as i32;
+    assert_eq!(comm_and_parent(init).map(|(_, p)| p), Some(emperor));
+    // The launcher killed: the next starts are the emperor's own clones.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(launcher[0]), Signal::SIGKILL).unwrap();
+    for name in ["site2", "site3"] {
+        e.write(name, "kind = \"site\"\n");
+        let row = e.wait_row(name, "running", |r| r["state"] == "running");
+        let pid = row["pid"].as_i64().unwrap() as i32;
+        assert_eq!(comm_and_parent(pid).map(|(_, p)| p), Some(emperor));
+    }
+    wait_for(Duration::from_secs(10), "the dead launcher reaped", || {
+        (!alive(launcher[0]) && comm_and_parent(launcher[0]).is_none()).then_some(())
+    });
+}
+
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_sites_run_in_their_own_containers() {

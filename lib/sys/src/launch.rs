@@ -16,7 +16,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_ulong, c_void, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::cgroup::Join;
 use crate::pidfd::Pidfd;
@@ -257,7 +257,7 @@ const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 /// `CLONE_INTO_CGROUP` (Linux 5.7), not in every libc crate.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: pipe2 writes two fds into the array we pass.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -304,7 +304,41 @@ pub fn spawn(plan: &ChildPlan, join: &Join) -> Result<Pidfd, LaunchError> {
 /// Clones the init and returns at once: the child sets its container up on its
 /// own copy of the plan while the caller prepares the next one (a burst of
 /// starts uses every core); [`Pending::wait`] collects the outcome.
+///
+/// With a [`crate::launcher`] in use (the emperor starts one), the clone is
+/// made by that small process, so its cost does not grow with the caller's
+/// memory and descriptors; without one, or once it is gone, here.
 pub fn start(plan: &ChildPlan, join: &Join) -> Result<Pending, LaunchError> {
+    let (err_rd, err_wr) = pipe()?;
+    if let Some(l) = crate::launcher::current() {
+        match l.launch(plan, join, err_wr.as_fd()) {
+            Ok(pidfd) => {
+                drop(err_wr);
+                return Ok(Pending { pidfd, err_rd });
+            }
+            // Never reached it: started here instead.
+            Err(crate::launcher::Failed::Unreached) => {}
+            Err(crate::launcher::Failed::Launch(e)) => return Err(e),
+        }
+    }
+    let parent = Pidfd::open(std::process::id() as i32).ok();
+    let parent = parent.as_ref().map_or(-1, |p| p.as_raw_fd());
+    let pidfd = clone_child(plan, join, err_wr, parent, false)?;
+    Ok(Pending { pidfd, err_rd })
+}
+
+/// Clones the child that sets up `plan`'s container, with `err_wr` as its
+/// report pipe (closed here once cloned) and `parent` a pidfd of the process
+/// it must not outlive (-1: none). With `clone_parent`, the child becomes a
+/// child of this process's parent (`CLONE_PARENT`: the launcher's children
+/// are the emperor's).
+pub(crate) fn clone_child(
+    plan: &ChildPlan,
+    join: &Join,
+    err_wr: OwnedFd,
+    parent: RawFd,
+    clone_parent: bool,
+) -> Result<Pidfd, LaunchError> {
     let mut argv: Vec<*const c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut env: Vec<*const c_char> = plan.env.iter().map(|a| a.as_ptr()).collect();
@@ -318,24 +352,31 @@ pub fn start(plan: &ChildPlan, join: &Join) -> Result<Pending, LaunchError> {
         Join::IntoCgroup(fd) => (Some(fd.as_raw_fd()), &[]),
         Join::WriteSelf(fds) => (None, fds),
     };
-    let parent = Pidfd::open(std::process::id() as i32).ok();
     let prep = Prepared {
         plan,
         argv,
         env,
         fprog,
         self_join,
-        parent: parent.as_ref().map_or(-1, |p| p.as_raw_fd()),
+        parent,
     };
 
-    let (err_rd, err_wr) = pipe()?;
     let mut pidfd: c_int = -1;
     let mut args = CloneArgs {
         flags: libc::CLONE_PIDFD as u64 | (plan.namespaces & !libc::CLONE_NEWCGROUP) as u64,
         pidfd: &mut pidfd as *mut c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        // With CLONE_PARENT the kernel takes the caller's own exit signal
+        // (SIGCHLD: the launcher was forked) and wants 0 here.
+        exit_signal: if clone_parent {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         ..Default::default()
     };
+    if clone_parent {
+        args.flags |= libc::CLONE_PARENT as u64;
+    }
     if let Some(fd) = into_cgroup {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd as u64;
@@ -363,7 +404,7 @@ pub fn start(plan: &ChildPlan, join: &Join) -> Result<Pending, LaunchError> {
     // SAFETY: clone3 stored a fresh pidfd in `pidfd`.
     let pidfd = Pidfd::from_owned(unsafe { OwnedFd::from_raw_fd(pidfd) }, pid as i32);
     drop(err_wr);
-    Ok(Pending { pidfd, err_rd })
+    Ok(pidfd)
 }
 
 fn wait_reaped(pidfd: &Pidfd) {

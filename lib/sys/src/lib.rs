@@ -11,6 +11,7 @@ pub mod btrfs;
 pub mod cgroup;
 pub mod fs;
 pub mod launch;
+pub mod launcher;
 pub mod net;
 pub mod netns;
 pub mod pidfd;
