@@ -17,6 +17,7 @@ macro_rules! say {
 
 mod clock;
 mod control;
+mod entry;
 mod http;
 mod lifecycle;
 mod logs;
@@ -42,21 +43,7 @@ const USAGE: &str =
        vassal logs NAME [-n LINES]";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match run(&args) {
-        Ok(code) => code,
-        Err(e) => {
-            say!("vassal: {e}");
-            1
-        }
-    };
-    std::process::exit(code);
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+    entry::main(run)
 }
 
 fn secs(v: Option<&String>, flag: &str) -> Result<Duration, String> {
@@ -98,7 +85,7 @@ fn run(args: &[String]) -> Result<i32, String> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
         Ok(supervisor::Settings {
-            home: home(),
+            home: entry::home(),
             throttle,
             clock_scale,
             cgroup_root,
@@ -114,7 +101,7 @@ fn run(args: &[String]) -> Result<i32, String> {
                 .unwrap_or_else(|| PathBuf::from(model::layout::inside::USAGE)),
         })
     };
-    let socket = || model::layout::home::control_socket(&home());
+    let socket = || model::layout::home::control_socket(&entry::home());
     let name = || {
         args.get(1)
             .cloned()
@@ -178,7 +165,7 @@ fn run(args: &[String]) -> Result<i32, String> {
                     .ok_or("-n needs a number")?,
                 _ => 100,
             };
-            let path = model::layout::home::log(&home(), &n);
+            let path = model::layout::home::log(&entry::home(), &n);
             let text = logs::tail(&path, lines)
                 .map_err(|e| format!("no log for {n} ({}: {e})", path.display()))?;
             for l in text {

@@ -5,42 +5,20 @@
 //! notifications` hand their arguments to it. Every vassal maps what PID 1
 //! links; this runs for a moment and is gone.
 
-/// A line on stderr that never panics (a full home must not panic a store).
-macro_rules! say {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
-}
-
 mod db;
-
-use std::path::PathBuf;
+#[path = "../../entry.rs"]
+mod entry;
 
 const USAGE: &str = "usage: vassal-notify notify KIND MESSAGE [KIND MESSAGE]...
        vassal-notify notifications [--json] [--unread] [-n COUNT]
        vassal-notify notifications read [UPTO]";
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match run(&args) {
-        Ok(code) => code,
-        Err(e) => {
-            say!("vassal: {e}");
-            1
-        }
-    };
-    std::process::exit(code);
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+    entry::main(run)
 }
 
 fn run(args: &[String]) -> Result<i32, String> {
-    let home = home();
+    let home = entry::home();
     let path = db::path(&home);
     let writing = |e: rusqlite::Error| format!("writing {}: {e}", path.display());
     let reading = |e: rusqlite::Error| format!("reading {}: {e}", path.display());
