@@ -10,6 +10,11 @@ pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The wall clock (how old a file is).
+pub fn wall() -> SystemTime {
+    SystemTime::now()
+}
+
 /// Seconds since the epoch (the name of an archived home).
 pub fn wall_secs() -> u64 {
     SystemTime::now()

@@ -257,6 +257,8 @@ pub struct Manager {
     settling: Option<crate::watch::Settling>,
     /// The last scan's entries, by path (what a file being written stays).
     last_entries: BTreeMap<PathBuf, model::catalog::Entry>,
+    /// The stamps of the files of the last scan (see [`crate::scan::Stamps`]).
+    last_stamps: crate::scan::Stamps,
     /// How long starts took (metrics).
     start_latency: prometheus_client::metrics::histogram::Histogram,
     /// Each running vassal's own API socket, served in its scope.
@@ -346,6 +348,7 @@ impl Manager {
             last_sites: BTreeMap::new(),
             settling: None,
             last_entries: BTreeMap::new(),
+            last_stamps: Default::default(),
             start_latency: metrics::start_histogram(),
             api_sockets: BTreeMap::new(),
             events: tokio::sync::broadcast::channel(1024).0,
@@ -431,8 +434,18 @@ impl Manager {
         let writes = crate::scan::Writes {
             settling: &|p| settling.as_ref().is_some_and(|s| s.writing(p)),
             previous: &self.last_entries,
+            stamps: &self.last_stamps,
+            now: crate::clock::wall(),
         };
-        let entries = crate::scan::scan(&self.cfg.layout, &groups, &mut ignored, &writes);
+        let mut stamps = crate::scan::Stamps::new();
+        let entries = crate::scan::scan(
+            &self.cfg.layout,
+            &groups,
+            &mut ignored,
+            &writes,
+            &mut stamps,
+        );
+        self.last_stamps = stamps;
         self.last_entries = entries
             .iter()
             .map(|e| (e.path.clone(), e.clone()))

@@ -1,9 +1,11 @@
 //! Reading the vassal directories: the admin directory and each group's drop
 //! directory, one `<name>.toml` per vassal.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use model::catalog::{Entry, Source};
 use model::config::ConfigError;
@@ -24,6 +26,55 @@ pub struct Writes<'a> {
     pub settling: &'a dyn Fn(&Path) -> bool,
     /// The last scan's entries, by path.
     pub previous: &'a std::collections::BTreeMap<PathBuf, Entry>,
+    /// The stamps of the files the last scan read whole and settled.
+    pub stamps: &'a Stamps,
+    /// The wall clock's time now (how old a file's last change is).
+    pub now: SystemTime,
+}
+
+/// What tells that a file is the one read before, unchanged: device, inode,
+/// size, modification and change times. A write changes the change time
+/// (which no user can set) unless it falls in the same clock tick as the
+/// stamp, so a file is only stamped once its last change is [`SETTLED`] old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+/// The stamps of a scan's files, by path: a file whose stamp is the same at
+/// the next scan is not read and parsed again (its last entry stands). A host
+/// of 10,000 sites is rescanned at every change of any file.
+pub type Stamps = HashMap<PathBuf, Stamp>;
+
+/// How old a file's last change must be for its stamp to be kept: far past
+/// any timestamp granularity.
+const SETTLED: Duration = Duration::from_secs(2);
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file last changed at least [`SETTLED`] before `now`.
+    fn settled(&self, now: SystemTime) -> bool {
+        let (secs, nanos) = self.ctime;
+        let Ok(secs) = u64::try_from(secs) else {
+            return false;
+        };
+        let changed =
+            SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.clamp(0, 999_999_999) as u32);
+        now.duration_since(changed).is_ok_and(|age| age >= SETTLED)
+    }
 }
 
 /// Reads every vassal file of `dir`, found as `source`.
@@ -37,7 +88,9 @@ pub fn scan_dir(
     source: &Source,
     ignored: &mut Vec<Ignored>,
     writes: &Writes<'_>,
+    stamps: &mut Stamps,
 ) -> Vec<Entry> {
+    let now = writes.now;
     let Ok(dirfd) = sys::fs::open_dir(dir) else {
         return Vec::new();
     };
@@ -66,6 +119,23 @@ pub fn scan_dir(
                 continue;
             }
         };
+        // Stamped before it is read: a change during the read shows at the
+        // next scan. The entry stands only if its stamp is the same.
+        let stamp = e
+            .metadata()
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .map(|m| Stamp::of(&m));
+        if let (Some(s), Some(prev)) = (stamp, writes.previous.get(&path)) {
+            if writes.stamps.get(&path) == Some(&s) {
+                stamps.insert(path, s);
+                out.push(prev.clone());
+                continue;
+            }
+        }
+        if let Some(s) = stamp.filter(|s| s.settled(now)) {
+            stamps.insert(path.clone(), s);
+        }
         let parsed = match sys::fs::read_regular(dirfd.as_fd(), Path::new(&file_name), MAX_FILE) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => VassalFile::parse(&name, &text),
@@ -94,8 +164,9 @@ pub fn scan(
     groups: &BTreeSet<Name>,
     ignored: &mut Vec<Ignored>,
     writes: &Writes<'_>,
+    stamps: &mut Stamps,
 ) -> Vec<Entry> {
-    let mut entries = scan_dir(&layout.vassals, &Source::Admin, ignored, writes);
+    let mut entries = scan_dir(&layout.vassals, &Source::Admin, ignored, writes, stamps);
     let mut all: BTreeSet<Name> = groups.clone();
     all.extend(
         entries
@@ -109,6 +180,7 @@ pub fn scan(
             &Source::Drop(g.clone()),
             ignored,
             writes,
+            stamps,
         ));
     }
     entries
@@ -123,4 +195,68 @@ pub fn host_users() -> BTreeSet<String> {
         .filter(|n| !n.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_once(
+        dir: &Path,
+        previous: &[Entry],
+        old: &Stamps,
+        now: SystemTime,
+    ) -> (Vec<Entry>, Stamps) {
+        let previous = previous
+            .iter()
+            .map(|e| (e.path.clone(), e.clone()))
+            .collect();
+        let writes = Writes {
+            settling: &|_| false,
+            previous: &previous,
+            stamps: old,
+            now,
+        };
+        let mut stamps = Stamps::new();
+        let entries = scan_dir(dir, &Source::Admin, &mut Vec::new(), &writes, &mut stamps);
+        (entries, stamps)
+    }
+
+    fn memory(e: &Entry) -> Option<u64> {
+        match &e.parsed {
+            Ok(VassalFile::Site(s)) => s.limits.memory.map(|m| m.0),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_unchanged_settled_file_is_not_read_again_and_a_changed_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("site1.toml");
+        std::fs::write(&file, "kind = \"site\"\n[limits]\nmemory = \"10M\"\n").unwrap();
+        let later = crate::clock::wall() + Duration::from_secs(3);
+        // Just written: read, and not stamped (it may change within the tick).
+        let (first, stamps) = scan_once(dir.path(), &[], &Stamps::new(), crate::clock::wall());
+        assert_eq!(memory(&first[0]), Some(10 << 20));
+        assert!(stamps.is_empty());
+        // Settled: stamped.
+        let (first, stamps) = scan_once(dir.path(), &first, &Stamps::new(), later);
+        assert_eq!(stamps.len(), 1);
+        // Unchanged: the last entry stands, unread (a planted one shows it).
+        let mut planted = first.clone();
+        planted[0].parsed = VassalFile::parse(&"site1".parse().unwrap(), "kind = \"site\"\n");
+        let (again, kept) = scan_once(dir.path(), &planted, &stamps, later);
+        assert_eq!(memory(&again[0]), None, "read again although unchanged");
+        assert_eq!(kept, stamps);
+        // Changed, even to the same size: read again.
+        std::fs::write(&file, "kind = \"site\"\n[limits]\nmemory = \"20M\"\n").unwrap();
+        let (changed, _) = scan_once(dir.path(), &planted, &stamps, later);
+        assert_eq!(memory(&changed[0]), Some(20 << 20));
+        // Replaced by a link to a file with the same content: refused, not kept.
+        let target = dir.path().join("elsewhere");
+        std::fs::rename(&file, &target).unwrap();
+        std::os::unix::fs::symlink(&target, &file).unwrap();
+        let (linked, _) = scan_once(dir.path(), &changed, &stamps, later);
+        assert!(linked[0].parsed.is_err(), "{:?}", linked[0].parsed);
+    }
 }
