@@ -16,7 +16,7 @@ emperor's first errors). Everything is removed at the end.
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from start import BIN, Emperor, drop_latency, summary  # noqa: E402  (bench/start.py)
+from start import BIN, Emperor, drop_latency, settle, summary  # noqa: E402  (bench/start.py)
 
 
 def meminfo():
@@ -51,9 +51,7 @@ def main():
         sys.exit("run as root")
     # The kernel tears network namespaces down in the background: a run right
     # after another would measure that teardown too.
-    settle = time.monotonic() + 300
-    while os.getloadavg()[0] > 3 and time.monotonic() < settle:
-        time.sleep(5)
+    settle(limit=3)
     work = tempfile.mkdtemp(prefix="imperium-density-")
     ns = f"imp-density-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
