@@ -230,6 +230,10 @@ pub fn serve() -> ! {
     // SAFETY: descriptor 3 is the pair's end the emperor gave this process
     // (checked above); nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(3) };
+    // Nothing the emperor was started with stays open here; first, so that
+    // no descriptor opened below is closed with them.
+    // SAFETY: close_range takes no pointers; 0-3 stay.
+    unsafe { libc::close_range(4, libc::c_uint::MAX, 0) };
     // SAFETY: prctl and getppid take no pointers.
     let parent = unsafe {
         let expected = libc::getppid();
@@ -245,9 +249,6 @@ pub fn serve() -> ! {
     let Ok(parent) = Pidfd::open(parent) else {
         std::process::exit(1)
     };
-    // Nothing the emperor was started with stays open here.
-    // SAFETY: close_range takes no pointers; 0-3 stay.
-    unsafe { libc::close_range(4, libc::c_uint::MAX, 0) };
     let _ = nix::fcntl::fcntl(
         sock.as_raw_fd(),
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
