@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod manager;
 pub mod network;
+mod pace;
 pub mod routes;
 pub mod scan;
 pub mod scope;
@@ -99,16 +100,12 @@ fn canonical(mut cfg: Config) -> std::io::Result<Config> {
     Ok(cfg)
 }
 
-/// Reads the directories and acts on them; returns the pause to keep before
-/// the next scan: nine times what this one took, so that a reseller rewriting
-/// its drop directory in a loop gets at most a tenth of a core of the
-/// emperor's work, and at most a quarter of a second (a scan that started many
-/// sites is long, and later edits should not wait).
-fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher) -> Duration {
-    let t = clock::now();
-    mgr.reconcile();
+/// Reads the vassal directories and acts on them (see [`pace`]: only the
+/// reading and judging are paid for, not the starts that follow).
+fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher, pace: &mut pace::Pace) {
+    let cost = mgr.reconcile();
     watcher.follow(&mgr.drop_dirs());
-    (clock::now().saturating_duration_since(t) * 9).min(Duration::from_millis(250))
+    pace.paid(clock::now(), cost);
 }
 
 /// Every running vassal holds two descriptors here (its init's pidfd and
@@ -256,8 +253,7 @@ pub async fn run(
     });
     tokio::pin!(shutdown);
     let mut status = String::new();
-    let mut last_scan = tokio::time::Instant::now();
-    let mut gap = Duration::ZERO;
+    let mut pace = pace::Pace::default();
     let mut scan_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -277,16 +273,11 @@ pub async fn run(
                         ev => mgr.handle(ev),
                     }
                 }
-                if files_changed {
-                    // The next scan waits nine times as long as the last one
-                    // took: a directory rewritten in a loop (a reseller's spam)
-                    // costs a tenth of a core at most, and a quiet host scans at once.
-                    let next = last_scan + gap;
-                    if tokio::time::Instant::now() >= next {
-                        gap = scan(&mut mgr, &mut watcher);
-                        last_scan = tokio::time::Instant::now();
-                    } else {
-                        scan_due = Some(next);
+                files_changed |= mgr.take_rescan();
+                if files_changed && scan_due.is_none() {
+                    match pace.wait_until(clock::now()) {
+                        None => scan(&mut mgr, &mut watcher, &mut pace),
+                        Some(due) => scan_due = Some(tokio::time::Instant::from_std(due)),
                     }
                 }
                 mgr.publish_dominion();
@@ -309,8 +300,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(scan_due.unwrap_or_else(tokio::time::Instant::now)), if scan_due.is_some() => {
                 scan_due = None;
-                gap = scan(&mut mgr, &mut watcher);
-                last_scan = tokio::time::Instant::now();
+                scan(&mut mgr, &mut watcher, &mut pace);
                 mgr.publish_dominion();
             }
             _ = rescan.tick() => {

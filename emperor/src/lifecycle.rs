@@ -29,6 +29,20 @@ pub enum State {
     Rejected,
 }
 
+impl State {
+    /// Its name as shown (`status`, the event streams).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Suspended => "suspended",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+            State::Rejected => "rejected",
+        }
+    }
+}
+
 /// What to do once a vassal has stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {

@@ -281,7 +281,9 @@ pub struct Manager {
     shutdown_reply: Option<oneshot::Sender<Response>>,
     suspended_groups: BTreeSet<Name>,
     public_keys: BTreeMap<Name, String>,
-    last_dominion: Vec<u8>,
+    last_dominion: Option<model::subscription::Dominion>,
+    /// The directories are to be read again (see [`Manager::take_rescan`]).
+    rescan: bool,
 }
 
 impl Manager {
@@ -363,7 +365,8 @@ impl Manager {
             shutdown_reply: None,
             suspended_groups: BTreeSet::new(),
             public_keys: BTreeMap::new(),
-            last_dominion: Vec::new(),
+            last_dominion: None,
+            rescan: false,
         };
         if let Err(e) = m.write_nss() {
             tracing::warn!(error = %e, "writing the NSS table failed");
@@ -418,11 +421,14 @@ impl Manager {
         }
     }
 
-    /// Reads the directories and brings what runs in line with them.
-    pub fn reconcile(&mut self) {
+    /// Reads the directories and brings what runs in line with them; returns
+    /// what the reading and judging took (the starts that follow not counted).
+    pub fn reconcile(&mut self) -> Duration {
         if self.shutdown_reply.is_some() {
-            return;
+            return Duration::ZERO;
         }
+        let began = now();
+        self.rescan = false;
         let groups: BTreeSet<Name> = self
             .vassals
             .iter()
@@ -610,7 +616,15 @@ impl Manager {
             }
         }
         self.to_start.extend(starts);
+        let cost = now().saturating_duration_since(began);
         self.start_some();
+        cost
+    }
+
+    /// Whether something that happened asks for the directories to be read
+    /// again, as a file change does (the caller paces it).
+    pub fn take_rescan(&mut self) -> bool {
+        std::mem::take(&mut self.rescan)
     }
 
     /// Whether vassals wait to be started (see [`Manager::start_some`]).
@@ -753,7 +767,9 @@ impl Manager {
                     if let Some(v) = self.vassals.remove(name) {
                         self.archive(name, &v);
                     }
-                    self.reconcile();
+                    // Its name and its share of a budget are free: the
+                    // directories are read again, paced like a file change.
+                    self.rescan = true;
                 }
                 Effect::Forget => {
                     let Some(v) = self.vassals.remove(name) else {
@@ -902,7 +918,9 @@ impl Manager {
     /// Handles one event.
     pub fn handle(&mut self, ev: Event) {
         match ev {
-            Event::FilesChanged => self.reconcile(),
+            Event::FilesChanged => {
+                self.reconcile();
+            }
             Event::Rescan => {
                 self.reconcile();
                 self.project_old_homes();

@@ -367,3 +367,11 @@ fn stops_go_sites_first_and_starts_groups_first() {
         ]
     );
 }
+
+#[test]
+fn a_states_shown_name_is_the_one_status_serializes() {
+    use State::*;
+    for s in [Starting, Running, Suspended, Stopped, Failed, Rejected] {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+    }
+}

@@ -49,9 +49,14 @@ impl Manager {
 
     /// The address of `name`, if it has one.
     pub(super) fn address_of(&self, name: &Name) -> Option<String> {
+        self.v4_of(name).map(|a| a.to_string())
+    }
+
+    /// The IPv4 address of `name`, if it has one.
+    pub(super) fn v4_of(&self, name: &Name) -> Option<std::net::Ipv4Addr> {
         let net = self.net.as_ref()?;
         let off = *self.addresses.vassals.get(name.as_str())?;
-        Some(net.pool().v4(off).to_string())
+        Some(net.pool().v4(off))
     }
 
     /// Sites (and groups) allowed to send mail: their own file says so, and

@@ -97,22 +97,23 @@ impl Manager {
                     // Set while a site moves to another host: not done by this emperor yet.
                     moving: Vec::new(),
                     requests: s.limits.requests,
-                    address: self.address_of(name).and_then(|a| a.parse().ok()),
+                    address: self.v4_of(name),
                 },
             );
+        }
+        // Built after every event, written only when it changed.
+        if self.last_dominion.as_ref() == Some(&d) {
+            return;
         }
         let Ok(bytes) = serde_json::to_vec_pretty(&d) else {
             return;
         };
-        if bytes == self.last_dominion {
-            return;
-        }
         let dir = self.cfg.layout.router_dir();
         let _ = std::fs::create_dir_all(&dir);
         // Root's only: the directory is shared into every container, and a
         // site learns no other customer's domains.
         match model::atomic::replace(&self.cfg.layout.dominion(), &bytes, 0o600) {
-            Ok(()) => self.last_dominion = bytes,
+            Ok(()) => self.last_dominion = Some(d),
             Err(e) => tracing::warn!(error = %e, "writing the dominion failed"),
         }
     }

@@ -122,11 +122,7 @@ impl Manager {
     /// Tells the event streams what changed since the last call (a state or
     /// its reason; a vassal gone). Called after each batch of events.
     pub fn publish_changes(&mut self) {
-        let now: BTreeMap<Name, Change> = self
-            .changes_now()
-            .into_iter()
-            .filter_map(|(n, c)| Some((n.parse::<Name>().ok()?, c)))
-            .collect();
+        let now = self.changes_now();
         for (name, c) in &now {
             if self.told.get(name) != Some(c) {
                 let _ = self.events.send(Told::State(c.clone()));

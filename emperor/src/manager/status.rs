@@ -184,26 +184,48 @@ impl Manager {
         });
     }
 
-    /// What the event streams compare after every event: each row's state,
-    /// with nothing read from the kernel.
-    pub(super) fn changes_now(&self) -> BTreeMap<String, Change> {
-        self.rows(Which::All)
-            .0
-            .into_iter()
-            .map(|r| {
-                let state = serde_json::to_value(r.state)
-                    .ok()
-                    .and_then(|s| s.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let change = Change {
-                    vassal: r.name.clone(),
-                    group: r.group,
-                    state,
-                    reason: r.reason,
-                };
-                (r.name, change)
-            })
-            .collect()
+    /// What the event streams compare after every event: each row's name,
+    /// group, state and reason as `status` shows them, and nothing else (the
+    /// rest of a row costs paths and strings for every vassal).
+    pub(super) fn changes_now(&self) -> BTreeMap<Name, Change> {
+        let mut now = BTreeMap::new();
+        let mut put = |name: &Name, group, state: State, reason| {
+            let change = Change {
+                vassal: name.to_string(),
+                group,
+                state: state.as_str().to_owned(),
+                reason,
+            };
+            now.insert(name.clone(), change);
+        };
+        for (name, v) in &self.vassals {
+            let (state, reason) = self.shown_state(v);
+            put(name, row_group(name, v), state, reason);
+        }
+        for (name, why) in &self.rejected {
+            if !self.vassals.contains_key(name) {
+                put(name, None, State::Rejected, Some(why.clone()));
+            }
+        }
+        for (name, path, why) in &self.shadowed {
+            let why = format!("{}: {why}", path.display());
+            put(name, None, State::Rejected, Some(why));
+        }
+        now
+    }
+
+    /// A vassal's state and reason as shown: a site of a suspended group
+    /// shows as suspended.
+    fn shown_state(&self, v: &Vassal) -> (State, Option<String>) {
+        let mut state = v.life.state;
+        let mut reason = v.life.reason.clone();
+        if let Some(g) = v.group() {
+            if self.suspended_groups.contains(g) && v.init.is_some() {
+                state = State::Suspended;
+                reason.get_or_insert_with(|| format!("group {g} is suspended"));
+            }
+        }
+        (state, reason)
     }
 
     /// The rows `which` asks for, without usage, and what to read for the
@@ -224,14 +246,7 @@ impl Manager {
                     continue;
                 }
             }
-            let mut state = v.life.state;
-            let mut reason = v.life.reason.clone();
-            if let Some(g) = v.group() {
-                if self.suspended_groups.contains(g) && v.init.is_some() {
-                    state = State::Suspended;
-                    reason.get_or_insert_with(|| format!("group {g} is suspended"));
-                }
-            }
+            let (state, reason) = self.shown_state(v);
             let cgroup = self.cgroup_of(name, v);
             if v.init.is_some() {
                 probes.push(Probe {
@@ -242,10 +257,7 @@ impl Manager {
             rows.push(Row {
                 name: name.to_string(),
                 kind: Some(v.file.kind()),
-                group: v
-                    .group()
-                    .map(|g| g.to_string())
-                    .or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string())),
+                group: row_group(name, v),
                 state,
                 pid: v.init.as_ref().map(|i| i.pidfd.pid()),
                 uid: v.uid,
@@ -278,4 +290,11 @@ impl Manager {
         }
         (rows, probes)
     }
+}
+
+/// The group a row belongs to: a site's group, or a group itself.
+fn row_group(name: &Name, v: &Vassal) -> Option<String> {
+    v.group()
+        .map(|g| g.to_string())
+        .or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string()))
 }
