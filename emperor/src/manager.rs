@@ -256,7 +256,7 @@ pub struct Manager {
     /// The files being written (from the watcher), not judged until closed.
     settling: Option<crate::watch::Settling>,
     /// The last scan's entries, by path (what a file being written stays).
-    last_entries: BTreeMap<PathBuf, model::catalog::Entry>,
+    last_entries: crate::scan::Previous,
     /// The stamps of the files of the last scan (see [`crate::scan::Stamps`]).
     last_stamps: crate::scan::Stamps,
     /// How long starts took (metrics).
@@ -349,7 +349,7 @@ impl Manager {
             refused: BTreeMap::new(),
             last_sites: BTreeMap::new(),
             settling: None,
-            last_entries: BTreeMap::new(),
+            last_entries: Default::default(),
             last_stamps: Default::default(),
             start_latency: metrics::start_histogram(),
             api_sockets: BTreeMap::new(),
@@ -437,9 +437,10 @@ impl Manager {
             .collect();
         let mut ignored = Vec::new();
         let settling = self.settling.clone();
-        let writes = crate::scan::Writes {
+        let mut previous = std::mem::take(&mut self.last_entries);
+        let mut writes = crate::scan::Writes {
             settling: &|p| settling.as_ref().is_some_and(|s| s.writing(p)),
-            previous: &self.last_entries,
+            previous: &mut previous,
             stamps: &self.last_stamps,
             now: crate::clock::wall(),
         };
@@ -448,14 +449,10 @@ impl Manager {
             &self.cfg.layout,
             &groups,
             &mut ignored,
-            &writes,
+            &mut writes,
             &mut stamps,
         );
         self.last_stamps = stamps;
-        self.last_entries = entries
-            .iter()
-            .map(|e| (e.path.clone(), e.clone()))
-            .collect();
         for (path, why) in &ignored {
             if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
                 tracing::warn!(path = %path.display(), reason = %why, "not a vassal file");
@@ -498,7 +495,8 @@ impl Manager {
                 refuse(g, file.to_string_lossy().into_owned(), why);
             }
         }
-        let cat = Catalog::build(entries, &previous, &|u: &str| host.contains(u));
+        let cat = Catalog::build(&entries, &previous, &|u: &str| host.contains(u));
+        self.last_entries = entries.into_iter().map(|e| (e.path.clone(), e)).collect();
         for (name, path, why) in &cat.shadowed {
             if let Some((g, file)) = dropped.get(name) {
                 if path
@@ -619,6 +617,18 @@ impl Manager {
         let cost = now().saturating_duration_since(began);
         self.start_some();
         cost
+    }
+
+    /// Whether the removal of `name` (stopped, archived) may change what
+    /// the directories decide: its name was wanted by another file (or its
+    /// own is back), or something is refused or kept running for a reason (a
+    /// budget, a user, a group kept for its sites) that it may have held.
+    /// Otherwise a scan would find what the last one found.
+    fn removal_may_change_verdicts(&self, name: &Name) -> bool {
+        !self.rejected.is_empty()
+            || !self.shadowed.is_empty()
+            || self.last_entries.values().any(|e| &e.name == name)
+            || self.vassals.values().any(|v| v.life.reason.is_some())
     }
 
     /// Whether something that happened asks for the directories to be read
@@ -767,9 +777,13 @@ impl Manager {
                     if let Some(v) = self.vassals.remove(name) {
                         self.archive(name, &v);
                     }
-                    // Its name and its share of a budget are free: the
-                    // directories are read again, paced like a file change.
-                    self.rescan = true;
+                    if self.removal_may_change_verdicts(name) {
+                        // Paced like a file change.
+                        self.rescan = true;
+                    } else {
+                        // The host-wide tables without it.
+                        self.start_some();
+                    }
                 }
                 Effect::Forget => {
                     let Some(v) = self.vassals.remove(name) else {

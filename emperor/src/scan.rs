@@ -24,8 +24,8 @@ pub type Ignored = (PathBuf, String);
 pub struct Writes<'a> {
     /// Whether this file is being written.
     pub settling: &'a dyn Fn(&Path) -> bool,
-    /// The last scan's entries, by path.
-    pub previous: &'a std::collections::BTreeMap<PathBuf, Entry>,
+    /// The last scan's entries, by path: those kept are moved out.
+    pub previous: &'a mut Previous,
     /// The stamps of the files the last scan read whole and settled.
     pub stamps: &'a Stamps,
     /// The wall clock's time now (how old a file's last change is).
@@ -49,6 +49,9 @@ pub struct Stamp {
 /// the next scan is not read and parsed again (its last entry stands). A host
 /// of 10,000 sites is rescanned at every change of any file.
 pub type Stamps = HashMap<PathBuf, Stamp>;
+
+/// The entries of a scan, by path, for the next one.
+pub type Previous = HashMap<PathBuf, Entry>;
 
 /// How old a file's last change must be for its stamp to be kept: far past
 /// any timestamp granularity.
@@ -87,7 +90,7 @@ pub fn scan_dir(
     dir: &Path,
     source: &Source,
     ignored: &mut Vec<Ignored>,
-    writes: &Writes<'_>,
+    writes: &mut Writes<'_>,
     stamps: &mut Stamps,
 ) -> Vec<Entry> {
     let now = writes.now;
@@ -109,7 +112,7 @@ pub fn scan_dir(
         }
         if (writes.settling)(&path) {
             // Half written (an scp, an editor saving in place): as it was.
-            out.extend(writes.previous.get(&path).cloned());
+            out.extend(writes.previous.remove(&path));
             continue;
         }
         let name: Name = match stem.parse() {
@@ -126,10 +129,10 @@ pub fn scan_dir(
             .ok()
             .filter(|m| m.file_type().is_file())
             .map(|m| Stamp::of(&m));
-        if let (Some(s), Some(prev)) = (stamp, writes.previous.get(&path)) {
-            if writes.stamps.get(&path) == Some(&s) {
+        if let Some(s) = stamp.filter(|s| writes.stamps.get(&path) == Some(s)) {
+            if let Some(prev) = writes.previous.remove(&path) {
                 stamps.insert(path, s);
-                out.push(prev.clone());
+                out.push(prev);
                 continue;
             }
         }
@@ -163,7 +166,7 @@ pub fn scan(
     layout: &Layout,
     groups: &BTreeSet<Name>,
     ignored: &mut Vec<Ignored>,
-    writes: &Writes<'_>,
+    writes: &mut Writes<'_>,
     stamps: &mut Stamps,
 ) -> Vec<Entry> {
     let mut entries = scan_dir(&layout.vassals, &Source::Admin, ignored, writes, stamps);
@@ -207,18 +210,24 @@ mod tests {
         old: &Stamps,
         now: SystemTime,
     ) -> (Vec<Entry>, Stamps) {
-        let previous = previous
+        let mut previous = previous
             .iter()
             .map(|e| (e.path.clone(), e.clone()))
             .collect();
-        let writes = Writes {
+        let mut writes = Writes {
             settling: &|_| false,
-            previous: &previous,
+            previous: &mut previous,
             stamps: old,
             now,
         };
         let mut stamps = Stamps::new();
-        let entries = scan_dir(dir, &Source::Admin, &mut Vec::new(), &writes, &mut stamps);
+        let entries = scan_dir(
+            dir,
+            &Source::Admin,
+            &mut Vec::new(),
+            &mut writes,
+            &mut stamps,
+        );
         (entries, stamps)
     }
 

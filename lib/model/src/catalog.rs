@@ -187,15 +187,17 @@ struct Pass<'a> {
 
 impl Catalog {
     /// Decides every vassal from the files found and what ran before.
+    /// The entries are borrowed: the caller keeps them (a rescan reuses
+    /// the entry of a file that did not change).
     pub fn build(
-        entries: Vec<Entry>,
+        entries: &[Entry],
         previous: &BTreeMap<Name, VassalFile>,
         host_users: &dyn HostUsers,
     ) -> Catalog {
         let mut cat = Catalog::default();
-        let mut by_name: BTreeMap<Name, Entry> = BTreeMap::new();
+        let mut by_name: BTreeMap<&Name, &Entry> = BTreeMap::new();
         // The admin directory wins a name clash; otherwise the first path in order.
-        let mut entries = entries;
+        let mut entries: Vec<&Entry> = entries.iter().collect();
         entries.sort_by(|a, b| {
             (a.source != Source::Admin, &a.path).cmp(&(b.source != Source::Admin, &b.path))
         });
@@ -206,9 +208,9 @@ impl Catalog {
                     e.name,
                     holder.path.display()
                 );
-                cat.shadowed.push((e.name.clone(), e.path, why));
+                cat.shadowed.push((e.name.clone(), e.path.clone(), why));
             } else {
-                by_name.insert(e.name.clone(), e);
+                by_name.insert(&e.name, e);
             }
         }
 
@@ -228,16 +230,16 @@ impl Catalog {
                 (_, Ok(VassalFile::Site(_))) => continue,
                 (_, Err(err)) => Err(Refusal::Invalid(err.clone())),
             };
-            let old = match previous.get(name) {
+            let old = match previous.get(*name) {
                 Some(VassalFile::Group(g)) => Some(g),
                 _ => None,
             };
-            if e.parsed.is_err() && !matches!(previous.get(name), Some(VassalFile::Group(_))) {
+            if e.parsed.is_err() && !matches!(previous.get(*name), Some(VassalFile::Group(_))) {
                 // An unreadable file that did not run as a group: decide it with the sites.
                 continue;
             }
             let verdict = pass.try_group(name, new, old);
-            cat.verdicts.insert(name.clone(), verdict);
+            cat.verdicts.insert((*name).clone(), verdict);
         }
         // A group whose file was removed keeps running while sites still belong to it.
         let mut orphaned = BTreeSet::new();
@@ -253,8 +255,8 @@ impl Catalog {
         // Sites: those that ran before keep their claims first, then new ones by name.
         let mut order: Vec<&Name> = by_name
             .iter()
-            .filter(|(n, _)| !cat.verdicts.contains_key(*n))
-            .map(|(n, _)| n)
+            .filter(|(n, _)| !cat.verdicts.contains_key(**n))
+            .map(|(n, _)| *n)
             .collect();
         order.sort_by_key(|n| (!matches!(previous.get(*n), Some(VassalFile::Site(_))), *n));
         for name in order {
@@ -522,7 +524,7 @@ mod tests {
     }
 
     fn build(entries: Vec<Entry>, prev: &BTreeMap<Name, VassalFile>) -> Catalog {
-        Catalog::build(entries, prev, &no_host_users)
+        Catalog::build(&entries, prev, &no_host_users)
     }
 
     fn running(cat: &Catalog) -> BTreeMap<Name, VassalFile> {
@@ -616,7 +618,7 @@ mod tests {
         assert_eq!(reason("g"), "user e is already taken by e");
         assert_eq!(reason("h"), "group nope does not exist");
         let with_root = Catalog::build(
-            vec![entry("root-site", "kind = \"site\"\nuser = \"root\"")],
+            &[entry("root-site", "kind = \"site\"\nuser = \"root\"")],
             &BTreeMap::new(),
             &|u: &str| u == "root",
         );
@@ -771,7 +773,7 @@ mod example_configs {
             });
         }
         assert!(entries.len() >= 4);
-        let cat = Catalog::build(entries, &BTreeMap::new(), &|_: &str| false);
+        let cat = Catalog::build(&entries, &BTreeMap::new(), &|_: &str| false);
         for (name, v) in &cat.verdicts {
             assert!(
                 matches!(v, Verdict::Run { reason: None, .. }),
