@@ -267,6 +267,8 @@ pub struct Manager {
     events: tokio::sync::broadcast::Sender<Told>,
     /// Each vassal's state as last told on `events`.
     told: BTreeMap<Name, Change>,
+    /// The digest of what `told` was built from (see `changes_digest`).
+    told_digest: Option<u64>,
     vassals: BTreeMap<Name, Vassal>,
     rejected: BTreeMap<Name, String>,
     /// Vassals to start, taken [`START_BATCH`] at a time between events.
@@ -282,6 +284,10 @@ pub struct Manager {
     suspended_groups: BTreeSet<Name>,
     public_keys: BTreeMap<Name, String>,
     last_dominion: Option<model::subscription::Dominion>,
+    /// The dominion is to be rebuilt (a scan ran, or a write failed).
+    dominion_stale: bool,
+    /// See [`Manager::dominion_inputs`].
+    dominion_inputs: u64,
     /// The directories are to be read again (see [`Manager::take_rescan`]).
     rescan: bool,
 }
@@ -355,6 +361,7 @@ impl Manager {
             api_sockets: BTreeMap::new(),
             events: tokio::sync::broadcast::channel(1024).0,
             told: BTreeMap::new(),
+            told_digest: None,
             vassals: BTreeMap::new(),
             rejected: BTreeMap::new(),
             to_start: Default::default(),
@@ -366,6 +373,8 @@ impl Manager {
             suspended_groups: BTreeSet::new(),
             public_keys: BTreeMap::new(),
             last_dominion: None,
+            dominion_stale: true,
+            dominion_inputs: 0,
             rescan: false,
         };
         if let Err(e) = m.write_nss() {
@@ -429,6 +438,7 @@ impl Manager {
         }
         let began = now();
         self.rescan = false;
+        self.dominion_stale = true;
         let groups: BTreeSet<Name> = self
             .vassals
             .iter()

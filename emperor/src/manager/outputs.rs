@@ -60,9 +60,16 @@ impl Manager {
 
     /// Tells the router (through `<run-dir>/router/dominion.json`) which site
     /// owns which domains, each site's public key and whether it is suspended.
-    /// Written only when it changed.
+    /// Written only when it changed. Called after every event: unless a
+    /// scan ran since, it is rebuilt only when what it holds besides the
+    /// files (each site's uid, address and suspension) changed.
     pub fn publish_dominion(&mut self) {
         use model::subscription::{Dominion, SiteRoutes};
+        let inputs = self.dominion_inputs();
+        if !self.dominion_stale && self.dominion_inputs == inputs {
+            return;
+        }
+        self.dominion_inputs = inputs;
         let mut d = Dominion {
             schema_version: 1,
             ..Default::default()
@@ -101,8 +108,8 @@ impl Manager {
                 },
             );
         }
-        // Built after every event, written only when it changed.
         if self.last_dominion.as_ref() == Some(&d) {
+            self.dominion_stale = false;
             return;
         }
         let Ok(bytes) = serde_json::to_vec_pretty(&d) else {
@@ -113,9 +120,37 @@ impl Manager {
         // Root's only: the directory is shared into every container, and a
         // site learns no other customer's domains.
         match model::atomic::replace(&self.cfg.layout.dominion(), &bytes, 0o600) {
-            Ok(()) => self.last_dominion = Some(d),
-            Err(e) => tracing::warn!(error = %e, "writing the dominion failed"),
+            Ok(()) => {
+                self.last_dominion = Some(d);
+                self.dominion_stale = false;
+            }
+            Err(e) => {
+                self.dominion_stale = true;
+                tracing::warn!(error = %e, "writing the dominion failed")
+            }
         }
+    }
+
+    /// A digest of what the dominion takes from the vassals' states, not
+    /// their files: which sites have a uid, which uid, address and
+    /// suspension.
+    fn dominion_inputs(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for (name, v) in &self.vassals {
+            let (VassalFile::Site(s), Some(uid)) = (&v.file, v.uid) else {
+                continue;
+            };
+            let frozen = s
+                .group
+                .as_ref()
+                .is_some_and(|g| self.suspended_groups.contains(g));
+            name.as_str().hash(&mut h);
+            uid.hash(&mut h);
+            (v.life.state == State::Suspended || frozen).hash(&mut h);
+            self.addresses.vassals.get(name.as_str()).hash(&mut h);
+        }
+        h.finish()
     }
 
     pub(super) fn write_record(&self, name: &Name) {

@@ -122,6 +122,11 @@ impl Manager {
     /// Tells the event streams what changed since the last call (a state or
     /// its reason; a vassal gone). Called after each batch of events.
     pub fn publish_changes(&mut self) {
+        let digest = self.changes_digest();
+        if self.told_digest == Some(digest) {
+            return;
+        }
+        self.told_digest = Some(digest);
         let now = self.changes_now();
         for (name, c) in &now {
             if self.told.get(name) != Some(c) {

@@ -214,6 +214,30 @@ impl Manager {
         now
     }
 
+    /// A digest of what [`Manager::changes_now`] would return: the event
+    /// streams compare it after every event, and build the changes only
+    /// when it moved.
+    pub(super) fn changes_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        for (name, v) in &self.vassals {
+            name.as_str().hash(&mut h);
+            v.group().map(Name::as_str).hash(&mut h);
+            matches!(v.file, VassalFile::Group(_)).hash(&mut h);
+            let (state, reason) = self.shown_state(v);
+            state.as_str().hash(&mut h);
+            reason.hash(&mut h);
+        }
+        self.rejected.len().hash(&mut h);
+        for (name, why) in &self.rejected {
+            (name.as_str(), why).hash(&mut h);
+        }
+        for (name, path, why) in &self.shadowed {
+            (name.as_str(), path, why).hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// A vassal's state and reason as shown: a site of a suspended group
     /// shows as suspended.
     fn shown_state(&self, v: &Vassal) -> (State, Option<String>) {
