@@ -75,7 +75,7 @@ impl Manager {
             ..Default::default()
         };
         for (name, v) in &self.vassals {
-            let (VassalFile::Site(s), Some(uid)) = (&v.file, v.uid) else {
+            let Some((s, uid, suspended)) = self.routed(v) else {
                 continue;
             };
             if !self.public_keys.contains_key(name) {
@@ -89,10 +89,6 @@ impl Manager {
                     }
                 }
             }
-            let group_frozen = s
-                .group
-                .as_ref()
-                .is_some_and(|g| self.suspended_groups.contains(g));
             d.sites.insert(
                 name.to_string(),
                 SiteRoutes {
@@ -100,7 +96,7 @@ impl Manager {
                     domains: s.domains.iter().map(|x| x.to_string()).collect(),
                     sockets: self.cfg.layout.sockets(name).display().to_string(),
                     uid: Some(uid),
-                    suspended: v.life.state == State::Suspended || group_frozen,
+                    suspended,
                     // Set while a site moves to another host: not done by this emperor yet.
                     moving: Vec::new(),
                     requests: s.limits.requests,
@@ -131,6 +127,19 @@ impl Manager {
         }
     }
 
+    /// A site the router is told of: its file, its uid, and whether it is
+    /// suspended (itself, or its group).
+    fn routed<'a>(&self, v: &'a Vassal) -> Option<(&'a model::config::SiteFile, u32, bool)> {
+        let (VassalFile::Site(s), Some(uid)) = (&v.file, v.uid) else {
+            return None;
+        };
+        let frozen = s
+            .group
+            .as_ref()
+            .is_some_and(|g| self.suspended_groups.contains(g));
+        Some((s, uid, v.life.state == State::Suspended || frozen))
+    }
+
     /// A digest of what the dominion takes from the vassals' states, not
     /// their files: which sites have a uid, which uid, address and
     /// suspension.
@@ -138,17 +147,10 @@ impl Manager {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         for (name, v) in &self.vassals {
-            let (VassalFile::Site(s), Some(uid)) = (&v.file, v.uid) else {
-                continue;
-            };
-            let frozen = s
-                .group
-                .as_ref()
-                .is_some_and(|g| self.suspended_groups.contains(g));
-            name.as_str().hash(&mut h);
-            uid.hash(&mut h);
-            (v.life.state == State::Suspended || frozen).hash(&mut h);
-            self.addresses.vassals.get(name.as_str()).hash(&mut h);
+            if let Some((_, uid, suspended)) = self.routed(v) {
+                let address = self.addresses.vassals.get(name.as_str());
+                (name.as_str(), uid, suspended, address).hash(&mut h);
+            }
         }
         h.finish()
     }

@@ -184,57 +184,52 @@ impl Manager {
         });
     }
 
-    /// What the event streams compare after every event: each row's name,
-    /// group, state and reason as `status` shows them, and nothing else (the
-    /// rest of a row costs paths and strings for every vassal).
+    /// Each row's name, group, state and reason as `status` shows them,
+    /// and nothing else (the rest of a row costs paths and strings for every
+    /// vassal): what the event streams compare after every event.
+    fn each_change(&self, mut f: impl FnMut(&Name, Option<&str>, State, Option<String>)) {
+        for (name, v) in &self.vassals {
+            let (state, reason) = self.shown_state(v);
+            f(name, row_group(name, v), state, reason);
+        }
+        for (name, why) in &self.rejected {
+            if !self.vassals.contains_key(name) {
+                f(name, None, State::Rejected, Some(why.clone()));
+            }
+        }
+        for (name, path, why) in &self.shadowed {
+            f(
+                name,
+                None,
+                State::Rejected,
+                Some(format!("{}: {why}", path.display())),
+            );
+        }
+    }
+
+    /// The event streams' view now (see [`Manager::each_change`]).
     pub(super) fn changes_now(&self) -> BTreeMap<Name, Change> {
         let mut now = BTreeMap::new();
-        let mut put = |name: &Name, group, state: State, reason| {
+        self.each_change(|name, group, state, reason| {
             let change = Change {
                 vassal: name.to_string(),
-                group,
+                group: group.map(str::to_owned),
                 state: state.as_str().to_owned(),
                 reason,
             };
             now.insert(name.clone(), change);
-        };
-        for (name, v) in &self.vassals {
-            let (state, reason) = self.shown_state(v);
-            put(name, row_group(name, v), state, reason);
-        }
-        for (name, why) in &self.rejected {
-            if !self.vassals.contains_key(name) {
-                put(name, None, State::Rejected, Some(why.clone()));
-            }
-        }
-        for (name, path, why) in &self.shadowed {
-            let why = format!("{}: {why}", path.display());
-            put(name, None, State::Rejected, Some(why));
-        }
+        });
         now
     }
 
-    /// A digest of what [`Manager::changes_now`] would return: the event
-    /// streams compare it after every event, and build the changes only
-    /// when it moved.
+    /// A digest of [`Manager::changes_now`], built without allocating a
+    /// change per vassal: the streams build the changes only when it moved.
     pub(super) fn changes_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
-        for (name, v) in &self.vassals {
-            name.as_str().hash(&mut h);
-            v.group().map(Name::as_str).hash(&mut h);
-            matches!(v.file, VassalFile::Group(_)).hash(&mut h);
-            let (state, reason) = self.shown_state(v);
-            state.as_str().hash(&mut h);
-            reason.hash(&mut h);
-        }
-        self.rejected.len().hash(&mut h);
-        for (name, why) in &self.rejected {
-            (name.as_str(), why).hash(&mut h);
-        }
-        for (name, path, why) in &self.shadowed {
-            (name.as_str(), path, why).hash(&mut h);
-        }
+        self.each_change(|name, group, state, reason| {
+            (name.as_str(), group, state.as_str(), reason).hash(&mut h);
+        });
         h.finish()
     }
 
@@ -281,7 +276,7 @@ impl Manager {
             rows.push(Row {
                 name: name.to_string(),
                 kind: Some(v.file.kind()),
-                group: row_group(name, v),
+                group: row_group(name, v).map(str::to_owned),
                 state,
                 pid: v.init.as_ref().map(|i| i.pidfd.pid()),
                 uid: v.uid,
@@ -317,8 +312,9 @@ impl Manager {
 }
 
 /// The group a row belongs to: a site's group, or a group itself.
-fn row_group(name: &Name, v: &Vassal) -> Option<String> {
-    v.group()
-        .map(|g| g.to_string())
-        .or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string()))
+fn row_group<'a>(name: &'a Name, v: &'a Vassal) -> Option<&'a str> {
+    match &v.file {
+        VassalFile::Group(_) => Some(name.as_str()),
+        VassalFile::Site(_) => v.group().map(Name::as_str),
+    }
 }
