@@ -6,8 +6,8 @@ machine's network is never touched), every site with its network (address,
 veth, firewall), brought up from cold with --sites files at once, then each
 given one process of its tenant's (`sleep`, through ~/vassals/). Reported:
 the time until every init runs (and how far it got if it did not), the
-emperor's RSS and CPU at rest afterwards, `emperor status` latency, kernel
-memory (slab) and MemAvailable per site, the vassals' unshared memory
+emperor's RSS, CPU and open files at rest afterwards, `emperor status`
+latency, kernel memory (slab) and MemAvailable per site, the vassals' unshared memory
 (private pages, sampled), the bridges made, and what broke first (the
 emperor's first errors). Everything is removed at the end.
 
@@ -111,6 +111,7 @@ def main():
         time.sleep(10)
         res["emperor_cpu_at_rest"] = round((proc_cpu(e.proc.pid) - c0) / 10, 4)
         res["emperor_rss_kib"] = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{e.proc.pid}/status").read()).group(1))
+        res["emperor_open_files"] = len(os.listdir(f"/proc/{e.proc.pid}/fd"))
         lat = []
         for _ in range(5):
             t = time.perf_counter()

@@ -30,6 +30,13 @@ use crate::manager::Event;
 
 /// Connections served at once (per listener).
 const CONNECTIONS: usize = 32;
+/// Connections the containers' shared socket serves at once, and of them
+/// one caller's (one vassal's user) and one group's (the group's own and
+/// all its sites'): a tenant holding event streams open, or a reseller
+/// with many sites doing so, cannot take the places of everyone else.
+const SHARED: usize = 4096;
+const PER_CALLER: usize = 8;
+const PER_GROUP: usize = 64;
 /// How long one connection lives at most (an event stream's; any other
 /// connection carries one request, with 5 s for its head and its body).
 const LIFETIME: Duration = Duration::from_secs(3600);
@@ -49,50 +56,149 @@ use model::metrics::{OPENMETRICS, PROMETHEUS};
 pub trait Accept: Send + 'static {
     /// The stream of one connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// How many connections it serves at once.
+    const PLACES: usize = CONNECTIONS;
     /// The next connection.
-    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<Accepted<Self::Io>>> + Send;
+}
+
+/// A connection accepted.
+pub struct Accepted<Io> {
+    /// Its stream.
+    pub io: Io,
+    /// Its own scope, when the listener's is its caller's ([`Serves::Caller`]).
+    pub scope: Option<Serves>,
+    /// The places it takes until it closes (see [`Callers`]).
+    pub held: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<Io> Accepted<Io> {
+    fn plain(io: Io) -> Self {
+        Accepted {
+            io,
+            scope: None,
+            held: Vec::new(),
+        }
+    }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    async fn accept(&self) -> std::io::Result<Accepted<Self::Io>> {
+        tokio::net::UnixListener::accept(self)
+            .await
+            .map(|(s, _)| Accepted::plain(s))
     }
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        tokio::net::TcpListener::accept(self).await.map(|(s, _)| s)
+    async fn accept(&self) -> std::io::Result<Accepted<Self::Io>> {
+        tokio::net::TcpListener::accept(self)
+            .await
+            .map(|(s, _)| Accepted::plain(s))
     }
 }
 
-/// A container's own socket: only its user's connections (and root's) are
-/// served; the socket's mode (0600, the user's) says the same, and the
-/// kernel's word on each peer (`SO_PEERCRED`) is checked too.
-#[derive(Debug)]
-pub struct OwnedBy {
-    /// The socket.
-    pub listener: tokio::net::UnixListener,
-    /// Its user.
-    pub uid: u32,
+/// Who may call on the containers' shared socket: each vassal runs as a
+/// user of its own (uids are never reused), so the kernel's word on a
+/// connection's peer (`SO_PEERCRED`) names the vassal whose scope it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The vassal.
+    pub name: String,
+    /// Whether it is a group (its scope: the group and its sites).
+    pub group: bool,
+    /// The group whose places it shares (a site's group; a group itself).
+    pub reseller: Option<String>,
 }
 
-impl Accept for OwnedBy {
+/// The callers by uid, kept by the manager as vassals start and go.
+pub type Scopes = Arc<std::sync::RwLock<std::collections::HashMap<u32, Caller>>>;
+
+/// The containers' shared socket (`api.sock`, bound read-only into every
+/// container at `/run/imperium/api`): anyone may connect (0666), a
+/// connection is served in the scope of its peer's vassal and closed
+/// unanswered when its uid is no running vassal's (root's included: the
+/// admin has a socket of its own). One socket for every container keeps
+/// the emperor's descriptors to one per site (its init's pidfd).
+#[derive(Debug)]
+pub struct Callers {
+    /// The socket.
+    pub listener: tokio::net::UnixListener,
+    /// Who is who.
+    pub scopes: Scopes,
+    /// The places taken, by caller (`uid:N`) and by group (`group:G`).
+    places: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Callers {
+    /// Serves `listener` to the callers of `scopes`.
+    pub fn new(listener: tokio::net::UnixListener, scopes: Scopes) -> Self {
+        Callers {
+            listener,
+            scopes,
+            places: Default::default(),
+        }
+    }
+
+    /// A place of `key`'s (of `n`), if one is free.
+    fn place(&self, key: String, n: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        if places.len() > 2 * SHARED {
+            // Nobody holds a place of these (a permit holds its semaphore).
+            places.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let sem = places
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(n)))
+            .clone();
+        sem.try_acquire_owned().ok()
+    }
+}
+
+impl Accept for Callers {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
+    const PLACES: usize = SHARED;
+    async fn accept(&self) -> std::io::Result<Accepted<Self::Io>> {
         loop {
             let (s, _) = self.listener.accept().await?;
-            match s.peer_cred().map(|c| c.uid()) {
-                Ok(uid) if uid == self.uid || uid == 0 => return Ok(s),
-                peer => {
-                    tracing::warn!(
-                        uid = self.uid,
-                        ?peer,
-                        "api: a connection of another user, closed"
-                    );
-                }
+            let Ok(uid) = s.peer_cred().map(|c| c.uid()) else {
+                continue;
+            };
+            let caller = self
+                .scopes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&uid)
+                .cloned();
+            let Some(caller) = caller else {
+                tracing::debug!(uid, "api: a caller that is no vassal, closed");
+                continue;
+            };
+            let mut held = Vec::new();
+            let Some(mine) = self.place(format!("uid:{uid}"), PER_CALLER) else {
+                tracing::debug!(vassal = %caller.name, "api: the caller's places are full");
+                continue;
+            };
+            held.push(mine);
+            if let Some(g) = &caller.reseller {
+                let Some(group) = self.place(format!("group:{g}"), PER_GROUP) else {
+                    tracing::debug!(group = %g, "api: the group's places are full");
+                    continue;
+                };
+                held.push(group);
             }
+            return Ok(Accepted {
+                io: s,
+                scope: Some(Serves::Scoped {
+                    name: caller.name,
+                    group: caller.group,
+                }),
+                held,
+            });
         }
     }
 }
@@ -145,8 +251,11 @@ pub enum Serves {
     Api,
     /// `/metrics` only (a TCP address).
     Metrics,
-    /// `/v1/...` for one vassal's own socket, inside its container: a
-    /// group's scope is the group and its sites (its files go to its drop
+    /// `/v1/...` in the scope of each connection's caller (the
+    /// containers' shared socket, [`Callers`]).
+    Caller,
+    /// `/v1/...` for one vassal, from inside its container: a group's
+    /// scope is the group and its sites (its files go to its drop
     /// directory), a site's is the site alone (read it, restart it). What is
     /// outside is answered 404, as if it did not exist.
     Scoped {
@@ -210,21 +319,21 @@ pub fn tls_acceptor(
 }
 
 /// Serves `listener` until the emperor ends; over TLS when `tls` is given.
-pub async fn serve(
-    listener: impl Accept,
+pub async fn serve<A: Accept>(
+    listener: A,
     tls: Option<tokio_rustls::TlsAcceptor>,
     serves: Serves,
     tx: mpsc::UnboundedSender<Event>,
     events: tokio::sync::broadcast::Sender<crate::manager::Told>,
 ) {
-    let places = Arc::new(Semaphore::new(CONNECTIONS));
+    let places = Arc::new(Semaphore::new(A::PLACES));
     let rates = Arc::new(Rates::default());
     let mut wait = Duration::from_millis(10);
     loop {
-        let io = match listener.accept().await {
-            Ok(io) => {
+        let accepted = match listener.accept().await {
+            Ok(a) => {
                 wait = Duration::from_millis(10);
-                io
+                a
             }
             Err(e) => {
                 tracing::warn!(error = %e, "api: accept failed; backing off");
@@ -236,15 +345,15 @@ pub async fn serve(
         let Ok(place) = places.clone().try_acquire_owned() else {
             continue; // full: closed at once
         };
-        let (tx, serves, rates, events, tls) = (
-            tx.clone(),
-            serves.clone(),
-            rates.clone(),
-            events.clone(),
-            tls.clone(),
-        );
+        let Accepted { io, scope, held } = accepted;
+        let serves = match scope {
+            Some(s) => s,
+            None if matches!(serves, Serves::Caller) => continue,
+            None => serves.clone(),
+        };
+        let (tx, rates, events, tls) = (tx.clone(), rates.clone(), events.clone(), tls.clone());
         tokio::spawn(async move {
-            let _place = place;
+            let _places = (place, held);
             match tls {
                 None => connection(io, serves, tx, rates, events).await,
                 Some(tls) => {
@@ -367,8 +476,10 @@ async fn answer(
         Serves::Api if path == "/metrics" => return metrics(req, tx).await,
         Serves::Api => None,
         Serves::Scoped { name, group } => Some((name.as_str(), *group)),
-        // Resolved to one of the above by its token before it comes here.
-        Serves::Remote(_) => return Ok(plain(StatusCode::UNAUTHORIZED, "no scope".into())),
+        // Resolved to one of the above (by its token, by its caller) before it comes here.
+        Serves::Remote(_) | Serves::Caller => {
+            return Ok(plain(StatusCode::UNAUTHORIZED, "no scope".into()))
+        }
     };
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     use hyper::Method as M;
@@ -1028,39 +1139,116 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
     }
 
+    /// Event streams held open as their callers (killed when dropped).
+    struct Streams(Vec<std::process::Child>);
+
+    impl Drop for Streams {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    impl Streams {
+        /// Opens the event stream as `uid`; whether it was served (its
+        /// first line came) or closed unanswered.
+        fn open(&mut self, uid: u32, socket: &std::path::Path) -> bool {
+            use std::io::BufRead;
+            use std::os::unix::process::CommandExt;
+            let mut child = std::process::Command::new("curl")
+                .args(["-sN", "--max-time", "60", "--unix-socket"])
+                .arg(socket)
+                .arg("http://localhost/v1/events")
+                .stdout(std::process::Stdio::piped())
+                .uid(uid)
+                .gid(uid)
+                .spawn()
+                .expect("run curl");
+            let mut first = String::new();
+            let out = child.stdout.take().expect("piped");
+            let _ = std::io::BufReader::new(out).read_line(&mut first);
+            self.0.push(child);
+            first.starts_with(": subscribed")
+        }
+
+        /// Opens it, trying again for a while: a place given back (a
+        /// request answered) is free once its connection's task has ended.
+        #[allow(clippy::disallowed_methods)] // a test's own deadline
+        fn open_soon(&mut self, uid: u32, socket: &std::path::Path) -> bool {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                if self.open(uid, socket) {
+                    return true;
+                }
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "root: run the README's test command"]
-    async fn a_containers_socket_serves_its_user_and_root_only() {
+    async fn the_shared_socket_serves_vassals_users_only_each_within_its_places() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join("api.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        // A mode that lets anyone connect: the peer's uid is what stops them.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let (tx, _rx) = mpsc::unbounded_channel();
         let (events, _) = tokio::sync::broadcast::channel(4);
-        let scope = Serves::Scoped {
-            name: "site".into(),
+        // Nine sites of a group g (uids 64100..), and a site of no group.
+        let scopes: Scopes = Default::default();
+        let site = |n: &str, g: Option<&str>| Caller {
+            name: n.into(),
             group: false,
+            reseller: g.map(str::to_owned),
         };
+        {
+            let mut s = scopes.write().unwrap();
+            for i in 0..9 {
+                s.insert(64100 + i, site(&format!("s{i}"), Some("g")));
+            }
+            s.insert(64200, site("lone", None));
+        }
         let server = tokio::spawn(serve(
-            OwnedBy {
-                listener,
-                uid: 64123,
-            },
+            Callers::new(listener, scopes.clone()),
             None,
-            scope,
+            Serves::Caller,
             tx,
             events,
         ));
-        let p = path.clone();
-        let codes = tokio::task::spawn_blocking(move || {
-            [curl_as(0, &p), curl_as(64123, &p), curl_as(64124, &p)]
+        let (p, sc) = (path.clone(), scopes.clone());
+        tokio::task::spawn_blocking(move || {
+            assert_eq!(
+                [curl_as(0, &p), curl_as(64100, &p), curl_as(64300, &p)],
+                [0, 200, 0],
+                "root, a vassal's user, a user of no vassal"
+            );
+            sc.write().unwrap().remove(&64100);
+            assert_eq!(curl_as(64100, &p), 0, "a vassal gone");
+            sc.write().unwrap().insert(64100, site("s0", Some("g")));
+            // One caller holds its eight places; a ninth connection is
+            // closed, while the next caller is served.
+            let mut held = Streams(Vec::new());
+            assert!((0..PER_CALLER).all(|_| held.open_soon(64100, &p)));
+            assert!(!held.open(64100, &p), "a caller past its places");
+            assert_eq!(curl_as(64101, &p), 200);
+            // Seven more of the group's sites hold theirs: the group's 64
+            // places are taken; its ninth site waits, a site of no group not.
+            for uid in 64101..64108 {
+                assert!((0..PER_CALLER).all(|_| held.open_soon(uid, &p)), "{uid}");
+            }
+            assert_eq!(curl_as(64108, &p), 0, "a group past its places");
+            assert_eq!(curl_as(64200, &p), 200, "a site of no group");
+            drop(held);
         })
         .await
         .unwrap();
-        assert_eq!(codes, [200, 200, 0], "root, the owner, another user");
         server.abort();
     }
 }

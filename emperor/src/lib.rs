@@ -108,8 +108,8 @@ fn scan(mgr: &mut Manager, watcher: &mut watch::Watcher, pace: &mut pace::Pace) 
     pace.paid(clock::now(), cost);
 }
 
-/// Every running vassal holds two descriptors here (its init's pidfd and
-/// its API socket): 10,000 sites are 20,000. The limit is raised to the
+/// Every running vassal holds a descriptor here (its init's pidfd), and
+/// each call on the API one while it lasts. The limit is raised to the
 /// most the kernel allows a process (`fs.nr_open`, at most 2^20), or at
 /// least the soft limit to the hard one when raising the hard one is not
 /// allowed (without CAP_SYS_RESOURCE). Containers get their own limits.
@@ -131,6 +131,42 @@ fn raise_nofile() {
         soft
     };
     tracing::debug!(from = soft, to = now, "open files limit");
+}
+
+/// The containers' shared API socket: `<run-dir>/vassal-api/api.sock`,
+/// anyone's to connect to (0666), each connection served in the scope of
+/// its peer's vassal (see [`api::Callers`]). The per-vassal sockets of an
+/// earlier version (`<run-dir>/api/<name>/`) go.
+fn serve_containers_api(layout: &model::Layout, mgr: &Manager, tx: &mpsc::UnboundedSender<Event>) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_dir_all(layout.run_dir.join("api"));
+    let dir = layout.vassal_api_dir();
+    let path = dir.join(model::layout::inside::API_SOCKET);
+    let bound = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .and_then(|()| UnixListener::bind(&path))
+        .and_then(|l| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+            Ok(l)
+        });
+    match bound {
+        Ok(l) => {
+            tokio::spawn(api::serve(
+                api::Callers::new(l, mgr.scopes()),
+                None,
+                api::Serves::Caller,
+                tx.clone(),
+                mgr.events(),
+            ));
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "no API socket for the containers")
+        }
+    }
 }
 
 /// Runs the emperor until `shutdown` resolves (sites keep running, for the next
@@ -194,6 +230,7 @@ pub async fn run(
         }
         Err(e) => tracing::warn!(path = %api.display(), error = %e, "no API socket"),
     }
+    serve_containers_api(&cfg.layout, &mgr, &tx);
     if let Some(addr) = cfg.metrics_listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {

@@ -261,8 +261,8 @@ pub struct Manager {
     last_stamps: crate::scan::Stamps,
     /// How long starts took (metrics).
     start_latency: prometheus_client::metrics::histogram::Histogram,
-    /// Each running vassal's own API socket, served in its scope.
-    api_sockets: BTreeMap<Name, tokio::task::JoinHandle<()>>,
+    /// Who calls on the containers' shared API socket, by uid.
+    scopes: crate::api::Scopes,
     /// Changes of state, for the API's event streams.
     events: tokio::sync::broadcast::Sender<Told>,
     /// Each vassal's state as last told on `events`.
@@ -358,7 +358,7 @@ impl Manager {
             last_entries: Default::default(),
             last_stamps: Default::default(),
             start_latency: metrics::start_histogram(),
-            api_sockets: BTreeMap::new(),
+            scopes: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             told: BTreeMap::new(),
             told_digest: None,
@@ -665,7 +665,6 @@ impl Manager {
         self.sync_smtp();
         self.write_hosts();
         self.publish_sites();
-        self.ensure_api_sockets();
     }
 
     fn update(&mut self, name: &Name, file: VassalFile) {
@@ -785,6 +784,7 @@ impl Manager {
                 Effect::BeginStop => self.stop_task(name),
                 Effect::Archive => {
                     if let Some(v) = self.vassals.remove(name) {
+                        self.forget_caller(name, &v);
                         self.archive(name, &v);
                     }
                     if self.removal_may_change_verdicts(name) {
@@ -799,6 +799,7 @@ impl Manager {
                     let Some(v) = self.vassals.remove(name) else {
                         continue;
                     };
+                    self.forget_caller(name, &v);
                     let _ = std::fs::remove_dir_all(self.cfg.layout.sockets(name));
                     let _ = std::fs::remove_dir_all(self.cfg.layout.usage_dir(name));
                     self.last_usage.remove(name);

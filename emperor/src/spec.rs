@@ -323,16 +323,13 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
             mode: 0o755,
         },
     ));
-    // The vassal's own API socket (its directory: a socket made again by a
+    // The containers' API socket (its directory: a socket made again by a
     // restarted emperor appears in running containers).
     v.push(b(
         inside::API,
-        inp.layout.api_dir(inp.name),
+        inp.layout.vassal_api_dir(),
         RO_NOEXEC,
-        Source::Dir {
-            owner: None,
-            mode: 0o755,
-        },
+        Source::Shared,
     ));
     // The router's subscription socket, and a site's key to sign with.
     v.push(b(

@@ -58,6 +58,7 @@ impl Manager {
 
     /// Watches the init of the vassal's current start (`life.gen`).
     pub(super) fn watch_init(&self, name: &Name, v: &mut Vassal, pidfd: Pidfd) {
+        self.know_caller(name, v);
         let pidfd = Arc::new(pidfd);
         let (done_tx, done_rx) = watch::channel(false);
         let tx = self.tx.clone();

@@ -49,66 +49,38 @@ impl Manager {
 }
 
 impl Manager {
-    /// Each running vassal's own API socket, `api.sock` in
-    /// `<run-dir>/api/<name>/` (bound read-only at `/run/imperium/api` in its
-    /// container), the tenant's (or reseller's) only: a group's answers for
-    /// the group and its sites, a site's for the site alone. Made again
-    /// after the emperor restarts (the directory is what is bound, so the
-    /// new socket appears in running containers); gone with the vassal.
-    pub(super) fn ensure_api_sockets(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let gone: Vec<Name> = self
-            .api_sockets
-            .keys()
-            .filter(|n| !self.vassals.contains_key(*n))
-            .cloned()
-            .collect();
-        for n in gone {
-            if let Some(task) = self.api_sockets.remove(&n) {
-                task.abort();
-            }
-            let _ = std::fs::remove_dir_all(self.cfg.layout.api_dir(&n));
-        }
-        for (name, v) in &self.vassals {
-            let (Some(uid), true) = (v.uid, v.init.is_some()) else {
-                continue;
-            };
-            if self.api_sockets.contains_key(name) {
-                continue;
-            }
-            let dir = self.cfg.layout.api_dir(name);
-            let path = dir.join(model::layout::inside::API_SOCKET);
-            let made = std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-                })
-                .and_then(|()| match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
-                })
-                .and_then(|()| tokio::net::UnixListener::bind(&path))
-                .and_then(|l| {
-                    std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-                    Ok(l)
-                });
-            match made {
-                Ok(listener) => {
-                    let scope = crate::api::Serves::Scoped {
-                        name: name.to_string(),
-                        group: matches!(v.file, VassalFile::Group(_)),
-                    };
-                    let task = tokio::spawn(crate::api::serve(
-                        crate::api::OwnedBy { listener, uid },
-                        None,
-                        scope,
-                        self.tx.clone(),
-                        self.events.clone(),
-                    ));
-                    self.api_sockets.insert(name.clone(), task);
-                }
-                Err(e) => tracing::warn!(vassal = %name, error = %e, "no API socket for it"),
-            }
+    /// Who calls on the containers' shared API socket (see
+    /// [`crate::api::Callers`]): a running vassal's user, in its scope (a
+    /// group's: the group and its sites; a site's: the site alone).
+    pub fn scopes(&self) -> crate::api::Scopes {
+        self.scopes.clone()
+    }
+
+    /// `v`'s user calls in `name`'s scope from now on (its init runs).
+    pub(super) fn know_caller(&self, name: &Name, v: &Vassal) {
+        let Some(uid) = v.uid else {
+            return;
+        };
+        let caller = crate::api::Caller {
+            name: name.to_string(),
+            group: matches!(v.file, VassalFile::Group(_)),
+            reseller: v
+                .group()
+                .map(Name::to_string)
+                .or_else(|| matches!(v.file, VassalFile::Group(_)).then(|| name.to_string())),
+        };
+        let mut scopes = self.scopes.write().unwrap_or_else(|p| p.into_inner());
+        scopes.insert(uid, caller);
+    }
+
+    /// `v` is gone: its user calls in no scope.
+    pub(super) fn forget_caller(&self, name: &Name, v: &Vassal) {
+        let Some(uid) = v.uid else {
+            return;
+        };
+        let mut scopes = self.scopes.write().unwrap_or_else(|p| p.into_inner());
+        if scopes.get(&uid).is_some_and(|c| c.name == name.as_str()) {
+            scopes.remove(&uid);
         }
     }
 }

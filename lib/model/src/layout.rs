@@ -130,10 +130,11 @@ impl Layout {
         self.run_dir.join(names::CONTROL_SOCKET)
     }
 
-    /// A vassal's own API socket's directory (bound read-only at
-    /// [`inside::API`] in its container; the socket in it is the tenant's).
-    pub fn api_dir(&self, name: &Name) -> PathBuf {
-        self.run_dir.join("api").join(name.as_str())
+    /// The directory of the containers' shared API socket (bound read-only
+    /// at [`inside::API`] in every container; each caller is served in its
+    /// own vassal's scope).
+    pub fn vassal_api_dir(&self) -> PathBuf {
+        self.run_dir.join("vassal-api")
     }
 
     /// The admin's HTTP socket (`/metrics`), root's only.
@@ -297,9 +298,9 @@ pub mod inside {
     /// (php-fpm, nginx and the like live there).
     pub const PATH: &str =
         "/run/imperium/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
-    /// The directory of the vassal's own API socket (`api.sock`) inside its
-    /// container: a reseller's scope in a group's container, a tenant's in
-    /// a site's.
+    /// The directory of the containers' API socket (`api.sock`) inside
+    /// each container: a caller is served in its vassal's scope (a
+    /// reseller's in a group's container, a tenant's in a site's).
     pub const API: &str = "/run/imperium/api";
     /// The socket's name in it.
     pub const API_SOCKET: &str = "api.sock";
