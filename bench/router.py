@@ -3,7 +3,8 @@
 
 Each proxies the same backend (nginx answering "ok" on a unix socket) for the
 name `localhost`; the router also holds 10,000 other domains with their own
-certificates. Measured: HTTP and HTTPS keep-alive req/s, p50 and p99 (wrk
+certificates. Measured: each proxy's resident memory idle (the router with
+its domains loaded) and after the runs; HTTP and HTTPS keep-alive req/s, p50 and p99 (wrk
 -t2 -c64), the proxy's CPU per request, full TLS handshakes per second
 (openssl s_time -new: wrk would resume sessions), HTTP/2 over TLS (h2load -c16
 -m10), the time to load the 10,000 subscriptions, and the time from a
@@ -35,6 +36,17 @@ def cpu_of(pids, kernel_only=False):
         except OSError:
             pass
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pids):
+    """Resident memory of these processes together (KiB)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
+        except (OSError, AttributeError):
+            pass
+    return total
 
 
 def tree(pid):
@@ -286,7 +298,8 @@ backend uwsgi
             print(f"router: {res['router'] / res['haproxy']:.2f}x HAProxy's instructions per request")
             return
         pids = {"router": lambda: [router.pid], "nginx": lambda: tree(nginx.pid), "haproxy": lambda: [haproxy.pid]}
-        res = {"load_before": os.getloadavg()[0], "domains_loaded": loaded}
+        res = {"load_before": os.getloadavg()[0], "domains_loaded": loaded,
+               "rss_kib_idle": {n: rss_kib(pids[n]()) for n in only}}
         # Every proxy must answer 200 through its backend before it is measured.
         for name, (http, _) in PORTS.items():
             if name in only:
@@ -318,6 +331,7 @@ backend uwsgi
             res[name] = row
         lat = subprocess.run(sub + ["latency", f"127.0.0.1:{rp}", "50"], capture_output=True, text=True, check=True).stdout
         res["subscription_to_routed"] = json.loads(lat)
+        res["rss_kib_after"] = {n: rss_kib(pids[n]()) for n in only}
         res["load_after"] = os.getloadavg()[0]
         print(json.dumps(res, indent=2))
         n = res.get("nginx")

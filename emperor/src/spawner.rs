@@ -416,10 +416,35 @@ pub fn plan(
                 .as_bytes(),
         )
     };
+    // The spec's tmpfs mounts (/tmp, /dev/shm) become directories of the
+    // root's own tmpfs, each bound over itself with its flags (writable
+    // under the read-only root): the kernel keeps, in every memory cgroup,
+    // a slot for every superblock of the host, so each superblock a
+    // container makes costs every site's cgroup (README, *Density*).
+    let scratch: Vec<(PathBuf, u32)> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| m.typ().as_deref() == Some("tmpfs"))
+        .map(|m| {
+            let dest = m.destination();
+            let mode = m
+                .options()
+                .iter()
+                .flatten()
+                .find_map(|o| o.strip_prefix("mode="))
+                .and_then(|o| u32::from_str_radix(o, 8).ok())
+                .unwrap_or(0o1777);
+            (dest.strip_prefix("/").unwrap_or(dest).to_path_buf(), mode)
+        })
+        .collect();
     let mut fs = Vec::new();
     for e in skeleton {
         fs.push(match e {
-            spec::Skel::Dir(p) => FsOp::Dir(under(p)?, 0o755),
+            spec::Skel::Dir(p) => {
+                let mode = scratch.iter().find(|(d, _)| d == p).map(|(_, m)| *m);
+                FsOp::Dir(under(p)?, mode.unwrap_or(0o755))
+            }
             spec::Skel::File(p, content) => FsOp::File(under(p)?, content.clone()),
             spec::Skel::Symlink(target, p) => {
                 FsOp::Symlink(cstr(target.as_os_str().as_bytes())?, under(p)?)
@@ -510,6 +535,16 @@ pub fn plan(
                 data: None,
                 remount: (flags != 0).then_some(flags),
             }
+        } else if m.typ().as_deref() == Some("tmpfs") {
+            // A directory of the root's tmpfs (see `scratch`).
+            MountOp {
+                source: Some(target.clone()),
+                target,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                remount: Some(flags),
+            }
         } else {
             MountOp {
                 source: Some(source),
@@ -526,7 +561,10 @@ pub fn plan(
     if staged.is_some() {
         fs.push(FsOp::Detach(under(staging)?));
     }
-    // Masked and read-only paths, under /proc (the only pseudo filesystem mounted).
+    // Masked and read-only paths, under /proc (the only pseudo filesystem
+    // mounted). A directory is masked by a read-only bind of an empty one of
+    // the root's tmpfs, removed again once bound (no tmpfs of its own: see
+    // `scratch`); a file by /dev/null.
     let linux_paths = |v: Option<&Vec<String>>| -> Vec<String> {
         v.into_iter()
             .flatten()
@@ -534,16 +572,22 @@ pub fn plan(
             .cloned()
             .collect()
     };
-    for p in linux_paths(linux.and_then(|l| l.masked_paths().as_ref())) {
+    let empty = under(Path::new("/.imperium-mask"))?;
+    let masked = linux_paths(linux.and_then(|l| l.masked_paths().as_ref()));
+    let masks_dirs = masked.iter().any(|p| Path::new(p).is_dir());
+    if masks_dirs {
+        fs.push(FsOp::Dir(empty.clone(), 0o555));
+    }
+    for p in masked {
         let target = under(Path::new(&p))?;
         fs.push(FsOp::Mount(if Path::new(&p).is_dir() {
             MountOp {
-                source: Some(cstr("tmpfs")?),
+                source: Some(empty.clone()),
                 target,
-                fstype: Some(cstr("tmpfs")?),
-                flags: libc::MS_RDONLY,
-                data: Some(cstr("size=0")?),
-                remount: None,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                remount: Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC),
             }
         } else {
             MountOp {
@@ -555,6 +599,9 @@ pub fn plan(
                 remount: None,
             }
         }));
+    }
+    if masks_dirs {
+        fs.push(FsOp::Rmdir(empty));
     }
     for p in linux_paths(linux.and_then(|l| l.readonly_paths().as_ref())) {
         let target = under(Path::new(&p))?;

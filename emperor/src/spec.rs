@@ -916,9 +916,32 @@ mod tests {
             usr.remount,
             Some(libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV)
         );
-        let tmp = find("/tmp").1;
-        assert_eq!(tmp.fstype.as_ref().unwrap().to_str().unwrap(), "tmpfs");
-        assert_eq!(tmp.data.as_ref().unwrap().to_str().unwrap(), "mode=1777");
+        // /tmp and /dev/shm: directories of the root's tmpfs (sticky, anyone's),
+        // each bound over itself writable; no superblock of their own.
+        for (dir, flags) in [
+            ("/tmp", libc::MS_NOSUID | libc::MS_NODEV),
+            (
+                "/dev/shm",
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            ),
+        ] {
+            let (at, m) = find(dir);
+            let whole = format!("{}{dir}", root.display());
+            assert_eq!(m.fstype, None, "{dir}");
+            assert_eq!(path(m.source.as_ref().unwrap()), whole);
+            assert_eq!((m.flags, m.remount), (libc::MS_BIND, Some(flags)), "{dir}");
+            let made = plan.fs[..*at].iter().find_map(|o| match o {
+                sys::FsOp::Dir(p, mode) if path(p) == whole => Some(*mode),
+                _ => None,
+            });
+            assert_eq!(made, Some(0o1777), "{dir}");
+        }
+        assert!(
+            mounts
+                .iter()
+                .all(|(_, m)| m.fstype.as_ref().is_none_or(|t| t.to_str() != Ok("tmpfs"))),
+            "no tmpfs of its own"
+        );
         // /etc entries come from the read-only staging bind (no remount of their own),
         // which is detached again before pivot_root.
         let (ld_at, ld) = find("/etc/ld.so.cache");

@@ -192,6 +192,7 @@ fn root_sites_run_in_their_own_containers() {
     for rw in [
         "/home/site52",
         "/tmp",
+        "/dev/shm",
         "/usr/local",
         "/run/imperium/sockets",
     ] {
@@ -204,6 +205,35 @@ fn root_sites_run_in_their_own_containers() {
     assert!(
         !mountinfo.contains(".imperium-etc"),
         "the staging mount is left:\n{mountinfo}"
+    );
+    // Three filesystems of its own (the root's tmpfs, /proc, /dev/pts): /tmp
+    // and /dev/shm are directories of the root's, /proc's masks binds of an
+    // empty one (each superblock costs every site's memory cgroup).
+    let host: std::collections::BTreeSet<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(2).map(str::to_owned))
+        .collect();
+    let own: std::collections::BTreeSet<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(2))
+        .filter(|d| !host.contains(*d))
+        .collect();
+    assert_eq!(own.len(), 3, "{own:?}\n{mountinfo}");
+    let out = e.exec_in(
+        p52,
+        uid,
+        &cg,
+        "touch /tmp/t /dev/shm/s && stat -c %a /tmp /dev/shm && ls -A /proc/acpi 2>/dev/null | wc -l; \
+         touch /proc/acpi/x 2>/dev/null && echo MASK-WRITABLE; touch /x 2>/dev/null && echo ROOT-WRITABLE; \
+         ls -a / | grep -F .imperium",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "1777\n1777\n0\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     // The site's own cgroup is mounted read-only, rooted at the site.
     let v1 = std::path::Path::new("/sys/fs/cgroup/memory").exists();

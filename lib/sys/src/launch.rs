@@ -70,6 +70,8 @@ pub enum FsOp {
     },
     /// Detach a mount and remove its (empty) mount point.
     Detach(CString),
+    /// Remove an empty directory (a mask's source, once bound where it masks).
+    Rmdir(CString),
 }
 
 /// Everything the child does, prepared by the parent.
@@ -577,8 +579,9 @@ unsafe fn build_root(plan: &ChildPlan, err_fd: RawFd) {
         }
         let root = plan.root.as_ptr();
         // No MS_NODEV: the device nodes of /dev live on this tmpfs (only those
-        // the plan creates; the tenant cannot make more).
-        let tmpfs_opts = c"mode=0755,size=1m";
+        // the plan creates; the tenant cannot make more). No size: /tmp and
+        // /dev/shm are directories of it (the site's memory limit bounds them).
+        let tmpfs_opts = c"mode=0755";
         if libc::mount(
             c"tmpfs".as_ptr(),
             root,
@@ -616,7 +619,11 @@ unsafe fn fs_op(op: &FsOp, i: u32, err_fd: RawFd) -> bool {
     // SAFETY: syscalls on C strings and descriptors of the plan.
     unsafe {
         match op {
-            FsOp::Dir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0,
+            // mkdir applies the umask: a mode past 0755 (a sticky 1777) is set again.
+            FsOp::Dir(path, mode) => {
+                libc::mkdir(path.as_ptr(), *mode) == 0
+                    && (*mode & !0o755 == 0 || libc::chmod(path.as_ptr(), *mode) == 0)
+            }
             FsOp::Symlink(target, path) => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
             FsOp::File(path, content) => {
                 let fd = libc::open(
@@ -681,6 +688,7 @@ unsafe fn fs_op(op: &FsOp, i: u32, err_fd: RawFd) -> bool {
                 libc::umount2(path.as_ptr(), libc::MNT_DETACH) == 0
                     && libc::rmdir(path.as_ptr()) == 0
             }
+            FsOp::Rmdir(path) => libc::rmdir(path.as_ptr()) == 0,
         }
     }
 }

@@ -400,6 +400,10 @@ fn encode(plan: &ChildPlan, join: &Join, err_wr: RawFd, fds: &mut Vec<RawFd>) ->
                 w.u8(6);
                 w.bytes(p.as_bytes());
             }
+            FsOp::Rmdir(p) => {
+                w.u8(7);
+                w.bytes(p.as_bytes());
+            }
         }
     }
     w.opt(plan.hostname.as_ref().map(|h| h.as_bytes()));
@@ -487,6 +491,7 @@ fn decode(buf: &[u8], fds: Vec<OwnedFd>) -> Option<(ChildPlan, Join, OwnedFd)> {
                 target: r.cstring()?,
             },
             6 => FsOp::Detach(r.cstring()?),
+            7 => FsOp::Rmdir(r.cstring()?),
             _ => return None,
         });
     }
@@ -656,6 +661,7 @@ mod tests {
                     target: c("/run/x/root/usr"),
                 },
                 FsOp::Detach(c("/run/x/root/old")),
+                FsOp::Rmdir(c("/run/x/root/.mask")),
             ],
             hostname: Some(c("site1")),
             loopback_up: true,
