@@ -638,3 +638,54 @@ fn a_hung_router_never_stalls_the_supervisor() {
         );
     }
 }
+
+#[test]
+fn an_idle_supervisor_sleeps_and_what_the_emperor_writes_wakes_it() {
+    // A FAKE cgroup v2 directory whose figures never move.
+    let cg = tempfile::tempdir().unwrap();
+    for (f, v) in [
+        ("memory.current", "10485760\n"),
+        ("memory.max", "104857600\n"),
+        ("memory.events", "oom 0\noom_kill 0\n"),
+        ("pids.current", "1\n"),
+        ("pids.max", "100\n"),
+    ] {
+        std::fs::write(cg.path().join(f), v).unwrap();
+    }
+    let usage = tempfile::tempdir().unwrap();
+    let v = Vassal::start_env(
+        &[],
+        &[],
+        1.0,
+        Some(cg.path()),
+        &[("IMPERIUM_USAGE_DIR", usage.path())],
+    );
+    let pid = v.pid();
+    let switches = || -> u64 {
+        let s = read(Path::new(&format!("/proc/{pid}/task/{pid}/status")));
+        s.lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    // Nothing moves: the housekeeping period doubles (1, 2, 4, 8, 16 s ...),
+    // so after 16 s it sleeps for the next 8 (at a 4 s cap it woke twice).
+    std::thread::sleep(Duration::from_secs(16));
+    let before = switches();
+    std::thread::sleep(Duration::from_secs(8));
+    let woke = switches() - before;
+    assert!(woke <= 1, "an idle supervisor woke {woke} times in 8 s");
+    // The emperor tells a reseller's supervisor of its sites: the write wakes
+    // it at once, though its next look is 7 s or more away.
+    let tmp = usage.path().join(".sites.tmp");
+    std::fs::write(
+        &tmp,
+        r#"{"sites": [{"name": "shop", "state": "failed", "reason": "no init"}], "refused": []}"#,
+    )
+    .unwrap();
+    std::fs::rename(&tmp, usage.path().join("sites.json")).unwrap();
+    let told = wait_for(Duration::from_secs(4), "the site's notification", || {
+        notifications(&v).into_iter().find(|n| n["kind"] == "site")
+    });
+    assert_eq!(told["message"], "site shop is failed: no init");
+}
