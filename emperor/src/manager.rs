@@ -290,6 +290,8 @@ pub struct Manager {
     dominion_inputs: u64,
     /// The directories are to be read again (see [`Manager::take_rescan`]).
     rescan: bool,
+    /// The cgroup figures of the last `status` (see [`status::Recent`]).
+    recent: Arc<std::sync::Mutex<status::Recent>>,
 }
 
 impl Manager {
@@ -376,6 +378,7 @@ impl Manager {
             dominion_stale: true,
             dominion_inputs: 0,
             rescan: false,
+            recent: Default::default(),
         };
         if let Err(e) = m.write_nss() {
             tracing::warn!(error = %e, "writing the NSS table failed");
