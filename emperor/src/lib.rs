@@ -211,7 +211,7 @@ pub async fn run(
 
     let mut watcher =
         watch::Watcher::new(&cfg.layout.vassals, tx.clone()).map_err(RunError::Watch)?;
-    mgr.follow_writes(watcher.settling());
+    mgr.follow_writes(watcher.settling(), watcher.named());
     let inflight = Arc::new(());
     tokio::spawn(serve_control(listener, tx.clone(), inflight.clone()));
     // The admin's API and /metrics on its socket; /metrics on a TCP address when asked.

@@ -255,6 +255,13 @@ pub struct Manager {
     last_sites: BTreeMap<Name, Vec<u8>>,
     /// The files being written (from the watcher), not judged until closed.
     settling: Option<crate::watch::Settling>,
+    /// The files the watcher named since the last scan (see [`crate::watch::Named`]).
+    named: Option<crate::watch::Named>,
+    /// The next scan reads every file (the periodic rescan).
+    scan_all: bool,
+    /// The groups whose drop directories the last scan read: a scan of the
+    /// named files only is for the same directories.
+    groups_read: BTreeSet<Name>,
     /// The last scan's entries, by path (what a file being written stays).
     last_entries: crate::scan::Previous,
     /// The stamps of the files of the last scan (see [`crate::scan::Stamps`]).
@@ -357,6 +364,9 @@ impl Manager {
             refused: BTreeMap::new(),
             last_sites: BTreeMap::new(),
             settling: None,
+            named: None,
+            scan_all: true,
+            groups_read: BTreeSet::new(),
             last_entries: Default::default(),
             last_stamps: Default::default(),
             start_latency: metrics::start_histogram(),
@@ -451,21 +461,90 @@ impl Manager {
         let mut ignored = Vec::new();
         let settling = self.settling.clone();
         let mut previous = std::mem::take(&mut self.last_entries);
+        let mut stamps = std::mem::take(&mut self.last_stamps);
+        let unstamped = crate::scan::Stamps::new();
         let mut writes = crate::scan::Writes {
             settling: &|p| settling.as_ref().is_some_and(|s| s.writing(p)),
             previous: &mut previous,
-            stamps: &self.last_stamps,
+            stamps: &unstamped,
             now: crate::clock::wall(),
         };
-        let mut stamps = crate::scan::Stamps::new();
-        let entries = crate::scan::scan(
-            &self.cfg.layout,
-            &groups,
-            &mut ignored,
-            &mut writes,
-            &mut stamps,
-        );
-        self.last_stamps = stamps;
+        // What the watcher named since the last scan: only those files are
+        // read again when it named every change (and the periodic rescan
+        // did not ask for all); otherwise every file is.
+        let named = self.named.as_ref().map(|n| n.take());
+        let scan_all = std::mem::take(&mut self.scan_all);
+        let entries = match named {
+            Some(c) if !c.all && !scan_all => {
+                let paths = c.paths;
+                // The named files are read again, whatever their stamps.
+                stamps.retain(|p, _| !paths.contains(p));
+                ignored = self
+                    .ignored
+                    .iter()
+                    .filter(|(p, _)| !paths.contains(p))
+                    .cloned()
+                    .collect();
+                let fresh = crate::scan::scan_named(
+                    &self.cfg.layout,
+                    &self.groups_read,
+                    &paths,
+                    &mut ignored,
+                    &mut writes,
+                    &mut stamps,
+                );
+                writes.previous.retain(|p, _| !paths.contains(p));
+                let mut entries: Vec<model::catalog::Entry> =
+                    writes.previous.drain().map(|(_, e)| e).collect();
+                entries.extend(fresh);
+                // A group's file came or went: its drop directory is read
+                // whole, or left, as a full scan would.
+                let read = crate::scan::groups_read(&groups, &entries);
+                for g in read.difference(&self.groups_read) {
+                    let dir = self.cfg.layout.drop_dir(g);
+                    let source = model::catalog::Source::Drop(g.clone());
+                    let found = crate::scan::scan_dir(
+                        &dir,
+                        &source,
+                        &mut ignored,
+                        &mut writes,
+                        &mut stamps,
+                    );
+                    entries.extend(found);
+                }
+                let gone: Vec<PathBuf> = self
+                    .groups_read
+                    .difference(&read)
+                    .map(|g| self.cfg.layout.drop_dir(g))
+                    .collect();
+                if !gone.is_empty() {
+                    let left =
+                        |p: &std::path::Path| gone.iter().any(|d| p.parent() == Some(d.as_path()));
+                    entries.retain(|e| !left(&e.path));
+                    ignored.retain(|(p, _)| !left(p));
+                    stamps.retain(|p, _| !left(p));
+                }
+                self.groups_read = read;
+                self.last_stamps = stamps;
+                entries
+            }
+            _ => {
+                // Unchanged files (by their stamps) are not read again.
+                let last = stamps;
+                writes.stamps = &last;
+                let mut stamps = crate::scan::Stamps::new();
+                let entries = crate::scan::scan(
+                    &self.cfg.layout,
+                    &groups,
+                    &mut ignored,
+                    &mut writes,
+                    &mut stamps,
+                );
+                self.last_stamps = stamps;
+                self.groups_read = crate::scan::groups_read(&groups, &entries);
+                entries
+            }
+        };
         for (path, why) in &ignored {
             if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
                 tracing::warn!(path = %path.display(), reason = %why, "not a vassal file");
@@ -933,9 +1012,16 @@ impl Manager {
         self.input(name, &v.file, 0).cgroup()
     }
 
-    /// Scans from now on leave files being written alone (see [`crate::watch`]).
-    pub(crate) fn follow_writes(&mut self, settling: crate::watch::Settling) {
+    /// Scans from now on leave files being written alone, and read only the
+    /// files the watcher named when it named them all (see [`crate::watch`]).
+    pub(crate) fn follow_writes(
+        &mut self,
+        settling: crate::watch::Settling,
+        named: crate::watch::Named,
+    ) {
         self.settling = Some(settling);
+        self.named = Some(named);
+        self.scan_all = true;
     }
 
     /// Stops a vassal in the background; `StopDone` follows.
@@ -950,6 +1036,8 @@ impl Manager {
                 self.reconcile();
             }
             Event::Rescan => {
+                // The safety net: every file, whatever the watcher said.
+                self.scan_all = true;
                 self.reconcile();
                 self.project_old_homes();
                 self.publish_usage();

@@ -2,9 +2,11 @@
 //! directory, one `<name>.toml` per vassal.
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{fstatat, SFlag};
 use std::time::{Duration, SystemTime};
 
 use model::catalog::{Entry, Source};
@@ -58,13 +60,13 @@ pub type Previous = HashMap<PathBuf, Entry>;
 const SETTLED: Duration = Duration::from_secs(2);
 
 impl Stamp {
-    fn of(m: &std::fs::Metadata) -> Stamp {
+    fn of(st: &nix::sys::stat::FileStat) -> Stamp {
         Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
         }
     }
 
@@ -93,69 +95,157 @@ pub fn scan_dir(
     writes: &mut Writes<'_>,
     stamps: &mut Stamps,
 ) -> Vec<Entry> {
-    let now = writes.now;
     let Ok(dirfd) = sys::fs::open_dir(dir) else {
         return Vec::new();
     };
     let Ok(rd) = std::fs::read_dir(sys::fs::fd_path(dirfd.as_fd())) else {
         return Vec::new();
     };
+    rd.flatten()
+        .filter_map(|e| {
+            look(
+                dirfd.as_fd(),
+                dir,
+                &e.file_name(),
+                source,
+                ignored,
+                writes,
+                stamps,
+            )
+        })
+        .collect()
+}
+
+/// One file of `dir` as [`scan_dir`] reads it: its entry, or nothing if it
+/// is not a vassal file (or is gone).
+fn look(
+    dirfd: BorrowedFd<'_>,
+    dir: &Path,
+    file_name: &OsStr,
+    source: &Source,
+    ignored: &mut Vec<Ignored>,
+    writes: &mut Writes<'_>,
+    stamps: &mut Stamps,
+) -> Option<Entry> {
+    let path = dir.join(file_name);
+    let stem = file_name.to_str().and_then(|f| f.strip_suffix(".toml"))?;
+    if stem.starts_with('.') {
+        return None; // editors' and our own temporary files
+    }
+    if (writes.settling)(&path) {
+        // Half written (an scp, an editor saving in place): as it was.
+        return writes.previous.remove(&path);
+    }
+    let name: Name = match stem.parse() {
+        Ok(n) => n,
+        Err(err) => {
+            ignored.push((path, format!("vassal file name refused: {err}")));
+            return None;
+        }
+    };
+    // Stamped before it is read: a change during the read shows at the
+    // next scan. The entry stands only if its stamp is the same.
+    let st = fstatat(
+        Some(dirfd.as_raw_fd()),
+        file_name,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    );
+    if st.is_err_and(|e| e == nix::errno::Errno::ENOENT) {
+        return None; // removed while we looked
+    }
+    let is_dir = st
+        .as_ref()
+        .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR);
+    let stamp = st
+        .ok()
+        .filter(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG)
+        .map(|st| Stamp::of(&st));
+    if let Some(s) = stamp.filter(|s| writes.stamps.get(&path) == Some(s)) {
+        if let Some(prev) = writes.previous.remove(&path) {
+            stamps.insert(path, s);
+            return Some(prev);
+        }
+    }
+    if let Some(s) = stamp.filter(|s| s.settled(writes.now)) {
+        stamps.insert(path.clone(), s);
+    }
+    let parsed = match sys::fs::read_regular(dirfd, Path::new(file_name), MAX_FILE) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => VassalFile::parse(&name, &text),
+            Err(_) => Err(ConfigError::Syntax("not UTF-8 text".into())),
+        },
+        Err(sys::fs::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return None; // removed while we looked
+        }
+        Err(sys::fs::ReadError::NotFile) if is_dir => return None,
+        Err(err) => Err(ConfigError::Syntax(format!("refused unread: {err}"))),
+    };
+    Some(Entry {
+        name,
+        path,
+        source: source.clone(),
+        parsed,
+    })
+}
+
+/// The groups whose drop directories a scan reads: those running (`groups`)
+/// and those the admin directory's entries name.
+pub fn groups_read<'a>(
+    groups: &BTreeSet<Name>,
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> BTreeSet<Name> {
+    let mut all = groups.clone();
+    all.extend(
+        entries
+            .into_iter()
+            .filter(|e| e.source == Source::Admin && matches!(e.parsed, Ok(VassalFile::Group(_))))
+            .map(|e| e.name.clone()),
+    );
+    all
+}
+
+/// Reads again only the files named in `named` (by inotify) that lie in the
+/// admin directory or in a drop directory of `groups`. Returns the entries
+/// of the named files still there; the caller keeps the last scan's entries
+/// of every other file.
+pub fn scan_named(
+    layout: &Layout,
+    groups: &BTreeSet<Name>,
+    named: &std::collections::HashSet<PathBuf>,
+    ignored: &mut Vec<Ignored>,
+    writes: &mut Writes<'_>,
+    stamps: &mut Stamps,
+) -> Vec<Entry> {
+    let mut dirs: Vec<(PathBuf, Source)> = vec![(layout.vassals.clone(), Source::Admin)];
+    dirs.extend(
+        groups
+            .iter()
+            .map(|g| (layout.drop_dir(g), Source::Drop(g.clone()))),
+    );
     let mut out = Vec::new();
-    for e in rd.flatten() {
-        let file_name = e.file_name();
-        let path = dir.join(&file_name);
-        let Some(stem) = file_name.to_str().and_then(|f| f.strip_suffix(".toml")) else {
-            continue;
-        };
-        if stem.starts_with('.') {
-            continue; // editors' and our own temporary files
-        }
-        if (writes.settling)(&path) {
-            // Half written (an scp, an editor saving in place): as it was.
-            out.extend(writes.previous.remove(&path));
+    for (dir, source) in dirs {
+        let mut here = named
+            .iter()
+            .filter(|p| p.parent() == Some(dir.as_path()))
+            .filter_map(|p| p.file_name())
+            .peekable();
+        if here.peek().is_none() {
             continue;
         }
-        let name: Name = match stem.parse() {
-            Ok(n) => n,
-            Err(err) => {
-                ignored.push((path, format!("vassal file name refused: {err}")));
-                continue;
-            }
+        let Ok(dirfd) = sys::fs::open_dir(&dir) else {
+            continue;
         };
-        // Stamped before it is read: a change during the read shows at the
-        // next scan. The entry stands only if its stamp is the same.
-        let stamp = e
-            .metadata()
-            .ok()
-            .filter(|m| m.file_type().is_file())
-            .map(|m| Stamp::of(&m));
-        if let Some(s) = stamp.filter(|s| writes.stamps.get(&path) == Some(s)) {
-            if let Some(prev) = writes.previous.remove(&path) {
-                stamps.insert(path, s);
-                out.push(prev);
-                continue;
-            }
+        for file_name in here {
+            out.extend(look(
+                dirfd.as_fd(),
+                &dir,
+                file_name,
+                &source,
+                ignored,
+                writes,
+                stamps,
+            ));
         }
-        if let Some(s) = stamp.filter(|s| s.settled(now)) {
-            stamps.insert(path.clone(), s);
-        }
-        let parsed = match sys::fs::read_regular(dirfd.as_fd(), Path::new(&file_name), MAX_FILE) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => VassalFile::parse(&name, &text),
-                Err(_) => Err(ConfigError::Syntax("not UTF-8 text".into())),
-            },
-            Err(sys::fs::ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                continue; // removed while we looked
-            }
-            Err(sys::fs::ReadError::NotFile) if e.file_type().is_ok_and(|t| t.is_dir()) => continue,
-            Err(err) => Err(ConfigError::Syntax(format!("refused unread: {err}"))),
-        };
-        out.push(Entry {
-            name,
-            path,
-            source: source.clone(),
-            parsed,
-        });
     }
     out
 }
@@ -170,14 +260,7 @@ pub fn scan(
     stamps: &mut Stamps,
 ) -> Vec<Entry> {
     let mut entries = scan_dir(&layout.vassals, &Source::Admin, ignored, writes, stamps);
-    let mut all: BTreeSet<Name> = groups.clone();
-    all.extend(
-        entries
-            .iter()
-            .filter(|e| matches!(e.parsed, Ok(VassalFile::Group(_))))
-            .map(|e| e.name.clone()),
-    );
-    for g in &all {
+    for g in &groups_read(groups, &entries) {
         entries.extend(scan_dir(
             &layout.drop_dir(g),
             &Source::Drop(g.clone()),
@@ -236,6 +319,71 @@ mod tests {
             Ok(VassalFile::Site(s)) => s.limits.memory.map(|m| m.0),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_scan_of_named_files_reads_those_in_its_directories_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            vassals: dir.path().join("v"),
+            home_root: dir.path().join("home"),
+            state_dir: dir.path().join("state"),
+            run_dir: dir.path().join("run"),
+            cgroup_root: "imperium".into(),
+        };
+        let g: Name = "group1".parse().unwrap();
+        let drop = layout.drop_dir(&g);
+        std::fs::create_dir_all(&layout.vassals).unwrap();
+        std::fs::create_dir_all(&drop).unwrap();
+        let site = "kind = \"site\"\n[limits]\nmemory = \"10M\"\n";
+        std::fs::write(layout.vassals.join("a.toml"), site).unwrap();
+        std::fs::write(layout.vassals.join("unnamed.toml"), site).unwrap();
+        std::fs::write(drop.join("b.toml"), site).unwrap();
+        // Named, in a drop directory not read: not looked at.
+        let other = layout.drop_dir(&"group2".parse().unwrap());
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("c.toml"), site).unwrap();
+        // A link where a file was named: refused unread, as in a full scan.
+        std::os::unix::fs::symlink("/etc/passwd", drop.join("evil.toml")).unwrap();
+        let named: std::collections::HashSet<PathBuf> = [
+            layout.vassals.join("a.toml"),
+            layout.vassals.join("gone.toml"),
+            drop.join("b.toml"),
+            drop.join("evil.toml"),
+            other.join("c.toml"),
+        ]
+        .into();
+        let mut previous = Previous::new();
+        let mut writes = Writes {
+            settling: &|_| false,
+            previous: &mut previous,
+            stamps: &Stamps::new(),
+            now: crate::clock::wall(),
+        };
+        let mut got = scan_named(
+            &layout,
+            &[g.clone()].into(),
+            &named,
+            &mut Vec::new(),
+            &mut writes,
+            &mut Stamps::new(),
+        );
+        got.sort_by(|a, b| a.path.cmp(&b.path));
+        let seen: Vec<(String, bool)> = got
+            .iter()
+            .map(|e| (e.name.to_string(), e.parsed.is_ok()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("b".into(), true),
+                ("evil".into(), false),
+                ("a".into(), true)
+            ],
+            "{got:?}"
+        );
+        assert_eq!(got[0].source, Source::Drop(g));
+        assert_eq!(got[2].source, Source::Admin);
     }
 
     #[test]

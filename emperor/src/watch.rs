@@ -4,7 +4,7 @@
 //! writing and not closed yet are tracked ([`Settling`]): a scan does not
 //! judge a file half written by scp or an editor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +20,52 @@ pub(crate) struct Watcher {
     drops: BTreeMap<PathBuf, WatchDescriptor>,
     dirs: Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>,
     settling: Settling,
+    named: Named,
+}
+
+/// The files events named since the last scan took them: a scan reads only
+/// those (and keeps what it knew of the rest) unless `all` says that an
+/// event named no file (a lost event, a directory itself gone) or that too
+/// many were named, when it reads everything.
+#[derive(Clone, Default)]
+pub struct Named(Arc<Mutex<Changed>>);
+
+/// What [`Named`] holds.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// The files named.
+    pub paths: HashSet<PathBuf>,
+    /// Read everything.
+    pub all: bool,
+}
+
+/// Files named before a scan reads everything anyway (a reseller creating
+/// files without end fills nothing).
+const NAMED_MAX: usize = 4096;
+
+impl Named {
+    /// What was named since the last call, and no longer kept.
+    pub fn take(&self) -> Changed {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A file to read at the next scan (one the emperor wrote itself).
+    pub fn name(&self, path: PathBuf) {
+        self.note(Some(path));
+    }
+
+    fn note(&self, path: Option<PathBuf>) {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match path {
+            Some(p) if !c.all && c.paths.len() < NAMED_MAX => {
+                c.paths.insert(p);
+            }
+            _ => {
+                c.all = true;
+                c.paths.clear();
+            }
+        }
+    }
 }
 
 /// How long a file may stay open for writing before it is judged anyway (a
@@ -71,15 +117,23 @@ impl Watcher {
         let dirs = Arc::new(Mutex::new(HashMap::from([(wd, admin.to_path_buf())])));
         let settling = Settling::default();
         let mut stream = inotify.into_event_stream(vec![0u8; 16384])?;
-        let (known, writes) = (dirs.clone(), settling.clone());
+        let named = Named::default();
+        let (known, writes, names) = (dirs.clone(), settling.clone(), named.clone());
         tokio::spawn(async move {
             while let Some(ev) = stream.next().await {
-                if let Ok(ev) = &ev {
+                let Ok(ev) = &ev else {
+                    // An overflow or a read error: read everything, and go on.
+                    names.note(None);
+                    let _ = tx.send(Event::FilesChanged);
+                    continue;
+                };
+                {
                     let dir = known
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .get(&ev.wd)
                         .cloned();
+                    names.note(dir.as_ref().zip(ev.name.as_ref()).map(|(d, n)| d.join(n)));
                     if let (Some(dir), Some(name)) = (dir, &ev.name) {
                         let path = dir.join(name);
                         // Only a regular file is written to (a link or a fifo
@@ -98,10 +152,7 @@ impl Watcher {
                         }
                     }
                 }
-                if ev.is_err() || tx.send(Event::FilesChanged).is_err() {
-                    // An overflow or a read error: ask for a full rescan and go on.
-                    let _ = tx.send(Event::FilesChanged);
-                }
+                let _ = tx.send(Event::FilesChanged);
             }
         });
         Ok(Watcher {
@@ -109,7 +160,13 @@ impl Watcher {
             drops: BTreeMap::new(),
             dirs,
             settling,
+            named,
         })
+    }
+
+    /// The files named since, for the scans.
+    pub(crate) fn named(&self) -> Named {
+        self.named.clone()
     }
 
     /// The files being written, for the scans.

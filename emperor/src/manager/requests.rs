@@ -230,6 +230,7 @@ impl Manager {
         if let Err(e) = place.write(&file_name, text.as_bytes()) {
             return Response::err(format!("writing {file_name}: {e}"));
         }
+        self.wrote(group, &file_name);
         self.reconcile();
         let took = self.vassals.get(&n).is_some_and(|v| v.file == file);
         if took {
@@ -249,6 +250,7 @@ impl Manager {
         if let Err(e) = restored {
             tracing::error!(vassal = %n, error = %e, "putting the refused file back failed");
         }
+        self.wrote(group, &file_name);
         self.reconcile();
         Response::err(why)
     }
@@ -265,6 +267,7 @@ impl Manager {
         };
         match place.remove(&format!("{n}.toml")) {
             Ok(()) => {
+                self.wrote(group, &format!("{n}.toml"));
                 self.reconcile();
                 Response::ok(serde_json::json!("removed"))
             }
@@ -276,6 +279,19 @@ impl Manager {
     }
 
     /// Where vassal files written through the API go.
+    /// The next scan reads `file` of the admin directory or of `group`'s
+    /// drop directory, just written here (before the watcher says so).
+    fn wrote(&self, group: Option<&str>, file: &str) {
+        let dir = match group.map(str::parse::<Name>) {
+            None => self.cfg.layout.vassals.clone(),
+            Some(Ok(g)) => self.cfg.layout.drop_dir(&g),
+            Some(Err(_)) => return,
+        };
+        if let Some(n) = &self.named {
+            n.name(dir.join(file));
+        }
+    }
+
     fn file_place(&self, group: Option<&str>) -> Result<FilePlace, String> {
         let Some(g) = group else {
             return Ok(FilePlace::Admin(self.cfg.layout.vassals.clone()));
