@@ -291,7 +291,7 @@ pub struct Manager {
     suspended_groups: BTreeSet<Name>,
     public_keys: BTreeMap<Name, String>,
     last_dominion: Option<model::subscription::Dominion>,
-    /// The dominion is to be rebuilt (a scan ran, or a write failed).
+    /// The dominion is to be rebuilt (a scan acted on a file, or a write failed).
     dominion_stale: bool,
     /// See [`Manager::dominion_inputs`].
     dominion_inputs: u64,
@@ -451,7 +451,6 @@ impl Manager {
         }
         let began = now();
         self.rescan = false;
-        self.dominion_stale = true;
         let groups: BTreeSet<Name> = self
             .vassals
             .iter()
@@ -654,6 +653,9 @@ impl Manager {
         self.sync_ssh_keys(&want);
         let mut actions = plan(&want, &previous, needs_restart);
         lifecycle::order(&mut actions, &want, &previous);
+        // What the router is told comes from the files that run: only an
+        // action changes one (a rescan that finds nothing new rebuilds nothing).
+        self.dominion_stale |= !actions.is_empty();
         // Allocate the uids of every new vassal at once: one durable write of
         // the table instead of one per start.
         let mut allocated = false;

@@ -61,8 +61,8 @@ impl Manager {
     /// Tells the router (through `<run-dir>/router/dominion.json`) which site
     /// owns which domains, each site's public key and whether it is suspended.
     /// Written only when it changed. Called after every event: unless a
-    /// scan ran since, it is rebuilt only when what it holds besides the
-    /// files (each site's uid, address and suspension) changed.
+    /// scan acted on a file since, it is rebuilt only when what it holds
+    /// besides the files (each site's uid, address and suspension) changed.
     pub fn publish_dominion(&mut self) {
         use model::subscription::{Dominion, SiteRoutes};
         let inputs = self.dominion_inputs();
