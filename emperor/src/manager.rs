@@ -457,93 +457,7 @@ impl Manager {
             .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
             .map(|(n, _)| n.clone())
             .collect();
-        let mut ignored = Vec::new();
-        let settling = self.settling.clone();
-        let mut previous = std::mem::take(&mut self.last_entries);
-        let mut stamps = std::mem::take(&mut self.last_stamps);
-        let unstamped = crate::scan::Stamps::new();
-        let mut writes = crate::scan::Writes {
-            settling: &|p| settling.as_ref().is_some_and(|s| s.writing(p)),
-            previous: &mut previous,
-            stamps: &unstamped,
-            now: crate::clock::wall(),
-        };
-        // What the watcher named since the last scan: only those files are
-        // read again when it named every change (and the periodic rescan
-        // did not ask for all); otherwise every file is.
-        let named = self.named.as_ref().map(|n| n.take());
-        let scan_all = std::mem::take(&mut self.scan_all);
-        let entries = match named {
-            Some(c) if !c.all && !scan_all => {
-                let paths = c.paths;
-                // The named files are read again, whatever their stamps.
-                stamps.retain(|p, _| !paths.contains(p));
-                ignored = self
-                    .ignored
-                    .iter()
-                    .filter(|(p, _)| !paths.contains(p))
-                    .cloned()
-                    .collect();
-                let fresh = crate::scan::scan_named(
-                    &self.cfg.layout,
-                    &self.groups_read,
-                    &paths,
-                    &mut ignored,
-                    &mut writes,
-                    &mut stamps,
-                );
-                writes.previous.retain(|p, _| !paths.contains(p));
-                let mut entries: Vec<model::catalog::Entry> =
-                    writes.previous.drain().map(|(_, e)| e).collect();
-                entries.extend(fresh);
-                // A group's file came or went: its drop directory is read
-                // whole, or left, as a full scan would.
-                let read = crate::scan::groups_read(&groups, &entries);
-                for g in read.difference(&self.groups_read) {
-                    let dir = self.cfg.layout.drop_dir(g);
-                    let source = model::catalog::Source::Drop(g.clone());
-                    let found = crate::scan::scan_dir(
-                        &dir,
-                        &source,
-                        &mut ignored,
-                        &mut writes,
-                        &mut stamps,
-                    );
-                    entries.extend(found);
-                }
-                let gone: Vec<PathBuf> = self
-                    .groups_read
-                    .difference(&read)
-                    .map(|g| self.cfg.layout.drop_dir(g))
-                    .collect();
-                if !gone.is_empty() {
-                    let left =
-                        |p: &std::path::Path| gone.iter().any(|d| p.parent() == Some(d.as_path()));
-                    entries.retain(|e| !left(&e.path));
-                    ignored.retain(|(p, _)| !left(p));
-                    stamps.retain(|p, _| !left(p));
-                }
-                self.groups_read = read;
-                self.last_stamps = stamps;
-                entries
-            }
-            _ => {
-                // Unchanged files (by their stamps) are not read again.
-                let last = stamps;
-                writes.stamps = &last;
-                let mut stamps = crate::scan::Stamps::new();
-                let entries = crate::scan::scan(
-                    &self.cfg.layout,
-                    &groups,
-                    &mut ignored,
-                    &mut writes,
-                    &mut stamps,
-                );
-                self.last_stamps = stamps;
-                self.groups_read = crate::scan::groups_read(&groups, &entries);
-                entries
-            }
-        };
+        let (entries, ignored) = self.read_dirs(&groups);
         for (path, why) in &ignored {
             if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
                 tracing::warn!(path = %path.display(), reason = %why, "not a vassal file");
@@ -711,6 +625,102 @@ impl Manager {
         let cost = now().saturating_duration_since(began);
         self.start_some();
         cost
+    }
+
+    /// Reads the vassal directories for a reconcile: the entries found and
+    /// the files that are not vassals. Only the files the watcher named are
+    /// read again when it named every change (and the periodic rescan did
+    /// not ask for all); otherwise every file is, those whose stamps did not
+    /// change excepted.
+    fn read_dirs(
+        &mut self,
+        groups: &BTreeSet<Name>,
+    ) -> (Vec<model::catalog::Entry>, Vec<crate::scan::Ignored>) {
+        let mut ignored = Vec::new();
+        let settling = self.settling.clone();
+        let mut previous = std::mem::take(&mut self.last_entries);
+        let mut stamps = std::mem::take(&mut self.last_stamps);
+        let unstamped = crate::scan::Stamps::new();
+        let mut writes = crate::scan::Writes {
+            settling: &|p| settling.as_ref().is_some_and(|s| s.writing(p)),
+            previous: &mut previous,
+            stamps: &unstamped,
+            now: crate::clock::wall(),
+        };
+        let named = self.named.as_ref().map(|n| n.take());
+        let scan_all = std::mem::take(&mut self.scan_all);
+        let entries = match named {
+            Some(c) if !c.all && !scan_all => {
+                let paths = c.paths;
+                // The named files are read again, whatever their stamps.
+                stamps.retain(|p, _| !paths.contains(p));
+                ignored = self
+                    .ignored
+                    .iter()
+                    .filter(|(p, _)| !paths.contains(p))
+                    .cloned()
+                    .collect();
+                let fresh = crate::scan::scan_named(
+                    &self.cfg.layout,
+                    &self.groups_read,
+                    &paths,
+                    &mut ignored,
+                    &mut writes,
+                    &mut stamps,
+                );
+                writes.previous.retain(|p, _| !paths.contains(p));
+                let mut entries: Vec<model::catalog::Entry> =
+                    writes.previous.drain().map(|(_, e)| e).collect();
+                entries.extend(fresh);
+                // A group's file came or went: its drop directory is read
+                // whole, or left, as a full scan would.
+                let read = crate::scan::groups_read(groups, &entries);
+                for g in read.difference(&self.groups_read) {
+                    let dir = self.cfg.layout.drop_dir(g);
+                    let source = model::catalog::Source::Drop(g.clone());
+                    let found = crate::scan::scan_dir(
+                        &dir,
+                        &source,
+                        &mut ignored,
+                        &mut writes,
+                        &mut stamps,
+                    );
+                    entries.extend(found);
+                }
+                let gone: Vec<PathBuf> = self
+                    .groups_read
+                    .difference(&read)
+                    .map(|g| self.cfg.layout.drop_dir(g))
+                    .collect();
+                if !gone.is_empty() {
+                    let left =
+                        |p: &std::path::Path| gone.iter().any(|d| p.parent() == Some(d.as_path()));
+                    entries.retain(|e| !left(&e.path));
+                    ignored.retain(|(p, _)| !left(p));
+                    stamps.retain(|p, _| !left(p));
+                }
+                self.groups_read = read;
+                self.last_stamps = stamps;
+                entries
+            }
+            _ => {
+                // Unchanged files (by their stamps) are not read again.
+                let last = stamps;
+                writes.stamps = &last;
+                let mut stamps = crate::scan::Stamps::new();
+                let entries = crate::scan::scan(
+                    &self.cfg.layout,
+                    groups,
+                    &mut ignored,
+                    &mut writes,
+                    &mut stamps,
+                );
+                self.last_stamps = stamps;
+                self.groups_read = crate::scan::groups_read(groups, &entries);
+                entries
+            }
+        };
+        (entries, ignored)
     }
 
     /// Whether the removal of `name` (stopped, archived) may change what

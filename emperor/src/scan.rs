@@ -1,13 +1,13 @@
 //! Reading the vassal directories: the admin directory and each group's drop
 //! directory, one `<name>.toml` per vassal.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use nix::sys::stat::{fstatat, SFlag};
-use std::time::{Duration, SystemTime};
 
 use model::catalog::{Entry, Source};
 use model::config::ConfigError;
@@ -211,11 +211,17 @@ pub fn groups_read<'a>(
 pub fn scan_named(
     layout: &Layout,
     groups: &BTreeSet<Name>,
-    named: &std::collections::HashSet<PathBuf>,
+    named: &HashSet<PathBuf>,
     ignored: &mut Vec<Ignored>,
     writes: &mut Writes<'_>,
     stamps: &mut Stamps,
 ) -> Vec<Entry> {
+    let mut by_dir: HashMap<&Path, Vec<&OsStr>> = HashMap::new();
+    for p in named {
+        if let (Some(dir), Some(file)) = (p.parent(), p.file_name()) {
+            by_dir.entry(dir).or_default().push(file);
+        }
+    }
     let mut dirs: Vec<(PathBuf, Source)> = vec![(layout.vassals.clone(), Source::Admin)];
     dirs.extend(
         groups
@@ -224,18 +230,13 @@ pub fn scan_named(
     );
     let mut out = Vec::new();
     for (dir, source) in dirs {
-        let mut here = named
-            .iter()
-            .filter(|p| p.parent() == Some(dir.as_path()))
-            .filter_map(|p| p.file_name())
-            .peekable();
-        if here.peek().is_none() {
+        let Some(files) = by_dir.get(dir.as_path()) else {
             continue;
-        }
+        };
         let Ok(dirfd) = sys::fs::open_dir(&dir) else {
             continue;
         };
-        for file_name in here {
+        for file_name in files {
             out.extend(look(
                 dirfd.as_fd(),
                 &dir,
@@ -345,7 +346,7 @@ mod tests {
         std::fs::write(other.join("c.toml"), site).unwrap();
         // A link where a file was named: refused unread, as in a full scan.
         std::os::unix::fs::symlink("/etc/passwd", drop.join("evil.toml")).unwrap();
-        let named: std::collections::HashSet<PathBuf> = [
+        let named: HashSet<PathBuf> = [
             layout.vassals.join("a.toml"),
             layout.vassals.join("gone.toml"),
             drop.join("b.toml"),

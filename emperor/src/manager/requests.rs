@@ -278,7 +278,6 @@ impl Manager {
         }
     }
 
-    /// Where vassal files written through the API go.
     /// The next scan reads `file` of the admin directory or of `group`'s
     /// drop directory, just written here (before the watcher says so).
     fn wrote(&self, group: Option<&str>, file: &str) {
@@ -292,6 +291,7 @@ impl Manager {
         }
     }
 
+    /// Where vassal files written through the API go.
     fn file_place(&self, group: Option<&str>) -> Result<FilePlace, String> {
         let Some(g) = group else {
             return Ok(FilePlace::Admin(self.cfg.layout.vassals.clone()));
