@@ -55,6 +55,11 @@ fn main() {
     let spawner =
         emperor::spawner::Spawner::new(tree.clone(), sys::seccomp::default_program().unwrap());
     spawner.prepare_host(&inp).unwrap();
+    std::fs::create_dir_all(&layout.state_dir).unwrap();
+    emperor::keys::SiteKeys::open(&layout)
+        .unwrap()
+        .write(&name, 39999)
+        .unwrap();
     let s = spec::build(&inp).unwrap();
     let root = layout.root_dir(&name);
     std::fs::create_dir_all(&root).unwrap();

@@ -289,7 +289,10 @@ pub struct Manager {
     tx: mpsc::UnboundedSender<Event>,
     shutdown_reply: Option<oneshot::Sender<Response>>,
     suspended_groups: BTreeSet<Name>,
-    public_keys: BTreeMap<Name, String>,
+    /// The host's secret the sites' keys are derived from.
+    site_keys: crate::keys::SiteKeys,
+    /// Each routed site's public key, with the uid it was derived for.
+    public_keys: BTreeMap<Name, (u32, String)>,
     last_dominion: Option<model::subscription::Dominion>,
     /// The dominion is to be rebuilt (a scan acted on a file, or a write failed).
     dominion_stale: bool,
@@ -345,6 +348,7 @@ impl Manager {
                 tracing::warn!("storage limits are not enforced: {why}")
             }
         }
+        let site_keys = crate::keys::SiteKeys::open(&cfg.layout)?;
         let mut spawner = Spawner::new(tree.clone(), seccomp).with_netns_pool(NETNS_POOL);
         if let Some(n) = &net {
             spawner = spawner.with_network(n.clone());
@@ -383,6 +387,7 @@ impl Manager {
             tx,
             shutdown_reply: None,
             suspended_groups: BTreeSet::new(),
+            site_keys,
             public_keys: BTreeMap::new(),
             last_dominion: None,
             dominion_stale: true,
@@ -973,6 +978,13 @@ impl Manager {
                 .and_then(|_| self.tree.set_limits(&cg, &group_limits(&file)))
             {
                 self.fail(name, e.to_string(), true);
+                return None;
+            }
+        }
+        if let VassalFile::Site(_) = file {
+            // The site's key for the router, bound into its container.
+            if let Err(e) = self.site_keys.write(name, uid) {
+                self.fail(name, format!("writing the site's key: {e}"), true);
                 return None;
             }
         }

@@ -198,10 +198,6 @@ impl Spawner {
                         prep(&b.source, made.map(|_| ()))?;
                     }
                 }
-                Source::SiteKey => prep(
-                    &b.source,
-                    crate::keys::ensure(inp.layout, inp.name, inp.uid).map(|_| ()),
-                )?,
             }
         }
         match inp.file {

@@ -215,7 +215,7 @@ fn fs(dest: &str, typ: &str, opts: &[&str]) -> Result<Mount, SpecError> {
 /// How the host side of one of the container's own binds is made before a start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// It is there already (the vassal binary).
+    /// It is there already (the vassal binary; the site's key, written just before).
     Given,
     /// A directory with this owner (`None`: root) and mode, never a link.
     Dir {
@@ -228,8 +228,6 @@ pub enum Source {
     Shared,
     /// An empty file root owns (0644), in a directory root owns.
     File,
-    /// The site's key pair for the router.
-    SiteKey,
 }
 
 /// One of the container's own binds (the OS entries of the rootfs aside).
@@ -339,11 +337,12 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
         Source::Shared,
     ));
     if matches!(inp.file, VassalFile::Site(_)) {
+        // Written by the manager before the start (`keys::SiteKeys::write`).
         v.push(b(
             inside::SITE_KEY,
             inp.layout.site_key(inp.name),
             RO_NOEXEC,
-            Source::SiteKey,
+            Source::Given,
         ));
     }
     if let Some(lxcfs) = inp.lxcfs {

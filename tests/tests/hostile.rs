@@ -325,6 +325,75 @@ fn hostile_a_containers_init_holds_nothing_of_the_emperors_and_cannot_be_ptraced
     assert!(!text.contains("READ") && !text.contains("LISTED"), "{text}");
 }
 
+/// What the dominion tells the router of a site: its public key.
+fn public_key(e: &Emperor, site: &str) -> Option<String> {
+    let d: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.run_dir.join("router/dominion.json")).ok()?)
+            .ok()?;
+    d["sites"][site]["publicKey"].as_str().map(str::to_owned)
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn hostile_a_site_name_taken_again_by_another_tenant_does_not_get_the_old_key() {
+    use base64::Engine;
+    use std::os::unix::fs::MetadataExt;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut e = Emperor::new();
+    e.write("shop", "kind = \"site\"\ndomains = [\"shop.test\"]\n");
+    e.start();
+    // The key bound into the container is the site's own, readable by its
+    // tenant alone, and the pair of what the router is told.
+    let key_in = |e: &Emperor| {
+        let out = e.exec_in(
+            e.running_pid("shop"),
+            uid_of(e, "shop"),
+            &e.cgroup("_admin/shop"),
+            "cat /run/imperium/site.key",
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let pair = |seed: &str| {
+        let seed: [u8; 32] = b64.decode(seed).unwrap().try_into().unwrap();
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+        b64.encode(public.to_bytes())
+    };
+    let old = key_in(&e);
+    let told = wait_for_or(
+        Duration::from_secs(10),
+        "the dominion",
+        || public_key(&e, "shop"),
+        || std::fs::read_to_string(e.run_dir.join("router/dominion.json")).unwrap_or_default(),
+    );
+    assert_eq!(pair(&old), told);
+    let file = std::fs::metadata(e.run_dir.join("keys/shop.key")).unwrap();
+    assert_eq!(
+        (file.mode() & 0o777, file.uid()),
+        (0o400, uid_of(&e, "shop"))
+    );
+    let dir = std::fs::metadata(e.run_dir.join("keys")).unwrap();
+    assert_eq!((dir.mode() & 0o777, dir.uid()), (0o711, 0));
+
+    // The tenant goes, keeping a copy of its key; the name comes back for
+    // another tenant.
+    e.remove("shop");
+    wait_for(Duration::from_secs(20), "shop gone", || {
+        e.row("shop").is_none().then_some(())
+    });
+    e.write(
+        "shop",
+        "kind = \"site\"\nuser = \"newowner\"\ndomains = [\"shop.test\"]\n",
+    );
+    e.wait_row("shop", "running", |r| r["state"] == "running");
+    let new = key_in(&e);
+    assert_ne!(new, old, "the new tenant was given the old tenant's key");
+    let told = wait_for(Duration::from_secs(10), "the new key told", || {
+        public_key(&e, "shop").filter(|k| *k != pair(&old))
+    });
+    assert_eq!(pair(&new), told, "the router is told the new pair");
+}
+
 /// Inits (pid 1 of their own pid namespace) among the processes of a cgroup.
 fn inits_in(cgroup: &str) -> usize {
     read_cgroup("pids", cgroup, "cgroup.procs")

@@ -78,10 +78,10 @@ impl Manager {
             let Some((s, uid, suspended)) = self.routed(v) else {
                 continue;
             };
-            if !self.public_keys.contains_key(name) {
-                match crate::keys::ensure(&self.cfg.layout, name, uid) {
+            if self.public_keys.get(name).map(|k| k.0) != Some(uid) {
+                match self.site_keys.public(name, uid) {
                     Ok(k) => {
-                        self.public_keys.insert(name.clone(), k);
+                        self.public_keys.insert(name.clone(), (uid, k));
                     }
                     Err(e) => {
                         tracing::warn!(vassal = %name, error = %e, "no key pair for the router");
@@ -92,7 +92,7 @@ impl Manager {
             d.sites.insert(
                 name.to_string(),
                 SiteRoutes {
-                    public_key: self.public_keys[name].clone(),
+                    public_key: self.public_keys[name].1.clone(),
                     domains: s.domains.iter().map(|x| x.to_string()).collect(),
                     sockets: self.cfg.layout.sockets(name).display().to_string(),
                     uid: Some(uid),

@@ -59,14 +59,27 @@ impl Layout {
         home::vassals(&self.group_home(group))
     }
 
-    /// The directory of the sites' private keys for the router.
+    /// The host's secret from which every site's key for the router is
+    /// derived (root's, 0400).
+    pub fn site_key_secret(&self) -> PathBuf {
+        self.state_dir.join("site-keys.secret")
+    }
+
+    /// The directory of the sites' private keys for the router (a runtime
+    /// directory: each key is derived again after a reboot).
     pub fn site_keys_dir(&self) -> PathBuf {
-        self.state_dir.join("keys")
+        self.run_dir.join("keys")
     }
 
     /// A site's private key for the router (bound at [`inside::SITE_KEY`]).
     pub fn site_key(&self, site: &Name) -> PathBuf {
         self.site_keys_dir().join(format!("{site}.key"))
+    }
+
+    /// Where earlier versions kept a site's key, made at random: still used
+    /// when present, so that a site keeps its key across an upgrade.
+    pub fn legacy_site_key(&self, site: &Name) -> PathBuf {
+        self.state_dir.join("keys").join(format!("{site}.key"))
     }
 
     /// A site's home: inside its group's tree, or directly under the home root.
