@@ -400,6 +400,9 @@ def main():
         res.update(bench_latency(work, args.runs))
         res.update(bench_network(work, args.runs))
         res.update(bench_quota(work, args.runs))
+        # Each cold start on a settled machine: the runs before leave the
+        # kernel tearing down their namespaces and cgroups.
+        settle()
         res["cold"] = bench_cold(work, args.sites)
         settle()
         res["cold_no_launcher"] = bench_cold(work, args.sites, launcher=False)

@@ -293,11 +293,13 @@ pub struct Manager {
     site_keys: crate::keys::SiteKeys,
     /// Each routed site's public key, with the uid it was derived for.
     public_keys: BTreeMap<Name, (u32, String)>,
-    last_dominion: Option<model::subscription::Dominion>,
-    /// The dominion is to be rebuilt (a scan acted on a file, or a write failed).
-    dominion_stale: bool,
-    /// See [`Manager::dominion_inputs`].
-    dominion_inputs: u64,
+    /// What the router was last told (or was to be told: see `dominion_unwritten`).
+    dominion: model::subscription::Dominion,
+    /// Sites whose file a scan acted on since the dominion was published:
+    /// their entries are built again.
+    dominion_dirty: BTreeSet<Name>,
+    /// The last write of the dominion failed: the next publish retries.
+    dominion_unwritten: bool,
     /// The directories are to be read again (see [`Manager::take_rescan`]).
     rescan: bool,
     /// The cgroup figures of the last `status` (see [`status::Recent`]).
@@ -389,9 +391,9 @@ impl Manager {
             suspended_groups: BTreeSet::new(),
             site_keys,
             public_keys: BTreeMap::new(),
-            last_dominion: None,
-            dominion_stale: true,
-            dominion_inputs: 0,
+            dominion: Default::default(),
+            dominion_dirty: BTreeSet::new(),
+            dominion_unwritten: true,
             rescan: false,
             recent: Default::default(),
         };
@@ -573,8 +575,12 @@ impl Manager {
         let mut actions = plan(&want, &previous, needs_restart);
         lifecycle::order(&mut actions, &want, &previous);
         // What the router is told comes from the files that run: only an
-        // action changes one (a rescan that finds nothing new rebuilds nothing).
-        self.dominion_stale |= !actions.is_empty();
+        // action changes one, and only its site's entry is built again.
+        self.dominion_dirty.extend(actions.iter().map(|a| match a {
+            Action::Stop(n) | Action::Restart(n) | Action::Update(n) | Action::Start(n) => {
+                n.clone()
+            }
+        }));
         // Allocate the uids of every new vassal at once: one durable write of
         // the table instead of one per start.
         let mut allocated = false;

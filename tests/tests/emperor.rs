@@ -1152,6 +1152,58 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     });
 }
 
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_dominion_follows_files_states_and_removals() {
+    let mut e = Emperor::new();
+    e.write("dom1", "kind = \"site\"\ndomains = [\"dom1.test\"]\n");
+    e.write("dom2", "kind = \"site\"\ndomains = [\"dom2.test\"]\n");
+    e.start();
+    let read = || -> serde_json::Value {
+        std::fs::read(e.run_dir.join("router/dominion.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    let until = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        wait_for_or(
+            Duration::from_secs(10),
+            what,
+            || pred(&read()).then_some(()),
+            || read().to_string(),
+        )
+    };
+    until("both sites with their uids", &|d| {
+        d["sites"]["dom1"]["uid"].is_u64() && d["sites"]["dom2"]["uid"].is_u64()
+    });
+    let uid2 = read()["sites"]["dom2"]["uid"].clone();
+    // A file's change reaches its entry.
+    e.write(
+        "dom1",
+        "kind = \"site\"\ndomains = [\"dom1.test\", \"*.dom1.test\"]\n[limits]\nrequests = 7\n",
+    );
+    until("dom1's new domains and cap", &|d| {
+        d["sites"]["dom1"]["domains"] == serde_json::json!(["dom1.test", "*.dom1.test"])
+            && d["sites"]["dom1"]["requests"] == 7
+    });
+    // A state's change reaches its entry, and no other.
+    assert!(e.cli(&["suspend", "dom2"]).status.success());
+    until("dom2 suspended", &|d| {
+        d["sites"]["dom2"]["suspended"] == true
+    });
+    assert_eq!(read()["sites"]["dom1"]["suspended"], false);
+    assert!(e.cli(&["resume", "dom2"]).status.success());
+    until("dom2 resumed", &|d| {
+        d["sites"]["dom2"]["suspended"] == false
+    });
+    assert_eq!(read()["sites"]["dom2"]["uid"], uid2);
+    // A removed site leaves it.
+    e.remove("dom2");
+    until("dom2 gone", &|d| {
+        d["sites"].get("dom2").is_none() && d["sites"]["dom1"]["uid"].is_u64()
+    });
+}
+
 /// A tenant's app that takes its socket from the vassal (`{socket}`), answers
 /// `v$VERSION`, binds only after `$SLOW` seconds (a slow import), never at all
 /// with `--never`, and on SIGTERM finishes the request it is on.

@@ -60,24 +60,23 @@ impl Manager {
 
     /// Tells the router (through `<run-dir>/router/dominion.json`) which site
     /// owns which domains, each site's public key and whether it is suspended.
-    /// Written only when it changed. Called after every event: unless a
-    /// scan acted on a file since, it is rebuilt only when what it holds
-    /// besides the files (each site's uid, address and suspension) changed.
+    /// Called after every event, and written only when it changed. A site's
+    /// entry is built again only when a scan acted on its file (or it is
+    /// new); the others are checked in place for what their states change
+    /// (uid, suspension, address), so an event costs no allocation per site.
     pub fn publish_dominion(&mut self) {
-        use model::subscription::{Dominion, SiteRoutes};
-        let inputs = self.dominion_inputs();
-        if !self.dominion_stale && self.dominion_inputs == inputs {
-            return;
-        }
-        self.dominion_inputs = inputs;
-        let mut d = Dominion {
-            schema_version: 1,
-            ..Default::default()
-        };
+        use model::subscription::SiteRoutes;
+        let mut changed = std::mem::take(&mut self.dominion_unwritten);
+        let dirty = std::mem::take(&mut self.dominion_dirty);
+        let mut d = std::mem::take(&mut self.dominion);
+        d.schema_version = 1;
+        let mut routed = 0;
         for (name, v) in &self.vassals {
             let Some((s, uid, suspended)) = self.routed(v) else {
+                changed |= d.sites.remove(name.as_str()).is_some();
                 continue;
             };
+            let address = self.v4_of(name);
             if self.public_keys.get(name).map(|k| k.0) != Some(uid) {
                 match self.site_keys.public(name, uid) {
                     Ok(k) => {
@@ -85,45 +84,76 @@ impl Manager {
                     }
                     Err(e) => {
                         tracing::warn!(vassal = %name, error = %e, "no key pair for the router");
+                        changed |= d.sites.remove(name.as_str()).is_some();
                         continue;
                     }
                 }
             }
-            d.sites.insert(
-                name.to_string(),
-                SiteRoutes {
-                    public_key: self.public_keys[name].1.clone(),
-                    domains: s.domains.iter().map(|x| x.to_string()).collect(),
-                    sockets: self.cfg.layout.sockets(name).display().to_string(),
-                    uid: Some(uid),
-                    suspended,
-                    // Set while a site moves to another host: not done by this emperor yet.
-                    moving: Vec::new(),
-                    requests: s.limits.requests,
-                    address: self.v4_of(name),
-                },
-            );
+            routed += 1;
+            let public_key = &self.public_keys[name].1;
+            match d.sites.get_mut(name.as_str()) {
+                // Its file is what it was: only what its state gives may move.
+                Some(e) if !dirty.contains(name) => {
+                    if e.uid != Some(uid)
+                        || e.suspended != suspended
+                        || e.address != address
+                        || e.public_key != *public_key
+                    {
+                        e.uid = Some(uid);
+                        e.suspended = suspended;
+                        e.address = address;
+                        e.public_key.clone_from(public_key);
+                        changed = true;
+                    }
+                }
+                e => {
+                    let new = SiteRoutes {
+                        public_key: public_key.clone(),
+                        domains: s.domains.iter().map(|x| x.to_string()).collect(),
+                        sockets: self.cfg.layout.sockets(name).display().to_string(),
+                        uid: Some(uid),
+                        suspended,
+                        // Set while a site moves to another host: not done by this emperor yet.
+                        moving: Vec::new(),
+                        requests: s.limits.requests,
+                        address,
+                    };
+                    match e {
+                        Some(e) if *e == new => {}
+                        Some(e) => {
+                            *e = new;
+                            changed = true;
+                        }
+                        None => {
+                            d.sites.insert(name.to_string(), new);
+                            changed = true;
+                        }
+                    }
+                }
+            }
         }
-        if self.last_dominion.as_ref() == Some(&d) {
-            self.dominion_stale = false;
+        // Entries of vassals gone.
+        if d.sites.len() != routed {
+            d.sites.retain(|n, _| {
+                n.parse::<Name>()
+                    .is_ok_and(|n| self.vassals.get(&n).and_then(|v| self.routed(v)).is_some())
+            });
+            changed = true;
+        }
+        self.dominion = d;
+        if !changed {
             return;
         }
-        let Ok(bytes) = serde_json::to_vec_pretty(&d) else {
+        let Ok(bytes) = serde_json::to_vec_pretty(&self.dominion) else {
             return;
         };
         let dir = self.cfg.layout.router_dir();
         let _ = std::fs::create_dir_all(&dir);
         // Root's only: the directory is shared into every container, and a
         // site learns no other customer's domains.
-        match model::atomic::replace(&self.cfg.layout.dominion(), &bytes, 0o600) {
-            Ok(()) => {
-                self.last_dominion = Some(d);
-                self.dominion_stale = false;
-            }
-            Err(e) => {
-                self.dominion_stale = true;
-                tracing::warn!(error = %e, "writing the dominion failed")
-            }
+        if let Err(e) = model::atomic::replace(&self.cfg.layout.dominion(), &bytes, 0o600) {
+            self.dominion_unwritten = true;
+            tracing::warn!(error = %e, "writing the dominion failed")
         }
     }
 
@@ -138,21 +168,6 @@ impl Manager {
             .as_ref()
             .is_some_and(|g| self.suspended_groups.contains(g));
         Some((s, uid, v.life.state == State::Suspended || frozen))
-    }
-
-    /// A digest of what the dominion takes from the vassals' states, not
-    /// their files: which sites have a uid, which uid, address and
-    /// suspension.
-    fn dominion_inputs(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        for (name, v) in &self.vassals {
-            if let Some((_, uid, suspended)) = self.routed(v) {
-                let address = self.addresses.vassals.get(name.as_str());
-                (name.as_str(), uid, suspended, address).hash(&mut h);
-            }
-        }
-        h.finish()
     }
 
     pub(super) fn write_record(&self, name: &Name) {

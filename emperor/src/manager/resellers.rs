@@ -92,28 +92,46 @@ impl Manager {
     }
 
     /// Tells the event streams what changed since the last call (a state or
-    /// its reason; a vassal gone). Called after each batch of events.
+    /// its reason; a vassal gone). Called after each batch of events: the
+    /// changes are found in place, without building every vassal's again.
     pub fn publish_changes(&mut self) {
         let digest = self.changes_digest();
         if self.told_digest == Some(digest) {
             return;
         }
         self.told_digest = Some(digest);
-        let now = self.changes_now();
-        for (name, c) in &now {
-            if self.told.get(name) != Some(c) {
-                let _ = self.events.send(Told::State(c.clone()));
+        let mut told = std::mem::take(&mut self.told);
+        let events = self.events.clone();
+        let mut now = 0;
+        self.each_change(|name, group, state, reason| {
+            now += 1;
+            let same = told.get(name).is_some_and(|c| {
+                c.group.as_deref() == group && c.state == state.as_str() && c.reason == reason
+            });
+            if !same {
+                let c = Change {
+                    vassal: name.to_string(),
+                    group: group.map(str::to_owned),
+                    state: state.as_str().to_owned(),
+                    reason,
+                };
+                let _ = events.send(Told::State(c.clone()));
+                told.insert(name.clone(), c);
             }
+        });
+        if told.len() != now {
+            told.retain(|name, c| {
+                let here = self.vassals.contains_key(name) || self.rejected.contains_key(name);
+                if !here {
+                    let _ = events.send(Told::State(Change {
+                        state: "removed".into(),
+                        reason: None,
+                        ..c.clone()
+                    }));
+                }
+                here
+            });
         }
-        for (name, c) in &self.told {
-            if !now.contains_key(name) {
-                let _ = self.events.send(Told::State(Change {
-                    state: "removed".into(),
-                    reason: None,
-                    ..c.clone()
-                }));
-            }
-        }
-        self.told = now;
+        self.told = told;
     }
 }

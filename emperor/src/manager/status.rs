@@ -252,10 +252,16 @@ impl Manager {
         });
     }
 
-    /// Each row's name, group, state and reason as `status` shows them,
+    /// Each name's state and reason as `status` shows them, with its group,
     /// and nothing else (the rest of a row costs paths and strings for every
-    /// vassal): what the event streams compare after every event.
-    fn each_change(&self, mut f: impl FnMut(&Name, Option<&str>, State, Option<String>)) {
+    /// vassal): what the event streams compare after every event. A name is
+    /// told by what holds it: a file shadowed by another of the same name
+    /// shows in `status` and in its reseller's refusals, not on the streams
+    /// (keyed by name, they would otherwise tell two states for one name).
+    pub(super) fn each_change(
+        &self,
+        mut f: impl FnMut(&Name, Option<&str>, State, Option<String>),
+    ) {
         for (name, v) in &self.vassals {
             let (state, reason) = self.shown_state(v);
             f(name, row_group(name, v), state, reason);
@@ -265,33 +271,10 @@ impl Manager {
                 f(name, None, State::Rejected, Some(why.clone()));
             }
         }
-        for (name, path, why) in &self.shadowed {
-            f(
-                name,
-                None,
-                State::Rejected,
-                Some(format!("{}: {why}", path.display())),
-            );
-        }
     }
 
-    /// The event streams' view now (see [`Manager::each_change`]).
-    pub(super) fn changes_now(&self) -> BTreeMap<Name, Change> {
-        let mut now = BTreeMap::new();
-        self.each_change(|name, group, state, reason| {
-            let change = Change {
-                vassal: name.to_string(),
-                group: group.map(str::to_owned),
-                state: state.as_str().to_owned(),
-                reason,
-            };
-            now.insert(name.clone(), change);
-        });
-        now
-    }
-
-    /// A digest of [`Manager::changes_now`], built without allocating a
-    /// change per vassal: the streams build the changes only when it moved.
+    /// A digest of what [`Manager::each_change`] gives, built without
+    /// allocating: the streams look for changes only when it moved.
     pub(super) fn changes_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
