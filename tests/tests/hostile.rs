@@ -381,6 +381,10 @@ fn hostile_a_site_name_taken_again_by_another_tenant_does_not_get_the_old_key() 
     wait_for(Duration::from_secs(20), "shop gone", || {
         e.row("shop").is_none().then_some(())
     });
+    assert!(
+        !e.run_dir.join("keys/shop.key").exists(),
+        "a removed site's key stays behind"
+    );
     e.write(
         "shop",
         "kind = \"site\"\nuser = \"newowner\"\ndomains = [\"shop.test\"]\n",
