@@ -23,6 +23,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 pub struct SiteKeys {
     secret: hmac::Key,
     layout: Layout,
+    /// An earlier version made keys at random there: each is kept.
+    legacy: bool,
 }
 
 impl std::fmt::Debug for SiteKeys {
@@ -32,7 +34,8 @@ impl std::fmt::Debug for SiteKeys {
 }
 
 impl SiteKeys {
-    /// Reads the host's secret, making it (durably) the first time.
+    /// Reads the host's secret, making it (durably) the first time, and
+    /// makes the directory the private keys are written to.
     pub fn open(layout: &Layout) -> io::Result<SiteKeys> {
         let path = layout.site_key_secret();
         let bytes = match std::fs::read(&path) {
@@ -52,9 +55,13 @@ impl SiteKeys {
                 format!("{} is not a 32-byte secret", path.display()),
             ));
         }
+        let dir = layout.site_keys_dir();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         Ok(SiteKeys {
             secret: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
             layout: layout.clone(),
+            legacy: layout.legacy_site_keys_dir().is_dir(),
         })
     }
 
@@ -62,7 +69,11 @@ impl SiteKeys {
     /// made at random if it is still there, else derived.
     fn seed(&self, name: &Name, uid: u32) -> io::Result<[u8; 32]> {
         let legacy = self.layout.legacy_site_key(name);
-        match std::fs::read_to_string(&legacy) {
+        let read = match self.legacy {
+            true => std::fs::read_to_string(&legacy),
+            false => Err(io::ErrorKind::NotFound.into()),
+        };
+        match read {
             Ok(text) => B64
                 .decode(text.trim())
                 .ok()
@@ -96,10 +107,7 @@ impl SiteKeys {
     /// no tenant can list it, plant a name in it or swap one.
     pub fn write(&self, name: &Name, uid: u32) -> io::Result<()> {
         let seed = self.seed(name, uid)?;
-        let dir = self.layout.site_keys_dir();
-        std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-        let tmp = dir.join(format!(".{name}.key.tmp"));
+        let tmp = self.layout.site_keys_dir().join(format!(".{name}.key.tmp"));
         // Left by a crash: it must not fail the site for good.
         match std::fs::remove_file(&tmp) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -168,7 +176,6 @@ mod tests {
         );
 
         // The private half, where the container binds it from: the pair's.
-        std::fs::create_dir_all(l.site_keys_dir()).unwrap();
         std::fs::write(l.site_keys_dir().join(".site1.key.tmp"), "half").unwrap();
         keys.write(&n, uid).unwrap();
         let text = std::fs::read_to_string(l.site_key(&n)).unwrap();

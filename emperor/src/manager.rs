@@ -291,8 +291,6 @@ pub struct Manager {
     suspended_groups: BTreeSet<Name>,
     /// The host's secret the sites' keys are derived from.
     site_keys: crate::keys::SiteKeys,
-    /// Each routed site's public key, with the uid it was derived for.
-    public_keys: BTreeMap<Name, (u32, String)>,
     /// What the router was last told (or was to be told: see `dominion_unwritten`).
     dominion: model::subscription::Dominion,
     /// Sites whose file a scan acted on since the dominion was published:
@@ -390,7 +388,6 @@ impl Manager {
             shutdown_reply: None,
             suspended_groups: BTreeSet::new(),
             site_keys,
-            public_keys: BTreeMap::new(),
             dominion: Default::default(),
             dominion_dirty: BTreeSet::new(),
             dominion_unwritten: true,

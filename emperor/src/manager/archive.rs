@@ -10,7 +10,6 @@ impl Manager {
         let _ = std::fs::remove_dir_all(l.sockets(name));
         let _ = std::fs::remove_file(l.utmp(name));
         let _ = std::fs::remove_file(l.site_key(name));
-        self.public_keys.remove(name);
         let home = match &v.file {
             VassalFile::Group(_) => {
                 // rmdir may wait for the kernel: off the loop.

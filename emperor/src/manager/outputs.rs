@@ -71,66 +71,67 @@ impl Manager {
         let mut d = std::mem::take(&mut self.dominion);
         d.schema_version = 1;
         let mut routed = 0;
+        // A site's key, derived when its entry is built or its uid moved.
+        let key = |name: &Name, uid: u32| {
+            self.site_keys
+                .public(name, uid)
+                .map_err(
+                    |e| tracing::warn!(vassal = %name, error = %e, "no key pair for the router"),
+                )
+                .ok()
+        };
         for (name, v) in &self.vassals {
             let Some((s, uid, suspended)) = self.routed(v) else {
                 changed |= d.sites.remove(name.as_str()).is_some();
                 continue;
             };
             let address = self.v4_of(name);
-            if self.public_keys.get(name).map(|k| k.0) != Some(uid) {
-                match self.site_keys.public(name, uid) {
-                    Ok(k) => {
-                        self.public_keys.insert(name.clone(), (uid, k));
-                    }
-                    Err(e) => {
-                        tracing::warn!(vassal = %name, error = %e, "no key pair for the router");
-                        changed |= d.sites.remove(name.as_str()).is_some();
-                        continue;
-                    }
-                }
-            }
-            routed += 1;
-            let public_key = &self.public_keys[name].1;
-            match d.sites.get_mut(name.as_str()) {
+            let entry = d.sites.get_mut(name.as_str());
+            let kept = match entry {
                 // Its file is what it was: only what its state gives may move.
                 Some(e) if !dirty.contains(name) => {
-                    if e.uid != Some(uid)
-                        || e.suspended != suspended
-                        || e.address != address
-                        || e.public_key != *public_key
-                    {
+                    if e.uid != Some(uid) {
+                        match key(name, uid) {
+                            Some(k) => e.public_key = k,
+                            None => {
+                                d.sites.remove(name.as_str());
+                                changed = true;
+                                continue;
+                            }
+                        }
+                    }
+                    if e.uid != Some(uid) || e.suspended != suspended || e.address != address {
                         e.uid = Some(uid);
                         e.suspended = suspended;
                         e.address = address;
-                        e.public_key.clone_from(public_key);
                         changed = true;
                     }
+                    true
                 }
-                e => {
-                    let new = SiteRoutes {
-                        public_key: public_key.clone(),
-                        domains: s.domains.iter().map(|x| x.to_string()).collect(),
-                        sockets: self.cfg.layout.sockets(name).display().to_string(),
-                        uid: Some(uid),
-                        suspended,
-                        // Set while a site moves to another host: not done by this emperor yet.
-                        moving: Vec::new(),
-                        requests: s.limits.requests,
-                        address,
-                    };
-                    match e {
-                        Some(e) if *e == new => {}
-                        Some(e) => {
-                            *e = new;
-                            changed = true;
-                        }
-                        None => {
-                            d.sites.insert(name.to_string(), new);
-                            changed = true;
-                        }
-                    }
+                _ => false,
+            };
+            if !kept {
+                let Some(public_key) = key(name, uid) else {
+                    changed |= d.sites.remove(name.as_str()).is_some();
+                    continue;
+                };
+                let new = SiteRoutes {
+                    public_key,
+                    domains: s.domains.iter().map(|x| x.to_string()).collect(),
+                    sockets: self.cfg.layout.sockets(name).display().to_string(),
+                    uid: Some(uid),
+                    suspended,
+                    // Set while a site moves to another host: not done by this emperor yet.
+                    moving: Vec::new(),
+                    requests: s.limits.requests,
+                    address,
+                };
+                if d.sites.get(name.as_str()) != Some(&new) {
+                    d.sites.insert(name.to_string(), new);
+                    changed = true;
                 }
             }
+            routed += 1;
         }
         // Entries of vassals gone.
         if d.sites.len() != routed {

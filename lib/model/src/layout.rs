@@ -76,10 +76,15 @@ impl Layout {
         self.site_keys_dir().join(format!("{site}.key"))
     }
 
-    /// Where earlier versions kept a site's key, made at random: still used
-    /// when present, so that a site keeps its key across an upgrade.
+    /// Where earlier versions kept the sites' keys, made at random: each
+    /// is still used while present, so a site keeps its key across an upgrade.
+    pub fn legacy_site_keys_dir(&self) -> PathBuf {
+        self.state_dir.join("keys")
+    }
+
+    /// A site's key as an earlier version made it (see [`Layout::legacy_site_keys_dir`]).
     pub fn legacy_site_key(&self, site: &Name) -> PathBuf {
-        self.state_dir.join("keys").join(format!("{site}.key"))
+        self.legacy_site_keys_dir().join(format!("{site}.key"))
     }
 
     /// A site's home: inside its group's tree, or directly under the home root.
