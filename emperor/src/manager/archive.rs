@@ -48,15 +48,19 @@ impl Manager {
                     tracing::error!(vassal = %name, error = %e, "archiving the home failed; it stays in place");
                     return;
                 }
+                // Copied under a hidden name, then renamed: the archive never
+                // shows a half copy under the home's archived name.
+                let part = l.archive_dir().join(format!(".{name}-{stamp}.copying"));
                 let name = name.clone();
                 std::thread::spawn(move || {
                     let ok = std::process::Command::new("mv")
                         .arg(&aside)
-                        .arg(&dest)
+                        .arg(&part)
                         .stdin(std::process::Stdio::null())
                         .status()
                         .map(|s| s.success())
-                        .unwrap_or(false);
+                        .unwrap_or(false)
+                        && std::fs::rename(&part, &dest).is_ok();
                     if ok {
                         tracing::info!(vassal = %name, archive = %dest.display(), "home archived");
                     } else {
