@@ -173,7 +173,11 @@ fn root_btrfs_enforces_site_and_group_storage_from_inside_the_containers() {
     });
     let archive = e.state_dir.join("archive");
     let kept = wait_for(Duration::from_secs(20), "the archive", || {
-        let d = std::fs::read_dir(&archive).ok()?.flatten().next()?;
+        // Under its archived name once whole (a copy in progress is hidden).
+        let d = std::fs::read_dir(&archive)
+            .ok()?
+            .flatten()
+            .find(|d| !d.file_name().to_string_lossy().starts_with('.'))?;
         let f = d.path().join("big");
         (std::fs::metadata(&f).ok()?.len() == 120 << 20).then_some(d.path())
     });
