@@ -11,7 +11,7 @@ with no back-off: every death follows a healthy run).
 import argparse, json, os, re, signal, statistics, subprocess, tempfile, time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STATIC = os.path.join(REPO, "target", "pid1", "release", "vassal")
+STATIC = os.environ.get("VASSAL", os.path.join(REPO, "target", "pid1", "release", "vassal"))
 DYNAMIC = os.path.join(REPO, "target", "release", "vassal")
 
 
