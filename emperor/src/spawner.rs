@@ -658,5 +658,20 @@ pub fn plan(
         seccomp: (!seccomp.is_empty()).then(|| seccomp.to_vec()),
         rlimits,
         netns: None,
+        held_signals: INIT_SIGNALS.to_vec(),
     })
 }
+
+/// The signals `vassal init` reads through its signalfd (its `HANDLED`):
+/// blocked from its first instruction, so that a stop sent as it starts
+/// waits for it (see [`sys::ChildPlan::held_signals`]).
+const INIT_SIGNALS: [libc::c_int; 8] = [
+    libc::SIGCHLD,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];

@@ -507,6 +507,55 @@ fn root_removing_a_file_stops_the_site_and_archives_its_home() {
 
 #[test]
 #[ignore = "root: run the README's test command"]
+fn root_a_site_removed_as_its_init_starts_stops_at_its_signal_not_by_a_kill() {
+    // PID 1 here is `slow_pid1`, which waits 2 s and then becomes the real
+    // vassal: a stop sent in that window reaches an init that has no
+    // handler yet, which the kernel drops unless the signal is held for it.
+    let bin = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        bin_dir().join("examples/slow_pid1"),
+        bin.path().join("vassal"),
+    )
+    .unwrap();
+    std::fs::copy(vassal_bin(), bin.path().join("vassal-notify")).unwrap();
+    let mut e = Emperor::new();
+    e.extra = vec![
+        "--vassal-bin".into(),
+        bin.path().join("vassal").display().to_string(),
+    ];
+    e.start();
+    e.write("quick", "kind = \"site\"\n");
+    let init = e.running_pid("quick");
+    e.remove("quick");
+    wait_for(Duration::from_secs(15), "quick to go", || {
+        e.row("quick").is_none().then_some(())
+    });
+    assert!(!alive(init));
+    // The vassal read the SIGTERM sent before it ran and stopped on it; a
+    // dropped one leaves it running until the grace (3 s) ends in a kill.
+    let log = e.log();
+    assert!(
+        !log.contains("ignored SIGTERM"),
+        "the stop was dropped and the site killed; log:\n{log}"
+    );
+    // And it was the vassal that stopped, not the stand-in: it made its
+    // private directory (`~/.imperium`, for its control socket) in the home
+    // now archived.
+    let archived: Vec<PathBuf> = std::fs::read_dir(e.state_dir.join("archive"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.path())
+        .collect();
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    assert!(
+        archived[0].join(".imperium").is_dir(),
+        "the vassal never ran in {}",
+        archived[0].display()
+    );
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
 fn root_a_dead_init_is_restarted_with_throttling() {
     let mut e = Emperor::new();
     e.write("site1", "kind = \"site\"\n");

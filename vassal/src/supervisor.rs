@@ -111,7 +111,9 @@ pub struct Supervisor {
     worker: Worker,
 }
 
-/// The signals the supervisor handles; an init ignores all others.
+/// The signals the supervisor handles; an init ignores all others. The
+/// emperor starts PID 1 with these already blocked (its `INIT_SIGNALS`), so
+/// one sent before the signalfd exists waits for it.
 const HANDLED: [Signal; 8] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,

@@ -107,6 +107,10 @@ pub struct ChildPlan {
     pub rlimits: Vec<(u32, u64, u64)>,
     /// A network namespace made ahead of time to join instead of `CLONE_NEWNET`.
     pub netns: Option<OwnedFd>,
+    /// Signals blocked when the init starts: the ones it will read through a
+    /// signalfd. An init of a new pid namespace drops a signal it has no
+    /// handler for; one blocked is never dropped, and waits for the init.
+    pub held_signals: Vec<c_int>,
 }
 
 /// The step of the child that failed.
@@ -805,6 +809,16 @@ unsafe fn exec(p: &Prepared<'_>, err_fd: RawFd) -> ! {
             {
                 fail(err_fd, Step::Seccomp, 0);
             }
+        }
+        // The init starts with exactly these blocked: a stop sent between
+        // the exec and its signalfd waits for it instead of being dropped.
+        let mut held: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut held);
+        for &sig in &plan.held_signals {
+            libc::sigaddset(&mut held, sig);
+        }
+        if libc::sigprocmask(libc::SIG_SETMASK, &held, std::ptr::null_mut()) < 0 {
+            fail(err_fd, Step::Exec, 0);
         }
         // Whatever this process inherited beyond 0-2 (the emperor's own
         // descriptors, the mount trees, the report pipe) closes at exec.

@@ -433,6 +433,10 @@ fn encode(plan: &ChildPlan, join: &Join, err_wr: RawFd, fds: &mut Vec<RawFd>) ->
         }
         None => w.u8(0),
     }
+    w.u32(plan.held_signals.len() as u32);
+    for sig in &plan.held_signals {
+        w.u32(*sig as u32);
+    }
     w.0
 }
 
@@ -520,6 +524,14 @@ fn decode(buf: &[u8], fds: Vec<OwnedFd>) -> Option<(ChildPlan, Join, OwnedFd)> {
         1 => Some(fd(&mut r)?),
         _ => None,
     };
+    let n = r.u32()?;
+    if n > 64 {
+        return None;
+    }
+    let mut held_signals = Vec::new();
+    for _ in 0..n {
+        held_signals.push(r.u32()? as libc::c_int);
+    }
     if !r.0.is_empty() {
         return None;
     }
@@ -539,6 +551,7 @@ fn decode(buf: &[u8], fds: Vec<OwnedFd>) -> Option<(ChildPlan, Join, OwnedFd)> {
         seccomp,
         rlimits,
         netns,
+        held_signals,
     };
     Some((plan, join, err_wr))
 }
@@ -675,6 +688,7 @@ mod tests {
             seccomp: Some(vec![1, 2, 3, 4, 5, 6, 7, 8]),
             rlimits: vec![(7, 1024, 4096)],
             netns: Some(devnull()),
+            held_signals: vec![libc::SIGTERM, libc::SIGCHLD],
         };
         let join = Join::WriteSelf(vec![devnull(), devnull()]);
         let err = devnull();
