@@ -29,8 +29,8 @@ pub(super) fn link_login(
 
 impl Manager {
     /// Saves the uid table, then the NSS table made from it.
-    pub(super) fn save_uids(&self) -> std::io::Result<()> {
-        self.uids.save(&self.cfg.layout.uid_table())?;
+    pub(super) fn save_uids(&mut self) -> std::io::Result<()> {
+        self.uids.commit(&self.cfg.layout.uid_table())?;
         self.write_nss()
     }
 

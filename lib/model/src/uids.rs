@@ -13,6 +13,11 @@ pub const FIRST_UID: u32 = 30000;
 pub const LAST_UID: u32 = 0x7fff_fffe;
 
 /// Login name → uid, and the next uid to give.
+///
+/// On disk: a snapshot (`uids.json`, written whole and durably) and the
+/// allocations made since, appended to a journal beside it (`uids.log`, one
+/// line `<uid> <name>` each). A new tenant costs one append and one
+/// `fdatasync`, not a new copy of every tenant's entry and two fsyncs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UidTable {
@@ -22,6 +27,15 @@ pub struct UidTable {
     pub next: u32,
     /// Every login name ever allocated, with its uid.
     pub users: BTreeMap<String, u32>,
+    /// Allocations not yet on disk (see [`UidTable::commit`]).
+    #[serde(skip)]
+    unsaved: Vec<(String, u32)>,
+    /// The journal exists and its directory entry is on disk.
+    #[serde(skip)]
+    journal_made: bool,
+    /// An append failed: commits write whole snapshots until one succeeds.
+    #[serde(skip)]
+    snapshot_only: bool,
 }
 
 impl Default for UidTable {
@@ -30,19 +44,84 @@ impl Default for UidTable {
             schema_version: 1,
             next: FIRST_UID,
             users: BTreeMap::new(),
+            unsaved: Vec::new(),
+            journal_made: false,
+            snapshot_only: false,
         }
     }
 }
 
+/// The journal beside a snapshot: `uids.json` → `uids.log`.
+fn journal(path: &Path) -> std::path::PathBuf {
+    path.with_extension("log")
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
 impl UidTable {
-    /// Loads the table, or an empty one if the file does not exist.
+    /// Loads the table (the snapshot, then the journal), or an empty one if
+    /// neither exists. Reads only.
     pub fn load(path: &Path) -> io::Result<UidTable> {
-        match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UidTable::default()),
-            Err(e) => Err(e),
+        let mut t = match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data).map_err(|e| invalid(e.to_string()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => UidTable::default(),
+            Err(e) => return Err(e),
+        };
+        match std::fs::read(journal(path)) {
+            Ok(data) => t.replay(&data)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
+        Ok(t)
+    }
+
+    /// Loads the table and, if a journal was left, folds it into a new
+    /// snapshot: the emperor's run starts with no journal (and no torn line
+    /// a crash may have left at its end).
+    pub fn open(path: &Path) -> io::Result<UidTable> {
+        let mut t = UidTable::load(path)?;
+        if journal(path).exists() {
+            t.save(path)?;
+        }
+        Ok(t)
+    }
+
+    /// Adds the journal's whole lines. A last line without its newline was
+    /// torn by a crash before its `fdatasync` returned, so its uid was never
+    /// used: it is left out. A line that gives a name another uid, or a uid
+    /// to two names, is refused (the table is wrong, not merely old).
+    fn replay(&mut self, data: &[u8]) -> io::Result<()> {
+        let whole = match data.iter().rposition(|b| *b == b'\n') {
+            Some(end) => &data[..end],
+            None => return Ok(()),
+        };
+        let mut taken: std::collections::BTreeSet<u32> = self.users.values().copied().collect();
+        for (n, line) in whole.split(|b| *b == b'\n').enumerate() {
+            let bad = || {
+                invalid(format!(
+                    "uid journal line {}: {:?}",
+                    n + 1,
+                    String::from_utf8_lossy(line)
+                ))
+            };
+            let text = std::str::from_utf8(line).map_err(|_| bad())?;
+            let (uid, user) = text.split_once(' ').ok_or_else(bad)?;
+            let uid: u32 = uid.parse().map_err(|_| bad())?;
+            if user.is_empty() || !(FIRST_UID..=LAST_UID).contains(&uid) {
+                return Err(bad());
+            }
+            match self.users.get(user) {
+                Some(&known) if known == uid => continue,
+                Some(_) => return Err(bad()),
+                None if !taken.insert(uid) => return Err(bad()),
+                None => {}
+            }
+            self.users.insert(user.to_owned(), uid);
+            self.next = self.next.max(uid + 1);
+        }
+        Ok(())
     }
 
     /// The uid of `user`, allocating one if it has none. Returns the uid and
@@ -60,13 +139,75 @@ impl UidTable {
             return Err(io::Error::other("uid space exhausted"));
         }
         self.users.insert(user.to_owned(), uid);
+        self.unsaved.push((user.to_owned(), uid));
         self.next = uid + 1;
         Ok((uid, true))
     }
 
-    /// Saves the table atomically.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
-        crate::atomic::write_json(path, self, 0o644)
+    /// Writes a new snapshot of the whole table, durably, and removes the
+    /// journal it now holds (a crash in between leaves a journal whose lines
+    /// the snapshot already has: read again, they change nothing).
+    pub fn save(&mut self, path: &Path) -> io::Result<()> {
+        crate::atomic::write_json(path, self, 0o644)?;
+        match std::fs::remove_file(journal(path)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.unsaved.clear();
+        self.journal_made = false;
+        self.snapshot_only = false;
+        Ok(())
+    }
+
+    /// Puts the allocations made since the last save or commit on disk
+    /// before their uids are used: one append to the journal, one
+    /// `fdatasync` (and, the first time, one of the directory that holds the
+    /// new journal). If the append fails, what of it landed is cut off
+    /// again and a whole snapshot is written instead (which removes the
+    /// journal); until one is, every commit writes a snapshot.
+    pub fn commit(&mut self, path: &Path) -> io::Result<()> {
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        if !self.snapshot_only {
+            match self.append(path) {
+                Ok(()) => {
+                    self.unsaved.clear();
+                    return Ok(());
+                }
+                Err(_) => self.snapshot_only = true,
+            }
+        }
+        self.save(path)
+    }
+
+    fn append(&mut self, path: &Path) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut lines = Vec::new();
+        for (user, uid) in &self.unsaved {
+            writeln!(lines, "{uid} {user}")?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(journal(path))?;
+        let before = f.metadata()?.len();
+        // A failed write may leave part of a line: cut it off, so that the
+        // next append does not extend it into a line that reads as another.
+        let written = (&f).write_all(&lines).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            let _ = f.set_len(before);
+            return Err(e);
+        }
+        if !self.journal_made {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::File::open(dir)?.sync_all()?;
+            self.journal_made = true;
+        }
+        Ok(())
     }
 }
 
@@ -92,5 +233,79 @@ mod tests {
         );
         t.next = 65534;
         assert_eq!(t.allocate("d").unwrap(), (65535, true));
+    }
+
+    #[test]
+    fn a_new_tenant_is_one_line_appended_and_the_next_start_folds_them_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("uids.json");
+        let log = dir.path().join("uids.log");
+        let mut t = UidTable::open(&p).unwrap();
+        t.allocate("a").unwrap();
+        t.save(&p).unwrap();
+        let snapshot = std::fs::read(&p).unwrap();
+        t.allocate("b").unwrap();
+        t.commit(&p).unwrap();
+        t.allocate("c").unwrap();
+        t.allocate("b").unwrap();
+        t.commit(&p).unwrap();
+        t.commit(&p).unwrap();
+        // The snapshot untouched; each new name once in the journal.
+        assert_eq!(std::fs::read(&p).unwrap(), snapshot);
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "30001 b\n30002 c\n");
+        let back = UidTable::load(&p).unwrap();
+        assert_eq!((back.users.clone(), back.next), (t.users.clone(), 30003));
+        // Opened again (the emperor's next start): one snapshot, no journal.
+        let mut again = UidTable::open(&p).unwrap();
+        assert!(!log.exists());
+        assert_eq!(UidTable::load(&p).unwrap().users, t.users);
+        assert_eq!(again.allocate("d").unwrap(), (30003, true));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_left_out_and_a_contradiction_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("uids.json");
+        let log = dir.path().join("uids.log");
+        let mut t = UidTable::open(&p).unwrap();
+        t.allocate("a").unwrap();
+        t.save(&p).unwrap();
+        // A crash during an append: the uid of "bo" was never used.
+        std::fs::write(&log, "30001 b\n30002 bo").unwrap();
+        let t = UidTable::load(&p).unwrap();
+        assert_eq!(t.users.get("b"), Some(&30001));
+        assert_eq!(t.users.get("bo"), None);
+        assert_eq!(t.next, 30002);
+        // Lines that cannot be true make the table fail to load, loudly.
+        for bad in [
+            "30005 a\n",          // a's uid is 30000
+            "30000 z\n",          // 30000 is a's
+            "30001 b\n30001 c\n", // one uid, two names
+            "x b\n",
+            "30001\n",
+            "12 b\n",
+        ] {
+            std::fs::write(&log, bad).unwrap();
+            let err = UidTable::load(&p).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_append_that_fails_falls_back_to_a_whole_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("uids.json");
+        let log = dir.path().join("uids.log");
+        let mut t = UidTable::open(&p).unwrap();
+        t.allocate("a").unwrap();
+        // The journal cannot be appended to (a directory stands in its
+        // place): the commit fails, and the next one writes the table whole
+        // instead of appending again.
+        std::fs::create_dir(&log).unwrap();
+        t.commit(&p).unwrap_err();
+        std::fs::remove_dir(&log).unwrap();
+        t.commit(&p).unwrap();
+        assert!(!log.exists(), "the snapshot was written, not the journal");
+        assert_eq!(UidTable::load(&p).unwrap().users.get("a"), Some(&30000));
     }
 }
