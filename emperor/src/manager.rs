@@ -239,6 +239,8 @@ pub struct Manager {
     spawner: Spawner,
     uids: UidTable,
     uids_unsaved: bool,
+    /// Tenants were added since the NSS table was written.
+    nss_stale: bool,
     net: Option<Arc<crate::network::HostNet>>,
     addresses: model::network::AddressTable,
     /// The hosts table as last written.
@@ -359,6 +361,7 @@ impl Manager {
             tree,
             uids,
             uids_unsaved: false,
+            nss_stale: false,
             net,
             addresses,
             last_hosts: Vec::new(),
@@ -764,6 +767,7 @@ impl Manager {
         let n = self.to_start.len().min(START_BATCH);
         let batch: Vec<Name> = self.to_start.drain(..n).collect();
         self.start_many(&batch);
+        self.refresh_nss();
         self.sync_smtp();
         self.write_hosts();
         self.publish_sites();
@@ -859,6 +863,7 @@ impl Manager {
                     if let Some(begun) = self.begin_start(name) {
                         self.finish_start(name, begun);
                     }
+                    self.refresh_nss();
                 }
                 Effect::RestartAfter { delay, gen } => self.schedule_restart(name, delay, gen),
                 Effect::Restart { delay, gen } => {

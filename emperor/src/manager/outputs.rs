@@ -28,10 +28,26 @@ pub(super) fn link_login(
 }
 
 impl Manager {
-    /// Saves the uid table, then the NSS table made from it.
+    /// Puts the uids given since the last save on disk. The NSS table made
+    /// from them is written after the starts that wait for this (see
+    /// [`Manager::refresh_nss`]): nothing in a start reads it, and it is a
+    /// new copy of every tenant's entry.
     pub(super) fn save_uids(&mut self) -> std::io::Result<()> {
         self.uids.commit(&self.cfg.layout.uid_table())?;
-        self.write_nss()
+        self.nss_stale = true;
+        Ok(())
+    }
+
+    /// Writes the NSS table if tenants were added since it was written (a
+    /// failure is logged and tried again after the next starts).
+    pub(super) fn refresh_nss(&mut self) {
+        if !self.nss_stale {
+            return;
+        }
+        match self.write_nss() {
+            Ok(()) => self.nss_stale = false,
+            Err(e) => tracing::error!(error = %e, "writing the NSS table failed"),
+        }
     }
 
     /// Every tenant ever given a uid, for `getent passwd` and `ls -l` on the host
