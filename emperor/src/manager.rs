@@ -302,6 +302,16 @@ pub struct Manager {
     dominion_unwritten: bool,
     /// The directories are to be read again (see [`Manager::take_rescan`]).
     rescan: bool,
+    /// Counts what happened that a scan's judgement may depend on: every
+    /// event but the periodic rescan, every lifecycle decision, every scan
+    /// that acted.
+    moved: u64,
+    /// What the last full judgement saw, if it found nothing to do: `moved`
+    /// and the host's users then. A rescan that reads the same files with
+    /// both unchanged would find nothing to do again, and stops there.
+    quiet: Option<(u64, BTreeSet<String>)>,
+    /// Full judgements made, and periodic rescans that needed none (metrics).
+    judged: (u64, u64),
     /// The cgroup figures of the last `status` (see [`status::Recent`]).
     recent: Arc<std::sync::Mutex<status::Recent>>,
 }
@@ -395,6 +405,9 @@ impl Manager {
             dominion_dirty: BTreeSet::new(),
             dominion_unwritten: true,
             rescan: false,
+            moved: 0,
+            quiet: None,
+            judged: (0, 0),
             recent: Default::default(),
         };
         if let Err(e) = m.write_nss() {
@@ -464,14 +477,28 @@ impl Manager {
             .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
             .map(|(n, _)| n.clone())
             .collect();
-        let (entries, ignored) = self.read_dirs(&groups);
+        let (entries, ignored, same_files) = self.read_dirs(&groups);
+        let host = crate::scan::host_users();
+        if same_files
+            && ignored == self.ignored
+            && self
+                .quiet
+                .as_ref()
+                .is_some_and(|(moved, users)| *moved == self.moved && *users == host)
+        {
+            // The periodic rescan of a host at rest: the judgement would be
+            // the last one's, which found nothing to do.
+            self.judged.1 += 1;
+            self.last_entries = entries.into_iter().map(|e| (e.path.clone(), e)).collect();
+            return now().saturating_duration_since(began);
+        }
+        self.judged.0 += 1;
         for (path, why) in &ignored {
             if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
                 tracing::warn!(path = %path.display(), reason = %why, "not a vassal file");
             }
         }
         self.ignored = ignored;
-        let host = crate::scan::host_users();
         let previous: BTreeMap<Name, VassalFile> = self
             .vassals
             .iter()
@@ -574,6 +601,10 @@ impl Manager {
         self.sync_ssh_keys(&want);
         let mut actions = plan(&want, &previous, needs_restart);
         lifecycle::order(&mut actions, &want, &previous);
+        let acted = !actions.is_empty();
+        if acted {
+            self.moved += 1;
+        }
         // What the router is told comes from the files that run: only an
         // action changes one, and only its site's entry is built again.
         self.dominion_dirty.extend(actions.iter().map(|a| match a {
@@ -635,6 +666,7 @@ impl Manager {
         self.to_start.extend(starts);
         let cost = now().saturating_duration_since(began);
         self.start_some();
+        self.quiet = (!acted).then_some((self.moved, host));
         cost
     }
 
@@ -646,7 +678,7 @@ impl Manager {
     fn read_dirs(
         &mut self,
         groups: &BTreeSet<Name>,
-    ) -> (Vec<model::catalog::Entry>, Vec<crate::scan::Ignored>) {
+    ) -> (Vec<model::catalog::Entry>, Vec<crate::scan::Ignored>, bool) {
         let mut ignored = Vec::new();
         let settling = self.settling.clone();
         let mut previous = std::mem::take(&mut self.last_entries);
@@ -660,6 +692,8 @@ impl Manager {
         };
         let named = self.named.as_ref().map(|n| n.take());
         let scan_all = std::mem::take(&mut self.scan_all);
+        // Whether every file is the one the last scan read (a full scan only).
+        let mut same = false;
         let entries = match named {
             Some(c) if !c.all && !scan_all => {
                 let paths = c.paths;
@@ -726,12 +760,15 @@ impl Manager {
                     &mut writes,
                     &mut stamps,
                 );
+                // Every entry read from a settled file whose stamp is as
+                // last time, and no file more or less.
+                same = stamps.len() == entries.len() && stamps == last;
                 self.last_stamps = stamps;
                 self.groups_read = crate::scan::groups_read(groups, &entries);
                 entries
             }
         };
-        (entries, ignored)
+        (entries, ignored, same)
     }
 
     /// Whether the removal of `name` (stopped, archived) may change what
@@ -837,6 +874,7 @@ impl Manager {
         name: &Name,
         f: impl FnOnce(&mut Life, &lifecycle::Ctx) -> R,
     ) -> Option<R> {
+        self.moved += 1;
         let group = self.suspended_group(name);
         let v = self.vassals.get_mut(name)?;
         let ctx = lifecycle::Ctx {
@@ -1063,6 +1101,18 @@ impl Manager {
 
     /// Handles one event.
     pub fn handle(&mut self, ev: Event) {
+        // What only reads leaves the last judgement standing.
+        let reads = matches!(
+            &ev,
+            Event::Rescan
+                | Event::Control(
+                    Request::Status | Request::Metrics | Request::Get { .. } | Request::Spec { .. },
+                    _
+                )
+        );
+        if !reads {
+            self.moved += 1;
+        }
         match ev {
             Event::FilesChanged => {
                 self.reconcile();

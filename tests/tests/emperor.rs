@@ -1983,6 +1983,68 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// A host account made for a test, removed when dropped (even on failure).
+struct HostAccount(String);
+
+impl HostAccount {
+    fn add(name: &str) -> HostAccount {
+        let out = Command::new("useradd")
+            .args(["-M", "-N", "-s", "/usr/sbin/nologin", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd {name}: {out:?}");
+        HostAccount(name.to_owned())
+    }
+}
+
+impl Drop for HostAccount {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).output();
+    }
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_host_at_rest_is_not_judged_again_and_a_new_host_account_still_is() {
+    let name = format!("calm{}", std::process::id() % 100_000);
+    let mut e = Emperor::new();
+    e.write(&name, "kind = \"site\"\n");
+    e.write("other", "kind = \"site\"\n");
+    e.start();
+    e.running_pid(&name);
+    let other = e.running_pid("other");
+    let counts = || {
+        let out = e.cli(&["metrics"]);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        (
+            sample(&text, "imperium_emperor_judgements_total").expect("judgements"),
+            sample(&text, "imperium_emperor_rescans_unchanged_total").expect("rescans"),
+        )
+    };
+    // At rest, the periodic rescan (every 5 s) reads every file again and,
+    // finding them, the host's users and the vassals as they were, judges
+    // nothing again (once the files are old enough for their stamps to be
+    // trusted: the first rescan after that judges once more).
+    let (judged, unchanged) = wait_for(Duration::from_secs(20), "a rescan at rest", || {
+        let c = counts();
+        (c.1 >= 1.0).then_some(c)
+    });
+    let (judged_after, _) = wait_for(Duration::from_secs(20), "two rescans at rest", || {
+        let c = counts();
+        (c.1 >= unchanged + 2.0).then_some(c)
+    });
+    assert_eq!(judged_after, judged, "judged again at rest");
+    // A host account made under the site's name changes no file the emperor
+    // watches; the next rescan sees the host's users changed and judges
+    // again: the name is the host's now, and the site is refused.
+    let _account = HostAccount::add(&name);
+    let row = e.wait_row(&name, "the refusal", |r| r["state"] == "rejected");
+    assert_eq!(row["reason"], format!("user {name} is a host account"));
+    assert!(counts().0 > judged);
+    assert_eq!(e.running_pid("other"), other);
+}
+
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
