@@ -25,6 +25,7 @@ import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, s
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from start import Emperor, settle  # noqa: E402  (bench/start.py)
+from php import tree  # noqa: E402  (bench/php.py)
 
 APP = '''def application(env, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -64,19 +65,6 @@ def wait_all(socks, t0, timeout=300):
             raise TimeoutError(f"{len(socks) - len(left)}/{len(socks)} apps answered")
         time.sleep(0.05)
     return time.perf_counter() - t0
-
-
-def tree(pid):
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for t in os.listdir(f"/proc/{p}/task"):
-                todo.extend(int(k) for k in open(f"/proc/{p}/task/{t}/children").read().split())
-        except OSError:
-            pass
-    return out
 
 
 def pss_mib(pids):

@@ -22,16 +22,16 @@ CSS = "body { color: red }\n" * 20
 
 
 def tree(pid):
-    """`pid` and every descendant."""
+    """`pid` and every descendant (the children of each of its threads)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
         try:
-            kids = open(f"/proc/{p}/task/{p}/children").read().split()
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo.extend(int(k) for k in open(f"/proc/{p}/task/{t}/children").read().split())
         except OSError:
-            kids = []
-        todo.extend(int(k) for k in kids)
+            pass
     return out
 
 

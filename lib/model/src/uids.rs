@@ -214,6 +214,7 @@ impl UidTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn stable_and_never_reused() {
@@ -235,14 +236,21 @@ mod tests {
         assert_eq!(t.allocate("d").unwrap(), (65535, true));
     }
 
-    #[test]
-    fn a_new_tenant_is_one_line_appended_and_the_next_start_folds_them_in() {
+    /// A table whose snapshot holds "a" (uid 30000): the directory, the
+    /// snapshot's and the journal's paths, the table.
+    fn saved_with_a() -> (tempfile::TempDir, PathBuf, PathBuf, UidTable) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("uids.json");
         let log = dir.path().join("uids.log");
         let mut t = UidTable::open(&p).unwrap();
         t.allocate("a").unwrap();
         t.save(&p).unwrap();
+        (dir, p, log, t)
+    }
+
+    #[test]
+    fn a_new_tenant_is_one_line_appended_and_the_next_start_folds_them_in() {
+        let (_dir, p, log, mut t) = saved_with_a();
         let snapshot = std::fs::read(&p).unwrap();
         t.allocate("b").unwrap();
         t.commit(&p).unwrap();
@@ -264,12 +272,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_left_out_and_a_contradiction_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("uids.json");
-        let log = dir.path().join("uids.log");
-        let mut t = UidTable::open(&p).unwrap();
-        t.allocate("a").unwrap();
-        t.save(&p).unwrap();
+        let (_dir, p, log, _) = saved_with_a();
         // A crash during an append: the uid of "bo" was never used.
         std::fs::write(&log, "30001 b\n30002 bo").unwrap();
         let t = UidTable::load(&p).unwrap();
