@@ -25,7 +25,7 @@ import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, s
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from start import Emperor, settle  # noqa: E402  (bench/start.py)
-from php import tree  # noqa: E402  (bench/php.py)
+from php import memory, tree  # noqa: E402  (bench/php.py)
 
 APP = '''def application(env, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -68,13 +68,7 @@ def wait_all(socks, t0, timeout=300):
 
 
 def pss_mib(pids):
-    total = 0
-    for p in pids:
-        try:
-            total += int(re.search(r"^Pss:\s+(\d+)", open(f"/proc/{p}/smaps_rollup").read(), re.M).group(1))
-        except (OSError, AttributeError):
-            pass
-    return round(total / 1024, 1)
+    return round(memory(pids)[0] / 1024, 1)
 
 
 def kill_leftovers(marker):

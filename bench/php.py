@@ -43,8 +43,10 @@ def memory(pids):
             t = open(f"/proc/{p}/smaps_rollup").read()
         except OSError:
             continue
-        pss += int(re.search(r"^Pss:\s+(\d+)", t, re.M).group(1))
-        rss += int(re.search(r"^Rss:\s+(\d+)", t, re.M).group(1))
+        p_, r_ = re.search(r"^Pss:\s+(\d+)", t, re.M), re.search(r"^Rss:\s+(\d+)", t, re.M)
+        if p_ and r_:  # empty for a process that exited as it was read
+            pss += int(p_.group(1))
+            rss += int(r_.group(1))
     return pss, rss
 
 

@@ -152,20 +152,22 @@ impl Manager {
                 }
             }
         }
-        let judged = Counter::<u64>::default();
-        judged.inc_by(self.judged.0);
-        reg.register(
-            "emperor_judgements",
-            "Judgements of every vassal file against the others (a change, or a rescan that found one)",
-            judged,
-        );
-        let skipped = Counter::<u64>::default();
-        skipped.inc_by(self.judged.1);
-        reg.register(
-            "emperor_rescans_unchanged",
-            "Periodic rescans that found the files, the host's users and the vassals as the last judgement left them, and judged nothing again",
-            skipped,
-        );
+        for (name, help, n) in [
+            (
+                "emperor_judgements",
+                "Judgements of every vassal file against the others (a change, or a rescan that found one)",
+                self.judged.0,
+            ),
+            (
+                "emperor_rescans_unchanged",
+                "Periodic rescans that found the files, the host's users and the vassals as the last judgement left them, and judged nothing again",
+                self.judged.1,
+            ),
+        ] {
+            let c = Counter::<u64>::default();
+            c.inc_by(n);
+            reg.register(name, help, c);
+        }
         reg.register_with_unit(
             "emperor_start",
             "From a start's decision to its init running",
