@@ -1632,11 +1632,15 @@ fn root_a_home_is_archived_to_another_filesystem() {
     start_write_and_remove_site1(&mut e);
     // The name is free as soon as the site is gone; the copy follows.
     assert!(!e.home_root.join("group1/site1").exists());
+    // Under its archived name: a copy in progress is hidden (`.<name>-<t>.copying`).
     let archived = wait_for(Duration::from_secs(15), "the home in the archive", || {
         std::fs::read_dir(e.state_dir.join("archive"))
             .ok()?
             .flatten()
-            .find(|d| d.path().join("data.txt").exists())
+            .find(|d| {
+                !d.file_name().to_string_lossy().starts_with('.')
+                    && d.path().join("data.txt").exists()
+            })
     });
     assert_eq!(
         std::fs::read_to_string(archived.path().join("data.txt")).unwrap(),
