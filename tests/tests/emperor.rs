@@ -209,6 +209,15 @@ fn root_sites_run_in_their_own_containers() {
             "{rw}: {o}"
         );
     }
+    // The root is built with no umask; the init starts with the emperor's.
+    let umask = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:").map(|u| u.trim().to_owned()))
+            .unwrap()
+    };
+    assert_eq!(umask(p52), umask(e.pid()), "the init's umask");
     assert!(
         !mountinfo.contains(".imperium-etc"),
         "the staging mount is left:\n{mountinfo}"
@@ -231,14 +240,14 @@ fn root_sites_run_in_their_own_containers() {
         p52,
         uid,
         &cg,
-        "touch /tmp/t /dev/shm/s && stat -c %a /tmp /dev/shm && ls -A /proc/acpi 2>/dev/null | wc -l; \
+        "touch /tmp/t /dev/shm/s && stat -c %a /tmp /dev/shm /dev/null /dev/zero && ls -A /proc/acpi 2>/dev/null | wc -l; \
          touch /proc/acpi/x 2>/dev/null && echo MASK-WRITABLE; touch /x 2>/dev/null && echo ROOT-WRITABLE; \
          ls -a / | grep -F .imperium",
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text,
-        "1777\n1777\n0\n",
+        "1777\n1777\n666\n666\n0\n",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

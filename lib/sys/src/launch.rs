@@ -596,11 +596,16 @@ unsafe fn build_root(plan: &ChildPlan, err_fd: RawFd) {
         {
             fail(err_fd, Step::Root, 0);
         }
+        // Every directory, file and node gets the plan's mode as given (a
+        // sticky 1777 /tmp, a 0666 /dev/null) without a chmod after each;
+        // the init starts with the umask it would have had.
+        let umask = libc::umask(0);
         for (i, op) in plan.fs.iter().enumerate() {
             if !fs_op(op, i as u32, err_fd) {
                 fail(err_fd, Step::Fs, i as u32);
             }
         }
+        libc::umask(umask);
         if let Some(h) = &plan.hostname {
             if libc::sethostname(h.as_ptr(), h.as_bytes().len()) < 0 {
                 fail(err_fd, Step::Hostname, 0);
@@ -623,12 +628,14 @@ unsafe fn fs_op(op: &FsOp, i: u32, err_fd: RawFd) -> bool {
     // SAFETY: syscalls on C strings and descriptors of the plan.
     unsafe {
         match op {
-            // mkdir applies the umask: a mode past 0755 (a sticky 1777) is set again.
-            FsOp::Dir(path, mode) => {
-                libc::mkdir(path.as_ptr(), *mode) == 0
-                    && (*mode & !0o755 == 0 || libc::chmod(path.as_ptr(), *mode) == 0)
-            }
+            // The umask is 0 while the root is built (see `build_root`):
+            // each mode is the plan's as given.
+            FsOp::Dir(path, mode) => libc::mkdir(path.as_ptr(), *mode) == 0,
             FsOp::Symlink(target, path) => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
+            // An empty file (a mount point) in one call.
+            FsOp::File(path, content) if content.is_empty() => {
+                libc::mknod(path.as_ptr(), libc::S_IFREG | 0o644, 0) == 0
+            }
             FsOp::File(path, content) => {
                 let fd = libc::open(
                     path.as_ptr(),
@@ -636,9 +643,8 @@ unsafe fn fs_op(op: &FsOp, i: u32, err_fd: RawFd) -> bool {
                     0o644,
                 );
                 let written = fd >= 0
-                    && (content.is_empty()
-                        || libc::write(fd, content.as_ptr() as *const c_void, content.len())
-                            == content.len() as isize);
+                    && libc::write(fd, content.as_ptr() as *const c_void, content.len())
+                        == content.len() as isize;
                 if fd >= 0 {
                     libc::close(fd);
                 }
@@ -650,13 +656,11 @@ unsafe fn fs_op(op: &FsOp, i: u32, err_fd: RawFd) -> bool {
                 major,
                 minor,
             } => {
-                // mknod applies the umask; chmod sets the mode asked for.
                 libc::mknod(
                     path.as_ptr(),
                     libc::S_IFCHR | *mode,
                     libc::makedev(*major, *minor),
                 ) == 0
-                    && libc::chmod(path.as_ptr(), *mode) == 0
             }
             FsOp::Mount(m) => {
                 let data = opt_ptr(&m.data) as *const c_void;
@@ -747,8 +751,13 @@ unsafe fn drop_privileges(plan: &ChildPlan, err_fd: RawFd) {
         }
         // Drop every capability for good: the bounding set first (needs
         // CAP_SETPCAP, so before the uid change), then ids, then what is left.
+        // The kernel refuses the first number past its last capability.
         for cap in 0..64 {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                && *libc::__errno_location() == libc::EINVAL
+            {
+                break;
+            }
         }
         // Raw system calls, not glibc's wrappers: glibc still believes this
         // copy of the emperor has its threads, and its wrappers would signal
