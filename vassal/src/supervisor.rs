@@ -569,7 +569,7 @@ impl Supervisor {
         }
         if is_init() {
             // Everything else in the container (shells, strays) gets SIGTERM too.
-            let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+            signal_others(Signal::SIGTERM);
         }
     }
 
@@ -579,13 +579,19 @@ impl Supervisor {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
         if is_init() {
-            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+            signal_others(Signal::SIGKILL);
         }
         let deadline = self.clock.now().at + Duration::from_secs(2);
         while self.clock.now().at < deadline {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Err(Errno::ECHILD) => break,
-                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(5)),
+                Ok(WaitStatus::StillAlive) => {
+                    // One forked as the others were listed is killed here.
+                    if is_init() {
+                        signal_others(Signal::SIGKILL);
+                    }
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 _ => {}
             }
         }
@@ -593,7 +599,7 @@ impl Supervisor {
 
     fn forward(&self, sig: Signal) {
         if is_init() {
-            let _ = kill(Pid::from_raw(-1), sig);
+            signal_others(sig);
             return;
         }
         for p in self.procs.values() {
@@ -845,15 +851,35 @@ fn is_init() -> bool {
     std::process::id() == 1
 }
 
+/// The processes of the container but this one, from its own /proc (which
+/// lists its pid namespace only); `None` if /proc cannot be read.
+fn others() -> Option<Vec<i32>> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    Some(
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid > 1)
+            .collect(),
+    )
+}
+
 /// Whether any process but this one is left in the container.
 fn others_alive() -> bool {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .is_some_and(|n| n != "1" && n.bytes().all(|b| b.is_ascii_digit()))
-            })
-        })
-        .unwrap_or(false)
+    others().is_some_and(|p| !p.is_empty())
+}
+
+/// Sends `sig` to every other process of the container. Not `kill(-1)`:
+/// the kernel answers that by walking every task of the host, which at
+/// thousands of containers made each one's stop cost O(host).
+fn signal_others(sig: Signal) {
+    match others() {
+        Some(pids) => {
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+        }
+        None => {
+            let _ = kill(Pid::from_raw(-1), sig);
+        }
+    }
 }
