@@ -561,22 +561,22 @@ pub fn plan(
     // mounted). A directory is masked by a read-only bind of an empty one of
     // the root's tmpfs, removed again once bound (no tmpfs of its own: see
     // `scratch`); a file by /dev/null.
-    let linux_paths = |v: Option<&Vec<String>>| -> Vec<String> {
+    let linux_paths = |v: Option<&Vec<String>>| -> Vec<(String, bool)> {
         v.into_iter()
             .flatten()
-            .filter(|p| p.starts_with("/proc/") && Path::new(p).exists())
-            .cloned()
+            .filter(|p| p.starts_with("/proc/"))
+            .filter_map(|p| Some((p.clone(), spec::proc_entry(p)?)))
             .collect()
     };
     let empty = under(Path::new("/.imperium-mask"))?;
     let masked = linux_paths(linux.and_then(|l| l.masked_paths().as_ref()));
-    let masks_dirs = masked.iter().any(|p| Path::new(p).is_dir());
+    let masks_dirs = masked.iter().any(|(_, dir)| *dir);
     if masks_dirs {
         fs.push(FsOp::Dir(empty.clone(), 0o555));
     }
-    for p in masked {
+    for (p, dir) in masked {
         let target = under(Path::new(&p))?;
-        fs.push(FsOp::Mount(if Path::new(&p).is_dir() {
+        fs.push(FsOp::Mount(if dir {
             MountOp {
                 source: Some(empty.clone()),
                 target,
@@ -599,7 +599,7 @@ pub fn plan(
     if masks_dirs {
         fs.push(FsOp::Rmdir(empty));
     }
-    for p in linux_paths(linux.and_then(|l| l.readonly_paths().as_ref())) {
+    for (p, _) in linux_paths(linux.and_then(|l| l.readonly_paths().as_ref())) {
         let target = under(Path::new(&p))?;
         fs.push(FsOp::Mount(MountOp {
             source: Some(target.clone()),

@@ -9,7 +9,10 @@
 //! mounts, devices, limits, seccomp) is described in this one place, and a
 //! quarter of the file is its tests.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use model::config::Rootfs;
 use model::layout::inside;
@@ -63,6 +66,92 @@ pub const ETC_SHARED: &[&str] = &[
     "terminfo",
     "timezone",
 ];
+
+/// What a start reads of a root filesystem's OS entries (`OS_DIRS`, the
+/// `ETC_SHARED` of its /etc, `usr/local`) and of the host's /proc: looked
+/// up once and shared by the starts of the next [`VIEW_TTL`], not about a
+/// hundred `stat` and `readlink` calls each. An entry the host gains (a
+/// package's /etc directory) is in the containers started after that.
+#[derive(Debug)]
+pub struct OsView {
+    /// `usr`, `bin`, ..., `etc/<entry>`: what each is, not following a symlink.
+    entries: BTreeMap<PathBuf, Kind>,
+    /// `usr` and `usr/local` are directories (through a symlink too).
+    usr: bool,
+    usr_local: bool,
+}
+
+/// One OS entry.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Dir,
+    File,
+    Link(PathBuf),
+}
+
+/// How long a read of the OS entries serves the starts after it.
+pub const VIEW_TTL: Duration = Duration::from_secs(2);
+
+impl OsView {
+    fn read(os_root: &Path) -> OsView {
+        let rels = OS_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .chain(ETC_SHARED.iter().map(|e| Path::new("etc").join(e)));
+        let mut entries = BTreeMap::new();
+        for rel in rels {
+            let p = os_root.join(&rel);
+            let kind = match p.symlink_metadata() {
+                Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&p) {
+                    Ok(t) => Kind::Link(t),
+                    Err(_) => continue,
+                },
+                Ok(m) if m.is_dir() => Kind::Dir,
+                Ok(_) => Kind::File,
+                Err(_) => continue,
+            };
+            entries.insert(rel, kind);
+        }
+        OsView {
+            entries,
+            usr: os_root.join("usr").is_dir(),
+            usr_local: os_root.join("usr/local").is_dir(),
+        }
+    }
+
+    /// The view of `os_root`, read again once older than [`VIEW_TTL`].
+    pub fn of(os_root: &Path) -> Arc<OsView> {
+        type Cache = BTreeMap<PathBuf, (Instant, Arc<OsView>)>;
+        static CACHE: Mutex<Cache> = Mutex::new(BTreeMap::new());
+        let now = crate::clock::now();
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, view)) = cache.get(os_root) {
+            if now.saturating_duration_since(*at) < VIEW_TTL {
+                return view.clone();
+            }
+        }
+        let view = Arc::new(OsView::read(os_root));
+        cache.insert(os_root.to_path_buf(), (now, view.clone()));
+        view
+    }
+}
+
+/// Whether a path of the host's /proc exists and is a directory (`None`:
+/// absent), for its masks; read again once older than [`VIEW_TTL`].
+pub fn proc_entry(path: &str) -> Option<bool> {
+    type Cache = BTreeMap<String, (Instant, Option<bool>)>;
+    static CACHE: Mutex<Cache> = Mutex::new(BTreeMap::new());
+    let now = crate::clock::now();
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, kind)) = cache.get(path) {
+        if now.saturating_duration_since(*at) < VIEW_TTL {
+            return *kind;
+        }
+    }
+    let kind = Path::new(path).metadata().ok().map(|m| m.is_dir());
+    cache.insert(path.to_owned(), (now, kind));
+    kind
+}
 
 /// Files of /etc the emperor writes for each container.
 pub const ETC_OWN: &[&str] = &[
@@ -276,7 +365,7 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
             VassalFile::Site(_) => tenant(0o750),
         },
     )];
-    if inp.os_root().join("usr/local").is_dir() {
+    if OsView::of(&inp.os_root()).usr_local {
         // The tenant's own /usr/local, kept in the home.
         v.push(b(
             "/usr/local",
@@ -358,24 +447,16 @@ pub fn binds(inp: &Input<'_>) -> Vec<Bind> {
 
 /// Which OS entries of the rootfs are directories to bind (symlinks are
 /// recreated in the skeleton instead, as on usr-merged systems).
-fn shared_entries(os_root: &Path) -> Vec<(String, PathBuf)> {
-    let mut v = Vec::new();
-    for d in OS_DIRS {
-        let p = os_root.join(d);
-        if p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            v.push((format!("/{d}"), p));
-        }
-    }
-    for e in ETC_SHARED {
-        let p = os_root.join("etc").join(e);
-        if p.symlink_metadata()
-            .map(|m| !m.file_type().is_symlink())
-            .unwrap_or(false)
-        {
-            v.push((format!("/etc/{e}"), p));
-        }
-    }
-    v
+fn shared_entries(os_root: &Path, view: &OsView) -> Vec<(String, PathBuf)> {
+    view.entries
+        .iter()
+        .filter(|(rel, kind)| match kind {
+            Kind::Dir => true,
+            Kind::File => rel.starts_with("etc"),
+            Kind::Link(_) => false,
+        })
+        .map(|(rel, _)| (format!("/{}", rel.display()), os_root.join(rel)))
+        .collect()
 }
 
 /// Builds the container's spec.
@@ -383,12 +464,13 @@ pub fn build(inp: &Input<'_>) -> Result<Spec, SpecError> {
     let user = inp.user();
     let home_inside = inside::home(user.as_str());
     let os_root = inp.os_root();
-    if !os_root.join("usr").is_dir() {
+    let view = OsView::of(&os_root);
+    if !view.usr {
         return Err(SpecError::Rootfs(os_root));
     }
 
     let mut mounts = vec![fs("/proc", "proc", &["nosuid", "noexec", "nodev"])?];
-    for (dest, src) in shared_entries(&os_root) {
+    for (dest, src) in shared_entries(&os_root, &view) {
         mounts.push(bind(&dest, &src, &["rbind", "ro", "nosuid", "nodev"])?);
     }
     mounts.push(fs(
@@ -647,14 +729,10 @@ pub fn skeleton(inp: &Input<'_>, spec: &Spec) -> Vec<Skel> {
         .collect();
     let mut files: Vec<Skel> = Vec::new();
     let mut links: Vec<Skel> = Vec::new();
-    for d in OS_DIRS {
-        if let Ok(target) = std::fs::read_link(os_root.join(d)) {
-            links.push(Skel::Symlink(target, PathBuf::from(d)));
-        }
-    }
-    for e in ETC_SHARED {
-        if let Ok(target) = std::fs::read_link(os_root.join("etc").join(e)) {
-            links.push(Skel::Symlink(target, Path::new("etc").join(e)));
+    let view = OsView::of(&os_root);
+    for (rel, kind) in &view.entries {
+        if let Kind::Link(target) = kind {
+            links.push(Skel::Symlink(target.clone(), rel.clone()));
         }
     }
     for (name, target) in [
@@ -676,8 +754,17 @@ pub fn skeleton(inp: &Input<'_>, spec: &Spec) -> Vec<Skel> {
         if dest.starts_with("proc/") {
             continue; // inside the container's /proc
         }
+        // An OS entry is known from the view; anything else is looked at.
+        let os_entry = m
+            .source()
+            .as_ref()
+            .and_then(|s| s.strip_prefix(&os_root).ok())
+            .and_then(|rel| view.entries.get(rel));
         let is_file = m.typ().as_deref() == Some("bind")
-            && m.source().as_ref().map(|s| !s.is_dir()).unwrap_or(false);
+            && match os_entry {
+                Some(kind) => *kind != Kind::Dir,
+                None => m.source().as_ref().map(|s| !s.is_dir()).unwrap_or(false),
+            };
         let parents: Vec<PathBuf> = dest
             .ancestors()
             .skip(1)
@@ -764,6 +851,38 @@ mod tests {
             run_dir: dir.join("run"),
             cgroup_root: "imperium".into(),
         }
+    }
+
+    /// The OS entries are read once for the starts of the next two seconds,
+    /// then again: an entry the rootfs gains shows after that, not before.
+    #[tokio::test(start_paused = true)]
+    async fn the_os_entries_are_read_once_for_two_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        std::fs::write(root.join("etc/host.conf"), "multi on\n").unwrap();
+        let view = OsView::of(root);
+        let kind = |v: &OsView, rel: &str| v.entries.get(Path::new(rel)).cloned();
+        assert_eq!(kind(&view, "usr"), Some(Kind::Dir));
+        assert_eq!(kind(&view, "bin"), Some(Kind::Link("usr/bin".into())));
+        assert_eq!(kind(&view, "etc/host.conf"), Some(Kind::File));
+        assert_eq!(kind(&view, "etc/php"), None);
+        assert!(view.usr && !view.usr_local);
+
+        std::fs::create_dir(root.join("etc/php")).unwrap();
+        tokio::time::advance(VIEW_TTL - Duration::from_millis(10)).await;
+        let again = OsView::of(root);
+        assert!(Arc::ptr_eq(&view, &again), "read again within the TTL");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let fresh = OsView::of(root);
+        assert_eq!(kind(&fresh, "etc/php"), Some(Kind::Dir));
+        let shared: Vec<String> = shared_entries(root, &fresh)
+            .into_iter()
+            .map(|(dest, _)| dest)
+            .collect();
+        assert_eq!(shared, ["/etc/host.conf", "/etc/php", "/usr"]);
     }
 
     #[test]
