@@ -31,10 +31,10 @@ fn hostile_a_reseller_gets_no_root_filesystem_and_no_other_customers_domains() {
     e.write("group2", GROUP);
     e.write(
         "victim",
-        "kind = \"site\"\ngroup = \"group1\"\ndomains = [\"victim.test\"]\n[limits]\nmemory = \"64M\"\ncpu = 0.1\npids = 50\n",
+        "kind = \"site\"\ngroup = \"group1\"\ndomains = [\"victim.test\", \"www.shop.test\"]\n[limits]\nmemory = \"64M\"\ncpu = 0.1\npids = 50\n",
     );
     e.start();
-    e.running_pid("victim");
+    let victim = e.running_pid("victim");
     let drop = e.home_root.join("group2/vassals");
     wait_for(Duration::from_secs(10), "group2's drop directory", || {
         drop.is_dir().then_some(())
@@ -62,6 +62,14 @@ fn hostile_a_reseller_gets_no_root_filesystem_and_no_other_customers_domains() {
             "already owned by victim",
         ),
         ("suffix", "domains = [\"*.co.uk\"]\n", "public suffix"),
+        // The parent of the victim's name, under a name that sorts before
+        // it: let run, the next judgement (taking running sites by name)
+        // would have refused the victim its own domain and stopped it.
+        (
+            "above",
+            "domains = [\"shop.test\"]\n",
+            "lies above www.shop.test",
+        ),
     ] {
         // Keys of the top table first, then [limits] and [container].
         let (top, table) = if body.starts_with('[') {
@@ -76,7 +84,11 @@ fn hostile_a_reseller_gets_no_root_filesystem_and_no_other_customers_domains() {
         let r = reason(&e, name);
         assert!(r.contains(why), "{name}: {r}");
     }
+    // One more judgement of every file: the victim runs on, the same init.
+    e.write("bystander", "kind = \"site\"\n");
+    e.running_pid("bystander");
     assert_eq!(e.row("victim").unwrap()["state"], "running");
+    assert_eq!(e.running_pid("victim"), victim);
 }
 
 /// A tmpfs mounted under a host directory that containers bind, removed on drop.

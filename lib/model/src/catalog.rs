@@ -682,6 +682,58 @@ mod tests {
         );
     }
 
+    /// What one judgement lets run, the next lets run too, whatever order
+    /// it takes the running sites in: a reseller's customer who claims the
+    /// parent of another group's domain under a name that sorts first must
+    /// not stop that site at the next rescan.
+    #[test]
+    fn a_parent_domain_of_another_groups_site_is_refused_and_the_site_stays() {
+        let victim = "kind = \"site\"\ngroup = \"g1\"\ndomains = [\"www.shop.test\"]\n[limits]\nmemory = \"64M\"\npids = 10\n";
+        let evil = "kind = \"site\"\ngroup = \"g2\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"64M\"\npids = 10\n";
+        let entries = || vec![entry("g1", GROUP), entry("g2", GROUP), entry("zz", victim)];
+        let prev = running(&build(entries(), &BTreeMap::new()));
+        let mut with_evil = entries();
+        with_evil.push(entry("aa", evil));
+        let cat = build(with_evil.clone(), &prev);
+        assert_eq!(
+            cat.verdicts[&n("aa")].reason(),
+            Some("domain shop.test lies above www.shop.test of site zz in another group")
+        );
+        let again = build(with_evil, &running(&cat));
+        assert!(again.verdicts[&n("zz")].file().is_some());
+        assert_eq!(running(&again), running(&cat));
+    }
+
+    proptest::proptest! {
+        /// Sites of two groups and the admin's, each claiming a few related
+        /// names, dropped one after another (each judged with those let run
+        /// before it running): the sites the last judgement lets run are
+        /// exactly those one more lets run.
+        #[test]
+        fn a_judgement_is_stable(sites in proptest::collection::vec(
+            (0usize..3, proptest::collection::vec(0usize..6, 0..3)), 1..8)
+        ) {
+            const DOMAINS: [&str; 6] =
+                ["x.test", "a.x.test", "b.a.x.test", "*.x.test", "*.a.x.test", "y.test"];
+            let mut entries = vec![entry("g1", GROUP), entry("g2", GROUP)];
+            let mut run = running(&build(entries.clone(), &BTreeMap::new()));
+            for (i, (group, domains)) in sites.iter().enumerate() {
+                let group = ["", "group = \"g1\"\n", "group = \"g2\"\n"][*group];
+                let domains: Vec<String> =
+                    domains.iter().map(|d| format!("\"{}\"", DOMAINS[*d])).collect();
+                let text = format!(
+                    "kind = \"site\"\n{group}domains = [{}]\n[limits]\nmemory = \"64M\"\npids = 10\n",
+                    domains.join(", ")
+                );
+                // Names in an order of their own, not the order of the list.
+                entries.push(entry(&format!("s{}", (i * 5) % 8), &text));
+                run = running(&build(entries.clone(), &run));
+            }
+            let again = running(&build(entries, &run));
+            proptest::prop_assert_eq!(run, again);
+        }
+    }
+
     #[test]
     fn drop_directories_are_confined() {
         let cat = build(

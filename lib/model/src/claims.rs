@@ -3,10 +3,12 @@
 //! Within one group (a reseller, or the admin's own sites), a domain belongs to
 //! the first site that claims it, by exact name. Across groups the whole
 //! subtree is at stake: a site may not take a name that equals, lies under, or
-//! (as a wildcard) covers a name that a site of another group holds, so a
-//! reseller's customer can never be served traffic meant for another
-//! customer's domain. No site may claim a public suffix (`co.uk`), nor a
-//! wildcard directly on one (`*.co.uk`).
+//! lies above (a wildcard: covers) a name that a site of another group holds,
+//! so a reseller's customer can never be served traffic meant for another
+//! customer's domain. The rule is symmetric: two claims conflict or not
+//! whichever came first, so the sites a judgement lets run are let run by the
+//! next one too, whatever order it takes them in. No site may claim a public
+//! suffix (`co.uk`), nor a wildcard directly on one (`*.co.uk`).
 
 use std::collections::BTreeMap;
 
@@ -82,20 +84,25 @@ impl Claims {
             }
             above = a.split_once('.').map(|(_, parent)| parent);
         }
-        // A wildcard covers every name below it.
-        if d.starts_with("*.") {
-            let prefix = format!("{}.", reversed(b));
-            for (_, cs) in self
-                .by_base
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-            {
-                if let Some(c) = cs.iter().find(|c| other(c)) {
-                    return Err(format!(
-                        "domain {d} covers {} of site {} in another group",
-                        c.domain, c.site
-                    ));
-                }
+        // Names below it: a wildcard covers them; an exact name may not take
+        // their parent from another group either (else the order of two
+        // claims would decide which one stands).
+        let prefix = format!("{}.", reversed(b));
+        for (_, cs) in self
+            .by_base
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+        {
+            if let Some(c) = cs.iter().find(|c| other(c)) {
+                let how = if d.starts_with("*.") {
+                    "covers"
+                } else {
+                    "lies above"
+                };
+                return Err(format!(
+                    "domain {d} {how} {} of site {} in another group",
+                    c.domain, c.site
+                ));
             }
         }
         Ok(())
@@ -144,11 +151,17 @@ mod tests {
         assert!(c.check(&n("sib"), Some(&g1), &d("www.victim.test")).is_ok());
         assert!(c.check(&n("sib"), Some(&g1), &d("*.victim.test")).is_ok());
         assert!(bad(&c, "sib", Some(&g1), "victim.test").contains("already owned"));
-        // Unrelated names, and a parent claimed after a child (not a wildcard).
+        // A parent claimed after another group's child, as its child would
+        // be claimed after it.
+        assert!(bad(&c, "evil", Some(&g2), "shop.test").contains("lies above a.b.shop.test"));
+        assert!(bad(&c, "evil", Some(&g2), "b.shop.test").contains("lies above a.b.shop.test"));
+        // Unrelated names.
         assert!(c
             .check(&n("evil"), Some(&g2), &d("victimtest.test"))
             .is_ok());
-        assert!(c.check(&n("evil"), Some(&g2), &d("shop.test")).is_ok());
+        assert!(c
+            .check(&n("evil"), Some(&g2), &d("other.shop.test"))
+            .is_ok());
         // A site's own claims never conflict with themselves.
         assert!(c.check(&n("victim"), Some(&g1), &d("victim.test")).is_ok());
     }
