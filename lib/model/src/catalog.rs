@@ -705,24 +705,28 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Sites of two groups and the admin's, each claiming a few related
-        /// names, dropped one after another (each judged with those let run
-        /// before it running): the sites the last judgement lets run are
-        /// exactly those one more lets run.
+        /// Sites of a reserved group, an overcommitted one and the admin's,
+        /// each claiming a few related names, a login name and some memory,
+        /// dropped one after another (each judged with those let run before
+        /// it running): the sites the last judgement lets run are exactly
+        /// those one more lets run.
         #[test]
         fn a_judgement_is_stable(sites in proptest::collection::vec(
-            (0usize..3, proptest::collection::vec(0usize..6, 0..3)), 1..8)
+            (0usize..3, proptest::collection::vec(0usize..6, 0..3), 0usize..3, 0usize..2), 1..8)
         ) {
             const DOMAINS: [&str; 6] =
                 ["x.test", "a.x.test", "b.a.x.test", "*.x.test", "*.a.x.test", "y.test"];
-            let mut entries = vec![entry("g1", GROUP), entry("g2", GROUP)];
+            let over = "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"512M\"\nsites = 3\n";
+            let mut entries = vec![entry("g1", GROUP), entry("g2", over)];
             let mut run = running(&build(entries.clone(), &BTreeMap::new()));
-            for (i, (group, domains)) in sites.iter().enumerate() {
+            for (i, (group, domains, user, memory)) in sites.iter().enumerate() {
                 let group = ["", "group = \"g1\"\n", "group = \"g2\"\n"][*group];
+                let user = ["", "user = \"u1\"\n", "user = \"u2\"\n"][*user];
+                let memory = ["64M", "300M"][*memory];
                 let domains: Vec<String> =
                     domains.iter().map(|d| format!("\"{}\"", DOMAINS[*d])).collect();
                 let text = format!(
-                    "kind = \"site\"\n{group}domains = [{}]\n[limits]\nmemory = \"64M\"\npids = 10\n",
+                    "kind = \"site\"\n{group}{user}domains = [{}]\n[limits]\nmemory = \"{memory}\"\npids = 10\n",
                     domains.join(", ")
                 );
                 // Names in an order of their own, not the order of the list.
