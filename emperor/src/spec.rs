@@ -121,36 +121,37 @@ impl OsView {
 
     /// The view of `os_root`, read again once older than [`VIEW_TTL`].
     pub fn of(os_root: &Path) -> Arc<OsView> {
-        type Cache = BTreeMap<PathBuf, (Instant, Arc<OsView>)>;
-        static CACHE: Mutex<Cache> = Mutex::new(BTreeMap::new());
-        let now = crate::clock::now();
-        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, view)) = cache.get(os_root) {
-            if now.saturating_duration_since(*at) < VIEW_TTL {
-                return view.clone();
-            }
-        }
-        let view = Arc::new(OsView::read(os_root));
-        cache.insert(os_root.to_path_buf(), (now, view.clone()));
-        view
+        static CACHE: Cache<PathBuf, Arc<OsView>> = Mutex::new(BTreeMap::new());
+        cached(&CACHE, os_root.to_path_buf(), || {
+            Arc::new(OsView::read(os_root))
+        })
     }
 }
 
 /// Whether a path of the host's /proc exists and is a directory (`None`:
 /// absent), for its masks; read again once older than [`VIEW_TTL`].
 pub fn proc_entry(path: &str) -> Option<bool> {
-    type Cache = BTreeMap<String, (Instant, Option<bool>)>;
-    static CACHE: Mutex<Cache> = Mutex::new(BTreeMap::new());
+    static CACHE: Cache<String, Option<bool>> = Mutex::new(BTreeMap::new());
+    cached(&CACHE, path.to_owned(), || {
+        Path::new(path).metadata().ok().map(|m| m.is_dir())
+    })
+}
+
+/// Values read at a time, by key.
+type Cache<K, V> = Mutex<BTreeMap<K, (Instant, V)>>;
+
+/// The value of `key` in `cache` if read within [`VIEW_TTL`], else `read()`'s.
+fn cached<K: Ord, V: Clone>(cache: &Cache<K, V>, key: K, read: impl FnOnce() -> V) -> V {
     let now = crate::clock::now();
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, kind)) = cache.get(path) {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, value)) = cache.get(&key) {
         if now.saturating_duration_since(*at) < VIEW_TTL {
-            return *kind;
+            return value.clone();
         }
     }
-    let kind = Path::new(path).metadata().ok().map(|m| m.is_dir());
-    cache.insert(path.to_owned(), (now, kind));
-    kind
+    let value = read();
+    cache.insert(key, (now, value.clone()));
+    value
 }
 
 /// Files of /etc the emperor writes for each container.
