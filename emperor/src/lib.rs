@@ -40,7 +40,8 @@ pub const CONTROL_CONNECTIONS: usize = 64;
 /// How long a control client has to send its request line.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How often the directories are read again even without an inotify event.
+/// How often the directories are read again even without an inotify event,
+/// by default (`--rescan`).
 pub const RESCAN: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not run.
@@ -279,7 +280,7 @@ pub async fn run(
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(vassals = %cfg.layout.vassals.display(), "emperor ready");
 
-    let mut rescan = tokio::time::interval(RESCAN);
+    let mut rescan = tokio::time::interval(cfg.rescan.max(Duration::from_millis(100)));
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut usec = 0;
     let watchdog = sd_notify::watchdog_enabled(false, &mut usec);

@@ -54,6 +54,10 @@ enum Cmd {
         /// Seconds an init has to exit after SIGTERM.
         #[arg(long, default_value_t = 10.0)]
         stop_grace: f64,
+        /// Seconds between two readings of every vassal file without an
+        /// inotify event (a missed event, a host account added).
+        #[arg(long, default_value_t = emperor::RESCAN.as_secs_f64())]
+        rescan: f64,
         /// Throttle: the delay after the second quick death in a row, in seconds (doubles each time).
         #[arg(long, default_value_t = 1.0)]
         throttle_base: f64,
@@ -239,6 +243,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             vassal_bin,
             systemd_scope,
             stop_grace,
+            rescan,
             throttle_base,
             throttle_max,
             healthy_after,
@@ -293,6 +298,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     healthy: secs(healthy_after),
                 },
                 stop_grace: secs(stop_grace),
+                rescan: secs(rescan),
                 vassal_exe,
                 systemd_scope,
                 require_quotas,

@@ -25,6 +25,7 @@ use crate::lifecycle::{self, needs_restart, After, Effect, Life, State};
 use crate::spawner::{cgroup_limits, group_limits, SpawnError, Spawner};
 use crate::spec::{self, Input};
 
+mod added;
 mod adopt;
 mod archive;
 mod metrics;
@@ -37,6 +38,7 @@ pub use status::{Row as StatusRow, Usage as StatusUsage};
 mod stop;
 mod storage;
 
+use added::Read;
 use stop::off_loop;
 
 /// How many network namespaces the emperor keeps ready for starts.
@@ -53,6 +55,8 @@ pub struct Config {
     pub throttle: Throttle,
     /// How long an init has to exit after SIGTERM before everything in its cgroup is killed.
     pub stop_grace: Duration,
+    /// How often every file is read and judged again without an event.
+    pub rescan: Duration,
     /// The vassal binary.
     pub vassal_exe: PathBuf,
     /// The site tree is a systemd scope (`layout.cgroup_root`): see `scope`.
@@ -310,8 +314,14 @@ pub struct Manager {
     /// and the host's users then. A rescan that reads the same files with
     /// both unchanged would find nothing to do again, and stops there.
     quiet: Option<(u64, BTreeSet<String>)>,
-    /// Full judgements made, and periodic rescans that needed none (metrics).
-    judged: (u64, u64),
+    /// Full judgements made, periodic rescans that needed none, and files
+    /// decided against the last judgement's claims (metrics).
+    judged: (u64, u64, u64),
+    /// What the last judgement's files claim, and the host's users it saw:
+    /// a file under a new name is decided against them (see
+    /// [`Manager::judge_added`]). `None` after anything a judgement depends
+    /// on changed otherwise.
+    claimed: Option<(model::catalog::Claimed, BTreeSet<String>)>,
     /// The cgroup figures of the last `status` (see [`status::Recent`]).
     recent: Arc<std::sync::Mutex<status::Recent>>,
 }
@@ -407,7 +417,8 @@ impl Manager {
             rescan: false,
             moved: 0,
             quiet: None,
-            judged: (0, 0),
+            judged: (0, 0, 0),
+            claimed: None,
             recent: Default::default(),
         };
         if let Err(e) = m.write_nss() {
@@ -477,8 +488,15 @@ impl Manager {
             .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
             .map(|(n, _)| n.clone())
             .collect();
-        let (entries, ignored, same_files) = self.read_dirs(&groups);
         let host = crate::scan::host_users();
+        let (entries, ignored, same_files) = match self.read_dirs(&groups, &host) {
+            Read::Added(fresh) => return self.judge_added(fresh, host, began),
+            Read::All {
+                entries,
+                ignored,
+                same,
+            } => (entries, ignored, same),
+        };
         if same_files
             && ignored == self.ignored
             && self
@@ -534,9 +552,14 @@ impl Manager {
                 refuse(g, file.to_string_lossy().into_owned(), why);
             }
         }
-        let cat = Catalog::build(&entries, &previous, &|u: &str| host.contains(u));
+        let Catalog {
+            verdicts,
+            shadowed,
+            claimed,
+        } = Catalog::build(&entries, &previous, &|u: &str| host.contains(u));
+        self.claimed = Some((claimed, host.clone()));
         self.last_entries = entries.into_iter().map(|e| (e.path.clone(), e)).collect();
-        for (name, path, why) in &cat.shadowed {
+        for (name, path, why) in &shadowed {
             if let Some((g, file)) = dropped.get(name) {
                 if path
                     .file_name()
@@ -546,7 +569,7 @@ impl Manager {
                 }
             }
         }
-        for (name, verdict) in &cat.verdicts {
+        for (name, verdict) in &verdicts {
             let reason = match verdict {
                 Verdict::Run { reason, .. } => reason.as_deref(),
                 Verdict::Reject { reason } => Some(reason.as_str()),
@@ -559,10 +582,10 @@ impl Manager {
             list.sort();
         }
         self.refused = refused;
-        self.shadowed = cat.shadowed;
+        self.shadowed = shadowed;
         let before = std::mem::take(&mut self.rejected);
         let mut desired = BTreeMap::new();
-        for (name, verdict) in cat.verdicts {
+        for (name, verdict) in verdicts {
             match verdict {
                 Verdict::Run {
                     file,
@@ -612,26 +635,14 @@ impl Manager {
                 n.clone()
             }
         }));
-        // Allocate the uids of every new vassal at once: one durable write of
-        // the table instead of one per start.
-        let mut allocated = false;
-        for a in &actions {
-            if let Action::Start(n) = a {
-                let user = desired[n].0.user(n);
-                allocated |= self
-                    .uids
-                    .allocate(user.as_str())
-                    .map(|(_, changed)| changed)
-                    .unwrap_or(false);
-            }
-        }
-        if allocated {
-            self.uids_unsaved = true;
-            match self.save_uids() {
-                Ok(()) => self.uids_unsaved = false,
-                Err(e) => tracing::error!(error = %e, "saving the uid table failed"),
-            }
-        }
+        let users: Vec<Name> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start(n) => Some(desired[n].0.user(n)),
+                _ => None,
+            })
+            .collect();
+        self.allocate_uids(&users);
         let mut starts = Vec::new();
         for action in actions {
             match action {
@@ -675,10 +686,7 @@ impl Manager {
     /// read again when it named every change (and the periodic rescan did
     /// not ask for all); otherwise every file is, those whose stamps did not
     /// change excepted.
-    fn read_dirs(
-        &mut self,
-        groups: &BTreeSet<Name>,
-    ) -> (Vec<model::catalog::Entry>, Vec<crate::scan::Ignored>, bool) {
+    fn read_dirs(&mut self, groups: &BTreeSet<Name>, host: &BTreeSet<String>) -> Read {
         let mut ignored = Vec::new();
         let settling = self.settling.clone();
         let mut previous = std::mem::take(&mut self.last_entries);
@@ -697,6 +705,8 @@ impl Manager {
         let entries = match named {
             Some(c) if !c.all && !scan_all => {
                 let paths = c.paths;
+                // Whether a file the last scan read changed or went.
+                let known = paths.iter().any(|p| writes.previous.contains_key(p));
                 // The named files are read again, whatever their stamps.
                 stamps.retain(|p, _| !paths.contains(p));
                 ignored = self
@@ -713,6 +723,13 @@ impl Manager {
                     &mut writes,
                     &mut stamps,
                 );
+                if !known && self.addable(&fresh, &ignored, host) {
+                    // The last entries stand, with the new files beside them.
+                    previous.extend(fresh.iter().map(|e| (e.path.clone(), e.clone())));
+                    self.last_entries = previous;
+                    self.last_stamps = stamps;
+                    return Read::Added(fresh);
+                }
                 writes.previous.retain(|p, _| !paths.contains(p));
                 let mut entries: Vec<model::catalog::Entry> =
                     writes.previous.drain().map(|(_, e)| e).collect();
@@ -768,7 +785,11 @@ impl Manager {
                 entries
             }
         };
-        (entries, ignored, same)
+        Read::All {
+            entries,
+            ignored,
+            same,
+        }
     }
 
     /// Whether the removal of `name` (stopped, archived) may change what
@@ -929,12 +950,18 @@ impl Manager {
                 Effect::BeginStop => self.stop_task(name),
                 Effect::Archive => {
                     if let Some(v) = self.vassals.remove(name) {
+                        if let VassalFile::Group(_) = v.file {
+                            // Its drop directory is no longer read: the
+                            // next scan leaves its files, judging whole.
+                            self.claimed = None;
+                        }
                         self.forget_caller(name, &v);
                         self.archive(name, &v);
                     }
                     if self.removal_may_change_verdicts(name) {
-                        // Paced like a file change.
+                        // Paced like a file change, and judged whole.
                         self.rescan = true;
+                        self.claimed = None;
                     } else {
                         // The host-wide tables without it.
                         self.start_some();

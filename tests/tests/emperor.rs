@@ -2060,6 +2060,100 @@ fn root_a_host_at_rest_is_not_judged_again_and_a_new_host_account_still_is() {
 
 #[test]
 #[ignore = "root: run the README's test command"]
+fn root_a_new_file_is_decided_alone_as_a_whole_judgement_would() {
+    let mut e = Emperor::new();
+    // No periodic rescan in the test's time: every judgement here follows
+    // a file event.
+    e.extra = vec!["--rescan".into(), "3600".into()];
+    e.write(
+        "r1",
+        "kind = \"group\"\n[limits]\nmemory = \"128M\"\npids = 200\ncpu = 2\n",
+    );
+    e.write("a", &site("r1", "64M", 40));
+    e.start();
+    let a = e.running_pid("a");
+    let group = e.running_pid("r1");
+    let reseller = uid_of(&e, "r1");
+    let dropdir = e.home_root.join("r1/vassals");
+    let put = |name: &str, text: &str| {
+        let tmp = dropdir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::os::unix::fs::chown(&tmp, Some(reseller), Some(reseller)).unwrap();
+        std::fs::rename(&tmp, dropdir.join(name)).unwrap();
+    };
+    // (whole judgements, files decided alone)
+    let counts = || {
+        let out = e.cli(&["metrics"]);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        (
+            sample(&text, "imperium_emperor_judgements_total").expect("judgements"),
+            sample(&text, "imperium_emperor_judgements_added_total").expect("added"),
+        )
+    };
+    let (judged, added) = counts();
+    // More than the reseller has left: refused, and it says what is left.
+    put(
+        "big.toml",
+        "kind = \"site\"\n[limits]\nmemory = \"100M\"\ncpu = 0.5\npids = 40\n",
+    );
+    let row = e.wait_row("big", "the refusal", |r| r["state"] == "rejected");
+    assert!(
+        row["reason"].as_str().unwrap().ends_with(": 64M left"),
+        "{row}"
+    );
+    // One that fits runs, with its keys installed; the refused file's
+    // reason follows what is left now.
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0 tenant@laptop";
+    put(
+        "small.toml",
+        &format!("kind = \"site\"\n[limits]\nmemory = \"32M\"\ncpu = 0.5\npids = 40\n[container]\nssh_keys = [\"{key}\"]\n"),
+    );
+    let small = e.running_pid("small");
+    let row = e.wait_row("big", "the new reason", |r| {
+        r["reason"].as_str().unwrap().ends_with(": 32M left")
+    });
+    assert_eq!(row["state"], "rejected");
+    let keys = std::fs::read_to_string(e.state_dir.join("ssh/small")).unwrap();
+    assert_eq!(keys, format!("{key}\n"));
+    // The reseller is told the same, from inside its container.
+    let inside = || {
+        let script = format!(
+            "export PATH={} HOME=/home/r1; vassal sites --json",
+            model::layout::inside::PATH
+        );
+        let out = e.exec_in(group, reseller, &e.cgroup("r1/_self"), &script);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+    };
+    wait_for(Duration::from_secs(10), "the reseller's refusal", || {
+        let v = inside()?;
+        let r = v["refused"].as_array()?;
+        (r.len() == 1
+            && r[0]["file"] == "big.toml"
+            && r[0]["reason"].as_str()?.ends_with(": 32M left"))
+        .then_some(())
+    });
+    // Both were decided against the last judgement's claims, none by
+    // judging every file again.
+    assert_eq!(counts(), (judged, added + 2.0), "{}", e.log());
+    // A whole judgement (a's file written again: a known file changed)
+    // decides the same.
+    e.write("a", &site("r1", "64M", 40));
+    wait_for(Duration::from_secs(10), "a whole judgement", || {
+        (counts().0 > judged).then_some(())
+    });
+    assert_eq!(e.running_pid("a"), a);
+    assert_eq!(e.running_pid("small"), small);
+    let row = e.row("big").expect("big");
+    assert_eq!(row["state"], "rejected");
+    assert!(
+        row["reason"].as_str().unwrap().ends_with(": 32M left"),
+        "{row}"
+    );
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
 fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
     // A free port for the TCP listener (bound and released here).
     let port = std::net::TcpListener::bind("127.0.0.1:0")

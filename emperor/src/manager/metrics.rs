@@ -159,6 +159,11 @@ impl Manager {
                 self.judged.0,
             ),
             (
+                "emperor_judgements_added",
+                "Files under new names decided against the last judgement's claims, without judging every file again",
+                self.judged.2,
+            ),
+            (
                 "emperor_rescans_unchanged",
                 "Periodic rescans that found the files, the host's users and the vassals as the last judgement left them, and judged nothing again",
                 self.judged.1,

@@ -32,6 +32,26 @@ impl Manager {
     /// from them is written after the starts that wait for this (see
     /// [`Manager::refresh_nss`]): nothing in a start reads it, and it is a
     /// new copy of every tenant's entry.
+    /// Gives these users their uids, if they have none, and writes the
+    /// table once for all of them (one durable write instead of one a start).
+    pub(super) fn allocate_uids(&mut self, users: &[Name]) {
+        let mut allocated = false;
+        for user in users {
+            allocated |= self
+                .uids
+                .allocate(user.as_str())
+                .map(|(_, changed)| changed)
+                .unwrap_or(false);
+        }
+        if allocated {
+            self.uids_unsaved = true;
+            match self.save_uids() {
+                Ok(()) => self.uids_unsaved = false,
+                Err(e) => tracing::error!(error = %e, "saving the uid table failed"),
+            }
+        }
+    }
+
     pub(super) fn save_uids(&mut self) -> std::io::Result<()> {
         self.uids.commit(&self.cfg.layout.uid_table())?;
         self.nss_stale = true;
@@ -266,12 +286,29 @@ impl Manager {
         }
         for (user, text) in &now {
             if had.get(user) != Some(text) {
-                let path = self.cfg.layout.ssh_keys(user);
-                if let Err(e) = model::atomic::replace(&path, text.as_bytes(), 0o644) {
-                    tracing::error!(user = %user, error = %e, "installing ssh keys failed");
-                }
+                self.install_ssh_keys(user, text);
             }
         }
         self.ssh_keys = Some(now);
+    }
+
+    /// Installs the keys of one more vassal let run (see [`Manager::sync_ssh_keys`]).
+    pub(super) fn ssh_keys_added(&mut self, name: &Name, file: &VassalFile) {
+        let keys = &file.container().ssh_keys;
+        if keys.is_empty() {
+            return;
+        }
+        let (user, text) = (file.user(name), keys.join("\n") + "\n");
+        if self.ssh_keys.as_ref().and_then(|k| k.get(&user)) != Some(&text) {
+            self.install_ssh_keys(&user, &text);
+        }
+        self.ssh_keys.get_or_insert_default().insert(user, text);
+    }
+
+    fn install_ssh_keys(&self, user: &Name, text: &str) {
+        let path = self.cfg.layout.ssh_keys(user);
+        if let Err(e) = model::atomic::replace(&path, text.as_bytes(), 0o644) {
+            tracing::error!(user = %user, error = %e, "installing ssh keys failed");
+        }
     }
 }

@@ -154,6 +154,8 @@ pub struct Catalog {
     pub verdicts: BTreeMap<Name, Verdict>,
     /// Files that could not be considered because another file holds the name.
     pub shadowed: Vec<(Name, PathBuf, String)>,
+    /// What the verdicts claim, kept to decide one more file (see [`Claimed::add`]).
+    pub claimed: Claimed,
 }
 
 /// Answers whether a login name already exists on the host.
@@ -168,7 +170,7 @@ impl<F: Fn(&str) -> bool> HostUsers for F {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Usage {
     memory: u64,
     storage: u64,
@@ -177,12 +179,44 @@ struct Usage {
     sites: u64,
 }
 
-struct Pass<'a> {
-    host_users: &'a dyn HostUsers,
+/// What the files a judgement lets run claim (groups, login names, domains,
+/// each group's usage), and the sites it refused. A judgement made again with
+/// those files running lets the same run (`a_judgement_is_stable`), so one
+/// more file under a new name can be decided against this alone, as a whole
+/// judgement would decide it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Claimed {
     groups: BTreeMap<Name, GroupFile>,
     users: BTreeMap<Name, Name>,
     domains: crate::claims::Claims,
     usage: BTreeMap<Name, Usage>,
+    /// Groups whose file is gone, run while they hold sites.
+    orphaned: BTreeSet<Name>,
+    /// The refused site files and why, decided again after each one added.
+    refused: BTreeMap<Name, (Source, PathBuf, SiteFile, String)>,
+}
+
+/// One more file decided (see [`Claimed::add`]).
+#[derive(Debug, PartialEq)]
+pub struct Added {
+    /// The new file's verdict.
+    pub verdict: Verdict,
+    /// Sites refused before whose verdict changed (a new reason, or, were
+    /// the rules ever not monotonic, a run).
+    pub changed: Vec<Redecided>,
+}
+
+/// A refused file decided again (see [`Added`]).
+#[derive(Debug, PartialEq)]
+pub struct Redecided {
+    /// Its name.
+    pub name: Name,
+    /// Where it was found.
+    pub source: Source,
+    /// Its path.
+    pub path: PathBuf,
+    /// The new verdict.
+    pub verdict: Verdict,
 }
 
 impl Catalog {
@@ -214,13 +248,8 @@ impl Catalog {
             }
         }
 
-        let mut pass = Pass {
-            host_users,
-            groups: BTreeMap::new(),
-            users: BTreeMap::new(),
-            domains: crate::claims::Claims::default(),
-            usage: BTreeMap::new(),
-        };
+        let mut pass = Claimed::default();
+        let host = host_users;
 
         // Groups first: sites are checked against them.
         for (name, e) in &by_name {
@@ -238,16 +267,15 @@ impl Catalog {
                 // An unreadable file that did not run as a group: decide it with the sites.
                 continue;
             }
-            let verdict = pass.try_group(name, new, old);
+            let verdict = pass.try_group(name, new, old, host);
             cat.verdicts.insert((*name).clone(), verdict);
         }
         // A group whose file was removed keeps running while sites still belong to it.
-        let mut orphaned = BTreeSet::new();
         for (name, old) in previous {
             if let (VassalFile::Group(g), false) = (old, by_name.contains_key(name)) {
-                if pass.claim_user(name, &old.user(name)).is_ok() {
+                if pass.claim_user(name, &old.user(name), host).is_ok() {
                     pass.groups.insert(name.clone(), g.clone());
-                    orphaned.insert(name.clone());
+                    pass.orphaned.insert(name.clone());
                 }
             }
         }
@@ -262,27 +290,34 @@ impl Catalog {
         for name in order {
             let e = &by_name[name];
             let new = match &e.parsed {
-                Ok(VassalFile::Site(s)) => pass.place_site(name, &e.source, s),
+                Ok(VassalFile::Site(s)) => pass.place_site(name, &e.source, s, host),
                 Ok(VassalFile::Group(_)) => continue,
                 Err(err) => Err(Refusal::Invalid(err.clone())),
             };
             let verdict = match new.map_err(|why| why.to_string()) {
                 Ok(v) => v,
                 Err(why) => match previous.get(name) {
-                    Some(VassalFile::Site(old)) => match pass.place_site(name, &e.source, old) {
-                        Ok(Verdict::Run { file, dynamic, .. }) => Verdict::Run {
-                            file,
-                            dynamic,
-                            reason: Some(why),
-                        },
-                        _ => Verdict::Reject { reason: why },
-                    },
+                    Some(VassalFile::Site(old)) => {
+                        match pass.place_site(name, &e.source, old, host) {
+                            Ok(Verdict::Run { file, dynamic, .. }) => Verdict::Run {
+                                file,
+                                dynamic,
+                                reason: Some(why),
+                            },
+                            _ => Verdict::Reject { reason: why },
+                        }
+                    }
                     _ => Verdict::Reject { reason: why },
                 },
             };
+            if let (Verdict::Reject { reason }, Ok(VassalFile::Site(s))) = (&verdict, &e.parsed) {
+                let file = (e.source.clone(), e.path.clone(), s.clone(), reason.clone());
+                pass.refused.insert(name.clone(), file);
+            }
             cat.verdicts.insert(name.clone(), verdict);
         }
 
+        let orphaned = std::mem::take(&mut pass.orphaned);
         for name in orphaned {
             let holders: Vec<String> = cat
                 .verdicts
@@ -290,28 +325,104 @@ impl Catalog {
                 .filter(|(_, v)| matches!(v.file(), Some(VassalFile::Site(s)) if s.group.as_ref() == Some(&name)))
                 .map(|(n, _)| n.to_string())
                 .collect();
-            if !holders.is_empty() {
-                let file = previous[&name].clone();
-                let reason = format!(
-                    "file removed; kept running while it holds sites: {}",
-                    holders.join(", ")
-                );
-                cat.verdicts.insert(
-                    name,
-                    Verdict::Run {
-                        file,
-                        dynamic: false,
-                        reason: Some(reason),
-                    },
-                );
+            if holders.is_empty() {
+                // It stops: what it claimed is free for the next judgement.
+                pass.groups.remove(&name);
+                let user = previous[&name].user(&name);
+                if pass.users.get(&user) == Some(&name) {
+                    pass.users.remove(&user);
+                }
+                continue;
+            }
+            let file = previous[&name].clone();
+            let reason = format!(
+                "file removed; kept running while it holds sites: {}",
+                holders.join(", ")
+            );
+            cat.verdicts.insert(
+                name.clone(),
+                Verdict::Run {
+                    file,
+                    dynamic: false,
+                    reason: Some(reason),
+                },
+            );
+            pass.orphaned.insert(name);
+        }
+        // A refusal says what is left once all that may run does.
+        for r in pass.redecide_refused(host) {
+            if let Verdict::Reject { .. } = r.verdict {
+                cat.verdicts.insert(r.name, r.verdict);
             }
         }
+        cat.claimed = pass;
         cat
     }
 }
 
-impl Pass<'_> {
-    fn claim_user(&mut self, vassal: &Name, user: &Name) -> Result<(), Refusal> {
+impl Claimed {
+    /// Decides one more site file, under a name that no file held at the
+    /// judgement these claims come from, as a whole judgement of every file
+    /// would decide it with what that one let run running: against all that
+    /// runs. If it may run, it claims what it holds and the refused sites
+    /// are decided again (their reasons say what is left). The verdicts of
+    /// the new file and of every refused site whose verdict changed are
+    /// returned.
+    ///
+    /// `None` (nothing changed) when only a whole judgement can say: see
+    /// [`Claimed::takes`].
+    pub fn add(&mut self, entry: &Entry, host_users: &dyn HostUsers) -> Option<Added> {
+        let Ok(VassalFile::Site(site)) = &entry.parsed else {
+            return None;
+        };
+        if !self.takes(entry) {
+            return None;
+        }
+        match self.check_site(&entry.name, &entry.source, site, host_users) {
+            Ok((site, dynamic)) => {
+                self.claim_site(&entry.name, &site);
+                Some(Added {
+                    verdict: Verdict::Run {
+                        file: VassalFile::Site(site),
+                        dynamic,
+                        reason: None,
+                    },
+                    changed: self.redecide_refused(host_users),
+                })
+            }
+            // Nothing more runs: every other refusal stands as it was.
+            Err(why) => {
+                let reason = why.to_string();
+                let file = (
+                    entry.source.clone(),
+                    entry.path.clone(),
+                    site.clone(),
+                    reason.clone(),
+                );
+                self.refused.insert(entry.name.clone(), file);
+                Some(Added {
+                    verdict: Verdict::Reject { reason },
+                    changed: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// Whether [`Claimed::add`] decides this file: a readable site under a
+    /// name these claims did not refuse, while no group runs only for its
+    /// sites (its reason names them, a whole judgement says it again).
+    pub fn takes(&self, entry: &Entry) -> bool {
+        matches!(entry.parsed, Ok(VassalFile::Site(_)))
+            && !self.refused.contains_key(&entry.name)
+            && self.orphaned.is_empty()
+    }
+
+    fn claim_user(
+        &mut self,
+        vassal: &Name,
+        user: &Name,
+        host: &dyn HostUsers,
+    ) -> Result<(), Refusal> {
         if let Some(holder) = self.users.get(user) {
             if holder != vassal {
                 return Err(Refusal::UserTaken {
@@ -320,7 +431,7 @@ impl Pass<'_> {
                 });
             }
         }
-        if self.host_users.exists(user.as_str()) {
+        if host.exists(user.as_str()) {
             return Err(Refusal::HostAccount(user.clone()));
         }
         self.users.insert(user.clone(), vassal.clone());
@@ -332,10 +443,11 @@ impl Pass<'_> {
         name: &Name,
         new: Result<GroupFile, Refusal>,
         old: Option<&GroupFile>,
+        host: &dyn HostUsers,
     ) -> Verdict {
         let new = new
             .and_then(|g| {
-                self.claim_user(name, &VassalFile::Group(g.clone()).user(name))?;
+                self.claim_user(name, &VassalFile::Group(g.clone()).user(name), host)?;
                 Ok(g)
             })
             .map_err(|why| why.to_string());
@@ -349,7 +461,7 @@ impl Pass<'_> {
                 }
             }
             (Err(why), Some(old)) => {
-                match self.claim_user(name, &VassalFile::Group(old.clone()).user(name)) {
+                match self.claim_user(name, &VassalFile::Group(old.clone()).user(name), host) {
                     Ok(()) => {
                         self.groups.insert(name.clone(), old.clone());
                         Verdict::Run {
@@ -365,12 +477,32 @@ impl Pass<'_> {
         }
     }
 
+    /// Decides a site against what runs and, if it may run, claims what it holds.
     fn place_site(
         &mut self,
         name: &Name,
         source: &Source,
         site: &SiteFile,
+        host: &dyn HostUsers,
     ) -> Result<Verdict, Refusal> {
+        let (site, dynamic) = self.check_site(name, source, site, host)?;
+        self.claim_site(name, &site);
+        Ok(Verdict::Run {
+            file: VassalFile::Site(site),
+            dynamic,
+            reason: None,
+        })
+    }
+
+    /// Whether a site may run beside what runs: the file as it runs (a drop
+    /// directory's site gets its group) and whether its limits are dynamic.
+    fn check_site(
+        &self,
+        name: &Name,
+        source: &Source,
+        site: &SiteFile,
+        host: &dyn HostUsers,
+    ) -> Result<(SiteFile, bool), Refusal> {
         let mut site = site.clone();
         if let Source::Drop(owner) = source {
             // The root filesystem is what an SSH login and every site process
@@ -395,8 +527,8 @@ impl Pass<'_> {
                 .get(gname)
                 .ok_or_else(|| Refusal::NoGroup(gname.clone()))?;
             let used = self.usage.get(gname);
-            if let (Some(max), Some(u)) = (group.limits.sites, used) {
-                if u.sites >= max {
+            if let Some(max) = group.limits.sites {
+                if used.map_or(0, |u| u.sites) >= max {
                     return Err(Refusal::TooManySites {
                         group: gname.clone(),
                         max,
@@ -414,7 +546,23 @@ impl Pass<'_> {
                 .map_err(Refusal::Domain)?;
         }
         let user = site.user.clone().unwrap_or_else(|| name.clone());
-        self.claim_user(name, &user)?;
+        if let Some(holder) = self.users.get(&user).filter(|h| *h != name) {
+            return Err(Refusal::UserTaken {
+                user,
+                holder: holder.clone(),
+            });
+        }
+        if host.exists(user.as_str()) {
+            return Err(Refusal::HostAccount(user));
+        }
+        Ok((site, dynamic))
+    }
+
+    /// Records what a site that may run holds: its login name, its domains,
+    /// its share of its group.
+    fn claim_site(&mut self, name: &Name, site: &SiteFile) {
+        let user = site.user.clone().unwrap_or_else(|| name.clone());
+        self.users.insert(user, name.clone());
         for d in &site.domains {
             self.domains.add(name, site.group.as_ref(), d);
         }
@@ -426,11 +574,44 @@ impl Pass<'_> {
             u.cpu += site.limits.cpu.unwrap_or(0.0);
             u.pids += site.limits.pids.unwrap_or(0);
         }
-        Ok(Verdict::Run {
-            file: VassalFile::Site(site),
-            dynamic,
-            reason: None,
-        })
+    }
+
+    /// Decides every refused site again against all that runs (a refusal
+    /// says what is left once everything that may run does, not what was
+    /// left at its turn), and returns those whose verdict changed. A site
+    /// that may now run keeps its refusal here and is returned with its
+    /// run (the rules would not be monotonic: only a whole judgement says).
+    fn redecide_refused(&mut self, host: &dyn HostUsers) -> Vec<Redecided> {
+        let mut changed = Vec::new();
+        let names: Vec<Name> = self.refused.keys().cloned().collect();
+        for name in names {
+            let (source, path, site, why) = &self.refused[&name];
+            let verdict = match self.check_site(&name, source, site, host) {
+                Ok((site, dynamic)) => Verdict::Run {
+                    file: VassalFile::Site(site),
+                    dynamic,
+                    reason: None,
+                },
+                Err(now) if now.to_string() == *why => continue,
+                Err(now) => Verdict::Reject {
+                    reason: now.to_string(),
+                },
+            };
+            changed.push(Redecided {
+                name: name.clone(),
+                source: source.clone(),
+                path: path.clone(),
+                verdict,
+            });
+        }
+        for r in &changed {
+            if let (Verdict::Reject { reason }, Some(file)) =
+                (&r.verdict, self.refused.get_mut(&r.name))
+            {
+                file.3 = reason.clone();
+            }
+        }
+        changed
     }
 }
 
@@ -527,8 +708,8 @@ mod tests {
         Catalog::build(&entries, prev, &no_host_users)
     }
 
-    fn running(cat: &Catalog) -> BTreeMap<Name, VassalFile> {
-        cat.verdicts
+    fn running(verdicts: &BTreeMap<Name, Verdict>) -> BTreeMap<Name, VassalFile> {
+        verdicts
             .iter()
             .filter_map(|(n, v)| v.file().map(|f| (n.clone(), f.clone())))
             .collect()
@@ -637,7 +818,7 @@ mod tests {
             ],
             &BTreeMap::new(),
         );
-        let prev = running(&first);
+        let prev = running(&first.verdicts);
         let cat = build(
             vec![
                 entry("group1", GROUP),
@@ -664,10 +845,13 @@ mod tests {
 
     #[test]
     fn running_sites_keep_their_claims_over_new_ones() {
-        let prev = running(&build(
-            vec![entry("zz", "kind = \"site\"\ndomains = [\"x.com\"]")],
-            &BTreeMap::new(),
-        ));
+        let prev = running(
+            &build(
+                vec![entry("zz", "kind = \"site\"\ndomains = [\"x.com\"]")],
+                &BTreeMap::new(),
+            )
+            .verdicts,
+        );
         let cat = build(
             vec![
                 entry("aa", "kind = \"site\"\ndomains = [\"x.com\"]"),
@@ -691,7 +875,7 @@ mod tests {
         let victim = "kind = \"site\"\ngroup = \"g1\"\ndomains = [\"www.shop.test\"]\n[limits]\nmemory = \"64M\"\npids = 10\n";
         let evil = "kind = \"site\"\ngroup = \"g2\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"64M\"\npids = 10\n";
         let entries = || vec![entry("g1", GROUP), entry("g2", GROUP), entry("zz", victim)];
-        let prev = running(&build(entries(), &BTreeMap::new()));
+        let prev = running(&build(entries(), &BTreeMap::new()).verdicts);
         let mut with_evil = entries();
         with_evil.push(entry("aa", evil));
         let cat = build(with_evil.clone(), &prev);
@@ -699,9 +883,9 @@ mod tests {
             cat.verdicts[&n("aa")].reason(),
             Some("domain shop.test lies above www.shop.test of site zz in another group")
         );
-        let again = build(with_evil, &running(&cat));
+        let again = build(with_evil, &running(&cat.verdicts));
         assert!(again.verdicts[&n("zz")].file().is_some());
-        assert_eq!(running(&again), running(&cat));
+        assert_eq!(running(&again.verdicts), running(&cat.verdicts));
     }
 
     proptest::proptest! {
@@ -718,7 +902,7 @@ mod tests {
                 ["x.test", "a.x.test", "b.a.x.test", "*.x.test", "*.a.x.test", "y.test"];
             let over = "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"512M\"\nsites = 3\n";
             let mut entries = vec![entry("g1", GROUP), entry("g2", over)];
-            let mut run = running(&build(entries.clone(), &BTreeMap::new()));
+            let mut last = build(entries.clone(), &BTreeMap::new()).verdicts;
             for (i, (group, domains, user, memory)) in sites.iter().enumerate() {
                 let group = ["", "group = \"g1\"\n", "group = \"g2\"\n"][*group];
                 let user = ["", "user = \"u1\"\n", "user = \"u2\"\n"][*user];
@@ -731,10 +915,70 @@ mod tests {
                 );
                 // Names in an order of their own, not the order of the list.
                 entries.push(entry(&format!("s{}", (i * 5) % 8), &text));
-                run = running(&build(entries.clone(), &run));
+                last = build(entries.clone(), &running(&last)).verdicts;
             }
-            let again = running(&build(entries, &run));
-            proptest::prop_assert_eq!(run, again);
+            // The same verdicts, reasons too: a refusal says what is left
+            // once all that runs does, whatever ran when it was first made.
+            let again = build(entries, &running(&last)).verdicts;
+            proptest::prop_assert_eq!(last, again);
+        }
+
+        /// One more site file decided against the last judgement's claims
+        /// (sites of a reserved group, an overcommitted one at its limit of
+        /// three, the admin's, a reseller's drop directory and a group that
+        /// just stopped, related names,
+        /// login names, budgets) gets the verdict a whole judgement of every
+        /// file gives it, the refused files' new reasons are the whole
+        /// judgement's, and the claims left are the same.
+        #[test]
+        fn one_more_file_is_decided_as_a_whole_judgement_would(sites in proptest::collection::vec(
+            (0usize..5, proptest::collection::vec(0usize..6, 0..3), 0usize..3, 0usize..2), 1..10)
+        ) {
+            const DOMAINS: [&str; 6] =
+                ["x.test", "a.x.test", "b.a.x.test", "*.x.test", "*.a.x.test", "y.test"];
+            let over = "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"512M\"\nsites = 3\n";
+            let mut entries = vec![entry("g1", GROUP), entry("g2", over)];
+            // g3 ran, and its file is gone: it stops, holding no site.
+            let gone = build(vec![entry("g3", GROUP)], &BTreeMap::new());
+            let first = build(entries.clone(), &running(&gone.verdicts));
+            let (mut verdicts, mut claimed) = (first.verdicts, first.claimed);
+            let (mut decided, mut valid) = (0, 0);
+            for (i, (group, domains, user, memory)) in sites.iter().enumerate() {
+                let user = ["", "user = \"u1\"\n", "user = \"u2\"\n"][*user];
+                let memory = ["64M", "300M"][*memory];
+                let domains: Vec<String> =
+                    domains.iter().map(|d| format!("\"{}\"", DOMAINS[*d])).collect();
+                let head =
+                    ["", "group = \"g1\"\n", "group = \"g2\"\n", "", "group = \"g3\"\n"][*group];
+                let text = format!(
+                    "kind = \"site\"\n{head}{user}domains = [{}]\n[limits]\nmemory = \"{memory}\"\npids = 10\n",
+                    domains.join(", ")
+                );
+                let name = format!("s{}", (i * 7) % 10);
+                let e = if *group == 3 {
+                    drop_entry("g1", &name, &text)
+                } else {
+                    entry(&name, &text)
+                };
+                valid += usize::from(e.parsed.is_ok());
+                entries.push(e.clone());
+                let run: BTreeMap<Name, VassalFile> = verdicts
+                    .iter()
+                    .filter_map(|(n, v)| Some((n.clone(), v.file()?.clone())))
+                    .collect();
+                let whole = build(entries.clone(), &run);
+                if let Some(added) = claimed.add(&e, &no_host_users) {
+                    decided += 1;
+                    verdicts.insert(e.name.clone(), added.verdict);
+                    verdicts.extend(added.changed.into_iter().map(|r| (r.name, r.verdict)));
+                    proptest::prop_assert_eq!(&verdicts, &whole.verdicts);
+                    proptest::prop_assert_eq!(&claimed, &whole.claimed);
+                }
+                verdicts = whole.verdicts;
+                claimed = whole.claimed;
+            }
+            // Only an unreadable file is left to the whole judgement.
+            proptest::prop_assert_eq!(decided, valid);
         }
     }
 
@@ -788,13 +1032,16 @@ mod tests {
 
     #[test]
     fn removed_group_is_kept_while_it_holds_sites() {
-        let prev = running(&build(
-            vec![
-                entry("group1", GROUP),
-                entry("site52", &site("group1", "10M")),
-            ],
-            &BTreeMap::new(),
-        ));
+        let prev = running(
+            &build(
+                vec![
+                    entry("group1", GROUP),
+                    entry("site52", &site("group1", "10M")),
+                ],
+                &BTreeMap::new(),
+            )
+            .verdicts,
+        );
         let cat = build(vec![entry("site52", &site("group1", "10M"))], &prev);
         assert!(cat.verdicts[&n("site52")].file().is_some());
         assert!(cat.verdicts[&n("group1")]

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use crate::{Domain, Name};
 
 /// One claim: the domain as written, its site and the site's group (`None`: the admin's).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Claim {
     domain: String,
     site: Name,
@@ -25,7 +25,7 @@ struct Claim {
 /// The domains claimed so far, indexed by their names with labels reversed
 /// (`shop.example.com` -> `com.example.shop`), so that everything under a
 /// name is one range of the index.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Claims {
     by_base: BTreeMap<String, Vec<Claim>>,
 }
@@ -108,16 +108,20 @@ impl Claims {
         Ok(())
     }
 
-    /// Records that `site` of `group` holds `d`.
+    /// Records that `site` of `group` holds `d`. The claims on one name are
+    /// kept in order of site and domain, whatever order they came in, so a
+    /// refusal names the same holder however the claims were made.
     pub fn add(&mut self, site: &Name, group: Option<&Name>, d: &Domain) {
-        self.by_base
-            .entry(reversed(base(d.as_str())))
-            .or_default()
-            .push(Claim {
+        let claims = self.by_base.entry(reversed(base(d.as_str()))).or_default();
+        let at = claims.partition_point(|c| (&c.site, c.domain.as_str()) < (site, d.as_str()));
+        claims.insert(
+            at,
+            Claim {
                 domain: d.as_str().to_owned(),
                 site: site.clone(),
                 group: group.cloned(),
-            });
+            },
+        );
     }
 }
 
