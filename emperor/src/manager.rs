@@ -299,6 +299,8 @@ pub struct Manager {
     site_keys: crate::keys::SiteKeys,
     /// What the router was last told (or was to be told: see `dominion_unwritten`).
     dominion: model::subscription::Dominion,
+    /// The same as JSON, each site's entry serialized when it changed.
+    dominion_text: model::subscription::DominionText,
     /// Sites whose file a scan acted on since the dominion was published:
     /// their entries are built again.
     dominion_dirty: BTreeSet<Name>,
@@ -412,6 +414,7 @@ impl Manager {
             suspended_groups: BTreeSet::new(),
             site_keys,
             dominion: Default::default(),
+            dominion_text: Default::default(),
             dominion_dirty: BTreeSet::new(),
             dominion_unwritten: true,
             rescan: false,
@@ -708,7 +711,9 @@ impl Manager {
                 // Whether a file the last scan read changed or went.
                 let known = paths.iter().any(|p| writes.previous.contains_key(p));
                 // The named files are read again, whatever their stamps.
-                stamps.retain(|p, _| !paths.contains(p));
+                for p in &paths {
+                    stamps.remove(p);
+                }
                 ignored = self
                     .ignored
                     .iter()

@@ -107,6 +107,8 @@ impl Manager {
         let mut d = std::mem::take(&mut self.dominion);
         d.schema_version = 1;
         let mut routed = 0;
+        // The entries changed, whose text is made again.
+        let mut touched: Vec<&Name> = Vec::new();
         // A site's key, derived when its entry is built or its uid moved.
         let key = |name: &Name, uid: u32| {
             self.site_keys
@@ -118,7 +120,10 @@ impl Manager {
         };
         for (name, v) in &self.vassals {
             let Some((s, uid, suspended)) = self.routed(v) else {
-                changed |= d.sites.remove(name.as_str()).is_some();
+                if d.sites.remove(name.as_str()).is_some() {
+                    changed = true;
+                    touched.push(name);
+                }
                 continue;
             };
             let address = self.v4_of(name);
@@ -132,6 +137,7 @@ impl Manager {
                             None => {
                                 d.sites.remove(name.as_str());
                                 changed = true;
+                                touched.push(name);
                                 continue;
                             }
                         }
@@ -141,6 +147,7 @@ impl Manager {
                         e.suspended = suspended;
                         e.address = address;
                         changed = true;
+                        touched.push(name);
                     }
                     true
                 }
@@ -148,7 +155,10 @@ impl Manager {
             };
             if !kept {
                 let Some(public_key) = key(name, uid) else {
-                    changed |= d.sites.remove(name.as_str()).is_some();
+                    if d.sites.remove(name.as_str()).is_some() {
+                        changed = true;
+                        touched.push(name);
+                    }
                     continue;
                 };
                 let new = SiteRoutes {
@@ -165,6 +175,7 @@ impl Manager {
                 if d.sites.get(name.as_str()) != Some(&new) {
                     d.sites.insert(name.to_string(), new);
                     changed = true;
+                    touched.push(name);
                 }
             }
             routed += 1;
@@ -175,15 +186,26 @@ impl Manager {
                 n.parse::<Name>()
                     .is_ok_and(|n| self.vassals.get(&n).and_then(|v| self.routed(v)).is_some())
             });
+            self.dominion_text.retain(|n| d.sites.contains_key(n));
             changed = true;
+        }
+        for name in touched {
+            match d.sites.get(name.as_str()) {
+                Some(r) => self.dominion_text.set(name.as_str(), r),
+                None => self.dominion_text.remove(name.as_str()),
+            }
         }
         self.dominion = d;
         if !changed {
             return;
         }
-        let Ok(bytes) = serde_json::to_vec_pretty(&self.dominion) else {
-            return;
-        };
+        let bytes = self.dominion_text.to_vec();
+        // Every test run checks the text follows the entries.
+        debug_assert_eq!(
+            bytes,
+            serde_json::to_vec(&self.dominion).unwrap_or_default(),
+            "the dominion's text and entries differ"
+        );
         let dir = self.cfg.layout.router_dir();
         let _ = std::fs::create_dir_all(&dir);
         // Root's only: the directory is shared into every container, and a

@@ -144,6 +144,52 @@ pub struct SiteRoutes {
     pub address: Option<std::net::Ipv4Addr>,
 }
 
+/// The dominion's JSON text, kept with each site's entry serialized once:
+/// one more site on a host of 10,000 serializes one entry and copies the
+/// others' bytes, instead of formatting every key and domain again.
+#[derive(Debug, Default)]
+pub struct DominionText {
+    sites: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl DominionText {
+    /// The entry of `name` is now `routes`.
+    pub fn set(&mut self, name: &str, routes: &SiteRoutes) {
+        // A struct of strings, numbers and an address: it always serializes.
+        let bytes = serde_json::to_vec(routes).unwrap_or_default();
+        self.sites.insert(name.to_owned(), bytes);
+    }
+
+    /// `name` has no entry any more.
+    pub fn remove(&mut self, name: &str) {
+        self.sites.remove(name);
+    }
+
+    /// Keeps the entries of the sites `keep` says.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.sites.retain(|n, _| keep(n));
+    }
+
+    /// The whole dominion as JSON (schema version 1), as
+    /// `serde_json::to_vec(&Dominion)` writes it.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let len: usize = self.sites.iter().map(|(n, b)| n.len() + b.len() + 8).sum();
+        let mut out = Vec::with_capacity(len + 64);
+        out.extend_from_slice(b"{\"schemaVersion\":1,\"sites\":{");
+        for (i, (name, bytes)) in self.sites.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // A string always serializes.
+            out.extend(serde_json::to_vec(name).unwrap_or_default());
+            out.push(b':');
+            out.extend_from_slice(bytes);
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
 /// Everything the dominator tells the router.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -152,4 +198,56 @@ pub struct Dominion {
     pub schema_version: u32,
     /// Sites by name.
     pub sites: std::collections::BTreeMap<String, SiteRoutes>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(i: u32) -> SiteRoutes {
+        SiteRoutes {
+            public_key: format!("key{i}+/="),
+            domains: vec![format!("s{i}.example.org"), "*.x.test".into()],
+            sockets: format!("/run/imperium/sockets/s{i}"),
+            uid: Some(30000 + i),
+            suspended: i % 2 == 0,
+            moving: Vec::new(),
+            requests: (i % 3 == 0).then_some(i),
+            address: (i % 4 == 0).then(|| std::net::Ipv4Addr::new(10, 0, 0, i as u8)),
+        }
+    }
+
+    #[test]
+    fn the_dominion_text_is_the_dominion_serialized() {
+        let mut d = Dominion {
+            schema_version: 1,
+            sites: Default::default(),
+        };
+        let mut text = DominionText::default();
+        assert_eq!(text.to_vec(), serde_json::to_vec(&d).unwrap());
+        for i in 0..40u32 {
+            let name = if i == 7 {
+                "we\"ird\\".to_owned()
+            } else {
+                format!("s{i}")
+            };
+            d.sites.insert(name.clone(), routes(i));
+            text.set(&name, &routes(i));
+            if i % 5 == 0 {
+                let gone = format!("s{}", i / 2);
+                d.sites.remove(&gone);
+                text.remove(&gone);
+            }
+            if i % 11 == 0 {
+                d.sites.insert("s1".into(), routes(i + 100));
+                text.set("s1", &routes(i + 100));
+            }
+            assert_eq!(text.to_vec(), serde_json::to_vec(&d).unwrap());
+        }
+        d.sites.retain(|n, _| n.len() < 3);
+        text.retain(|n| n.len() < 3);
+        let bytes = text.to_vec();
+        assert_eq!(bytes, serde_json::to_vec(&d).unwrap());
+        assert_eq!(serde_json::from_slice::<Dominion>(&bytes).unwrap(), d);
+    }
 }
