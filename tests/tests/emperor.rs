@@ -14,6 +14,15 @@ fn site(group: &str, memory: &str, pids: u32) -> String {
     format!("kind = \"site\"\ngroup = \"{group}\"\n[limits]\nmemory = \"{memory}\"\ncpu = 0.5\npids = {pids}\n")
 }
 
+/// Writes `name` into a drop directory as its reseller (`uid`) would: a
+/// temporary file of theirs, renamed into place.
+fn put_as(dir: &std::path::Path, uid: u32, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::os::unix::fs::chown(&tmp, Some(uid), Some(uid)).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
 fn uid_of(e: &Emperor, name: &str) -> u32 {
     e.row(name).expect("row")["uid"].as_u64().expect("uid") as u32
 }
@@ -1799,12 +1808,7 @@ fn root_a_reseller_lists_its_sites_and_is_told_of_refusals_and_changes() {
     let group = e.running_pid("r1");
     let reseller = uid_of(&e, "r1");
     let dropdir = e.home_root.join("r1/vassals");
-    let put = |name: &str, text: &str| {
-        let tmp = dropdir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::os::unix::fs::chown(&tmp, Some(reseller), Some(reseller)).unwrap();
-        std::fs::rename(&tmp, dropdir.join(name)).unwrap();
-    };
+    let put = |name: &str, text: &str| put_as(&dropdir, reseller, name, text);
     put(
         "shop.toml",
         "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 40\n",
@@ -2075,12 +2079,7 @@ fn root_a_new_file_is_decided_alone_as_a_whole_judgement_would() {
     let group = e.running_pid("r1");
     let reseller = uid_of(&e, "r1");
     let dropdir = e.home_root.join("r1/vassals");
-    let put = |name: &str, text: &str| {
-        let tmp = dropdir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::os::unix::fs::chown(&tmp, Some(reseller), Some(reseller)).unwrap();
-        std::fs::rename(&tmp, dropdir.join(name)).unwrap();
-    };
+    let put = |name: &str, text: &str| put_as(&dropdir, reseller, name, text);
     // (whole judgements, files decided alone)
     let counts = || {
         let out = e.cli(&["metrics"]);

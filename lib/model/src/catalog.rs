@@ -888,6 +888,33 @@ mod tests {
         assert_eq!(running(&again.verdicts), running(&cat.verdicts));
     }
 
+    /// Related names for the property tests to claim.
+    const DOMAINS: [&str; 6] = [
+        "x.test",
+        "a.x.test",
+        "b.a.x.test",
+        "*.x.test",
+        "*.a.x.test",
+        "y.test",
+    ];
+    const OVERCOMMIT: &str =
+        "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"512M\"\nsites = 3\n";
+
+    /// A site file of the property tests: after `head`, some of [`DOMAINS`],
+    /// one of two login names or its own, one of two memory sizes.
+    fn generated(head: &str, domains: &[usize], user: usize, memory: usize) -> String {
+        let user = ["", "user = \"u1\"\n", "user = \"u2\"\n"][user];
+        let memory = ["64M", "300M"][memory];
+        let domains: Vec<String> = domains
+            .iter()
+            .map(|d| format!("\"{}\"", DOMAINS[*d]))
+            .collect();
+        format!(
+            "kind = \"site\"\n{head}{user}domains = [{}]\n[limits]\nmemory = \"{memory}\"\npids = 10\n",
+            domains.join(", ")
+        )
+    }
+
     proptest::proptest! {
         /// Sites of a reserved group, an overcommitted one and the admin's,
         /// each claiming a few related names, a login name and some memory,
@@ -898,21 +925,11 @@ mod tests {
         fn a_judgement_is_stable(sites in proptest::collection::vec(
             (0usize..3, proptest::collection::vec(0usize..6, 0..3), 0usize..3, 0usize..2), 1..8)
         ) {
-            const DOMAINS: [&str; 6] =
-                ["x.test", "a.x.test", "b.a.x.test", "*.x.test", "*.a.x.test", "y.test"];
-            let over = "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"512M\"\nsites = 3\n";
-            let mut entries = vec![entry("g1", GROUP), entry("g2", over)];
+            let mut entries = vec![entry("g1", GROUP), entry("g2", OVERCOMMIT)];
             let mut last = build(entries.clone(), &BTreeMap::new()).verdicts;
             for (i, (group, domains, user, memory)) in sites.iter().enumerate() {
                 let group = ["", "group = \"g1\"\n", "group = \"g2\"\n"][*group];
-                let user = ["", "user = \"u1\"\n", "user = \"u2\"\n"][*user];
-                let memory = ["64M", "300M"][*memory];
-                let domains: Vec<String> =
-                    domains.iter().map(|d| format!("\"{}\"", DOMAINS[*d])).collect();
-                let text = format!(
-                    "kind = \"site\"\n{group}{user}domains = [{}]\n[limits]\nmemory = \"{memory}\"\npids = 10\n",
-                    domains.join(", ")
-                );
+                let text = generated(group, domains, *user, *memory);
                 // Names in an order of their own, not the order of the list.
                 entries.push(entry(&format!("s{}", (i * 5) % 8), &text));
                 last = build(entries.clone(), &running(&last)).verdicts;
@@ -926,34 +943,23 @@ mod tests {
         /// One more site file decided against the last judgement's claims
         /// (sites of a reserved group, an overcommitted one at its limit of
         /// three, the admin's, a reseller's drop directory and a group that
-        /// just stopped, related names,
-        /// login names, budgets) gets the verdict a whole judgement of every
+        /// just stopped, related names, login names, budgets) gets the verdict a whole judgement of every
         /// file gives it, the refused files' new reasons are the whole
         /// judgement's, and the claims left are the same.
         #[test]
         fn one_more_file_is_decided_as_a_whole_judgement_would(sites in proptest::collection::vec(
             (0usize..5, proptest::collection::vec(0usize..6, 0..3), 0usize..3, 0usize..2), 1..10)
         ) {
-            const DOMAINS: [&str; 6] =
-                ["x.test", "a.x.test", "b.a.x.test", "*.x.test", "*.a.x.test", "y.test"];
-            let over = "kind = \"group\"\nmode = \"overcommit\"\n[limits]\nmemory = \"512M\"\nsites = 3\n";
-            let mut entries = vec![entry("g1", GROUP), entry("g2", over)];
+            let mut entries = vec![entry("g1", GROUP), entry("g2", OVERCOMMIT)];
             // g3 ran, and its file is gone: it stops, holding no site.
             let gone = build(vec![entry("g3", GROUP)], &BTreeMap::new());
             let first = build(entries.clone(), &running(&gone.verdicts));
             let (mut verdicts, mut claimed) = (first.verdicts, first.claimed);
             let (mut decided, mut valid) = (0, 0);
             for (i, (group, domains, user, memory)) in sites.iter().enumerate() {
-                let user = ["", "user = \"u1\"\n", "user = \"u2\"\n"][*user];
-                let memory = ["64M", "300M"][*memory];
-                let domains: Vec<String> =
-                    domains.iter().map(|d| format!("\"{}\"", DOMAINS[*d])).collect();
                 let head =
                     ["", "group = \"g1\"\n", "group = \"g2\"\n", "", "group = \"g3\"\n"][*group];
-                let text = format!(
-                    "kind = \"site\"\n{head}{user}domains = [{}]\n[limits]\nmemory = \"{memory}\"\npids = 10\n",
-                    domains.join(", ")
-                );
+                let text = generated(head, domains, *user, *memory);
                 let name = format!("s{}", (i * 7) % 10);
                 let e = if *group == 3 {
                     drop_entry("g1", &name, &text)

@@ -155,8 +155,11 @@ pub struct DominionText {
 impl DominionText {
     /// The entry of `name` is now `routes`.
     pub fn set(&mut self, name: &str, routes: &SiteRoutes) {
-        // A struct of strings, numbers and an address: it always serializes.
-        let bytes = serde_json::to_vec(routes).unwrap_or_default();
+        // A string, and a struct of strings, numbers and an address: they
+        // always serialize.
+        let mut bytes = serde_json::to_vec(name).unwrap_or_default();
+        bytes.push(b':');
+        bytes.extend(serde_json::to_vec(routes).unwrap_or_default());
         self.sites.insert(name.to_owned(), bytes);
     }
 
@@ -173,17 +176,14 @@ impl DominionText {
     /// The whole dominion as JSON (schema version 1), as
     /// `serde_json::to_vec(&Dominion)` writes it.
     pub fn to_vec(&self) -> Vec<u8> {
-        let len: usize = self.sites.iter().map(|(n, b)| n.len() + b.len() + 8).sum();
+        let len: usize = self.sites.values().map(|b| b.len() + 1).sum();
         let mut out = Vec::with_capacity(len + 64);
         out.extend_from_slice(b"{\"schemaVersion\":1,\"sites\":{");
-        for (i, (name, bytes)) in self.sites.iter().enumerate() {
+        for (i, entry) in self.sites.values().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            // A string always serializes.
-            out.extend(serde_json::to_vec(name).unwrap_or_default());
-            out.push(b':');
-            out.extend_from_slice(bytes);
+            out.extend_from_slice(entry);
         }
         out.extend_from_slice(b"}}");
         out
