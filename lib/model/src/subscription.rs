@@ -160,6 +160,8 @@ impl DominionText {
         let mut bytes = serde_json::to_vec(name).unwrap_or_default();
         bytes.push(b':');
         bytes.extend(serde_json::to_vec(routes).unwrap_or_default());
+        // Kept for the site's life: no room to grow (10,000 of them).
+        bytes.shrink_to_fit();
         self.sites.insert(name.to_owned(), bytes);
     }
 
