@@ -469,9 +469,10 @@ impl Manager {
     pub fn finish_shutdown(&mut self) {
         let root = self.cfg.layout.cgroup_root.trim_matches('/');
         if self.cfg.systemd_scope {
-            crate::scope::release(root);
+            crate::scope::release(self.tree.as_ref(), root);
+        } else {
+            let _ = self.tree.remove(root);
         }
-        let _ = self.tree.remove(root);
         if let Some(tx) = self.shutdown_reply.take() {
             let _ = tx.send(Response::ok(serde_json::json!("stopped")));
         }

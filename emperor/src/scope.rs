@@ -81,8 +81,20 @@ pub fn ensure(name: &str) -> anyhow::Result<String> {
     Ok(rel)
 }
 
-/// Ends the keeper, so that systemd removes the scope once the rest of it is gone.
-pub fn release(rel: &str) {
-    let leaf: PathBuf = Path::new(CGROUP_FS).join(rel).join(KEEPER);
-    let _ = std::fs::write(leaf.join("cgroup.kill"), "1");
+/// Removes the site tree from the scope (every site stopped), then ends the
+/// keeper: systemd then finds the scope empty and removes it with the
+/// keeper's leaf. Nothing here is removed once the keeper is killed, so that
+/// systemd's removal never runs beside ours (a directory it listed and found
+/// gone would stop its walk and leave the scope behind).
+pub fn release(tree: &dyn sys::cgroup::CgroupTree, rel: &str) {
+    let dir: PathBuf = Path::new(CGROUP_FS).join(rel);
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name != KEEPER && e.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Err(err) = tree.remove(&format!("{rel}/{}", name.to_string_lossy())) {
+                tracing::warn!("removing {rel}/{}: {err}", name.to_string_lossy());
+            }
+        }
+    }
+    let _ = std::fs::write(dir.join(KEEPER).join("cgroup.kill"), "1");
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{alive, bin, require_root, vassal_bin, wait_for, Emperor};
+use e2e::{alive, bin, require_root, vassal_bin, wait_for, wait_for_or, Emperor};
 
 fn require_systemd() {
     let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
@@ -168,11 +168,46 @@ fn systemd_sites_live_in_a_delegated_scope_and_outlive_restarts_of_the_emperor()
         (!alive(init)).then_some(())
     });
     let scope_dir = Path::new("/sys/fs/cgroup/machine.slice").join(&unit.scope);
-    wait_for(
+    wait_for_or(
         Duration::from_secs(20),
         "systemd removing the scope",
         || (!scope_dir.exists()).then_some(()),
+        || scope_left(&unit, &scope_dir),
     );
+}
+
+/// What is left of a scope that should be gone: its unit's state, each
+/// cgroup under it with the processes in it, and what systemd and the
+/// emperor logged.
+fn scope_left(unit: &Unit, dir: &Path) -> String {
+    let mut seen = systemctl(&["show", "-p", "ActiveState,SubState,LoadState", &unit.scope]);
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        let comms: Vec<String> = procs
+            .split_whitespace()
+            .map(|p| {
+                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                format!("{p} {}", comm.trim())
+            })
+            .collect();
+        seen += &format!("\n{}: {comms:?}", d.display());
+        dirs.extend(
+            std::fs::read_dir(&d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    let journal = Command::new("journalctl")
+        .args(["--no-pager", "-o", "short-monotonic", "-n", "60", "-u"])
+        .args([&unit.scope, "-u", &unit.name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    format!("{seen}\njournal:\n{journal}")
 }
 
 /// What scripts/install touches, to compare before and after.
