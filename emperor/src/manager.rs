@@ -1156,6 +1156,9 @@ impl Manager {
                 self.reconcile();
                 self.project_old_homes();
                 self.publish_usage();
+                // What the last seconds freed (each rescan rebuilds the
+                // tables of every file) goes back to the kernel.
+                sys::heap::trim();
             }
             Event::Projected { name, uid, result } => self.projected(&name, uid, result),
             Event::Exited { name, gen } => self.exited(&name, gen),

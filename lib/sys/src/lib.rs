@@ -10,6 +10,7 @@
 pub mod btrfs;
 pub mod cgroup;
 pub mod fs;
+pub mod heap;
 pub mod launch;
 pub mod launcher;
 pub mod net;
