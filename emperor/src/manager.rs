@@ -17,7 +17,7 @@ use model::{Layout, Name, VassalFile};
 use serde::Serialize;
 use sys::cgroup::CgroupTree;
 use sys::Pidfd;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::now;
 use crate::control::{Request, Response};
@@ -191,10 +191,10 @@ pub struct Change {
     pub reason: Option<String>,
 }
 
-/// A running init: its pidfd, and a flag set once it exited.
+/// A running init, held by its pidfd (its exit comes back as an event: see
+/// [`adopt::InitWatch`]).
 struct Init {
     pidfd: Arc<Pidfd>,
-    exited: watch::Receiver<bool>,
 }
 
 struct Vassal {
@@ -326,6 +326,9 @@ pub struct Manager {
     claimed: Option<(model::catalog::Claimed, BTreeSet<String>)>,
     /// The cgroup figures of the last `status` (see [`status::Recent`]).
     recent: Arc<std::sync::Mutex<status::Recent>>,
+    /// Every init's exit, watched by one epoll instance (made at the first
+    /// init; `None` before, or if it could not be made).
+    init_watch: Option<adopt::InitWatch>,
 }
 
 impl Manager {
@@ -423,6 +426,7 @@ impl Manager {
             judged: (0, 0, 0),
             claimed: None,
             recent: Default::default(),
+            init_watch: None,
         };
         if let Err(e) = m.write_nss() {
             tracing::warn!(error = %e, "writing the NSS table failed");

@@ -1,6 +1,8 @@
 //! Re-adoption of the inits a previous emperor left running, and the watch
 //! on each init (its exit comes back as an event).
 
+use std::collections::HashMap;
+
 use super::*;
 
 impl Manager {
@@ -57,21 +59,98 @@ impl Manager {
     }
 
     /// Watches the init of the vassal's current start (`life.gen`).
-    pub(super) fn watch_init(&self, name: &Name, v: &mut Vassal, pidfd: Pidfd) {
+    pub(super) fn watch_init(&mut self, name: &Name, v: &mut Vassal, pidfd: Pidfd) {
         self.know_caller(name, v);
+        if self.init_watch.is_none() {
+            self.init_watch = InitWatch::new(self.tx.clone())
+                .inspect_err(|e| tracing::warn!(error = %e, "no epoll for the inits: a task each"))
+                .ok();
+        }
+        let gen = v.life.gen;
+        let watched = match &mut self.init_watch {
+            Some(w) => w.add(&pidfd, name, gen),
+            None => Err(std::io::Error::other("no epoll")),
+        };
         let pidfd = Arc::new(pidfd);
-        let (done_tx, done_rx) = watch::channel(false);
-        let tx = self.tx.clone();
-        let (name, gen) = (name.clone(), v.life.gen);
-        let fd = pidfd.clone();
+        if let Err(e) = watched {
+            if self.init_watch.is_some() {
+                tracing::warn!(vassal = %name, error = %e, "init not in the epoll: a task of its own");
+            }
+            let (tx, name, fd) = (self.tx.clone(), name.clone(), pidfd.clone());
+            tokio::spawn(async move {
+                sys::pidfd::exited(fd).await;
+                let _ = tx.send(Event::Exited { name, gen });
+            });
+        }
+        v.init = Some(Init { pidfd });
+    }
+}
+
+/// Every init's exit, watched by one epoll instance that one task reads:
+/// each exit comes back as an [`Event::Exited`] with the generation the
+/// init was started in. A site costs a registration in the kernel and an
+/// entry in `waiting`, instead of a task, a channel and a registration in
+/// tokio's reactor (about 1 KiB a site).
+pub(super) struct InitWatch {
+    exits: Arc<sys::pidfd::Exits>,
+    /// Who each token is: the vassal and its init's generation.
+    waiting: Arc<std::sync::Mutex<HashMap<u64, (Name, u64)>>>,
+    next: u64,
+}
+
+impl InitWatch {
+    /// The epoll instance, registered with tokio's reactor, and its reader.
+    fn new(tx: mpsc::UnboundedSender<Event>) -> std::io::Result<InitWatch> {
+        let exits = Arc::new(sys::pidfd::Exits::new()?);
+        let afd = exits.clone().registered()?;
+        let waiting: Arc<std::sync::Mutex<HashMap<u64, (Name, u64)>>> = Default::default();
+        let told = waiting.clone();
         tokio::spawn(async move {
-            sys::pidfd::exited(fd).await;
-            let _ = done_tx.send(true);
-            let _ = tx.send(Event::Exited { name, gen });
+            loop {
+                let Ok(mut ready) = afd.readable().await else {
+                    return;
+                };
+                // Cleared before reading: an exit after the read wakes the
+                // next round.
+                ready.clear_ready();
+                let tokens = match afd.get_ref().ready() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the inits' exits");
+                        continue;
+                    }
+                };
+                for token in tokens {
+                    let who = told
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&token);
+                    if let Some((name, gen)) = who {
+                        if tx.send(Event::Exited { name, gen }).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         });
-        v.init = Some(Init {
-            pidfd,
-            exited: done_rx,
-        });
+        Ok(InitWatch {
+            exits,
+            waiting,
+            next: 0,
+        })
+    }
+
+    /// Watches `pidfd`, the init of `name` in its generation `gen`.
+    fn add(&mut self, pidfd: &Pidfd, name: &Name, gen: u64) -> std::io::Result<()> {
+        let token = self.next;
+        self.next += 1;
+        // In the map first: the exit may be read as soon as it is added.
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.insert(token, (name.clone(), gen));
+        if let Err(e) = self.exits.add(pidfd, token) {
+            waiting.remove(&token);
+            return Err(e);
+        }
+        Ok(())
     }
 }

@@ -22,7 +22,7 @@ impl Manager {
         let cgroup = self.cgroup_of(name, v);
         let group_cg =
             matches!(v.file, VassalFile::Group(_)).then(|| self.cfg.layout.group_cgroup(name));
-        let init = v.init.as_ref().map(|i| (i.pidfd.clone(), i.exited.clone()));
+        let init = v.init.as_ref().map(|i| i.pidfd.clone());
         let (tree, tx, name, grace) = (
             self.tree.clone(),
             self.tx.clone(),
@@ -41,9 +41,9 @@ impl Manager {
                 }
             })
             .await;
-            if let Some((pidfd, mut exited)) = init {
+            if let Some(pidfd) = init {
                 let _ = pidfd.signal(libc::SIGTERM);
-                let ended = tokio::time::timeout(grace, exited.wait_for(|e| *e))
+                let ended = tokio::time::timeout(grace, sys::pidfd::exited(pidfd.clone()))
                     .await
                     .is_ok();
                 if !ended {
@@ -54,8 +54,11 @@ impl Manager {
                     })
                     .await;
                     let _ = pidfd.signal(libc::SIGKILL);
-                    let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|e| *e))
-                        .await;
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        sys::pidfd::exited(pidfd.clone()),
+                    )
+                    .await;
                 }
                 let _ = pidfd.try_reap();
             }

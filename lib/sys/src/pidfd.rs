@@ -159,6 +159,71 @@ impl AsRawFd for Pidfd {
     }
 }
 
+/// The exits of many processes, watched by one epoll instance: each pidfd is
+/// added with a token, and [`Exits::ready`] gives back the tokens of those
+/// that ended, each once. One registration in the kernel a process, and
+/// nothing more (a task and a registration in tokio's reactor for each
+/// process cost the emperor about 1 KiB a site). The instance itself polls
+/// readable while an exit is waiting to be read.
+#[derive(Debug)]
+pub struct Exits {
+    epoll: nix::sys::epoll::Epoll,
+}
+
+impl Exits {
+    /// A new, empty watch (close-on-exec).
+    pub fn new() -> io::Result<Exits> {
+        let epoll = nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)?;
+        Ok(Exits { epoll })
+    }
+
+    /// Watches `pidfd` for as long as it is open: its end comes back once,
+    /// as `token`. A process that already ended comes back at the next read.
+    pub fn add(&self, pidfd: &Pidfd, token: u64) -> io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, token);
+        self.epoll.add(&pidfd.fd, event)?;
+        Ok(())
+    }
+
+    /// The tokens of the processes that ended since the last call; never
+    /// waits.
+    pub fn ready(&self) -> io::Result<Vec<u64>> {
+        use nix::sys::epoll::EpollEvent;
+        let mut tokens = Vec::new();
+        let mut events = [EpollEvent::empty(); 64];
+        loop {
+            let n = self.epoll.wait(&mut events, 0u8)?;
+            tokens.extend(events[..n].iter().map(|e| e.data()));
+            if n < events.len() {
+                return Ok(tokens);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Exits {
+    /// Registers the watch with tokio's reactor: the handle polls readable
+    /// while an exit waits to be read.
+    pub fn registered(
+        self: std::sync::Arc<Self>,
+    ) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<Exits>>> {
+        // SAFETY: the AsyncFd holds an Arc of the Exits that owns the epoll
+        // fd, so the fd stays open and unchanged while it is registered.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
+        };
+        registered.map_err(io::Error::from)
+    }
+}
+
+impl AsRawFd for Exits {
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.0.as_raw_fd()
+    }
+}
+
 /// Waits until the process held by `pidfd` has ended (its pidfd polls readable).
 #[cfg(feature = "tokio")]
 pub async fn exited(pidfd: std::sync::Arc<Pidfd>) {
@@ -192,6 +257,39 @@ pub async fn exited(pidfd: std::sync::Arc<Pidfd>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::zombie_processes)] // reaped through the pidfd
+    fn exits_gives_back_each_ended_process_once_by_its_token() {
+        let exits = Exits::new().unwrap();
+        let spawn = |script: &str| {
+            let child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap();
+            Pidfd::open(child.id() as i32).unwrap()
+        };
+        let (quick, slow) = (spawn("exit 0"), spawn("exec sleep 30"));
+        exits.add(&quick, 7).unwrap();
+        exits.add(&slow, 9).unwrap();
+        // Poll with a deadline: the quick one's end comes back, the other's not.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while seen.is_empty() && std::time::Instant::now() < deadline {
+            seen = exits.ready().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(seen, vec![7]);
+        assert!(exits.ready().unwrap().is_empty(), "told once");
+        slow.signal(libc::SIGKILL).unwrap();
+        let mut seen = Vec::new();
+        while seen.is_empty() && std::time::Instant::now() < deadline {
+            seen = exits.ready().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(seen, vec![9]);
+        let _ = (quick.try_reap(), slow.try_reap());
+    }
 
     #[test]
     #[allow(clippy::zombie_processes)] // reaped through the pidfd
