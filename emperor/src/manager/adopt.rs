@@ -67,13 +67,10 @@ impl Manager {
                 .ok();
         }
         let gen = v.life.gen;
-        let watched = match &mut self.init_watch {
-            Some(w) => w.add(&pidfd, name, gen),
-            None => Err(std::io::Error::other("no epoll")),
-        };
+        let watched = self.init_watch.as_mut().map(|w| w.add(&pidfd, name, gen));
         let pidfd = Arc::new(pidfd);
-        if let Err(e) = watched {
-            if self.init_watch.is_some() {
+        if !matches!(watched, Some(Ok(()))) {
+            if let Some(Err(e)) = watched {
                 tracing::warn!(vassal = %name, error = %e, "init not in the epoll: a task of its own");
             }
             let (tx, name, fd) = (self.tx.clone(), name.clone(), pidfd.clone());
