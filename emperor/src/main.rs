@@ -355,21 +355,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let answer =
                 model::control::call_line(control::EMPEROR, &socket, &Request::Status, None)?;
             // The rows as the emperor wrote them: thousands are not parsed
-            // only to be written again.
-            if let (true, Some(rows)) = (json, model::control::ok_data(&answer)) {
-                println!("{rows}");
+            // only to be written again, nor into a tree of values to lay out.
+            if let Some(rows) = model::control::ok_data(&answer) {
+                if json {
+                    println!("{rows}");
+                } else {
+                    print_table(&serde_json::from_str::<Vec<TableRow>>(rows)?)?;
+                }
                 return Ok(());
             }
             let resp: model::control::Response = serde_json::from_str(&answer)?;
-            if !resp.ok {
-                bail!("{}", resp.error.unwrap_or_default());
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&resp.data)?);
-            } else {
-                print_table(&resp.data);
-            }
-            return Ok(());
+            bail!("{}", resp.error.unwrap_or_default());
         }
         Cmd::Token { state_dir, cmd } => return token(&state_dir, cmd),
         Cmd::Restart { name } => Request::Restart { name },
@@ -417,34 +413,56 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(rows: &serde_json::Value) {
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::Null => "-".to_owned(),
-        serde_json::Value::String(s) => s.clone(),
-        v => v.to_string(),
-    };
-    println!(
+/// The columns of `emperor status`'s table, borrowed from the answer.
+#[derive(serde::Deserialize)]
+struct TableRow<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    group: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    state: std::borrow::Cow<'a, str>,
+    pid: Option<i64>,
+    uid: Option<u32>,
+    #[serde(borrow)]
+    limits: Option<TableLimits<'a>>,
+    dynamic: bool,
+    #[serde(borrow)]
+    reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TableLimits<'a> {
+    #[serde(borrow)]
+    memory: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn print_table(rows: &[TableRow]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let number = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    writeln!(
+        out,
         "{:<16} {:<6} {:<12} {:<10} {:>8} {:>6} {:<10} {:<8} REASON",
         "NAME", "KIND", "GROUP", "STATE", "PID", "UID", "MEMORY", "LIMITS"
-    );
-    for r in rows.as_array().into_iter().flatten() {
-        let mem = r["limits"]["memory"].as_str().unwrap_or("-");
-        let limits = if r["dynamic"].as_bool() == Some(true) {
-            "dynamic"
-        } else {
-            "fixed"
-        };
-        println!(
+    )?;
+    for r in rows {
+        writeln!(
+            out,
             "{:<16} {:<6} {:<12} {:<10} {:>8} {:>6} {:<10} {:<8} {}",
-            s(&r["name"]),
-            s(&r["kind"]),
-            s(&r["group"]),
-            s(&r["state"]),
-            s(&r["pid"]),
-            s(&r["uid"]),
-            mem,
-            limits,
-            r["reason"].as_str().unwrap_or("")
-        );
+            r.name,
+            or_dash(r.kind.as_deref()),
+            or_dash(r.group.as_deref()),
+            r.state,
+            number(r.pid.map(|p| p.to_string())),
+            number(r.uid.map(|u| u.to_string())),
+            or_dash(r.limits.as_ref().and_then(|l| l.memory.as_deref())),
+            if r.dynamic { "dynamic" } else { "fixed" },
+            r.reason.as_deref().unwrap_or("")
+        )?;
     }
+    out.flush()
 }

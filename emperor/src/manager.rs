@@ -324,8 +324,9 @@ pub struct Manager {
     /// [`Manager::judge_added`]). `None` after anything a judgement depends
     /// on changed otherwise.
     claimed: Option<(model::catalog::Claimed, BTreeSet<String>)>,
-    /// The cgroup figures of the last `status` (see [`status::Recent`]).
-    recent: Arc<std::sync::Mutex<status::Recent>>,
+    /// The usage files of the running vassals' cgroups, kept open between
+    /// calls of `status` (see [`sys::cgroup::KeptUsage`]).
+    kept: Arc<std::sync::Mutex<sys::cgroup::KeptUsage>>,
     /// Every init's exit, watched by one epoll instance (made at the first
     /// init; `None` before, or if it could not be made).
     init_watch: Option<adopt::InitWatch>,
@@ -425,7 +426,7 @@ impl Manager {
             quiet: None,
             judged: (0, 0, 0),
             claimed: None,
-            recent: Default::default(),
+            kept: Default::default(),
             init_watch: None,
         };
         if let Err(e) = m.write_nss() {

@@ -913,6 +913,80 @@ fn root_the_init_reaps_orphans_and_passes_sigterm_on() {
 
 #[test]
 #[ignore = "root: run the README's test command"]
+fn root_status_follows_a_sites_usage_and_its_cgroup_made_again() {
+    let mut e = Emperor::new();
+    let text = "kind = \"site\"\n[limits]\nmemory = \"64M\"\npids = 40\n";
+    e.write("site1", text);
+    e.start();
+    let cg = e.cgroup("_admin/site1");
+    let kernel = || {
+        std::fs::read_to_string(cgroup_file("pids", &cg, "pids.current"))
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    // What `status` shows, once it equals what the kernel counts.
+    let shown = |what: &str, want: &dyn Fn(u64) -> bool| {
+        wait_for(Duration::from_secs(15), what, || {
+            let pids = e.row("site1")?["usage"]["pids"].as_u64()?;
+            (want(pids) && kernel() == Some(pids)).then_some(pids)
+        })
+    };
+    let init = e.running_pid("site1");
+    let idle = shown("the site's pids", &|n| n > 0);
+    // The table a person reads.
+    let out = e.cli(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("site1 "))
+        .unwrap_or_else(|| panic!("no row for site1:\n{table}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    let uid = uid_of(&e, "site1").to_string();
+    assert_eq!(
+        cols,
+        [
+            "site1",
+            "site",
+            "-",
+            "running",
+            &init.to_string(),
+            &uid,
+            "64M",
+            "fixed"
+        ],
+        "{table}"
+    );
+    // The tenant starts a process: the next status shows it.
+    let vassals = e.home_root.join("site1/vassals");
+    wait_for(Duration::from_secs(10), "~/vassals", || {
+        vassals.is_dir().then_some(())
+    });
+    write_atomic(
+        &vassals.join("web.toml"),
+        "command = [\"sleep\", \"300\"]\n",
+    );
+    shown("the tenant's process counted", &|n| n == idle + 1);
+    // The site goes and comes back: its cgroup is made again at the same
+    // path, and status shows the new one's figures.
+    // (Watched in cgroupfs: status is not asked until the new one runs.)
+    e.remove("site1");
+    wait_for(Duration::from_secs(15), "site1's cgroup to go", || {
+        (!cgroup_file("pids", &cg, "").exists()).then_some(())
+    });
+    e.write("site1", text);
+    wait_for(Duration::from_secs(15), "site1's new cgroup", || {
+        kernel().filter(|n| *n > 0)
+    });
+    let again = e.running_pid("site1");
+    assert_ne!(again, init);
+    shown("the new cgroup's pids", &|n| n > 0);
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
 fn root_the_tenants_own_processes_run_inside_the_container() {
     let mut e = Emperor::new();
     e.write(

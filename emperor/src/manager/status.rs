@@ -1,7 +1,5 @@
 //! The rows of `emperor status`.
 
-use std::collections::HashMap;
-
 use super::storage::DiskQuery;
 use super::*;
 
@@ -117,51 +115,6 @@ pub(super) enum Which<'a> {
     SitesOf(&'a BTreeSet<Name>),
 }
 
-/// How old the memory and pids figures of a full `status` may be. Reading
-/// them is most of what a status of 10,000 rows costs (two files a site,
-/// each a path walk through cgroupfs that the kernel cannot do under RCU),
-/// so calls within this of a full read share its figures: a dashboard that
-/// asks every second reads the kernel every other time at most.
-pub(super) const RECENT: Duration = Duration::from_secs(2);
-
-/// The cgroup figures of the last full `status`, by cgroup, and when they
-/// were read.
-#[derive(Debug, Default)]
-pub(super) struct Recent {
-    read_at: Option<Instant>,
-    figures: HashMap<String, (u64, u64)>,
-}
-
-impl Recent {
-    /// The figures of `paths`: those read less than [`RECENT`] before `now`
-    /// if every path was read then, else all read again by `read` (and kept;
-    /// a cgroup that could not be read is not).
-    fn figures(
-        &mut self,
-        now: Instant,
-        paths: &[&str],
-        read: impl FnOnce(&[&str]) -> Vec<Result<(u64, u64), sys::cgroup::CgroupError>>,
-    ) -> Vec<Option<(u64, u64)>> {
-        let fresh = self
-            .read_at
-            .is_some_and(|t| now.saturating_duration_since(t) < RECENT);
-        if fresh && paths.iter().all(|p| self.figures.contains_key(*p)) {
-            return paths
-                .iter()
-                .map(|p| self.figures.get(*p).copied())
-                .collect();
-        }
-        let used: Vec<Option<(u64, u64)>> = read(paths).into_iter().map(Result::ok).collect();
-        self.figures = paths
-            .iter()
-            .zip(&used)
-            .filter_map(|(p, u)| Some(((*p).to_owned(), (*u)?)))
-            .collect();
-        self.read_at = Some(now);
-        used
-    }
-}
-
 /// What reads usage, apart from the manager: status is answered off the
 /// loop, so that 10,000 rows never hold up starts and exits.
 #[derive(Clone)]
@@ -169,25 +122,29 @@ pub(super) struct Readers {
     tree: Arc<dyn CgroupTree>,
     storage: crate::storage::Backend,
     layout: model::Layout,
-    recent: Arc<std::sync::Mutex<Recent>>,
+    kept: Arc<std::sync::Mutex<sys::cgroup::KeptUsage>>,
 }
 
 impl Readers {
-    /// Fills in what each probed row uses now (cgroups read in one batch).
+    /// Fills in what each probed row uses now (cgroups read in one batch,
+    /// through the files kept open since an earlier read).
     pub(super) fn fill(&self, rows: &mut [Row], probes: &[Probe]) {
-        let used = self.tree.usage_all(&Self::paths(rows, probes));
-        let used: Vec<_> = used.into_iter().map(Result::ok).collect();
-        self.fill_with(rows, probes, used);
+        self.fill_from(rows, probes, false);
     }
 
-    /// [`Readers::fill`] for a full status: the cgroup figures may be up to
-    /// [`RECENT`] old. Concurrent calls wait for one read.
-    pub(super) fn fill_recent(&self, rows: &mut [Row], probes: &[Probe]) {
+    /// [`Readers::fill`] for a full status: the rows are every running
+    /// vassal, and the files kept for any other cgroup are closed.
+    /// Concurrent calls read one after the other.
+    pub(super) fn fill_all(&self, rows: &mut [Row], probes: &[Probe]) {
+        self.fill_from(rows, probes, true);
+    }
+
+    fn fill_from(&self, rows: &mut [Row], probes: &[Probe], all: bool) {
         let used = {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            let paths = Self::paths(rows, probes);
-            recent.figures(crate::clock::now(), &paths, |p| self.tree.usage_all(p))
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.read(&*self.tree, &Self::paths(rows, probes), all)
         };
+        let used = used.into_iter().map(Result::ok).collect();
         self.fill_with(rows, probes, used);
     }
 
@@ -234,7 +191,7 @@ impl Manager {
             tree: self.tree.clone(),
             storage: self.storage.clone(),
             layout: self.cfg.layout.clone(),
-            recent: self.recent.clone(),
+            kept: self.kept.clone(),
         }
     }
 
@@ -243,7 +200,7 @@ impl Manager {
         let (mut rows, probes) = self.rows(Which::All);
         let readers = self.readers();
         tokio::task::spawn_blocking(move || {
-            readers.fill_recent(&mut rows, &probes);
+            readers.fill_all(&mut rows, &probes);
             // Written straight from the rows: 10,000 of them never become a
             // tree of values to build, write and free.
             let _ = reply.send(Response::ok_raw(
@@ -367,55 +324,5 @@ fn row_group<'a>(name: &'a Name, v: &'a Vassal) -> Option<&'a str> {
     match &v.file {
         VassalFile::Group(_) => Some(name.as_str()),
         VassalFile::Site(_) => v.group().map(Name::as_str),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_status_shares_figures_read_within_two_seconds_and_no_older() {
-        #[allow(clippy::disallowed_methods)]
-        let t0 = Instant::now();
-        let reads = std::cell::Cell::new(0);
-        let read = |paths: &[&str]| -> Vec<Result<(u64, u64), sys::cgroup::CgroupError>> {
-            reads.set(reads.get() + 1);
-            paths
-                .iter()
-                .map(|p| match *p {
-                    "gone" => Err(sys::cgroup::CgroupError::BadPath("gone".into())),
-                    _ => Ok((p.len() as u64 + reads.get(), 1)),
-                })
-                .collect()
-        };
-        let mut r = Recent::default();
-        let at = |ms| t0 + Duration::from_millis(ms);
-        assert_eq!(
-            r.figures(at(0), &["a", "bb"], read),
-            [Some((2, 1)), Some((3, 1))]
-        );
-        // Within two seconds: the same figures, the kernel not read.
-        assert_eq!(
-            r.figures(at(1900), &["bb", "a"], read),
-            [Some((3, 1)), Some((2, 1))]
-        );
-        assert_eq!(reads.get(), 1);
-        // A cgroup not read then (a new site): all read again.
-        assert_eq!(
-            r.figures(at(1900), &["a", "ccc"], read),
-            [Some((3, 1)), Some((5, 1))]
-        );
-        assert_eq!(reads.get(), 2);
-        // Two seconds after that read: read again.
-        r.figures(at(3900), &["a"], read);
-        assert_eq!(reads.get(), 3);
-        // A cgroup that could not be read is not kept: it is read next time.
-        assert_eq!(
-            r.figures(at(3950), &["a", "gone"], read),
-            [Some((5, 1)), None]
-        );
-        r.figures(at(3960), &["a", "gone"], read);
-        assert_eq!(reads.get(), 5);
     }
 }

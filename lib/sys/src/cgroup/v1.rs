@@ -198,7 +198,7 @@ impl CgroupTree for V1 {
         })
     }
 
-    fn usage_all(&self, paths: &[&str]) -> Vec<Result<(u64, u64)>> {
+    fn open_usage(&self, paths: &[&str]) -> Vec<Result<super::UsageFiles>> {
         let (memory, pids) = (&self.mounts["memory"], &self.mounts["pids"]);
         let roots = super::open_root(memory).and_then(|m| Ok((m, super::open_root(pids)?)));
         let (m, p) = match roots {
@@ -206,9 +206,9 @@ impl CgroupTree for V1 {
             Err(e) => return super::each_failed(paths, &e),
         };
         super::batch(paths, |path| {
-            Ok((
-                super::read_u64_at(m.as_fd(), memory, path, "memory.usage_in_bytes")?,
-                super::read_u64_at(p.as_fd(), pids, path, "pids.current")?,
+            Ok(super::UsageFiles::new(
+                super::open_at(m.as_fd(), memory, path, "memory.usage_in_bytes")?,
+                super::open_at(p.as_fd(), pids, path, "pids.current")?,
             ))
         })
     }

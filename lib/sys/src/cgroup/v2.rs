@@ -184,14 +184,17 @@ impl CgroupTree for V2 {
         })
     }
 
-    fn usage_all(&self, paths: &[&str]) -> Vec<Result<(u64, u64)>> {
+    fn open_usage(&self, paths: &[&str]) -> Vec<Result<super::UsageFiles>> {
         let root = match super::open_root(&self.root) {
             Ok(fd) => fd,
             Err(e) => return super::each_failed(paths, &e),
         };
-        let at = |rel: &str, file: &str| super::read_u64_at(root.as_fd(), &self.root, rel, file);
+        let at = |rel: &str, file: &str| super::open_at(root.as_fd(), &self.root, rel, file);
         super::batch(paths, |p| {
-            Ok((at(p, "memory.current")?, at(p, "pids.current")?))
+            Ok(super::UsageFiles::new(
+                at(p, "memory.current")?,
+                at(p, "pids.current")?,
+            ))
         })
     }
 
