@@ -145,17 +145,18 @@ pub trait CgroupTree: Send + Sync + std::fmt::Debug {
     /// [`CgroupTree::usage`] of many cgroups (one answer per path, in order),
     /// each cgroup's files opened, read once and closed.
     fn usage_all(&self, paths: &[&str]) -> Vec<Result<(u64, u64)>> {
-        self.open_usage(paths)
+        self.open_usage(paths, 0)
             .into_iter()
-            .zip(paths)
-            .map(|(files, path)| files?.read(path))
+            .map(|r| r.map(|(used, _)| used))
             .collect()
     }
-    /// The usage files of many cgroups, opened to be read again (one answer
-    /// per path, in order): each file opened relative to its hierarchy's
-    /// root, opened once for the batch, and a long batch split over a few
-    /// threads.
-    fn open_usage(&self, paths: &[&str]) -> Vec<Result<UsageFiles>>;
+    /// Memory and pids in use in each of `paths` (one answer per path, in
+    /// order), each file opened relative to its hierarchy's root (opened
+    /// once for the batch), a long batch split over a few threads. The files
+    /// of the first `keep` paths come back open, to be read again; every
+    /// other file is closed as soon as it is read, so that a batch never
+    /// holds more descriptors than it keeps and its threads are reading.
+    fn open_usage(&self, paths: &[&str], keep: usize) -> Vec<Result<Opened>>;
     /// Whether `path` exists.
     fn exists(&self, path: &str) -> bool;
     /// The directories of `path`: one per hierarchy (v1), or the one (v2).
@@ -262,6 +263,12 @@ impl UsageFiles {
         UsageFiles { memory, pids }
     }
 
+    /// [`UsageFiles::read`], and the files back if `keep`, else closed.
+    pub(crate) fn read_keeping(self, path: &str, keep: bool) -> Result<Opened> {
+        let used = self.read(path)?;
+        Ok((used, keep.then_some(self)))
+    }
+
     /// Memory and pids in use now; `path` names the cgroup in an error.
     pub fn read(&self, path: &str) -> Result<(u64, u64)> {
         let number = |fd: &std::os::fd::OwnedFd| -> io::Result<u64> {
@@ -276,6 +283,10 @@ impl UsageFiles {
         both.map_err(|e| io_err("read", Path::new(path), e))
     }
 }
+
+/// What [`CgroupTree::open_usage`] gives for one cgroup: memory and pids in
+/// use, and its files if asked to keep them.
+pub type Opened = ((u64, u64), Option<UsageFiles>);
 
 /// The usage files of many cgroups kept open between reads, so that reading
 /// the figures of every site is a `pread` of each file and no open: at
@@ -310,22 +321,25 @@ impl KeptUsage {
         }
         let kept = &self.files;
         let mut got: Vec<Option<Result<(u64, u64)>>> =
-            batch(paths, |p| Ok(kept.get(p).and_then(|f| f.read(p).ok())))
+            batch(paths, |_, p| Ok(kept.get(p).and_then(|f| f.read(p).ok())))
                 .into_iter()
                 .map(|r| r.ok().flatten().map(Ok))
                 .collect();
         let missing: Vec<usize> = (0..paths.len()).filter(|i| got[*i].is_none()).collect();
-        let opened = tree.open_usage(&missing.iter().map(|i| paths[*i]).collect::<Vec<_>>());
-        let room = self.room();
-        for (i, files) in missing.into_iter().zip(opened) {
-            let path = paths[i];
-            self.files.remove(path);
-            got[i] = Some(files.and_then(|f| {
-                let used = f.read(path)?;
-                if all && self.files.len() < room {
-                    self.files.insert(path.to_owned(), f);
+        for i in &missing {
+            self.files.remove(paths[*i]);
+        }
+        let keep = match all {
+            true => self.room().saturating_sub(self.files.len()),
+            false => 0,
+        };
+        let opened = tree.open_usage(&missing.iter().map(|i| paths[*i]).collect::<Vec<_>>(), keep);
+        for (i, r) in missing.into_iter().zip(opened) {
+            got[i] = Some(r.map(|(used, files)| {
+                if let Some(f) = files {
+                    self.files.insert(paths[i].to_owned(), f);
                 }
-                Ok(used)
+                used
             }));
         }
         got.into_iter()
@@ -364,12 +378,12 @@ pub(crate) fn each_failed<T>(paths: &[&str], e: &CgroupError) -> Vec<Result<T>> 
         .collect()
 }
 
-/// `one` over every path, in order; past a few hundred paths on up to four
+/// `one` over every path (with its index), in order; past a few hundred paths on up to four
 /// threads (each cgroup file is an open, a read and a close: 10,000 sites
 /// are 20,000 of each).
 pub(crate) fn batch<T: Send>(
     paths: &[&str],
-    one: impl Fn(&str) -> Result<T> + Sync,
+    one: impl Fn(usize, &str) -> Result<T> + Sync,
 ) -> Vec<Result<T>> {
     const PER_THREAD: usize = 500;
     let threads = std::thread::available_parallelism()
@@ -377,17 +391,23 @@ pub(crate) fn batch<T: Send>(
         .min(4)
         .min(paths.len().div_ceil(PER_THREAD));
     if threads <= 1 {
-        return paths.iter().map(|p| one(p)).collect();
+        return paths.iter().enumerate().map(|(i, p)| one(i, p)).collect();
     }
     let one = &one;
+    let share = paths.len().div_ceil(threads);
     std::thread::scope(|s| {
         let parts: Vec<_> = paths
-            .chunks(paths.len().div_ceil(threads))
-            .map(|part| {
-                (
-                    part,
-                    s.spawn(move || part.iter().map(|p| one(p)).collect::<Vec<_>>()),
-                )
+            .chunks(share)
+            .enumerate()
+            .map(|(n, part)| {
+                let each = move || {
+                    let first = n * share;
+                    part.iter()
+                        .enumerate()
+                        .map(|(i, p)| one(first + i, p))
+                        .collect::<Vec<_>>()
+                };
+                (part, s.spawn(each))
             })
             .collect();
         parts
@@ -532,49 +552,40 @@ mod tests {
 
     #[test]
     fn kept_usage_files_read_new_figures_and_only_wanted_cgroups_stay_open() {
-        let (dir, tree, names) = fake(1200);
+        // Past one reader's share, so that the batch is split over threads.
+        let (dir, tree, names) = fake(600);
         let paths: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut kept = KeptUsage::default();
+        let mut kept = KeptUsage {
+            most: Some(200),
+            ..KeptUsage::default()
+        };
         let first = kept.read(&tree, &paths, true);
-        assert_eq!(first.len(), 1200);
+        assert!(first.iter().all(Result::is_ok));
         assert_eq!(*first[7].as_ref().unwrap(), (7 * 4096, 1));
-        assert_eq!(kept.len(), 1200);
-        // The figures move under the open files: the next read sees them.
+        assert_eq!(kept.len(), 200);
+        // The figures move under the open files, and under those read
+        // without keeping them: the next read sees both.
         set(dir.path(), "imperium/s7", 99, 5);
+        set(dir.path(), "imperium/s550", 98, 4);
         let second = kept.read(&tree, &paths, true);
         assert_eq!(*second[7].as_ref().unwrap(), (99, 5));
+        assert_eq!(*second[550].as_ref().unwrap(), (98, 4));
         assert_eq!(*second[8].as_ref().unwrap(), (8 * 4096, 1));
+        assert_eq!(kept.len(), 200);
         // A part read (one reseller's sites) closes nothing and keeps
         // nothing new; a full read of fewer cgroups closes the files of the
         // others, and a path that cannot be read fails alone and is not kept.
-        let part = kept.read(&tree, &paths[..3], false);
-        assert_eq!(*part[2].as_ref().unwrap(), (2 * 4096, 1));
-        assert_eq!(kept.len(), 1200);
-        set(dir.path(), "imperium/s1200", 5, 5);
-        let new = kept.read(&tree, &["imperium/s1200"], false);
-        assert_eq!(*new[0].as_ref().unwrap(), (5, 5));
-        assert_eq!(kept.len(), 1200);
+        set(dir.path(), "imperium/s600", 5, 5);
+        let part = kept.read(&tree, &[paths[2], "imperium/s600"], false);
+        assert_eq!(*part[0].as_ref().unwrap(), (2 * 4096, 1));
+        assert_eq!(*part[1].as_ref().unwrap(), (5, 5));
+        assert_eq!(kept.len(), 200);
         let fewer = kept.read(&tree, &[paths[1], "imperium/gone", paths[2]], true);
         assert_eq!(*fewer[0].as_ref().unwrap(), (4096, 1));
         assert!(fewer[1].is_err());
         assert_eq!(*fewer[2].as_ref().unwrap(), (2 * 4096, 1));
         assert_eq!(kept.len(), 2);
-    }
-
-    #[test]
-    fn past_their_room_cgroups_are_read_without_keeping_their_files() {
-        let (_dir, tree, names) = fake(300);
-        let paths: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut kept = KeptUsage {
-            most: Some(100),
-            ..KeptUsage::default()
-        };
-        for _ in 0..2 {
-            let got = kept.read(&tree, &paths, true);
-            assert!(got.iter().all(Result::is_ok));
-            assert_eq!(*got[250].as_ref().unwrap(), (250 * 4096, 1));
-            assert_eq!(kept.len(), 100);
-        }
+        // Room by default: a quarter of the open-files limit, two a cgroup.
         let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .unwrap()
             .0;

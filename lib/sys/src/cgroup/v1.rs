@@ -198,18 +198,19 @@ impl CgroupTree for V1 {
         })
     }
 
-    fn open_usage(&self, paths: &[&str]) -> Vec<Result<super::UsageFiles>> {
+    fn open_usage(&self, paths: &[&str], keep: usize) -> Vec<Result<super::Opened>> {
         let (memory, pids) = (&self.mounts["memory"], &self.mounts["pids"]);
         let roots = super::open_root(memory).and_then(|m| Ok((m, super::open_root(pids)?)));
         let (m, p) = match roots {
             Ok(r) => r,
             Err(e) => return super::each_failed(paths, &e),
         };
-        super::batch(paths, |path| {
-            Ok(super::UsageFiles::new(
+        super::batch(paths, |i, path| {
+            super::UsageFiles::new(
                 super::open_at(m.as_fd(), memory, path, "memory.usage_in_bytes")?,
                 super::open_at(p.as_fd(), pids, path, "pids.current")?,
-            ))
+            )
+            .read_keeping(path, i < keep)
         })
     }
 

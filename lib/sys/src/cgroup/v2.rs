@@ -184,17 +184,15 @@ impl CgroupTree for V2 {
         })
     }
 
-    fn open_usage(&self, paths: &[&str]) -> Vec<Result<super::UsageFiles>> {
+    fn open_usage(&self, paths: &[&str], keep: usize) -> Vec<Result<super::Opened>> {
         let root = match super::open_root(&self.root) {
             Ok(fd) => fd,
             Err(e) => return super::each_failed(paths, &e),
         };
         let at = |rel: &str, file: &str| super::open_at(root.as_fd(), &self.root, rel, file);
-        super::batch(paths, |p| {
-            Ok(super::UsageFiles::new(
-                at(p, "memory.current")?,
-                at(p, "pids.current")?,
-            ))
+        super::batch(paths, |i, p| {
+            super::UsageFiles::new(at(p, "memory.current")?, at(p, "pids.current")?)
+                .read_keeping(p, i < keep)
         })
     }
 
