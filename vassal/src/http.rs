@@ -227,26 +227,50 @@ pub enum Done {
 const QUEUE: usize = 256;
 
 /// The thread that talks to the router (each request may wait up to 2 s),
-/// so PID 1's loop never does. It wakes the loop through `wake`.
+/// so PID 1's loop never does. It wakes the loop through `wake`. It is
+/// started by the first job: a site none of whose processes is behind the
+/// router never has it (one task less for the kernel to keep per site).
 pub struct Worker {
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    /// The thread's queue, once started.
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    results: std::sync::mpsc::Sender<Done>,
     done: std::sync::mpsc::Receiver<Done>,
     /// Readable when something is done (a byte per result).
     pub wake: UnixStream,
+    ring: UnixStream,
+    home: PathBuf,
 }
 
 impl Worker {
-    /// Starts the thread.
-    pub fn start(subscriber: Subscriber, home: PathBuf) -> std::io::Result<Worker> {
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+    /// A worker for this home; the thread waits for the first job.
+    pub fn new(home: PathBuf) -> std::io::Result<Worker> {
         let (results, done) = std::sync::mpsc::channel();
-        let (wake, mut ring) = UnixStream::pair()?;
+        let (wake, ring) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
+        Ok(Worker {
+            jobs: None,
+            results,
+            done,
+            wake,
+            ring,
+            home,
+        })
+    }
+
+    /// Starts the thread. It takes the caller's signal mask: the
+    /// supervisor's handled signals stay blocked in it (they are read
+    /// through a signalfd by the loop).
+    fn start(&self) -> std::io::Result<std::sync::mpsc::SyncSender<Job>> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+        let results = self.results.clone();
+        let mut ring = self.ring.try_clone()?;
+        let home = self.home.clone();
         std::thread::Builder::new()
             .name("subscriptions".into())
             // Signing and one HTTP exchange at a time: a small stack will do.
             .stack_size(256 << 10)
             .spawn(move || {
+                let subscriber = Subscriber::from_env();
                 for job in queue {
                     let out = match job {
                         Job::Subscribe(name, http) => {
@@ -267,12 +291,23 @@ impl Worker {
                     }
                 }
             })?;
-        Ok(Worker { jobs, done, wake })
+        Ok(jobs)
     }
 
-    /// Queues a job; `Err` gives it back when the queue is full.
-    pub fn send(&self, job: Job) -> Result<(), Box<Job>> {
-        self.jobs.try_send(job).map_err(|e| match e {
+    /// Queues a job, starting the thread for the first; `Err` gives it back
+    /// when the queue is full (or the thread could not be started).
+    pub fn send(&mut self, job: Job) -> Result<(), Box<Job>> {
+        if self.jobs.is_none() {
+            match self.start() {
+                Ok(jobs) => self.jobs = Some(jobs),
+                Err(e) => {
+                    say!("vassal: starting the subscription thread: {e}");
+                    return Err(Box::new(job));
+                }
+            }
+        }
+        let jobs = self.jobs.as_ref().expect("started above");
+        jobs.try_send(job).map_err(|e| match e {
             std::sync::mpsc::TrySendError::Full(j)
             | std::sync::mpsc::TrySendError::Disconnected(j) => Box::new(j),
         })

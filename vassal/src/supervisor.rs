@@ -38,7 +38,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::control::{Client, Request, Response, CONTROL_CLIENTS, CONTROL_TIMEOUT};
-use crate::http::{accepts, Done, Job, Subscriber, Worker};
+use crate::http::{accepts, Done, Job, Worker};
 use crate::lifecycle::{desired, Ctx, Effect, Event, Proc, Role, State};
 use crate::logs::{redirect_output, rotate, AccessLog, ACCESS_LOG_MAX, ACCESS_SOCKET};
 use crate::site::{Alarms, SiteCgroup};
@@ -163,8 +163,8 @@ impl Supervisor {
         let site = SiteCgroup::detect(&cfg.cgroup_root);
         // OOM kills are counted from the supervisor's start.
         let alarms = Alarms::new(site.as_ref().map(|s| s.figures().oom_kills));
-        let worker = Worker::start(Subscriber::from_env(), cfg.home.clone())
-            .map_err(|e| format!("starting the subscription thread: {e}"))?;
+        let worker = Worker::new(cfg.home.clone())
+            .map_err(|e| format!("the subscription thread's socket pair: {e}"))?;
         Ok(Supervisor {
             procs: BTreeMap::new(),
             rejected: BTreeMap::new(),
