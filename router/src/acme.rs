@@ -9,7 +9,8 @@
 //!
 //! Never a storm: a few orders at once, a global budget of new orders well
 //! under Let's Encrypt's (300 per account per 3 hours), and each domain's
-//! failures back off (failures squared minutes, a day at most). The account
+//! failures back off (failures squared minutes, a day at most; a nonce the
+//! CA refused twice more is tried again in 5 s, uncounted). The account
 //! and every certificate live in `<state-dir>/acme/` (0600, written
 //! atomically) and are loaded at start without a network call.
 
@@ -102,6 +103,42 @@ const WINDOW: Duration = Duration::from_secs(3 * 3600);
 const TICK: Duration = Duration::from_secs(1);
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+/// The wait after the CA refused a request's nonce even when asked again
+/// (RFC 8555, 6.5: its hiccup, not a failure of the order's).
+const BAD_NONCE_RETRY: Duration = Duration::from_secs(5);
+
+/// Why an order failed.
+#[derive(Debug)]
+struct Failure {
+    error: String,
+    /// The CA refused a request's anti-replay nonce, after the client had
+    /// asked again with a fresh one: tried again soon, not counted.
+    bad_nonce: bool,
+}
+
+impl From<String> for Failure {
+    fn from(error: String) -> Failure {
+        Failure {
+            error,
+            bad_nonce: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(error: &str) -> Failure {
+        Failure::from(error.to_owned())
+    }
+}
+
+/// A failed call to the CA during `what`.
+fn api(what: &'static str) -> impl Fn(instant_acme::Error) -> Failure {
+    move |e| Failure {
+        bad_nonce: matches!(&e, instant_acme::Error::Api(p)
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:badNonce")),
+        error: format!("{what}: {e}"),
+    }
+}
 
 /// The router's ACME client and what it holds.
 pub struct Acme {
@@ -298,16 +335,20 @@ impl Acme {
                             certs.insert(domain.clone(), issued);
                             me.certs.store(Arc::new(certs));
                         }
-                        Err(error) => {
+                        Err(Failure { error, bad_nonce }) => {
                             let mut failing = lock(&me.failing);
                             let f = failing.entry(domain.clone()).or_insert(Failing {
                                 failures: 0,
                                 next: Instant::now(),
                                 error: String::new(),
                             });
-                            f.failures += 1;
-                            let wait = Duration::from_secs(60 * u64::from(f.failures).pow(2))
-                                .min(MAX_BACKOFF);
+                            let wait = if bad_nonce {
+                                BAD_NONCE_RETRY
+                            } else {
+                                f.failures += 1;
+                                Duration::from_secs(60 * u64::from(f.failures).pow(2))
+                                    .min(MAX_BACKOFF)
+                            };
                             f.next = Instant::now() + wait;
                             f.error = error.clone();
                             tracing::warn!(%domain, %error, failures = f.failures, retry_in = ?wait, "acme: no certificate");
@@ -399,24 +440,24 @@ impl Acme {
 
     /// One order for `domain`, by the first challenge allowed and offered, to
     /// its certificate (stored).
-    async fn issue(&self, domain: &str) -> Result<Issued, String> {
+    async fn issue(&self, domain: &str) -> Result<Issued, Failure> {
         // It names a file: a plain host name only (the dominion's names are).
         if domain.starts_with('.')
             || !domain
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
         {
-            return Err(format!("{domain:?} is not a plain host name"));
+            return Err(format!("{domain:?} is not a plain host name").into());
         }
         let mut order = self.order(domain).await?;
         let mut tokens = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            let mut authz = authz.map_err(api("authorization"))?;
             match authz.status {
                 AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
-                s => return Err(format!("authorization is {s:?}")),
+                s => return Err(format!("authorization is {s:?}").into()),
             }
             let offered = |c: &&Challenge| authz.challenges.iter().any(|o| o.r#type == c.kind());
             let Some(&kind) = self.settings.challenges.iter().find(offered) else {
@@ -437,10 +478,7 @@ impl Acme {
                     lock(&self.alpn).insert(domain.to_owned(), cert);
                 }
             }
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| format!("challenge: {e}"))?;
+            challenge.set_ready().await.map_err(api("challenge"))?;
             tracing::info!(%domain, challenge = kind.name(), "acme: challenge ready");
         }
         let retry = RetryPolicy::default().timeout(Duration::from_secs(60));
@@ -449,18 +487,15 @@ impl Acme {
             lock(&self.challenges).remove(t);
         }
         lock(&self.alpn).remove(domain);
-        match status.map_err(|e| format!("order: {e}"))? {
+        match status.map_err(api("order"))? {
             OrderStatus::Ready => {}
-            s => return Err(format!("the order is {s:?} (the challenge failed)")),
+            s => return Err(format!("the order is {s:?} (the challenge failed)").into()),
         }
-        let key_pem = order
-            .finalize()
-            .await
-            .map_err(|e| format!("finalize: {e}"))?;
+        let key_pem = order.finalize().await.map_err(api("finalize"))?;
         let chain_pem = order
             .poll_certificate(&retry)
             .await
-            .map_err(|e| format!("certificate: {e}"))?;
+            .map_err(api("certificate"))?;
         let pem = format!("{chain_pem}\n{key_pem}");
         let issued = load_issued(domain, &pem).ok_or("the CA's certificate does not load")?;
         let file = cert_file(&self.dir, domain);
@@ -516,6 +551,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_nonce_is_the_cas_hiccup_and_other_problems_are_failures() {
+        let problem = |t: &str| {
+            instant_acme::Error::Api(
+                serde_json::from_str(&format!(
+                    r#"{{"type": "urn:ietf:params:acme:error:{t}", "detail": "d", "status": 400}}"#
+                ))
+                .unwrap(),
+            )
+        };
+        let nonce = api("authorization")(problem("badNonce"));
+        assert!(nonce.bad_nonce);
+        assert!(
+            nonce.error.starts_with("authorization: API error: d"),
+            "{}",
+            nonce.error
+        );
+        assert!(!api("order")(problem("unauthorized")).bad_nonce);
+        assert!(!Failure::from("the CA took back its challenge").bad_nonce);
+    }
 
     #[test]
     fn renewal_starts_in_the_last_third_spread_by_domain() {
