@@ -8,7 +8,7 @@
 #![allow(unsafe_code)]
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 
 fn main() {
     let runs: usize = std::env::args()
@@ -59,7 +59,6 @@ fn main() {
         };
         let mut buf = [0u8; 8];
         r.read_exact(&mut buf).expect("the child's figure");
-        let _ = r.as_raw_fd();
         // SAFETY: reaps the child just forked.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         let ns = i64::from_ne_bytes(buf);

@@ -378,9 +378,8 @@ pub(crate) fn each_failed<T>(paths: &[&str], e: &CgroupError) -> Vec<Result<T>> 
         .collect()
 }
 
-/// `one` over every path (with its index), in order; past a few hundred paths on up to four
-/// threads (each cgroup file is an open, a read and a close: 10,000 sites
-/// are 20,000 of each).
+/// `one` over every path (with its index), in order; past a few hundred
+/// paths on up to four threads (10,000 sites are 20,000 cgroup files).
 pub(crate) fn batch<T: Send>(
     paths: &[&str],
     one: impl Fn(usize, &str) -> Result<T> + Sync,
