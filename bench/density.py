@@ -27,6 +27,11 @@ def meminfo():
     return m
 
 
+def tasks():
+    """Tasks on the host now (threads included: each takes a pid)."""
+    return int(open("/proc/loadavg").read().split()[3].split("/")[1])
+
+
 def proc_cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
@@ -64,6 +69,7 @@ def main():
                 f.write('kind = "site"\n[limits]\nmemory = "32M"\npids = 32\n')
         subprocess.run(["sync"])
         before = meminfo()
+        tasks_before = tasks()
         records = os.path.join(e.paths["run"], "vassals")
         count = lambda: len([f for f in os.listdir(records) if f.endswith(".json")]) if os.path.isdir(records) else 0
         t0 = time.perf_counter()
@@ -125,13 +131,15 @@ def main():
         res["emperor_cpu_at_rest"] = round((proc_cpu(e.proc.pid) - c0) / 10, 4)
         res["emperor_rss_kib"] = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{e.proc.pid}/status").read()).group(1))
         res["emperor_open_files"] = len(os.listdir(f"/proc/{e.proc.pid}/fd"))
+        # Every task takes a pid (kernel.pid_max) and a kernel stack.
+        res["tasks_per_site"] = round((tasks() - tasks_before) / max(n, 1), 2)
         lat = []
         for _ in range(5):
             t = time.perf_counter()
             rows = e.status()
             lat.append((time.perf_counter() - t) * 1000)
-        # The first call reads every site's cgroup; the next ones, within
-        # 2 s, share its figures.
+        # The first call opens every site's usage files; the next ones read
+        # the files it kept open.
         res["status_ms"] = {"first": round(lat[0], 1), "median": round(statistics.median(lat), 1),
                             "max": round(max(lat), 1), "rows": len(rows) if isinstance(rows, list) else None}
         # One more site on a full host, 20 times (each removed again, then a
