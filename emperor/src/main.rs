@@ -356,16 +356,24 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 model::control::call_line(control::EMPEROR, &socket, &Request::Status, None)?;
             // The rows as the emperor wrote them: thousands are not parsed
             // only to be written again, nor into a tree of values to lay out.
-            if let Some(rows) = model::control::ok_data(&answer) {
-                if json {
-                    println!("{rows}");
-                } else {
-                    print_table(&serde_json::from_str::<Vec<TableRow>>(rows)?)?;
+            let laid_out;
+            let rows = match model::control::ok_data(&answer) {
+                Some(rows) => rows,
+                None => {
+                    let resp: model::control::Response = serde_json::from_str(&answer)?;
+                    if !resp.ok {
+                        bail!("{}", resp.error.unwrap_or_default());
+                    }
+                    laid_out = resp.data.to_string();
+                    &laid_out
                 }
-                return Ok(());
+            };
+            if json {
+                println!("{rows}");
+            } else {
+                print_table(&serde_json::from_str::<Vec<TableRow>>(rows)?)?;
             }
-            let resp: model::control::Response = serde_json::from_str(&answer)?;
-            bail!("{}", resp.error.unwrap_or_default());
+            return Ok(());
         }
         Cmd::Token { state_dir, cmd } => return token(&state_dir, cmd),
         Cmd::Restart { name } => Request::Restart { name },
