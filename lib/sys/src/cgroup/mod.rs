@@ -291,8 +291,10 @@ pub type Opened = ((u64, u64), Option<UsageFiles>);
 /// The usage files of many cgroups kept open between reads, so that reading
 /// the figures of every site is a `pread` of each file and no open: at
 /// 10,000 sites, opening 20,000 cgroup files by path is most of what a full
-/// `status` costs. They take at most a quarter of the process's open-files
-/// limit; past it, a cgroup's files are opened for each read.
+/// `status` costs. They take what the process's open-files limit leaves
+/// once a quarter of it is put aside and each cgroup read counts one
+/// descriptor of its own (a site's pidfd); past that room, a cgroup's
+/// files are opened for each read.
 #[derive(Debug, Default)]
 pub struct KeptUsage {
     files: std::collections::HashMap<String, UsageFiles>,
@@ -318,6 +320,13 @@ impl KeptUsage {
         if all {
             let wanted: std::collections::HashSet<&str> = paths.iter().copied().collect();
             self.files.retain(|p, _| wanted.contains(p.as_str()));
+            // More sites than when these were kept: give back what the room
+            // no longer holds.
+            let over = self.files.len().saturating_sub(self.room(paths.len()));
+            let extra: Vec<String> = self.files.keys().take(over).cloned().collect();
+            for p in extra {
+                self.files.remove(&p);
+            }
         }
         let kept = &self.files;
         let mut got: Vec<Option<Result<(u64, u64)>>> =
@@ -330,7 +339,7 @@ impl KeptUsage {
             self.files.remove(paths[*i]);
         }
         let keep = match all {
-            true => self.room().saturating_sub(self.files.len()),
+            true => self.room(paths.len()).saturating_sub(self.files.len()),
             false => 0,
         };
         let opened = tree.open_usage(&missing.iter().map(|i| paths[*i]).collect::<Vec<_>>(), keep);
@@ -347,15 +356,18 @@ impl KeptUsage {
             .collect()
     }
 
-    /// How many cgroups' files may be kept: two descriptors each, a quarter
-    /// of the open-files limit in all.
-    fn room(&self) -> usize {
+    /// How many cgroups' files may be kept, `cgroups` being read in all:
+    /// two descriptors each, in what the open-files limit leaves once a
+    /// quarter of it is put aside (starts, API calls) and each of those
+    /// cgroups has one of its own.
+    fn room(&self, cgroups: usize) -> usize {
         if let Some(most) = self.most {
             return most;
         }
         let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft);
-        usize::try_from(limit / 8).unwrap_or(usize::MAX)
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        (limit - limit / 4).saturating_sub(cgroups) / 2
     }
 
     /// How many cgroups' files are kept open.
@@ -584,11 +596,14 @@ mod tests {
         assert!(fewer[1].is_err());
         assert_eq!(*fewer[2].as_ref().unwrap(), (2 * 4096, 1));
         assert_eq!(kept.len(), 2);
-        // Room by default: a quarter of the open-files limit, two a cgroup.
+        // Room by default: three quarters of the open-files limit less one
+        // a cgroup read, two a cgroup kept.
         let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .unwrap()
-            .0;
-        assert_eq!(KeptUsage::default().room() as u64, limit / 8);
+            .0 as usize;
+        let room = KeptUsage::default().room(1000);
+        assert_eq!(room, (limit - limit / 4).saturating_sub(1000) / 2);
+        assert_eq!(KeptUsage::default().room(limit), 0);
     }
 
     #[test]
