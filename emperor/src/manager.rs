@@ -249,6 +249,9 @@ pub struct Manager {
     addresses: model::network::AddressTable,
     /// The hosts table as last written.
     last_hosts: Vec<u8>,
+    /// A vassal came, went, changed its file or got its address since the
+    /// mail allowlist, the egress lists and the hosts table were made.
+    net_stale: bool,
     /// What enforces `storage` under the home root.
     storage: crate::storage::Backend,
     /// Each vassal's disk usage as last published to it.
@@ -391,6 +394,7 @@ impl Manager {
             net,
             addresses,
             last_hosts: Vec::new(),
+            net_stale: true,
             storage,
             last_usage: BTreeMap::new(),
             projecting: BTreeSet::new(),
@@ -668,6 +672,7 @@ impl Manager {
                         _ => None,
                     };
                     if let Some(v) = self.vassals.get_mut(&name) {
+                        self.net_stale = true;
                         v.file = want[&name].clone();
                         v.moving = moving.or(v.moving.take());
                     }
@@ -679,6 +684,7 @@ impl Manager {
                     let (file, dynamic) = desired[&name].clone();
                     self.vassals
                         .insert(name.clone(), Vassal::new(file, dynamic));
+                    self.net_stale = true;
                     starts.push(name);
                 }
             }
@@ -837,8 +843,7 @@ impl Manager {
         let batch: Vec<Name> = self.to_start.drain(..n).collect();
         self.start_many(&batch);
         self.refresh_nss();
-        self.sync_smtp();
-        self.write_hosts();
+        self.refresh_net();
         self.publish_sites();
     }
 
@@ -846,6 +851,7 @@ impl Manager {
         let Some(v) = self.vassals.get_mut(name) else {
             return;
         };
+        self.net_stale = true;
         v.file = file;
         let result = match &v.file {
             VassalFile::Group(_) => self
@@ -961,6 +967,7 @@ impl Manager {
                 Effect::BeginStop => self.stop_task(name),
                 Effect::Archive => {
                     if let Some(v) = self.vassals.remove(name) {
+                        self.net_stale = true;
                         if let VassalFile::Group(_) = v.file {
                             // Its drop directory is no longer read: the
                             // next scan leaves its files, judging whole.
@@ -982,6 +989,7 @@ impl Manager {
                     let Some(v) = self.vassals.remove(name) else {
                         continue;
                     };
+                    self.net_stale = true;
                     self.forget_caller(name, &v);
                     let _ = std::fs::remove_dir_all(self.cfg.layout.sockets(name));
                     let _ = std::fs::remove_dir_all(self.cfg.layout.usage_dir(name));
@@ -992,8 +1000,7 @@ impl Manager {
                         tokio::task::spawn_blocking(move || tree.remove(&cg));
                     }
                     // Its firewall elements and its host name go with it.
-                    self.sync_smtp();
-                    self.write_hosts();
+                    self.refresh_net();
                     self.continue_shutdown();
                 }
             }

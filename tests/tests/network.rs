@@ -357,6 +357,13 @@ fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other()
                 .then_some(())
         },
     );
+    // And taken away again by the next edit of the group's file.
+    e.write("g1", "kind = \"group\"\n[limits]\nmemory = \"512M\"\n");
+    wait_for(
+        Duration::from_secs(10),
+        "mail refused for the group",
+        || (resold.connect(&e, INTERNET, 25) == "refused").then_some(()),
+    );
 
     // An emperor killed and started again: same addresses, still connected.
     let init = e.running_pid("site1");
@@ -382,6 +389,14 @@ fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other()
         (!link("imp3")).then_some(())
     });
     assert!(link("imp2"), "mailer's stays");
+    // And its host name; the others' stay.
+    wait_for(Duration::from_secs(10), "site1.imperium to go", || {
+        getent_hosts(&e, "site1.imperium").is_empty().then_some(())
+    });
+    assert!(
+        getent_hosts(&e, "mailer.imperium").ends_with(" mailer.imperium"),
+        "mailer's name stays"
+    );
 }
 
 #[test]

@@ -43,6 +43,7 @@ impl Manager {
                     tracing::info!(vassal = %rec.name, pid = rec.pid, "adopted");
                     self.watch_init(&rec.name, &mut v, pidfd);
                     self.vassals.insert(rec.name.clone(), v);
+                    self.net_stale = true;
                     // In this build's form (and with its login link).
                     self.write_record(&rec.name);
                 }

@@ -16,15 +16,28 @@ impl Manager {
         };
         let (_, changed) = self.addresses.allocate(net.pool(), name.as_str(), owner)?;
         if changed {
+            self.net_stale = true;
             self.addresses.save(&self.cfg.layout.address_table())?;
         }
         Ok(())
     }
 
+    /// Makes the mail allowlist, the egress lists and the hosts table again
+    /// when what they are made of changed (each is O(vassals); most events
+    /// change none of it). What failed is tried again at the next refresh.
+    pub(super) fn refresh_net(&mut self) {
+        if !std::mem::take(&mut self.net_stale) {
+            return;
+        }
+        let allowed = self.sync_smtp();
+        let hosts = self.write_hosts();
+        self.net_stale = !(allowed && hosts);
+    }
+
     /// Writes `<state-dir>/hosts.nss` (`<name>.imperium` on the host) when
     /// the vassals' addresses changed.
-    pub(super) fn write_hosts(&mut self) {
-        let Some(net) = &self.net else { return };
+    fn write_hosts(&mut self) -> bool {
+        let Some(net) = &self.net else { return true };
         let hosts: Vec<model::nss::hosts::Host> = self
             .vassals
             .keys()
@@ -39,11 +52,19 @@ impl Manager {
             .collect();
         let bytes = model::nss::hosts::encode(&hosts);
         if bytes == self.last_hosts {
-            return;
+            return true;
         }
-        match model::atomic::write(&self.cfg.layout.nss_hosts(), &bytes, 0o644) {
-            Ok(()) => self.last_hosts = bytes,
-            Err(e) => tracing::warn!(error = %e, "writing the hosts table failed"),
+        // Made again from the address table at every start of the emperor:
+        // "old or new, never half" is all it needs, not the fsyncs.
+        match model::atomic::replace(&self.cfg.layout.nss_hosts(), &bytes, 0o644) {
+            Ok(()) => {
+                self.last_hosts = bytes;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the hosts table failed");
+                false
+            }
         }
     }
 
@@ -62,8 +83,8 @@ impl Manager {
     /// Sites (and groups) allowed to send mail: their own file says so, and
     /// for a reseller's site the group's file (the admin's) too. Then the
     /// egress lists.
-    pub(super) fn sync_smtp(&self) {
-        let Some(net) = &self.net else { return };
+    fn sync_smtp(&self) -> bool {
+        let Some(net) = &self.net else { return true };
         let allowed = |name: &Name, v: &Vassal| match &v.file {
             VassalFile::Group(g) => g.network.smtp,
             VassalFile::Site(s) => {
@@ -84,14 +105,15 @@ impl Manager {
                 }
             }
         }
-        if let Err(e) = net.allow_smtp(set) {
-            tracing::error!(error = %e, "updating who may send mail failed");
-        }
-        self.sync_egress(net);
+        let allowed = net
+            .allow_smtp(set)
+            .map_err(|e| tracing::error!(error = %e, "updating who may send mail failed"))
+            .is_ok();
+        self.sync_egress(net) && allowed
     }
 
     /// Vassals whose files narrow their egress get their own chain.
-    fn sync_egress(&self, net: &crate::network::HostNet) {
+    fn sync_egress(&self, net: &crate::network::HostNet) -> bool {
         let mut want = crate::network::Egress::new();
         for (name, v) in &self.vassals {
             let list = match &v.file {
@@ -113,8 +135,8 @@ impl Manager {
             addrs.extend(net.pool().v6(*off).map(std::net::IpAddr::V6));
             want.insert(*off, (addrs, rules));
         }
-        if let Err(e) = net.set_egress(want) {
-            tracing::error!(error = %e, "updating the egress lists failed");
-        }
+        net.set_egress(want)
+            .map_err(|e| tracing::error!(error = %e, "updating the egress lists failed"))
+            .is_ok()
     }
 }

@@ -183,8 +183,10 @@ impl Manager {
         // Entries of vassals gone.
         if d.sites.len() != routed {
             d.sites.retain(|n, _| {
-                n.parse::<Name>()
-                    .is_ok_and(|n| self.vassals.get(&n).and_then(|v| self.routed(v)).is_some())
+                self.vassals
+                    .get(n.as_str())
+                    .and_then(|v| self.routed(v))
+                    .is_some()
             });
             self.dominion_text.retain(|n| d.sites.contains_key(n));
             changed = true;

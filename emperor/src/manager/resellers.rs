@@ -106,14 +106,16 @@ impl Manager {
         self.each_change(|name, group, state, reason| {
             now += 1;
             let same = told.get(name).is_some_and(|c| {
-                c.group.as_deref() == group && c.state == state.as_str() && c.reason == reason
+                c.group.as_deref() == group
+                    && c.state == state.as_str()
+                    && c.reason.as_deref() == reason
             });
             if !same {
                 let c = Change {
                     vassal: name.to_string(),
                     group: group.map(str::to_owned),
                     state: state.as_str().to_owned(),
-                    reason,
+                    reason: reason.map(str::to_owned),
                 };
                 let _ = events.send(Told::State(c.clone()));
                 told.insert(name.clone(), c);

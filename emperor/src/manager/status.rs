@@ -2,6 +2,7 @@
 
 use super::storage::DiskQuery;
 use super::*;
+use std::borrow::Cow;
 
 /// One row of `emperor status` (and of the API's `/v1/vassals`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -215,17 +216,14 @@ impl Manager {
     /// told by what holds it: a file shadowed by another of the same name
     /// shows in `status` and in its reseller's refusals, not on the streams
     /// (keyed by name, they would otherwise tell two states for one name).
-    pub(super) fn each_change(
-        &self,
-        mut f: impl FnMut(&Name, Option<&str>, State, Option<String>),
-    ) {
+    pub(super) fn each_change(&self, mut f: impl FnMut(&Name, Option<&str>, State, Option<&str>)) {
         for (name, v) in &self.vassals {
             let (state, reason) = self.shown_state(v);
-            f(name, row_group(name, v), state, reason);
+            f(name, row_group(name, v), state, reason.as_deref());
         }
         for (name, why) in &self.rejected {
             if !self.vassals.contains_key(name) {
-                f(name, None, State::Rejected, Some(why.clone()));
+                f(name, None, State::Rejected, Some(why));
             }
         }
     }
@@ -243,13 +241,13 @@ impl Manager {
 
     /// A vassal's state and reason as shown: a site of a suspended group
     /// shows as suspended.
-    fn shown_state(&self, v: &Vassal) -> (State, Option<String>) {
+    fn shown_state<'a>(&self, v: &'a Vassal) -> (State, Option<Cow<'a, str>>) {
         let mut state = v.life.state;
-        let mut reason = v.life.reason.clone();
+        let mut reason = v.life.reason.as_deref().map(Cow::Borrowed);
         if let Some(g) = v.group() {
             if self.suspended_groups.contains(g) && v.init.is_some() {
                 state = State::Suspended;
-                reason.get_or_insert_with(|| format!("group {g} is suspended"));
+                reason.get_or_insert_with(|| Cow::Owned(format!("group {g} is suspended")));
             }
         }
         (state, reason)
@@ -295,7 +293,7 @@ impl Manager {
                 dynamic: v.dynamic,
                 usage: None,
                 restarts: v.life.restarts,
-                reason,
+                reason: reason.map(Cow::into_owned),
             });
         }
         if matches!(which, Which::SitesOf(_)) {

@@ -76,6 +76,14 @@ impl AsRef<str> for Name {
     }
 }
 
+/// Maps keyed by names are looked up by `&str` too: a name orders, compares
+/// and hashes as its string does (all three are derived from it).
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A DNS name a site serves: `example.com` or `*.example.com`, lower case.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
