@@ -317,12 +317,14 @@ impl KeptUsage {
         paths: &[&str],
         all: bool,
     ) -> Vec<Result<(u64, u64)>> {
+        // Nothing new is kept by a partial read.
+        let room = if all { self.room(paths.len()) } else { 0 };
         if all {
             let wanted: std::collections::HashSet<&str> = paths.iter().copied().collect();
             self.files.retain(|p, _| wanted.contains(p.as_str()));
             // More sites than when these were kept: give back what the room
             // no longer holds.
-            let over = self.files.len().saturating_sub(self.room(paths.len()));
+            let over = self.files.len().saturating_sub(room);
             let extra: Vec<String> = self.files.keys().take(over).cloned().collect();
             for p in extra {
                 self.files.remove(&p);
@@ -338,10 +340,7 @@ impl KeptUsage {
         for i in &missing {
             self.files.remove(paths[*i]);
         }
-        let keep = match all {
-            true => self.room(paths.len()).saturating_sub(self.files.len()),
-            false => 0,
-        };
+        let keep = room.saturating_sub(self.files.len());
         let opened = tree.open_usage(&missing.iter().map(|i| paths[*i]).collect::<Vec<_>>(), keep);
         for (i, r) in missing.into_iter().zip(opened) {
             got[i] = Some(r.map(|(used, files)| {
