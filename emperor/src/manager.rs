@@ -354,7 +354,7 @@ impl Manager {
             std::fs::create_dir_all(d)?;
         }
         let uids = UidTable::open(&cfg.layout.uid_table())?;
-        let addresses = model::network::AddressTable::load(&cfg.layout.address_table())?;
+        let addresses = model::network::AddressTable::open(&cfg.layout.address_table())?;
         let net = match cfg.network.clone() {
             None => None,
             Some(settings) => Some(Arc::new(

@@ -647,10 +647,26 @@ fn root_a_site_narrows_its_own_egress() {
         "a list is the site's own"
     );
 
-    // Kept across an emperor restart; an edit applies in place.
+    // Kept across an emperor restart; an edit applies in place. Killed, the
+    // emperor left both addresses in its journal only: read back, they are
+    // the sites' own, and a site new at the restart (first by name) gets
+    // another.
+    let before = [narrow.address(&e), free.address(&e)];
+    assert!(e.state_dir.join("addresses.log").exists());
     e.kill(Signal::SIGKILL);
+    e.write("aaa", "kind = \"site\"\n");
     e.start();
     e.running_pid("narrow");
+    e.running_pid("aaa");
+    assert_eq!([narrow.address(&e), free.address(&e)], before);
+    let aaa = Site {
+        name: "aaa",
+        cgroup: e.cgroup("_admin/aaa"),
+    };
+    assert!(!before.contains(&aaa.address(&e)), "{before:?}");
+    // The journal was folded in at the start; it holds the new one alone.
+    let log = std::fs::read_to_string(e.state_dir.join("addresses.log")).unwrap();
+    assert!(log.lines().count() == 1 && log.ends_with(" aaa\n"), "{log}");
     assert_eq!(narrow.connect(&e, INTERNET, 8080), "refused");
     e.write(
         "narrow",

@@ -15,11 +15,10 @@ impl Manager {
             VassalFile::Site(s) => s.group.as_ref().map(|g| g.as_str()).unwrap_or(""),
         };
         let (_, changed) = self.addresses.allocate(net.pool(), name.as_str(), owner)?;
-        if changed {
-            self.net_stale = true;
-            self.addresses.save(&self.cfg.layout.address_table())?;
-        }
-        Ok(())
+        self.net_stale |= changed;
+        // Also what an earlier commit failed to put on disk: no address is
+        // used before it is there.
+        self.addresses.commit(&self.cfg.layout.address_table())
     }
 
     /// Makes the mail allowlist, the egress lists and the hosts table again

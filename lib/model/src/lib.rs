@@ -14,6 +14,7 @@ pub mod claims;
 pub mod config;
 pub mod control;
 pub mod cron;
+pub mod journal;
 pub mod layout;
 pub mod metrics;
 pub mod name;

@@ -8,12 +8,14 @@
 //! sites after it. So with the default pool, `10.199.3.7` is the 6th site of
 //! the group that owns block 3, and its IPv6 address is `<prefix>::3:7`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::journal::{self, invalid, Journal};
 
 /// The default IPv4 pool.
 pub const DEFAULT_POOL: &str = "10.199.0.0/16";
@@ -227,6 +229,11 @@ pub struct Assigned {
 }
 
 /// The recorded addresses: which group owns each block, and each vassal's offset.
+///
+/// On disk like the uid table (see [`crate::journal`]): a snapshot
+/// (`addresses.json`) and the additions since in `addresses.log`, one line
+/// each: `b <block> <group>` (the group empty for the admin) and
+/// `v <offset> <name>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressTable {
@@ -236,59 +243,147 @@ pub struct AddressTable {
     pub blocks: BTreeMap<u32, String>,
     /// Vassal name → offset in the pool.
     pub vassals: BTreeMap<String, u32>,
+    /// Every offset of `vassals` (so that an allocation does not gather them).
+    #[serde(skip)]
+    taken: BTreeSet<u32>,
+    /// Additions not yet on disk, as journal lines.
+    #[serde(skip)]
+    unsaved: String,
+    /// The journal beside the snapshot.
+    #[serde(skip)]
+    journal: Journal,
 }
 
 impl AddressTable {
-    /// Loads the table, or an empty one if the file does not exist.
+    /// Loads the table (the snapshot, then the journal), or an empty one if
+    /// neither exists. Reads only.
     pub fn load(path: &Path) -> io::Result<AddressTable> {
-        match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(AddressTable {
-                schema_version: 1,
-                ..AddressTable::default()
-            }),
-            Err(e) => Err(e),
+        let (t, lines) = journal::read(path)?;
+        let mut t: AddressTable = t.unwrap_or_default();
+        t.schema_version = 1;
+        t.taken = t.vassals.values().copied().collect();
+        if t.taken.len() != t.vassals.len() {
+            return Err(invalid(format!(
+                "{}: an offset given twice",
+                path.display()
+            )));
         }
+        t.replay(lines)?;
+        Ok(t)
     }
 
-    /// Saves the table atomically.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
-        crate::atomic::write_json(path, self, 0o644)
+    /// Loads the table and, if a journal was left, folds it into a new
+    /// snapshot (see [`crate::uids::UidTable::open`]).
+    pub fn open(path: &Path) -> io::Result<AddressTable> {
+        let mut t = AddressTable::load(path)?;
+        if journal::path(path).exists() {
+            t.save(path)?;
+        }
+        Ok(t)
+    }
+
+    /// Adds the journal's lines. A line that gives a block to another
+    /// group, a name another offset or an offset to two names is refused.
+    fn replay(&mut self, lines: Vec<(usize, String)>) -> io::Result<()> {
+        for (n, text) in lines {
+            let bad = || invalid(format!("address journal line {n}: {text:?}"));
+            let mut parts = text.splitn(3, ' ');
+            let (Some(kind), Some(number), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let number: u32 = number.parse().map_err(|_| bad())?;
+            match kind {
+                "b" => match self.blocks.get(&number) {
+                    Some(owner) if owner == name => {}
+                    Some(_) => return Err(bad()),
+                    None => {
+                        self.blocks.insert(number, name.to_owned());
+                    }
+                },
+                "v" if !name.is_empty() => match self.vassals.get(name) {
+                    Some(&known) if known == number => {}
+                    Some(_) => return Err(bad()),
+                    None if !self.taken.insert(number) => return Err(bad()),
+                    None => {
+                        self.vassals.insert(name.to_owned(), number);
+                    }
+                },
+                _ => return Err(bad()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a new snapshot of the whole table, durably, and removes the
+    /// journal it now holds.
+    pub fn save(&mut self, path: &Path) -> io::Result<()> {
+        crate::atomic::write_json(path, self, 0o644)?;
+        self.journal.saved(path)?;
+        self.unsaved.clear();
+        Ok(())
+    }
+
+    /// Puts the allocations made since the last save or commit on disk
+    /// before their addresses are used: one append to the journal and one
+    /// `fdatasync`, or a whole snapshot if that fails.
+    pub fn commit(&mut self, path: &Path) -> io::Result<()> {
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        match self.journal.append(path, self.unsaved.as_bytes()) {
+            Ok(()) => {
+                self.unsaved.clear();
+                Ok(())
+            }
+            Err(_) => self.save(path),
+        }
     }
 
     /// The offset of `name` (a site or group), owned by `group` ("" for the
     /// admin), allocating one if it has none. Returns the offset and whether
-    /// the table changed (and must be saved before the address is used).
+    /// the table changed (and must be committed before the address is used).
     /// A group's own container takes its first block's `.1`.
     pub fn allocate(&mut self, pool: &Pool, name: &str, group: &str) -> io::Result<(u32, bool)> {
         if let Some(off) = self.vassals.get(name) {
             return Ok((*off, false));
         }
         self.schema_version = 1;
-        let taken: std::collections::BTreeSet<u32> = self.vassals.values().copied().collect();
         // The host's block is always the admin's.
-        self.blocks.entry(0).or_default();
-        let first_host = |block: u32| if block == 0 { 2 } else { 1 };
-        for (block, owner) in &self.blocks {
-            if owner != group || *block >= pool.blocks() {
-                continue;
-            }
-            if let Some(off) = (first_host(*block)..=254)
-                .map(|h| block * 256 + h)
-                .find(|o| !taken.contains(o))
-            {
-                self.vassals.insert(name.to_owned(), off);
-                return Ok((off, true));
-            }
+        if !self.blocks.contains_key(&0) {
+            self.add_block(0, "");
         }
-        let block = (1..pool.blocks())
-            .find(|b| !self.blocks.contains_key(b))
-            .ok_or_else(|| io::Error::other(format!("address pool {} exhausted", pool.cidr())))?;
-        self.blocks.insert(block, group.to_owned());
-        let off = block * 256 + first_host(block);
+        let first_host = |block: u32| if block == 0 { 2 } else { 1 };
+        let free = self
+            .blocks
+            .iter()
+            .filter(|(block, owner)| *owner == group && **block < pool.blocks())
+            .find_map(|(block, _)| {
+                (first_host(*block)..=254)
+                    .map(|h| block * 256 + h)
+                    .find(|o| !self.taken.contains(o))
+            });
+        let off = match free {
+            Some(off) => off,
+            None => {
+                let block = (1..pool.blocks())
+                    .find(|b| !self.blocks.contains_key(b))
+                    .ok_or_else(|| {
+                        io::Error::other(format!("address pool {} exhausted", pool.cidr()))
+                    })?;
+                self.add_block(block, group);
+                block * 256 + first_host(block)
+            }
+        };
         self.vassals.insert(name.to_owned(), off);
+        self.taken.insert(off);
+        self.unsaved.push_str(&format!("v {off} {name}\n"));
         Ok((off, true))
+    }
+
+    fn add_block(&mut self, block: u32, group: &str) {
+        self.blocks.insert(block, group.to_owned());
+        self.unsaved.push_str(&format!("b {block} {group}\n"));
     }
 }
 
@@ -323,6 +418,58 @@ mod tests {
         let mut back = AddressTable::load(&path).unwrap();
         assert_eq!(back, t);
         assert_eq!(back.allocate(&p, "shop", "reseller").unwrap(), (s, false));
+    }
+
+    #[test]
+    fn a_new_address_is_appended_and_contradictions_are_refused() {
+        let p = pool();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addresses.json");
+        let log = dir.path().join("addresses.log");
+        let mut t = AddressTable::open(&path).unwrap();
+        t.allocate(&p, "site1", "").unwrap();
+        t.save(&path).unwrap();
+        let snapshot = std::fs::read(&path).unwrap();
+        t.allocate(&p, "shop", "reseller").unwrap();
+        t.commit(&path).unwrap();
+        t.allocate(&p, "site2", "").unwrap();
+        t.commit(&path).unwrap();
+        t.commit(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            snapshot,
+            "the snapshot untouched"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "b 1 reseller\nv 257 shop\nv 3 site2\n"
+        );
+        let content = |t: &AddressTable| (t.blocks.clone(), t.vassals.clone(), t.taken.clone());
+        assert_eq!(content(&AddressTable::load(&path).unwrap()), content(&t));
+        // The next start folds the journal in; a crash's torn line is left out.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map(|mut f| std::io::Write::write_all(&mut f, b"v 4 torn").unwrap())
+            .unwrap();
+        let mut again = AddressTable::open(&path).unwrap();
+        assert!(!log.exists());
+        assert_eq!(content(&again), content(&t));
+        assert_eq!(again.allocate(&p, "torn", "").unwrap(), (4, true));
+        // Lines that cannot be true make the table fail to load, loudly.
+        for bad in [
+            "v 5 site1\n",   // site1 is at 2
+            "v 2 other\n",   // 2 is site1's
+            "b 1 someone\n", // block 1 is reseller's
+            "v 9\n",
+            "x 1 a\n",
+            "v x a\n",
+            "v 6 \n",
+        ] {
+            std::fs::write(&log, bad).unwrap();
+            let err = AddressTable::load(&path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::journal::{self, invalid, Journal};
+
 /// The first uid given to a tenant.
 pub const FIRST_UID: u32 = 30000;
 /// The last uid this table will give (the kernel's overflow uid is 65534).
@@ -30,12 +32,9 @@ pub struct UidTable {
     /// Allocations not yet on disk (see [`UidTable::commit`]).
     #[serde(skip)]
     unsaved: Vec<(String, u32)>,
-    /// The journal exists and its directory entry is on disk.
+    /// The journal beside the snapshot.
     #[serde(skip)]
-    journal_made: bool,
-    /// An append failed: commits write whole snapshots until one succeeds.
-    #[serde(skip)]
-    snapshot_only: bool,
+    journal: Journal,
 }
 
 impl Default for UidTable {
@@ -45,35 +44,18 @@ impl Default for UidTable {
             next: FIRST_UID,
             users: BTreeMap::new(),
             unsaved: Vec::new(),
-            journal_made: false,
-            snapshot_only: false,
+            journal: Journal::default(),
         }
     }
-}
-
-/// The journal beside a snapshot: `uids.json` → `uids.log`.
-fn journal(path: &Path) -> std::path::PathBuf {
-    path.with_extension("log")
-}
-
-fn invalid(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 impl UidTable {
     /// Loads the table (the snapshot, then the journal), or an empty one if
     /// neither exists. Reads only.
     pub fn load(path: &Path) -> io::Result<UidTable> {
-        let mut t = match std::fs::read(path) {
-            Ok(data) => serde_json::from_slice(&data).map_err(|e| invalid(e.to_string()))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => UidTable::default(),
-            Err(e) => return Err(e),
-        };
-        match std::fs::read(journal(path)) {
-            Ok(data) => t.replay(&data)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let (t, lines) = journal::read(path)?;
+        let mut t: UidTable = t.unwrap_or_default();
+        t.replay(lines)?;
         Ok(t)
     }
 
@@ -82,31 +64,18 @@ impl UidTable {
     /// a crash may have left at its end).
     pub fn open(path: &Path) -> io::Result<UidTable> {
         let mut t = UidTable::load(path)?;
-        if journal(path).exists() {
+        if journal::path(path).exists() {
             t.save(path)?;
         }
         Ok(t)
     }
 
-    /// Adds the journal's whole lines. A last line without its newline was
-    /// torn by a crash before its `fdatasync` returned, so its uid was never
-    /// used: it is left out. A line that gives a name another uid, or a uid
-    /// to two names, is refused (the table is wrong, not merely old).
-    fn replay(&mut self, data: &[u8]) -> io::Result<()> {
-        let whole = match data.iter().rposition(|b| *b == b'\n') {
-            Some(end) => &data[..end],
-            None => return Ok(()),
-        };
+    /// Adds the journal's lines. A line that gives a name another uid, or
+    /// a uid to two names, is refused (the table is wrong, not merely old).
+    fn replay(&mut self, lines: Vec<(usize, String)>) -> io::Result<()> {
         let mut taken: std::collections::BTreeSet<u32> = self.users.values().copied().collect();
-        for (n, line) in whole.split(|b| *b == b'\n').enumerate() {
-            let bad = || {
-                invalid(format!(
-                    "uid journal line {}: {:?}",
-                    n + 1,
-                    String::from_utf8_lossy(line)
-                ))
-            };
-            let text = std::str::from_utf8(line).map_err(|_| bad())?;
+        for (n, text) in lines {
+            let bad = || invalid(format!("uid journal line {n}: {text:?}"));
             let (uid, user) = text.split_once(' ').ok_or_else(bad)?;
             let uid: u32 = uid.parse().map_err(|_| bad())?;
             if user.is_empty() || !(FIRST_UID..=LAST_UID).contains(&uid) {
@@ -149,65 +118,31 @@ impl UidTable {
     /// the snapshot already has: read again, they change nothing).
     pub fn save(&mut self, path: &Path) -> io::Result<()> {
         crate::atomic::write_json(path, self, 0o644)?;
-        match std::fs::remove_file(journal(path)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        self.journal.saved(path)?;
         self.unsaved.clear();
-        self.journal_made = false;
-        self.snapshot_only = false;
         Ok(())
     }
 
     /// Puts the allocations made since the last save or commit on disk
     /// before their uids are used: one append to the journal, one
-    /// `fdatasync` (and, the first time, one of the directory that holds the
-    /// new journal). If the append fails, what of it landed is cut off
-    /// again and a whole snapshot is written instead (which removes the
-    /// journal); until one is, every commit writes a snapshot.
+    /// `fdatasync` (see [`Journal::append`]); if that fails, a whole
+    /// snapshot, and so on until one is written.
     pub fn commit(&mut self, path: &Path) -> io::Result<()> {
         if self.unsaved.is_empty() {
             return Ok(());
         }
-        if !self.snapshot_only {
-            match self.append(path) {
-                Ok(()) => {
-                    self.unsaved.clear();
-                    return Ok(());
-                }
-                Err(_) => self.snapshot_only = true,
+        let lines: String = self
+            .unsaved
+            .iter()
+            .map(|(user, uid)| format!("{uid} {user}\n"))
+            .collect();
+        match self.journal.append(path, lines.as_bytes()) {
+            Ok(()) => {
+                self.unsaved.clear();
+                Ok(())
             }
+            Err(_) => self.save(path),
         }
-        self.save(path)
-    }
-
-    fn append(&mut self, path: &Path) -> io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut lines = Vec::new();
-        for (user, uid) in &self.unsaved {
-            writeln!(lines, "{uid} {user}")?;
-        }
-        let f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .open(journal(path))?;
-        let before = f.metadata()?.len();
-        // A failed write may leave part of a line: cut it off, so that the
-        // next append does not extend it into a line that reads as another.
-        let written = (&f).write_all(&lines).and_then(|()| f.sync_data());
-        if let Err(e) = written {
-            let _ = f.set_len(before);
-            return Err(e);
-        }
-        if !self.journal_made {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::File::open(dir)?.sync_all()?;
-            self.journal_made = true;
-        }
-        Ok(())
     }
 }
 
