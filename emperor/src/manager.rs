@@ -495,14 +495,8 @@ impl Manager {
         }
         let began = now();
         self.rescan = false;
-        let groups: BTreeSet<Name> = self
-            .vassals
-            .iter()
-            .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
-            .map(|(n, _)| n.clone())
-            .collect();
         let host = crate::scan::host_users();
-        let (entries, ignored, same_files) = match self.read_dirs(&groups, &host) {
+        let (entries, ignored, same_files) = match self.read_dirs(&host) {
             Read::Added(fresh) => return self.judge_added(fresh, host, began),
             Read::All {
                 entries,
@@ -524,6 +518,7 @@ impl Manager {
             return now().saturating_duration_since(began);
         }
         self.judged.0 += 1;
+        let groups = self.group_names();
         for (path, why) in &ignored {
             if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
                 tracing::warn!(path = %path.display(), reason = %why, "not a vassal file");
@@ -696,12 +691,23 @@ impl Manager {
         cost
     }
 
+    /// The groups that run: their drop directories are read.
+    fn group_names(&self) -> BTreeSet<Name> {
+        self.vassals
+            .iter()
+            .filter(|(_, v)| matches!(v.file, VassalFile::Group(_)))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Reads the vassal directories for a reconcile: the entries found and
     /// the files that are not vassals. Only the files the watcher named are
     /// read again when it named every change (and the periodic rescan did
     /// not ask for all); otherwise every file is, those whose stamps did not
-    /// change excepted.
-    fn read_dirs(&mut self, groups: &BTreeSet<Name>, host: &BTreeSet<String>) -> Read {
+    /// change excepted. New files that can be judged alone are read without
+    /// a walk of every vassal: on a host of thousands, that walk alone took
+    /// milliseconds after a quiet second, its memory gone cold.
+    fn read_dirs(&mut self, host: &BTreeSet<String>) -> Read {
         let mut ignored = Vec::new();
         let settling = self.settling.clone();
         let mut previous = std::mem::take(&mut self.last_entries);
@@ -753,7 +759,7 @@ impl Manager {
                 entries.extend(fresh);
                 // A group's file came or went: its drop directory is read
                 // whole, or left, as a full scan would.
-                let read = crate::scan::groups_read(groups, &entries);
+                let read = crate::scan::groups_read(&self.group_names(), &entries);
                 for g in read.difference(&self.groups_read) {
                     let dir = self.cfg.layout.drop_dir(g);
                     let source = model::catalog::Source::Drop(g.clone());
@@ -787,9 +793,10 @@ impl Manager {
                 let last = stamps;
                 writes.stamps = &last;
                 let mut stamps = crate::scan::Stamps::new();
+                let groups = self.group_names();
                 let entries = crate::scan::scan(
                     &self.cfg.layout,
-                    groups,
+                    &groups,
                     &mut ignored,
                     &mut writes,
                     &mut stamps,
@@ -798,7 +805,7 @@ impl Manager {
                 // last time, and no file more or less.
                 same = stamps.len() == entries.len() && stamps == last;
                 self.last_stamps = stamps;
-                self.groups_read = crate::scan::groups_read(groups, &entries);
+                self.groups_read = crate::scan::groups_read(&groups, &entries);
                 entries
             }
         };
