@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use model::backoff::Throttle;
 use model::catalog::{Catalog, Verdict};
 use model::config::Kind;
+use model::journal::Journaled;
 use model::reconcile::{plan, Action};
 use model::record::{self, VassalRecord, SCHEMA_VERSION};
 use model::uids::UidTable;

@@ -66,6 +66,59 @@ pub fn lines(snapshot: &Path) -> io::Result<Vec<(usize, String)>> {
         .collect()
 }
 
+/// A table kept as a snapshot and a journal: what it adds is written as
+/// journal lines into [`Journaled::unsaved`] and put on disk by
+/// [`Journaled::commit`] before it is used.
+pub trait Journaled: serde::Serialize + Sized {
+    /// Loads the snapshot, then the journal's lines (an empty table if
+    /// neither exists). Reads only.
+    fn load(path: &Path) -> io::Result<Self>;
+
+    /// Its journal's state.
+    fn journal(&mut self) -> &mut Journal;
+
+    /// Journal lines for what was added since the last commit or save.
+    fn unsaved(&mut self) -> &mut String;
+
+    /// Loads the table and, if a journal was left, folds it into a new
+    /// snapshot: the emperor's run starts with no journal (and no torn line
+    /// a crash may have left at its end).
+    fn open(snapshot: &Path) -> io::Result<Self> {
+        let mut t = Self::load(snapshot)?;
+        if path(snapshot).exists() {
+            t.save(snapshot)?;
+        }
+        Ok(t)
+    }
+
+    /// Writes a new snapshot of the whole table, durably, and removes the
+    /// journal it now holds.
+    fn save(&mut self, snapshot: &Path) -> io::Result<()> {
+        crate::atomic::write_json(snapshot, self, 0o644)?;
+        self.journal().saved(snapshot)?;
+        self.unsaved().clear();
+        Ok(())
+    }
+
+    /// Puts what was added since the last save or commit on disk before it
+    /// is used: one append to the journal, one `fdatasync` (see
+    /// [`Journal::append`]); if that fails, a whole snapshot, and so on
+    /// until one is written.
+    fn commit(&mut self, snapshot: &Path) -> io::Result<()> {
+        if self.unsaved().is_empty() {
+            return Ok(());
+        }
+        let lines = std::mem::take(self.unsaved());
+        match self.journal().append(snapshot, lines.as_bytes()) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                *self.unsaved() = lines;
+                self.save(snapshot)
+            }
+        }
+    }
+}
+
 impl Journal {
     /// Appends `lines` (each ending in a newline) and waits until they are
     /// on disk (and, the first time, the directory entry of the new

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, invalid, Journal};
+use crate::journal::{self, invalid, Journal, Journaled};
 
 /// The default IPv4 pool.
 pub const DEFAULT_POOL: &str = "10.199.0.0/16";
@@ -254,10 +254,8 @@ pub struct AddressTable {
     journal: Journal,
 }
 
-impl AddressTable {
-    /// Loads the table (the snapshot, then the journal), or an empty one if
-    /// neither exists. Reads only.
-    pub fn load(path: &Path) -> io::Result<AddressTable> {
+impl Journaled for AddressTable {
+    fn load(path: &Path) -> io::Result<AddressTable> {
         let (t, lines) = journal::read(path)?;
         let mut t: AddressTable = t.unwrap_or_default();
         t.schema_version = 1;
@@ -272,16 +270,16 @@ impl AddressTable {
         Ok(t)
     }
 
-    /// Loads the table and, if a journal was left, folds it into a new
-    /// snapshot (see [`crate::uids::UidTable::open`]).
-    pub fn open(path: &Path) -> io::Result<AddressTable> {
-        let mut t = AddressTable::load(path)?;
-        if journal::path(path).exists() {
-            t.save(path)?;
-        }
-        Ok(t)
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.journal
     }
 
+    fn unsaved(&mut self) -> &mut String {
+        &mut self.unsaved
+    }
+}
+
+impl AddressTable {
     /// Adds the journal's lines. A line that gives a block to another
     /// group, a name another offset or an offset to two names is refused.
     fn replay(&mut self, lines: Vec<(usize, String)>) -> io::Result<()> {
@@ -313,31 +311,6 @@ impl AddressTable {
             }
         }
         Ok(())
-    }
-
-    /// Writes a new snapshot of the whole table, durably, and removes the
-    /// journal it now holds.
-    pub fn save(&mut self, path: &Path) -> io::Result<()> {
-        crate::atomic::write_json(path, self, 0o644)?;
-        self.journal.saved(path)?;
-        self.unsaved.clear();
-        Ok(())
-    }
-
-    /// Puts the allocations made since the last save or commit on disk
-    /// before their addresses are used: one append to the journal and one
-    /// `fdatasync`, or a whole snapshot if that fails.
-    pub fn commit(&mut self, path: &Path) -> io::Result<()> {
-        if self.unsaved.is_empty() {
-            return Ok(());
-        }
-        match self.journal.append(path, self.unsaved.as_bytes()) {
-            Ok(()) => {
-                self.unsaved.clear();
-                Ok(())
-            }
-            Err(_) => self.save(path),
-        }
     }
 
     /// The offset of `name` (a site or group), owned by `group` ("" for the

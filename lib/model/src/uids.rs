@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, invalid, Journal};
+use crate::journal::{self, invalid, Journal, Journaled};
 
 /// The first uid given to a tenant.
 pub const FIRST_UID: u32 = 30000;
@@ -29,9 +29,9 @@ pub struct UidTable {
     pub next: u32,
     /// Every login name ever allocated, with its uid.
     pub users: BTreeMap<String, u32>,
-    /// Allocations not yet on disk (see [`UidTable::commit`]).
+    /// Allocations not yet on disk, as journal lines (see [`Journaled::commit`]).
     #[serde(skip)]
-    unsaved: Vec<(String, u32)>,
+    unsaved: String,
     /// The journal beside the snapshot.
     #[serde(skip)]
     journal: Journal,
@@ -43,33 +43,30 @@ impl Default for UidTable {
             schema_version: 1,
             next: FIRST_UID,
             users: BTreeMap::new(),
-            unsaved: Vec::new(),
+            unsaved: String::new(),
             journal: Journal::default(),
         }
     }
 }
 
-impl UidTable {
-    /// Loads the table (the snapshot, then the journal), or an empty one if
-    /// neither exists. Reads only.
-    pub fn load(path: &Path) -> io::Result<UidTable> {
+impl Journaled for UidTable {
+    fn load(path: &Path) -> io::Result<UidTable> {
         let (t, lines) = journal::read(path)?;
         let mut t: UidTable = t.unwrap_or_default();
         t.replay(lines)?;
         Ok(t)
     }
 
-    /// Loads the table and, if a journal was left, folds it into a new
-    /// snapshot: the emperor's run starts with no journal (and no torn line
-    /// a crash may have left at its end).
-    pub fn open(path: &Path) -> io::Result<UidTable> {
-        let mut t = UidTable::load(path)?;
-        if journal::path(path).exists() {
-            t.save(path)?;
-        }
-        Ok(t)
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.journal
     }
 
+    fn unsaved(&mut self) -> &mut String {
+        &mut self.unsaved
+    }
+}
+
+impl UidTable {
     /// Adds the journal's lines. A line that gives a name another uid, or
     /// a uid to two names, is refused (the table is wrong, not merely old).
     fn replay(&mut self, lines: Vec<(usize, String)>) -> io::Result<()> {
@@ -108,41 +105,9 @@ impl UidTable {
             return Err(io::Error::other("uid space exhausted"));
         }
         self.users.insert(user.to_owned(), uid);
-        self.unsaved.push((user.to_owned(), uid));
+        self.unsaved.push_str(&format!("{uid} {user}\n"));
         self.next = uid + 1;
         Ok((uid, true))
-    }
-
-    /// Writes a new snapshot of the whole table, durably, and removes the
-    /// journal it now holds (a crash in between leaves a journal whose lines
-    /// the snapshot already has: read again, they change nothing).
-    pub fn save(&mut self, path: &Path) -> io::Result<()> {
-        crate::atomic::write_json(path, self, 0o644)?;
-        self.journal.saved(path)?;
-        self.unsaved.clear();
-        Ok(())
-    }
-
-    /// Puts the allocations made since the last save or commit on disk
-    /// before their uids are used: one append to the journal, one
-    /// `fdatasync` (see [`Journal::append`]); if that fails, a whole
-    /// snapshot, and so on until one is written.
-    pub fn commit(&mut self, path: &Path) -> io::Result<()> {
-        if self.unsaved.is_empty() {
-            return Ok(());
-        }
-        let lines: String = self
-            .unsaved
-            .iter()
-            .map(|(user, uid)| format!("{uid} {user}\n"))
-            .collect();
-        match self.journal.append(path, lines.as_bytes()) {
-            Ok(()) => {
-                self.unsaved.clear();
-                Ok(())
-            }
-            Err(_) => self.save(path),
-        }
     }
 }
 
