@@ -100,10 +100,20 @@ impl Netlink {
     }
 
     /// Makes the bridge `name` unless it exists, and brings it up. Its index.
+    ///
+    /// Its hardware address is set, not left to the kernel: a bridge whose
+    /// address was never set takes the lowest of its ports', so a new site
+    /// whose veth end drew a lower one would change the gateway's address
+    /// under every other site, whose cached neighbour entries would send to
+    /// the old one (dropped) until they expire. A new bridge gets
+    /// `02:69:6d:70:<k>` (`k`: its name's number; the address never leaves
+    /// the host); one found keeps the address it has, now set.
     pub fn ensure_bridge(&mut self, name: &str) -> io::Result<u32> {
         if self.index(name)?.is_none() {
             let mut m = LinkMessage::default();
             m.attributes.push(LinkAttribute::IfName(name.into()));
+            m.attributes
+                .push(LinkAttribute::Address(bridge_address(name).to_vec()));
             m.attributes
                 .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                     InfoKind::Bridge,
@@ -114,9 +124,16 @@ impl Netlink {
                 Err(e) => return Err(e),
             }
         }
-        let index = self
-            .index(name)?
+        let (index, address) = self
+            .link(name)?
             .ok_or_else(|| io::Error::other(format!("bridge {name} vanished")))?;
+        // Set as it is (a bridge made before, or by hand): pinned from now on.
+        if let Some(address) = address {
+            let mut m = LinkMessage::default();
+            m.header.index = index;
+            m.attributes.push(LinkAttribute::Address(address));
+            self.request(RouteNetlinkMessage::SetLink(m), 0)?;
+        }
         self.set_up(index)?;
         Ok(index)
     }
@@ -295,9 +312,23 @@ pub fn attach_site(
     inside
 }
 
+/// The address a new bridge is given: locally administered, its last two
+/// bytes the number at the end of its name.
+fn bridge_address(name: &str) -> [u8; 6] {
+    let digits = name.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let k: u16 = digits.parse().unwrap_or(0);
+    let [hi, lo] = k.to_be_bytes();
+    [0x02, 0x69, 0x6d, 0x70, hi, lo]
+}
+
 impl Netlink {
     /// The index of the link `name` in this socket's namespace, if there is one.
     pub fn index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.link(name)?.map(|(index, _)| index))
+    }
+
+    /// The index and hardware address of the link `name`, if there is one.
+    fn link(&mut self, name: &str) -> io::Result<Option<(u32, Option<Vec<u8>>)>> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.into()));
         self.send(RouteNetlinkMessage::GetLink(m), 0)?;
@@ -307,7 +338,11 @@ impl Netlink {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         match reply.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                Ok(Some(l.header.index))
+                let address = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Address(a) => Some(a.clone()),
+                    _ => None,
+                });
+                Ok(Some((l.header.index, address)))
             }
             NetlinkPayload::Error(e) => match e.code.map(|c| -c.get()) {
                 Some(libc::ENODEV) => Ok(None),
@@ -332,6 +367,51 @@ mod tests {
         })
         .join()
         .unwrap()
+    }
+
+    /// A port of `bridge` whose own address is `mac`.
+    fn port_with_address(host: &mut Netlink, bridge: u32, name: &str, mac: [u8; 6]) -> OwnedFd {
+        let ns = fresh_ns();
+        let index = host.add_veth_into(name, "eth0", ns.as_fd()).unwrap();
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        host.request(RouteNetlinkMessage::SetLink(m), 0).unwrap();
+        host.attach_isolated(index, bridge).unwrap();
+        ns
+    }
+
+    #[test]
+    #[ignore = "root: run the README's test command"]
+    fn root_a_bridges_address_stays_when_a_port_with_a_lower_one_joins() {
+        let host_ns = fresh_ns();
+        let mut host = Netlink::open_in(host_ns.as_fd()).unwrap();
+        let address = |host: &mut Netlink, name: &str| host.link(name).unwrap().unwrap().1.unwrap();
+        // A new bridge: its own address.
+        let bridge = host.ensure_bridge("imptest0").unwrap();
+        assert_eq!(address(&mut host, "imptest0"), bridge_address("imptest0"));
+        assert_eq!(bridge_address("imperium12"), [2, 0x69, 0x6d, 0x70, 0, 12]);
+        let _a = port_with_address(&mut host, bridge, "imptest-a", [2, 0, 0, 0, 0, 9]);
+        let _b = port_with_address(&mut host, bridge, "imptest-b", [2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            address(&mut host, "imptest0"),
+            bridge_address("imptest0"),
+            "a port's lower address became the bridge's"
+        );
+        // A bridge made before (its address the kernel's choice) keeps it.
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName("imptest1".into()));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        host.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+            .unwrap();
+        let before = address(&mut host, "imptest1");
+        let old = host.ensure_bridge("imptest1").unwrap();
+        assert_eq!(address(&mut host, "imptest1"), before);
+        let _c = port_with_address(&mut host, old, "imptest-c", [2, 0, 0, 0, 0, 1]);
+        assert_eq!(address(&mut host, "imptest1"), before);
     }
 
     #[test]
