@@ -358,10 +358,15 @@ impl Manager {
         let addresses = model::network::AddressTable::open(&cfg.layout.address_table())?;
         let net = match cfg.network.clone() {
             None => None,
-            Some(settings) => Some(Arc::new(
-                crate::network::HostNet::setup(settings)
-                    .map_err(|e| std::io::Error::other(format!("{e:#}")))?,
-            )),
+            Some(mut settings) => {
+                // The layout the table was made with: running sites' ports
+                // are where it put them.
+                settings.pool.per_bridge = addresses.blocks_per_bridge;
+                Some(Arc::new(
+                    crate::network::HostNet::setup(settings)
+                        .map_err(|e| std::io::Error::other(format!("{e:#}")))?,
+                ))
+            }
         };
         let storage = crate::storage::Backend::detect(&cfg.layout.home_root);
         match &storage {

@@ -293,6 +293,23 @@ fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other()
     assert!(shown.contains("10.199.0.3/16"), "{shown}");
     assert!(shown.contains("fd69:6d70:6572::3/64"), "{shown}");
     assert!(shown.contains("default via 10.199.0.1"), "{shown}");
+    // A host made new puts one block on each bridge: the group's block 1 on
+    // `imperium1`, the admin's block 0 on `imperium0`.
+    let ports = |bridge: &str| {
+        let out = net.on_host(&["ip", "-o", "link", "show", "master", bridge]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        ports("imperium1").contains("imp102@"),
+        "{}",
+        ports("imperium1")
+    );
+    assert!(
+        ports("imperium0").contains("imp3@"),
+        "{}",
+        ports("imperium0")
+    );
+    assert!(!ports("imperium0").contains("imp102@"));
 
     // Out to the internet through NAT: the peer sees the host's address.
     let web = wait_for(Duration::from_secs(10), "the internet", || {

@@ -21,14 +21,21 @@ use crate::journal::{self, invalid, Journal, Journaled};
 pub const DEFAULT_POOL: &str = "10.199.0.0/16";
 /// The default IPv6 prefix (a ULA; `fd69:6d70:6572` spells "imper").
 pub const DEFAULT_POOL6: &str = "fd69:6d70:6572::/64";
-/// Blocks per bridge: a Linux bridge takes 1,023 ports (`BR_MAX_PORTS`,
-/// measured: the 1,024th is refused with EXFULL), and four blocks hold at most
-/// 4 × 254 vassals.
-pub const BLOCKS_PER_BRIDGE: u32 = 4;
+/// Blocks per bridge on a host whose address table was made before the
+/// layout was recorded in it: a Linux bridge takes 1,023 ports
+/// (`BR_MAX_PORTS`, measured: the 1,024th is refused with EXFULL), and four
+/// blocks hold at most 4 × 254 vassals. A new table puts one block on each
+/// bridge: adding a port (and bringing it up) walks every port of its
+/// bridge, so a bridge of 254 ports costs a start a quarter of one of 1,016.
+pub const OLD_BLOCKS_PER_BRIDGE: u32 = 4;
 const _: () = assert!(
-    BLOCKS_PER_BRIDGE * 254 < 1023,
+    OLD_BLOCKS_PER_BRIDGE * 254 < 1023,
     "more vassals than a bridge's ports"
 );
+
+fn old_blocks_per_bridge() -> u32 {
+    OLD_BLOCKS_PER_BRIDGE
+}
 
 /// The name of the host's bridge number `k` (`imperium0`, `imperium1`, ...).
 pub fn bridge_name(k: u32) -> String {
@@ -112,6 +119,9 @@ pub struct Pool {
     pub prefix: u8,
     /// The IPv6 prefix (a /64 at most: block and host fill the last 32 bits).
     pub base6: Option<(Ipv6Addr, u8)>,
+    /// Blocks on each bridge: 1, 2 or 4 (the address table's
+    /// [`AddressTable::blocks_per_bridge`]).
+    pub per_bridge: u32,
 }
 
 impl Pool {
@@ -149,6 +159,7 @@ impl Pool {
             base,
             prefix,
             base6,
+            per_bridge: 1,
         })
     }
 
@@ -171,26 +182,26 @@ impl Pool {
         })
     }
 
-    /// The bridge of the vassal at `offset` (its block's quarter).
+    /// The bridge of the vassal at `offset`.
     pub fn bridge_of(&self, offset: u32) -> u32 {
-        (offset >> 8) / BLOCKS_PER_BRIDGE
+        (offset >> 8) / self.per_bridge
     }
 
     /// How many bridges the pool may need.
     pub fn bridges(&self) -> u32 {
-        self.blocks().div_ceil(BLOCKS_PER_BRIDGE)
+        self.blocks().div_ceil(self.per_bridge)
     }
 
     /// The addresses of bridge `k`, IPv4 and IPv6 (if any), each with its
     /// prefix length: the host routes them to that bridge.
     pub fn bridge_range(&self, k: u32) -> (Ipv4Addr, u8, Option<(Ipv6Addr, u8)>) {
-        let first = k * BLOCKS_PER_BRIDGE * 256;
-        // 4 blocks: 2 more bits than a block (/24 in IPv4, 16 bits in IPv6).
-        let v4_len = (24 - 2).max(self.prefix);
+        let first = k * self.per_bridge * 256;
+        // A block is a /24 in IPv4 and 16 bits in IPv6; n blocks, log2(n) more.
+        let bits = self.per_bridge.trailing_zeros() as u8;
         (
             self.v4(first),
-            v4_len,
-            self.v6(first).map(|a| (a, 128 - 16 - 2)),
+            (24 - bits).max(self.prefix),
+            self.v6(first).map(|a| (a, 128 - 16 - bits)),
         )
     }
 
@@ -234,7 +245,7 @@ pub struct Assigned {
 /// (`addresses.json`) and the additions since in `addresses.log`, one line
 /// each: `b <block> <group>` (the group empty for the admin) and
 /// `v <offset> <name>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressTable {
     /// Schema version (1).
@@ -243,6 +254,11 @@ pub struct AddressTable {
     pub blocks: BTreeMap<u32, String>,
     /// Vassal name → offset in the pool.
     pub vassals: BTreeMap<String, u32>,
+    /// Blocks on each bridge ([`Pool::per_bridge`]): 1 for a table made
+    /// new, 4 for one made before the layout was recorded (its running
+    /// sites' ports are where that layout put them).
+    #[serde(default = "old_blocks_per_bridge")]
+    pub blocks_per_bridge: u32,
     /// Every offset of `vassals` (so that an allocation does not gather them).
     #[serde(skip)]
     taken: BTreeSet<u32>,
@@ -254,10 +270,31 @@ pub struct AddressTable {
     journal: Journal,
 }
 
+impl Default for AddressTable {
+    /// A table made new: one block a bridge.
+    fn default() -> AddressTable {
+        AddressTable {
+            schema_version: 1,
+            blocks: BTreeMap::new(),
+            vassals: BTreeMap::new(),
+            blocks_per_bridge: 1,
+            taken: BTreeSet::new(),
+            unsaved: String::new(),
+            journal: Journal::default(),
+        }
+    }
+}
+
 impl Journaled for AddressTable {
     fn load(path: &Path) -> io::Result<AddressTable> {
         let (t, lines) = journal::read(path)?;
         let mut t: AddressTable = t.unwrap_or_default();
+        if ![1, 2, 4].contains(&t.blocks_per_bridge) {
+            return Err(invalid(format!(
+                "{}: blocksPerBridge must be 1, 2 or 4",
+                path.display()
+            )));
+        }
         t.schema_version = 1;
         t.taken = t.vassals.values().copied().collect();
         if t.taken.len() != t.vassals.len() {
@@ -461,8 +498,42 @@ mod tests {
     }
 
     #[test]
-    fn four_blocks_a_bridge_each_with_its_routes() {
+    fn one_block_a_bridge_on_a_new_table_four_on_an_old_one() {
         let p = pool();
+        assert_eq!(p.bridges(), 256);
+        assert_eq!((p.bridge_of(2), p.bridge_of(5 * 256 + 7)), (0, 5));
+        let (v4, len, v6) = p.bridge_range(5);
+        assert_eq!((v4.to_string(), len), ("10.199.5.0".into(), 24));
+        assert_eq!(v6.unwrap(), ("fd69:6d70:6572::5:0".parse().unwrap(), 112));
+        // The table says which: a new one 1, one from before the field 4.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addresses.json");
+        assert_eq!(AddressTable::open(&path).unwrap().blocks_per_bridge, 1);
+        std::fs::write(
+            &path,
+            r#"{"schemaVersion":1,"blocks":{"0":""},"vassals":{}}"#,
+        )
+        .unwrap();
+        let mut old = AddressTable::open(&path).unwrap();
+        assert_eq!(old.blocks_per_bridge, 4);
+        old.save(&path).unwrap();
+        assert_eq!(
+            AddressTable::load(&path).unwrap().blocks_per_bridge,
+            4,
+            "kept"
+        );
+        std::fs::write(
+            &path,
+            r#"{"schemaVersion":1,"blocks":{},"vassals":{},"blocksPerBridge":3}"#,
+        )
+        .unwrap();
+        assert!(AddressTable::load(&path).is_err());
+    }
+
+    #[test]
+    fn four_blocks_a_bridge_each_with_its_routes() {
+        let mut p = pool();
+        p.per_bridge = 4;
         assert_eq!(p.bridges(), 64);
         assert_eq!((p.bridge_of(2), p.bridge_of(3 * 256 + 254)), (0, 0));
         assert_eq!(
@@ -479,7 +550,8 @@ mod tests {
         assert!(inside(p.v6(7 * 256 + 254).unwrap()));
         assert!(!inside(p.v6(8 * 256 + 1).unwrap()));
         // A small pool: one bridge, its route the pool's own.
-        let small = Pool::parse("10.0.0.0/23", None).unwrap();
+        let mut small = Pool::parse("10.0.0.0/23", None).unwrap();
+        small.per_bridge = 4;
         assert_eq!(small.bridges(), 1);
         assert_eq!(small.bridge_range(0).1, 23);
     }
