@@ -110,6 +110,12 @@ impl Net {
         );
     }
 
+    /// The links whose master is `bridge`, as `ip -o link` shows them.
+    fn ports(&self, bridge: &str) -> String {
+        let out = self.on_host(&["ip", "-o", "link", "show", "master", bridge]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs a command in the host namespace.
     fn on_host(&self, args: &[&str]) -> std::process::Output {
         Command::new("nsenter")
@@ -295,10 +301,7 @@ fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other()
     assert!(shown.contains("default via 10.199.0.1"), "{shown}");
     // A host made new puts one block on each bridge: the group's block 1 on
     // `imperium1`, the admin's block 0 on `imperium0`.
-    let ports = |bridge: &str| {
-        let out = net.on_host(&["ip", "-o", "link", "show", "master", bridge]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ports = |bridge: &str| net.ports(bridge);
     assert!(
         ports("imperium1").contains("imp102@"),
         "{}",
@@ -445,10 +448,7 @@ fn root_sites_past_a_bridges_ports_are_on_the_next_bridge_as_connected_and_isola
     let (near, far) = (site("near"), site("far"));
     assert_eq!(near.address(&e), "10.199.0.2");
     assert_eq!(far.address(&e), "10.199.5.7");
-    let ports = |bridge: &str| {
-        let out = net.on_host(&["ip", "-o", "link", "show", "master", bridge]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let ports = |bridge: &str| net.ports(bridge);
     assert!(
         ports("imperium1").contains("imp507@"),
         "{}",

@@ -69,10 +69,19 @@ pub fn lines(snapshot: &Path) -> io::Result<Vec<(usize, String)>> {
 /// A table kept as a snapshot and a journal: what it adds is written as
 /// journal lines into [`Journaled::unsaved`] and put on disk by
 /// [`Journaled::commit`] before it is used.
-pub trait Journaled: serde::Serialize + Sized {
+pub trait Journaled: serde::Serialize + serde::de::DeserializeOwned + Default {
+    /// Checks the snapshot as read (`path` for the errors) and adds the
+    /// journal's lines; a line that cannot be true is refused.
+    fn replay(&mut self, path: &Path, lines: Vec<(usize, String)>) -> io::Result<()>;
+
     /// Loads the snapshot, then the journal's lines (an empty table if
     /// neither exists). Reads only.
-    fn load(path: &Path) -> io::Result<Self>;
+    fn load(snapshot: &Path) -> io::Result<Self> {
+        let (t, lines) = read(snapshot)?;
+        let mut t: Self = t.unwrap_or_default();
+        t.replay(snapshot, lines)?;
+        Ok(t)
+    }
 
     /// Its journal's state.
     fn journal(&mut self) -> &mut Journal;

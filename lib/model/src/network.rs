@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, invalid, Journal, Journaled};
+use crate::journal::{invalid, Journal, Journaled};
 
 /// The default IPv4 pool.
 pub const DEFAULT_POOL: &str = "10.199.0.0/16";
@@ -286,40 +286,24 @@ impl Default for AddressTable {
 }
 
 impl Journaled for AddressTable {
-    fn load(path: &Path) -> io::Result<AddressTable> {
-        let (t, lines) = journal::read(path)?;
-        let mut t: AddressTable = t.unwrap_or_default();
-        if ![1, 2, 4].contains(&t.blocks_per_bridge) {
+    /// The snapshot's layout must be one the pool knows and no offset may
+    /// be given twice; a journal line that gives a block to another group,
+    /// a name another offset or an offset to two names is refused.
+    fn replay(&mut self, path: &Path, lines: Vec<(usize, String)>) -> io::Result<()> {
+        if ![1, 2, 4].contains(&self.blocks_per_bridge) {
             return Err(invalid(format!(
                 "{}: blocksPerBridge must be 1, 2 or 4",
                 path.display()
             )));
         }
-        t.schema_version = 1;
-        t.taken = t.vassals.values().copied().collect();
-        if t.taken.len() != t.vassals.len() {
+        self.schema_version = 1;
+        self.taken = self.vassals.values().copied().collect();
+        if self.taken.len() != self.vassals.len() {
             return Err(invalid(format!(
                 "{}: an offset given twice",
                 path.display()
             )));
         }
-        t.replay(lines)?;
-        Ok(t)
-    }
-
-    fn journal(&mut self) -> &mut Journal {
-        &mut self.journal
-    }
-
-    fn unsaved(&mut self) -> &mut String {
-        &mut self.unsaved
-    }
-}
-
-impl AddressTable {
-    /// Adds the journal's lines. A line that gives a block to another
-    /// group, a name another offset or an offset to two names is refused.
-    fn replay(&mut self, lines: Vec<(usize, String)>) -> io::Result<()> {
         for (n, text) in lines {
             let bad = || invalid(format!("address journal line {n}: {text:?}"));
             let mut parts = text.splitn(3, ' ');
@@ -350,6 +334,16 @@ impl AddressTable {
         Ok(())
     }
 
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
+    fn unsaved(&mut self) -> &mut String {
+        &mut self.unsaved
+    }
+}
+
+impl AddressTable {
     /// The offset of `name` (a site or group), owned by `group` ("" for the
     /// admin), allocating one if it has none. Returns the offset and whether
     /// the table changed (and must be committed before the address is used).

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{self, invalid, Journal, Journaled};
+use crate::journal::{invalid, Journal, Journaled};
 
 /// The first uid given to a tenant.
 pub const FIRST_UID: u32 = 30000;
@@ -50,26 +50,9 @@ impl Default for UidTable {
 }
 
 impl Journaled for UidTable {
-    fn load(path: &Path) -> io::Result<UidTable> {
-        let (t, lines) = journal::read(path)?;
-        let mut t: UidTable = t.unwrap_or_default();
-        t.replay(lines)?;
-        Ok(t)
-    }
-
-    fn journal(&mut self) -> &mut Journal {
-        &mut self.journal
-    }
-
-    fn unsaved(&mut self) -> &mut String {
-        &mut self.unsaved
-    }
-}
-
-impl UidTable {
-    /// Adds the journal's lines. A line that gives a name another uid, or
-    /// a uid to two names, is refused (the table is wrong, not merely old).
-    fn replay(&mut self, lines: Vec<(usize, String)>) -> io::Result<()> {
+    /// A line that gives a name another uid, or a uid to two names, is
+    /// refused (the table is wrong, not merely old).
+    fn replay(&mut self, _: &Path, lines: Vec<(usize, String)>) -> io::Result<()> {
         let mut taken: std::collections::BTreeSet<u32> = self.users.values().copied().collect();
         for (n, text) in lines {
             let bad = || invalid(format!("uid journal line {n}: {text:?}"));
@@ -90,6 +73,16 @@ impl UidTable {
         Ok(())
     }
 
+    fn journal(&mut self) -> &mut Journal {
+        &mut self.journal
+    }
+
+    fn unsaved(&mut self) -> &mut String {
+        &mut self.unsaved
+    }
+}
+
+impl UidTable {
     /// The uid of `user`, allocating one if it has none. Returns the uid and
     /// whether the table changed (and must be saved before the uid is used).
     pub fn allocate(&mut self, user: &str) -> io::Result<(u32, bool)> {
