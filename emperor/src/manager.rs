@@ -320,9 +320,8 @@ pub struct Manager {
     /// and the host's users then. A rescan that reads the same files with
     /// both unchanged would find nothing to do again, and stops there.
     quiet: Option<(u64, BTreeSet<String>)>,
-    /// Full judgements made, periodic rescans that needed none, and files
-    /// decided against the last judgement's claims (metrics).
-    judged: (u64, u64, u64),
+    /// How the scans' files were judged (metrics).
+    judged: Judged,
     /// What the last judgement's files claim, and the host's users it saw:
     /// a file under a new name is decided against them (see
     /// [`Manager::judge_added`]). `None` after anything a judgement depends
@@ -334,6 +333,19 @@ pub struct Manager {
     /// Every init's exit, watched by one epoll instance (made at the first
     /// init; `None` before, or if it could not be made).
     init_watch: Option<adopt::InitWatch>,
+}
+
+/// How the scans' files were judged, counted for the metrics.
+#[derive(Debug, Default)]
+struct Judged {
+    /// Judgements of every file.
+    whole: u64,
+    /// Periodic rescans that needed none.
+    unchanged: u64,
+    /// Files under new names decided against the last judgement's claims.
+    added: u64,
+    /// Removed files whose claims were released alone.
+    removed: u64,
 }
 
 impl Manager {
@@ -434,7 +446,7 @@ impl Manager {
             rescan: false,
             moved: 0,
             quiet: None,
-            judged: (0, 0, 0),
+            judged: Judged::default(),
             claimed: None,
             kept: Default::default(),
             init_watch: None,
@@ -504,6 +516,7 @@ impl Manager {
         let host = crate::scan::host_users();
         let (entries, ignored, same_files) = match self.read_dirs(&host) {
             Read::Added(fresh) => return self.judge_added(fresh, host, began),
+            Read::Removed(gone) => return self.judge_removed(gone, began),
             Read::All {
                 entries,
                 ignored,
@@ -519,11 +532,11 @@ impl Manager {
         {
             // The periodic rescan of a host at rest: the judgement would be
             // the last one's, which found nothing to do.
-            self.judged.1 += 1;
+            self.judged.unchanged += 1;
             self.last_entries = entries.into_iter().map(|e| (e.path.clone(), e)).collect();
             return now().saturating_duration_since(began);
         }
-        self.judged.0 += 1;
+        self.judged.whole += 1;
         let groups = self.group_names();
         for (path, why) in &ignored {
             if !self.ignored.iter().any(|(p, w)| p == path && w == why) {
@@ -758,6 +771,19 @@ impl Manager {
                     self.last_entries = previous;
                     self.last_stamps = stamps;
                     return Read::Added(fresh);
+                }
+                if fresh.is_empty() && ignored == self.ignored {
+                    // Files the last scan read, gone, and nothing else.
+                    let gone: Vec<model::catalog::Entry> = paths
+                        .iter()
+                        .filter_map(|p| writes.previous.get(p).cloned())
+                        .collect();
+                    if self.removable(&gone, host) {
+                        previous.retain(|p, _| !paths.contains(p));
+                        self.last_entries = previous;
+                        self.last_stamps = stamps;
+                        return Read::Removed(gone);
+                    }
                 }
                 writes.previous.retain(|p, _| !paths.contains(p));
                 let mut entries: Vec<model::catalog::Entry> =

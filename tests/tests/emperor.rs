@@ -2229,6 +2229,75 @@ fn root_a_new_file_is_decided_alone_as_a_whole_judgement_would() {
 
 #[test]
 #[ignore = "root: run the README's test command"]
+fn root_a_removed_file_releases_what_it_held_without_a_whole_judgement() {
+    let mut e = Emperor::new();
+    // No periodic rescan in the test's time: every judgement here follows
+    // a file event.
+    e.extra = vec!["--rescan".into(), "3600".into()];
+    e.write(
+        "r2",
+        "kind = \"group\"\n[limits]\nmemory = \"128M\"\npids = 200\ncpu = 2\n",
+    );
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0 tenant@laptop";
+    e.write(
+        "old",
+        &format!("kind = \"site\"\ngroup = \"r2\"\nuser = \"shopkeeper\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"96M\"\ncpu = 0.5\npids = 40\n[container]\nssh_keys = [\"{key}\"]\n"),
+    );
+    e.write("stay", &site("r2", "32M", 40));
+    e.start();
+    let old = e.running_pid("old");
+    let stay = e.running_pid("stay");
+    let keys = e.state_dir.join("ssh/shopkeeper");
+    assert!(keys.exists());
+    // (whole judgements, files added alone, files removed alone)
+    let counts = || {
+        let out = e.cli(&["metrics"]);
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        (
+            sample(&text, "imperium_emperor_judgements_total").expect("judgements"),
+            sample(&text, "imperium_emperor_judgements_added_total").expect("added"),
+            sample(&text, "imperium_emperor_judgements_removed_total").expect("removed"),
+        )
+    };
+    let (judged, added, removed) = counts();
+    // The file goes: the site stops and is forgotten, its keys with it.
+    e.remove("old");
+    wait_for(Duration::from_secs(15), "the site gone", || {
+        e.row("old").is_none().then_some(())
+    });
+    assert!(!std::path::Path::new(&format!("/proc/{old}")).exists());
+    assert!(!keys.exists(), "its keys removed");
+    // What it held is free at once: a new site under another name takes its
+    // login name, its domain and the group's memory it used (96M of 128M),
+    // each of which it could not have had while the old one ran.
+    e.write(
+        "new",
+        "kind = \"site\"\ngroup = \"r2\"\nuser = \"shopkeeper\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"96M\"\ncpu = 0.5\npids = 40\n",
+    );
+    e.running_pid("new");
+    // The removal released its claims and the new file was decided
+    // against what was left, neither by judging every file again.
+    assert_eq!(
+        counts(),
+        (judged, added + 1.0, removed + 1.0),
+        "{}",
+        e.log()
+    );
+    // With a file refused, a removal may let it run: judged whole.
+    e.write("big", &site("r2", "64M", 40));
+    e.wait_row("big", "the refusal", |r| r["state"] == "rejected");
+    e.remove("new");
+    let row = e.wait_row("big", "the freed memory taken", |r| r["state"] == "running");
+    assert!(row["reason"].is_null(), "{row}");
+    let (judged_after, _, removed_after) = counts();
+    assert!(judged_after > judged, "judged whole");
+    assert_eq!(removed_after, removed + 1.0);
+    assert_eq!(e.running_pid("stay"), stay);
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
 fn root_metrics_pass_promtool_and_match_the_cgroup_files() {
     // A free port for the TCP listener (bound and released here).
     let port = std::net::TcpListener::bind("127.0.0.1:0")

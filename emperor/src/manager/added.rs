@@ -1,22 +1,26 @@
-//! One more file, decided without judging every file again.
+//! One more file, or one fewer, decided without judging every file again.
 //!
 //! A judgement made again with the files it let run running lets the same
 //! ones run, so a site file under a new name is decided against what the
 //! last judgement's files claim ([`model::catalog::Claimed`]) exactly as a
-//! whole judgement would decide it (a property test in `model` holds the two
-//! equal). A host of 10,000 sites then judges one more in the time of one,
-//! not of 10,000. Anything else (a file changed or removed, a group file, a
-//! removal that may free a name, other host users) is judged whole, and so
-//! is every file at the next periodic rescan.
+//! whole judgement would decide it, and a running site's file removed
+//! while nothing is refused releases what it claimed, leaving the claims a
+//! whole judgement of the other files would make (property tests in
+//! `model` hold each equal to the whole judgement). A host of 10,000 sites
+//! then judges one more or one fewer in the time of one, not of 10,000.
+//! Anything else (a file changed, a group file, a removal while something
+//! is refused or kept running for a reason, other host users) is judged
+//! whole, and so is every file at the next periodic rescan.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use model::catalog::{Entry, Source, Verdict};
+use model::config::VassalFile;
 use model::Name;
 
-use super::{Manager, Vassal};
+use super::{After, Manager, Vassal};
 use crate::clock::now;
 
 /// What a scan read (see [`Manager::read_dirs`]).
@@ -24,6 +28,9 @@ pub(super) enum Read {
     /// Only new site files under new names, decided by [`Manager::judge_added`]
     /// (the last entries stand, with these beside them).
     Added(Vec<Entry>),
+    /// Only running sites' files gone, decided by [`Manager::judge_removed`]
+    /// (the last entries stand, without these).
+    Removed(Vec<Entry>),
     /// Every entry, for a whole judgement.
     All {
         entries: Vec<Entry>,
@@ -91,7 +98,7 @@ impl Manager {
             }
         }
         self.claimed = Some((claimed, seen));
-        self.judged.2 += decided.len() as u64;
+        self.judged.added += decided.len() as u64;
         self.quiet = None;
         let mut starts = Vec::new();
         for (e, added) in decided {
@@ -126,6 +133,65 @@ impl Manager {
             self.allocate_uids(&users);
         }
         self.to_start.extend(starts);
+        let cost = now().saturating_duration_since(began);
+        self.start_some();
+        cost
+    }
+
+    /// Whether files a scan of the named paths found gone (all of them
+    /// paths the last scan read, nothing else named) can be decided by
+    /// releasing what they claimed: each a site's that runs as judged (not
+    /// stopping), under a name no other file holds, nothing refused and no
+    /// vassal kept running for a reason (a removal may let another file
+    /// run: only a whole judgement says), and the host's users the ones
+    /// the last judgement saw.
+    pub(super) fn removable(&self, gone: &[Entry], host: &BTreeSet<String>) -> bool {
+        let Some((_, seen)) = &self.claimed else {
+            return false;
+        };
+        if gone.is_empty()
+            || seen != host
+            || !self.rejected.is_empty()
+            || !self.shadowed.is_empty()
+            || self.vassals.values().any(|v| v.life.reason.is_some())
+        {
+            return false;
+        }
+        let mut names = BTreeSet::new();
+        gone.iter().all(|e| {
+            names.insert(&e.name)
+                && matches!(e.parsed, Ok(VassalFile::Site(_)))
+                && self.vassals.get(&e.name).is_some_and(|v| {
+                    matches!(v.file, VassalFile::Site(_)) && v.life.stopping.is_none()
+                })
+        })
+    }
+
+    /// Stops and forgets the sites whose files are gone, their claims
+    /// released (see [`model::catalog::Claimed::release`]): on a host of
+    /// thousands, a removal no longer judges every file again. Returns what
+    /// the judging took, as [`Manager::reconcile`] does.
+    pub(super) fn judge_removed(&mut self, gone: Vec<Entry>, began: Instant) -> Duration {
+        let Some((claimed, _)) = self.claimed.as_mut() else {
+            return self.judge_whole();
+        };
+        for e in &gone {
+            let released = match self.vassals.get(&e.name).map(|v| &v.file) {
+                Some(VassalFile::Site(site)) => claimed.release(&e.name, site),
+                _ => false,
+            };
+            if !released {
+                return self.judge_whole();
+            }
+        }
+        self.judged.removed += gone.len() as u64;
+        self.quiet = None;
+        self.moved += 1;
+        for e in gone {
+            self.ssh_keys_removed(&e.name);
+            self.dominion_dirty.insert(e.name.clone());
+            self.begin_stop(&e.name, After::Remove);
+        }
         let cost = now().saturating_duration_since(began);
         self.start_some();
         cost

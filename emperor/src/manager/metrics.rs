@@ -156,17 +156,22 @@ impl Manager {
             (
                 "emperor_judgements",
                 "Judgements of every vassal file against the others (a change, or a rescan that found one)",
-                self.judged.0,
+                self.judged.whole,
             ),
             (
                 "emperor_judgements_added",
                 "Files under new names decided against the last judgement's claims, without judging every file again",
-                self.judged.2,
+                self.judged.added,
+            ),
+            (
+                "emperor_judgements_removed",
+                "Running sites' files removed whose claims were released, without judging every file again",
+                self.judged.removed,
             ),
             (
                 "emperor_rescans_unchanged",
                 "Periodic rescans that found the files, the host's users and the vassals as the last judgement left them, and judged nothing again",
-                self.judged.1,
+                self.judged.unchanged,
             ),
         ] {
             let c = Counter::<u64>::default();

@@ -329,6 +329,22 @@ impl Manager {
         self.ssh_keys.get_or_insert_default().insert(user, text);
     }
 
+    /// Removes the keys of a vassal whose file is gone (see [`Manager::sync_ssh_keys`]).
+    pub(super) fn ssh_keys_removed(&mut self, name: &Name) {
+        let Some(v) = self.vassals.get(name) else {
+            return;
+        };
+        let user = v.file.user(name);
+        if self
+            .ssh_keys
+            .as_mut()
+            .and_then(|k| k.remove(&user))
+            .is_some()
+        {
+            let _ = std::fs::remove_file(self.cfg.layout.ssh_keys(&user));
+        }
+    }
+
     fn install_ssh_keys(&self, user: &Name, text: &str) {
         let path = self.cfg.layout.ssh_keys(user);
         if let Err(e) = model::atomic::replace(&path, text.as_bytes(), 0o644) {

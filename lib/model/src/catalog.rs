@@ -408,6 +408,44 @@ impl Claimed {
         }
     }
 
+    /// Releases what a running site holds, its file gone, and says whether
+    /// the claims left are what a whole judgement of the other files would
+    /// make: so when nothing is refused (a refused site might now fit) and
+    /// no group runs only for its sites (it may now stop), since then every
+    /// other file keeps its verdict. `false`, and nothing released, when
+    /// only a whole judgement can say, or when these claims do not hold the
+    /// site as `site` (the file as it runs, its group filled in).
+    pub fn release(&mut self, name: &Name, site: &SiteFile) -> bool {
+        let user = site.user.clone().unwrap_or_else(|| name.clone());
+        if !self.refused.is_empty()
+            || !self.orphaned.is_empty()
+            || self.users.get(&user) != Some(name)
+        {
+            return false;
+        }
+        self.users.remove(&user);
+        for d in &site.domains {
+            self.domains.remove(name, d);
+        }
+        if let Some(g) = &site.group {
+            if let Some(u) = self.usage.get_mut(g) {
+                u.sites = u.sites.saturating_sub(1);
+                u.memory = u
+                    .memory
+                    .saturating_sub(site.limits.memory.map_or(0, |s| s.0));
+                u.storage = u
+                    .storage
+                    .saturating_sub(site.limits.storage.map_or(0, |s| s.0));
+                u.cpu -= site.limits.cpu.unwrap_or(0.0);
+                u.pids = u.pids.saturating_sub(site.limits.pids.unwrap_or(0));
+                if u.sites == 0 {
+                    self.usage.remove(g);
+                }
+            }
+        }
+        true
+    }
+
     /// Whether [`Claimed::add`] decides this file: a readable site under a
     /// name these claims did not refuse, while no group runs only for its
     /// sites (its reason names them, a whole judgement says it again).
@@ -986,6 +1024,73 @@ mod tests {
             // Only an unreadable file is left to the whole judgement.
             proptest::prop_assert_eq!(decided, valid);
         }
+
+        /// A running site's file removed: when its claims are released
+        /// alone (nothing refused, no group kept for its sites), they are
+        /// the claims of a whole judgement of the files left, which lets
+        /// every other file run as before; otherwise nothing is released.
+        #[test]
+        fn a_removed_file_is_released_as_a_whole_judgement_would(sites in proptest::collection::vec(
+            (0usize..3, proptest::collection::vec(0usize..6, 0..3), 0usize..3, 0usize..2), 1..8),
+            pick in 0usize..8
+        ) {
+            let mut entries = vec![entry("g1", GROUP), entry("g2", OVERCOMMIT)];
+            let mut last = build(entries.clone(), &BTreeMap::new());
+            for (i, (group, domains, user, memory)) in sites.iter().enumerate() {
+                let group = ["", "group = \"g1\"\n", "group = \"g2\"\n"][*group];
+                let text = generated(group, domains, *user, *memory);
+                entries.push(entry(&format!("s{}", (i * 5) % 8), &text));
+                last = build(entries.clone(), &running(&last.verdicts));
+            }
+            let name = n(&format!("s{pick}"));
+            let Some(VassalFile::Site(file)) = last.verdicts.get(&name).and_then(Verdict::file)
+            else {
+                return Ok(());
+            };
+            let mut claimed = last.claimed.clone();
+            let mut run = running(&last.verdicts);
+            run.remove(&name);
+            entries.retain(|e| e.name != name);
+            let whole = build(entries, &run);
+            if claimed.release(&name, file) {
+                proptest::prop_assert_eq!(&claimed, &whole.claimed);
+                let mut others = last.verdicts.clone();
+                others.remove(&name);
+                proptest::prop_assert_eq!(&others, &whole.verdicts);
+            } else {
+                proptest::prop_assert_eq!(&claimed, &last.claimed);
+            }
+        }
+    }
+
+    /// What a removed site held (its domain, its login name, its share of
+    /// its group's budget) is free for the next file at once.
+    #[test]
+    fn a_released_sites_domain_user_and_budget_go_to_the_next_file() {
+        let site = |user: &str, mem: &str| {
+            format!("kind = \"site\"\ngroup = \"g1\"\nuser = \"{user}\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"{mem}\"\npids = 10\n")
+        };
+        let cat = build(
+            vec![entry("g1", GROUP), entry("old", &site("u1", "500M"))],
+            &BTreeMap::new(),
+        );
+        let VassalFile::Site(file) = cat.verdicts[&n("old")].file().unwrap().clone() else {
+            panic!("a site");
+        };
+        let next = entry("new", &site("u1", "400M"));
+        let mut held = cat.claimed.clone();
+        let refused = held.add(&next, &no_host_users).unwrap().verdict;
+        assert!(
+            refused.reason().unwrap().contains("memory 400M exceeds"),
+            "{refused:?}"
+        );
+        let mut claimed = cat.claimed.clone();
+        assert!(claimed.release(&n("old"), &file));
+        assert!(!claimed.clone().release(&n("old"), &file), "released once");
+        let added = claimed.add(&next, &no_host_users).unwrap();
+        assert_eq!(added.verdict.reason(), None);
+        // A refused file: only a whole judgement may release.
+        assert!(!held.release(&n("old"), &file));
     }
 
     #[test]

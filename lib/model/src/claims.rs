@@ -126,6 +126,18 @@ impl Claims {
             },
         );
     }
+
+    /// Drops the claim of `site` on `d` (its file is gone).
+    pub fn remove(&mut self, site: &Name, d: &Domain) {
+        let key = reversed(base(d.as_str()));
+        let Some(claims) = self.by_base.get_mut(&key) else {
+            return;
+        };
+        claims.retain(|c| !(c.site == *site && c.domain == d.as_str()));
+        if claims.is_empty() {
+            self.by_base.remove(&key);
+        }
+    }
 }
 
 #[cfg(test)]
