@@ -14,9 +14,12 @@ Measures in one run:
     until every init runs; and the shutdown of them all;
   * the resident memory (RSS and PSS) of one idle site's vassal;
   * crun and runc running the same site's OCI spec (from `emperor spec`) with
-    /bin/true as the process, run to exit, through hyperfine;
+    /bin/true as the process, run to exit, through hyperfine; and crun with
+    each container's network made by the CNI bridge plugin (bench/crun_cni.py);
   * the floor: clone3 with the same namespaces + exec /bin/true + wait, in
-    process (sys example `floor`), and `unshare` doing the same from a shell.
+    process (sys example `floor`), the same with the child's eth0 made on a
+    bridge before its exec (`floor --link`, in a network namespace of the
+    bench's own), and `unshare` doing the same from a shell.
 Everything it creates (directories, cgroups, processes) is removed at the end.
 """
 import argparse
@@ -275,6 +278,7 @@ def bench_latency(work, runs):
         rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{pid}/status").read()).group(1))
         pss = int(re.search(r"Pss:\s+(\d+)", open(f"/proc/{pid}/smaps_rollup").read()).group(1))
         oci = {k: run_oci(tool, e, "idle", work, runs) for k, tool in (("crun", "crun"), ("runc", "runc"))}
+        oci.update(run_crun_cni(e, "idle", work, runs))
         return {"drop_to_running_ms": summary(lat), "spawn_ms": summary(spawn),
                 "vassal_rss_kib": rss, "vassal_pss_kib": pss, **oci}
     finally:
@@ -312,6 +316,37 @@ def run_oci(tool, e, name, work, runs):
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         return {"error": str(err)}
     finally:
+        remove_cgroups(cg)
+
+
+def run_crun_cni(e, name, work, runs):
+    """crun with each container's network made by the CNI bridge plugin,
+    and crun alone, timed by the same driver (bench/crun_cni.py) in a
+    network namespace of the bench's own."""
+    if not (shutil.which("crun") and os.path.exists("/usr/lib/cni/bridge")):
+        return {}
+    bundle = os.path.join(work, "bundle-crun-cni")
+    e.cli("spec", name, "--bundle", bundle)
+    spec = json.load(open(os.path.join(bundle, "config.json")))
+    spec["process"]["args"] = ["/bin/true"]
+    cg = f"imperium-bench-crun-cni-{os.getpid()}"
+    spec["linux"]["cgroupsPath"] = f"/{cg}/ctr"
+    json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+    ns = f"imp-cni-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    driver = f"python3 {os.path.join(REPO, 'bench', 'crun_cni.py')} {bundle} {work} {runs}"
+    if os.path.exists("/sys/fs/cgroup/unified"):
+        # crun refuses a hybrid host unless the cgroup2 mount is hidden (private mount namespace).
+        driver = f"mount -t tmpfs tmpfs /sys/fs/cgroup/unified && {driver}"
+    try:
+        out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", "unshare", "-m", "--propagation", "private",
+                              "sh", "-c", driver], check=True, capture_output=True, text=True, timeout=900).stdout
+        r = json.loads(out)
+        return {"crun_driver": r["crun"], "crun_cni": r["crun_cni"]}
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError) as err:
+        return {"crun_cni": {"error": str(err)[:500]}}
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
         remove_cgroups(cg)
 
 
@@ -369,11 +404,24 @@ def settle(limit=2.5, timeout=300):
         time.sleep(5)
 
 
-def floor(runs):
-    out = subprocess.run(["cargo", "run", "--release", "-q", "-p", "sys", "--example", "floor", "--", str(runs)],
+def floor_example(runs, *extra, netns=None):
+    wrap = ["ip", "netns", "exec", netns] if netns else []
+    out = subprocess.run(wrap + ["cargo", "run", "--release", "-q", "-p", "sys", "--example", "floor", "--", str(runs), *extra],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     f = json.loads(out)
-    inproc = {"n": f["runs"], "median": f["median_us"] / 1000, "p95": f["p95_us"] / 1000, "min": f["min_us"] / 1000}
+    return {"n": f["runs"], "median": f["median_us"] / 1000, "p95": f["p95_us"] / 1000, "min": f["min_us"] / 1000}
+
+
+def floor(runs):
+    inproc = floor_example(runs)
+    # With a network: each child's namespace given its eth0 on a bridge
+    # (the emperor's own netlink steps), in a namespace of the bench's own.
+    ns = f"imp-floor-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        link = floor_example(runs, "--link", netns=ns)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
     work = tempfile.mkdtemp()
     try:
         out = os.path.join(work, "u.json")
@@ -383,7 +431,7 @@ def floor(runs):
         shell = summary([t * 1000 for t in json.load(open(out))["results"][0]["times"]])
     finally:
         shutil.rmtree(work)
-    return {"floor_in_process_ms": inproc, "floor_unshare_ms": shell}
+    return {"floor_in_process_ms": inproc, "floor_in_process_link_ms": link, "floor_unshare_ms": shell}
 
 
 def main():
@@ -433,6 +481,15 @@ def main():
         print(f"with each site's network: drop->running {med('drop_to_running_network_ms')} ms"
               f" ({med('drop_to_running_network_ms') / med('drop_to_running_ms'):.2f}x without;"
               f" crun / emperor: {med('crun') / med('drop_to_running_network_ms'):.2f}x)")
+    if med("drop_to_running_network_ms") and med("crun_cni"):
+        print(f"crun with each container's network by the CNI bridge plugin: {med('crun_cni')} ms"
+              f" (crun alone by the same driver {med('crun_driver')} ms);"
+              f" crun+CNI / emperor with each site's network:"
+              f" {med('crun_cni') / med('drop_to_running_network_ms'):.2f}x")
+    if med("drop_to_running_network_ms") and med("floor_in_process_link_ms"):
+        print(f"in-process floor with a link: {med('floor_in_process_link_ms')} ms;"
+              f" emperor with each site's network / that floor:"
+              f" {med('drop_to_running_network_ms') / med('floor_in_process_link_ms'):.2f}x")
 
 
 if __name__ == "__main__":
