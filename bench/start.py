@@ -291,18 +291,26 @@ def summary(xs):
     return {"n": len(xs), "median": round(statistics.median(xs), 3), "p95": round(pct(xs, 95), 3), "min": round(min(xs), 3)}
 
 
+def oci_bundle(e, name, work, tag):
+    """The site `name`'s bundle, as `emperor spec --bundle` writes it (its
+    own root, home and sockets), running /bin/true in a cgroup of the
+    bench's own; returns the bundle's path and that cgroup's name."""
+    bundle = os.path.join(work, f"bundle-{tag}")
+    e.cli("spec", name, "--bundle", bundle)
+    spec = json.load(open(os.path.join(bundle, "config.json")))
+    spec["process"]["args"] = ["/bin/true"]
+    cg = f"imperium-bench-{tag}-{os.getpid()}"
+    spec["linux"]["cgroupsPath"] = f"/{cg}/ctr"
+    json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+    return bundle, cg
+
+
 def run_oci(tool, e, name, work, runs):
     """`tool run` of the site `name`'s container, as `emperor spec --bundle`
     writes it (its own root, home and sockets), running /bin/true."""
     if not shutil.which(tool):
         return None
-    bundle = os.path.join(work, f"bundle-{tool}")
-    e.cli("spec", name, "--bundle", bundle)
-    spec = json.load(open(os.path.join(bundle, "config.json")))
-    spec["process"]["args"] = ["/bin/true"]
-    cg = f"imperium-bench-{tool}-{os.getpid()}"
-    spec["linux"]["cgroupsPath"] = f"/{cg}/ctr"
-    json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+    bundle, cg = oci_bundle(e, name, work, tool)
     out = os.path.join(work, f"{tool}.json")
     cmd = f"{tool} run --bundle {bundle} bench-{tool}-{os.getpid()}"
     hf = f"hyperfine -N --warmup 5 --runs {runs} --export-json {out} '{cmd}' >/dev/null"
@@ -325,13 +333,7 @@ def run_crun_cni(e, name, work, runs):
     network namespace of the bench's own."""
     if not (shutil.which("crun") and os.path.exists("/usr/lib/cni/bridge")):
         return {}
-    bundle = os.path.join(work, "bundle-crun-cni")
-    e.cli("spec", name, "--bundle", bundle)
-    spec = json.load(open(os.path.join(bundle, "config.json")))
-    spec["process"]["args"] = ["/bin/true"]
-    cg = f"imperium-bench-crun-cni-{os.getpid()}"
-    spec["linux"]["cgroupsPath"] = f"/{cg}/ctr"
-    json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+    bundle, cg = oci_bundle(e, name, work, "crun-cni")
     ns = f"imp-cni-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     driver = f"python3 {os.path.join(REPO, 'bench', 'crun_cni.py')} {bundle} {work} {runs}"

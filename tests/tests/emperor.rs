@@ -2138,17 +2138,34 @@ fn root_a_host_at_rest_is_not_judged_again_and_a_new_host_account_still_is() {
     assert_eq!(e.running_pid("other"), other);
 }
 
+/// An emperor with a reserved group `group` (128M, 2 cores, 200 pids) and
+/// no periodic rescan in a test's time: every judgement follows a file event.
+fn judged_by_events(group: &str) -> Emperor {
+    let mut e = Emperor::new();
+    e.extra = vec!["--rescan".into(), "3600".into()];
+    e.write(
+        group,
+        "kind = \"group\"\n[limits]\nmemory = \"128M\"\npids = 200\ncpu = 2\n",
+    );
+    e
+}
+
+/// (whole judgements, files added alone, files removed alone), from the metrics.
+fn judgements(e: &Emperor) -> (f64, f64, f64) {
+    let out = e.cli(&["metrics"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    (
+        sample(&text, "imperium_emperor_judgements_total").expect("judgements"),
+        sample(&text, "imperium_emperor_judgements_added_total").expect("added"),
+        sample(&text, "imperium_emperor_judgements_removed_total").expect("removed"),
+    )
+}
+
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_a_new_file_is_decided_alone_as_a_whole_judgement_would() {
-    let mut e = Emperor::new();
-    // No periodic rescan in the test's time: every judgement here follows
-    // a file event.
-    e.extra = vec!["--rescan".into(), "3600".into()];
-    e.write(
-        "r1",
-        "kind = \"group\"\n[limits]\nmemory = \"128M\"\npids = 200\ncpu = 2\n",
-    );
+    let mut e = judged_by_events("r1");
     e.write("a", &site("r1", "64M", 40));
     e.start();
     let a = e.running_pid("a");
@@ -2158,13 +2175,8 @@ fn root_a_new_file_is_decided_alone_as_a_whole_judgement_would() {
     let put = |name: &str, text: &str| put_as(&dropdir, reseller, name, text);
     // (whole judgements, files decided alone)
     let counts = || {
-        let out = e.cli(&["metrics"]);
-        assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        (
-            sample(&text, "imperium_emperor_judgements_total").expect("judgements"),
-            sample(&text, "imperium_emperor_judgements_added_total").expect("added"),
-        )
+        let (whole, added, _) = judgements(&e);
+        (whole, added)
     };
     let (judged, added) = counts();
     // More than the reseller has left: refused, and it says what is left.
@@ -2230,14 +2242,7 @@ fn root_a_new_file_is_decided_alone_as_a_whole_judgement_would() {
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_a_removed_file_releases_what_it_held_without_a_whole_judgement() {
-    let mut e = Emperor::new();
-    // No periodic rescan in the test's time: every judgement here follows
-    // a file event.
-    e.extra = vec!["--rescan".into(), "3600".into()];
-    e.write(
-        "r2",
-        "kind = \"group\"\n[limits]\nmemory = \"128M\"\npids = 200\ncpu = 2\n",
-    );
+    let mut e = judged_by_events("r2");
     let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO0 tenant@laptop";
     e.write(
         "old",
@@ -2249,17 +2254,7 @@ fn root_a_removed_file_releases_what_it_held_without_a_whole_judgement() {
     let stay = e.running_pid("stay");
     let keys = e.state_dir.join("ssh/shopkeeper");
     assert!(keys.exists());
-    // (whole judgements, files added alone, files removed alone)
-    let counts = || {
-        let out = e.cli(&["metrics"]);
-        assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        (
-            sample(&text, "imperium_emperor_judgements_total").expect("judgements"),
-            sample(&text, "imperium_emperor_judgements_added_total").expect("added"),
-            sample(&text, "imperium_emperor_judgements_removed_total").expect("removed"),
-        )
-    };
+    let counts = || judgements(&e);
     let (judged, added, removed) = counts();
     // The file goes: the site stops and is forgotten, its keys with it.
     e.remove("old");
