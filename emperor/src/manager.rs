@@ -854,9 +854,14 @@ impl Manager {
     /// budget, a user, a group kept for its sites) that it may have held.
     /// Otherwise a scan would find what the last one found.
     fn removal_may_change_verdicts(&self, name: &Name) -> bool {
+        self.something_held_back() || self.last_entries.values().any(|e| &e.name == name)
+    }
+
+    /// Whether a file is refused or shadowed, or a vassal kept running for
+    /// a reason: what a removal frees may then let another file run.
+    fn something_held_back(&self) -> bool {
         !self.rejected.is_empty()
             || !self.shadowed.is_empty()
-            || self.last_entries.values().any(|e| &e.name == name)
             || self.vassals.values().any(|v| v.life.reason.is_some())
     }
 

@@ -149,12 +149,7 @@ impl Manager {
         let Some((_, seen)) = &self.claimed else {
             return false;
         };
-        if gone.is_empty()
-            || seen != host
-            || !self.rejected.is_empty()
-            || !self.shadowed.is_empty()
-            || self.vassals.values().any(|v| v.life.reason.is_some())
-        {
+        if gone.is_empty() || seen != host || self.something_held_back() {
             return false;
         }
         let mut names = BTreeSet::new();
