@@ -110,10 +110,16 @@ impl Net {
         );
     }
 
-    /// The links whose master is `bridge`, as `ip -o link` shows them.
-    fn ports(&self, bridge: &str) -> String {
+    /// Checks whether `port` (a site's host end, `imp<offset>`) is a port
+    /// of `bridge`, as `ip -o link show master` lists them.
+    fn assert_port(&self, bridge: &str, port: &str, on: bool) {
         let out = self.on_host(&["ip", "-o", "link", "show", "master", bridge]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let ports = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            ports.contains(&format!("{port}@")),
+            on,
+            "{port} on {bridge}: {ports}"
+        );
     }
 
     /// Runs a command in the host namespace.
@@ -301,18 +307,9 @@ fn root_sites_reach_the_internet_and_the_allowed_host_ports_and_not_each_other()
     assert!(shown.contains("default via 10.199.0.1"), "{shown}");
     // A host made new puts one block on each bridge: the group's block 1 on
     // `imperium1`, the admin's block 0 on `imperium0`.
-    let ports = |bridge: &str| net.ports(bridge);
-    assert!(
-        ports("imperium1").contains("imp102@"),
-        "{}",
-        ports("imperium1")
-    );
-    assert!(
-        ports("imperium0").contains("imp3@"),
-        "{}",
-        ports("imperium0")
-    );
-    assert!(!ports("imperium0").contains("imp102@"));
+    net.assert_port("imperium1", "imp102", true);
+    net.assert_port("imperium0", "imp3", true);
+    net.assert_port("imperium0", "imp102", false);
 
     // Out to the internet through NAT: the peer sees the host's address.
     let web = wait_for(Duration::from_secs(10), "the internet", || {
@@ -448,22 +445,9 @@ fn root_sites_past_a_bridges_ports_are_on_the_next_bridge_as_connected_and_isola
     let (near, far) = (site("near"), site("far"));
     assert_eq!(near.address(&e), "10.199.0.2");
     assert_eq!(far.address(&e), "10.199.5.7");
-    let ports = |bridge: &str| net.ports(bridge);
-    assert!(
-        ports("imperium1").contains("imp507@"),
-        "{}",
-        ports("imperium1")
-    );
-    assert!(
-        !ports("imperium0").contains("imp507@"),
-        "{}",
-        ports("imperium0")
-    );
-    assert!(
-        ports("imperium0").contains("imp2@"),
-        "{}",
-        ports("imperium0")
-    );
+    net.assert_port("imperium1", "imp507", true);
+    net.assert_port("imperium0", "imp507", false);
+    net.assert_port("imperium0", "imp2", true);
     let shown = far.run(&e, "ip -o addr show dev eth0; ip route");
     assert!(shown.contains("10.199.5.7/16"), "{shown}");
     assert!(shown.contains("default via 10.199.0.1"), "{shown}");
