@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bundle;
 mod clock;
+pub mod cluster;
 pub mod control;
 pub mod keys;
 pub mod lifecycle;
@@ -274,6 +275,15 @@ pub async fn run(
         }
     }
 
+    if let Some(c) = &cfg.cluster {
+        tracing::info!(host = %c.host, endpoints = ?c.endpoints, "cluster mode: vassal files from etcd");
+        cluster::spawn(
+            c.clone(),
+            cfg.layout.vassals.clone(),
+            cfg.layout.state_dir.clone(),
+            mgr.cluster_stats(),
+        );
+    }
     mgr.reconcile();
     watcher.follow(&mgr.drop_dirs());
     mgr.publish_dominion();

@@ -111,6 +111,27 @@ enum Cmd {
         /// or from the emperor itself (`off`).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         launcher: String,
+        /// Cluster mode: the vassal files come from etcd (these members'
+        /// client URLs, comma-separated), and this host runs those placed on
+        /// it; the admin directory holds their copy.
+        #[arg(long, value_name = "URLS", value_delimiter = ',', requires = "host")]
+        etcd: Vec<String>,
+        /// This host's name in the cluster (what `host = "NAME"` in a group's
+        /// file names).
+        #[arg(long, value_name = "NAME", requires = "etcd")]
+        host: Option<model::Name>,
+        /// The key prefix of the cluster's state in etcd.
+        #[arg(long, value_name = "PREFIX", default_value = model::cluster::DEFAULT_PREFIX)]
+        etcd_prefix: String,
+        /// The CA (PEM) that signed the members' certificates (https:// URLs).
+        #[arg(long, value_name = "FILE")]
+        etcd_ca: Option<PathBuf>,
+        /// This host's client certificate (PEM), when the members ask for one.
+        #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd_ca"])]
+        etcd_cert: Option<PathBuf>,
+        /// The key (PEM) of --etcd-cert.
+        #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
     },
     /// Bearer tokens of the API over TLS (`serve --api-listen`).
     Token {
@@ -258,7 +279,25 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             api_cert,
             api_key,
             launcher: _,
+            etcd,
+            host,
+            etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
         } => {
+            if !etcd_prefix.starts_with('/') || !etcd_prefix.ends_with('/') {
+                bail!("--etcd-prefix must start and end with '/', not {etcd_prefix:?}");
+            }
+            let cluster = host.map(|host| emperor::cluster::Settings {
+                endpoints: etcd,
+                host,
+                prefix: etcd_prefix,
+                tls: etcd_ca.map(|ca| emperor::cluster::Tls {
+                    ca,
+                    identity: etcd_cert.zip(etcd_key),
+                }),
+            });
             let vassal_exe = match vassal_bin {
                 Some(p) => p,
                 None => std::env::current_exe()?.with_file_name("vassal"),
@@ -309,6 +348,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     }
                     _ => None,
                 },
+                cluster,
                 lxcfs: match lxcfs.as_str() {
                     "off" => None,
                     dir => {

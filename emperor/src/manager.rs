@@ -73,6 +73,9 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The API over TLS for remote panels, with bearer tokens.
     pub api_listen: Option<ApiListen>,
+    /// Cluster mode: the admin directory is a copy of the files etcd
+    /// places on this host (`None`: the directory is the admin's).
+    pub cluster: Option<crate::cluster::Settings>,
 }
 
 /// `--api-listen`: where, and with what certificate.
@@ -278,6 +281,8 @@ pub struct Manager {
     last_stamps: crate::scan::Stamps,
     /// How long starts took (metrics).
     start_latency: prometheus_client::metrics::histogram::Histogram,
+    /// What the cluster agent has done (metrics).
+    cluster_stats: Arc<crate::cluster::Stats>,
     /// Who calls on the containers' shared API socket, by uid.
     scopes: crate::api::Scopes,
     /// Changes of state, for the API's event streams.
@@ -425,6 +430,7 @@ impl Manager {
             last_entries: Default::default(),
             last_stamps: Default::default(),
             start_latency: metrics::start_histogram(),
+            cluster_stats: Default::default(),
             scopes: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             told: BTreeMap::new(),

@@ -178,6 +178,38 @@ impl Manager {
             c.inc_by(n);
             reg.register(name, help, c);
         }
+        if self.cfg.cluster.is_some() {
+            let c = &self.cluster_stats;
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            for (name, help, v) in [
+                (
+                    "emperor_cluster_connected",
+                    "1 while etcd answers this host's agent",
+                    i64::from(c.connected.load(relaxed)),
+                ),
+                (
+                    "emperor_cluster_revision",
+                    "The etcd revision this host's admin directory matches",
+                    c.revision.load(relaxed),
+                ),
+                (
+                    "emperor_cluster_files",
+                    "Vassal files the cluster places on this host",
+                    c.files.load(relaxed) as i64,
+                ),
+            ] {
+                let g = Gauge::<i64>::default();
+                g.set(v);
+                reg.register(name, help, g);
+            }
+            let lists = Counter::<u64>::default();
+            lists.inc_by(c.lists.load(relaxed));
+            reg.register(
+                "emperor_cluster_lists",
+                "Full listings of the cluster's files (at start, and after a compaction cancelled the watch)",
+                lists,
+            );
+        }
         reg.register_with_unit(
             "emperor_start",
             "From a start's decision to its init running",

@@ -294,6 +294,14 @@ impl Manager {
     /// Where vassal files written through the API go.
     fn file_place(&self, group: Option<&str>) -> Result<FilePlace, String> {
         let Some(g) = group else {
+            if let Some(c) = &self.cfg.cluster {
+                return Err(format!(
+                    "cluster mode: this host's admin directory is a copy of what etcd places on it; \
+                     write the file to etcd ({}{}NAME)",
+                    c.prefix,
+                    model::cluster::VASSALS
+                ));
+            }
             return Ok(FilePlace::Admin(self.cfg.layout.vassals.clone()));
         };
         let g: Name = g.parse().map_err(|e| format!("group: {e}"))?;

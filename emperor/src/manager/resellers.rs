@@ -86,6 +86,11 @@ impl Manager {
 }
 
 impl Manager {
+    /// What the cluster agent reports, for the metrics.
+    pub fn cluster_stats(&self) -> Arc<crate::cluster::Stats> {
+        self.cluster_stats.clone()
+    }
+
     /// The event streams' source.
     pub fn events(&self) -> tokio::sync::broadcast::Sender<Told> {
         self.events.clone()

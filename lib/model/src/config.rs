@@ -53,6 +53,9 @@ pub enum ConfigError {
     /// An egress entry is not `ADDRESS[/LEN][:PORT]`.
     #[error("network.egress[{0}]: {1}")]
     Egress(usize, String),
+    /// A site of a group names a host: it runs where its group runs.
+    #[error("host is the group's to set: site of group {0} runs where the group runs")]
+    HostOfGroupSite(Name),
 }
 
 /// `kind = "group"` or `kind = "site"`.
@@ -244,6 +247,9 @@ pub struct GroupFile {
     /// The reseller's login name (default: the group's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Name>,
+    /// The host that runs the group and its sites (read in cluster mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Name>,
     /// The group's budget.
     #[serde(default)]
     pub limits: Limits,
@@ -273,6 +279,10 @@ pub struct SiteFile {
     /// The tenant's login name (default: the site's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<Name>,
+    /// The host that runs an admin site (read in cluster mode only); a
+    /// group's site runs where its group runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Name>,
     /// The site's own limits.
     #[serde(default)]
     pub limits: Limits,
@@ -343,6 +353,14 @@ impl VassalFile {
         }
         for (i, e) in network.egress.iter().enumerate() {
             crate::network::Egress::parse(e).map_err(|why| ConfigError::Egress(i, why))?;
+        }
+        if let VassalFile::Site(SiteFile {
+            group: Some(g),
+            host: Some(_),
+            ..
+        }) = self
+        {
+            return Err(ConfigError::HostOfGroupSite(g.clone()));
         }
         if let VassalFile::Site(s) = self {
             let mut seen = std::collections::BTreeSet::new();
@@ -455,6 +473,21 @@ mod tests {
         assert_eq!(s.container.rootfs, Rootfs::Host);
         assert_eq!(f.user(&n("site52")), n("site52"));
         assert!(s.domains.is_empty());
+    }
+
+    #[test]
+    fn a_host_is_named_by_a_group_or_an_admin_site_never_by_a_groups_site() {
+        let g = VassalFile::parse(&n("g1"), "kind = \"group\"\nhost = \"h1\"").unwrap();
+        assert!(
+            matches!(g, VassalFile::Group(GroupFile { host: Some(ref h), .. }) if h == &n("h1"))
+        );
+        assert!(VassalFile::parse(&n("a1"), "kind = \"site\"\nhost = \"h2\"").is_ok());
+        let e = VassalFile::parse(&n("s1"), "kind = \"site\"\ngroup = \"g1\"\nhost = \"h2\"")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "host is the group's to set: site of group g1 runs where the group runs"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod atomic;
 pub mod backoff;
 pub mod catalog;
 pub mod claims;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod cron;

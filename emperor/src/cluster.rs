@@ -1,0 +1,452 @@
+//! Cluster mode (`serve --etcd URLS --host NAME`): the vassal files of every
+//! host live in etcd, and this host keeps a copy of those placed on it in its
+//! admin directory, which the engine judges as it judges any directory.
+//!
+//! The agent lists the files at one revision (in pages), writes what
+//! [`model::cluster::plan`] says, then watches from the next revision. A
+//! broken connection is watched again from the last revision seen; a watch
+//! cancelled because etcd compacted that revision away is listed again
+//! (Kubernetes' rule). While etcd cannot be read the directory stays as it
+//! is: the host keeps running what it has and changes nothing. The host's
+//! `hosts/<name>/alive` key lives as long as its lease, renewed while the
+//! emperor runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use model::cluster;
+use model::Name;
+
+/// Pages of a full listing.
+const PAGE: i64 = 500;
+/// How long a call to etcd may take before the connection is given up.
+const CALL: Duration = Duration::from_secs(10);
+/// The host's lease: etcd forgets `alive` this long after the last renewal.
+pub const LEASE_TTL: i64 = 15;
+/// The longest wait between two attempts to reach etcd.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// `--etcd`, `--host` and the client's TLS files.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Client URLs of the members (`http://` or, with `tls`, `https://`).
+    pub endpoints: Vec<String>,
+    /// This host's name in the cluster.
+    pub host: Name,
+    /// The prefix every key lives under.
+    pub prefix: String,
+    /// The CA that signed the members' certificates, and this host's own
+    /// certificate and key when the members ask clients for one.
+    pub tls: Option<Tls>,
+}
+
+/// The client's TLS files (PEM).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The members' CA.
+    pub ca: PathBuf,
+    /// This host's client certificate and key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// What the agent has done, for the metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connected, and the last call answered.
+    pub connected: AtomicBool,
+    /// The revision the directory matches.
+    pub revision: AtomicI64,
+    /// Full listings (one at start, one after each compaction cancelled the watch).
+    pub lists: AtomicU64,
+    /// Files the cluster places on this host.
+    pub files: AtomicU64,
+}
+
+/// The cluster's files as of `revision`, as the last listing and the watch
+/// since have told.
+#[derive(Default)]
+struct Known {
+    files: BTreeMap<Name, String>,
+    revision: i64,
+}
+
+/// Why a session with etcd ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error(transparent)]
+    Etcd(#[from] etcd_client::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the watch ended: {0}")]
+    Watch(String),
+    /// The watch's start revision was compacted away: list again.
+    #[error("revision {0} was compacted")]
+    Compacted(i64),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Starts the agent (and the host's lease) on the runtime.
+pub fn spawn(settings: Settings, dir: PathBuf, state_dir: PathBuf, stats: Arc<Stats>) {
+    tokio::spawn(async move {
+        let mut known = Known::default();
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let ended = session(&settings, &dir, &state_dir, &stats, &mut known).await;
+            stats.connected.store(false, Ordering::Relaxed);
+            match ended {
+                Ended::Compacted(at) => {
+                    tracing::info!(
+                        revision = at,
+                        "cluster: the watch fell behind a compaction; listing again"
+                    );
+                    known.revision = 0;
+                    wait = Duration::from_secs(1);
+                    continue;
+                }
+                e => {
+                    tracing::warn!(error = %e, retry = ?wait, "cluster: etcd unreachable; this host keeps what it runs")
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
+        }
+    });
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Ended> {
+    match tokio::time::timeout(CALL, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Ended::Timeout(CALL)),
+    }
+}
+
+async fn connect(s: &Settings) -> Result<Client, Ended> {
+    let mut options = ConnectOptions::new()
+        .with_require_leader(true)
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true);
+    if let Some(tls) = &s.tls {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| Ended::Refused(format!("{}: {e}", p.display())))
+        };
+        let mut t = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(t);
+    }
+    timed(Client::connect(&s.endpoints, Some(options))).await
+}
+
+/// One connection: list if needed, then follow the watch until it ends.
+async fn session(
+    s: &Settings,
+    dir: &Path,
+    state_dir: &Path,
+    stats: &Stats,
+    known: &mut Known,
+) -> Ended {
+    let run = async {
+        let mut client = connect(s).await?;
+        let mut alive = Alive::new(&mut client, s).await?;
+        let vassals = format!("{}{}", s.prefix, cluster::VASSALS);
+        if known.revision == 0 {
+            let cluster_id = list(&mut client, &vassals, known).await?;
+            stats.lists.fetch_add(1, Ordering::Relaxed);
+            first_sync(s, dir, state_dir, cluster_id, known).await?;
+        } else {
+            sync(s, dir, known).await?;
+        }
+        stats.revision.store(known.revision, Ordering::Relaxed);
+        stats.files.store(placed_here(s, known), Ordering::Relaxed);
+        stats.connected.store(true, Ordering::Relaxed);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(known.revision + 1);
+        let mut watch = timed(client.watch(vassals.as_bytes(), Some(options))).await?;
+        loop {
+            let message = tokio::select! {
+                m = watch.message() => m?,
+                renewed = alive.renew() => { renewed?; continue; }
+            };
+            let Some(m) = message else {
+                return Err(Ended::Watch("closed by the server".into()));
+            };
+            if m.canceled() {
+                if m.compact_revision() > 0 {
+                    return Err(Ended::Compacted(m.compact_revision()));
+                }
+                return Err(Ended::Watch(m.cancel_reason().to_owned()));
+            }
+            let mut changed = false;
+            for ev in m.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let Some(name) = cluster::vassal_name(&s.prefix, kv.key()) else {
+                    continue;
+                };
+                changed = true;
+                match ev.event_type() {
+                    EventType::Put => match file_text(&name, kv.value()) {
+                        Some(text) => known.files.insert(name, text),
+                        None => known.files.remove(&name),
+                    },
+                    EventType::Delete => known.files.remove(&name),
+                };
+            }
+            if let Some(h) = m.header() {
+                known.revision = known.revision.max(h.revision());
+            }
+            if changed {
+                sync(s, dir, known).await?;
+                stats.files.store(placed_here(s, known), Ordering::Relaxed);
+            }
+            stats.revision.store(known.revision, Ordering::Relaxed);
+        }
+    };
+    match run.await {
+        Ok(()) => Ended::Watch("ended".into()),
+        Err(e) => e,
+    }
+}
+
+/// A file's text as the cluster holds it, if a host may copy it (UTF-8, at
+/// most [`cluster::MAX_FILE`] bytes); a refused one is as if absent.
+fn file_text(name: &Name, value: &[u8]) -> Option<String> {
+    if value.len() > cluster::MAX_FILE {
+        tracing::error!(vassal = %name, bytes = value.len(), "cluster: file larger than {} bytes ignored", cluster::MAX_FILE);
+        return None;
+    }
+    match std::str::from_utf8(value) {
+        Ok(t) => Some(t.to_owned()),
+        Err(_) => {
+            tracing::error!(vassal = %name, "cluster: file is not UTF-8: ignored");
+            None
+        }
+    }
+}
+
+/// Lists every file at one revision, in pages; returns the cluster's id.
+async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u64, Ended> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut files = BTreeMap::new();
+    let mut revision = 0;
+    let mut cluster_id = 0;
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let page = timed(client.get(from.clone(), Some(options))).await?;
+        if let Some(h) = page.header() {
+            if revision == 0 {
+                revision = h.revision();
+            }
+            cluster_id = h.cluster_id();
+        }
+        for kv in page.kvs() {
+            if let Some(name) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| k.strip_prefix(prefix))
+                .and_then(|n| n.parse::<Name>().ok())
+            {
+                if let Some(text) = file_text(&name, kv.value()) {
+                    files.insert(name, text);
+                }
+            }
+        }
+        match (page.more(), page.kvs().last()) {
+            (true, Some(last)) => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    known.files = files;
+    known.revision = revision;
+    Ok(cluster_id)
+}
+
+/// The end of the range of keys that start with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn placed_here(s: &Settings, known: &Known) -> u64 {
+    cluster::placements(&known.files)
+        .values()
+        .filter(|h| h.as_ref() == Some(&s.host))
+        .count() as u64
+}
+
+/// The first directory sync of this emperor. A cluster that holds no file
+/// while the directory holds some, and that this host has not followed
+/// before (another cluster's id, or another prefix, or none), is most
+/// likely a mistake (a new, empty etcd; a wrong prefix): the files are left
+/// as they are rather than every site stopped.
+async fn first_sync(
+    s: &Settings,
+    dir: &Path,
+    state_dir: &Path,
+    cluster_id: u64,
+    known: &Known,
+) -> Result<(), Ended> {
+    let marker = state_dir.join("cluster.json");
+    let this = serde_json::json!({ "cluster_id": cluster_id.to_string(), "prefix": s.prefix });
+    let followed = std::fs::read(&marker)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v == this);
+    if !followed && known.files.is_empty() {
+        let local = read_dir(dir.to_owned()).await?;
+        if !local.is_empty() {
+            return Err(Ended::Refused(format!(
+                "the cluster holds no vassal file under {}{} and this host, new to it, has {}: \
+                 not removing them (put them into the cluster first)",
+                s.prefix,
+                cluster::VASSALS,
+                local.len()
+            )));
+        }
+    }
+    sync(s, dir, known).await?;
+    if !followed {
+        model::atomic::write(&marker, this.to_string().as_bytes(), 0o644)
+            .map_err(|e| Ended::Refused(format!("{}: {e}", marker.display())))?;
+    }
+    Ok(())
+}
+
+/// Makes the directory hold what the cluster places on this host.
+async fn sync(s: &Settings, dir: &Path, known: &Known) -> Result<(), Ended> {
+    let local = read_dir(dir.to_owned()).await?;
+    let plan = cluster::plan(&known.files, &s.host, &local);
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let dir = dir.to_owned();
+    let revision = known.revision;
+    let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        for (name, text) in &plan.write {
+            model::atomic::write(&dir.join(format!("{name}.toml")), text.as_bytes(), 0o644)?;
+            tracing::info!(vassal = %name, revision, "cluster: file copied here");
+        }
+        for name in &plan.remove {
+            match std::fs::remove_file(dir.join(format!("{name}.toml"))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => tracing::info!(vassal = %name, revision, "cluster: file removed here"),
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ended::Refused(format!("writing the admin directory: {e}"))),
+        Err(e) => Err(Ended::Refused(format!("writing the admin directory: {e}"))),
+    }
+}
+
+/// The directory's vassal files (`<name>.toml`) and their text.
+async fn read_dir(dir: PathBuf) -> Result<BTreeMap<Name, String>, Ended> {
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name
+                .to_str()
+                .and_then(|f| f.strip_suffix(".toml"))
+                .and_then(|n| n.parse::<Name>().ok())
+            else {
+                continue;
+            };
+            // Not ours if not valid UTF-8: read as text that differs.
+            let text = std::fs::read(entry.path())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            files.insert(name, text);
+        }
+        Ok(files)
+    })
+    .await;
+    match read {
+        Ok(Ok(files)) => Ok(files),
+        Ok(Err(e)) => Err(Ended::Refused(format!("reading the admin directory: {e}"))),
+        Err(e) => Err(Ended::Refused(format!("reading the admin directory: {e}"))),
+    }
+}
+
+/// The host's `alive` key, bound to a lease renewed every third of its life.
+struct Alive {
+    keeper: etcd_client::LeaseKeeper,
+    answers: etcd_client::LeaseKeepAliveStream,
+    tick: tokio::time::Interval,
+}
+
+impl Alive {
+    async fn new(client: &mut Client, s: &Settings) -> Result<Alive, Ended> {
+        let lease = timed(client.lease_grant(LEASE_TTL, None)).await?;
+        let value = serde_json::json!({
+            "host": s.host,
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string();
+        timed(client.put(
+            cluster::alive_key(&s.prefix, &s.host),
+            value,
+            Some(PutOptions::new().with_lease(lease.id())),
+        ))
+        .await?;
+        let (keeper, answers) = timed(client.lease_keep_alive(lease.id())).await?;
+        let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL / 3) as u64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Alive {
+            keeper,
+            answers,
+            tick,
+        })
+    }
+
+    /// Waits for the next renewal and makes it; a lease etcd no longer
+    /// knows (it expired while this host was cut off) ends the session, and
+    /// the next one takes a new lease.
+    async fn renew(&mut self) -> Result<(), Ended> {
+        self.tick.tick().await;
+        timed(self.keeper.keep_alive()).await?;
+        match timed(self.answers.message()).await? {
+            Some(a) if a.ttl() > 0 => Ok(()),
+            _ => Err(Ended::Watch("the host's lease expired".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_prefixs_range_ends_after_its_last_key() {
+        assert_eq!(
+            super::prefix_end(b"/imperium/vassals/"),
+            b"/imperium/vassals0"
+        );
+        assert_eq!(super::prefix_end(b"a\xff"), b"b");
+        assert_eq!(super::prefix_end(b"\xff"), b"\0");
+    }
+}

@@ -1,0 +1,258 @@
+//! Many hosts: where the vassal files live in etcd and which host runs each.
+//!
+//! In cluster mode every host's emperor reads the same files from one prefix
+//! of etcd (`<prefix>vassals/<name>`, the file's text as its value) and keeps
+//! in its own admin directory a copy of those placed on it; the emperor's
+//! engine judges that directory as it judges any other. A group names its
+//! host (`host = "h1"`), its sites run where it runs, and an admin site names
+//! its own. This module is the pure part: keys, placement and what a host
+//! does to its directory.
+
+use std::collections::BTreeMap;
+
+use crate::name::Name;
+
+/// The prefix every key of the cluster lives under, unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "/imperium/";
+
+/// Where the vassal files live, under the prefix.
+pub const VASSALS: &str = "vassals/";
+
+/// Where each host says it is alive (a key bound to the host's lease).
+pub const HOSTS: &str = "hosts/";
+
+/// The largest vassal file a host copies (the API's own limit).
+pub const MAX_FILE: usize = 64 * 1024;
+
+/// The key of a vassal's file.
+pub fn vassal_key(prefix: &str, name: &Name) -> String {
+    format!("{prefix}{VASSALS}{name}")
+}
+
+/// The key a host keeps while it is alive.
+pub fn alive_key(prefix: &str, host: &Name) -> String {
+    format!("{prefix}{HOSTS}{host}/alive")
+}
+
+/// The vassal a key names, if it is a vassal file's key with a valid name.
+pub fn vassal_name(prefix: &str, key: &[u8]) -> Option<Name> {
+    let key = std::str::from_utf8(key).ok()?;
+    key.strip_prefix(prefix)?
+        .strip_prefix(VASSALS)?
+        .parse()
+        .ok()
+}
+
+/// The host each file is placed on: a group's or an admin site's own `host`,
+/// a group's site its group's. `None` when it cannot be told: the file is
+/// not TOML, names no host, or its group's file is missing or unplaced.
+/// Read leniently (only `kind`, `group` and `host`): a file whose limits are
+/// wrong still goes to its host, whose engine refuses it with the reason and
+/// keeps the last good version running.
+pub fn placements(files: &BTreeMap<Name, String>) -> BTreeMap<Name, Option<Name>> {
+    struct Head {
+        group_kind: bool,
+        group: Option<Name>,
+        host: Option<Name>,
+    }
+    let heads: BTreeMap<&Name, Option<Head>> = files
+        .iter()
+        .map(|(name, text)| {
+            let head = toml::from_str::<toml::Table>(text).ok().map(|t| {
+                let name_of = |key: &str| t.get(key)?.as_str()?.parse::<Name>().ok();
+                Head {
+                    group_kind: t.get("kind").and_then(|k| k.as_str()) == Some("group"),
+                    group: name_of("group"),
+                    host: name_of("host"),
+                }
+            });
+            (name, head)
+        })
+        .collect();
+    let own_host = |name: &Name| -> Option<Name> {
+        let head = heads.get(name)?.as_ref()?;
+        if head.group_kind {
+            return head.host.clone();
+        }
+        match &head.group {
+            Some(g) => heads
+                .get(g)?
+                .as_ref()
+                .filter(|gh| gh.group_kind)?
+                .host
+                .clone(),
+            None => head.host.clone(),
+        }
+    };
+    files.keys().map(|n| (n.clone(), own_host(n))).collect()
+}
+
+/// What one host does to its directory so that it holds what the cluster
+/// places on it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Files to write (new, or with new text).
+    pub write: Vec<(Name, String)>,
+    /// Files to remove: gone from the cluster, or placed on another host.
+    pub remove: Vec<Name>,
+}
+
+impl Plan {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.write.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Compares the cluster's `files` with the host's `local` copies. A file
+/// placed on `host` is copied; one placed elsewhere or gone is removed; one
+/// whose place cannot be told stays where it is (its new text written there,
+/// so that the engine shows why it is refused), and is copied nowhere new.
+pub fn plan(files: &BTreeMap<Name, String>, host: &Name, local: &BTreeMap<Name, String>) -> Plan {
+    let mut plan = Plan::default();
+    for (name, placed) in placements(files) {
+        let text = &files[&name];
+        let here = local.get(&name);
+        let keep = match &placed {
+            Some(h) => h == host,
+            None => here.is_some(),
+        };
+        if keep {
+            if here != Some(text) {
+                plan.write.push((name, text.clone()));
+            }
+        } else if here.is_some() {
+            plan.remove.push(name);
+        }
+    }
+    plan.remove
+        .extend(local.keys().filter(|n| !files.contains_key(*n)).cloned());
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        s.parse().unwrap()
+    }
+
+    fn files(list: &[(&str, &str)]) -> BTreeMap<Name, String> {
+        list.iter().map(|(k, v)| (n(k), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn keys_name_only_valid_vassals_under_the_prefix() {
+        assert_eq!(
+            vassal_key("/imperium/", &n("shop")),
+            "/imperium/vassals/shop"
+        );
+        assert_eq!(
+            vassal_name("/imperium/", b"/imperium/vassals/shop"),
+            Some(n("shop"))
+        );
+        for bad in [
+            &b"/imperium/vassals/../etc"[..],
+            b"/imperium/vassals/a/b",
+            b"/imperium/vassals/",
+            b"/other/vassals/shop",
+            b"/imperium/hosts/h1/alive",
+            b"/imperium/vassals/\xff",
+        ] {
+            assert_eq!(vassal_name("/imperium/", bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_groups_sites_go_where_the_group_goes() {
+        let f = files(&[
+            ("g1", "kind = \"group\"\nhost = \"h1\"\n"),
+            ("s1", "kind = \"site\"\ngroup = \"g1\"\n"),
+            // Limits wrong: still placed, the engine says why.
+            (
+                "s2",
+                "kind = \"site\"\ngroup = \"g1\"\n[limits]\nmemory = \"1\"\n",
+            ),
+            ("a1", "kind = \"site\"\nhost = \"h2\"\n"),
+            ("nohost", "kind = \"group\"\n"),
+            ("orphan", "kind = \"site\"\ngroup = \"missing\"\n"),
+            ("broken", "kind = \"site\"\nhost = \"h1\"\n[[[\n"),
+            ("badhost", "kind = \"site\"\nhost = \"H 1\"\n"),
+            // A site is no group: its "sites" are unplaced.
+            ("x", "kind = \"site\"\ngroup = \"a1\"\n"),
+        ]);
+        let p = placements(&f);
+        let h = |s: &str| Some(n(s));
+        assert_eq!(p[&n("g1")], h("h1"));
+        assert_eq!(p[&n("s1")], h("h1"));
+        assert_eq!(p[&n("s2")], h("h1"));
+        assert_eq!(p[&n("a1")], h("h2"));
+        for none in ["nohost", "orphan", "broken", "badhost", "x"] {
+            assert_eq!(p[&n(none)], None, "{none}");
+        }
+    }
+
+    #[test]
+    fn a_host_copies_its_files_removes_the_others_and_keeps_the_unplaceable() {
+        let f = files(&[
+            ("g1", "kind = \"group\"\nhost = \"h1\"\n"),
+            ("s1", "kind = \"site\"\ngroup = \"g1\"\n"),
+            ("a2", "kind = \"site\"\nhost = \"h2\"\n"),
+            ("broken", "kind = [\n"),
+            ("lost", "kind = [\n"),
+        ]);
+        let local = files(&[
+            ("s1", "kind = \"site\"\ngroup = \"g1\"\n"),
+            ("a2", "kind = \"site\"\nhost = \"h1\"\n"),
+            ("broken", "kind = \"site\"\nhost = \"h1\"\n"),
+            ("gone", "kind = \"site\"\nhost = \"h1\"\n"),
+        ]);
+        let plan = plan(&f, &n("h1"), &local);
+        assert_eq!(
+            plan.write,
+            vec![
+                (n("broken"), "kind = [\n".to_owned()),
+                (n("g1"), "kind = \"group\"\nhost = \"h1\"\n".to_owned()),
+            ]
+        );
+        assert_eq!(plan.remove, vec![n("a2"), n("gone")]);
+    }
+
+    proptest::proptest! {
+        /// From empty directories, no file is copied to two hosts; a plan
+        /// carried out leaves nothing to do.
+        #[test]
+        fn each_file_lands_on_one_host_and_a_plan_is_done_once_carried_out(
+            entries in proptest::collection::vec(
+                (0..6usize, 0..2usize, proptest::option::of(0..3usize), proptest::option::of(0..6usize)),
+                0..12,
+            )
+        ) {
+            let hosts = [n("h0"), n("h1"), n("h2")];
+            let mut f = BTreeMap::new();
+            for (i, kind, host, group) in entries {
+                let mut text = format!("kind = \"{}\"\n", ["group", "site"][kind]);
+                if let Some(h) = host {
+                    text += &format!("host = \"h{h}\"\n");
+                }
+                if let Some(g) = group {
+                    text += &format!("group = \"v{g}\"\n");
+                }
+                f.insert(n(&format!("v{i}")), text);
+            }
+            let mut copies: BTreeMap<Name, usize> = BTreeMap::new();
+            for host in &hosts {
+                let mut local = BTreeMap::new();
+                let p = plan(&f, host, &local);
+                proptest::prop_assert!(p.remove.is_empty());
+                for (name, text) in p.write {
+                    *copies.entry(name.clone()).or_default() += 1;
+                    local.insert(name, text);
+                }
+                proptest::prop_assert!(plan(&f, host, &local).is_empty());
+            }
+            proptest::prop_assert!(copies.values().all(|c| *c == 1));
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Cluster mode end to end, as root: a three-member etcd (Debian's) and
+//! emperor "hosts", each in a network namespace of the test's own, joined by
+//! a bridge in another; no packet leaves them. Faults are the test's: a
+//! host's traffic dropped by nftables inside its namespace, a compaction.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use e2e::*;
+use nix::sys::signal::Signal;
+
+/// The LAN's first three bytes; member `i` of etcd is `.1i`, host `i` `.2i`.
+const LAN: &str = "192.0.2";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// Network namespaces on one bridge; all removed on drop, even when the
+/// test fails.
+struct Lan {
+    switch: String,
+    nodes: Vec<String>,
+}
+
+impl Lan {
+    fn new() -> Lan {
+        let lan = Lan {
+            switch: unique("imp-lan"),
+            nodes: Vec::new(),
+        };
+        ip(&["netns", "add", &lan.switch]);
+        let s = lan.switch.as_str();
+        ip(&["-n", s, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", s, "link", "set", "br0", "up"]);
+        lan
+    }
+
+    /// A new namespace on the LAN with address `LAN.last`.
+    fn node(&mut self, last: u8) -> String {
+        let ns = unique("imp-node");
+        ip(&["netns", "add", &ns]);
+        self.nodes.push(ns.clone());
+        let port = format!("p{last}");
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ]);
+        ip(&["-n", &self.switch, "link", "set", &port, "master", "br0"]);
+        ip(&["-n", &self.switch, "link", "set", &port, "up"]);
+        let addr = format!("{LAN}.{last}/24");
+        ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Drops every packet between `ns` and the LAN (inside `ns`).
+    fn cut(&self, ns: &str) {
+        nft(
+            ns,
+            &format!(
+                "table inet cut {{ chain o {{ type filter hook output priority 0; ip daddr {LAN}.0/24 drop; }}; \
+                 chain i {{ type filter hook input priority 0; ip saddr {LAN}.0/24 drop; }}; }}"
+            ),
+        );
+    }
+
+    fn heal(&self, ns: &str) {
+        nft(ns, "delete table inet cut");
+    }
+}
+
+fn nft(ns: &str, rules: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", rules])
+        .output()
+        .expect("nft");
+    assert!(out.status.success(), "nft {rules}: {out:?}");
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.nodes.iter().chain([&self.switch]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Three etcd members, one per namespace.
+struct Etcd {
+    dir: tempfile::TempDir,
+    members: Vec<(String, Child)>,
+    endpoints: String,
+}
+
+impl Etcd {
+    fn start(lan: &mut Lan) -> Etcd {
+        let dir = tempfile::Builder::new()
+            .prefix("imperium-etcd")
+            .tempdir()
+            .expect("tempdir");
+        let peers: Vec<String> = (1..=3)
+            .map(|i| format!("e{i}=http://{LAN}.1{i}:2380"))
+            .collect();
+        let endpoints: Vec<String> = (1..=3).map(|i| format!("http://{LAN}.1{i}:2379")).collect();
+        let mut etcd = Etcd {
+            dir,
+            members: Vec::new(),
+            endpoints: endpoints.join(","),
+        };
+        for i in 1..=3u8 {
+            let ns = lan.node(10 + i);
+            let log = std::fs::File::create(etcd.dir.path().join(format!("e{i}.log"))).unwrap();
+            let client = format!("http://{LAN}.1{i}:2379");
+            let peer = format!("http://{LAN}.1{i}:2380");
+            let child = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg("etcd")
+                .args(["--name", &format!("e{i}")])
+                .arg("--data-dir")
+                .arg(etcd.dir.path().join(format!("e{i}")))
+                .args(["--listen-client-urls", &client])
+                .args(["--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &peers.join(",")])
+                .args(["--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &lan.switch])
+                // Tests only: no fsync, and the settings a real cluster wants.
+                .args(["--unsafe-no-fsync", "--pre-vote"])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start etcd (Debian's etcd-server)");
+            etcd.members.push((ns, child));
+        }
+        wait_for_or(
+            Duration::from_secs(30),
+            "etcd's three members healthy",
+            || {
+                etcd.ctl(&["endpoint", "health"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+            || format!("{:?}\n{}", etcd.ctl(&["endpoint", "health"]), etcd.log()),
+        );
+        etcd
+    }
+
+    /// etcdctl against every member, from the first member's namespace.
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.members[0].0))
+            .arg("--")
+            .arg("etcdctl")
+            .args(["--endpoints", &self.endpoints, "--command-timeout", "5s"])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .stdin(Stdio::null())
+            .output()
+            .expect("etcdctl (Debian's etcd-client)")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Puts a vassal file.
+    fn put(&self, name: &str, text: &str) {
+        self.ok(&["put", &format!("/imperium/vassals/{name}"), text]);
+    }
+
+    fn delete(&self, name: &str) {
+        self.ok(&["del", &format!("/imperium/vassals/{name}")]);
+    }
+
+    /// The store's revision now.
+    fn revision(&self) -> i64 {
+        let out = self.ok(&["get", "/", "--prefix", "--keys-only", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("etcdctl's json");
+        v["header"]["revision"].as_i64().expect("revision")
+    }
+
+    fn log(&self) -> String {
+        (1..=3)
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("e{i}.log")));
+                tail(&log.unwrap_or_default(), 5)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.members {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An emperor as host `h<i>` of the cluster, in its own namespace on the LAN.
+fn host(lan: &mut Lan, etcd: &Etcd, i: u8) -> Emperor {
+    let ns = lan.node(20 + i);
+    let mut e = Emperor::new();
+    e.netns = Some(PathBuf::from("/run/netns").join(ns));
+    e.extra = ["--network", "off", "--rescan", "1", "--etcd"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([etcd.endpoints.clone(), "--host".into(), format!("h{i}")])
+        .collect();
+    e.start();
+    e
+}
+
+fn site(host: &str) -> String {
+    format!("kind = \"site\"\nhost = \"{host}\"\n[limits]\nmemory = \"64M\"\n")
+}
+
+fn running(e: &Emperor, name: &str) -> i32 {
+    e.wait_row(name, "running", |r| r["state"] == "running")["pid"]
+        .as_i64()
+        .expect("pid") as i32
+}
+
+fn wait_gone(e: &Emperor, name: &str) {
+    wait_for_or(
+        Duration::from_secs(20),
+        &format!("{name} gone from the host"),
+        || e.row(name).is_none().then_some(()),
+        || e.log(),
+    );
+}
+
+/// A metric of the emperor's, by its full name.
+fn metric(e: &Emperor, name: &str) -> Option<i64> {
+    let out = e.cli(&["metrics"]);
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
+    let mut lan = Lan::new();
+    let etcd = Etcd::start(&mut lan);
+    let h1 = host(&mut lan, &etcd, 1);
+    let h2 = host(&mut lan, &etcd, 2);
+
+    etcd.put(
+        "g1",
+        "kind = \"group\"\nhost = \"h1\"\n[limits]\nmemory = \"256M\"\n",
+    );
+    etcd.put(
+        "s1",
+        "kind = \"site\"\ngroup = \"g1\"\n[limits]\nmemory = \"64M\"\n",
+    );
+    etcd.put("a2", &site("h2"));
+    running(&h1, "g1");
+    running(&h1, "s1");
+    // a2 was put last: once h2 runs it, h2 has read past g1 and s1.
+    let a2 = running(&h2, "a2");
+    for (e, name) in [(&h2, "g1"), (&h2, "s1"), (&h1, "a2")] {
+        assert!(e.row(name).is_none(), "{name} runs where it is not placed");
+    }
+    // Each host says it is alive.
+    for h in ["h1", "h2"] {
+        let alive = etcd.ok(&["get", &format!("/imperium/hosts/{h}/alive")]);
+        assert!(alive.contains(&format!("\"host\":\"{h}\"")), "{h}: {alive}");
+    }
+    // The admin's API of a host does not write the host's copy.
+    let put = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-X", "PUT", "--data-binary"])
+        .arg(site("h1"))
+        .arg("--unix-socket")
+        .arg(h1.run_dir.join("api.sock"))
+        .arg("http://localhost/v1/vassals/api1")
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&put.stdout);
+    assert!(answer.contains("cluster mode"), "{put:?}");
+    assert!(!h1.vassals.join("api1.toml").exists());
+
+    // The group goes to h2: it and its site stop on h1 and run on h2.
+    etcd.put(
+        "g1",
+        "kind = \"group\"\nhost = \"h2\"\n[limits]\nmemory = \"256M\"\n",
+    );
+    running(&h2, "g1");
+    running(&h2, "s1");
+    wait_gone(&h1, "s1");
+    wait_gone(&h1, "g1");
+
+    // A broken edit is refused on its host; the last good version runs on.
+    etcd.put(
+        "a2",
+        "kind = \"site\"\nhost = \"h2\"\n[limits]\nmemory = \"1\"\n",
+    );
+    let row = h2.wait_row("a2", "the edit refused", |r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("limits.memory"))
+    });
+    assert_eq!(row["state"], "running");
+    assert_eq!(row["pid"].as_i64(), Some(i64::from(a2)));
+    // Unreadable TOML: its place cannot be told, so it stays where it is.
+    etcd.put("a2", "kind = [");
+    h2.wait_row("a2", "the broken file refused", |r| {
+        r["reason"].as_str().is_some_and(|s| s.contains("line 1"))
+    });
+    assert_eq!(running(&h2, "a2"), a2);
+
+    // Removed from the cluster: stopped.
+    etcd.delete("a2");
+    wait_gone(&h2, "a2");
+    assert_eq!(metric(&h2, "imperium_emperor_cluster_files"), Some(2));
+    assert_eq!(metric(&h2, "imperium_emperor_cluster_lists_total"), Some(1));
+    assert_eq!(metric(&h1, "imperium_emperor_cluster_connected"), Some(1));
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_host_cut_off_keeps_its_sites_and_catches_up_after_a_compaction() {
+    let mut lan = Lan::new();
+    let etcd = Etcd::start(&mut lan);
+    let h1 = host(&mut lan, &etcd, 1);
+    let h2 = host(&mut lan, &etcd, 2);
+    etcd.put("a1", &site("h1"));
+    etcd.put("b2", &site("h2"));
+    let a1 = running(&h1, "a1");
+    running(&h2, "b2");
+
+    let ns1 = h1
+        .netns
+        .as_ref()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    lan.cut(ns1);
+    // h1 notices it is cut off, and changes nothing.
+    wait_for_or(
+        Duration::from_secs(30),
+        "h1 to notice it lost etcd",
+        || (metric(&h1, "imperium_emperor_cluster_connected") == Some(0)).then_some(()),
+        || h1.log(),
+    );
+    etcd.delete("a1");
+    etcd.put("a3", &site("h1"));
+    etcd.put("b4", &site("h2"));
+    running(&h2, "b4");
+    assert_eq!(running(&h1, "a1"), a1, "a cut-off host keeps its sites");
+    assert!(h1.row("a3").is_none());
+    // What h1 last read is compacted away: its watch cannot resume.
+    let rev = etcd.revision();
+    etcd.ok(&["compaction", &rev.to_string()]);
+
+    lan.heal(ns1);
+    running(&h1, "a3");
+    wait_gone(&h1, "a1");
+    assert_eq!(
+        metric(&h1, "imperium_emperor_cluster_lists_total"),
+        Some(2),
+        "h1 listed again after the compaction; log:\n{}\netcd:\n{}",
+        h1.log(),
+        etcd.log()
+    );
+    assert_eq!(metric(&h2, "imperium_emperor_cluster_lists_total"), Some(1));
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_new_host_of_an_empty_cluster_keeps_its_files_and_a_dead_host_loses_its_alive_key() {
+    let mut lan = Lan::new();
+    let etcd = Etcd::start(&mut lan);
+    let ns = lan.node(21);
+    let mut h1 = Emperor::new();
+    h1.netns = Some(PathBuf::from("/run/netns").join(&ns));
+    // A host with a file of its own, before it ever joined a cluster.
+    h1.write("local", &site("h1"));
+    h1.extra = ["--network", "off", "--rescan", "1", "--etcd"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([etcd.endpoints.clone(), "--host".into(), "h1".into()])
+        .collect();
+    h1.start();
+    let local = running(&h1, "local");
+    wait_for_or(
+        Duration::from_secs(20),
+        "the refusal to empty the host",
+        || h1.log().contains("not removing them").then_some(()),
+        || h1.log(),
+    );
+    assert_eq!(running(&h1, "local"), local);
+    assert!(h1.vassals.join("local.toml").exists());
+    // Once the cluster holds a file, the host follows it.
+    etcd.put("a1", &site("h1"));
+    running(&h1, "a1");
+    wait_gone(&h1, "local");
+
+    // Killed, the host's lease runs out and its alive key goes.
+    assert!(!etcd.ok(&["get", "/imperium/hosts/h1/alive"]).is_empty());
+    h1.kill(Signal::SIGKILL);
+    wait_for(Duration::from_secs(40), "h1's alive key to expire", || {
+        etcd.ok(&["get", "/imperium/hosts/h1/alive"])
+            .is_empty()
+            .then_some(())
+    });
+}
