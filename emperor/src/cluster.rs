@@ -17,9 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use model::cluster;
+use model::journal::Journaled;
+use model::uids::{UidTable, FIRST_UID, LAST_UID};
 use model::Name;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::manager::Event;
 
 /// Pages of a full listing.
 const PAGE: i64 = 500;
@@ -76,27 +84,47 @@ struct Known {
 
 /// Why a session with etcd ended.
 #[derive(Debug, thiserror::Error)]
-enum Ended {
+#[non_exhaustive]
+pub enum Ended {
+    /// etcd's answer was an error (or the connection broke).
     #[error(transparent)]
     Etcd(#[from] etcd_client::Error),
+    /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The watch (or the lease) ended.
     #[error("the watch ended: {0}")]
     Watch(String),
     /// The watch's start revision was compacted away: list again.
     #[error("revision {0} was compacted")]
     Compacted(i64),
+    /// Something of this host's refused the step (its directory, its table).
     #[error("{0}")]
     Refused(String),
 }
 
+/// Where the agent writes, and whom it tells.
+pub struct Host {
+    /// The admin directory (the copy).
+    pub dir: PathBuf,
+    /// The state directory (`cluster.json`; the uid table, read).
+    pub state_dir: PathBuf,
+    /// The host's uid table (read: a login it already has keeps its uid).
+    pub uid_table: PathBuf,
+    /// The manager, which takes the cluster's uids.
+    pub events: mpsc::UnboundedSender<Event>,
+    /// What the agent did.
+    pub stats: Arc<Stats>,
+}
+
 /// Starts the agent (and the host's lease) on the runtime.
-pub fn spawn(settings: Settings, dir: PathBuf, state_dir: PathBuf, stats: Arc<Stats>) {
+pub fn spawn(settings: Settings, host: Host) {
     tokio::spawn(async move {
         let mut known = Known::default();
         let mut wait = Duration::from_secs(1);
+        let stats = host.stats.clone();
         loop {
-            let ended = session(&settings, &dir, &state_dir, &stats, &mut known).await;
+            let ended = session(&settings, &host, &mut known).await;
             stats.connected.store(false, Ordering::Relaxed);
             match ended {
                 Ended::Compacted(at) => {
@@ -148,13 +176,8 @@ async fn connect(s: &Settings) -> Result<Client, Ended> {
 }
 
 /// One connection: list if needed, then follow the watch until it ends.
-async fn session(
-    s: &Settings,
-    dir: &Path,
-    state_dir: &Path,
-    stats: &Stats,
-    known: &mut Known,
-) -> Ended {
+async fn session(s: &Settings, host: &Host, known: &mut Known) -> Ended {
+    let stats = &host.stats;
     let run = async {
         let mut client = connect(s).await?;
         let mut alive = Alive::new(&mut client, s).await?;
@@ -162,9 +185,9 @@ async fn session(
         if known.revision == 0 {
             let cluster_id = list(&mut client, &vassals, known).await?;
             stats.lists.fetch_add(1, Ordering::Relaxed);
-            first_sync(s, dir, state_dir, cluster_id, known).await?;
+            first_sync(s, host, &mut client, cluster_id, known).await?;
         } else {
-            sync(s, dir, known).await?;
+            sync(s, host, &mut client, known).await?;
         }
         stats.revision.store(known.revision, Ordering::Relaxed);
         stats.files.store(placed_here(s, known), Ordering::Relaxed);
@@ -206,7 +229,7 @@ async fn session(
                 known.revision = known.revision.max(h.revision());
             }
             if changed {
-                sync(s, dir, known).await?;
+                sync(s, host, &mut client, known).await?;
                 stats.files.store(placed_here(s, known), Ordering::Relaxed);
             }
             stats.revision.store(known.revision, Ordering::Relaxed);
@@ -303,17 +326,21 @@ fn placed_here(s: &Settings, known: &Known) -> u64 {
 /// as they are rather than every site stopped.
 async fn first_sync(
     s: &Settings,
-    dir: &Path,
-    state_dir: &Path,
+    host: &Host,
+    client: &mut Client,
     cluster_id: u64,
     known: &Known,
 ) -> Result<(), Ended> {
-    let marker = state_dir.join("cluster.json");
+    let dir = &host.dir;
+    let marker = host.state_dir.join("cluster.json");
     let this = serde_json::json!({ "cluster_id": cluster_id.to_string(), "prefix": s.prefix });
     let followed = std::fs::read(&marker)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|v| v == this);
+    if !followed {
+        register_local_uids(s, host, client).await?;
+    }
     if !followed && known.files.is_empty() {
         let local = read_dir(dir.to_owned()).await?;
         if !local.is_empty() {
@@ -326,7 +353,7 @@ async fn first_sync(
             )));
         }
     }
-    sync(s, dir, known).await?;
+    sync(s, host, client, known).await?;
     if !followed {
         model::atomic::write(&marker, this.to_string().as_bytes(), 0o644)
             .map_err(|e| Ended::Refused(format!("{}: {e}", marker.display())))?;
@@ -334,14 +361,49 @@ async fn first_sync(
     Ok(())
 }
 
-/// Makes the directory hold what the cluster places on this host.
-async fn sync(s: &Settings, dir: &Path, known: &Known) -> Result<(), Ended> {
-    let local = read_dir(dir.to_owned()).await?;
-    let plan = cluster::plan(&known.files, &s.host, &local);
+/// Makes the directory hold what the cluster places on this host. A file
+/// is copied once its login has the cluster's uid in the host's table; one
+/// whose login cannot have it (the host gave that login or that uid to
+/// another) is not copied, and the log says why.
+async fn sync(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> Result<(), Ended> {
+    let local = read_dir(host.dir.clone()).await?;
+    let mut plan = cluster::plan(&known.files, &s.host, &local);
     if plan.is_empty() {
         return Ok(());
     }
-    let dir = dir.to_owned();
+    let table = UidTable::load(&host.uid_table).unwrap_or_default();
+    let mut given = Vec::new();
+    let mut refused = Vec::new();
+    for (name, text) in &plan.write {
+        let Some(login) = cluster::login_of(name, text) else {
+            continue; // The engine refuses the file and says why.
+        };
+        match claim_uid(
+            client,
+            &s.prefix,
+            &login,
+            table.users.get(login.as_str()).copied(),
+        )
+        .await?
+        {
+            Ok(uid) => given.push((login, uid)),
+            Err(why) => {
+                tracing::error!(vassal = %name, reason = %why, "cluster: file not copied here");
+                refused.push(name.clone());
+            }
+        }
+    }
+    if !given.is_empty() {
+        let (tx, rx) = oneshot::channel();
+        let _ = host.events.send(Event::ClusterUids(given, tx));
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(Ended::Refused(format!("the cluster's uids: {why}"))),
+            Err(_) => return Err(Ended::Refused("the emperor is stopping".into())),
+        }
+    }
+    plan.write.retain(|(n, _)| !refused.contains(n));
+    let dir = host.dir.clone();
     let revision = known.revision;
     let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         for (name, text) in &plan.write {
@@ -362,6 +424,103 @@ async fn sync(s: &Settings, dir: &Path, known: &Known) -> Result<(), Ended> {
         Ok(Err(e)) => Err(Ended::Refused(format!("writing the admin directory: {e}"))),
         Err(e) => Err(Ended::Refused(format!("writing the admin directory: {e}"))),
     }
+}
+
+/// A host that joins a cluster brings the uids it gave on its own: each goes
+/// into the cluster's table under its login (and `next` past it), so that
+/// no other host gives it again; one the cluster gave to another login is
+/// logged (that tenant's files are then copied to no host here).
+async fn register_local_uids(s: &Settings, host: &Host, client: &mut Client) -> Result<(), Ended> {
+    let table = UidTable::load(&host.uid_table)
+        .map_err(|e| Ended::Refused(format!("{}: {e}", host.uid_table.display())))?;
+    for (login, uid) in &table.users {
+        let Ok(login) = login.parse::<Name>() else {
+            continue;
+        };
+        if let Err(why) = claim_uid(client, &s.prefix, &login, Some(*uid)).await? {
+            tracing::error!(reason = %why, "cluster: this host's uid conflicts with the cluster's");
+        }
+    }
+    Ok(())
+}
+
+/// The cluster's uid of `login`: the one it has, or a new one claimed in a
+/// transaction that succeeds only if neither the login nor the uid has been
+/// claimed and `next` is as read, so two hosts never give out the same uid
+/// and `next` never goes down (no uid is reused). A login this host already
+/// has (`here`, from before it joined) keeps its uid if the cluster has not
+/// given it to another. The inner error says why a login cannot have one.
+pub async fn claim_uid(
+    client: &mut Client,
+    prefix: &str,
+    login: &Name,
+    here: Option<u32>,
+) -> Result<Result<u32, String>, Ended> {
+    let uids = format!("{prefix}{}", cluster::UIDS);
+    let by_name = format!("{uids}by-name/{login}");
+    let next_key = format!("{uids}next");
+    let parse = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u32>().ok();
+    for _ in 0..100 {
+        let got = timed(client.get(by_name.as_str(), None)).await?;
+        if let Some(kv) = got.kvs().first() {
+            let Some(uid) = parse(kv.value()) else {
+                return Ok(Err(format!("{by_name} is not a uid")));
+            };
+            return Ok(match here {
+                Some(h) if h != uid => Err(format!(
+                    "login {login} is uid {h} on this host and {uid} in the cluster"
+                )),
+                _ => Ok(uid),
+            });
+        }
+        let next = timed(client.get(next_key.as_str(), None)).await?;
+        let (next_uid, next_cmp) = match next.kvs().first() {
+            Some(kv) => (
+                parse(kv.value()).unwrap_or(FIRST_UID),
+                Compare::mod_revision(next_key.as_str(), CompareOp::Equal, kv.mod_revision()),
+            ),
+            None => (
+                FIRST_UID,
+                Compare::create_revision(next_key.as_str(), CompareOp::Equal, 0),
+            ),
+        };
+        let mut uid = here.unwrap_or(next_uid.max(FIRST_UID));
+        // 65534 is nobody inside every user namespace.
+        if uid == 65534 {
+            uid += 1;
+        }
+        if uid > LAST_UID {
+            return Ok(Err("the cluster's uid space is exhausted".into()));
+        }
+        let by_uid = format!("{uids}by-uid/{uid}");
+        if here.is_some() {
+            let owner = timed(client.get(by_uid.as_str(), None)).await?;
+            if let Some(kv) = owner.kvs().first() {
+                return Ok(Err(format!(
+                    "login {login} is uid {uid} on this host, which the cluster gave to {}",
+                    String::from_utf8_lossy(kv.value())
+                )));
+            }
+        }
+        let txn = Txn::new()
+            .when(vec![
+                next_cmp,
+                Compare::create_revision(by_name.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(by_uid.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then(vec![
+                TxnOp::put(next_key.as_str(), next_uid.max(uid + 1).to_string(), None),
+                TxnOp::put(by_name.as_str(), uid.to_string(), None),
+                TxnOp::put(by_uid.as_str(), login.as_str(), None),
+            ]);
+        if timed(client.txn(txn)).await?.succeeded() {
+            tracing::info!(%login, uid, "cluster: uid claimed");
+            return Ok(Ok(uid));
+        }
+    }
+    Err(Ended::Refused(format!(
+        "claiming a uid for {login}: 100 transactions lost to other hosts"
+    )))
 }
 
 /// The directory's vassal files (`<name>.toml`) and their text.

@@ -279,9 +279,13 @@ pub async fn run(
         tracing::info!(host = %c.host, endpoints = ?c.endpoints, "cluster mode: vassal files from etcd");
         cluster::spawn(
             c.clone(),
-            cfg.layout.vassals.clone(),
-            cfg.layout.state_dir.clone(),
-            mgr.cluster_stats(),
+            cluster::Host {
+                dir: cfg.layout.vassals.clone(),
+                state_dir: cfg.layout.state_dir.clone(),
+                uid_table: cfg.layout.uid_table(),
+                events: tx.clone(),
+                stats: mgr.cluster_stats(),
+            },
         );
     }
     mgr.reconcile();

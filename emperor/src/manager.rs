@@ -128,6 +128,9 @@ pub enum Event {
         /// Where the answer goes.
         reply: oneshot::Sender<Response>,
     },
+    /// Uids the cluster gave (cluster mode): taken into the host's table
+    /// before the files that need them are copied here.
+    ClusterUids(Vec<(Name, u32)>, oneshot::Sender<Result<(), String>>),
     /// A home from before quotas was put into its project.
     Projected {
         /// The vassal.
@@ -1088,6 +1091,16 @@ impl Manager {
     fn begin_start(&mut self, name: &Name) -> Option<Begun> {
         let file = self.vassals.get(name)?.file.clone();
         let user = file.user(name);
+        // In a cluster a uid is the cluster's (claimed by the agent before
+        // the file was copied here), never one of this host's own making.
+        if self.cfg.cluster.is_some() && !self.uids.users.contains_key(user.as_str()) {
+            self.fail(
+                name,
+                format!("login {user} has no uid from the cluster yet"),
+                true,
+            );
+            return None;
+        }
         let uid = match self.uids.allocate(user.as_str()) {
             Ok((uid, changed)) => {
                 // A uid is used only once the table that gives it is on disk.
@@ -1223,6 +1236,9 @@ impl Manager {
                 sys::heap::trim();
             }
             Event::Projected { name, uid, result } => self.projected(&name, uid, result),
+            Event::ClusterUids(given, reply) => {
+                let _ = reply.send(self.adopt_uids(given));
+            }
             Event::Exited { name, gen } => self.exited(&name, gen),
             Event::RestartDue { name, gen } => {
                 self.step(&name, lifecycle::Event::RestartDue { gen })

@@ -252,6 +252,10 @@ fn wait_gone(e: &Emperor, name: &str) {
     );
 }
 
+fn uid(e: &Emperor, name: &str) -> u64 {
+    e.row(name).expect("row")["uid"].as_u64().expect("uid")
+}
+
 /// A metric of the emperor's, by its full name.
 fn metric(e: &Emperor, name: &str) -> Option<i64> {
     let out = e.cli(&["metrics"]);
@@ -285,6 +289,27 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
     for (e, name) in [(&h2, "g1"), (&h2, "s1"), (&h1, "a2")] {
         assert!(e.row(name).is_none(), "{name} runs where it is not placed");
     }
+    // Each tenant's uid is the cluster's, and no two hosts gave the same.
+    let uids: Vec<(&str, u64)> = [(&h1, "g1"), (&h1, "s1"), (&h2, "a2")]
+        .into_iter()
+        .map(|(e, n)| (n, uid(e, n)))
+        .collect();
+    for (n, u) in &uids {
+        let claimed = etcd.ok(&[
+            "get",
+            "--print-value-only",
+            &format!("/imperium/uids/by-name/{n}"),
+        ]);
+        assert_eq!(claimed.trim(), u.to_string(), "{n}");
+        let owner = etcd.ok(&[
+            "get",
+            "--print-value-only",
+            &format!("/imperium/uids/by-uid/{u}"),
+        ]);
+        assert_eq!(owner.trim(), *n);
+    }
+    let distinct: std::collections::BTreeSet<u64> = uids.iter().map(|(_, u)| *u).collect();
+    assert_eq!(distinct.len(), 3, "{uids:?}");
     // Each host says it is alive.
     for h in ["h1", "h2"] {
         let alive = etcd.ok(&["get", &format!("/imperium/hosts/{h}/alive")]);
@@ -312,6 +337,27 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
     running(&h2, "s1");
     wait_gone(&h1, "s1");
     wait_gone(&h1, "g1");
+    // The tenants keep their uids on the new host.
+    assert_eq!(uid(&h2, "g1"), uids[0].1);
+    assert_eq!(uid(&h2, "s1"), uids[1].1);
+
+    // Sites put at once on both hosts, which claim uids at the same time:
+    // every uid different.
+    let many: Vec<(String, &Emperor)> = (0..8)
+        .map(|i| (format!("m{i}"), [&h1, &h2][i % 2]))
+        .collect();
+    for (i, (n, _)) in many.iter().enumerate() {
+        etcd.put(n, &site(["h1", "h2"][i % 2]));
+    }
+    let mut seen: std::collections::BTreeSet<u64> = distinct.clone();
+    for (n, e) in &many {
+        running(e, n);
+        assert!(
+            seen.insert(uid(e, n)),
+            "{n}'s uid {} given twice",
+            uid(e, n)
+        );
+    }
 
     // A broken edit is refused on its host; the last good version runs on.
     etcd.put(
@@ -335,7 +381,7 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
     // Removed from the cluster: stopped.
     etcd.delete("a2");
     wait_gone(&h2, "a2");
-    assert_eq!(metric(&h2, "imperium_emperor_cluster_files"), Some(2));
+    assert_eq!(metric(&h2, "imperium_emperor_cluster_files"), Some(6));
     assert_eq!(metric(&h2, "imperium_emperor_cluster_lists_total"), Some(1));
     assert_eq!(metric(&h1, "imperium_emperor_cluster_connected"), Some(1));
 }
@@ -393,21 +439,26 @@ fn root_a_host_cut_off_keeps_its_sites_and_catches_up_after_a_compaction() {
 
 #[test]
 #[ignore = "root: run the README's test command"]
-fn root_a_new_host_of_an_empty_cluster_keeps_its_files_and_a_dead_host_loses_its_alive_key() {
+fn root_a_joining_host_keeps_its_sites_and_uids_and_a_dead_host_loses_its_alive_key() {
     let mut lan = Lan::new();
     let etcd = Etcd::start(&mut lan);
     let ns = lan.node(21);
     let mut h1 = Emperor::new();
     h1.netns = Some(PathBuf::from("/run/netns").join(&ns));
-    // A host with a file of its own, before it ever joined a cluster.
+    // A host with a site of its own, before it joins a cluster.
     h1.write("local", &site("h1"));
+    h1.extra = vec!["--network".into(), "off".into()];
+    h1.start();
+    let local = running(&h1, "local");
+    let local_uid = uid(&h1, "local");
+    h1.kill(Signal::SIGTERM);
     h1.extra = ["--network", "off", "--rescan", "1", "--etcd"]
         .into_iter()
         .map(str::to_owned)
         .chain([etcd.endpoints.clone(), "--host".into(), "h1".into()])
         .collect();
     h1.start();
-    let local = running(&h1, "local");
+    assert_eq!(running(&h1, "local"), local, "adopted");
     wait_for_or(
         Duration::from_secs(20),
         "the refusal to empty the host",
@@ -416,9 +467,13 @@ fn root_a_new_host_of_an_empty_cluster_keeps_its_files_and_a_dead_host_loses_its
     );
     assert_eq!(running(&h1, "local"), local);
     assert!(h1.vassals.join("local.toml").exists());
+    // Its uid is the cluster's now: no host gives it again.
+    let claimed = etcd.ok(&["get", "--print-value-only", "/imperium/uids/by-name/local"]);
+    assert_eq!(claimed.trim(), local_uid.to_string());
     // Once the cluster holds a file, the host follows it.
     etcd.put("a1", &site("h1"));
     running(&h1, "a1");
+    assert_ne!(uid(&h1, "a1"), local_uid);
     wait_gone(&h1, "local");
 
     // Killed, the host's lease runs out and its alive key goes.

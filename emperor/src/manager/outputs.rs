@@ -52,6 +52,27 @@ impl Manager {
         }
     }
 
+    /// Takes the cluster's uids into the host's table, saved before the
+    /// answer: a file is copied here only once its uid is on disk.
+    pub(super) fn adopt_uids(&mut self, given: Vec<(Name, u32)>) -> Result<(), String> {
+        let mut refused = Vec::new();
+        let mut changed = false;
+        for (login, uid) in given {
+            match self.uids.adopt(login.as_str(), uid) {
+                Ok(c) => changed |= c,
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        if changed {
+            self.save_uids()
+                .map_err(|e| format!("saving the uid table: {e}"))?;
+        }
+        match refused.is_empty() {
+            true => Ok(()),
+            false => Err(refused.join("; ")),
+        }
+    }
+
     pub(super) fn save_uids(&mut self) -> std::io::Result<()> {
         self.uids.commit(&self.cfg.layout.uid_table())?;
         self.nss_stale = true;

@@ -21,6 +21,9 @@ pub const VASSALS: &str = "vassals/";
 /// Where each host says it is alive (a key bound to the host's lease).
 pub const HOSTS: &str = "hosts/";
 
+/// Where the cluster's uids live: `next`, `by-name/<login>`, `by-uid/<uid>`.
+pub const UIDS: &str = "uids/";
+
 /// The largest vassal file a host copies (the API's own limit).
 pub const MAX_FILE: usize = 64 * 1024;
 
@@ -32,6 +35,16 @@ pub fn vassal_key(prefix: &str, name: &Name) -> String {
 /// The key a host keeps while it is alive.
 pub fn alive_key(prefix: &str, host: &Name) -> String {
     format!("{prefix}{HOSTS}{host}/alive")
+}
+
+/// The login name a file's tenant gets (`user`, else the vassal's name),
+/// read leniently; `None` for a file that is not TOML or names a bad user.
+pub fn login_of(name: &Name, text: &str) -> Option<Name> {
+    let table = toml::from_str::<toml::Table>(text).ok()?;
+    match table.get("user") {
+        None => Some(name.clone()),
+        Some(u) => u.as_str()?.parse().ok(),
+    }
 }
 
 /// The vassal a key names, if it is a vassal file's key with a valid name.
@@ -162,6 +175,17 @@ mod tests {
         ] {
             assert_eq!(vassal_name("/imperium/", bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_login_is_the_user_key_or_the_vassal_name() {
+        assert_eq!(login_of(&n("shop"), "kind = \"site\""), Some(n("shop")));
+        assert_eq!(
+            login_of(&n("shop"), "kind = \"site\"\nuser = \"bob\""),
+            Some(n("bob"))
+        );
+        assert_eq!(login_of(&n("shop"), "user = \"Bob\""), None);
+        assert_eq!(login_of(&n("shop"), "user = ["), None);
     }
 
     #[test]

@@ -102,6 +102,34 @@ impl UidTable {
         self.next = uid + 1;
         Ok((uid, true))
     }
+
+    /// Takes `uid` for `user` as given elsewhere (a cluster's table): true
+    /// if the table changed (and must be saved before the uid is used).
+    /// Refused if `user` has another uid here or `uid` is another user's;
+    /// `next` moves past it, so it is never given again.
+    pub fn adopt(&mut self, user: &str, uid: u32) -> io::Result<bool> {
+        match self.users.get(user) {
+            Some(&known) if known == uid => return Ok(false),
+            Some(&known) => {
+                return Err(io::Error::other(format!(
+                    "login {user} is uid {known} on this host, not {uid}"
+                )))
+            }
+            None => {}
+        }
+        if !(FIRST_UID..=LAST_UID).contains(&uid) {
+            return Err(io::Error::other(format!("uid {uid} is out of range")));
+        }
+        if let Some((other, _)) = self.users.iter().find(|(_, u)| **u == uid) {
+            return Err(io::Error::other(format!(
+                "uid {uid} is login {other}'s on this host"
+            )));
+        }
+        self.users.insert(user.to_owned(), uid);
+        self.unsaved.push_str(&format!("{uid} {user}\n"));
+        self.next = self.next.max(uid + 1);
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +155,24 @@ mod tests {
         );
         t.next = 65534;
         assert_eq!(t.allocate("d").unwrap(), (65535, true));
+    }
+
+    #[test]
+    fn an_adopted_uid_is_kept_and_never_given_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("uids.json");
+        let mut t = UidTable::open(&p).unwrap();
+        assert_eq!(t.allocate("a").unwrap(), (30000, true));
+        assert!(t.adopt("b", 30007).unwrap());
+        assert!(!t.adopt("b", 30007).unwrap());
+        assert!(t.adopt("b", 30008).is_err(), "b has 30007");
+        assert!(t.adopt("c", 30000).is_err(), "30000 is a's");
+        assert!(t.adopt("c", 100).is_err());
+        assert_eq!(t.allocate("d").unwrap(), (30008, true));
+        t.commit(&p).unwrap();
+        let back = UidTable::load(&p).unwrap();
+        assert_eq!(back.users.get("b"), Some(&30007));
+        assert_eq!(back.next, 30009);
     }
 
     /// A table whose snapshot holds "a" (uid 30000): the directory, the
