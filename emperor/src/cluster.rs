@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, WatchOptions,
 };
 use model::cluster;
 use model::journal::Journaled;
@@ -103,6 +103,21 @@ pub enum Ended {
     Refused(String),
 }
 
+/// A vassal file written (or, `text` `None`, deleted) in the cluster by the
+/// admin's API on this host.
+#[derive(Debug)]
+pub struct Write {
+    /// The vassal.
+    pub name: Name,
+    /// Its new text (validated by the caller), or `None` to delete it.
+    pub text: Option<String>,
+    /// Where the answer goes: whether the file is new, or why not written.
+    pub reply: oneshot::Sender<Result<bool, String>>,
+}
+
+/// Writes waiting for the agent at most.
+pub const WRITES: usize = 64;
+
 /// Where the agent writes, and whom it tells.
 pub struct Host {
     /// The admin directory (the copy).
@@ -115,16 +130,18 @@ pub struct Host {
     pub events: mpsc::UnboundedSender<Event>,
     /// What the agent did.
     pub stats: Arc<Stats>,
+    /// The admin's writes, to put into etcd.
+    pub writes: mpsc::Receiver<Write>,
 }
 
 /// Starts the agent (and the host's lease) on the runtime.
-pub fn spawn(settings: Settings, host: Host) {
+pub fn spawn(settings: Settings, mut host: Host) {
     tokio::spawn(async move {
         let mut known = Known::default();
         let mut wait = Duration::from_secs(1);
         let stats = host.stats.clone();
         loop {
-            let ended = session(&settings, &host, &mut known).await;
+            let ended = session(&settings, &mut host, &mut known).await;
             stats.connected.store(false, Ordering::Relaxed);
             match ended {
                 Ended::Compacted(at) => {
@@ -140,7 +157,17 @@ pub fn spawn(settings: Settings, host: Host) {
                     tracing::warn!(error = %e, retry = ?wait, "cluster: etcd unreachable; this host keeps what it runs")
                 }
             }
-            tokio::time::sleep(wait).await;
+            // Writes asked meanwhile are refused at once, not kept waiting.
+            let pause = tokio::time::sleep(wait);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = &mut pause => break,
+                    Some(w) = host.writes.recv() => {
+                        let _ = w.reply.send(Err("etcd is unreachable from this host now: try again".into()));
+                    }
+                }
+            }
             wait = (wait * 2).min(RETRY_MAX);
         }
     });
@@ -176,8 +203,8 @@ async fn connect(s: &Settings) -> Result<Client, Ended> {
 }
 
 /// One connection: list if needed, then follow the watch until it ends.
-async fn session(s: &Settings, host: &Host, known: &mut Known) -> Ended {
-    let stats = &host.stats;
+async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
+    let stats = host.stats.clone();
     let run = async {
         let mut client = connect(s).await?;
         let mut alive = Alive::new(&mut client, s).await?;
@@ -200,6 +227,11 @@ async fn session(s: &Settings, host: &Host, known: &mut Known) -> Ended {
             let message = tokio::select! {
                 m = watch.message() => m?,
                 renewed = alive.renew() => { renewed?; continue; }
+                Some(w) = host.writes.recv() => {
+                    let done = write(&mut client, s, &w.name, w.text.as_deref()).await;
+                    let _ = w.reply.send(done);
+                    continue;
+                }
             };
             let Some(m) = message else {
                 return Err(Ended::Watch("closed by the server".into()));
@@ -238,6 +270,36 @@ async fn session(s: &Settings, host: &Host, known: &mut Known) -> Ended {
     match run.await {
         Ok(()) => Ended::Watch("ended".into()),
         Err(e) => e,
+    }
+}
+
+/// Puts or deletes one vassal file: whether it is new, or why not.
+async fn write(
+    client: &mut Client,
+    s: &Settings,
+    name: &Name,
+    text: Option<&str>,
+) -> Result<bool, String> {
+    let key = cluster::vassal_key(&s.prefix, name);
+    match text {
+        Some(text) => {
+            let options = PutOptions::new().with_prev_key();
+            let put = timed(client.put(key, text, Some(options)))
+                .await
+                .map_err(|e| format!("etcd: {e}"))?;
+            tracing::info!(vassal = %name, "cluster: file written through the API");
+            Ok(put.prev_key().is_none())
+        }
+        None => {
+            let gone = timed(client.delete(key, Some(DeleteOptions::new())))
+                .await
+                .map_err(|e| format!("etcd: {e}"))?;
+            if gone.deleted() == 0 {
+                return Err(format!("no vassal named {name:?} in the cluster"));
+            }
+            tracing::info!(vassal = %name, "cluster: file deleted through the API");
+            Ok(false)
+        }
     }
 }
 

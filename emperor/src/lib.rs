@@ -285,6 +285,7 @@ pub async fn run(
                 uid_table: cfg.layout.uid_table(),
                 events: tx.clone(),
                 stats: mgr.cluster_stats(),
+                writes: mgr.cluster_writes(),
             },
         );
     }

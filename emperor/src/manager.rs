@@ -286,6 +286,8 @@ pub struct Manager {
     start_latency: prometheus_client::metrics::histogram::Histogram,
     /// What the cluster agent has done (metrics).
     cluster_stats: Arc<crate::cluster::Stats>,
+    /// The admin's writes to the cluster, for its agent (cluster mode).
+    cluster_writes: Option<mpsc::Sender<crate::cluster::Write>>,
     /// Who calls on the containers' shared API socket, by uid.
     scopes: crate::api::Scopes,
     /// Changes of state, for the API's event streams.
@@ -434,6 +436,7 @@ impl Manager {
             last_stamps: Default::default(),
             start_latency: metrics::start_histogram(),
             cluster_stats: Default::default(),
+            cluster_writes: None,
             scopes: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             told: BTreeMap::new(),

@@ -252,6 +252,32 @@ fn wait_gone(e: &Emperor, name: &str) {
     );
 }
 
+/// A call on a host's admin API: the status code and the body.
+fn api(e: &Emperor, method: &str, name: &str, body: Option<&str>) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg("--unix-socket")
+    .arg(e.run_dir.join("api.sock"));
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = c
+        .arg(format!("http://localhost/v1/vassals/{name}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
 fn uid(e: &Emperor, name: &str) -> u64 {
     e.row(name).expect("row")["uid"].as_u64().expect("uid")
 }
@@ -315,18 +341,27 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
         let alive = etcd.ok(&["get", &format!("/imperium/hosts/{h}/alive")]);
         assert!(alive.contains(&format!("\"host\":\"{h}\"")), "{h}: {alive}");
     }
-    // The admin's API of a host does not write the host's copy.
-    let put = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-X", "PUT", "--data-binary"])
-        .arg(site("h1"))
-        .arg("--unix-socket")
-        .arg(h1.run_dir.join("api.sock"))
-        .arg("http://localhost/v1/vassals/api1")
-        .output()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&put.stdout);
-    assert!(answer.contains("cluster mode"), "{put:?}");
-    assert!(!h1.vassals.join("api1.toml").exists());
+    // The admin's API on any host writes the cluster's files: put on h2,
+    // run by h1, which the file names.
+    let (code, body) = api(&h2, "PUT", "api1", Some(&site("h1")));
+    assert_eq!(code, "201", "{body}");
+    running(&h1, "api1");
+    assert!(!h2.vassals.join("api1.toml").exists());
+    // A broken file is refused there and then, and etcd never holds it.
+    let (code, body) = api(
+        &h2,
+        "PUT",
+        "api2",
+        Some("kind = \"site\"\n[limits]\nmemory = \"1\"\n"),
+    );
+    assert_eq!(code, "422", "{body}");
+    assert!(body.contains("limits.memory"), "{body}");
+    assert_eq!(etcd.ok(&["get", "/imperium/vassals/api2"]), "");
+    // Deleted through h2's API: gone from h1.
+    let (code, body) = api(&h2, "DELETE", "api1", None);
+    assert_eq!(code, "200", "{body}");
+    wait_gone(&h1, "api1");
+    assert_eq!(api(&h1, "DELETE", "api1", None).0, "404");
 
     // The group goes to h2: it and its site stop on h1 and run on h2.
     etcd.put(
@@ -414,12 +449,17 @@ fn root_a_host_cut_off_keeps_its_sites_and_catches_up_after_a_compaction() {
         || (metric(&h1, "imperium_emperor_cluster_connected") == Some(0)).then_some(()),
         || h1.log(),
     );
+    // Its admin's API says so, and writes nothing.
+    let (code, body) = api(&h1, "PUT", "a5", Some(&site("h1")));
+    assert_eq!(code, "422", "{body}");
+    assert!(body.contains("unreachable"), "{body}");
     etcd.delete("a1");
     etcd.put("a3", &site("h1"));
     etcd.put("b4", &site("h2"));
     running(&h2, "b4");
     assert_eq!(running(&h1, "a1"), a1, "a cut-off host keeps its sites");
     assert!(h1.row("a3").is_none());
+    assert_eq!(etcd.ok(&["get", "/imperium/vassals/a5"]), "");
     // What h1 last read is compacted away: its watch cannot resume.
     let rev = etcd.revision();
     etcd.ok(&["compaction", &rev.to_string()]);

@@ -8,6 +8,16 @@ impl Manager {
         let answer = match req {
             Request::Status => return self.answer_status(reply),
             Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
+            Request::Put {
+                name,
+                text,
+                group: None,
+            } if self.cluster_writes.is_some() => {
+                return self.cluster_write(&name, Some(text), reply)
+            }
+            Request::Delete { name, group: None } if self.cluster_writes.is_some() => {
+                return self.cluster_write(&name, None, reply)
+            }
             Request::Put { name, text, group } => self.put(&name, &text, group.as_deref()),
             Request::Delete { name, group } => self.delete(&name, group.as_deref()),
             Request::Get { name } => self.get(&name),
@@ -255,6 +265,57 @@ impl Manager {
         Response::err(why)
     }
 
+    /// The admin's write in cluster mode: validated as a file on its own,
+    /// then put into (or deleted from) etcd by the agent; the host the file
+    /// names judges it against the others there.
+    fn cluster_write(
+        &mut self,
+        name: &str,
+        text: Option<String>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let Some(writes) = self.cluster_writes.clone() else {
+            return;
+        };
+        let n: Name = match name.parse() {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = reply.send(Response::err(format!("vassal name refused: {e}")));
+                return;
+            }
+        };
+        if let Some(t) = &text {
+            if let Err(e) = VassalFile::parse(&n, t) {
+                let _ = reply.send(Response::err(e.to_string()));
+                return;
+            }
+        }
+        let deleting = text.is_none();
+        let (tx, rx) = oneshot::channel();
+        let write = crate::cluster::Write {
+            name: n.clone(),
+            text,
+            reply: tx,
+        };
+        if writes.try_send(write).is_err() {
+            let _ = reply.send(Response::err(
+                "the cluster's agent is busy: try again".to_owned(),
+            ));
+            return;
+        }
+        tokio::spawn(async move {
+            let answer = match rx.await {
+                Ok(Ok(_)) if deleting => Response::ok(serde_json::json!("removed")),
+                Ok(Ok(created)) => {
+                    Response::ok(serde_json::json!({ "name": n.to_string(), "created": created }))
+                }
+                Ok(Err(why)) => Response::err(why),
+                Err(_) => Response::err("the cluster's agent stopped".to_owned()),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
     /// A vassal file removed through the API (the admin directory, or a
     /// group's drop directory).
     fn delete(&mut self, name: &str, group: Option<&str>) -> Response {
@@ -294,14 +355,6 @@ impl Manager {
     /// Where vassal files written through the API go.
     fn file_place(&self, group: Option<&str>) -> Result<FilePlace, String> {
         let Some(g) = group else {
-            if let Some(c) = &self.cfg.cluster {
-                return Err(format!(
-                    "cluster mode: this host's admin directory is a copy of what etcd places on it; \
-                     write the file to etcd ({}{}NAME)",
-                    c.prefix,
-                    model::cluster::VASSALS
-                ));
-            }
             return Ok(FilePlace::Admin(self.cfg.layout.vassals.clone()));
         };
         let g: Name = g.parse().map_err(|e| format!("group: {e}"))?;

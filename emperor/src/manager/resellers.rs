@@ -91,6 +91,14 @@ impl Manager {
         self.cluster_stats.clone()
     }
 
+    /// The admin's writes go to the cluster's agent from now on (its
+    /// receiving end is returned).
+    pub fn cluster_writes(&mut self) -> mpsc::Receiver<crate::cluster::Write> {
+        let (tx, rx) = mpsc::channel(crate::cluster::WRITES);
+        self.cluster_writes = Some(tx);
+        rx
+    }
+
     /// The event streams' source.
     pub fn events(&self) -> tokio::sync::broadcast::Sender<Told> {
         self.events.clone()
