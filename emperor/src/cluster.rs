@@ -11,7 +11,7 @@
 //! `hosts/<name>/alive` key lives as long as its lease, renewed while the
 //! emperor runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,6 +72,8 @@ pub struct Stats {
     pub lists: AtomicU64,
     /// Files the cluster places on this host.
     pub files: AtomicU64,
+    /// Of them, those waiting for another host to let go of them.
+    pub waiting: AtomicU64,
 }
 
 /// The cluster's files as of `revision`, as the last listing and the watch
@@ -79,7 +81,52 @@ pub struct Stats {
 #[derive(Default)]
 struct Known {
     files: BTreeMap<Name, String>,
+    /// Which hosts hold each vassal (their hold keys).
+    holders: BTreeMap<Name, BTreeSet<Name>>,
     revision: i64,
+}
+
+impl Known {
+    /// Takes one key's new value (`None`: deleted); true if it matters here.
+    fn take(&mut self, prefix: &str, key: &[u8], value: Option<&[u8]>) -> bool {
+        if let Some(name) = cluster::vassal_name(prefix, key) {
+            match value.and_then(|v| file_text(&name, v)) {
+                Some(text) => self.files.insert(name, text),
+                None => self.files.remove(&name),
+            };
+            return true;
+        }
+        if let Some((host, name)) = cluster::hold_of(prefix, key) {
+            let hosts = self.holders.entry(name.clone()).or_default();
+            match value {
+                Some(_) => hosts.insert(host),
+                None => hosts.remove(&host),
+            };
+            if hosts.is_empty() {
+                self.holders.remove(&name);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// The vassals some host other than `me` holds.
+    fn held_elsewhere(&self, me: &Name) -> BTreeSet<Name> {
+        self.holders
+            .iter()
+            .filter(|(_, hosts)| hosts.iter().any(|h| h != me))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The vassals `me` holds, as etcd says.
+    fn held_by(&self, me: &Name) -> BTreeSet<Name> {
+        self.holders
+            .iter()
+            .filter(|(_, hosts)| hosts.contains(me))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
 }
 
 /// Why a session with etcd ended.
@@ -132,6 +179,8 @@ pub struct Host {
     pub stats: Arc<Stats>,
     /// The admin's writes, to put into etcd.
     pub writes: mpsc::Receiver<Write>,
+    /// The vassals the engine has (running, stopping or refused).
+    pub vassals: tokio::sync::watch::Receiver<BTreeSet<Name>>,
 }
 
 /// Starts the agent (and the host's lease) on the runtime.
@@ -208,21 +257,21 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
     let run = async {
         let mut client = connect(s).await?;
         let mut alive = Alive::new(&mut client, s).await?;
-        let vassals = format!("{}{}", s.prefix, cluster::VASSALS);
         if known.revision == 0 {
-            let cluster_id = list(&mut client, &vassals, known).await?;
+            let cluster_id = list(&mut client, &s.prefix, known).await?;
             stats.lists.fetch_add(1, Ordering::Relaxed);
             first_sync(s, host, &mut client, cluster_id, known).await?;
         } else {
             sync(s, host, &mut client, known).await?;
         }
+        hold(s, host, &mut client, known).await?;
         stats.revision.store(known.revision, Ordering::Relaxed);
-        stats.files.store(placed_here(s, known), Ordering::Relaxed);
         stats.connected.store(true, Ordering::Relaxed);
+        // Everything under the prefix: the files, and which host holds what.
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(known.revision + 1);
-        let mut watch = timed(client.watch(vassals.as_bytes(), Some(options))).await?;
+        let mut watch = timed(client.watch(s.prefix.as_bytes(), Some(options))).await?;
         loop {
             let message = tokio::select! {
                 m = watch.message() => m?,
@@ -230,6 +279,10 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
                 Some(w) = host.writes.recv() => {
                     let done = write(&mut client, s, &w.name, w.text.as_deref()).await;
                     let _ = w.reply.send(done);
+                    continue;
+                }
+                Ok(()) = host.vassals.changed() => {
+                    hold(s, host, &mut client, known).await?;
                     continue;
                 }
             };
@@ -245,24 +298,15 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
             let mut changed = false;
             for ev in m.events() {
                 let Some(kv) = ev.kv() else { continue };
-                let Some(name) = cluster::vassal_name(&s.prefix, kv.key()) else {
-                    continue;
-                };
-                changed = true;
-                match ev.event_type() {
-                    EventType::Put => match file_text(&name, kv.value()) {
-                        Some(text) => known.files.insert(name, text),
-                        None => known.files.remove(&name),
-                    },
-                    EventType::Delete => known.files.remove(&name),
-                };
+                let value = matches!(ev.event_type(), EventType::Put).then(|| kv.value());
+                changed |= known.take(&s.prefix, kv.key(), value);
             }
             if let Some(h) = m.header() {
                 known.revision = known.revision.max(h.revision());
             }
             if changed {
                 sync(s, host, &mut client, known).await?;
-                stats.files.store(placed_here(s, known), Ordering::Relaxed);
+                hold(s, host, &mut client, known).await?;
             }
             stats.revision.store(known.revision, Ordering::Relaxed);
         }
@@ -271,6 +315,25 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
         Ok(()) => Ended::Watch("ended".into()),
         Err(e) => e,
     }
+}
+
+/// Makes this host's hold keys what it holds: every file of its copy, and
+/// every vassal its engine still has (a removed file's site until it has
+/// stopped). Kept across the host's restarts (not bound to its lease): a
+/// host cut off or down still holds what it may be running, and no other
+/// host starts it until it lets go (or the admin deletes its keys).
+async fn hold(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> Result<(), Ended> {
+    let mut want: BTreeSet<Name> = read_dir(host.dir.clone()).await?.into_keys().collect();
+    want.extend(host.vassals.borrow().iter().cloned());
+    let have = known.held_by(&s.host);
+    for name in want.difference(&have) {
+        timed(client.put(cluster::hold_key(&s.prefix, &s.host, name), "", None)).await?;
+    }
+    for name in have.difference(&want) {
+        timed(client.delete(cluster::hold_key(&s.prefix, &s.host, name), None)).await?;
+        tracing::info!(vassal = %name, "cluster: let go of it");
+    }
+    Ok(())
 }
 
 /// Puts or deletes one vassal file: whether it is new, or why not.
@@ -319,46 +382,42 @@ fn file_text(name: &Name, value: &[u8]) -> Option<String> {
     }
 }
 
-/// Lists every file at one revision, in pages; returns the cluster's id.
+/// Lists the files and the holds at one revision, in pages; returns the
+/// cluster's id.
 async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u64, Ended> {
-    let end = prefix_end(prefix.as_bytes());
-    let mut from = prefix.as_bytes().to_vec();
-    let mut files = BTreeMap::new();
+    let mut fresh = Known::default();
     let mut revision = 0;
     let mut cluster_id = 0;
-    loop {
-        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        if revision > 0 {
-            options = options.with_revision(revision);
-        }
-        let page = timed(client.get(from.clone(), Some(options))).await?;
-        if let Some(h) = page.header() {
-            if revision == 0 {
-                revision = h.revision();
+    for range in [cluster::VASSALS, cluster::HOSTS] {
+        let start = format!("{prefix}{range}");
+        let end = prefix_end(start.as_bytes());
+        let mut from = start.into_bytes();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
             }
-            cluster_id = h.cluster_id();
-        }
-        for kv in page.kvs() {
-            if let Some(name) = std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|k| k.strip_prefix(prefix))
-                .and_then(|n| n.parse::<Name>().ok())
-            {
-                if let Some(text) = file_text(&name, kv.value()) {
-                    files.insert(name, text);
+            let page = timed(client.get(from.clone(), Some(options))).await?;
+            if let Some(h) = page.header() {
+                if revision == 0 {
+                    revision = h.revision();
                 }
+                cluster_id = h.cluster_id();
             }
-        }
-        match (page.more(), page.kvs().last()) {
-            (true, Some(last)) => {
-                from = last.key().to_vec();
-                from.push(0);
+            for kv in page.kvs() {
+                fresh.take(prefix, kv.key(), Some(kv.value()));
             }
-            _ => break,
+            match (page.more(), page.kvs().last()) {
+                (true, Some(last)) => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
         }
     }
-    known.files = files;
-    known.revision = revision;
+    fresh.revision = revision;
+    *known = fresh;
     Ok(cluster_id)
 }
 
@@ -372,13 +431,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
-}
-
-fn placed_here(s: &Settings, known: &Known) -> u64 {
-    cluster::placements(&known.files)
-        .values()
-        .filter(|h| h.as_ref() == Some(&s.host))
-        .count() as u64
 }
 
 /// The first directory sync of this emperor. A cluster that holds no file
@@ -429,7 +481,21 @@ async fn first_sync(
 /// another) is not copied, and the log says why.
 async fn sync(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> Result<(), Ended> {
     let local = read_dir(host.dir.clone()).await?;
-    let mut plan = cluster::plan(&known.files, &s.host, &local);
+    let elsewhere = known.held_elsewhere(&s.host);
+    let mut plan = cluster::plan(&known.files, &s.host, &local, &elsewhere);
+    let placed: Vec<Name> = cluster::placements(&known.files)
+        .into_iter()
+        .filter(|(_, h)| h.as_ref() == Some(&s.host))
+        .map(|(n, _)| n)
+        .collect();
+    let waiting = placed
+        .iter()
+        .filter(|n| !local.contains_key(*n) && elsewhere.contains(*n))
+        .count();
+    host.stats
+        .files
+        .store(placed.len() as u64, Ordering::Relaxed);
+    host.stats.waiting.store(waiting as u64, Ordering::Relaxed);
     if plan.is_empty() {
         return Ok(());
     }

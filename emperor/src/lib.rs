@@ -286,6 +286,7 @@ pub async fn run(
                 events: tx.clone(),
                 stats: mgr.cluster_stats(),
                 writes: mgr.cluster_writes(),
+                vassals: mgr.cluster_vassals(),
             },
         );
     }

@@ -288,6 +288,8 @@ pub struct Manager {
     cluster_stats: Arc<crate::cluster::Stats>,
     /// The admin's writes to the cluster, for its agent (cluster mode).
     cluster_writes: Option<mpsc::Sender<crate::cluster::Write>>,
+    /// The vassals this engine has, for the cluster's agent (cluster mode).
+    cluster_vassals: Option<tokio::sync::watch::Sender<BTreeSet<Name>>>,
     /// Who calls on the containers' shared API socket, by uid.
     scopes: crate::api::Scopes,
     /// Changes of state, for the API's event streams.
@@ -437,6 +439,7 @@ impl Manager {
             start_latency: metrics::start_histogram(),
             cluster_stats: Default::default(),
             cluster_writes: None,
+            cluster_vassals: None,
             scopes: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             told: BTreeMap::new(),

@@ -368,6 +368,23 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
         "g1",
         "kind = \"group\"\nhost = \"h2\"\n[limits]\nmemory = \"256M\"\n",
     );
+    // Never both hosts at once: h2 starts them once h1 has let go. (h2 is
+    // read first: a site still running on h1 after h2 was seen running it
+    // ran on both.)
+    let has_init = |e: &Emperor, n: &str| e.row(n).is_some_and(|r| r["pid"].is_i64());
+    wait_for_or(
+        Duration::from_secs(30),
+        "the group and its site running on h2",
+        || {
+            let on2 = ["g1", "s1"].map(|n| has_init(&h2, n));
+            let on1 = ["g1", "s1"].map(|n| has_init(&h1, n));
+            for i in 0..2 {
+                assert!(!(on2[i] && on1[i]), "{} ran on both hosts", ["g1", "s1"][i]);
+            }
+            (on2 == [true, true]).then_some(())
+        },
+        || h2.log(),
+    );
     running(&h2, "g1");
     running(&h2, "s1");
     wait_gone(&h1, "s1");
@@ -453,10 +470,15 @@ fn root_a_host_cut_off_keeps_its_sites_and_catches_up_after_a_compaction() {
     let (code, body) = api(&h1, "PUT", "a5", Some(&site("h1")));
     assert_eq!(code, "422", "{body}");
     assert!(body.contains("unreachable"), "{body}");
-    etcd.delete("a1");
+    // a1 moves to h2, which waits: h1 may still run it.
+    etcd.put("a1", &site("h2"));
     etcd.put("a3", &site("h1"));
     etcd.put("b4", &site("h2"));
     running(&h2, "b4");
+    wait_for(Duration::from_secs(10), "h2 to wait for a1", || {
+        (metric(&h2, "imperium_emperor_cluster_waiting") == Some(1)).then_some(())
+    });
+    assert!(h2.row("a1").is_none(), "started while h1 may run it");
     assert_eq!(running(&h1, "a1"), a1, "a cut-off host keeps its sites");
     assert!(h1.row("a3").is_none());
     assert_eq!(etcd.ok(&["get", "/imperium/vassals/a5"]), "");
@@ -467,6 +489,7 @@ fn root_a_host_cut_off_keeps_its_sites_and_catches_up_after_a_compaction() {
     lan.heal(ns1);
     running(&h1, "a3");
     wait_gone(&h1, "a1");
+    running(&h2, "a1");
     assert_eq!(
         metric(&h1, "imperium_emperor_cluster_lists_total"),
         Some(2),

@@ -197,6 +197,11 @@ impl Manager {
                     "Vassal files the cluster places on this host",
                     c.files.load(relaxed) as i64,
                 ),
+                (
+                    "emperor_cluster_waiting",
+                    "Files placed on this host that another host still holds (its site not yet stopped there)",
+                    c.waiting.load(relaxed) as i64,
+                ),
             ] {
                 let g = Gauge::<i64>::default();
                 g.set(v);

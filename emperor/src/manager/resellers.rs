@@ -91,6 +91,14 @@ impl Manager {
         self.cluster_stats.clone()
     }
 
+    /// The vassals this engine has, kept up to date for the cluster's
+    /// agent (what this host holds).
+    pub fn cluster_vassals(&mut self) -> tokio::sync::watch::Receiver<BTreeSet<Name>> {
+        let (tx, rx) = tokio::sync::watch::channel(self.vassals.keys().cloned().collect());
+        self.cluster_vassals = Some(tx);
+        rx
+    }
+
     /// The admin's writes go to the cluster's agent from now on (its
     /// receiving end is returned).
     pub fn cluster_writes(&mut self) -> mpsc::Receiver<crate::cluster::Write> {
@@ -111,6 +119,16 @@ impl Manager {
         let digest = self.changes_digest();
         if self.told_digest == Some(digest) {
             return;
+        }
+        if let Some(held) = &self.cluster_vassals {
+            held.send_if_modified(|names| {
+                let now =
+                    names.len() != self.vassals.len() || !names.iter().eq(self.vassals.keys());
+                if now {
+                    *names = self.vassals.keys().cloned().collect();
+                }
+                now
+            });
         }
         self.told_digest = Some(digest);
         let mut told = std::mem::take(&mut self.told);

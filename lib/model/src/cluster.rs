@@ -8,7 +8,7 @@
 //! its own. This module is the pure part: keys, placement and what a host
 //! does to its directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::name::Name;
 
@@ -45,6 +45,21 @@ pub fn login_of(name: &Name, text: &str) -> Option<Name> {
         None => Some(name.clone()),
         Some(u) => u.as_str()?.parse().ok(),
     }
+}
+
+/// The key by which a host says it holds a vassal: its copy of the file is
+/// there, or its site has not yet stopped. Another host starts the vassal
+/// only once no host holds it.
+pub fn hold_key(prefix: &str, host: &Name, name: &Name) -> String {
+    format!("{prefix}{HOSTS}{host}/holds/{name}")
+}
+
+/// The host and the vassal of a hold key.
+pub fn hold_of(prefix: &str, key: &[u8]) -> Option<(Name, Name)> {
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = key.strip_prefix(prefix)?.strip_prefix(HOSTS)?;
+    let (host, name) = rest.split_once("/holds/")?;
+    Some((host.parse().ok()?, name.parse().ok()?))
 }
 
 /// The vassal a key names, if it is a vassal file's key with a valid name.
@@ -118,16 +133,23 @@ impl Plan {
 }
 
 /// Compares the cluster's `files` with the host's `local` copies. A file
-/// placed on `host` is copied; one placed elsewhere or gone is removed; one
-/// whose place cannot be told stays where it is (its new text written there,
-/// so that the engine shows why it is refused), and is copied nowhere new.
-pub fn plan(files: &BTreeMap<Name, String>, host: &Name, local: &BTreeMap<Name, String>) -> Plan {
+/// placed on `host` is copied, once no other host holds it (`held_elsewhere`:
+/// the host it left has not yet stopped it); one placed elsewhere or gone is
+/// removed; one whose place cannot be told stays where it is (its new text
+/// written there, so that the engine shows why it is refused), and is
+/// copied nowhere new.
+pub fn plan(
+    files: &BTreeMap<Name, String>,
+    host: &Name,
+    local: &BTreeMap<Name, String>,
+    held_elsewhere: &BTreeSet<Name>,
+) -> Plan {
     let mut plan = Plan::default();
     for (name, placed) in placements(files) {
         let text = &files[&name];
         let here = local.get(&name);
         let keep = match &placed {
-            Some(h) => h == host,
+            Some(h) => h == host && (here.is_some() || !held_elsewhere.contains(&name)),
             None => here.is_some(),
         };
         if keep {
@@ -232,7 +254,7 @@ mod tests {
             ("broken", "kind = \"site\"\nhost = \"h1\"\n"),
             ("gone", "kind = \"site\"\nhost = \"h1\"\n"),
         ]);
-        let plan = plan(&f, &n("h1"), &local);
+        let plan = plan(&f, &n("h1"), &local, &BTreeSet::new());
         assert_eq!(
             plan.write,
             vec![
@@ -241,6 +263,34 @@ mod tests {
             ]
         );
         assert_eq!(plan.remove, vec![n("a2"), n("gone")]);
+    }
+
+    #[test]
+    fn a_file_waits_while_another_host_holds_it() {
+        let f = files(&[("a1", "kind = \"site\"\nhost = \"h1\"\n")]);
+        let held: BTreeSet<Name> = [n("a1")].into();
+        assert!(plan(&f, &n("h1"), &BTreeMap::new(), &held).is_empty());
+        // Its own copy is kept up to date whoever else says it holds it.
+        let old = files(&[("a1", "kind = \"site\"\n")]);
+        assert_eq!(plan(&f, &n("h1"), &old, &held).write.len(), 1);
+        assert_eq!(
+            plan(&f, &n("h1"), &BTreeMap::new(), &BTreeSet::new())
+                .write
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn hold_keys_name_a_host_and_a_vassal() {
+        let k = hold_key("/imperium/", &n("h1"), &n("shop"));
+        assert_eq!(k, "/imperium/hosts/h1/holds/shop");
+        assert_eq!(
+            hold_of("/imperium/", k.as_bytes()),
+            Some((n("h1"), n("shop")))
+        );
+        assert_eq!(hold_of("/imperium/", b"/imperium/hosts/h1/alive"), None);
+        assert_eq!(hold_of("/imperium/", b"/imperium/hosts/h1/holds/a/b"), None);
     }
 
     proptest::proptest! {
@@ -268,13 +318,13 @@ mod tests {
             let mut copies: BTreeMap<Name, usize> = BTreeMap::new();
             for host in &hosts {
                 let mut local = BTreeMap::new();
-                let p = plan(&f, host, &local);
+                let p = plan(&f, host, &local, &BTreeSet::new());
                 proptest::prop_assert!(p.remove.is_empty());
                 for (name, text) in p.write {
                     *copies.entry(name.clone()).or_default() += 1;
                     local.insert(name, text);
                 }
-                proptest::prop_assert!(plan(&f, host, &local).is_empty());
+                proptest::prop_assert!(plan(&f, host, &local, &BTreeSet::new()).is_empty());
             }
             proptest::prop_assert!(copies.values().all(|c| *c == 1));
         }
