@@ -104,27 +104,88 @@ struct Etcd {
     dir: tempfile::TempDir,
     members: Vec<(String, Child)>,
     endpoints: String,
+    /// With TLS: the CA's and the admin's client certificate and key.
+    tls: bool,
+}
+
+/// Makes `<dir>/<name>.crt` and `.key`, signed by `<dir>/ca` (or, for
+/// `ca`, by itself), for `alt` names.
+fn certificate(dir: &std::path::Path, name: &str, alt: &str, usage: &str) {
+    let p = |ext: &str| dir.join(format!("{name}.{ext}"));
+    let run = |c: &mut Command| {
+        let out = c.output().expect("openssl");
+        assert!(out.status.success(), "openssl: {out:?}");
+    };
+    let mut req = Command::new("openssl");
+    req.args([
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+    ])
+    .args(["-nodes", "-subj", &format!("/CN={name}"), "-keyout"])
+    .arg(p("key"));
+    if name == "ca" {
+        run(req.args(["-x509", "-days", "2", "-out"]).arg(p("crt")));
+        return;
+    }
+    run(req.arg("-out").arg(p("csr")));
+    std::fs::write(
+        p("ext"),
+        format!("subjectAltName={alt}\nextendedKeyUsage={usage}\n"),
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+        .arg(p("csr"))
+        .arg("-CA")
+        .arg(dir.join("ca.crt"))
+        .arg("-CAkey")
+        .arg(dir.join("ca.key"))
+        .arg("-extfile")
+        .arg(p("ext"))
+        .arg("-out")
+        .arg(p("crt")));
 }
 
 impl Etcd {
     fn start(lan: &mut Lan) -> Etcd {
+        Etcd::start_with(lan, false)
+    }
+
+    /// With `tls`, the members serve their clients over TLS and ask each
+    /// for a certificate of the test's own CA.
+    fn start_with(lan: &mut Lan, tls: bool) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("imperium-etcd")
             .tempdir()
             .expect("tempdir");
+        let scheme = if tls { "https" } else { "http" };
         let peers: Vec<String> = (1..=3)
             .map(|i| format!("e{i}=http://{LAN}.1{i}:2380"))
             .collect();
-        let endpoints: Vec<String> = (1..=3).map(|i| format!("http://{LAN}.1{i}:2379")).collect();
+        let endpoints: Vec<String> = (1..=3)
+            .map(|i| format!("{scheme}://{LAN}.1{i}:2379"))
+            .collect();
+        if tls {
+            let ips: Vec<String> = (1..=3).map(|i| format!("IP:{LAN}.1{i}")).collect();
+            certificate(dir.path(), "ca", "", "");
+            certificate(dir.path(), "server", &ips.join(","), "serverAuth");
+            for client in ["admin", "h1"] {
+                certificate(dir.path(), client, &format!("DNS:{client}"), "clientAuth");
+            }
+        }
         let mut etcd = Etcd {
             dir,
             members: Vec::new(),
             endpoints: endpoints.join(","),
+            tls,
         };
         for i in 1..=3u8 {
             let ns = lan.node(10 + i);
             let log = std::fs::File::create(etcd.dir.path().join(format!("e{i}.log"))).unwrap();
-            let client = format!("http://{LAN}.1{i}:2379");
+            let client = format!("{scheme}://{LAN}.1{i}:2379");
             let peer = format!("http://{LAN}.1{i}:2380");
             let child = Command::new("nsenter")
                 .arg(format!("--net=/run/netns/{ns}"))
@@ -142,6 +203,17 @@ impl Etcd {
                 .args(["--initial-cluster-token", &lan.switch])
                 // Tests only: no fsync, and the settings a real cluster wants.
                 .args(["--unsafe-no-fsync", "--pre-vote"])
+                .args(if tls {
+                    let f = |n: &str| etcd.dir.path().join(n).display().to_string();
+                    vec![
+                        "--client-cert-auth".to_owned(),
+                        format!("--trusted-ca-file={}", f("ca.crt")),
+                        format!("--cert-file={}", f("server.crt")),
+                        format!("--key-file={}", f("server.key")),
+                    ]
+                } else {
+                    Vec::new()
+                })
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -170,6 +242,15 @@ impl Etcd {
             .arg("--")
             .arg("etcdctl")
             .args(["--endpoints", &self.endpoints, "--command-timeout", "5s"])
+            .args(if self.tls {
+                ["cacert", "cert", "key"]
+                    .iter()
+                    .zip(["ca.crt", "admin.crt", "admin.key"])
+                    .map(|(flag, f)| format!("--{flag}={}", self.dir.path().join(f).display()))
+                    .collect()
+            } else {
+                Vec::new()
+            })
             .args(args)
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::null())
@@ -504,7 +585,8 @@ fn root_a_host_cut_off_keeps_its_sites_and_catches_up_after_a_compaction() {
 #[ignore = "root: run the README's test command"]
 fn root_a_joining_host_keeps_its_sites_and_uids_and_a_dead_host_loses_its_alive_key() {
     let mut lan = Lan::new();
-    let etcd = Etcd::start(&mut lan);
+    // Over TLS, each side showing a certificate of the cluster's CA.
+    let etcd = Etcd::start_with(&mut lan, true);
     let ns = lan.node(21);
     let mut h1 = Emperor::new();
     h1.netns = Some(PathBuf::from("/run/netns").join(&ns));
@@ -515,10 +597,14 @@ fn root_a_joining_host_keeps_its_sites_and_uids_and_a_dead_host_loses_its_alive_
     let local = running(&h1, "local");
     let local_uid = uid(&h1, "local");
     h1.kill(Signal::SIGTERM);
+    let pem = |f: &str| etcd.dir.path().join(f).display().to_string();
     h1.extra = ["--network", "off", "--rescan", "1", "--etcd"]
         .into_iter()
         .map(str::to_owned)
         .chain([etcd.endpoints.clone(), "--host".into(), "h1".into()])
+        .chain(["--etcd-ca".into(), pem("ca.crt")])
+        .chain(["--etcd-cert".into(), pem("h1.crt")])
+        .chain(["--etcd-key".into(), pem("h1.key")])
         .collect();
     h1.start();
     assert_eq!(running(&h1, "local"), local, "adopted");
