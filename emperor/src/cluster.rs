@@ -83,6 +83,10 @@ struct Known {
     files: BTreeMap<Name, String>,
     /// Which hosts hold each vassal (their hold keys).
     holders: BTreeMap<Name, BTreeSet<Name>>,
+    /// The scheduler's choices.
+    chosen: BTreeMap<Name, Name>,
+    /// The hosts alive, and their memory.
+    alive: BTreeMap<Name, u64>,
     revision: i64,
 }
 
@@ -93,6 +97,26 @@ impl Known {
             match value.and_then(|v| file_text(&name, v)) {
                 Some(text) => self.files.insert(name, text),
                 None => self.files.remove(&name),
+            };
+            return true;
+        }
+        if let Some(name) = cluster::placement_of(prefix, key) {
+            match value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<Name>().ok()) {
+                Some(host) => self.chosen.insert(name, host),
+                None => self.chosen.remove(&name),
+            };
+            return true;
+        }
+        if let Some(host) = cluster::alive_of(prefix, key) {
+            match value {
+                Some(v) => {
+                    let memory = serde_json::from_slice::<serde_json::Value>(v)
+                        .ok()
+                        .and_then(|v| v["memory"].as_u64())
+                        .unwrap_or(0);
+                    self.alive.insert(host, memory)
+                }
+                None => self.alive.remove(&host),
             };
             return true;
         }
@@ -272,8 +296,29 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
             .with_prefix()
             .with_start_revision(known.revision + 1);
         let mut watch = timed(client.watch(s.prefix.as_bytes(), Some(options))).await?;
+        // One host schedules: the one that wins the election, with its lease.
+        let mut elector = client.clone();
+        let lease = alive.lease;
+        let value = s.host.to_string();
+        let campaign = async move {
+            elector
+                .campaign(format!("{}{}", s.prefix, cluster::LEADER), value, lease)
+                .await
+        };
+        tokio::pin!(campaign);
+        let mut leader: Option<etcd_client::LeaderKey> = None;
         loop {
             let message = tokio::select! {
+                won = &mut campaign, if leader.is_none() => {
+                    let won = won?;
+                    let Some(key) = won.leader().cloned() else {
+                        return Err(Ended::Watch("the election answered without a key".into()));
+                    };
+                    tracing::info!("cluster: this host schedules");
+                    schedule(s, &mut client, known, &key).await?;
+                    leader = Some(key);
+                    continue;
+                }
                 m = watch.message() => m?,
                 renewed = alive.renew() => { renewed?; continue; }
                 Some(w) = host.writes.recv() => {
@@ -305,6 +350,9 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
                 known.revision = known.revision.max(h.revision());
             }
             if changed {
+                if let Some(key) = &leader {
+                    schedule(s, &mut client, known, key).await?;
+                }
                 sync(s, host, &mut client, known).await?;
                 hold(s, host, &mut client, known).await?;
             }
@@ -388,7 +436,7 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
     let mut fresh = Known::default();
     let mut revision = 0;
     let mut cluster_id = 0;
-    for range in [cluster::VASSALS, cluster::HOSTS] {
+    for range in [cluster::VASSALS, cluster::HOSTS, cluster::PLACEMENT] {
         let start = format!("{prefix}{range}");
         let end = prefix_end(start.as_bytes());
         let mut from = start.into_bytes();
@@ -482,8 +530,8 @@ async fn first_sync(
 async fn sync(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> Result<(), Ended> {
     let local = read_dir(host.dir.clone()).await?;
     let elsewhere = known.held_elsewhere(&s.host);
-    let mut plan = cluster::plan(&known.files, &s.host, &local, &elsewhere);
-    let placed: Vec<Name> = cluster::placements(&known.files)
+    let mut plan = cluster::plan(&known.files, &known.chosen, &s.host, &local, &elsewhere);
+    let placed: Vec<Name> = cluster::placements(&known.files, &known.chosen)
         .into_iter()
         .filter(|(_, h)| h.as_ref() == Some(&s.host))
         .map(|(n, _)| n)
@@ -683,6 +731,7 @@ async fn read_dir(dir: PathBuf) -> Result<BTreeMap<Name, String>, Ended> {
 
 /// The host's `alive` key, bound to a lease renewed every third of its life.
 struct Alive {
+    lease: i64,
     keeper: etcd_client::LeaseKeeper,
     answers: etcd_client::LeaseKeepAliveStream,
     tick: tokio::time::Interval,
@@ -694,6 +743,7 @@ impl Alive {
         let value = serde_json::json!({
             "host": s.host,
             "version": env!("CARGO_PKG_VERSION"),
+            "memory": memory_total(),
         })
         .to_string();
         timed(client.put(
@@ -706,6 +756,7 @@ impl Alive {
         let mut tick = tokio::time::interval(Duration::from_secs((LEASE_TTL / 3) as u64));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Alive {
+            lease: lease.id(),
             keeper,
             answers,
             tick,
@@ -723,6 +774,44 @@ impl Alive {
             _ => Err(Ended::Watch("the host's lease expired".into())),
         }
     }
+}
+
+/// The host's memory (`MemTotal`), in bytes: what the scheduler shares out.
+fn memory_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kib = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+            kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Places every group and admin site that names no host and has none yet
+/// (see [`cluster::schedule`]), while this host leads: each choice is one
+/// transaction that holds only if the vassal is still unplaced and this
+/// host's leadership key is still the one it won with.
+async fn schedule(
+    s: &Settings,
+    client: &mut Client,
+    known: &Known,
+    leader: &etcd_client::LeaderKey,
+) -> Result<(), Ended> {
+    for (name, host) in cluster::schedule(&known.files, &known.chosen, &known.alive) {
+        let key = cluster::placement_key(&s.prefix, &name);
+        let txn = Txn::new()
+            .when(vec![
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(leader.key(), CompareOp::Equal, leader.rev()),
+            ])
+            .and_then(vec![TxnOp::put(key.as_str(), host.as_str(), None)]);
+        if timed(client.txn(txn)).await?.succeeded() {
+            tracing::info!(vassal = %name, %host, "cluster: scheduled");
+        } else {
+            return Err(Ended::Watch("the scheduler's leadership was lost".into()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

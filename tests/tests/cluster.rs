@@ -634,3 +634,73 @@ fn root_a_joining_host_keeps_its_sites_and_uids_and_a_dead_host_loses_its_alive_
             .then_some(())
     });
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_scheduler_spreads_groups_without_a_host_and_another_host_takes_over_its_lead() {
+    let mut lan = Lan::new();
+    let etcd = Etcd::start(&mut lan);
+    let mut hosts = [host(&mut lan, &etcd, 1), host(&mut lan, &etcd, 2)];
+    let group = "kind = \"group\"\n[limits]\nmemory = \"256M\"\n";
+    let site = |g: &str| format!("kind = \"site\"\ngroup = \"{g}\"\n[limits]\nmemory = \"64M\"\n");
+    for g in ["g1", "g2"] {
+        etcd.put(g, group);
+        etcd.put(&format!("s{}", &g[1..]), &site(g));
+    }
+    // Equal hosts: one group each, its site with it.
+    let on = |name: &str| -> usize {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{name} running somewhere"),
+            || {
+                hosts
+                    .iter()
+                    .position(|e| e.row(name).is_some_and(|r| r["state"] == "running"))
+            },
+        )
+    };
+    let (g1, g2) = (on("g1"), on("g2"));
+    assert_ne!(g1, g2, "both groups on one host");
+    assert_eq!(on("s1"), g1);
+    assert_eq!(on("s2"), g2);
+    for (g, h) in [("g1", g1), ("g2", g2)] {
+        let chosen = etcd.ok(&[
+            "get",
+            "--print-value-only",
+            &format!("/imperium/placement/{g}"),
+        ]);
+        assert_eq!(chosen.trim(), format!("h{}", h + 1));
+    }
+    // The leader dies; once its lease has run out the other host leads, and
+    // places a new group on the one host alive.
+    // The leader: the candidate that has waited longest (etcd's election).
+    let lead = etcd.ok(&[
+        "get",
+        "--prefix",
+        "--sort-by=CREATE",
+        "--order=ASCEND",
+        "--limit=1",
+        "--print-value-only",
+        "/imperium/leader/scheduler",
+    ]);
+    let leader = match lead.trim() {
+        "h1" => 0,
+        "h2" => 1,
+        other => panic!("leader {other:?}"),
+    };
+    hosts[leader].kill(Signal::SIGKILL);
+    etcd.put("g3", group);
+    let survivor = 1 - leader;
+    let g3 = wait_for_or(
+        Duration::from_secs(45),
+        "g3 placed by the new leader",
+        || hosts[survivor].row("g3"),
+        || hosts[survivor].log(),
+    );
+    assert!(
+        g3["state"] == "running" || g3["state"] == "starting",
+        "{g3}"
+    );
+    let chosen = etcd.ok(&["get", "--print-value-only", "/imperium/placement/g3"]);
+    assert_eq!(chosen.trim(), format!("h{}", survivor + 1));
+}

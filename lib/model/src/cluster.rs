@@ -21,6 +21,13 @@ pub const VASSALS: &str = "vassals/";
 /// Where each host says it is alive (a key bound to the host's lease).
 pub const HOSTS: &str = "hosts/";
 
+/// Where the scheduler records the host it chose for a group or an admin
+/// site whose file names none: `placement/<name>` = the host.
+pub const PLACEMENT: &str = "placement/";
+
+/// The scheduler's election.
+pub const LEADER: &str = "leader/scheduler";
+
 /// Where the cluster's uids live: `next`, `by-name/<login>`, `by-uid/<uid>`.
 pub const UIDS: &str = "uids/";
 
@@ -54,6 +61,30 @@ pub fn hold_key(prefix: &str, host: &Name, name: &Name) -> String {
     format!("{prefix}{HOSTS}{host}/holds/{name}")
 }
 
+/// The key of the scheduler's choice for a vassal.
+pub fn placement_key(prefix: &str, name: &Name) -> String {
+    format!("{prefix}{PLACEMENT}{name}")
+}
+
+/// The vassal a placement key is for.
+pub fn placement_of(prefix: &str, key: &[u8]) -> Option<Name> {
+    let key = std::str::from_utf8(key).ok()?;
+    key.strip_prefix(prefix)?
+        .strip_prefix(PLACEMENT)?
+        .parse()
+        .ok()
+}
+
+/// The host an alive key is for.
+pub fn alive_of(prefix: &str, key: &[u8]) -> Option<Name> {
+    let key = std::str::from_utf8(key).ok()?;
+    key.strip_prefix(prefix)?
+        .strip_prefix(HOSTS)?
+        .strip_suffix("/alive")?
+        .parse()
+        .ok()
+}
+
 /// The host and the vassal of a hold key.
 pub fn hold_of(prefix: &str, key: &[u8]) -> Option<(Name, Name)> {
     let key = std::str::from_utf8(key).ok()?;
@@ -71,48 +102,103 @@ pub fn vassal_name(prefix: &str, key: &[u8]) -> Option<Name> {
         .ok()
 }
 
-/// The host each file is placed on: a group's or an admin site's own `host`,
-/// a group's site its group's. `None` when it cannot be told: the file is
-/// not TOML, names no host, or its group's file is missing or unplaced.
+/// The host each file is placed on: a group's or an admin site's own `host`
+/// (else the scheduler's choice, from `chosen`), a group's site its
+/// group's. `None` when it cannot be told: the file is not TOML, names no
+/// host and was not scheduled, or its group's file is missing or unplaced.
 /// Read leniently (only `kind`, `group` and `host`): a file whose limits are
 /// wrong still goes to its host, whose engine refuses it with the reason and
 /// keeps the last good version running.
-pub fn placements(files: &BTreeMap<Name, String>) -> BTreeMap<Name, Option<Name>> {
-    struct Head {
-        group_kind: bool,
-        group: Option<Name>,
-        host: Option<Name>,
-    }
-    let heads: BTreeMap<&Name, Option<Head>> = files
-        .iter()
-        .map(|(name, text)| {
-            let head = toml::from_str::<toml::Table>(text).ok().map(|t| {
-                let name_of = |key: &str| t.get(key)?.as_str()?.parse::<Name>().ok();
-                Head {
-                    group_kind: t.get("kind").and_then(|k| k.as_str()) == Some("group"),
-                    group: name_of("group"),
-                    host: name_of("host"),
-                }
-            });
-            (name, head)
-        })
-        .collect();
+pub fn placements(
+    files: &BTreeMap<Name, String>,
+    chosen: &BTreeMap<Name, Name>,
+) -> BTreeMap<Name, Option<Name>> {
+    let heads: BTreeMap<&Name, Option<Head>> = files.iter().map(|(n, t)| (n, head(t))).collect();
     let own_host = |name: &Name| -> Option<Name> {
-        let head = heads.get(name)?.as_ref()?;
-        if head.group_kind {
-            return head.host.clone();
-        }
-        match &head.group {
-            Some(g) => heads
-                .get(g)?
-                .as_ref()
-                .filter(|gh| gh.group_kind)?
-                .host
-                .clone(),
-            None => head.host.clone(),
+        let h = heads.get(name)?.as_ref()?;
+        h.host.clone().or_else(|| chosen.get(name).cloned())
+    };
+    let placed = |name: &Name| -> Option<Name> {
+        let h = heads.get(name)?.as_ref()?;
+        match (&h.group, h.group_kind) {
+            (_, true) | (None, false) => own_host(name),
+            (Some(g), false) => {
+                heads.get(g)?.as_ref().filter(|gh| gh.group_kind)?;
+                own_host(g)
+            }
         }
     };
-    files.keys().map(|n| (n.clone(), own_host(n))).collect()
+    files.keys().map(|n| (n.clone(), placed(n))).collect()
+}
+
+/// What placement reads of a file.
+struct Head {
+    group_kind: bool,
+    group: Option<Name>,
+    host: Option<Name>,
+}
+
+fn head(text: &str) -> Option<Head> {
+    let t = toml::from_str::<toml::Table>(text).ok()?;
+    let name_of = |key: &str| t.get(key)?.as_str()?.parse::<Name>().ok();
+    Some(Head {
+        group_kind: t.get("kind").and_then(|k| k.as_str()) == Some("group"),
+        group: name_of("group"),
+        host: name_of("host"),
+    })
+}
+
+/// The scheduler: a host for every group and admin site whose file names
+/// none and that has no host yet, each in turn (by name) on the host with
+/// the most memory left once what is placed there is counted (`capacity`:
+/// the hosts alive and their memory; a file's `limits.memory`, or nothing
+/// if unset). A file that is not valid on its own is left for its author to
+/// mend. Choices are never revised here: a group stays where it was put.
+pub fn schedule(
+    files: &BTreeMap<Name, String>,
+    chosen: &BTreeMap<Name, Name>,
+    capacity: &BTreeMap<Name, u64>,
+) -> Vec<(Name, Name)> {
+    if capacity.is_empty() {
+        return Vec::new();
+    }
+    let mut left: BTreeMap<&Name, i128> = capacity.iter().map(|(h, m)| (h, *m as i128)).collect();
+    let mut wanting = Vec::new();
+    for (name, placed) in placements(files, chosen) {
+        let Ok(file) = crate::config::VassalFile::parse(&name, &files[&name]) else {
+            continue;
+        };
+        let own = match &file {
+            crate::config::VassalFile::Group(_) => true,
+            crate::config::VassalFile::Site(s) => s.group.is_none(),
+        };
+        if !own {
+            continue;
+        }
+        let memory = file.limits().memory.map_or(0, |m| i128::from(m.0));
+        match placed {
+            Some(h) => {
+                if let Some(l) = left.get_mut(&h) {
+                    *l -= memory;
+                }
+            }
+            None => wanting.push((name, memory)),
+        }
+    }
+    let mut out = Vec::new();
+    for (name, memory) in wanting {
+        // The most left; the first by name among equals.
+        let Some((host, _)) = left
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        else {
+            break;
+        };
+        let host = (*host).clone();
+        *left.get_mut(&host).expect("a host of the map") -= memory;
+        out.push((name, host));
+    }
+    out
 }
 
 /// What one host does to its directory so that it holds what the cluster
@@ -140,12 +226,13 @@ impl Plan {
 /// copied nowhere new.
 pub fn plan(
     files: &BTreeMap<Name, String>,
+    chosen: &BTreeMap<Name, Name>,
     host: &Name,
     local: &BTreeMap<Name, String>,
     held_elsewhere: &BTreeSet<Name>,
 ) -> Plan {
     let mut plan = Plan::default();
-    for (name, placed) in placements(files) {
+    for (name, placed) in placements(files, chosen) {
         let text = &files[&name];
         let here = local.get(&name);
         let keep = match &placed {
@@ -228,7 +315,7 @@ mod tests {
             // A site is no group: its "sites" are unplaced.
             ("x", "kind = \"site\"\ngroup = \"a1\"\n"),
         ]);
-        let p = placements(&f);
+        let p = placements(&f, &BTreeMap::new());
         let h = |s: &str| Some(n(s));
         assert_eq!(p[&n("g1")], h("h1"));
         assert_eq!(p[&n("s1")], h("h1"));
@@ -254,7 +341,7 @@ mod tests {
             ("broken", "kind = \"site\"\nhost = \"h1\"\n"),
             ("gone", "kind = \"site\"\nhost = \"h1\"\n"),
         ]);
-        let plan = plan(&f, &n("h1"), &local, &BTreeSet::new());
+        let plan = plan(&f, &BTreeMap::new(), &n("h1"), &local, &BTreeSet::new());
         assert_eq!(
             plan.write,
             vec![
@@ -266,17 +353,69 @@ mod tests {
     }
 
     #[test]
+    fn the_scheduler_puts_each_unplaced_group_where_most_memory_is_left() {
+        let group = |mem: &str, host: &str| {
+            format!("kind = \"group\"\n{host}[limits]\nmemory = \"{mem}\"\n")
+        };
+        let f: BTreeMap<Name, String> = [
+            ("g0", group("512M", "host = \"h1\"\n")),
+            ("g1", group("256M", "")),
+            ("g2", group("256M", "")),
+            ("g3", group("512M", "")),
+            ("g4", group("1", "")),
+            ("s1", "kind = \"site\"\ngroup = \"g1\"\n".to_owned()),
+            ("a1", "kind = \"site\"\n".to_owned()),
+            ("a2", "kind = \"site\"\n".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (n(k), v))
+        .collect();
+        let hosts: BTreeMap<Name, u64> = [(n("h1"), 1 << 30), (n("h2"), 1 << 30)].into();
+        let chosen: BTreeMap<Name, Name> = [(n("a2"), n("h1"))].into();
+        let out = schedule(&f, &chosen, &hosts);
+        let h = |s: &str| n(s);
+        // h1 has 512M left (g0), h2 1G: a1 (no memory) and g1 go to h2,
+        // g2 to h2 (768M > 512M), g3 to h1 (512M each: the first by name);
+        // g4 is not valid; a2 was placed before; s1 goes with g1.
+        assert_eq!(
+            out,
+            vec![
+                (n("a1"), h("h2")),
+                (n("g1"), h("h2")),
+                (n("g2"), h("h2")),
+                (n("g3"), h("h1")),
+            ]
+        );
+        let mut all = chosen.clone();
+        all.extend(out);
+        assert!(schedule(&f, &all, &hosts).is_empty(), "choices stand");
+        assert_eq!(placements(&f, &all)[&n("s1")], Some(h("h2")));
+        assert!(schedule(&f, &BTreeMap::new(), &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
     fn a_file_waits_while_another_host_holds_it() {
         let f = files(&[("a1", "kind = \"site\"\nhost = \"h1\"\n")]);
         let held: BTreeSet<Name> = [n("a1")].into();
-        assert!(plan(&f, &n("h1"), &BTreeMap::new(), &held).is_empty());
+        assert!(plan(&f, &BTreeMap::new(), &n("h1"), &BTreeMap::new(), &held).is_empty());
         // Its own copy is kept up to date whoever else says it holds it.
         let old = files(&[("a1", "kind = \"site\"\n")]);
-        assert_eq!(plan(&f, &n("h1"), &old, &held).write.len(), 1);
         assert_eq!(
-            plan(&f, &n("h1"), &BTreeMap::new(), &BTreeSet::new())
+            plan(&f, &BTreeMap::new(), &n("h1"), &old, &held)
                 .write
                 .len(),
+            1
+        );
+        assert_eq!(
+            plan(
+                &f,
+                &BTreeMap::new(),
+                &n("h1"),
+                &BTreeMap::new(),
+                &BTreeSet::new()
+            )
+            .write
+            .len(),
             1
         );
     }
@@ -318,13 +457,13 @@ mod tests {
             let mut copies: BTreeMap<Name, usize> = BTreeMap::new();
             for host in &hosts {
                 let mut local = BTreeMap::new();
-                let p = plan(&f, host, &local, &BTreeSet::new());
+                let p = plan(&f, &BTreeMap::new(), host, &local, &BTreeSet::new());
                 proptest::prop_assert!(p.remove.is_empty());
                 for (name, text) in p.write {
                     *copies.entry(name.clone()).or_default() += 1;
                     local.insert(name, text);
                 }
-                proptest::prop_assert!(plan(&f, host, &local, &BTreeSet::new()).is_empty());
+                proptest::prop_assert!(plan(&f, &BTreeMap::new(), host, &local, &BTreeSet::new()).is_empty());
             }
             proptest::prop_assert!(copies.values().all(|c| *c == 1));
         }
