@@ -87,6 +87,9 @@ struct Known {
     chosen: BTreeMap<Name, Name>,
     /// The hosts alive, and their memory.
     alive: BTreeMap<Name, u64>,
+    /// This host's copy (the admin directory's files), as the agent last
+    /// read or wrote it: the directory is the agent's own in cluster mode.
+    local: Option<BTreeMap<Name, String>>,
     revision: i64,
 }
 
@@ -281,6 +284,8 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
     let run = async {
         let mut client = connect(s).await?;
         let mut alive = Alive::new(&mut client, s).await?;
+        // The directory is read once a session, then kept as written.
+        known.local = None;
         if known.revision == 0 {
             let cluster_id = list(&mut client, &s.prefix, known).await?;
             stats.lists.fetch_add(1, Ordering::Relaxed);
@@ -371,7 +376,10 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
 /// host cut off or down still holds what it may be running, and no other
 /// host starts it until it lets go (or the admin deletes its keys).
 async fn hold(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> Result<(), Ended> {
-    let mut want: BTreeSet<Name> = read_dir(host.dir.clone()).await?.into_keys().collect();
+    let mut want: BTreeSet<Name> = match &known.local {
+        Some(local) => local.keys().cloned().collect(),
+        None => read_dir(host.dir.clone()).await?.into_keys().collect(),
+    };
     want.extend(host.vassals.borrow().iter().cloned());
     let have = known.held_by(&s.host);
     for name in want.difference(&have) {
@@ -465,6 +473,7 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
         }
     }
     fresh.revision = revision;
+    fresh.local = known.local.take();
     *known = fresh;
     Ok(cluster_id)
 }
@@ -491,7 +500,7 @@ async fn first_sync(
     host: &Host,
     client: &mut Client,
     cluster_id: u64,
-    known: &Known,
+    known: &mut Known,
 ) -> Result<(), Ended> {
     let dir = &host.dir;
     let marker = host.state_dir.join("cluster.json");
@@ -527,10 +536,18 @@ async fn first_sync(
 /// is copied once its login has the cluster's uid in the host's table; one
 /// whose login cannot have it (the host gave that login or that uid to
 /// another) is not copied, and the log says why.
-async fn sync(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> Result<(), Ended> {
-    let local = read_dir(host.dir.clone()).await?;
+async fn sync(
+    s: &Settings,
+    host: &Host,
+    client: &mut Client,
+    known: &mut Known,
+) -> Result<(), Ended> {
+    if known.local.is_none() {
+        known.local = Some(read_dir(host.dir.clone()).await?);
+    }
+    let local = known.local.as_ref().expect("read above");
     let elsewhere = known.held_elsewhere(&s.host);
-    let mut plan = cluster::plan(&known.files, &known.chosen, &s.host, &local, &elsewhere);
+    let mut plan = cluster::plan(&known.files, &known.chosen, &s.host, local, &elsewhere);
     let placed: Vec<Name> = cluster::placements(&known.files, &known.chosen)
         .into_iter()
         .filter(|(_, h)| h.as_ref() == Some(&s.host))
@@ -554,14 +571,12 @@ async fn sync(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> 
         let Some(login) = cluster::login_of(name, text) else {
             continue; // The engine refuses the file and says why.
         };
-        match claim_uid(
-            client,
-            &s.prefix,
-            &login,
-            table.users.get(login.as_str()).copied(),
-        )
-        .await?
-        {
+        // A login in the host's table has the cluster's uid (taken from it,
+        // or given to it when the host joined).
+        if table.users.contains_key(login.as_str()) {
+            continue;
+        }
+        match claim_uid(client, &s.prefix, &login, None).await? {
             Ok(uid) => given.push((login, uid)),
             Err(why) => {
                 tracing::error!(vassal = %name, reason = %why, "cluster: file not copied here");
@@ -581,7 +596,7 @@ async fn sync(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> 
     plan.write.retain(|(n, _)| !refused.contains(n));
     let dir = host.dir.clone();
     let revision = known.revision;
-    let done = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    let done = tokio::task::spawn_blocking(move || -> std::io::Result<cluster::Plan> {
         for (name, text) in &plan.write {
             model::atomic::write(&dir.join(format!("{name}.toml")), text.as_bytes(), 0o644)?;
             tracing::info!(vassal = %name, revision, "cluster: file copied here");
@@ -592,13 +607,27 @@ async fn sync(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> 
                 _ => tracing::info!(vassal = %name, revision, "cluster: file removed here"),
             }
         }
-        Ok(())
+        Ok(plan)
     })
     .await;
     match done {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Ended::Refused(format!("writing the admin directory: {e}"))),
-        Err(e) => Err(Ended::Refused(format!("writing the admin directory: {e}"))),
+        Ok(Ok(plan)) => {
+            let local = known.local.get_or_insert_with(BTreeMap::new);
+            for name in plan.remove {
+                local.remove(&name);
+            }
+            local.extend(plan.write);
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            // Read the directory again: what was done before the error.
+            known.local = None;
+            Err(Ended::Refused(format!("writing the admin directory: {e}")))
+        }
+        Err(e) => {
+            known.local = None;
+            Err(Ended::Refused(format!("writing the admin directory: {e}")))
+        }
     }
 }
 
