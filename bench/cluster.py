@@ -217,6 +217,8 @@ def main():
             m.kill()
             m.wait()
         lan.close()
+        if os.environ.get("KEEP_LOG"):
+            shutil.copy(os.path.join(work, "h1", "emperor.log"), "/tmp/h1-emperor.log")
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -81,8 +81,8 @@ pub struct Stats {
 #[derive(Default)]
 struct Known {
     files: BTreeMap<Name, String>,
-    /// Which hosts hold each vassal (their hold keys).
-    holders: BTreeMap<Name, BTreeSet<Name>>,
+    /// Which host owns each vassal.
+    owners: BTreeMap<Name, Name>,
     /// The scheduler's choices.
     chosen: BTreeMap<Name, Name>,
     /// The hosts alive, and their memory.
@@ -123,34 +123,21 @@ impl Known {
             };
             return true;
         }
-        if let Some((host, name)) = cluster::hold_of(prefix, key) {
-            let hosts = self.holders.entry(name.clone()).or_default();
-            match value {
-                Some(_) => hosts.insert(host),
-                None => hosts.remove(&host),
+        if let Some(name) = cluster::owner_of(prefix, key) {
+            match value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<Name>().ok()) {
+                Some(host) => self.owners.insert(name, host),
+                None => self.owners.remove(&name),
             };
-            if hosts.is_empty() {
-                self.holders.remove(&name);
-            }
             return true;
         }
         false
     }
 
-    /// The vassals some host other than `me` holds.
+    /// The vassals some host other than `me` owns.
     fn held_elsewhere(&self, me: &Name) -> BTreeSet<Name> {
-        self.holders
+        self.owners
             .iter()
-            .filter(|(_, hosts)| hosts.iter().any(|h| h != me))
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    /// The vassals `me` holds, as etcd says.
-    fn held_by(&self, me: &Name) -> BTreeSet<Name> {
-        self.holders
-            .iter()
-            .filter(|(_, hosts)| hosts.contains(me))
+            .filter(|(_, h)| *h != me)
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -293,7 +280,7 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
         } else {
             sync(s, host, &mut client, known).await?;
         }
-        hold(s, host, &mut client, known).await?;
+        own(s, host, &mut client, known).await?;
         stats.revision.store(known.revision, Ordering::Relaxed);
         stats.connected.store(true, Ordering::Relaxed);
         // Everything under the prefix: the files, and which host holds what.
@@ -332,7 +319,7 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
                     continue;
                 }
                 Ok(()) = host.vassals.changed() => {
-                    hold(s, host, &mut client, known).await?;
+                    own(s, host, &mut client, known).await?;
                     continue;
                 }
             };
@@ -359,7 +346,7 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
                     schedule(s, &mut client, known, key).await?;
                 }
                 sync(s, host, &mut client, known).await?;
-                hold(s, host, &mut client, known).await?;
+                own(s, host, &mut client, known).await?;
             }
             stats.revision.store(known.revision, Ordering::Relaxed);
         }
@@ -370,26 +357,76 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
     }
 }
 
-/// Makes this host's hold keys what it holds: every file of its copy, and
+/// Makes this host's ownership what it holds: every file of its copy, and
 /// every vassal its engine still has (a removed file's site until it has
-/// stopped). Kept across the host's restarts (not bound to its lease): a
-/// host cut off or down still holds what it may be running, and no other
-/// host starts it until it lets go (or the admin deletes its keys).
-async fn hold(s: &Settings, host: &Host, client: &mut Client, known: &Known) -> Result<(), Ended> {
+/// stopped). What it holds and does not own yet (a host that joins with
+/// sites of its own) it takes if no host owns it; what it owns and no
+/// longer holds it lets go. Not bound to its lease: a host cut off or down
+/// still owns what it may be running, and no other host starts it until it
+/// lets go (or the admin deletes its keys).
+async fn own(s: &Settings, host: &Host, client: &mut Client, known: &mut Known) -> Result<(), Ended> {
     let mut want: BTreeSet<Name> = match &known.local {
         Some(local) => local.keys().cloned().collect(),
         None => read_dir(host.dir.clone()).await?.into_keys().collect(),
     };
     want.extend(host.vassals.borrow().iter().cloned());
-    let have = known.held_by(&s.host);
-    for name in want.difference(&have) {
-        timed(client.put(cluster::hold_key(&s.prefix, &s.host, name), "", None)).await?;
+    for name in &want {
+        match known.owners.get(name) {
+            Some(h) if *h == s.host => {}
+            Some(h) => {
+                tracing::error!(vassal = %name, owner = %h, "cluster: this host holds a vassal another host owns")
+            }
+            None => {
+                take(s, client, known, name).await?;
+            }
+        }
     }
-    for name in have.difference(&want) {
-        timed(client.delete(cluster::hold_key(&s.prefix, &s.host, name), None)).await?;
+    let mine: Vec<Name> = known
+        .owners
+        .iter()
+        .filter(|(n, h)| **h == s.host && !want.contains(*n))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in mine {
+        let key = cluster::owner_key(&s.prefix, &name);
+        let txn = Txn::new()
+            .when(vec![Compare::value(key.as_str(), CompareOp::Equal, s.host.as_str())])
+            .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+        timed(client.txn(txn)).await?;
+        known.owners.remove(&name);
         tracing::info!(vassal = %name, "cluster: let go of it");
     }
     Ok(())
+}
+
+/// Takes `name` for this host if no host owns it: true if this host owns
+/// it now (taken, or already its own).
+async fn take(s: &Settings, client: &mut Client, known: &mut Known, name: &Name) -> Result<bool, Ended> {
+    let key = cluster::owner_key(&s.prefix, name);
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then(vec![TxnOp::put(key.as_str(), s.host.as_str(), None)])
+        .or_else(vec![TxnOp::get(key.as_str(), None)]);
+    let r = timed(client.txn(txn)).await?;
+    let owner = if r.succeeded() {
+        Some(s.host.clone())
+    } else {
+        r.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<Name>().ok()),
+            _ => None,
+        })
+    };
+    match owner {
+        Some(h) => {
+            let mine = h == s.host;
+            known.owners.insert(name.clone(), h);
+            Ok(mine)
+        }
+        None => Ok(false),
+    }
 }
 
 /// Puts or deletes one vassal file: whether it is new, or why not.
@@ -444,7 +481,7 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
     let mut fresh = Known::default();
     let mut revision = 0;
     let mut cluster_id = 0;
-    for range in [cluster::VASSALS, cluster::HOSTS, cluster::PLACEMENT] {
+    for range in [cluster::VASSALS, cluster::HOSTS, cluster::PLACEMENT, cluster::OWNERS] {
         let start = format!("{prefix}{range}");
         let end = prefix_end(start.as_bytes());
         let mut from = start.into_bytes();
@@ -594,6 +631,15 @@ async fn sync(
         }
     }
     plan.write.retain(|(n, _)| !refused.contains(n));
+    // A file new here is copied only once this host owns its vassal.
+    let mut lost = Vec::new();
+    for (name, _) in &plan.write {
+        let new_here = !known.local.as_ref().is_some_and(|l| l.contains_key(name));
+        if new_here && !take(s, client, known, name).await? {
+            lost.push(name.clone());
+        }
+    }
+    plan.write.retain(|(n, _)| !lost.contains(n));
     let dir = host.dir.clone();
     let revision = known.revision;
     let done = tokio::task::spawn_blocking(move || -> std::io::Result<cluster::Plan> {

@@ -25,6 +25,9 @@ pub const HOSTS: &str = "hosts/";
 /// site whose file names none: `placement/<name>` = the host.
 pub const PLACEMENT: &str = "placement/";
 
+/// Which host owns each vassal: `owners/<name>` = the host.
+pub const OWNERS: &str = "owners/";
+
 /// The scheduler's election.
 pub const LEADER: &str = "leader/scheduler";
 
@@ -54,11 +57,12 @@ pub fn login_of(name: &Name, text: &str) -> Option<Name> {
     }
 }
 
-/// The key by which a host says it holds a vassal: its copy of the file is
-/// there, or its site has not yet stopped. Another host starts the vassal
-/// only once no host holds it.
-pub fn hold_key(prefix: &str, host: &Name, name: &Name) -> String {
-    format!("{prefix}{HOSTS}{host}/holds/{name}")
+/// The key by which a host owns a vassal (its value: the host): while its
+/// copy of the file is there, or its site has not yet stopped. A host
+/// copies a file only once it owns it, and owns it only if no host does (a
+/// transaction), so a vassal never runs on two hosts at once.
+pub fn owner_key(prefix: &str, name: &Name) -> String {
+    format!("{prefix}{OWNERS}{name}")
 }
 
 /// The key of the scheduler's choice for a vassal.
@@ -69,10 +73,7 @@ pub fn placement_key(prefix: &str, name: &Name) -> String {
 /// The vassal a placement key is for.
 pub fn placement_of(prefix: &str, key: &[u8]) -> Option<Name> {
     let key = std::str::from_utf8(key).ok()?;
-    key.strip_prefix(prefix)?
-        .strip_prefix(PLACEMENT)?
-        .parse()
-        .ok()
+    key.strip_prefix(prefix)?.strip_prefix(PLACEMENT)?.parse().ok()
 }
 
 /// The host an alive key is for.
@@ -85,12 +86,10 @@ pub fn alive_of(prefix: &str, key: &[u8]) -> Option<Name> {
         .ok()
 }
 
-/// The host and the vassal of a hold key.
-pub fn hold_of(prefix: &str, key: &[u8]) -> Option<(Name, Name)> {
+/// The vassal an owner key is for.
+pub fn owner_of(prefix: &str, key: &[u8]) -> Option<Name> {
     let key = std::str::from_utf8(key).ok()?;
-    let rest = key.strip_prefix(prefix)?.strip_prefix(HOSTS)?;
-    let (host, name) = rest.split_once("/holds/")?;
-    Some((host.parse().ok()?, name.parse().ok()?))
+    key.strip_prefix(prefix)?.strip_prefix(OWNERS)?.parse().ok()
 }
 
 /// The vassal a key names, if it is a vassal file's key with a valid name.
@@ -421,15 +420,12 @@ mod tests {
     }
 
     #[test]
-    fn hold_keys_name_a_host_and_a_vassal() {
-        let k = hold_key("/imperium/", &n("h1"), &n("shop"));
-        assert_eq!(k, "/imperium/hosts/h1/holds/shop");
-        assert_eq!(
-            hold_of("/imperium/", k.as_bytes()),
-            Some((n("h1"), n("shop")))
-        );
-        assert_eq!(hold_of("/imperium/", b"/imperium/hosts/h1/alive"), None);
-        assert_eq!(hold_of("/imperium/", b"/imperium/hosts/h1/holds/a/b"), None);
+    fn owner_keys_name_a_vassal() {
+        let k = owner_key("/imperium/", &n("shop"));
+        assert_eq!(k, "/imperium/owners/shop");
+        assert_eq!(owner_of("/imperium/", k.as_bytes()), Some(n("shop")));
+        assert_eq!(owner_of("/imperium/", b"/imperium/owners/a/b"), None);
+        assert_eq!(owner_of("/imperium/", b"/imperium/vassals/shop"), None);
     }
 
     proptest::proptest! {
