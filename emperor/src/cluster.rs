@@ -21,6 +21,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
     Txn, TxnOp, WatchOptions,
 };
+use futures_util::FutureExt;
 use model::cluster;
 use model::journal::Journaled;
 use model::uids::{UidTable, FIRST_UID, LAST_UID};
@@ -80,7 +81,7 @@ pub struct Stats {
 /// since have told.
 #[derive(Default)]
 struct Known {
-    files: BTreeMap<Name, String>,
+    files: cluster::Files,
     /// Which host owns each vassal.
     owners: BTreeMap<Name, Name>,
     /// The scheduler's choices.
@@ -100,7 +101,7 @@ impl Known {
             match value.and_then(|v| file_text(&name, v)) {
                 Some(text) => self.files.insert(name, text),
                 None => self.files.remove(&name),
-            };
+            }
             return true;
         }
         if let Some(name) = cluster::placement_of(prefix, key) {
@@ -323,23 +324,29 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
                     continue;
                 }
             };
-            let Some(m) = message else {
-                return Err(Ended::Watch("closed by the server".into()));
-            };
-            if m.canceled() {
-                if m.compact_revision() > 0 {
-                    return Err(Ended::Compacted(m.compact_revision()));
-                }
-                return Err(Ended::Watch(m.cancel_reason().to_owned()));
-            }
+            // What has already come is taken as one change (a burst of
+            // puts costs one pass, not one each).
+            let mut next = Some(message);
             let mut changed = false;
-            for ev in m.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let value = matches!(ev.event_type(), EventType::Put).then(|| kv.value());
-                changed |= known.take(&s.prefix, kv.key(), value);
-            }
-            if let Some(h) = m.header() {
-                known.revision = known.revision.max(h.revision());
+            while let Some(message) = next.take() {
+                let Some(m) = message else {
+                    return Err(Ended::Watch("closed by the server".into()));
+                };
+                if m.canceled() {
+                    if m.compact_revision() > 0 {
+                        return Err(Ended::Compacted(m.compact_revision()));
+                    }
+                    return Err(Ended::Watch(m.cancel_reason().to_owned()));
+                }
+                for ev in m.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let value = matches!(ev.event_type(), EventType::Put).then(|| kv.value());
+                    changed |= known.take(&s.prefix, kv.key(), value);
+                }
+                if let Some(h) = m.header() {
+                    known.revision = known.revision.max(h.revision());
+                }
+                next = watch.message().now_or_never().transpose()?;
             }
             if changed {
                 if let Some(key) = &leader {
@@ -364,7 +371,12 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
 /// longer holds it lets go. Not bound to its lease: a host cut off or down
 /// still owns what it may be running, and no other host starts it until it
 /// lets go (or the admin deletes its keys).
-async fn own(s: &Settings, host: &Host, client: &mut Client, known: &mut Known) -> Result<(), Ended> {
+async fn own(
+    s: &Settings,
+    host: &Host,
+    client: &mut Client,
+    known: &mut Known,
+) -> Result<(), Ended> {
     let mut want: BTreeSet<Name> = match &known.local {
         Some(local) => local.keys().cloned().collect(),
         None => read_dir(host.dir.clone()).await?.into_keys().collect(),
@@ -390,7 +402,11 @@ async fn own(s: &Settings, host: &Host, client: &mut Client, known: &mut Known) 
     for name in mine {
         let key = cluster::owner_key(&s.prefix, &name);
         let txn = Txn::new()
-            .when(vec![Compare::value(key.as_str(), CompareOp::Equal, s.host.as_str())])
+            .when(vec![Compare::value(
+                key.as_str(),
+                CompareOp::Equal,
+                s.host.as_str(),
+            )])
             .and_then(vec![TxnOp::delete(key.as_str(), None)]);
         timed(client.txn(txn)).await?;
         known.owners.remove(&name);
@@ -399,12 +415,62 @@ async fn own(s: &Settings, host: &Host, client: &mut Client, known: &mut Known) 
     Ok(())
 }
 
+/// Takes every one of `names` that no host owns, in transactions of
+/// [`BATCH`] (one by one when a batch does not hold): those another host
+/// owns.
+async fn take_all(
+    s: &Settings,
+    client: &mut Client,
+    known: &mut Known,
+    names: &[Name],
+) -> Result<Vec<Name>, Ended> {
+    let mut lost = Vec::new();
+    for chunk in names.chunks(BATCH) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|n| cluster::owner_key(&s.prefix, n))
+            .collect();
+        let txn = Txn::new()
+            .when(
+                keys.iter()
+                    .map(|k| Compare::create_revision(k.as_str(), CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                keys.iter()
+                    .map(|k| TxnOp::put(k.as_str(), s.host.as_str(), None))
+                    .collect::<Vec<_>>(),
+            );
+        if timed(client.txn(txn)).await?.succeeded() {
+            for name in chunk {
+                known.owners.insert(name.clone(), s.host.clone());
+            }
+            continue;
+        }
+        for name in chunk {
+            if !take(s, client, known, name).await? {
+                lost.push(name.clone());
+            }
+        }
+    }
+    Ok(lost)
+}
+
 /// Takes `name` for this host if no host owns it: true if this host owns
 /// it now (taken, or already its own).
-async fn take(s: &Settings, client: &mut Client, known: &mut Known, name: &Name) -> Result<bool, Ended> {
+async fn take(
+    s: &Settings,
+    client: &mut Client,
+    known: &mut Known,
+    name: &Name,
+) -> Result<bool, Ended> {
     let key = cluster::owner_key(&s.prefix, name);
     let txn = Txn::new()
-        .when(vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .when(vec![Compare::create_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            0,
+        )])
         .and_then(vec![TxnOp::put(key.as_str(), s.host.as_str(), None)])
         .or_else(vec![TxnOp::get(key.as_str(), None)]);
     let r = timed(client.txn(txn)).await?;
@@ -481,7 +547,12 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
     let mut fresh = Known::default();
     let mut revision = 0;
     let mut cluster_id = 0;
-    for range in [cluster::VASSALS, cluster::HOSTS, cluster::PLACEMENT, cluster::OWNERS] {
+    for range in [
+        cluster::VASSALS,
+        cluster::HOSTS,
+        cluster::PLACEMENT,
+        cluster::OWNERS,
+    ] {
         let start = format!("{prefix}{range}");
         let end = prefix_end(start.as_bytes());
         let mut from = start.into_bytes();
@@ -584,40 +655,45 @@ async fn sync(
     }
     let local = known.local.as_ref().expect("read above");
     let elsewhere = known.held_elsewhere(&s.host);
-    let mut plan = cluster::plan(&known.files, &known.chosen, &s.host, local, &elsewhere);
-    let placed: Vec<Name> = cluster::placements(&known.files, &known.chosen)
-        .into_iter()
+    let placements = cluster::placements(&known.files, &known.chosen);
+    let mut plan = cluster::plan(&known.files, &placements, &s.host, local, &elsewhere);
+    let here: Vec<&Name> = placements
+        .iter()
         .filter(|(_, h)| h.as_ref() == Some(&s.host))
         .map(|(n, _)| n)
         .collect();
-    let waiting = placed
+    let waiting = here
         .iter()
-        .filter(|n| !local.contains_key(*n) && elsewhere.contains(*n))
+        .filter(|n| !local.contains_key(**n) && elsewhere.contains(**n))
         .count();
-    host.stats
-        .files
-        .store(placed.len() as u64, Ordering::Relaxed);
+    host.stats.files.store(here.len() as u64, Ordering::Relaxed);
     host.stats.waiting.store(waiting as u64, Ordering::Relaxed);
     if plan.is_empty() {
         return Ok(());
     }
     let table = UidTable::load(&host.uid_table).unwrap_or_default();
+    // A login in the host's table has the cluster's uid (taken from it, or
+    // given to it when the host joined); the others are claimed.
+    let mut wanted: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
+    for (name, text) in &plan.write {
+        // Not readable: the engine refuses the file and says why.
+        if let Some(login) = cluster::login_of(name, text) {
+            if !table.users.contains_key(login.as_str()) {
+                wanted.entry(login).or_default().push(name.clone());
+            }
+        }
+    }
     let mut given = Vec::new();
     let mut refused = Vec::new();
-    for (name, text) in &plan.write {
-        let Some(login) = cluster::login_of(name, text) else {
-            continue; // The engine refuses the file and says why.
-        };
-        // A login in the host's table has the cluster's uid (taken from it,
-        // or given to it when the host joined).
-        if table.users.contains_key(login.as_str()) {
-            continue;
-        }
-        match claim_uid(client, &s.prefix, &login, None).await? {
+    let logins: Vec<Name> = wanted.keys().cloned().collect();
+    for (login, claimed) in claim_uids(client, &s.prefix, &logins).await? {
+        match claimed {
             Ok(uid) => given.push((login, uid)),
             Err(why) => {
-                tracing::error!(vassal = %name, reason = %why, "cluster: file not copied here");
-                refused.push(name.clone());
+                for name in &wanted[&login] {
+                    tracing::error!(vassal = %name, reason = %why, "cluster: file not copied here");
+                    refused.push(name.clone());
+                }
             }
         }
     }
@@ -632,13 +708,13 @@ async fn sync(
     }
     plan.write.retain(|(n, _)| !refused.contains(n));
     // A file new here is copied only once this host owns its vassal.
-    let mut lost = Vec::new();
-    for (name, _) in &plan.write {
-        let new_here = !known.local.as_ref().is_some_and(|l| l.contains_key(name));
-        if new_here && !take(s, client, known, name).await? {
-            lost.push(name.clone());
-        }
-    }
+    let new_here: Vec<Name> = plan
+        .write
+        .iter()
+        .filter(|(n, _)| !known.local.as_ref().is_some_and(|l| l.contains_key(n)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let lost = take_all(s, client, known, &new_here).await?;
     plan.write.retain(|(n, _)| !lost.contains(n));
     let dir = host.dir.clone();
     let revision = known.revision;
@@ -693,6 +769,91 @@ async fn register_local_uids(s: &Settings, host: &Host, client: &mut Client) -> 
         }
     }
     Ok(())
+}
+
+/// Keys one transaction claims or takes at most (etcd allows 128
+/// operations in each of a transaction's lists).
+const BATCH: usize = 40;
+
+/// The cluster's uids of `logins`, none of which the host knows: claimed
+/// [`BATCH`] at a time in one transaction each (the next uids, none of them
+/// or of the logins claimed, `next` as read), or one by one through
+/// [`claim_uid`] when a batch does not hold (a login the cluster already
+/// knows, or another host's claim meanwhile).
+pub async fn claim_uids(
+    client: &mut Client,
+    prefix: &str,
+    logins: &[Name],
+) -> Result<Vec<(Name, Result<u32, String>)>, Ended> {
+    let uids = format!("{prefix}{}", cluster::UIDS);
+    let next_key = format!("{uids}next");
+    let mut out = Vec::new();
+    for chunk in logins.chunks(BATCH) {
+        let next = timed(client.get(next_key.as_str(), None)).await?;
+        let parse = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u32>().ok();
+        let (mut uid, mut when) = match next.kvs().first() {
+            Some(kv) => (
+                parse(kv.value()).unwrap_or(FIRST_UID).max(FIRST_UID),
+                vec![Compare::mod_revision(
+                    next_key.as_str(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )],
+            ),
+            None => (
+                FIRST_UID,
+                vec![Compare::create_revision(
+                    next_key.as_str(),
+                    CompareOp::Equal,
+                    0,
+                )],
+            ),
+        };
+        let mut then = Vec::new();
+        let mut got = Vec::new();
+        for login in chunk {
+            // 65534 is nobody inside every user namespace.
+            if uid == 65534 {
+                uid += 1;
+            }
+            let (by_name, by_uid) = (
+                format!("{uids}by-name/{login}"),
+                format!("{uids}by-uid/{uid}"),
+            );
+            when.push(Compare::create_revision(
+                by_name.as_str(),
+                CompareOp::Equal,
+                0,
+            ));
+            when.push(Compare::create_revision(
+                by_uid.as_str(),
+                CompareOp::Equal,
+                0,
+            ));
+            then.push(TxnOp::put(by_name.as_str(), uid.to_string(), None));
+            then.push(TxnOp::put(by_uid.as_str(), login.as_str(), None));
+            got.push((login.clone(), uid));
+            uid += 1;
+        }
+        then.push(TxnOp::put(next_key.as_str(), uid.to_string(), None));
+        if uid <= LAST_UID
+            && timed(client.txn(Txn::new().when(when).and_then(then)))
+                .await?
+                .succeeded()
+        {
+            tracing::info!(
+                logins = got.len(),
+                first = got[0].1,
+                "cluster: uids claimed"
+            );
+            out.extend(got.into_iter().map(|(l, u)| (l, Ok(u))));
+            continue;
+        }
+        for login in chunk {
+            out.push((login.clone(), claim_uid(client, prefix, login, None).await?));
+        }
+    }
+    Ok(out)
 }
 
 /// The cluster's uid of `login`: the one it has, or a new one claimed in a

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use emperor::cluster::claim_uid;
+use emperor::cluster::{claim_uid, claim_uids};
 use etcd_client::Client;
 
 /// One etcd member on free loopback ports, killed and removed on drop.
@@ -111,6 +111,39 @@ async fn hosts_claiming_at_once_never_share_a_uid_and_a_login_keeps_its_own() {
     let mut c = etcd.client().await;
     let next = c.get("/imperium/uids/next", None).await.unwrap();
     assert_eq!(next.kvs()[0].value(), b"30100");
+
+    // Batches, four hosts at once (each batch one transaction, or one by
+    // one when another host moved `next` first): 4 x 120 more, all new.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(4));
+    let mut tasks = Vec::new();
+    for h in 0..4 {
+        let mut c = etcd.client().await;
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let mut got = Vec::new();
+            for round in 0..3 {
+                let logins: Vec<_> = (0..40)
+                    .map(|i| format!("b{h}-{round}-{i}").parse().unwrap())
+                    .collect();
+                got.extend(claim_uids(&mut c, prefix, &logins).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut batch = std::collections::BTreeSet::new();
+    for t in tasks {
+        for (login, uid) in t.await.unwrap() {
+            let uid = uid.unwrap();
+            assert!(
+                !uids.contains(&uid) && batch.insert(uid),
+                "{login}: uid {uid} given twice"
+            );
+        }
+    }
+    assert_eq!(batch.len(), 480);
+    let next = c.get("/imperium/uids/next", None).await.unwrap();
+    assert_eq!(next.kvs()[0].value(), b"30580");
 
     // A joining host's own uid is taken if free, and next moves past it.
     let joiner = "joiner".parse().unwrap();

@@ -73,7 +73,10 @@ pub fn placement_key(prefix: &str, name: &Name) -> String {
 /// The vassal a placement key is for.
 pub fn placement_of(prefix: &str, key: &[u8]) -> Option<Name> {
     let key = std::str::from_utf8(key).ok()?;
-    key.strip_prefix(prefix)?.strip_prefix(PLACEMENT)?.parse().ok()
+    key.strip_prefix(prefix)?
+        .strip_prefix(PLACEMENT)?
+        .parse()
+        .ok()
 }
 
 /// The host an alive key is for.
@@ -101,6 +104,82 @@ pub fn vassal_name(prefix: &str, key: &[u8]) -> Option<Name> {
         .ok()
 }
 
+/// The cluster's vassal files, each read once, when it changes, for what
+/// placement and the scheduler need (a host follows thousands).
+#[derive(Debug, Default, Clone)]
+pub struct Files {
+    entries: BTreeMap<Name, Entry>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    text: String,
+    head: Option<Head>,
+}
+
+/// What placement reads of a file (leniently: only `kind`, `group` and
+/// `host`), and what the scheduler counts.
+#[derive(Debug, Clone)]
+struct Head {
+    group_kind: bool,
+    group: Option<Name>,
+    host: Option<Name>,
+    /// The memory of a group or admin site valid on its own (`None`:
+    /// another kind, or not valid).
+    own_memory: Option<u64>,
+}
+
+impl Files {
+    /// Adds or replaces a file.
+    pub fn insert(&mut self, name: Name, text: String) {
+        let head = toml::from_str::<toml::Table>(&text).ok().map(|t| {
+            let name_of = |key: &str| t.get(key)?.as_str()?.parse::<Name>().ok();
+            let own_memory = match crate::config::VassalFile::parse(&name, &text) {
+                Ok(crate::config::VassalFile::Site(s)) if s.group.is_some() => None,
+                Ok(f) => Some(f.limits().memory.map_or(0, |m| m.0)),
+                Err(_) => None,
+            };
+            Head {
+                group_kind: t.get("kind").and_then(|k| k.as_str()) == Some("group"),
+                group: name_of("group"),
+                host: name_of("host"),
+                own_memory,
+            }
+        });
+        self.entries.insert(name, Entry { text, head });
+    }
+
+    /// Removes a file.
+    pub fn remove(&mut self, name: &Name) {
+        self.entries.remove(name);
+    }
+
+    /// A file's text.
+    pub fn text(&self, name: &Name) -> Option<&str> {
+        self.entries.get(name).map(|e| e.text.as_str())
+    }
+
+    /// How many files.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// No file at all.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl FromIterator<(Name, String)> for Files {
+    fn from_iter<I: IntoIterator<Item = (Name, String)>>(iter: I) -> Files {
+        let mut files = Files::default();
+        for (name, text) in iter {
+            files.insert(name, text);
+        }
+        files
+    }
+}
+
 /// The host each file is placed on: a group's or an admin site's own `host`
 /// (else the scheduler's choice, from `chosen`), a group's site its
 /// group's. `None` when it cannot be told: the file is not TOML, names no
@@ -108,43 +187,29 @@ pub fn vassal_name(prefix: &str, key: &[u8]) -> Option<Name> {
 /// Read leniently (only `kind`, `group` and `host`): a file whose limits are
 /// wrong still goes to its host, whose engine refuses it with the reason and
 /// keeps the last good version running.
-pub fn placements(
-    files: &BTreeMap<Name, String>,
-    chosen: &BTreeMap<Name, Name>,
-) -> BTreeMap<Name, Option<Name>> {
-    let heads: BTreeMap<&Name, Option<Head>> = files.iter().map(|(n, t)| (n, head(t))).collect();
+pub fn placements(files: &Files, chosen: &BTreeMap<Name, Name>) -> BTreeMap<Name, Option<Name>> {
+    let head = |name: &Name| files.entries.get(name)?.head.as_ref();
     let own_host = |name: &Name| -> Option<Name> {
-        let h = heads.get(name)?.as_ref()?;
-        h.host.clone().or_else(|| chosen.get(name).cloned())
+        head(name)?
+            .host
+            .clone()
+            .or_else(|| chosen.get(name).cloned())
     };
     let placed = |name: &Name| -> Option<Name> {
-        let h = heads.get(name)?.as_ref()?;
+        let h = head(name)?;
         match (&h.group, h.group_kind) {
             (_, true) | (None, false) => own_host(name),
             (Some(g), false) => {
-                heads.get(g)?.as_ref().filter(|gh| gh.group_kind)?;
+                head(g).filter(|gh| gh.group_kind)?;
                 own_host(g)
             }
         }
     };
-    files.keys().map(|n| (n.clone(), placed(n))).collect()
-}
-
-/// What placement reads of a file.
-struct Head {
-    group_kind: bool,
-    group: Option<Name>,
-    host: Option<Name>,
-}
-
-fn head(text: &str) -> Option<Head> {
-    let t = toml::from_str::<toml::Table>(text).ok()?;
-    let name_of = |key: &str| t.get(key)?.as_str()?.parse::<Name>().ok();
-    Some(Head {
-        group_kind: t.get("kind").and_then(|k| k.as_str()) == Some("group"),
-        group: name_of("group"),
-        host: name_of("host"),
-    })
+    files
+        .entries
+        .keys()
+        .map(|n| (n.clone(), placed(n)))
+        .collect()
 }
 
 /// The scheduler: a host for every group and admin site whose file names
@@ -154,7 +219,7 @@ fn head(text: &str) -> Option<Head> {
 /// if unset). A file that is not valid on its own is left for its author to
 /// mend. Choices are never revised here: a group stays where it was put.
 pub fn schedule(
-    files: &BTreeMap<Name, String>,
+    files: &Files,
     chosen: &BTreeMap<Name, Name>,
     capacity: &BTreeMap<Name, u64>,
 ) -> Vec<(Name, Name)> {
@@ -164,17 +229,14 @@ pub fn schedule(
     let mut left: BTreeMap<&Name, i128> = capacity.iter().map(|(h, m)| (h, *m as i128)).collect();
     let mut wanting = Vec::new();
     for (name, placed) in placements(files, chosen) {
-        let Ok(file) = crate::config::VassalFile::parse(&name, &files[&name]) else {
+        let Some(memory) = files.entries[&name]
+            .head
+            .as_ref()
+            .and_then(|h| h.own_memory)
+        else {
             continue;
         };
-        let own = match &file {
-            crate::config::VassalFile::Group(_) => true,
-            crate::config::VassalFile::Site(s) => s.group.is_none(),
-        };
-        if !own {
-            continue;
-        }
-        let memory = file.limits().memory.map_or(0, |m| i128::from(m.0));
+        let memory = i128::from(memory);
         match placed {
             Some(h) => {
                 if let Some(l) = left.get_mut(&h) {
@@ -217,37 +279,41 @@ impl Plan {
     }
 }
 
-/// Compares the cluster's `files` with the host's `local` copies. A file
-/// placed on `host` is copied, once no other host holds it (`held_elsewhere`:
+/// Compares the cluster's `files` (`placed` as [`placements`] says) with
+/// the host's `local` copies. A file placed on `host` is copied, once no other host holds it (`held_elsewhere`:
 /// the host it left has not yet stopped it); one placed elsewhere or gone is
 /// removed; one whose place cannot be told stays where it is (its new text
 /// written there, so that the engine shows why it is refused), and is
 /// copied nowhere new.
 pub fn plan(
-    files: &BTreeMap<Name, String>,
-    chosen: &BTreeMap<Name, Name>,
+    files: &Files,
+    placed: &BTreeMap<Name, Option<Name>>,
     host: &Name,
     local: &BTreeMap<Name, String>,
     held_elsewhere: &BTreeSet<Name>,
 ) -> Plan {
     let mut plan = Plan::default();
-    for (name, placed) in placements(files, chosen) {
-        let text = &files[&name];
-        let here = local.get(&name);
-        let keep = match &placed {
-            Some(h) => h == host && (here.is_some() || !held_elsewhere.contains(&name)),
+    for (name, entry) in &files.entries {
+        let text = &entry.text;
+        let here = local.get(name);
+        let keep = match placed.get(name).cloned().flatten() {
+            Some(h) => h == *host && (here.is_some() || !held_elsewhere.contains(name)),
             None => here.is_some(),
         };
         if keep {
             if here != Some(text) {
-                plan.write.push((name, text.clone()));
+                plan.write.push((name.clone(), text.clone()));
             }
         } else if here.is_some() {
-            plan.remove.push(name);
+            plan.remove.push(name.clone());
         }
     }
-    plan.remove
-        .extend(local.keys().filter(|n| !files.contains_key(*n)).cloned());
+    plan.remove.extend(
+        local
+            .keys()
+            .filter(|n| !files.entries.contains_key(*n))
+            .cloned(),
+    );
     plan
 }
 
@@ -259,8 +325,22 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn files(list: &[(&str, &str)]) -> BTreeMap<Name, String> {
+    fn files(list: &[(&str, &str)]) -> Files {
         list.iter().map(|(k, v)| (n(k), (*v).to_owned())).collect()
+    }
+
+    fn texts(list: &[(&str, &str)]) -> BTreeMap<Name, String> {
+        list.iter().map(|(k, v)| (n(k), (*v).to_owned())).collect()
+    }
+
+    fn plan(
+        f: &Files,
+        chosen: &BTreeMap<Name, Name>,
+        host: &Name,
+        local: &BTreeMap<Name, String>,
+        held: &BTreeSet<Name>,
+    ) -> Plan {
+        super::plan(f, &placements(f, chosen), host, local, held)
     }
 
     #[test]
@@ -334,7 +414,7 @@ mod tests {
             ("broken", "kind = [\n"),
             ("lost", "kind = [\n"),
         ]);
-        let local = files(&[
+        let local = texts(&[
             ("s1", "kind = \"site\"\ngroup = \"g1\"\n"),
             ("a2", "kind = \"site\"\nhost = \"h1\"\n"),
             ("broken", "kind = \"site\"\nhost = \"h1\"\n"),
@@ -356,7 +436,7 @@ mod tests {
         let group = |mem: &str, host: &str| {
             format!("kind = \"group\"\n{host}[limits]\nmemory = \"{mem}\"\n")
         };
-        let f: BTreeMap<Name, String> = [
+        let f: Files = [
             ("g0", group("512M", "host = \"h1\"\n")),
             ("g1", group("256M", "")),
             ("g2", group("256M", "")),
@@ -398,7 +478,7 @@ mod tests {
         let held: BTreeSet<Name> = [n("a1")].into();
         assert!(plan(&f, &BTreeMap::new(), &n("h1"), &BTreeMap::new(), &held).is_empty());
         // Its own copy is kept up to date whoever else says it holds it.
-        let old = files(&[("a1", "kind = \"site\"\n")]);
+        let old = texts(&[("a1", "kind = \"site\"\n")]);
         assert_eq!(
             plan(&f, &BTreeMap::new(), &n("h1"), &old, &held)
                 .write
@@ -439,7 +519,7 @@ mod tests {
             )
         ) {
             let hosts = [n("h0"), n("h1"), n("h2")];
-            let mut f = BTreeMap::new();
+            let mut f = Files::default();
             for (i, kind, host, group) in entries {
                 let mut text = format!("kind = \"{}\"\n", ["group", "site"][kind]);
                 if let Some(h) = host {
