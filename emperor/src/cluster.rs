@@ -75,6 +75,8 @@ pub struct Stats {
     pub files: AtomicU64,
     /// Of them, those waiting for another host to let go of them.
     pub waiting: AtomicU64,
+    /// Files of the cluster whose login or a domain an earlier file claims.
+    pub conflicts: AtomicU64,
 }
 
 /// The cluster's files as of `revision`, as the last listing and the watch
@@ -88,6 +90,8 @@ struct Known {
     chosen: BTreeMap<Name, Name>,
     /// The hosts alive, and their memory.
     alive: BTreeMap<Name, u64>,
+    /// The files in conflict at the last pass (each logged once).
+    conflicts: BTreeSet<Name>,
     /// This host's copy (the admin directory's files), as the agent last
     /// read or wrote it: the directory is the agent's own in cluster mode.
     local: Option<BTreeMap<Name, String>>,
@@ -95,15 +99,17 @@ struct Known {
 }
 
 impl Known {
-    /// Takes one key's new value (`None`: deleted); true if it matters here.
-    fn take(&mut self, prefix: &str, key: &[u8], value: Option<&[u8]>) -> bool {
+    /// Takes one key's new value (`None`: deleted; else with the revision
+    /// that created the key); true if it matters here.
+    fn take(&mut self, prefix: &str, key: &[u8], value: Option<(&[u8], i64)>) -> bool {
         if let Some(name) = cluster::vassal_name(prefix, key) {
-            match value.and_then(|v| file_text(&name, v)) {
-                Some(text) => self.files.insert(name, text),
+            match value.and_then(|(v, created)| Some((file_text(&name, v)?, created))) {
+                Some((text, created)) => self.files.insert(name, text, created),
                 None => self.files.remove(&name),
             }
             return true;
         }
+        let value = value.map(|(v, _)| v);
         if let Some(name) = cluster::placement_of(prefix, key) {
             match value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<Name>().ok()) {
                 Some(host) => self.chosen.insert(name, host),
@@ -315,7 +321,10 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
                 m = watch.message() => m?,
                 renewed = alive.renew() => { renewed?; continue; }
                 Some(w) = host.writes.recv() => {
-                    let done = write(&mut client, s, &w.name, w.text.as_deref()).await;
+                    let done = match w.text.as_deref().and_then(|t| known.files.conflict_with(&w.name, t)) {
+                        Some(why) => Err(why),
+                        None => write(&mut client, s, &w.name, w.text.as_deref()).await,
+                    };
                     let _ = w.reply.send(done);
                     continue;
                 }
@@ -340,7 +349,8 @@ async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
                 }
                 for ev in m.events() {
                     let Some(kv) = ev.kv() else { continue };
-                    let value = matches!(ev.event_type(), EventType::Put).then(|| kv.value());
+                    let value = matches!(ev.event_type(), EventType::Put)
+                        .then(|| (kv.value(), kv.create_revision()));
                     changed |= known.take(&s.prefix, kv.key(), value);
                 }
                 if let Some(h) = m.header() {
@@ -569,7 +579,7 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
                 cluster_id = h.cluster_id();
             }
             for kv in page.kvs() {
-                fresh.take(prefix, kv.key(), Some(kv.value()));
+                fresh.take(prefix, kv.key(), Some((kv.value(), kv.create_revision())));
             }
             match (page.more(), page.kvs().last()) {
                 (true, Some(last)) => {
@@ -653,10 +663,29 @@ async fn sync(
     if known.local.is_none() {
         known.local = Some(read_dir(host.dir.clone()).await?);
     }
-    let local = known.local.as_ref().expect("read above");
     let elsewhere = known.held_elsewhere(&s.host);
     let placements = cluster::placements(&known.files, &known.chosen);
-    let mut plan = cluster::plan(&known.files, &placements, &s.host, local, &elsewhere);
+    let conflicts = known.files.conflicts();
+    for (name, why) in &conflicts {
+        if placements.get(name).cloned().flatten().as_ref() == Some(&s.host)
+            && !known.conflicts.contains(name)
+        {
+            tracing::error!(vassal = %name, reason = %why, "cluster: file not copied here");
+        }
+    }
+    known.conflicts = conflicts.keys().cloned().collect();
+    host.stats
+        .conflicts
+        .store(conflicts.len() as u64, Ordering::Relaxed);
+    let local = known.local.as_ref().expect("read above");
+    let mut plan = cluster::plan(
+        &known.files,
+        &placements,
+        &s.host,
+        local,
+        &elsewhere,
+        &conflicts,
+    );
     let here: Vec<&Name> = placements
         .iter()
         .filter(|(_, h)| h.as_ref() == Some(&s.host))

@@ -438,6 +438,28 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
     assert_eq!(code, "422", "{body}");
     assert!(body.contains("limits.memory"), "{body}");
     assert_eq!(etcd.ok(&["get", "/imperium/vassals/api2"]), "");
+    // A login (or a domain) is one vassal's in the whole cluster: a file
+    // claiming a2's login on h1 is refused by the API, and one put behind
+    // its back is copied nowhere, while a2 runs on.
+    let dup = "kind = \"site\"\nhost = \"h1\"\nuser = \"a2\"\n[limits]\nmemory = \"64M\"\n";
+    let (code, body) = api(&h1, "PUT", "dup", Some(dup));
+    assert_eq!(code, "422", "{body}");
+    assert!(
+        body.contains("login a2 is vassal a2's in the cluster"),
+        "{body}"
+    );
+    etcd.put("dup", dup);
+    wait_for(Duration::from_secs(10), "h1 to see the conflict", || {
+        (metric(&h1, "imperium_emperor_cluster_conflicts") == Some(1)).then_some(())
+    });
+    // A file put after it runs on h1: h1 has read past "dup".
+    etcd.put("later", &site("h1"));
+    running(&h1, "later");
+    assert!(h1.row("dup").is_none(), "copied in spite of the conflict");
+    etcd.delete("later");
+    assert_eq!(running(&h2, "a2"), a2);
+    etcd.delete("dup");
+
     // Deleted through h2's API: gone from h1.
     let (code, body) = api(&h2, "DELETE", "api1", None);
     assert_eq!(code, "200", "{body}");

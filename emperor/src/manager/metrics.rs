@@ -198,6 +198,11 @@ impl Manager {
                     c.files.load(relaxed) as i64,
                 ),
                 (
+                    "emperor_cluster_conflicts",
+                    "Files of the cluster not copied anywhere: their login or a domain is an earlier file's",
+                    c.conflicts.load(relaxed) as i64,
+                ),
+                (
                     "emperor_cluster_waiting",
                     "Files placed on this host that another host still holds (its site not yet stopped there)",
                     c.waiting.load(relaxed) as i64,

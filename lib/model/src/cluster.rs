@@ -114,6 +114,9 @@ pub struct Files {
 #[derive(Debug, Clone)]
 struct Entry {
     text: String,
+    /// When the cluster first had it (etcd's create revision): of two
+    /// files claiming one login or domain, the earlier keeps it.
+    created: i64,
     head: Option<Head>,
 }
 
@@ -127,26 +130,65 @@ struct Head {
     /// The memory of a group or admin site valid on its own (`None`:
     /// another kind, or not valid).
     own_memory: Option<u64>,
+    /// The tenant's login (`user`, else the vassal's name) and the
+    /// domains it claims: each one vassal's in the whole cluster.
+    claims: Vec<String>,
 }
 
 impl Files {
-    /// Adds or replaces a file.
-    pub fn insert(&mut self, name: Name, text: String) {
-        let head = toml::from_str::<toml::Table>(&text).ok().map(|t| {
-            let name_of = |key: &str| t.get(key)?.as_str()?.parse::<Name>().ok();
-            let own_memory = match crate::config::VassalFile::parse(&name, &text) {
-                Ok(crate::config::VassalFile::Site(s)) if s.group.is_some() => None,
-                Ok(f) => Some(f.limits().memory.map_or(0, |m| m.0)),
-                Err(_) => None,
-            };
-            Head {
-                group_kind: t.get("kind").and_then(|k| k.as_str()) == Some("group"),
-                group: name_of("group"),
-                host: name_of("host"),
-                own_memory,
+    /// Adds or replaces a file, first put at revision `created`.
+    pub fn insert(&mut self, name: Name, text: String, created: i64) {
+        let head = head(&name, &text);
+        self.entries.insert(
+            name,
+            Entry {
+                text,
+                created,
+                head,
+            },
+        );
+    }
+
+    /// The files whose login or a domain an earlier file of the cluster
+    /// claims, each with the reason: no host copies them (one that runs
+    /// keeps its last copy), so one login or domain is never two vassals'
+    /// on two hosts.
+    pub fn conflicts(&self) -> BTreeMap<Name, String> {
+        let mut by_claim: BTreeMap<&str, Vec<(i64, &Name)>> = BTreeMap::new();
+        for (name, e) in &self.entries {
+            for c in e.head.iter().flat_map(|h| &h.claims) {
+                by_claim.entry(c).or_default().push((e.created, name));
             }
-        });
-        self.entries.insert(name, Entry { text, head });
+        }
+        let mut out = BTreeMap::new();
+        for (claim, mut owners) in by_claim {
+            if owners.len() < 2 {
+                continue;
+            }
+            owners.sort();
+            let first = owners[0].1;
+            for (_, name) in &owners[1..] {
+                out.entry((*name).clone())
+                    .or_insert_with(|| reason(claim, first));
+            }
+        }
+        out
+    }
+
+    /// Why `text`, as `name`'s new file, would claim what an earlier file
+    /// of the cluster claims (`None`: it would not). An edit keeps its
+    /// file's place; a new file comes after every other.
+    pub fn conflict_with(&self, name: &Name, text: &str) -> Option<String> {
+        let new = head(name, text)?;
+        let mine = self.entries.get(name).map(|e| (e.created, name));
+        self.entries
+            .iter()
+            .filter(|(other, e)| *other != name && mine.is_none_or(|m| (e.created, *other) < m))
+            .find_map(|(other, e)| {
+                let claims = &e.head.as_ref()?.claims;
+                let claim = new.claims.iter().find(|c| claims.contains(c))?;
+                Some(reason(claim, other))
+            })
     }
 
     /// Removes a file.
@@ -171,13 +213,49 @@ impl Files {
 }
 
 impl FromIterator<(Name, String)> for Files {
+    /// Files all put at once (of two claiming one thing, the first by name
+    /// keeps it).
     fn from_iter<I: IntoIterator<Item = (Name, String)>>(iter: I) -> Files {
         let mut files = Files::default();
         for (name, text) in iter {
-            files.insert(name, text);
+            files.insert(name, text, 0);
         }
         files
     }
+}
+
+/// What placement, the scheduler and the cluster-wide claims read of a file.
+fn head(name: &Name, text: &str) -> Option<Head> {
+    let t = toml::from_str::<toml::Table>(text).ok()?;
+    let name_of = |key: &str| t.get(key)?.as_str()?.parse::<Name>().ok();
+    let own_memory = match crate::config::VassalFile::parse(name, text) {
+        Ok(crate::config::VassalFile::Site(s)) if s.group.is_some() => None,
+        Ok(f) => Some(f.limits().memory.map_or(0, |m| m.0)),
+        Err(_) => None,
+    };
+    let mut claims: Vec<String> = login_of(name, text)
+        .map(|l| format!("login {l}"))
+        .into_iter()
+        .collect();
+    if let Some(domains) = t.get("domains").and_then(|d| d.as_array()) {
+        claims.extend(
+            domains
+                .iter()
+                .filter_map(|d| d.as_str())
+                .map(|d| format!("domain {}", d.to_ascii_lowercase())),
+        );
+    }
+    Some(Head {
+        group_kind: t.get("kind").and_then(|k| k.as_str()) == Some("group"),
+        group: name_of("group"),
+        host: name_of("host"),
+        own_memory,
+        claims,
+    })
+}
+
+fn reason(claim: &str, owner: &Name) -> String {
+    format!("{claim} is vassal {owner}'s in the cluster")
 }
 
 /// The host each file is placed on: a group's or an admin site's own `host`
@@ -284,16 +362,21 @@ impl Plan {
 /// the host it left has not yet stopped it); one placed elsewhere or gone is
 /// removed; one whose place cannot be told stays where it is (its new text
 /// written there, so that the engine shows why it is refused), and is
-/// copied nowhere new.
+/// copied nowhere new; one in `conflicts` (see [`Files::conflicts`]) is left
+/// as it is everywhere.
 pub fn plan(
     files: &Files,
     placed: &BTreeMap<Name, Option<Name>>,
     host: &Name,
     local: &BTreeMap<Name, String>,
     held_elsewhere: &BTreeSet<Name>,
+    conflicts: &BTreeMap<Name, String>,
 ) -> Plan {
     let mut plan = Plan::default();
     for (name, entry) in &files.entries {
+        if conflicts.contains_key(name) {
+            continue;
+        }
         let text = &entry.text;
         let here = local.get(name);
         let keep = match placed.get(name).cloned().flatten() {
@@ -340,7 +423,7 @@ mod tests {
         local: &BTreeMap<Name, String>,
         held: &BTreeSet<Name>,
     ) -> Plan {
-        super::plan(f, &placements(f, chosen), host, local, held)
+        super::plan(f, &placements(f, chosen), host, local, held, &f.conflicts())
     }
 
     #[test]
@@ -473,6 +556,60 @@ mod tests {
     }
 
     #[test]
+    fn a_login_or_a_domain_is_the_earliest_files_in_the_whole_cluster() {
+        let mut f = Files::default();
+        f.insert(
+            n("b1"),
+            "kind = \"site\"\nhost = \"h1\"\nuser = \"shop\"\n".into(),
+            9,
+        );
+        f.insert(
+            n("a2"),
+            "kind = \"site\"\nhost = \"h2\"\nuser = \"shop\"\n".into(),
+            12,
+        );
+        f.insert(
+            n("c1"),
+            "kind = \"site\"\nhost = \"h1\"\ndomains = [\"x.example\"]\n".into(),
+            3,
+        );
+        f.insert(
+            n("d2"),
+            "kind = \"site\"\nhost = \"h2\"\ndomains = [\"X.example\"]\n".into(),
+            4,
+        );
+        f.insert(n("shop"), "kind = \"site\"\nhost = \"h2\"\n".into(), 20);
+        let c = f.conflicts();
+        assert_eq!(c[&n("a2")], "login shop is vassal b1's in the cluster");
+        assert_eq!(
+            c[&n("d2")],
+            "domain x.example is vassal c1's in the cluster"
+        );
+        assert_eq!(c[&n("shop")], "login shop is vassal b1's in the cluster");
+        assert_eq!(c.len(), 3);
+        // Not copied where placed; b1 and c1 are.
+        let p = super::plan(
+            &f,
+            &placements(&f, &BTreeMap::new()),
+            &n("h2"),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &c,
+        );
+        assert!(p.write.is_empty(), "{p:?}");
+        // Checked before a write: refused, and the file's own old text is
+        // no conflict.
+        assert_eq!(
+            f.conflict_with(&n("new"), "kind = \"site\"\ndomains = [\"x.example\"]\n"),
+            Some("domain x.example is vassal c1's in the cluster".into())
+        );
+        assert_eq!(
+            f.conflict_with(&n("c1"), "kind = \"site\"\ndomains = [\"x.example\"]\n"),
+            None
+        );
+    }
+
+    #[test]
     fn a_file_waits_while_another_host_holds_it() {
         let f = files(&[("a1", "kind = \"site\"\nhost = \"h1\"\n")]);
         let held: BTreeSet<Name> = [n("a1")].into();
@@ -528,7 +665,7 @@ mod tests {
                 if let Some(g) = group {
                     text += &format!("group = \"v{g}\"\n");
                 }
-                f.insert(n(&format!("v{i}")), text);
+                f.insert(n(&format!("v{i}")), text, 0);
             }
             let mut copies: BTreeMap<Name, usize> = BTreeMap::new();
             for host in &hosts {
