@@ -109,6 +109,7 @@ impl Known {
             }
             return true;
         }
+        let created = value.map(|(_, c)| c);
         let value = value.map(|(v, _)| v);
         if let Some(name) = cluster::placement_of(prefix, key) {
             match value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<Name>().ok()) {
@@ -128,6 +129,16 @@ impl Known {
                 }
                 None => self.alive.remove(&host),
             };
+            return true;
+        }
+        if let Some(name) = cluster::dropped_of(prefix, key) {
+            let claims = value.zip(created).and_then(|(v, c)| {
+                Some((serde_json::from_slice::<cluster::DroppedClaims>(v).ok()?, c))
+            });
+            match claims {
+                Some((claims, created)) => self.files.insert_dropped(name, &claims, created),
+                None => self.files.remove(&name),
+            }
             return true;
         }
         if let Some(name) = cluster::owner_of(prefix, key) {
@@ -183,6 +194,15 @@ pub struct Write {
     pub reply: oneshot::Sender<Result<bool, String>>,
 }
 
+/// What the engine has of one vassal, for the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// Its tenant's login.
+    pub login: Name,
+    /// A site of a reseller's drop directory: what it claims.
+    pub dropped: Option<cluster::DroppedClaims>,
+}
+
 /// Writes waiting for the agent at most.
 pub const WRITES: usize = 64;
 
@@ -201,7 +221,7 @@ pub struct Host {
     /// The admin's writes, to put into etcd.
     pub writes: mpsc::Receiver<Write>,
     /// The vassals the engine has (running, stopping or refused).
-    pub vassals: tokio::sync::watch::Receiver<BTreeSet<Name>>,
+    pub vassals: tokio::sync::watch::Receiver<BTreeMap<Name, Held>>,
 }
 
 /// Starts the agent (and the host's lease) on the runtime.
@@ -391,7 +411,8 @@ async fn own(
         Some(local) => local.keys().cloned().collect(),
         None => read_dir(host.dir.clone()).await?.into_keys().collect(),
     };
-    want.extend(host.vassals.borrow().iter().cloned());
+    let held = host.vassals.borrow().clone();
+    want.extend(held.keys().cloned());
     for name in &want {
         match known.owners.get(name) {
             Some(h) if *h == s.host => {}
@@ -417,12 +438,86 @@ async fn own(
                 CompareOp::Equal,
                 s.host.as_str(),
             )])
-            .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+            .and_then(vec![
+                TxnOp::delete(key.as_str(), None),
+                TxnOp::delete(cluster::dropped_key(&s.prefix, &name), None),
+            ]);
         timed(client.txn(txn)).await?;
         known.owners.remove(&name);
         tracing::info!(vassal = %name, "cluster: let go of it");
     }
-    Ok(())
+    dropped(s, host, client, known, &held).await
+}
+
+/// The sites of resellers' drop directories this host owns: registered in
+/// the cluster (their login and domains, so that no other file takes them),
+/// and given the cluster's uid; one whose login or a domain an earlier file
+/// claims gets none, and the engine says why.
+async fn dropped(
+    s: &Settings,
+    host: &Host,
+    client: &mut Client,
+    known: &mut Known,
+    held: &BTreeMap<Name, Held>,
+) -> Result<(), Ended> {
+    let mut logins = Vec::new();
+    let mut refused = Vec::new();
+    for (name, h) in held {
+        let Some(claims) = &h.dropped else { continue };
+        match known.owners.get(name) {
+            Some(owner) if *owner == s.host => {}
+            Some(owner) => {
+                refused.push((h.login.clone(), format!("vassal {name} is host {owner}'s")));
+                continue;
+            }
+            None => continue,
+        }
+        if let Some(why) = known.files.dropped_conflict(name, claims) {
+            refused.push((h.login.clone(), why));
+            continue;
+        }
+        if !known.files.is_dropped_as(name, claims) {
+            let key = cluster::dropped_key(&s.prefix, name);
+            let value = serde_json::to_string(claims).unwrap_or_default();
+            let owner = cluster::owner_key(&s.prefix, name);
+            // Only while this host owns it.
+            let txn = Txn::new()
+                .when(vec![Compare::value(
+                    owner.as_str(),
+                    CompareOp::Equal,
+                    s.host.as_str(),
+                )])
+                .and_then(vec![TxnOp::put(key.as_str(), value, None)]);
+            if !timed(client.txn(txn)).await?.succeeded() {
+                continue;
+            }
+            known
+                .files
+                .insert_dropped(name.clone(), claims, known.revision + 1);
+        }
+        logins.push(h.login.clone());
+    }
+    let table = UidTable::load(&host.uid_table).unwrap_or_default();
+    logins.retain(|l| !table.users.contains_key(l.as_str()));
+    logins.sort();
+    logins.dedup();
+    let mut given = Vec::new();
+    for (login, claimed) in claim_uids(client, &s.prefix, &logins).await? {
+        match claimed {
+            Ok(uid) => given.push((login, uid)),
+            Err(why) => refused.push((login, why)),
+        }
+    }
+    if given.is_empty() && refused.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = host.events.send(Event::ClusterUids(given, refused, tx));
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(Ended::Refused(format!("the cluster's uids: {why}"))),
+        Err(_) => Err(Ended::Refused("the emperor is stopping".into())),
+    }
 }
 
 /// Takes every one of `names` that no host owns, in transactions of
@@ -562,6 +657,7 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
         cluster::HOSTS,
         cluster::PLACEMENT,
         cluster::OWNERS,
+        cluster::DROPPED,
     ] {
         let start = format!("{prefix}{range}");
         let end = prefix_end(start.as_bytes());
@@ -728,7 +824,7 @@ async fn sync(
     }
     if !given.is_empty() {
         let (tx, rx) = oneshot::channel();
-        let _ = host.events.send(Event::ClusterUids(given, tx));
+        let _ = host.events.send(Event::ClusterUids(given, Vec::new(), tx));
         match rx.await {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return Err(Ended::Refused(format!("the cluster's uids: {why}"))),

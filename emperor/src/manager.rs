@@ -130,7 +130,12 @@ pub enum Event {
     },
     /// Uids the cluster gave (cluster mode): taken into the host's table
     /// before the files that need them are copied here.
-    ClusterUids(Vec<(Name, u32)>, oneshot::Sender<Result<(), String>>),
+    /// With the logins the cluster refused a uid, and why.
+    ClusterUids(
+        Vec<(Name, u32)>,
+        Vec<(Name, String)>,
+        oneshot::Sender<Result<(), String>>,
+    ),
     /// A home from before quotas was put into its project.
     Projected {
         /// The vassal.
@@ -289,7 +294,9 @@ pub struct Manager {
     /// The admin's writes to the cluster, for its agent (cluster mode).
     cluster_writes: Option<mpsc::Sender<crate::cluster::Write>>,
     /// The vassals this engine has, for the cluster's agent (cluster mode).
-    cluster_vassals: Option<tokio::sync::watch::Sender<BTreeSet<Name>>>,
+    cluster_vassals: Option<tokio::sync::watch::Sender<BTreeMap<Name, crate::cluster::Held>>>,
+    /// Logins the cluster gave no uid, and why (cluster mode).
+    cluster_refused: BTreeMap<Name, String>,
     /// Who calls on the containers' shared API socket, by uid.
     scopes: crate::api::Scopes,
     /// Changes of state, for the API's event streams.
@@ -440,6 +447,7 @@ impl Manager {
             cluster_stats: Default::default(),
             cluster_writes: None,
             cluster_vassals: None,
+            cluster_refused: BTreeMap::new(),
             scopes: Default::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             told: BTreeMap::new(),
@@ -1100,11 +1108,11 @@ impl Manager {
         // In a cluster a uid is the cluster's (claimed by the agent before
         // the file was copied here), never one of this host's own making.
         if self.cfg.cluster.is_some() && !self.uids.users.contains_key(user.as_str()) {
-            self.fail(
-                name,
-                format!("login {user} has no uid from the cluster yet"),
-                true,
-            );
+            let why = match self.cluster_refused.get(&user) {
+                Some(why) => format!("no uid from the cluster: {why}"),
+                None => format!("login {user} has no uid from the cluster yet"),
+            };
+            self.fail(name, why, true);
             return None;
         }
         let uid = match self.uids.allocate(user.as_str()) {
@@ -1242,7 +1250,10 @@ impl Manager {
                 sys::heap::trim();
             }
             Event::Projected { name, uid, result } => self.projected(&name, uid, result),
-            Event::ClusterUids(given, reply) => {
+            Event::ClusterUids(given, refused, reply) => {
+                for (login, why) in refused {
+                    self.cluster_refused.insert(login, why);
+                }
                 let _ = reply.send(self.adopt_uids(given));
             }
             Event::Exited { name, gen } => self.exited(&name, gen),

@@ -726,3 +726,72 @@ fn root_the_scheduler_spreads_groups_without_a_host_and_another_host_takes_over_
     let chosen = etcd.ok(&["get", "--print-value-only", "/imperium/placement/g3"]);
     assert_eq!(chosen.trim(), format!("h{}", survivor + 1));
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_resellers_dropped_site_runs_with_the_clusters_uid_and_its_claims_are_the_clusters() {
+    let mut lan = Lan::new();
+    let etcd = Etcd::start(&mut lan);
+    let h1 = host(&mut lan, &etcd, 1);
+    let h2 = host(&mut lan, &etcd, 2);
+    etcd.put(
+        "g1",
+        "kind = \"group\"\nhost = \"h1\"\n[limits]\nmemory = \"256M\"\n",
+    );
+    etcd.put(
+        "a2",
+        "kind = \"site\"\nhost = \"h2\"\ndomains = [\"a2.example\"]\n[limits]\nmemory = \"64M\"\n",
+    );
+    running(&h1, "g1");
+    running(&h2, "a2");
+    // The reseller drops a site into its directory on h1, as itself.
+    let reseller = uid(&h1, "g1") as u32;
+    let drop = h1.home_root.join("g1/vassals");
+    let put_as = |name: &str, text: &str| {
+        let tmp = drop.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::os::unix::fs::chown(&tmp, Some(reseller), Some(reseller)).unwrap();
+        std::fs::rename(&tmp, drop.join(format!("{name}.toml"))).unwrap();
+    };
+    put_as("r1", "kind = \"site\"\n[limits]\nmemory = \"64M\"\n");
+    running(&h1, "r1");
+    let get = |key: &str| {
+        etcd.ok(&["get", "--print-value-only", key])
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(get("/imperium/uids/by-name/r1"), uid(&h1, "r1").to_string());
+    assert_eq!(get("/imperium/owners/r1"), "h1");
+    assert!(get("/imperium/dropped/r1").contains("\"group\":\"g1\""));
+    // Its login is the cluster's: the admin's API on h2 refuses another
+    // file taking it.
+    let (code, body) = api(
+        &h2,
+        "PUT",
+        "x",
+        Some("kind = \"site\"\nhost = \"h2\"\nuser = \"r1\"\n"),
+    );
+    assert_eq!(code, "422", "{body}");
+    assert!(
+        body.contains("login r1 is vassal r1's in the cluster"),
+        "{body}"
+    );
+    // A dropped site claiming a2's domain on h2 gets no uid, and says why.
+    put_as(
+        "r2",
+        "kind = \"site\"\ndomains = [\"a2.example\"]\n[limits]\nmemory = \"64M\"\n",
+    );
+    h1.wait_row("r2", "the refusal", |r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("domain a2.example is vassal a2's in the cluster"))
+    });
+    assert!(h1.row("r2").unwrap()["pid"].is_null());
+    // Removed by the reseller: stopped, and the cluster forgets it.
+    std::fs::remove_file(drop.join("r1.toml")).unwrap();
+    wait_gone(&h1, "r1");
+    wait_for(Duration::from_secs(10), "r1's keys gone", || {
+        (get("/imperium/owners/r1").is_empty() && get("/imperium/dropped/r1").is_empty())
+            .then_some(())
+    });
+}

@@ -35,6 +35,10 @@ impl Manager {
     /// Gives these users their uids, if they have none, and writes the
     /// table once for all of them (one durable write instead of one a start).
     pub(super) fn allocate_uids(&mut self, users: &[Name]) {
+        // In a cluster a uid is the cluster's: none is made here.
+        if self.cfg.cluster.is_some() {
+            return;
+        }
         let mut allocated = false;
         for user in users {
             allocated |= self
@@ -58,6 +62,7 @@ impl Manager {
         let mut refused = Vec::new();
         let mut changed = false;
         for (login, uid) in given {
+            self.cluster_refused.remove(&login);
             match self.uids.adopt(login.as_str(), uid) {
                 Ok(c) => changed |= c,
                 Err(e) => refused.push(e.to_string()),

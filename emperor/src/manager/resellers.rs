@@ -93,10 +93,52 @@ impl Manager {
 
     /// The vassals this engine has, kept up to date for the cluster's
     /// agent (what this host holds).
-    pub fn cluster_vassals(&mut self) -> tokio::sync::watch::Receiver<BTreeSet<Name>> {
-        let (tx, rx) = tokio::sync::watch::channel(self.vassals.keys().cloned().collect());
+    pub fn cluster_vassals(
+        &mut self,
+    ) -> tokio::sync::watch::Receiver<BTreeMap<Name, crate::cluster::Held>> {
+        let (tx, rx) = tokio::sync::watch::channel(self.held());
         self.cluster_vassals = Some(tx);
         rx
+    }
+
+    /// Each vassal's login, and for a site of a reseller's drop directory
+    /// what it claims.
+    fn held(&self) -> BTreeMap<Name, crate::cluster::Held> {
+        let mut admin = BTreeSet::new();
+        let mut dropped = BTreeMap::new();
+        for e in self.last_entries.values() {
+            match &e.source {
+                model::catalog::Source::Admin => {
+                    admin.insert(&e.name);
+                }
+                model::catalog::Source::Drop(g) => {
+                    dropped.insert(&e.name, g);
+                }
+            }
+        }
+        self.vassals
+            .iter()
+            .map(|(name, v)| {
+                let login = v.file.user(name);
+                let claims = match (&v.file, dropped.get(name)) {
+                    (VassalFile::Site(s), Some(g)) if !admin.contains(name) => {
+                        Some(model::cluster::DroppedClaims {
+                            group: (*g).clone(),
+                            login: login.clone(),
+                            domains: s.domains.iter().map(|d| d.to_string()).collect(),
+                        })
+                    }
+                    _ => None,
+                };
+                (
+                    name.clone(),
+                    crate::cluster::Held {
+                        login,
+                        dropped: claims,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// The admin's writes go to the cluster's agent from now on (its
@@ -120,17 +162,16 @@ impl Manager {
         if self.told_digest == Some(digest) {
             return;
         }
-        if let Some(held) = &self.cluster_vassals {
-            held.send_if_modified(|names| {
-                let now =
-                    names.len() != self.vassals.len() || !names.iter().eq(self.vassals.keys());
-                if now {
-                    *names = self.vassals.keys().cloned().collect();
+        if let Some(tx) = &self.cluster_vassals {
+            let now = self.held();
+            tx.send_if_modified(|held| {
+                let changed = *held != now;
+                if changed {
+                    *held = now;
                 }
-                now
+                changed
             });
         }
-        self.told_digest = Some(digest);
         let mut told = std::mem::take(&mut self.told);
         let events = self.events.clone();
         let mut now = 0;

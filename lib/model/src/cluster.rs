@@ -25,6 +25,37 @@ pub const HOSTS: &str = "hosts/";
 /// site whose file names none: `placement/<name>` = the host.
 pub const PLACEMENT: &str = "placement/";
 
+/// The sites resellers dropped into their groups' directories on the host
+/// that holds the group: `dropped/<name>` = what they claim (see
+/// [`DroppedClaims`]). The file stays in the drop directory (judged there
+/// with a reseller's rules); the cluster knows its name, login and domains.
+pub const DROPPED: &str = "dropped/";
+
+/// What a dropped site claims in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DroppedClaims {
+    /// The reseller's group.
+    pub group: Name,
+    /// The tenant's login.
+    pub login: Name,
+    /// The domains it serves.
+    pub domains: Vec<String>,
+}
+
+/// The key of a dropped site.
+pub fn dropped_key(prefix: &str, name: &Name) -> String {
+    format!("{prefix}{DROPPED}{name}")
+}
+
+/// The dropped site a key is for.
+pub fn dropped_of(prefix: &str, key: &[u8]) -> Option<Name> {
+    let key = std::str::from_utf8(key).ok()?;
+    key.strip_prefix(prefix)?
+        .strip_prefix(DROPPED)?
+        .parse()
+        .ok()
+}
+
 /// Which host owns each vassal: `owners/<name>` = the host.
 pub const OWNERS: &str = "owners/";
 
@@ -113,7 +144,10 @@ pub struct Files {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The file's text (empty for a dropped site: its file is not here).
     text: String,
+    /// A site in a reseller's drop directory: never copied.
+    dropped: bool,
     /// When the cluster first had it (etcd's create revision): of two
     /// files claiming one login or domain, the earlier keeps it.
     created: i64,
@@ -143,10 +177,71 @@ impl Files {
             name,
             Entry {
                 text,
+                dropped: false,
                 created,
                 head,
             },
         );
+    }
+
+    /// Adds or replaces a reseller's dropped site, registered at `created`:
+    /// placed with its group, claiming its login and domains, never copied.
+    pub fn insert_dropped(&mut self, name: Name, claims: &DroppedClaims, created: i64) {
+        let mut all = vec![format!("login {}", claims.login)];
+        all.extend(
+            claims
+                .domains
+                .iter()
+                .map(|d| format!("domain {}", d.to_ascii_lowercase())),
+        );
+        let head = Head {
+            group_kind: false,
+            group: Some(claims.group.clone()),
+            host: None,
+            own_memory: None,
+            claims: all,
+        };
+        self.entries.insert(
+            name,
+            Entry {
+                text: String::new(),
+                dropped: true,
+                created,
+                head: Some(head),
+            },
+        );
+    }
+
+    /// Whether `name` is registered as a dropped site with these claims.
+    pub fn is_dropped_as(&self, name: &Name, claims: &DroppedClaims) -> bool {
+        let Some(e) = self.entries.get(name) else {
+            return false;
+        };
+        let mut probe = Files::default();
+        probe.insert_dropped(name.clone(), claims, 0);
+        e.dropped
+            && e.head.as_ref().map(|h| (&h.group, &h.claims))
+                == probe.entries[name]
+                    .head
+                    .as_ref()
+                    .map(|h| (&h.group, &h.claims))
+    }
+
+    /// Why a new claim set for `name` (a dropped site's) would take what an
+    /// earlier file of the cluster claims.
+    pub fn dropped_conflict(&self, name: &Name, claims: &DroppedClaims) -> Option<String> {
+        let mut probe = Files::default();
+        probe.insert_dropped(name.clone(), claims, i64::MAX);
+        let new = probe.entries.remove(name)?.head?;
+        let mine = self.entries.get(name).map(|e| (e.created, name));
+        self.entries
+            .iter()
+            .filter(|(other, e)| *other != name && mine.is_none_or(|m| (e.created, *other) < m))
+            .find_map(|(other, e)| {
+                let claims = &e.head.as_ref()?.claims;
+                let claim = new.claims.iter().find(|c| claims.contains(c))?;
+                Some(reason(claim, other))
+            })
     }
 
     /// The files whose login or a domain an earlier file of the cluster
@@ -374,7 +469,7 @@ pub fn plan(
 ) -> Plan {
     let mut plan = Plan::default();
     for (name, entry) in &files.entries {
-        if conflicts.contains_key(name) {
+        if conflicts.contains_key(name) || entry.dropped {
             continue;
         }
         let text = &entry.text;
