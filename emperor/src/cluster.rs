@@ -92,6 +92,9 @@ struct Known {
     alive: BTreeMap<Name, u64>,
     /// The files in conflict at the last pass (each logged once).
     conflicts: BTreeSet<Name>,
+    /// What this host holds and another owns, at the last pass (each
+    /// logged once).
+    clashes: BTreeSet<Name>,
     /// This host's copy (the admin directory's files), as the agent last
     /// read or wrote it: the directory is the agent's own in cluster mode.
     local: Option<BTreeMap<Name, String>>,
@@ -413,17 +416,22 @@ async fn own(
     };
     let held = host.vassals.borrow().clone();
     want.extend(held.keys().cloned());
+    let mut clashes = BTreeSet::new();
     for name in &want {
         match known.owners.get(name) {
             Some(h) if *h == s.host => {}
             Some(h) => {
-                tracing::error!(vassal = %name, owner = %h, "cluster: this host holds a vassal another host owns")
+                if !known.clashes.contains(name) {
+                    tracing::error!(vassal = %name, owner = %h, "cluster: this host holds a vassal another host owns");
+                }
+                clashes.insert(name.clone());
             }
             None => {
                 take(s, client, known, name).await?;
             }
         }
     }
+    known.clashes = clashes;
     let mine: Vec<Name> = known
         .owners
         .iter()
