@@ -70,6 +70,12 @@ pub fn exported_functions(lib: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Runs `ip ARGS` (iproute2), which must succeed.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
 /// A random suffix for names that must not collide across parallel tests.
 pub fn unique(prefix: &str) -> String {
     let mut b = [0u8; 4];

@@ -13,11 +13,6 @@ use nix::sys::signal::Signal;
 /// The LAN's first three bytes; member `i` of etcd is `.1i`, host `i` `.2i`.
 const LAN: &str = "192.0.2";
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-}
-
 /// Network namespaces on one bridge; all removed on drop, even when the
 /// test fails.
 struct Lan {
@@ -314,6 +309,19 @@ fn host(lan: &mut Lan, etcd: &Etcd, i: u8) -> Emperor {
     e
 }
 
+/// A LAN, three etcd members and two emperor hosts, h1 and h2 (dropped in
+/// the reverse order: hosts first).
+fn two_hosts() -> (Lan, Etcd, Emperor, Emperor) {
+    let mut lan = Lan::new();
+    let etcd = Etcd::start(&mut lan);
+    let h1 = host(&mut lan, &etcd, 1);
+    let h2 = host(&mut lan, &etcd, 2);
+    (lan, etcd, h1, h2)
+}
+
+/// Group g1's file, on host h1.
+const G1_ON_H1: &str = "kind = \"group\"\nhost = \"h1\"\n[limits]\nmemory = \"256M\"\n";
+
 fn site(host: &str) -> String {
     format!("kind = \"site\"\nhost = \"{host}\"\n[limits]\nmemory = \"64M\"\n")
 }
@@ -375,15 +383,9 @@ fn metric(e: &Emperor, name: &str) -> Option<i64> {
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
-    let mut lan = Lan::new();
-    let etcd = Etcd::start(&mut lan);
-    let h1 = host(&mut lan, &etcd, 1);
-    let h2 = host(&mut lan, &etcd, 2);
+    let (_lan, etcd, h1, h2) = two_hosts();
 
-    etcd.put(
-        "g1",
-        "kind = \"group\"\nhost = \"h1\"\n[limits]\nmemory = \"256M\"\n",
-    );
+    etcd.put("g1", G1_ON_H1);
     etcd.put(
         "s1",
         "kind = \"site\"\ngroup = \"g1\"\n[limits]\nmemory = \"64M\"\n",
@@ -544,10 +546,7 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_a_host_cut_off_keeps_its_sites_and_catches_up_after_a_compaction() {
-    let mut lan = Lan::new();
-    let etcd = Etcd::start(&mut lan);
-    let h1 = host(&mut lan, &etcd, 1);
-    let h2 = host(&mut lan, &etcd, 2);
+    let (lan, etcd, h1, h2) = two_hosts();
     etcd.put("a1", &site("h1"));
     etcd.put("b2", &site("h2"));
     let a1 = running(&h1, "a1");
@@ -730,14 +729,8 @@ fn root_the_scheduler_spreads_groups_without_a_host_and_another_host_takes_over_
 #[test]
 #[ignore = "root: run the README's test command"]
 fn root_a_resellers_dropped_site_runs_with_the_clusters_uid_and_its_claims_are_the_clusters() {
-    let mut lan = Lan::new();
-    let etcd = Etcd::start(&mut lan);
-    let h1 = host(&mut lan, &etcd, 1);
-    let h2 = host(&mut lan, &etcd, 2);
-    etcd.put(
-        "g1",
-        "kind = \"group\"\nhost = \"h1\"\n[limits]\nmemory = \"256M\"\n",
-    );
+    let (_lan, etcd, h1, h2) = two_hosts();
+    etcd.put("g1", G1_ON_H1);
     etcd.put(
         "a2",
         "kind = \"site\"\nhost = \"h2\"\ndomains = [\"a2.example\"]\n[limits]\nmemory = \"64M\"\n",

@@ -22,11 +22,6 @@ struct Net {
     servers: Vec<Child>,
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-}
-
 impl Net {
     fn new() -> Net {
         // Owned (and so removed on drop) before anything is made.

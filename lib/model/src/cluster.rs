@@ -187,27 +187,13 @@ impl Files {
     /// Adds or replaces a reseller's dropped site, registered at `created`:
     /// placed with its group, claiming its login and domains, never copied.
     pub fn insert_dropped(&mut self, name: Name, claims: &DroppedClaims, created: i64) {
-        let mut all = vec![format!("login {}", claims.login)];
-        all.extend(
-            claims
-                .domains
-                .iter()
-                .map(|d| format!("domain {}", d.to_ascii_lowercase())),
-        );
-        let head = Head {
-            group_kind: false,
-            group: Some(claims.group.clone()),
-            host: None,
-            own_memory: None,
-            claims: all,
-        };
         self.entries.insert(
             name,
             Entry {
                 text: String::new(),
                 dropped: true,
                 created,
-                head: Some(head),
+                head: Some(dropped_head(claims)),
             },
         );
     }
@@ -217,22 +203,20 @@ impl Files {
         let Some(e) = self.entries.get(name) else {
             return false;
         };
-        let mut probe = Files::default();
-        probe.insert_dropped(name.clone(), claims, 0);
+        let new = dropped_head(claims);
         e.dropped
-            && e.head.as_ref().map(|h| (&h.group, &h.claims))
-                == probe.entries[name]
-                    .head
-                    .as_ref()
-                    .map(|h| (&h.group, &h.claims))
+            && e.head.as_ref().map(|h| (&h.group, &h.claims)) == Some((&new.group, &new.claims))
     }
 
     /// Why a new claim set for `name` (a dropped site's) would take what an
     /// earlier file of the cluster claims.
     pub fn dropped_conflict(&self, name: &Name, claims: &DroppedClaims) -> Option<String> {
-        let mut probe = Files::default();
-        probe.insert_dropped(name.clone(), claims, i64::MAX);
-        let new = probe.entries.remove(name)?.head?;
+        self.earlier_claim(name, &dropped_head(claims))
+    }
+
+    /// What a file earlier than `name` (every other, if `name` is new)
+    /// claims of what `new` claims, as a reason.
+    fn earlier_claim(&self, name: &Name, new: &Head) -> Option<String> {
         let mine = self.entries.get(name).map(|e| (e.created, name));
         self.entries
             .iter()
@@ -274,16 +258,7 @@ impl Files {
     /// of the cluster claims (`None`: it would not). An edit keeps its
     /// file's place; a new file comes after every other.
     pub fn conflict_with(&self, name: &Name, text: &str) -> Option<String> {
-        let new = head(name, text)?;
-        let mine = self.entries.get(name).map(|e| (e.created, name));
-        self.entries
-            .iter()
-            .filter(|(other, e)| *other != name && mine.is_none_or(|m| (e.created, *other) < m))
-            .find_map(|(other, e)| {
-                let claims = &e.head.as_ref()?.claims;
-                let claim = new.claims.iter().find(|c| claims.contains(c))?;
-                Some(reason(claim, other))
-            })
+        self.earlier_claim(name, &head(name, text)?)
     }
 
     /// Removes a file.
@@ -347,6 +322,24 @@ fn head(name: &Name, text: &str) -> Option<Head> {
         own_memory,
         claims,
     })
+}
+
+/// What a dropped site's registration says for placement and claims.
+fn dropped_head(claims: &DroppedClaims) -> Head {
+    let mut all = vec![format!("login {}", claims.login)];
+    all.extend(
+        claims
+            .domains
+            .iter()
+            .map(|d| format!("domain {}", d.to_ascii_lowercase())),
+    );
+    Head {
+        group_kind: false,
+        group: Some(claims.group.clone()),
+        host: None,
+        own_memory: None,
+        claims: all,
+    }
 }
 
 fn reason(claim: &str, owner: &Name) -> String {
