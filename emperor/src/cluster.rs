@@ -202,6 +202,8 @@ pub struct Write {
 pub struct Held {
     /// Its tenant's login.
     pub login: Name,
+    /// Whether the host's uid table has the login.
+    pub has_uid: bool,
     /// A site of a reseller's drop directory: what it claims.
     pub dropped: Option<cluster::DroppedClaims>,
 }
@@ -503,10 +505,10 @@ async fn dropped(
                 .files
                 .insert_dropped(name.clone(), claims, known.revision + 1);
         }
-        logins.push(h.login.clone());
+        if !h.has_uid {
+            logins.push(h.login.clone());
+        }
     }
-    let table = UidTable::load(&host.uid_table).unwrap_or_default();
-    logins.retain(|l| !table.users.contains_key(l.as_str()));
     logins.sort();
     logins.dedup();
     let mut given = Vec::new();

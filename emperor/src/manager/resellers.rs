@@ -133,6 +133,7 @@ impl Manager {
                 (
                     name.clone(),
                     crate::cluster::Held {
+                        has_uid: self.uids.users.contains_key(login.as_str()),
                         login,
                         dropped: claims,
                     },
