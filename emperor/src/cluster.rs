@@ -33,7 +33,7 @@ use crate::manager::Event;
 /// Pages of a full listing.
 const PAGE: i64 = 500;
 /// How long a call to etcd may take before the connection is given up.
-const CALL: Duration = Duration::from_secs(10);
+const CALL: Duration = Duration::from_secs(5);
 /// The host's lease: etcd forgets `alive` this long after the last renewal.
 pub const LEASE_TTL: i64 = 15;
 /// The longest wait between two attempts to reach etcd.
@@ -235,9 +235,19 @@ pub fn spawn(settings: Settings, mut host: Host) {
         let mut known = Known::default();
         let mut wait = Duration::from_secs(1);
         let stats = host.stats.clone();
+        // One member at a time, the next after a failure: a member that
+        // hangs (stopped, cut off) takes a call's timeout, not every call.
+        let mut at = 0;
+        let mut failed = 0;
         loop {
-            let ended = session(&settings, &mut host, &mut known).await;
-            stats.connected.store(false, Ordering::Relaxed);
+            let endpoint = &settings.endpoints[at % settings.endpoints.len().max(1)];
+            let ended = session(&settings, endpoint, &mut host, &mut known).await;
+            if stats.connected.swap(false, Ordering::Relaxed) {
+                failed = 0;
+                wait = Duration::from_secs(1);
+            }
+            at += 1;
+            failed += 1;
             match ended {
                 Ended::Compacted(at) => {
                     tracing::info!(
@@ -249,11 +259,20 @@ pub fn spawn(settings: Settings, mut host: Host) {
                     continue;
                 }
                 e => {
-                    tracing::warn!(error = %e, retry = ?wait, "cluster: etcd unreachable; this host keeps what it runs")
+                    tracing::warn!(%endpoint, error = %e, "cluster: etcd unreachable there; this host keeps what it runs")
                 }
             }
+            // The other members at once; once every one failed, a pause
+            // that doubles (1 s to 30 s).
+            let pause = if failed % settings.endpoints.len().max(1) == 0 {
+                let w = wait;
+                wait = (wait * 2).min(RETRY_MAX);
+                w
+            } else {
+                Duration::from_millis(100)
+            };
             // Writes asked meanwhile are refused at once, not kept waiting.
-            let pause = tokio::time::sleep(wait);
+            let pause = tokio::time::sleep(pause);
             tokio::pin!(pause);
             loop {
                 tokio::select! {
@@ -263,7 +282,6 @@ pub fn spawn(settings: Settings, mut host: Host) {
                     }
                 }
             }
-            wait = (wait * 2).min(RETRY_MAX);
         }
     });
 }
@@ -277,11 +295,13 @@ async fn timed<T>(
     }
 }
 
-async fn connect(s: &Settings) -> Result<Client, Ended> {
+async fn connect(s: &Settings, endpoint: &str) -> Result<Client, Ended> {
+    // etcd sends GOAWAY ("too_many_pings") to a client pinging more often
+    // than every 5 s (its --grpc-keepalive-min-time).
     let mut options = ConnectOptions::new()
         .with_require_leader(true)
         .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(3), Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
         .with_keep_alive_while_idle(true);
     if let Some(tls) = &s.tls {
         let read = |p: &Path| {
@@ -294,14 +314,14 @@ async fn connect(s: &Settings) -> Result<Client, Ended> {
         }
         options = options.with_tls(t);
     }
-    timed(Client::connect(&s.endpoints, Some(options))).await
+    timed(Client::connect([endpoint], Some(options))).await
 }
 
 /// One connection: list if needed, then follow the watch until it ends.
-async fn session(s: &Settings, host: &mut Host, known: &mut Known) -> Ended {
+async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Known) -> Ended {
     let stats = host.stats.clone();
     let run = async {
-        let mut client = connect(s).await?;
+        let mut client = connect(s, endpoint).await?;
         let mut alive = Alive::new(&mut client, s).await?;
         // The directory is read once a session, then kept as written.
         known.local = None;

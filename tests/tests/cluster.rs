@@ -788,3 +788,59 @@ fn root_a_resellers_dropped_site_runs_with_the_clusters_uid_and_its_claims_are_t
             .then_some(())
     });
 }
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_the_hosts_follow_the_cluster_while_its_leader_is_stopped() {
+    let (_lan, mut etcd, h1, h2) = two_hosts();
+    etcd.put("a1", &site("h1"));
+    running(&h1, "a1");
+    // The leader, by etcd's own account, is stopped (SIGSTOP): the other
+    // two elect another and the hosts carry on through them.
+    let status: serde_json::Value =
+        serde_json::from_str(&etcd.ok(&["endpoint", "status", "-w", "json"])).expect("json");
+    let leader = status
+        .as_array()
+        .and_then(|members| {
+            members.iter().position(|m| {
+                m["Status"]["leader"].as_u64().is_some()
+                    && m["Status"]["leader"] == m["Status"]["header"]["member_id"]
+            })
+        })
+        .expect("a leader");
+    let pid = nix::unistd::Pid::from_raw(etcd.members[leader].1.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+    let others: Vec<String> = etcd
+        .endpoints
+        .split(',')
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, e)| e.to_owned())
+        .collect();
+    etcd.endpoints = others.join(",");
+    // Until the two have a new leader, a write times out (and is put again).
+    for (name, on) in [("a2", "h2"), ("b1", "h1")] {
+        let key = format!("/imperium/vassals/{name}");
+        wait_for(
+            Duration::from_secs(30),
+            "a write with the leader stopped",
+            || {
+                etcd.ctl(&["put", &key, &site(on)])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+    let converged = |e: &Emperor, n: &str| {
+        wait_for_or(
+            Duration::from_secs(40),
+            &format!("{n} running while the leader is stopped"),
+            || e.row(n).filter(|r| r["state"] == "running"),
+            || e.log(),
+        )
+    };
+    converged(&h2, "a2");
+    converged(&h1, "b1");
+    nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+}
