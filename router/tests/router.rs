@@ -1921,8 +1921,11 @@ impl Pebble {
                 .spawn()
                 .expect("pebble (Debian's pebble package)"),
         );
+        // Both of its listeners: they come up one after the other.
+        let management = self.management;
         wait_for(Duration::from_secs(20), "pebble to listen", || {
-            TcpStream::connect(format!("127.0.0.1:{port}")).ok()
+            TcpStream::connect(format!("127.0.0.1:{port}")).ok()?;
+            TcpStream::connect(format!("127.0.0.1:{management}")).ok()
         });
     }
 
