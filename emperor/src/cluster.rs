@@ -197,6 +197,16 @@ pub struct Write {
     pub reply: oneshot::Sender<Result<bool, String>>,
 }
 
+/// What the admin asks of the agent: a write, or the cluster as this host
+/// sees it.
+#[derive(Debug)]
+pub enum Ask {
+    /// Put or delete a file.
+    Write(Write),
+    /// The view (`emperor cluster`).
+    View(oneshot::Sender<serde_json::Value>),
+}
+
 /// What the engine has of one vassal, for the agent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Held {
@@ -223,8 +233,8 @@ pub struct Host {
     pub events: mpsc::UnboundedSender<Event>,
     /// What the agent did.
     pub stats: Arc<Stats>,
-    /// The admin's writes, to put into etcd.
-    pub writes: mpsc::Receiver<Write>,
+    /// The admin's writes and questions.
+    pub writes: mpsc::Receiver<Ask>,
     /// The vassals the engine has (running, stopping or refused).
     pub vassals: tokio::sync::watch::Receiver<BTreeMap<Name, Held>>,
 }
@@ -277,9 +287,14 @@ pub fn spawn(settings: Settings, mut host: Host) {
             loop {
                 tokio::select! {
                     _ = &mut pause => break,
-                    Some(w) = host.writes.recv() => {
-                        let _ = w.reply.send(Err("etcd is unreachable from this host now: try again".into()));
-                    }
+                    Some(ask) = host.writes.recv() => match ask {
+                        Ask::Write(w) => {
+                            let _ = w.reply.send(Err("etcd is unreachable from this host now: try again".into()));
+                        }
+                        Ask::View(reply) => {
+                            let _ = reply.send(view(&settings, &known, false));
+                        }
+                    },
                 }
             }
         }
@@ -365,12 +380,19 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
                 }
                 m = watch.message() => m?,
                 renewed = alive.renew() => { renewed?; continue; }
-                Some(w) = host.writes.recv() => {
-                    let done = match w.text.as_deref().and_then(|t| known.files.conflict_with(&w.name, t)) {
-                        Some(why) => Err(why),
-                        None => write(&mut client, s, &w.name, w.text.as_deref()).await,
-                    };
-                    let _ = w.reply.send(done);
+                Some(ask) = host.writes.recv() => {
+                    match ask {
+                        Ask::Write(w) => {
+                            let done = match w.text.as_deref().and_then(|t| known.files.conflict_with(&w.name, t)) {
+                                Some(why) => Err(why),
+                                None => write(&mut client, s, &w.name, w.text.as_deref()).await,
+                            };
+                            let _ = w.reply.send(done);
+                        }
+                        Ask::View(reply) => {
+                            let _ = reply.send(view(s, known, true));
+                        }
+                    }
                     continue;
                 }
                 Ok(()) = host.vassals.changed() => {
@@ -628,6 +650,42 @@ async fn take(
         }
         None => Ok(false),
     }
+}
+
+/// The cluster as this host last read it: the hosts alive, and each file's
+/// host, owner and whether it runs here, waits, or is refused and why.
+fn view(s: &Settings, known: &Known, connected: bool) -> serde_json::Value {
+    let placements = cluster::placements(&known.files, &known.chosen);
+    let conflicts = known.files.conflicts();
+    let files: Vec<serde_json::Value> = placements
+        .iter()
+        .map(|(name, placed)| {
+            let owner = known.owners.get(name);
+            let here = known.local.as_ref().is_some_and(|l| l.contains_key(name));
+            let state = match (conflicts.get(name), placed) {
+                (Some(_), _) => "refused",
+                (None, None) => "unplaced",
+                (None, Some(_)) if here => "here",
+                (None, Some(h)) if *h == s.host && owner.is_some_and(|o| *o != s.host) => "waiting",
+                (None, Some(h)) if *h == s.host => "coming",
+                (None, Some(_)) => "elsewhere",
+            };
+            serde_json::json!({
+                "name": name,
+                "host": placed,
+                "owner": owner,
+                "state": state,
+                "reason": conflicts.get(name),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "host": s.host,
+        "connected": connected,
+        "revision": known.revision,
+        "alive": known.alive.keys().collect::<Vec<_>>(),
+        "files": files,
+    })
 }
 
 /// Puts or deletes one vassal file: whether it is new, or why not.

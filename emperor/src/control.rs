@@ -29,6 +29,8 @@ pub enum Request {
     },
     /// The metrics, in the OpenMetrics text format.
     Metrics,
+    /// The cluster as this host sees it (cluster mode).
+    Cluster,
     /// Write an admin vassal file (validated; kept only if the emperor
     /// accepts it: a refused file is put back as it was).
     Put {

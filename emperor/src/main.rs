@@ -173,6 +173,9 @@ enum Cmd {
     Shutdown,
     /// Print the metrics (what `/metrics` serves).
     Metrics,
+    /// Cluster mode: the hosts alive and every file of the cluster, with
+    /// its host, its owner and its state as this host sees it (JSON).
+    Cluster,
 }
 
 #[derive(Subcommand)]
@@ -440,8 +443,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         },
         Cmd::Shutdown => Request::Shutdown,
         Cmd::Metrics => Request::Metrics,
+        Cmd::Cluster => Request::Cluster,
     };
     let is_spec = matches!(req, Request::Spec { .. });
+    let is_json = is_spec || matches!(req, Request::Cluster);
     let resp = control::call(
         &cli.run_dir.join(model::layout::names::CONTROL_SOCKET),
         &req,
@@ -449,8 +454,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_default());
     }
-    if is_spec {
+    if is_json {
         println!("{}", serde_json::to_string_pretty(&resp.data)?);
+    }
+    if is_spec {
         eprintln!(
             "emperor: this spec describes the live container (its root, cgroup, home and sockets \
              are the live site's): do not run it; `emperor spec NAME --bundle DIR` writes one to run"

@@ -292,7 +292,7 @@ pub struct Manager {
     /// What the cluster agent has done (metrics).
     cluster_stats: Arc<crate::cluster::Stats>,
     /// The admin's writes to the cluster, for its agent (cluster mode).
-    cluster_writes: Option<mpsc::Sender<crate::cluster::Write>>,
+    cluster_writes: Option<mpsc::Sender<crate::cluster::Ask>>,
     /// The vassals this engine has, for the cluster's agent (cluster mode).
     cluster_vassals: Option<tokio::sync::watch::Sender<BTreeMap<Name, crate::cluster::Held>>>,
     /// Logins the cluster gave no uid, and why (cluster mode).
@@ -1228,7 +1228,11 @@ impl Manager {
             &ev,
             Event::Rescan
                 | Event::Control(
-                    Request::Status | Request::Metrics | Request::Get { .. } | Request::Spec { .. },
+                    Request::Status
+                        | Request::Metrics
+                        | Request::Get { .. }
+                        | Request::Spec { .. }
+                        | Request::Cluster,
                     _
                 )
         );

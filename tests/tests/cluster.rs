@@ -458,6 +458,25 @@ fn root_each_file_runs_on_the_host_it_is_placed_on_and_follows_the_cluster() {
     etcd.put("later", &site("h1"));
     running(&h1, "later");
     assert!(h1.row("dup").is_none(), "copied in spite of the conflict");
+    // The operator sees it, and why, from any host.
+    let out = h1.cli(&["cluster"]);
+    assert!(out.status.success(), "{out:?}");
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let file = |n: &str| {
+        view["files"]
+            .as_array()
+            .and_then(|f| f.iter().find(|e| e["name"] == n).cloned())
+            .unwrap_or_else(|| panic!("{n} in {view}"))
+    };
+    assert_eq!(file("dup")["state"], "refused");
+    assert_eq!(
+        file("dup")["reason"],
+        "login a2 is vassal a2's in the cluster"
+    );
+    assert_eq!(file("a2")["owner"], "h2");
+    assert_eq!(file("a2")["state"], "elsewhere");
+    assert_eq!(file("later")["state"], "here");
+    assert_eq!(view["alive"], serde_json::json!(["h1", "h2"]));
     etcd.delete("later");
     assert_eq!(running(&h2, "a2"), a2);
     etcd.delete("dup");

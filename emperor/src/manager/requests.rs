@@ -8,6 +8,7 @@ impl Manager {
         let answer = match req {
             Request::Status => return self.answer_status(reply),
             Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
+            Request::Cluster => return self.cluster_view(reply),
             Request::Put {
                 name,
                 text,
@@ -297,7 +298,7 @@ impl Manager {
             text,
             reply: tx,
         };
-        if writes.try_send(write).is_err() {
+        if writes.try_send(crate::cluster::Ask::Write(write)).is_err() {
             let _ = reply.send(Response::err(
                 "the cluster's agent is busy: try again".to_owned(),
             ));
@@ -310,6 +311,30 @@ impl Manager {
                     Response::ok(serde_json::json!({ "name": n.to_string(), "created": created }))
                 }
                 Ok(Err(why)) => Response::err(why),
+                Err(_) => Response::err("the cluster's agent stopped".to_owned()),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    /// The cluster as this host's agent sees it (`emperor cluster`).
+    fn cluster_view(&mut self, reply: oneshot::Sender<Response>) {
+        let Some(writes) = self.cluster_writes.clone() else {
+            let _ = reply.send(Response::err(
+                "not in cluster mode (serve --etcd URLS --host NAME)".to_owned(),
+            ));
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        if writes.try_send(crate::cluster::Ask::View(tx)).is_err() {
+            let _ = reply.send(Response::err(
+                "the cluster's agent is busy: try again".to_owned(),
+            ));
+            return;
+        }
+        tokio::spawn(async move {
+            let answer = match rx.await {
+                Ok(view) => Response::ok(view),
                 Err(_) => Response::err("the cluster's agent stopped".to_owned()),
             };
             let _ = reply.send(answer);

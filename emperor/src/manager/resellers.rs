@@ -144,7 +144,7 @@ impl Manager {
 
     /// The admin's writes go to the cluster's agent from now on (its
     /// receiving end is returned).
-    pub fn cluster_writes(&mut self) -> mpsc::Receiver<crate::cluster::Write> {
+    pub fn cluster_writes(&mut self) -> mpsc::Receiver<crate::cluster::Ask> {
         let (tx, rx) = mpsc::channel(crate::cluster::WRITES);
         self.cluster_writes = Some(tx);
         rx
