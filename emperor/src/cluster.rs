@@ -664,6 +664,7 @@ fn view(s: &Settings, known: &Known, connected: bool) -> serde_json::Value {
             let here = known.local.as_ref().is_some_and(|l| l.contains_key(name));
             let state = match (conflicts.get(name), placed) {
                 (Some(_), _) => "refused",
+                _ if known.files.is_dropped(name) => "dropped",
                 (None, None) => "unplaced",
                 (None, Some(_)) if here => "here",
                 (None, Some(h)) if *h == s.host && owner.is_some_and(|o| *o != s.host) => "waiting",

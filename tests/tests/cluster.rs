@@ -775,6 +775,16 @@ fn root_a_resellers_dropped_site_runs_with_the_clusters_uid_and_its_claims_are_t
     assert_eq!(get("/imperium/uids/by-name/r1"), uid(&h1, "r1").to_string());
     assert_eq!(get("/imperium/owners/r1"), "h1");
     assert!(get("/imperium/dropped/r1").contains("\"group\":\"g1\""));
+    let view: serde_json::Value =
+        serde_json::from_slice(&h2.cli(&["cluster"]).stdout).expect("json");
+    let r1 = view["files"]
+        .as_array()
+        .and_then(|f| f.iter().find(|e| e["name"] == "r1").cloned())
+        .expect("r1 in the view");
+    assert_eq!(
+        (&r1["state"], &r1["owner"]),
+        (&serde_json::json!("dropped"), &serde_json::json!("h1"))
+    );
     // Its login is the cluster's: the admin's API on h2 refuses another
     // file taking it.
     let (code, body) = api(

@@ -198,6 +198,11 @@ impl Files {
         );
     }
 
+    /// Whether `name` is a site of a reseller's drop directory.
+    pub fn is_dropped(&self, name: &Name) -> bool {
+        self.entries.get(name).is_some_and(|e| e.dropped)
+    }
+
     /// Whether `name` is registered as a dropped site with these claims.
     pub fn is_dropped_as(&self, name: &Name, claims: &DroppedClaims) -> bool {
         let Some(e) = self.entries.get(name) else {
