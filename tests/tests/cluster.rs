@@ -755,7 +755,7 @@ fn root_a_resellers_dropped_site_runs_with_the_clusters_uid_and_its_claims_are_t
         "kind = \"site\"\nhost = \"h2\"\ndomains = [\"a2.example\"]\n[limits]\nmemory = \"64M\"\n",
     );
     running(&h1, "g1");
-    running(&h2, "a2");
+    let a2 = running(&h2, "a2");
     // The reseller drops a site into its directory on h1, as itself.
     let reseller = uid(&h1, "g1") as u32;
     let drop = h1.home_root.join("g1/vassals");
@@ -809,6 +809,17 @@ fn root_a_resellers_dropped_site_runs_with_the_clusters_uid_and_its_claims_are_t
             .is_some_and(|s| s.contains("domain a2.example is vassal a2's in the cluster"))
     });
     assert!(h1.row("r2").unwrap()["pid"].is_null());
+    // A reseller dropping a file under the name of another host's vassal
+    // takes nothing: it gets no uid, says why, and a2 runs on.
+    put_as("a2", "kind = \"site\"\n[limits]\nmemory = \"64M\"\n");
+    h1.wait_row("a2", "the refusal", |r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("vassal a2 is host h2's"))
+    });
+    assert!(h1.row("a2").unwrap()["pid"].is_null());
+    assert_eq!(get("/imperium/owners/a2"), "h2");
+    assert_eq!(running(&h2, "a2"), a2);
     // Removed by the reseller: stopped, and the cluster forgets it.
     std::fs::remove_file(drop.join("r1.toml")).unwrap();
     wait_gone(&h1, "r1");
