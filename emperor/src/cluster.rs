@@ -115,7 +115,7 @@ impl Known {
         let created = value.map(|(_, c)| c);
         let value = value.map(|(v, _)| v);
         if let Some(name) = cluster::placement_of(prefix, key) {
-            match value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<Name>().ok()) {
+            match value.and_then(name_value) {
                 Some(host) => self.chosen.insert(name, host),
                 None => self.chosen.remove(&name),
             };
@@ -145,7 +145,7 @@ impl Known {
             return true;
         }
         if let Some(name) = cluster::owner_of(prefix, key) {
-            match value.and_then(|v| std::str::from_utf8(v).ok()?.parse::<Name>().ok()) {
+            match value.and_then(name_value) {
                 Some(host) => self.owners.insert(name, host),
                 None => self.owners.remove(&name),
             };
@@ -635,10 +635,9 @@ async fn take(
         Some(s.host.clone())
     } else {
         r.op_responses().into_iter().find_map(|op| match op {
-            etcd_client::TxnOpResponse::Get(g) => g
-                .kvs()
-                .first()
-                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<Name>().ok()),
+            etcd_client::TxnOpResponse::Get(g) => {
+                g.kvs().first().and_then(|kv| name_value(kv.value()))
+            }
             _ => None,
         })
     };
@@ -717,6 +716,11 @@ async fn write(
             Ok(false)
         }
     }
+}
+
+/// A value that names a host.
+fn name_value(v: &[u8]) -> Option<Name> {
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// A file's text as the cluster holds it, if a host may copy it (UTF-8, at
@@ -817,13 +821,15 @@ async fn first_sync(
     }
     if !followed && known.files.is_empty() {
         let local = read_dir(dir.to_owned()).await?;
-        if !local.is_empty() {
+        let have = local.len();
+        known.local = Some(local);
+        if have > 0 {
             return Err(Ended::Refused(format!(
                 "the cluster holds no vassal file under {}{} and this host, new to it, has {}: \
                  not removing them (put them into the cluster first)",
                 s.prefix,
                 cluster::VASSALS,
-                local.len()
+                have
             )));
         }
     }
@@ -1003,26 +1009,8 @@ pub async fn claim_uids(
     let next_key = format!("{uids}next");
     let mut out = Vec::new();
     for chunk in logins.chunks(BATCH) {
-        let next = timed(client.get(next_key.as_str(), None)).await?;
-        let parse = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u32>().ok();
-        let (mut uid, mut when) = match next.kvs().first() {
-            Some(kv) => (
-                parse(kv.value()).unwrap_or(FIRST_UID).max(FIRST_UID),
-                vec![Compare::mod_revision(
-                    next_key.as_str(),
-                    CompareOp::Equal,
-                    kv.mod_revision(),
-                )],
-            ),
-            None => (
-                FIRST_UID,
-                vec![Compare::create_revision(
-                    next_key.as_str(),
-                    CompareOp::Equal,
-                    0,
-                )],
-            ),
-        };
+        let (mut uid, next_cmp) = read_next(client, &next_key).await?;
+        let mut when = vec![next_cmp];
         let mut then = Vec::new();
         let mut got = Vec::new();
         for login in chunk {
@@ -1070,6 +1058,26 @@ pub async fn claim_uids(
     Ok(out)
 }
 
+/// The cluster's next uid (at least [`FIRST_UID`]) and the condition that
+/// holds while no other claim has moved it.
+async fn read_next(client: &mut Client, next_key: &str) -> Result<(u32, Compare), Ended> {
+    let next = timed(client.get(next_key, None)).await?;
+    Ok(match next.kvs().first() {
+        Some(kv) => (
+            std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(FIRST_UID)
+                .max(FIRST_UID),
+            Compare::mod_revision(next_key, CompareOp::Equal, kv.mod_revision()),
+        ),
+        None => (
+            FIRST_UID,
+            Compare::create_revision(next_key, CompareOp::Equal, 0),
+        ),
+    })
+}
+
 /// The cluster's uid of `login`: the one it has, or a new one claimed in a
 /// transaction that succeeds only if neither the login nor the uid has been
 /// claimed and `next` is as read, so two hosts never give out the same uid
@@ -1099,18 +1107,8 @@ pub async fn claim_uid(
                 _ => Ok(uid),
             });
         }
-        let next = timed(client.get(next_key.as_str(), None)).await?;
-        let (next_uid, next_cmp) = match next.kvs().first() {
-            Some(kv) => (
-                parse(kv.value()).unwrap_or(FIRST_UID),
-                Compare::mod_revision(next_key.as_str(), CompareOp::Equal, kv.mod_revision()),
-            ),
-            None => (
-                FIRST_UID,
-                Compare::create_revision(next_key.as_str(), CompareOp::Equal, 0),
-            ),
-        };
-        let mut uid = here.unwrap_or(next_uid.max(FIRST_UID));
+        let (next_uid, next_cmp) = read_next(client, &next_key).await?;
+        let mut uid = here.unwrap_or(next_uid);
         // 65534 is nobody inside every user namespace.
         if uid == 65534 {
             uid += 1;

@@ -292,28 +292,20 @@ impl Manager {
             }
         }
         let deleting = text.is_none();
-        let (tx, rx) = oneshot::channel();
-        let write = crate::cluster::Write {
-            name: n.clone(),
-            text,
-            reply: tx,
+        let name = n.clone();
+        let ask = |tx| {
+            crate::cluster::Ask::Write(crate::cluster::Write {
+                name,
+                text,
+                reply: tx,
+            })
         };
-        if writes.try_send(crate::cluster::Ask::Write(write)).is_err() {
-            let _ = reply.send(Response::err(
-                "the cluster's agent is busy: try again".to_owned(),
-            ));
-            return;
-        }
-        tokio::spawn(async move {
-            let answer = match rx.await {
-                Ok(Ok(_)) if deleting => Response::ok(serde_json::json!("removed")),
-                Ok(Ok(created)) => {
-                    Response::ok(serde_json::json!({ "name": n.to_string(), "created": created }))
-                }
-                Ok(Err(why)) => Response::err(why),
-                Err(_) => Response::err("the cluster's agent stopped".to_owned()),
-            };
-            let _ = reply.send(answer);
+        ask_agent(&writes, ask, reply, move |r| match r {
+            Ok(_) if deleting => Response::ok(serde_json::json!("removed")),
+            Ok(created) => {
+                Response::ok(serde_json::json!({ "name": n.to_string(), "created": created }))
+            }
+            Err(why) => Response::err(why),
         });
     }
 
@@ -325,20 +317,7 @@ impl Manager {
             ));
             return;
         };
-        let (tx, rx) = oneshot::channel();
-        if writes.try_send(crate::cluster::Ask::View(tx)).is_err() {
-            let _ = reply.send(Response::err(
-                "the cluster's agent is busy: try again".to_owned(),
-            ));
-            return;
-        }
-        tokio::spawn(async move {
-            let answer = match rx.await {
-                Ok(view) => Response::ok(view),
-                Err(_) => Response::err("the cluster's agent stopped".to_owned()),
-            };
-            let _ = reply.send(answer);
-        });
+        ask_agent(&writes, crate::cluster::Ask::View, reply, Response::ok);
     }
 
     /// A vassal file removed through the API (the admin directory, or a
@@ -702,6 +681,30 @@ impl FilePlace {
             }
         }
     }
+}
+
+/// Hands `ask` to the cluster's agent and answers the caller from its reply
+/// (off the loop), or at once when the agent is busy or gone.
+fn ask_agent<T: Send + 'static>(
+    agent: &mpsc::Sender<crate::cluster::Ask>,
+    ask: impl FnOnce(oneshot::Sender<T>) -> crate::cluster::Ask,
+    reply: oneshot::Sender<Response>,
+    answer: impl FnOnce(T) -> Response + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel();
+    if agent.try_send(ask(tx)).is_err() {
+        let _ = reply.send(Response::err(
+            "the cluster's agent is busy: try again".to_owned(),
+        ));
+        return;
+    }
+    tokio::spawn(async move {
+        let r = match rx.await {
+            Ok(v) => answer(v),
+            Err(_) => Response::err("the cluster's agent stopped".to_owned()),
+        };
+        let _ = reply.send(r);
+    });
 }
 
 #[cfg(test)]
