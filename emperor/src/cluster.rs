@@ -1237,8 +1237,8 @@ fn memory_total() -> u64 {
 
 /// Places every group and admin site that names no host and has none yet
 /// (see [`cluster::schedule`]), while this host leads: each choice is one
-/// transaction that holds only if the vassal is still unplaced and this
-/// host's leadership key is still the one it won with.
+/// transaction that holds only if the vassal is still unplaced, the chosen
+/// host alive and this host's leadership key still the one it won with.
 async fn schedule(
     s: &Settings,
     client: &mut Client,
@@ -1247,17 +1247,24 @@ async fn schedule(
 ) -> Result<(), Ended> {
     for (name, host) in cluster::schedule(&known.files, &known.chosen, &known.alive) {
         let key = cluster::placement_key(&s.prefix, &name);
+        // The chosen host must still be alive: a leader that has just won
+        // may not yet have read the expiry of the last one's lease (and so
+        // of its host's alive key, at the same revision).
+        let alive = cluster::alive_key(&s.prefix, &host);
         let txn = Txn::new()
             .when(vec![
                 Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
                 Compare::create_revision(leader.key(), CompareOp::Equal, leader.rev()),
+                Compare::create_revision(alive.as_str(), CompareOp::Greater, 0),
             ])
             .and_then(vec![TxnOp::put(key.as_str(), host.as_str(), None)]);
-        if timed(client.txn(txn)).await?.succeeded() {
-            tracing::info!(vassal = %name, %host, "cluster: scheduled");
-        } else {
-            return Err(Ended::Watch("the scheduler's leadership was lost".into()));
+        if !timed(client.txn(txn)).await?.succeeded() {
+            // What changed (a host gone, the lead lost) comes on the watch;
+            // the next pass decides again.
+            tracing::debug!(vassal = %name, %host, "cluster: the choice no longer holds");
+            break;
         }
+        tracing::info!(vassal = %name, %host, "cluster: scheduled");
     }
     Ok(())
 }
