@@ -51,6 +51,9 @@ pub struct Settings {
     /// The CA that signed the members' certificates, and this host's own
     /// certificate and key when the members ask clients for one.
     pub tls: Option<Tls>,
+    /// Where the other hosts' routers reach this host's router (its peer
+    /// listener), told to them through this host's `alive` key.
+    pub router_peer: Option<std::net::SocketAddr>,
 }
 
 /// The client's TLS files (PEM).
@@ -90,6 +93,10 @@ struct Known {
     chosen: BTreeMap<Name, Name>,
     /// The hosts alive, and their memory.
     alive: BTreeMap<Name, u64>,
+    /// The hosts alive, and where their router takes other hosts' clients.
+    routers: BTreeMap<Name, Option<std::net::SocketAddr>>,
+    /// What the router was last told of the other hosts.
+    peers: Option<cluster::Peers>,
     /// The files in conflict at the last pass (each logged once).
     conflicts: BTreeSet<Name>,
     /// What this host holds and another owns, at the last pass (each
@@ -124,13 +131,15 @@ impl Known {
         if let Some(host) = cluster::alive_of(prefix, key) {
             match value {
                 Some(v) => {
-                    let memory = serde_json::from_slice::<serde_json::Value>(v)
-                        .ok()
-                        .and_then(|v| v["memory"].as_u64())
-                        .unwrap_or(0);
-                    self.alive.insert(host, memory)
+                    let v = serde_json::from_slice::<serde_json::Value>(v).unwrap_or_default();
+                    let router = v["router"].as_str().and_then(|a| a.parse().ok());
+                    self.routers.insert(host.clone(), router);
+                    self.alive.insert(host, v["memory"].as_u64().unwrap_or(0))
                 }
-                None => self.alive.remove(&host),
+                None => {
+                    self.routers.remove(&host);
+                    self.alive.remove(&host)
+                }
             };
             return true;
         }
@@ -237,6 +246,8 @@ pub struct Host {
     pub writes: mpsc::Receiver<Ask>,
     /// The vassals the engine has (running, stopping or refused).
     pub vassals: tokio::sync::watch::Receiver<BTreeMap<Name, Held>>,
+    /// Where the router learns the other hosts' domains (`peers.json`).
+    pub peers: PathBuf,
 }
 
 /// Starts the agent (and the host's lease) on the runtime.
@@ -348,6 +359,7 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
             sync(s, host, &mut client, known).await?;
         }
         own(s, host, &mut client, known).await?;
+        tell_router(s, host, known);
         stats.revision.store(known.revision, Ordering::Relaxed);
         stats.connected.store(true, Ordering::Relaxed);
         // Everything under the prefix: the files, and which host holds what.
@@ -431,6 +443,7 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
                 }
                 sync(s, host, &mut client, known).await?;
                 own(s, host, &mut client, known).await?;
+                tell_router(s, host, known);
             }
             stats.revision.store(known.revision, Ordering::Relaxed);
         }
@@ -438,6 +451,46 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
     match run.await {
         Ok(()) => Ended::Watch("ended".into()),
         Err(e) => e,
+    }
+}
+
+/// Tells the router where the other hosts' domains are served, when that
+/// changed: the host that holds each (or is to), and their routers' peer
+/// listeners; a host whose lease expired is left out of the routers, and
+/// its domains answer 503 here. A failed write is logged and tried again
+/// at the next change.
+fn tell_router(s: &Settings, host: &Host, known: &mut Known) {
+    let placed = cluster::placements(&known.files, &known.chosen);
+    let peers = cluster::peers(
+        &known.files,
+        &placed,
+        &known.owners,
+        &s.host,
+        &known.routers,
+    );
+    if known.peers.as_ref() == Some(&peers) {
+        return;
+    }
+    // A map of strings and addresses: it always serializes.
+    let bytes = serde_json::to_vec(&peers).unwrap_or_default();
+    let written = match host.peers.parent() {
+        Some(dir) => std::fs::create_dir_all(dir),
+        None => Ok(()),
+    }
+    .and_then(|()| model::atomic::replace(&host.peers, &bytes, 0o600));
+    match written {
+        Ok(()) => {
+            tracing::info!(
+                domains = peers.domains.len(),
+                routers = peers.routers.len(),
+                "cluster: the router told of the other hosts"
+            );
+            known.peers = Some(peers);
+        }
+        Err(e) => {
+            tracing::error!(path = %host.peers.display(), error = %e, "cluster: the router could not be told of the other hosts");
+            known.peers = None;
+        }
     }
 }
 
@@ -1192,6 +1245,7 @@ impl Alive {
             "host": s.host,
             "version": env!("CARGO_PKG_VERSION"),
             "memory": memory_total(),
+            "router": s.router_peer,
         })
         .to_string();
         timed(client.put(

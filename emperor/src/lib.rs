@@ -287,8 +287,12 @@ pub async fn run(
                 stats: mgr.cluster_stats(),
                 writes: mgr.cluster_writes(),
                 vassals: mgr.cluster_vassals(),
+                peers: cfg.layout.peers(),
             },
         );
+    } else {
+        // A host that left its cluster routes no domain to other hosts.
+        let _ = std::fs::remove_file(cfg.layout.peers());
     }
     mgr.reconcile();
     watcher.follow(&mgr.drop_dirs());

@@ -132,6 +132,10 @@ enum Cmd {
         /// The key (PEM) of --etcd-cert.
         #[arg(long, value_name = "FILE", requires = "etcd_cert")]
         etcd_key: Option<PathBuf>,
+        /// Where the other hosts' routers reach this host's router (the
+        /// address of its `--peer` listener), for the domains served here.
+        #[arg(long, value_name = "ADDR", requires = "etcd")]
+        router_peer: Option<std::net::SocketAddr>,
     },
     /// Bearer tokens of the API over TLS (`serve --api-listen`).
     Token {
@@ -288,6 +292,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             etcd_ca,
             etcd_cert,
             etcd_key,
+            router_peer,
         } => {
             if !etcd_prefix.starts_with('/') || !etcd_prefix.ends_with('/') {
                 bail!("--etcd-prefix must start and end with '/', not {etcd_prefix:?}");
@@ -300,6 +305,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     ca,
                     identity: etcd_cert.zip(etcd_key),
                 }),
+                router_peer,
             });
             let vassal_exe = match vassal_bin {
                 Some(p) => p,

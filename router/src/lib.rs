@@ -12,6 +12,7 @@ pub mod api;
 pub mod conn;
 pub mod h1;
 pub mod metrics;
+pub mod peer;
 pub mod proxy;
 pub mod routes;
 pub mod tls;
@@ -25,7 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use model::subscription::Dominion;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 
@@ -69,6 +70,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Certificates through ACME (none: off).
     pub acme: Option<acme::Settings>,
+    /// The link to the other hosts' routers of a cluster (none: off).
+    pub peer: Option<peer::Settings>,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             own_http1: true,
             metrics: None,
             acme: None,
+            peer: None,
         }
     }
 }
@@ -134,6 +138,8 @@ pub struct State {
     pub acme: Option<Arc<acme::Acme>>,
     /// The port of the HTTPS listener (for redirects to it).
     pub https_port: u16,
+    /// The TLS of the link to the other hosts' routers, when on.
+    pub peering: Option<peer::Peering>,
 }
 
 fn dominion_path(run_dir: &Path) -> PathBuf {
@@ -147,7 +153,7 @@ fn saved_path(state_dir: &Path) -> PathBuf {
 /// The largest dominion read (10,000 sites take about 3 MB).
 const MAX_DOMINION: u64 = 64 << 20;
 
-fn load(path: &Path) -> Option<Dominion> {
+fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     use std::io::Read;
     let mut bytes = Vec::new();
     std::fs::File::open(path)
@@ -264,7 +270,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         stats: metrics::Stats::default(),
         acme: acme.clone(),
         https_port: https_at.port(),
+        peering: match &cfg.peer {
+            Some(p) => Some(peer::Peering::load(p).map_err(|e| anyhow::anyhow!("--peer: {e:#}"))?),
+            None => None,
+        },
     });
+    let peer_listener = match &cfg.peer {
+        Some(p) => Some(
+            TcpListener::bind(p.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("--peer {}: {e}", p.listen))?,
+        ),
+        None => None,
+    };
 
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -331,6 +349,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         Some(acceptor.clone()),
     ));
     tokio::spawn(serve_api(api, state.clone()));
+    if let (Some(listener), Some(peering)) = (peer_listener, state.peering.clone()) {
+        tracing::info!(peer = %listener.local_addr()?, "the other hosts' routers served");
+        tokio::spawn(serve_peers(
+            listener,
+            peering,
+            state.clone(),
+            cfg.clone(),
+            clients.clone(),
+            acceptor.clone(),
+        ));
+    }
     if let Some(addr) = cfg.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -405,30 +434,167 @@ async fn serve_http(
         let _ = tcp.set_nodelay(true);
         let (state, cfg, tls) = (state.clone(), cfg.clone(), tls.clone());
         tokio::spawn(async move {
-            match tls {
-                None => serve_client(tcp, false, permit, state, cfg, peer, "http").await,
-                Some(acceptor) => {
-                    let Ok(Ok(stream)) =
-                        tokio::time::timeout(cfg.header_timeout, acceptor.accept(tcp)).await
-                    else {
-                        return;
-                    };
-                    let alpn = stream.get_ref().1.alpn_protocol();
-                    // TLS-ALPN-01: the handshake was the answer; nothing follows.
-                    if alpn == Some(acme::ACME_TLS_ALPN) {
+            let mut tcp = tcp;
+            let mut first = bytes::BytesMut::new();
+            // In a cluster: a domain another host serves goes to its router.
+            if state.routes.has_peers() {
+                let named = tokio::time::timeout(
+                    cfg.header_timeout,
+                    peer::first_name(&mut tcp, &mut first, tls.is_some()),
+                )
+                .await;
+                let Ok(name) = named else { return };
+                if let Some(to) = name.and_then(|n| state.routes.elsewhere(&n)) {
+                    if pass(&state, to, &mut tcp, &first, peer).await {
                         return;
                     }
-                    let h2 = alpn == Some(b"h2");
-                    serve_client(stream, h2, permit, state, cfg, peer, "https").await
+                }
+            }
+            match tls {
+                None => serve_client(tcp, first, false, permit, state, cfg, peer, "http").await,
+                Some(acceptor) => {
+                    let tcp = h1::Rewind::new(first, tcp);
+                    serve_tls(tcp, &acceptor, permit, state, cfg, peer).await
                 }
             }
         });
     }
 }
 
-/// One client connection, HTTP/1.1 (with upgrades) or HTTP/2, under the idle timeout.
+/// Passes a client to the router of the host that serves its domain,
+/// which it reached at `local`; false if it could not (then the client is
+/// answered here: 503 for a host down or out of reach).
+async fn pass(
+    state: &State,
+    to: routes::Elsewhere,
+    tcp: &mut tokio::net::TcpStream,
+    first: &[u8],
+    client: SocketAddr,
+) -> bool {
+    let (Some(peering), Some(addr)) = (&state.peering, to.router) else {
+        return false;
+    };
+    let local = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    match peering.connect(&to.host, addr, client, local).await {
+        Ok(up) => {
+            state.stats.passed(true);
+            peer::splice(tcp, first, up).await;
+            true
+        }
+        Err(e) => {
+            if state.stats.passed(false).is_power_of_two() {
+                tracing::warn!(host = %to.host, %addr, error = %e, "another host's router does not answer; its domains get 503");
+            }
+            false
+        }
+    }
+}
+
+/// A TLS client: the handshake (SNI picks the certificate), then its requests.
+async fn serve_tls<T>(
+    io: T,
+    acceptor: &TlsAcceptor,
+    permit: ClientPermit,
+    state: Arc<State>,
+    cfg: Arc<Config>,
+    peer: SocketAddr,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(Ok(stream)) = tokio::time::timeout(cfg.header_timeout, acceptor.accept(io)).await else {
+        return;
+    };
+    let alpn = stream.get_ref().1.alpn_protocol();
+    // TLS-ALPN-01: the handshake was the answer; nothing follows.
+    if alpn == Some(acme::ACME_TLS_ALPN) {
+        return;
+    }
+    let h2 = alpn == Some(b"h2");
+    serve_client(
+        stream,
+        bytes::BytesMut::new(),
+        h2,
+        permit,
+        state,
+        cfg,
+        peer,
+        "https",
+    )
+    .await
+}
+
+/// The other hosts' routers: each link (TLS, both certificates from the
+/// cluster's CA) carries one client, named by its PROXY header, then the
+/// client's own bytes, plain HTTP or TLS, served as on the public
+/// listeners (and never passed on again).
+async fn serve_peers(
+    listener: TcpListener,
+    peering: peer::Peering,
+    state: Arc<State>,
+    cfg: Arc<Config>,
+    limits: Arc<conn::Limits<IpAddr>>,
+    public: TlsAcceptor,
+) {
+    let mut backoff = conn::Backoff::default();
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                backoff.failed("peer", &e).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        let _ = tcp.set_nodelay(true);
+        let (state, cfg, limits, public, acceptor) = (
+            state.clone(),
+            cfg.clone(),
+            limits.clone(),
+            public.clone(),
+            peering.acceptor.clone(),
+        );
+        tokio::spawn(async move {
+            let opened = async {
+                let mut link = acceptor.accept(tcp).await?;
+                let client = peer::read_proxy(&mut link).await?;
+                let mut first = bytes::BytesMut::with_capacity(4096);
+                if link.read_buf(&mut first).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok::<_, std::io::Error>((link, client, first))
+            };
+            let (link, client, first) = match tokio::time::timeout(cfg.header_timeout, opened).await
+            {
+                Ok(Ok(l)) => l,
+                Ok(Err(e)) => {
+                    tracing::debug!(%from, error = %e, "a peer link refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            // The client's own caps, as if it had come here first.
+            let Some(permit) = limits.admit(client.ip()) else {
+                return;
+            };
+            // A TLS record of a handshake: the client's TLS, ended here.
+            if first[0] == 0x16 {
+                let link = h1::Rewind::new(first, link);
+                serve_tls(link, &public, permit, state, cfg, client).await
+            } else {
+                serve_client(link, first, false, permit, state, cfg, client, "http").await
+            }
+        });
+    }
+}
+
+/// One client connection, HTTP/1.1 (with upgrades) or HTTP/2, under the
+/// idle timeout; `read`: its bytes already read.
+#[allow(clippy::too_many_arguments)]
 async fn serve_client<T>(
     io: T,
+    read: bytes::BytesMut,
     h2: bool,
     permit: ClientPermit,
     state: Arc<State>,
@@ -440,7 +606,7 @@ async fn serve_client<T>(
 {
     let client = Arc::new(proxy::Client::new(peer, scheme));
     let mut io = io;
-    let mut read = bytes::BytesMut::new();
+    let mut read = read;
     if !h2 && cfg.own_http1 {
         match h1::serve(&mut io, &mut read, &state, &cfg, &client).await {
             h1::Next::Closed => return,
@@ -597,8 +763,37 @@ async fn serve_metrics(
 /// restarted router routes as before while the emperor is down.
 async fn watch_dominion(state: Arc<State>, run_dir: PathBuf, state_dir: PathBuf) {
     let path = dominion_path(&run_dir);
+    let peers_path = run_dir.join("router").join(model::layout::names::PEERS);
     let mut seen: Option<SystemTime> = None;
+    let mut peers_seen: Option<SystemTime> = None;
     loop {
+        // In a cluster: the other hosts' domains (gone: none).
+        let mtime = std::fs::metadata(&peers_path)
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime != peers_seen {
+            peers_seen = mtime;
+            let peers = match mtime {
+                None => Some(model::cluster::Peers::default()),
+                Some(_) => load(&peers_path),
+            };
+            match peers {
+                Some(p) => {
+                    if !p.domains.is_empty() && state.peering.is_none() {
+                        tracing::warn!("other hosts serve domains, and this router has no --peer link: they get 503 here");
+                    }
+                    tracing::info!(
+                        domains = p.domains.len(),
+                        routers = p.routers.len(),
+                        "the other hosts' domains loaded"
+                    );
+                    state.routes.set_peers(p);
+                }
+                None => {
+                    tracing::warn!(path = %peers_path.display(), "unreadable peers; keeping the last ones")
+                }
+            }
+        }
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if mtime.is_some() && mtime != seen {
             seen = mtime;

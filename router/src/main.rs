@@ -96,6 +96,20 @@ enum Cmd {
         /// gave it (base64url).
         #[arg(long, value_name = "FILE", requires = "acme_eab_kid")]
         acme_eab_key: Option<std::path::PathBuf>,
+        /// In a cluster: take the other hosts' routers' clients on this
+        /// address, and pass them the clients of the domains they serve
+        /// (TLS both ways with the certificates below).
+        #[arg(long, value_name = "ADDR", requires_all = ["peer_ca", "peer_cert", "peer_key"])]
+        peer: Option<SocketAddr>,
+        /// The cluster's CA (PEM), which signed every host's router certificate.
+        #[arg(long, value_name = "FILE", requires = "peer")]
+        peer_ca: Option<std::path::PathBuf>,
+        /// This router's certificate (PEM), naming its host as the emperor's `--host` does.
+        #[arg(long, value_name = "FILE", requires = "peer")]
+        peer_cert: Option<std::path::PathBuf>,
+        /// The key (PEM) of --peer-cert.
+        #[arg(long, value_name = "FILE", requires = "peer")]
+        peer_key: Option<std::path::PathBuf>,
     },
 }
 
@@ -134,6 +148,10 @@ fn main() {
         acme_max_orders,
         acme_eab_kid,
         acme_eab_key,
+        peer,
+        peer_ca,
+        peer_cert,
+        peer_key,
     } = Cli::parse().cmd;
     let eab = match (acme_eab_kid, acme_eab_key) {
         (Some(kid), Some(file)) => match eab_key(&file) {
@@ -178,6 +196,15 @@ fn main() {
             eab,
             max_orders: acme_max_orders.max(1),
         }),
+        peer: match (peer, peer_ca, peer_cert, peer_key) {
+            (Some(listen), Some(ca), Some(cert), Some(key)) => Some(router::peer::Settings {
+                listen,
+                ca,
+                cert,
+                key,
+            }),
+            _ => None,
+        },
         ..router::Config::new(http, https, run_dir, state_dir)
     };
     // This thread is worker 0; `run` starts the others, one event loop each.

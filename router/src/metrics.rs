@@ -52,6 +52,8 @@ const SUB_REFUSALS: [&str; 6] = [
 #[derive(Debug, Default)]
 pub struct Stats {
     unknown: AtomicU64,
+    /// Clients passed to another host's router, and links that failed.
+    passed: [AtomicU64; 2],
     subscriptions: AtomicU64,
     sub_refused: [AtomicU64; SUB_REFUSALS.len()],
     /// Per bucket (not cumulative); the last is past every bound.
@@ -63,6 +65,12 @@ impl Stats {
     /// A request for a host no site serves.
     pub fn unknown_host(&self) {
         self.unknown.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client passed to another host's router (or not: its link failed);
+    /// how many so far, this one included.
+    pub fn passed(&self, ok: bool) -> u64 {
+        self.passed[usize::from(!ok)].fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A subscription (or withdrawal) applied.
@@ -120,6 +128,11 @@ struct Site {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
 }
 
 /// The text `/metrics` answers (OpenMetrics).
@@ -184,6 +197,17 @@ pub fn render(state: &crate::State, connections: u64) -> String {
         "Requests for a host no site serves (404)",
         unknown,
     );
+    let passed = Family::<Outcome, Counter>::default();
+    reg.register(
+        "peer_connections",
+        "Client connections for another host's domain, passed to its router or not (its link failed)",
+        passed.clone(),
+    );
+    for (i, outcome) in ["passed", "failed"].into_iter().enumerate() {
+        passed
+            .get_or_create(&Outcome { outcome })
+            .inc_by(state.stats.passed[i].load(Ordering::Relaxed));
+    }
     let subs = Counter::<u64>::default();
     subs.inc_by(state.stats.subscriptions.load(Ordering::Relaxed));
     reg.register(

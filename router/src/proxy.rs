@@ -861,6 +861,13 @@ async fn forward(
                 "30",
             ));
         }
+        Route::Elsewhere => {
+            return Err(page_retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The host of this site cannot be reached now; try again in a moment.",
+                "30",
+            ));
+        }
         Route::Backends(b) => b,
     };
     // The site's place: one slow site cannot hold every connection of the router.

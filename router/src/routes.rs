@@ -180,6 +180,10 @@ pub enum Route {
     Suspended,
     /// The domain is being moved.
     Moving,
+    /// Another host of the cluster serves the domain, and cannot be
+    /// reached from here now (its lease expired, or its router does not
+    /// answer).
+    Elsewhere,
     /// Backends to try, in order.
     Backends(Pick),
 }
@@ -240,6 +244,17 @@ pub struct Routes {
     /// Requests in flight per site, shared by the site's entries.
     loads: Mutex<std::collections::HashMap<String, Arc<SiteLoad>>>,
     max_requests: usize,
+    /// The other hosts of a cluster and the domains they serve.
+    peers: ArcSwap<model::cluster::Peers>,
+}
+
+/// Where a domain served on another host of the cluster goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// The host that serves it.
+    pub host: String,
+    /// Its router's peer listener; `None` while its lease has expired.
+    pub router: Option<std::net::SocketAddr>,
 }
 
 impl Routes {
@@ -255,7 +270,36 @@ impl Routes {
             max_routes,
             loads: Mutex::default(),
             max_requests: MAX_REQUESTS_PER_SITE,
+            peers: ArcSwap::from_pointee(model::cluster::Peers::default()),
         }
+    }
+
+    /// What the emperor said of the other hosts of its cluster.
+    pub fn set_peers(&self, peers: model::cluster::Peers) {
+        self.peers.store(Arc::new(peers));
+    }
+
+    /// Whether another host serves any domain (then the first bytes of a
+    /// connection are read to learn where it goes).
+    pub fn has_peers(&self) -> bool {
+        !self.peers.load().domains.is_empty()
+    }
+
+    /// The host that serves `name` elsewhere in the cluster (the exact
+    /// name, else the wildcard one level up), if another does.
+    pub fn elsewhere(&self, name: &str) -> Option<Elsewhere> {
+        let peers = self.peers.load();
+        if peers.domains.is_empty() {
+            return None;
+        }
+        let host = peers.domains.get(name).or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            peers.domains.get(&format!("*.{parent}"))
+        })?;
+        Some(Elsewhere {
+            host: host.clone(),
+            router: peers.routers.get(host).copied(),
+        })
     }
 
     /// Requests a site may have in flight when the dominion does not say.
@@ -547,6 +591,10 @@ impl Routes {
     /// [`Routes::lookup`] with the clock already read.
     pub fn lookup_at(&self, host: &str, now: Instant) -> Route {
         let Some(e) = self.entry(host) else {
+            // Another host's, and not passed to it (down, or unreachable).
+            if self.elsewhere(host).is_some() {
+                return Route::Elsewhere;
+            }
             return Route::Unknown;
         };
         let dominion = self.dominion.load();

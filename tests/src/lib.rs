@@ -714,6 +714,11 @@ impl RouterProc {
     /// Starts `router serve` on 127.0.0.1 with the emperor's run directory,
     /// in the emperor's network namespace (where its sites' addresses are).
     pub fn start(e: &Emperor) -> RouterProc {
+        RouterProc::start_with(e, &[])
+    }
+
+    /// [`RouterProc::start`] with more arguments of `router serve`.
+    pub fn start_with(e: &Emperor, more: &[String]) -> RouterProc {
         let listen = e.run_dir.join("router/listen.json");
         let log_path = e.dir.path().join("router.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -724,6 +729,7 @@ impl RouterProc {
             .arg(&e.run_dir)
             .arg("--state-dir")
             .arg(e.dir.path().join("router-state"))
+            .args(more)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -884,3 +884,215 @@ fn root_the_hosts_follow_the_cluster_while_its_leader_is_stopped() {
     converged(&h1, "b1");
     nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
 }
+
+/// One request from inside `e`'s namespace: (status, body); `how` are
+/// curl's arguments (the URL, `--resolve`, a CA...).
+fn curl_from(e: &Emperor, how: &[&str]) -> (u16, String, String) {
+    let out = Command::new("nsenter")
+        .arg(format!(
+            "--net={}",
+            e.netns.as_ref().expect("a host").display()
+        ))
+        .args(["--", "curl", "-sS", "-m", "5", "-D", "/dev/stderr"])
+        .args(["-w", "\n%{http_code}"])
+        .args(how)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.parse().unwrap_or(0),
+        body.to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_every_hosts_router_serves_a_domain_of_another_host_and_503_once_its_lease_expired() {
+    let mut lan = Lan::new();
+    let etcd = Etcd::start(&mut lan);
+    // The routers' link: one CA, a certificate per host naming it.
+    let pki = tempfile::tempdir().unwrap();
+    certificate(pki.path(), "ca", "", "");
+    for h in ["h1", "h2"] {
+        certificate(pki.path(), h, &format!("DNS:{h}"), "serverAuth,clientAuth");
+    }
+    let nodes: Vec<String> = (1..=2u8).map(|i| lan.node(20 + i)).collect();
+    let lan_node_path = |i: u8| PathBuf::from("/run/netns").join(&nodes[i as usize - 1]);
+    let pem = |f: &str| pki.path().join(f).display().to_string();
+    let peer = |i: u8| format!("{LAN}.2{i}:8444");
+    let start = |i: u8| {
+        let ns = lan_node_path(i);
+        let mut e = Emperor::new();
+        e.netns = Some(ns);
+        e.extra = ["--network", "off", "--rescan", "1", "--etcd"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([etcd.endpoints.clone(), "--host".into(), format!("h{i}")])
+            .chain(["--router-peer".into(), peer(i)])
+            .collect();
+        e.start();
+        let router = RouterProc::start_with(
+            &e,
+            &[
+                "--peer".into(),
+                peer(i),
+                "--peer-ca".into(),
+                pem("ca.crt"),
+                "--peer-cert".into(),
+                pem(&format!("h{i}.crt")),
+                "--peer-key".into(),
+                pem(&format!("h{i}.key")),
+            ],
+        );
+        (e, router)
+    };
+    let (h1, r1) = start(1);
+    let (mut h2, r2) = start(2);
+
+    // A site on h2 with its tenant's app and certificate.
+    etcd.put(
+        "shop",
+        "kind = \"site\"\nhost = \"h2\"\ndomains = [\"shop.test\", \"*.shop.test\"]\n[limits]\nmemory = \"128M\"\n",
+    );
+    running(&h2, "shop");
+    let uid = uid(&h2, "shop") as u32;
+    let home = h2.home_root.join("shop");
+    let app = r#"
+import http.server, os, socketserver
+path = "/run/imperium/sockets/web.sock"
+if os.path.exists(path):
+    os.unlink(path)
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        h = self.headers
+        body = ("hello from %s for %s to %s over %s" % (os.uname().nodename, h["Host"], h["X-Forwarded-For"], h["X-Forwarded-Proto"])).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def address_string(self):
+        return "router"
+socketserver.UnixStreamServer(path, Hello).serve_forever()
+"#;
+    std::fs::write(home.join("app.py"), app).unwrap();
+    std::fs::create_dir_all(home.join("tls")).unwrap();
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=shop.test",
+            "-addext",
+            "subjectAltName=DNS:shop.test",
+        ])
+        .arg("-keyout")
+        .arg(home.join("tls/key.pem"))
+        .arg("-out")
+        .arg(home.join("tls/cert.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    for f in ["tls", "tls/key.pem", "tls/cert.pem"] {
+        std::os::unix::fs::chown(home.join(f), Some(uid), Some(uid)).unwrap();
+    }
+    wait_for(
+        Duration::from_secs(10),
+        "the site's vassals directory",
+        || home.join("vassals").is_dir().then_some(()),
+    );
+    write_atomic(
+        &home.join("vassals/web.toml"),
+        "command = [\"python3\", \"/home/shop/app.py\"]\n[http]\ndomains = [\"shop.test\"]\nsocket = \"web.sock\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+    );
+    let plain = |e: &Emperor, r: &RouterProc| {
+        curl_from(
+            e,
+            &["-H", "Host: shop.test", &format!("http://{}/", r.http)],
+        )
+    };
+    wait_for_or(
+        Duration::from_secs(30),
+        "the app on its own host's router",
+        || (plain(&h2, &r2).0 == 200).then_some(()),
+        || format!("{:?}\n{}", plain(&h2, &r2), h2.log()),
+    );
+    // Through h1's router: passed to h2's, which knows who the client is.
+    let (status, body, _) = wait_for_or(
+        Duration::from_secs(20),
+        "the app through the other host's router",
+        || {
+            let a = plain(&h1, &r1);
+            (a.0 == 200).then_some(a)
+        },
+        || h1.log(),
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from shop for shop.test to 127.0.0.1 over http")
+    );
+    // Over HTTPS the client's TLS goes through to h2: the tenant's own
+    // certificate (which never left h2) verifies.
+    let port = r1.https.rsplit_once(':').unwrap().1;
+    let cert = home.join("tls/cert.pem").display().to_string();
+    let resolve = format!("shop.test:{port}:127.0.0.1");
+    let url = format!("https://shop.test:{port}/");
+    let tls = curl_from(&h1, &["--cacert", &cert, "--resolve", &resolve, &url]);
+    assert_eq!(
+        (tls.0, tls.1.as_str()),
+        (200, "hello from shop for shop.test to 127.0.0.1 over https"),
+        "{}",
+        tls.2
+    );
+    let peers = std::fs::read_to_string(h1.run_dir.join("router/peers.json")).unwrap();
+    assert!(peers.contains("\"shop.test\":\"h2\""), "{peers}");
+
+    // The peer listener takes only routers of the cluster: a client
+    // without a certificate of its CA gets no answer from it.
+    let forged = curl_from(
+        &h1,
+        &[
+            "-k",
+            "-H",
+            "Host: shop.test",
+            &format!("https://{}/", peer(2)),
+        ],
+    );
+    assert!(!forged.1.contains("hello"), "{forged:?}");
+    assert_eq!(forged.0, 0, "{forged:?}");
+
+    // h2's emperor dies (its router and site run on); once its lease
+    // expired, h1 answers 503 for its domains, never a route to it.
+    h2.kill(Signal::SIGKILL);
+    wait_for(Duration::from_secs(40), "h2's alive key to expire", || {
+        etcd.ok(&["get", "/imperium/hosts/h2/alive"])
+            .is_empty()
+            .then_some(())
+    });
+    wait_for_or(
+        Duration::from_secs(5),
+        "503 on h1 once h2's lease expired",
+        || (plain(&h1, &r1).0 == 503).then_some(()),
+        || h1.log(),
+    );
+    for _ in 0..5 {
+        let (status, _, head) = plain(&h1, &r1);
+        assert_eq!(status, 503);
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 30"),
+            "{head}"
+        );
+    }
+    let tls = curl_from(&h1, &["-k", "--resolve", &resolve, &url]);
+    assert_eq!(tls.0, 503, "{tls:?}");
+    // Back, h2 is reached again.
+    h2.start();
+    wait_for_or(
+        Duration::from_secs(30),
+        "h1 passing clients to h2 again",
+        || (plain(&h1, &r1).0 == 200).then_some(()),
+        || h1.log(),
+    );
+    drop((r1, r2));
+}

@@ -433,6 +433,67 @@ pub fn schedule(
     out
 }
 
+/// What a host's emperor tells its router in cluster mode
+/// (`<run-dir>/router/cluster.json`): where the other hosts' routers are,
+/// and which host serves each domain this host does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peers {
+    /// Schema version (1).
+    pub schema_version: u32,
+    /// The routers of the other hosts alive (their lease held): the address
+    /// their peer listener is reached at, by host.
+    pub routers: BTreeMap<String, std::net::SocketAddr>,
+    /// Each domain a vassal of another host claims (as its file writes it,
+    /// `*.` included), and that host. A host missing from `routers` is
+    /// down: its domains answer 503.
+    pub domains: BTreeMap<String, String>,
+}
+
+/// The routes to the other hosts as `me` sees the cluster: each domain of a
+/// vassal another host holds (`owners`), or is placed on while no host
+/// holds it, goes to that host; a file that lost a claim to an earlier one
+/// ([`Files::conflicts`]) routes nothing. `routers`: the hosts alive and
+/// the address of their router's peer listener, if they gave one.
+pub fn peers(
+    files: &Files,
+    placed: &BTreeMap<Name, Option<Name>>,
+    owners: &BTreeMap<Name, Name>,
+    me: &Name,
+    routers: &BTreeMap<Name, Option<std::net::SocketAddr>>,
+) -> Peers {
+    let conflicts = files.conflicts();
+    let mut domains = BTreeMap::new();
+    for (name, e) in &files.entries {
+        if conflicts.contains_key(name) {
+            continue;
+        }
+        let Some(host) = owners
+            .get(name)
+            .or_else(|| placed.get(name).and_then(Option::as_ref))
+        else {
+            continue;
+        };
+        if host == me {
+            continue;
+        }
+        for claim in e.head.iter().flat_map(|h| &h.claims) {
+            if let Some(domain) = claim.strip_prefix("domain ") {
+                domains.insert(domain.to_owned(), host.to_string());
+            }
+        }
+    }
+    Peers {
+        schema_version: 1,
+        routers: routers
+            .iter()
+            .filter(|(h, _)| *h != me)
+            .filter_map(|(h, a)| Some((h.to_string(), (*a)?)))
+            .collect(),
+        domains,
+    }
+}
+
 /// What one host does to its directory so that it holds what the cluster
 /// places on it.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -517,6 +578,60 @@ mod tests {
         held: &BTreeSet<Name>,
     ) -> Plan {
         super::plan(f, &placements(f, chosen), host, local, held, &f.conflicts())
+    }
+
+    #[test]
+    fn the_peers_route_each_other_hosts_domain_to_the_host_that_holds_it() {
+        let mut f = Files::default();
+        f.insert(n("g2"), "kind = \"group\"\nhost = \"h2\"\n".into(), 1);
+        f.insert(
+            n("shop"),
+            "kind = \"site\"\ngroup = \"g2\"\ndomains = [\"Shop.example\", \"*.shop.example\"]\n"
+                .into(),
+            2,
+        );
+        f.insert(
+            n("mine"),
+            "kind = \"site\"\nhost = \"h1\"\ndomains = [\"mine.example\"]\n".into(),
+            3,
+        );
+        // Claims shop.example after shop: routes nothing.
+        f.insert(
+            n("late"),
+            "kind = \"site\"\nhost = \"h3\"\ndomains = [\"shop.example\", \"late.example\"]\n"
+                .into(),
+            4,
+        );
+        f.insert(
+            n("moved"),
+            "kind = \"site\"\nhost = \"h1\"\ndomains = [\"moved.example\"]\n".into(),
+            5,
+        );
+        let placed = placements(&f, &BTreeMap::new());
+        // moved is placed here but h3 still holds it.
+        let owners = BTreeMap::from([(n("moved"), n("h3")), (n("shop"), n("h2"))]);
+        let addr = |p: u16| Some(std::net::SocketAddr::from(([192, 0, 2, 1], p)));
+        let routers = BTreeMap::from([(n("h1"), addr(1)), (n("h2"), addr(2)), (n("h3"), None)]);
+        let p = peers(&f, &placed, &owners, &n("h1"), &routers);
+        assert_eq!(
+            p.routers,
+            BTreeMap::from([("h2".to_owned(), addr(2).unwrap())])
+        );
+        let d: Vec<(&str, &str)> = p
+            .domains
+            .iter()
+            .map(|(d, h)| (d.as_str(), h.as_str()))
+            .collect();
+        assert_eq!(
+            d,
+            [
+                ("*.shop.example", "h2"),
+                ("moved.example", "h3"),
+                ("shop.example", "h2")
+            ]
+        );
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<Peers>(&text).unwrap(), p);
     }
 
     #[test]

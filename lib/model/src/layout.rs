@@ -218,6 +218,12 @@ impl Layout {
         self.router_dir().join(names::DOMINION)
     }
 
+    /// Where the other hosts' routers are and which domains they serve
+    /// (cluster mode), written by the emperor for the router.
+    pub fn peers(&self) -> PathBuf {
+        self.router_dir().join(names::PEERS)
+    }
+
     /// A vassal's cgroup path relative to each hierarchy's root.
     pub fn cgroup(&self, kind_group: Option<&Name>, name: &Name, is_group: bool) -> String {
         let root = self.cgroup_root.trim_matches('/');
@@ -241,6 +247,9 @@ pub mod names {
     pub const CONTROL_SOCKET: &str = "emperor.sock";
     /// What the emperor tells the router, in the router's directory.
     pub const DOMINION: &str = "dominion.json";
+    /// What the emperor tells the router of the other hosts (cluster
+    /// mode), in the router's directory.
+    pub const PEERS: &str = "peers.json";
     /// The router's subscription socket, in the router's directory.
     pub const SUBSCRIBE_SOCKET: &str = "subscribe.sock";
     /// The addresses the router listens on, in the router's directory.
