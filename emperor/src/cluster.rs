@@ -54,6 +54,9 @@ pub struct Settings {
     /// Where the other hosts' routers reach this host's router (its peer
     /// listener), told to them through this host's `alive` key.
     pub router_peer: Option<std::net::SocketAddr>,
+    /// The command that copies a moving site's home here (`{host}`,
+    /// `{home}`, `{dest}` replaced), as argv.
+    pub home_copy: Vec<String>,
 }
 
 /// The client's TLS files (PEM).
@@ -97,6 +100,13 @@ struct Known {
     routers: BTreeMap<Name, Option<std::net::SocketAddr>>,
     /// What the router was last told of the other hosts.
     peers: Option<cluster::Peers>,
+    /// Where each host alive keeps its homes.
+    homes: BTreeMap<Name, PathBuf>,
+    /// Sites moving between hosts, with the value read (a transaction
+    /// moving one on holds only if it is still that).
+    moves: BTreeMap<Name, (cluster::Move, Vec<u8>)>,
+    /// This host's part of the moves (kept across listings).
+    work: Work,
     /// The files in conflict at the last pass (each logged once).
     conflicts: BTreeSet<Name>,
     /// What this host holds and another owns, at the last pass (each
@@ -134,10 +144,15 @@ impl Known {
                     let v = serde_json::from_slice::<serde_json::Value>(v).unwrap_or_default();
                     let router = v["router"].as_str().and_then(|a| a.parse().ok());
                     self.routers.insert(host.clone(), router);
+                    match v["homes"].as_str() {
+                        Some(h) => self.homes.insert(host.clone(), PathBuf::from(h)),
+                        None => self.homes.remove(&host),
+                    };
                     self.alive.insert(host, v["memory"].as_u64().unwrap_or(0))
                 }
                 None => {
                     self.routers.remove(&host);
+                    self.homes.remove(&host);
                     self.alive.remove(&host)
                 }
             };
@@ -151,6 +166,14 @@ impl Known {
                 Some((claims, created)) => self.files.insert_dropped(name, &claims, created),
                 None => self.files.remove(&name),
             }
+            return true;
+        }
+        if let Some(name) = cluster::move_of(prefix, key) {
+            let read = value.and_then(|v| Some((serde_json::from_slice(v).ok()?, v.to_vec())));
+            match read {
+                Some(m) => self.moves.insert(name, m),
+                None => self.moves.remove(&name),
+            };
             return true;
         }
         if let Some(name) = cluster::owner_of(prefix, key) {
@@ -214,6 +237,8 @@ pub enum Ask {
     Write(Write),
     /// The view (`emperor cluster`).
     View(oneshot::Sender<serde_json::Value>),
+    /// Move a site to a host (`emperor move`): the move begun, or why not.
+    Move(Name, Name, oneshot::Sender<Result<cluster::Move, String>>),
 }
 
 /// What the engine has of one vassal, for the agent.
@@ -248,12 +273,15 @@ pub struct Host {
     pub vassals: tokio::sync::watch::Receiver<BTreeMap<Name, Held>>,
     /// Where the router learns the other hosts' domains (`peers.json`).
     pub peers: PathBuf,
+    /// Where this host keeps its homes (told to the others for moves).
+    pub home_root: PathBuf,
 }
 
 /// Starts the agent (and the host's lease) on the runtime.
 pub fn spawn(settings: Settings, mut host: Host) {
     tokio::spawn(async move {
         let mut known = Known::default();
+        let mut copies = mpsc::unbounded_channel();
         let mut wait = Duration::from_secs(1);
         let stats = host.stats.clone();
         // One member at a time, the next after a failure: a member that
@@ -262,7 +290,7 @@ pub fn spawn(settings: Settings, mut host: Host) {
         let mut failed = 0;
         loop {
             let endpoint = &settings.endpoints[at % settings.endpoints.len().max(1)];
-            let ended = session(&settings, endpoint, &mut host, &mut known).await;
+            let ended = session(&settings, endpoint, &mut host, &mut known, &mut copies).await;
             if stats.connected.swap(false, Ordering::Relaxed) {
                 failed = 0;
                 wait = Duration::from_secs(1);
@@ -305,6 +333,9 @@ pub fn spawn(settings: Settings, mut host: Host) {
                         Ask::View(reply) => {
                             let _ = reply.send(view(&settings, &known, false));
                         }
+                        Ask::Move(_, _, reply) => {
+                            let _ = reply.send(Err("etcd is unreachable from this host now: try again".into()));
+                        }
                     },
                 }
             }
@@ -344,18 +375,32 @@ async fn connect(s: &Settings, endpoint: &str) -> Result<Client, Ended> {
 }
 
 /// One connection: list if needed, then follow the watch until it ends.
-async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Known) -> Ended {
+/// The ends of the channel on which copies of moving homes report.
+type Copies = (
+    mpsc::UnboundedSender<Copied>,
+    mpsc::UnboundedReceiver<Copied>,
+);
+
+async fn session(
+    s: &Settings,
+    endpoint: &str,
+    host: &mut Host,
+    known: &mut Known,
+    copies: &mut Copies,
+) -> Ended {
     let stats = host.stats.clone();
     let run = async {
         let mut client = connect(s, endpoint).await?;
-        let mut alive = Alive::new(&mut client, s).await?;
+        let mut alive = Alive::new(&mut client, s, &host.home_root).await?;
         // The directory is read once a session, then kept as written.
         known.local = None;
         if known.revision == 0 {
             let cluster_id = list(&mut client, &s.prefix, known).await?;
             stats.lists.fetch_add(1, Ordering::Relaxed);
+            moves(s, host, &mut client, known, &copies.0).await?;
             first_sync(s, host, &mut client, cluster_id, known).await?;
         } else {
+            moves(s, host, &mut client, known, &copies.0).await?;
             sync(s, host, &mut client, known).await?;
         }
         own(s, host, &mut client, known).await?;
@@ -391,7 +436,12 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
                     continue;
                 }
                 m = watch.message() => m?,
-                renewed = alive.renew() => { renewed?; continue; }
+                renewed = alive.renew() => {
+                    renewed?;
+                    // A site that arrived here a while ago is no longer new.
+                    tell_router(s, host, known);
+                    continue;
+                }
                 Some(ask) = host.writes.recv() => {
                     match ask {
                         Ask::Write(w) => {
@@ -404,7 +454,14 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
                         Ask::View(reply) => {
                             let _ = reply.send(view(s, known, true));
                         }
+                        Ask::Move(name, to, reply) => {
+                            let _ = reply.send(begin_move(s, &mut client, known, &name, &to).await?);
+                        }
                     }
+                    continue;
+                }
+                Some(done) = copies.1.recv() => {
+                    copied(s, &mut client, known, done).await?;
                     continue;
                 }
                 Ok(()) = host.vassals.changed() => {
@@ -441,6 +498,8 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
                 if let Some(key) = &leader {
                     schedule(s, &mut client, known, key).await?;
                 }
+                // Moves first: a site moved away is marked before its file goes.
+                moves(s, host, &mut client, known, &copies.0).await?;
                 sync(s, host, &mut client, known).await?;
                 own(s, host, &mut client, known).await?;
                 tell_router(s, host, known);
@@ -461,16 +520,39 @@ async fn session(s: &Settings, endpoint: &str, host: &mut Host, known: &mut Know
 /// at the next change.
 fn tell_router(s: &Settings, host: &Host, known: &mut Known) {
     let placed = cluster::placements(&known.files, &known.chosen);
-    let peers = cluster::peers(
+    let mut peers = cluster::peers(
         &known.files,
         &placed,
         &known.owners,
         &s.host,
         &known.routers,
     );
-    if known.peers.as_ref() == Some(&peers) {
-        return;
+    let frozen = known
+        .moves
+        .iter()
+        .filter(|(_, (m, _))| matches!(m.phase, cluster::Phase::Freeze | cluster::Phase::Final))
+        .map(|(n, _)| n);
+    for name in frozen.chain(&known.work.left) {
+        peers.moving.extend(known.files.domains(name));
     }
+    let now = crate::clock::now();
+    known
+        .work
+        .arrived
+        .retain(|_, at| now.duration_since(*at) < ARRIVING);
+    for name in known.work.arrived.keys() {
+        peers.arriving.extend(known.files.domains(name));
+    }
+    if let Some(told) = &known.peers {
+        peers.generation = told.generation;
+        if *told == peers {
+            return;
+        }
+    }
+    // Unique across this host's emperors: the router's answer names it.
+    peers.generation = crate::clock::wall()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     // A map of strings and addresses: it always serializes.
     let bytes = serde_json::to_vec(&peers).unwrap_or_default();
     let written = match host.peers.parent() {
@@ -729,6 +811,7 @@ fn view(s: &Settings, known: &Known, connected: bool) -> serde_json::Value {
                 "owner": owner,
                 "state": state,
                 "reason": conflicts.get(name),
+                "move": known.moves.get(name).map(|(m, _)| m),
             })
         })
         .collect();
@@ -804,6 +887,7 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
         cluster::PLACEMENT,
         cluster::OWNERS,
         cluster::DROPPED,
+        cluster::MOVES,
     ] {
         let start = format!("{prefix}{range}");
         let end = prefix_end(start.as_bytes());
@@ -834,6 +918,7 @@ async fn list(client: &mut Client, prefix: &str, known: &mut Known) -> Result<u6
     }
     fresh.revision = revision;
     fresh.local = known.local.take();
+    fresh.work = std::mem::take(&mut known.work);
     *known = fresh;
     Ok(cluster_id)
 }
@@ -1230,6 +1315,417 @@ async fn read_dir(dir: PathBuf) -> Result<BTreeMap<Name, String>, Ended> {
     }
 }
 
+/// How long a site moved here answers 503 rather than 404 until it
+/// subscribes its domains (its app starting on this host).
+const ARRIVING: Duration = Duration::from_secs(60);
+
+/// This host's part of the moves between hosts.
+#[derive(Debug, Default)]
+struct Work {
+    /// Steps under way here (a copy, a freeze), each done once.
+    busy: BTreeSet<(Name, cluster::Phase)>,
+    /// Sites this host froze for a move (thawed if the move fails).
+    frozen: BTreeSet<Name>,
+    /// Sites moved away that this host still owns (stopping): their
+    /// domains answer 503 here, never their old routes.
+    left: BTreeSet<Name>,
+    /// Sites moved here, and when.
+    arrived: BTreeMap<Name, std::time::Instant>,
+}
+
+/// A copy of a moving home has ended.
+#[derive(Debug)]
+pub struct Copied {
+    name: Name,
+    phase: cluster::Phase,
+    /// The move's value when the copy began.
+    seen: Vec<u8>,
+    result: Result<(), String>,
+}
+
+/// Begins moving `name` to `to`: an admin site that runs on another host
+/// alive. The move's key is put only if the site's owner and `to`'s alive
+/// key are as read and no move is under way (a failed one is replaced).
+async fn begin_move(
+    s: &Settings,
+    client: &mut Client,
+    known: &Known,
+    name: &Name,
+    to: &Name,
+) -> Result<Result<cluster::Move, String>, Ended> {
+    if known.files.text(name).is_none() {
+        return Ok(Err(format!("the cluster has no vassal {name}")));
+    }
+    if !known.files.is_admin_site(name) {
+        return Ok(Err(format!(
+            "{name} is not an admin site: a group moves with its sites (not yet), a group's site with its group"
+        )));
+    }
+    let Some(from) = known.owners.get(name).cloned() else {
+        return Ok(Err(format!("{name} runs on no host now")));
+    };
+    if &from == to {
+        return Ok(Err(format!("{name} is on {to} already")));
+    }
+    if !known.alive.contains_key(to) {
+        return Ok(Err(format!("host {to} is not alive")));
+    }
+    let key = cluster::move_key(&s.prefix, name);
+    let mut when = vec![
+        Compare::value(
+            cluster::owner_key(&s.prefix, name),
+            CompareOp::Equal,
+            from.as_str(),
+        ),
+        Compare::create_revision(cluster::alive_key(&s.prefix, to), CompareOp::Greater, 0),
+    ];
+    match known.moves.get(name) {
+        Some((m, seen)) if m.phase == cluster::Phase::Failed => {
+            when.push(Compare::value(key.as_str(), CompareOp::Equal, seen.clone()))
+        }
+        Some((m, _)) => {
+            return Ok(Err(format!(
+                "{name} is already moving to {} ({:?})",
+                m.to, m.phase
+            )))
+        }
+        None => when.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0)),
+    }
+    let m = cluster::Move {
+        from,
+        to: to.clone(),
+        phase: cluster::Phase::Copy,
+        why: None,
+    };
+    // Names and a phase: it always serializes.
+    let value = serde_json::to_vec(&m).unwrap_or_default();
+    let txn = Txn::new()
+        .when(when)
+        .and_then(vec![TxnOp::put(key.as_str(), value, None)]);
+    if !timed(client.txn(txn)).await?.succeeded() {
+        return Ok(Err(format!(
+            "{name} changed meanwhile (its owner, or {to}'s lease): try again"
+        )));
+    }
+    tracing::info!(vassal = %name, from = %m.from, to = %m.to, "cluster: move begun");
+    Ok(Ok(m))
+}
+
+/// Does this host's part of each move, as its phase says: the host a site
+/// goes to makes its home and copies it (while it serves, then once more
+/// while it is frozen); the host it leaves freezes it, and thaws it if the
+/// move failed. Copies run off the agent's loop and report on `done`.
+async fn moves(
+    s: &Settings,
+    host: &Host,
+    client: &mut Client,
+    known: &mut Known,
+    done: &mpsc::UnboundedSender<Copied>,
+) -> Result<(), Ended> {
+    use cluster::Phase;
+    let me = &s.host;
+    let now_moves = known.moves.clone();
+    let work = &mut known.work;
+    work.busy
+        .retain(|(n, p)| now_moves.get(n).is_some_and(|(m, _)| m.phase == *p));
+    // A site frozen for a move that is over: placed elsewhere now (the
+    // move switched it), it answers 503 here until this host lets go.
+    let frozen: Vec<Name> = work.frozen.iter().cloned().collect();
+    for name in frozen {
+        if !now_moves.contains_key(&name) {
+            // Before its file goes: the engine kills it frozen, so that
+            // it never serves again after the last copy.
+            let _ = host.events.send(Event::MovedAway(name.clone()));
+            work.frozen.remove(&name);
+            work.left.insert(name);
+        }
+    }
+    work.left.retain(|n| known.owners.get(n) == Some(me));
+    for (name, (m, seen)) in now_moves {
+        // The host it goes to died on the way: the site runs on here.
+        let frozen_here = matches!(m.phase, Phase::Freeze | Phase::Final) && m.from == *me;
+        if frozen_here && !known.alive.contains_key(&m.to) {
+            let _ = done.send(Copied {
+                name,
+                phase: m.phase,
+                seen,
+                result: Err(format!("host {} is gone", m.to)),
+            });
+            continue;
+        }
+        if known.work.busy.contains(&(name.clone(), m.phase)) {
+            continue;
+        }
+        match m.phase {
+            Phase::Copy | Phase::Final if m.to == *me => {
+                known.work.busy.insert((name.clone(), m.phase));
+                let dest = match arrive(s, host, client, known, &name).await? {
+                    Ok(dest) => dest,
+                    Err(why) => {
+                        let _ = done.send(Copied {
+                            name,
+                            phase: m.phase,
+                            seen,
+                            result: Err(why),
+                        });
+                        continue;
+                    }
+                };
+                let Some(home) = known.homes.get(&m.from).map(|r| r.join(name.as_str())) else {
+                    let _ = done.send(Copied {
+                        name,
+                        phase: m.phase,
+                        seen,
+                        result: Err(format!("host {} says not where its homes are", m.from)),
+                    });
+                    continue;
+                };
+                let argv: Vec<String> = s
+                    .home_copy
+                    .iter()
+                    .map(|a| {
+                        a.replace("{host}", m.from.as_str())
+                            .replace("{home}", &home.display().to_string())
+                            .replace("{dest}", &dest.display().to_string())
+                    })
+                    .collect();
+                let done = done.clone();
+                tracing::info!(vassal = %name, phase = ?m.phase, from = %m.from, "cluster: copying the home here");
+                tokio::spawn(async move {
+                    let result = copy_home(argv).await;
+                    let _ = done.send(Copied {
+                        name,
+                        phase: m.phase,
+                        seen,
+                        result,
+                    });
+                });
+            }
+            Phase::Freeze if m.from == *me => {
+                known.work.busy.insert((name.clone(), m.phase));
+                // The router answers 503 for the site before it is frozen:
+                // no request reaches it frozen, or after the last copy.
+                tell_router(s, host, known);
+                if !router_took(host, known).await {
+                    let _ = done.send(Copied {
+                        name,
+                        phase: m.phase,
+                        seen,
+                        result: Err(format!(
+                            "the router did not take the site's 503s within {ROUTER_TAKES:?}"
+                        )),
+                    });
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                let ask = crate::control::Request::Suspend {
+                    name: name.to_string(),
+                };
+                let _ = host.events.send(Event::Control(ask, tx));
+                let result = match rx.await {
+                    Ok(r) if r.ok => Ok(()),
+                    Ok(r) => Err(format!("freezing it: {}", r.error.unwrap_or_default())),
+                    Err(_) => Err("the emperor is stopping".to_owned()),
+                };
+                if result.is_ok() {
+                    known.work.frozen.insert(name.clone());
+                }
+                // The next step is the other host's: told by the phase.
+                let _ = done.send(Copied {
+                    name,
+                    phase: m.phase,
+                    seen,
+                    result,
+                });
+            }
+            Phase::Failed if m.from == *me && known.work.frozen.contains(&name) => {
+                let (tx, rx) = oneshot::channel();
+                let ask = crate::control::Request::Resume {
+                    name: name.to_string(),
+                };
+                let _ = host.events.send(Event::Control(ask, tx));
+                if let Ok(r) = rx.await {
+                    if !r.ok {
+                        tracing::error!(vassal = %name, error = ?r.error, "cluster: a failed move could not thaw the site");
+                    }
+                }
+                known.work.frozen.remove(&name);
+                tracing::warn!(vassal = %name, why = ?m.why, "cluster: move failed; the site runs on here");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// How long a move waits for the router to take a site's 503s.
+const ROUTER_TAKES: Duration = Duration::from_secs(5);
+
+/// Whether this host's router has taken the peers last written (at once
+/// when no router runs here: none has ever said where it listens).
+async fn router_took(host: &Host, known: &Known) -> bool {
+    let Some(dir) = host.peers.parent() else {
+        return true;
+    };
+    if !dir.join(model::layout::names::LISTEN).exists() {
+        return true;
+    }
+    let Some(want) = known.peers.as_ref().map(|p| p.generation) else {
+        return false;
+    };
+    let applied = dir.join(model::layout::names::PEERS_APPLIED);
+    let deadline = tokio::time::Instant::now() + ROUTER_TAKES;
+    while tokio::time::Instant::now() < deadline {
+        let said = std::fs::read_to_string(&applied).unwrap_or_default();
+        if said.trim().parse::<u64>().ok() == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Makes ready a home here for `name`, on its way from another host: its
+/// login's uid (the cluster's) in the host's table, its home made as a
+/// start would make it. The home's path.
+async fn arrive(
+    s: &Settings,
+    host: &Host,
+    client: &mut Client,
+    known: &Known,
+    name: &Name,
+) -> Result<Result<PathBuf, String>, Ended> {
+    let Some(text) = known.files.text(name).map(str::to_owned) else {
+        return Ok(Err("its file is gone".to_owned()));
+    };
+    let Some(login) = cluster::login_of(name, &text) else {
+        return Ok(Err("its file names no login".to_owned()));
+    };
+    let mut given = Vec::new();
+    for (login, claimed) in claim_uids(client, &s.prefix, &[login]).await? {
+        match claimed {
+            Ok(uid) => given.push((login, uid)),
+            Err(why) => return Ok(Err(why)),
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = host.events.send(Event::ClusterUids(given, Vec::new(), tx));
+    match rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Ok(Err(format!("its uid: {why}"))),
+        Err(_) => return Ok(Err("the emperor is stopping".to_owned())),
+    }
+    let (tx, rx) = oneshot::channel();
+    let _ = host.events.send(Event::PrepareHome(name.clone(), text, tx));
+    Ok(rx
+        .await
+        .unwrap_or_else(|_| Err("the emperor is stopping".to_owned())))
+}
+
+/// Runs the copy command; its last words on failure.
+async fn copy_home(argv: Vec<String>) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("no --home-copy command".to_owned());
+    };
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let last = said.lines().last().unwrap_or_default();
+    Err(format!(
+        "{program} failed ({}): {}",
+        out.status,
+        last.chars().take(300).collect::<String>()
+    ))
+}
+
+/// Moves a move on once this host's step is done: after the first copy,
+/// the site is to be frozen; after the freeze, copied a last time; after
+/// the last copy, one transaction puts its file on the new host (its
+/// `host`, or its placement when the file names none) and ends the move,
+/// only while the move is as read and the old host still owns the site.
+/// A failed step fails the move, with the reason.
+async fn copied(
+    s: &Settings,
+    client: &mut Client,
+    known: &mut Known,
+    c: Copied,
+) -> Result<(), Ended> {
+    use cluster::Phase;
+    let key = cluster::move_key(&s.prefix, &c.name);
+    let Ok(mut m) = serde_json::from_slice::<cluster::Move>(&c.seen) else {
+        return Ok(());
+    };
+    let still = Compare::value(key.as_str(), CompareOp::Equal, c.seen.clone());
+    let mut then = Vec::new();
+    match (&c.result, c.phase) {
+        (Err(why), _) => {
+            tracing::error!(vassal = %c.name, phase = ?c.phase, reason = %why, "cluster: move failed");
+            m.phase = Phase::Failed;
+            m.why = Some(format!("{:?}: {why}", c.phase).to_lowercase());
+        }
+        (Ok(()), Phase::Copy) => m.phase = Phase::Freeze,
+        (Ok(()), Phase::Freeze) => m.phase = Phase::Final,
+        (Ok(()), Phase::Final) => {
+            let Some(text) = known.files.text(&c.name) else {
+                return Ok(());
+            };
+            if known.files.names_host(&c.name) {
+                let Some(text) = cluster::with_host(text, &m.to) else {
+                    return Ok(());
+                };
+                then.push(TxnOp::put(
+                    cluster::vassal_key(&s.prefix, &c.name),
+                    text,
+                    None,
+                ));
+            } else {
+                then.push(TxnOp::put(
+                    cluster::placement_key(&s.prefix, &c.name),
+                    m.to.as_str(),
+                    None,
+                ));
+            }
+            then.push(TxnOp::delete(key.as_str(), None));
+            let txn = Txn::new()
+                .when(vec![
+                    still,
+                    Compare::value(
+                        cluster::owner_key(&s.prefix, &c.name),
+                        CompareOp::Equal,
+                        m.from.as_str(),
+                    ),
+                ])
+                .and_then(then);
+            if timed(client.txn(txn)).await?.succeeded() {
+                tracing::info!(vassal = %c.name, from = %m.from, to = %m.to, "cluster: moved");
+                known
+                    .work
+                    .arrived
+                    .insert(c.name.clone(), crate::clock::now());
+            }
+            return Ok(());
+        }
+        (Ok(()), Phase::Failed) => return Ok(()),
+    }
+    // Names and a phase: it always serializes.
+    let value = serde_json::to_vec(&m).unwrap_or_default();
+    let txn = Txn::new()
+        .when(vec![still])
+        .and_then(vec![TxnOp::put(key.as_str(), value, None)]);
+    timed(client.txn(txn)).await?;
+    Ok(())
+}
+
 /// The host's `alive` key, bound to a lease renewed every third of its life.
 struct Alive {
     lease: i64,
@@ -1239,13 +1735,14 @@ struct Alive {
 }
 
 impl Alive {
-    async fn new(client: &mut Client, s: &Settings) -> Result<Alive, Ended> {
+    async fn new(client: &mut Client, s: &Settings, homes: &Path) -> Result<Alive, Ended> {
         let lease = timed(client.lease_grant(LEASE_TTL, None)).await?;
         let value = serde_json::json!({
             "host": s.host,
             "version": env!("CARGO_PKG_VERSION"),
             "memory": memory_total(),
             "router": s.router_peer,
+            "homes": homes,
         })
         .to_string();
         timed(client.put(

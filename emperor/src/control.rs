@@ -31,6 +31,13 @@ pub enum Request {
     Metrics,
     /// The cluster as this host sees it (cluster mode).
     Cluster,
+    /// Move a site with its home to another host (cluster mode).
+    Move {
+        /// The site.
+        name: String,
+        /// The host it goes to.
+        host: String,
+    },
     /// Write an admin vassal file (validated; kept only if the emperor
     /// accepts it: a refused file is put back as it was).
     Put {

@@ -288,6 +288,7 @@ pub async fn run(
                 writes: mgr.cluster_writes(),
                 vassals: mgr.cluster_vassals(),
                 peers: cfg.layout.peers(),
+                home_root: cfg.layout.home_root.clone(),
             },
         );
     } else {

@@ -136,6 +136,17 @@ enum Cmd {
         /// address of its `--peer` listener), for the domains served here.
         #[arg(long, value_name = "ADDR", requires = "etcd")]
         router_peer: Option<std::net::SocketAddr>,
+        /// How this host copies the home of a site moving here from another
+        /// host: a command (split on spaces, no shell) where `{host}` is the
+        /// other host's name, `{home}` the home there and `{dest}` the home
+        /// here.
+        #[arg(
+            long,
+            value_name = "COMMAND",
+            requires = "etcd",
+            default_value = "rsync -aHAX --numeric-ids --delete -e ssh root@{host}:{home}/ {dest}/"
+        )]
+        home_copy: String,
     },
     /// Bearer tokens of the API over TLS (`serve --api-listen`).
     Token {
@@ -180,6 +191,15 @@ enum Cmd {
     /// Cluster mode: the hosts alive and every file of the cluster, with
     /// its host, its owner and its state as this host sees it (JSON).
     Cluster,
+    /// Cluster mode: move an admin site with its home to another host
+    /// (copied while it serves, then frozen for a last copy; its domains
+    /// answer 503 meanwhile).
+    Move {
+        /// The site.
+        name: String,
+        /// The host it goes to.
+        host: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -293,6 +313,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             etcd_cert,
             etcd_key,
             router_peer,
+            home_copy,
         } => {
             if !etcd_prefix.starts_with('/') || !etcd_prefix.ends_with('/') {
                 bail!("--etcd-prefix must start and end with '/', not {etcd_prefix:?}");
@@ -306,6 +327,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     identity: etcd_cert.zip(etcd_key),
                 }),
                 router_peer,
+                home_copy: home_copy.split_whitespace().map(str::to_owned).collect(),
             });
             let vassal_exe = match vassal_bin {
                 Some(p) => p,
@@ -450,6 +472,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Shutdown => Request::Shutdown,
         Cmd::Metrics => Request::Metrics,
         Cmd::Cluster => Request::Cluster,
+        Cmd::Move { name, host } => Request::Move { name, host },
     };
     let is_spec = matches!(req, Request::Spec { .. });
     let is_json = is_spec || matches!(req, Request::Cluster);

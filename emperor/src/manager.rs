@@ -136,6 +136,12 @@ pub enum Event {
         Vec<(Name, String)>,
         oneshot::Sender<Result<(), String>>,
     ),
+    /// A site moved to another host (cluster mode): when its file goes,
+    /// it is killed frozen, never thawed to run on after its last copy.
+    MovedAway(Name),
+    /// Make the home of a site moving here (cluster mode), for the copy:
+    /// its path, or why not.
+    PrepareHome(Name, String, oneshot::Sender<Result<PathBuf, String>>),
     /// A home from before quotas was put into its project.
     Projected {
         /// The vassal.
@@ -253,6 +259,8 @@ pub struct Manager {
     cfg: Config,
     tree: Arc<dyn CgroupTree>,
     spawner: Spawner,
+    /// Sites moved to another host: killed frozen when they stop here.
+    moved_away: BTreeSet<Name>,
     uids: UidTable,
     uids_unsaved: bool,
     /// Tenants were added since the NSS table was written.
@@ -423,6 +431,7 @@ impl Manager {
         }
         let m = Manager {
             spawner,
+            moved_away: BTreeSet::new(),
             cfg,
             tree,
             uids,
@@ -1259,6 +1268,12 @@ impl Manager {
                     self.cluster_refused.insert(login, why);
                 }
                 let _ = reply.send(self.adopt_uids(given));
+            }
+            Event::MovedAway(name) => {
+                self.moved_away.insert(name);
+            }
+            Event::PrepareHome(name, text, reply) => {
+                let _ = reply.send(self.prepare_home(&name, &text));
             }
             Event::Exited { name, gen } => self.exited(&name, gen),
             Event::RestartDue { name, gen } => {

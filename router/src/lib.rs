@@ -22,7 +22,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -764,13 +764,19 @@ async fn serve_metrics(
 async fn watch_dominion(state: Arc<State>, run_dir: PathBuf, state_dir: PathBuf) {
     let path = dominion_path(&run_dir);
     let peers_path = run_dir.join("router").join(model::layout::names::PEERS);
-    let mut seen: Option<SystemTime> = None;
-    let mut peers_seen: Option<SystemTime> = None;
+    // A file is replaced whole (a new inode): its inode and mtime tell a
+    // new version even when two come within one tick of the clock.
+    let version = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.ino(), m.modified().ok()))
+    };
+    let mut seen = None;
+    let mut peers_seen = None;
     loop {
         // In a cluster: the other hosts' domains (gone: none).
-        let mtime = std::fs::metadata(&peers_path)
-            .and_then(|m| m.modified())
-            .ok();
+        let mtime = version(&peers_path);
         if mtime != peers_seen {
             peers_seen = mtime;
             let peers = match mtime {
@@ -785,16 +791,27 @@ async fn watch_dominion(state: Arc<State>, run_dir: PathBuf, state_dir: PathBuf)
                     tracing::info!(
                         domains = p.domains.len(),
                         routers = p.routers.len(),
+                        moving = p.moving.len(),
                         "the other hosts' domains loaded"
                     );
+                    let generation = p.generation;
                     state.routes.set_peers(p);
+                    // The emperor waits for this before it freezes a moving
+                    // site: from now on its domains answer 503 here.
+                    let applied = run_dir
+                        .join("router")
+                        .join(model::layout::names::PEERS_APPLIED);
+                    let said = generation.to_string();
+                    if let Err(e) = model::atomic::replace(&applied, said.as_bytes(), 0o600) {
+                        tracing::warn!(path = %applied.display(), error = %e, "could not say the peers were taken");
+                    }
                 }
                 None => {
                     tracing::warn!(path = %peers_path.display(), "unreadable peers; keeping the last ones")
                 }
             }
         }
-        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let mtime = version(&path);
         if mtime.is_some() && mtime != seen {
             seen = mtime;
             match load(&path) {
@@ -808,6 +825,8 @@ async fn watch_dominion(state: Arc<State>, run_dir: PathBuf, state_dir: PathBuf)
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Two stats every 50 ms: a move waits for this router to take its
+        // 503s before it freezes the site.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

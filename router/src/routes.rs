@@ -248,6 +248,17 @@ pub struct Routes {
     peers: ArcSwap<model::cluster::Peers>,
 }
 
+/// Whether `name` is in `set`, or the wildcard one level up is.
+fn in_set(set: &std::collections::BTreeSet<String>, name: &str) -> bool {
+    if set.is_empty() {
+        return false;
+    }
+    set.contains(name)
+        || name
+            .split_once('.')
+            .is_some_and(|(_, parent)| set.contains(&format!("*.{parent}")))
+}
+
 /// Where a domain served on another host of the cluster goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Elsewhere {
@@ -289,7 +300,7 @@ impl Routes {
     /// name, else the wildcard one level up), if another does.
     pub fn elsewhere(&self, name: &str) -> Option<Elsewhere> {
         let peers = self.peers.load();
-        if peers.domains.is_empty() {
+        if peers.domains.is_empty() || in_set(&peers.moving, name) {
             return None;
         }
         let host = peers.domains.get(name).or_else(|| {
@@ -300,6 +311,21 @@ impl Routes {
             host: host.clone(),
             router: peers.routers.get(host).copied(),
         })
+    }
+
+    /// What a request for `host` gets when no route of this host serves
+    /// it: 503 for a site just moved here (until it subscribes) or served
+    /// by a host out of reach, else 404.
+    fn unrouted(&self, host: &str) -> Route {
+        let peers = self.peers.load();
+        if in_set(&peers.arriving, host) {
+            return Route::Moving;
+        }
+        drop(peers);
+        if self.elsewhere(host).is_some() {
+            return Route::Elsewhere;
+        }
+        Route::Unknown
     }
 
     /// Requests a site may have in flight when the dominion does not say.
@@ -590,12 +616,12 @@ impl Routes {
 
     /// [`Routes::lookup`] with the clock already read.
     pub fn lookup_at(&self, host: &str, now: Instant) -> Route {
+        // A site on its way between hosts: frozen, or stopping where it was.
+        if in_set(&self.peers.load().moving, host) {
+            return Route::Moving;
+        }
         let Some(e) = self.entry(host) else {
-            // Another host's, and not passed to it (down, or unreachable).
-            if self.elsewhere(host).is_some() {
-                return Route::Elsewhere;
-            }
-            return Route::Unknown;
+            return self.unrouted(host);
         };
         let dominion = self.dominion.load();
         let Some(site) = dominion.sites.get(&e.site) else {
@@ -612,7 +638,7 @@ impl Routes {
             return Route::Moving;
         }
         if e.ring.is_empty() {
-            return Route::Unknown;
+            return self.unrouted(host);
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % e.ring.len();
         let first = e.ring[turn] as usize;
@@ -627,7 +653,7 @@ impl Routes {
             now,
         };
         if pick.iter().next().is_none() {
-            return Route::Unknown;
+            return self.unrouted(host);
         }
         Route::Backends(pick)
     }
@@ -653,6 +679,40 @@ mod tests {
         }
         e.rebuild();
         e
+    }
+
+    #[test]
+    fn another_hosts_domains_go_there_or_answer_503_and_a_move_answers_503() {
+        let routes = Routes::new(Dominion::default(), Duration::from_secs(60), 10);
+        let addr: std::net::SocketAddr = "192.0.2.2:8444".parse().unwrap();
+        let mut peers = model::cluster::Peers {
+            routers: [("h2".to_owned(), addr)].into(),
+            domains: [
+                ("shop.example".to_owned(), "h2".to_owned()),
+                ("*.blog.example".to_owned(), "h3".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        routes.set_peers(peers.clone());
+        assert!(routes.has_peers());
+        let there = routes.elsewhere("shop.example").unwrap();
+        assert_eq!((there.host.as_str(), there.router), ("h2", Some(addr)));
+        // h3's lease expired: no router to pass to, 503 here.
+        let down = routes.elsewhere("a.blog.example").unwrap();
+        assert_eq!((down.host.as_str(), down.router), ("h3", None));
+        assert!(matches!(routes.lookup("a.blog.example"), Route::Elsewhere));
+        assert!(matches!(routes.lookup("other.example"), Route::Unknown));
+        // Moving: 503 here, not passed on; arriving: 503 until routed.
+        peers.moving.insert("shop.example".to_owned());
+        peers.arriving.insert("new.example".to_owned());
+        routes.set_peers(peers);
+        assert!(routes.elsewhere("shop.example").is_none());
+        assert!(matches!(routes.lookup("shop.example"), Route::Moving));
+        assert!(matches!(routes.lookup("new.example"), Route::Moving));
+        routes.set_peers(model::cluster::Peers::default());
+        assert!(!routes.has_peers());
+        assert!(matches!(routes.lookup("shop.example"), Route::Unknown));
     }
 
     #[test]

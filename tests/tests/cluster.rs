@@ -907,30 +907,43 @@ fn curl_from(e: &Emperor, how: &[&str]) -> (u16, String, String) {
     )
 }
 
-#[test]
-#[ignore = "root: run the README's test command"]
-fn root_every_hosts_router_serves_a_domain_of_another_host_and_503_once_its_lease_expired() {
+/// Two hosts on a LAN with an etcd of three, each with its router linked
+/// to the other's (one CA, a certificate per host naming it); homes are
+/// copied between them by a local rsync (the hosts share this machine's
+/// disk: on real hosts it goes over ssh, the default).
+struct Routed {
+    h1: Emperor,
+    r1: RouterProc,
+    h2: Emperor,
+    r2: RouterProc,
+    etcd: Etcd,
+    _pki: tempfile::TempDir,
+    _lan: Lan,
+}
+
+fn routed() -> Routed {
     let mut lan = Lan::new();
     let etcd = Etcd::start(&mut lan);
-    // The routers' link: one CA, a certificate per host naming it.
     let pki = tempfile::tempdir().unwrap();
     certificate(pki.path(), "ca", "", "");
     for h in ["h1", "h2"] {
         certificate(pki.path(), h, &format!("DNS:{h}"), "serverAuth,clientAuth");
     }
-    let nodes: Vec<String> = (1..=2u8).map(|i| lan.node(20 + i)).collect();
-    let lan_node_path = |i: u8| PathBuf::from("/run/netns").join(&nodes[i as usize - 1]);
     let pem = |f: &str| pki.path().join(f).display().to_string();
     let peer = |i: u8| format!("{LAN}.2{i}:8444");
-    let start = |i: u8| {
-        let ns = lan_node_path(i);
+    let mut start = |i: u8| {
+        let ns = lan.node(20 + i);
         let mut e = Emperor::new();
-        e.netns = Some(ns);
+        e.netns = Some(PathBuf::from("/run/netns").join(ns));
         e.extra = ["--network", "off", "--rescan", "1", "--etcd"]
             .into_iter()
             .map(str::to_owned)
             .chain([etcd.endpoints.clone(), "--host".into(), format!("h{i}")])
             .chain(["--router-peer".into(), peer(i)])
+            .chain([
+                "--home-copy".into(),
+                "rsync -aHAX --numeric-ids --delete {home}/ {dest}/".into(),
+            ])
             .collect();
         e.start();
         let router = RouterProc::start_with(
@@ -949,16 +962,24 @@ fn root_every_hosts_router_serves_a_domain_of_another_host_and_503_once_its_leas
         (e, router)
     };
     let (h1, r1) = start(1);
-    let (mut h2, r2) = start(2);
+    let (h2, r2) = start(2);
+    Routed {
+        h1,
+        r1,
+        h2,
+        r2,
+        etcd,
+        _pki: pki,
+        _lan: lan,
+    }
+}
 
-    // A site on h2 with its tenant's app and certificate.
-    etcd.put(
-        "shop",
-        "kind = \"site\"\nhost = \"h2\"\ndomains = [\"shop.test\", \"*.shop.test\"]\n[limits]\nmemory = \"128M\"\n",
-    );
-    running(&h2, "shop");
-    let uid = uid(&h2, "shop") as u32;
-    let home = h2.home_root.join("shop");
+/// Site `name` of host `e` serves `domain`: its tenant's app on a unix
+/// socket (answering with the headers the router set) and its own
+/// certificate, from its home.
+fn serve_app(e: &Emperor, name: &str, domain: &str) {
+    let uid = uid(e, name) as u32;
+    let home = e.home_root.join(name);
     let app = r#"
 import http.server, os, socketserver
 path = "/run/imperium/sockets/web.sock"
@@ -981,12 +1002,8 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
         .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args([
-            "-subj",
-            "/CN=shop.test",
-            "-addext",
-            "subjectAltName=DNS:shop.test",
-        ])
+        .args(["-subj", &format!("/CN={domain}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{domain}")])
         .arg("-keyout")
         .arg(home.join("tls/key.pem"))
         .arg("-out")
@@ -994,7 +1011,7 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
         .output()
         .unwrap();
     assert!(made.status.success(), "{made:?}");
-    for f in ["tls", "tls/key.pem", "tls/cert.pem"] {
+    for f in ["app.py", "tls", "tls/key.pem", "tls/cert.pem"] {
         std::os::unix::fs::chown(home.join(f), Some(uid), Some(uid)).unwrap();
     }
     wait_for(
@@ -1004,26 +1021,55 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     );
     write_atomic(
         &home.join("vassals/web.toml"),
-        "command = [\"python3\", \"/home/shop/app.py\"]\n[http]\ndomains = [\"shop.test\"]\nsocket = \"web.sock\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+        &format!("command = [\"python3\", \"/home/{name}/app.py\"]\n[http]\ndomains = [\"{domain}\"]\nsocket = \"web.sock\"\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n"),
     );
-    let plain = |e: &Emperor, r: &RouterProc| {
-        curl_from(
-            e,
-            &["-H", "Host: shop.test", &format!("http://{}/", r.http)],
-        )
-    };
+}
+
+/// One plain HTTP request for `domain` through router `r`, from inside
+/// `e`'s namespace.
+fn plain(e: &Emperor, r: &RouterProc, domain: &str) -> (u16, String, String) {
+    curl_from(
+        e,
+        &[
+            "-H",
+            &format!("Host: {domain}"),
+            &format!("http://{}/", r.http),
+        ],
+    )
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_every_hosts_router_serves_a_domain_of_another_host_and_503_once_its_lease_expired() {
+    // Dropped in the reverse order: routers and hosts, then etcd and the LAN.
+    let Routed {
+        _lan,
+        _pki,
+        etcd,
+        h1,
+        r1,
+        mut h2,
+        r2,
+    } = routed();
+    etcd.put(
+        "shop",
+        "kind = \"site\"\nhost = \"h2\"\ndomains = [\"shop.test\", \"*.shop.test\"]\n[limits]\nmemory = \"128M\"\n",
+    );
+    running(&h2, "shop");
+    serve_app(&h2, "shop", "shop.test");
+    let home = h2.home_root.join("shop");
     wait_for_or(
         Duration::from_secs(30),
         "the app on its own host's router",
-        || (plain(&h2, &r2).0 == 200).then_some(()),
-        || format!("{:?}\n{}", plain(&h2, &r2), h2.log()),
+        || (plain(&h2, &r2, "shop.test").0 == 200).then_some(()),
+        || format!("{:?}\n{}", plain(&h2, &r2, "shop.test"), h2.log()),
     );
     // Through h1's router: passed to h2's, which knows who the client is.
     let (status, body, _) = wait_for_or(
         Duration::from_secs(20),
         "the app through the other host's router",
         || {
-            let a = plain(&h1, &r1);
+            let a = plain(&h1, &r1, "shop.test");
             (a.0 == 200).then_some(a)
         },
         || h1.log(),
@@ -1056,7 +1102,7 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
             "-k",
             "-H",
             "Host: shop.test",
-            &format!("https://{}/", peer(2)),
+            &format!("https://{LAN}.22:8444/"),
         ],
     );
     assert!(!forged.1.contains("hello"), "{forged:?}");
@@ -1073,11 +1119,11 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     wait_for_or(
         Duration::from_secs(5),
         "503 on h1 once h2's lease expired",
-        || (plain(&h1, &r1).0 == 503).then_some(()),
+        || (plain(&h1, &r1, "shop.test").0 == 503).then_some(()),
         || h1.log(),
     );
     for _ in 0..5 {
-        let (status, _, head) = plain(&h1, &r1);
+        let (status, _, head) = plain(&h1, &r1, "shop.test");
         assert_eq!(status, 503);
         assert!(
             head.to_ascii_lowercase().contains("retry-after: 30"),
@@ -1091,8 +1137,180 @@ socketserver.UnixStreamServer(path, Hello).serve_forever()
     wait_for_or(
         Duration::from_secs(30),
         "h1 passing clients to h2 again",
-        || (plain(&h1, &r1).0 == 200).then_some(()),
+        || (plain(&h1, &r1, "shop.test").0 == 200).then_some(()),
         || h1.log(),
     );
+    drop((r1, r2));
+}
+
+#[test]
+#[ignore = "root: run the README's test command"]
+fn root_a_site_moves_to_another_host_with_its_home_and_answers_before_and_after() {
+    // Dropped in the reverse order: routers and hosts, then etcd and the LAN.
+    let Routed {
+        _lan,
+        _pki,
+        etcd,
+        h1,
+        r1,
+        h2,
+        r2,
+    } = routed();
+    etcd.put(
+        "shop",
+        "# the shop\nkind = \"site\"\nhost = \"h1\"\ndomains = [\"shop.test\"]\n[limits]\nmemory = \"128M\"\n",
+    );
+    running(&h1, "shop");
+    let uid = uid(&h1, "shop");
+    serve_app(&h1, "shop", "shop.test");
+    // The tenant's data, with a link and a hard link.
+    let home = h1.home_root.join("shop");
+    std::fs::create_dir_all(home.join("data")).unwrap();
+    std::fs::write(home.join("data/orders.db"), "order 1\n").unwrap();
+    std::os::unix::fs::symlink("orders.db", home.join("data/latest")).unwrap();
+    for f in ["data", "data/orders.db"] {
+        std::os::unix::fs::chown(home.join(f), Some(uid as u32), Some(uid as u32)).unwrap();
+    }
+    for (e, r) in [(&h1, &r1), (&h2, &r2)] {
+        wait_for_or(
+            Duration::from_secs(30),
+            "the site through each host's router",
+            || (plain(e, r, "shop.test").0 == 200).then_some(()),
+            || format!("{:?}\n{}", plain(e, r, "shop.test"), e.log()),
+        );
+    }
+    // A move refused: no such host.
+    let out = h2.cli(&["move", "shop", "h9"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("h9 is not alive"),
+        "{out:?}"
+    );
+
+    let out = h2.cli(&["move", "shop", "h2"]);
+    assert!(out.status.success(), "{out:?}");
+    // Sampled all along: never running on both hosts; every answer
+    // through either router a 200 or a 503 (never a 404 or 502).
+    let mut answers = std::collections::BTreeMap::new();
+    let moved = wait_for_or(
+        Duration::from_secs(60),
+        "the site running on h2 and answering there",
+        || {
+            let on1 = h1.row("shop").is_some_and(|r| r["state"] == "running");
+            let on2 = h2.row("shop").is_some_and(|r| r["state"] == "running");
+            assert!(!(on1 && on2), "running on both hosts");
+            let a = plain(&h1, &r1, "shop.test");
+            let b = plain(&h2, &r2, "shop.test");
+            for (s, _, _) in [&a, &b] {
+                *answers.entry(*s).or_insert(0) += 1;
+            }
+            assert!(
+                [200, 503].contains(&a.0) && [200, 503].contains(&b.0),
+                "{a:?} {b:?}\nh1's peers: {}\nh2's peers: {}\nh2: {:?}\n{}",
+                std::fs::read_to_string(h1.run_dir.join("router/peers.json")).unwrap_or_default(),
+                std::fs::read_to_string(h2.run_dir.join("router/peers.json")).unwrap_or_default(),
+                h2.row("shop"),
+                etcd.ok(&["get", "--prefix", "/imperium/"]),
+            );
+            (on2 && !on1
+                && a.0 == 200
+                && b.0 == 200
+                && etcd.ok(&["get", "/imperium/moves/shop"]).is_empty())
+            .then_some(a)
+        },
+        || format!("{}\n---\n{}", h1.log(), h2.log()),
+    );
+    assert_eq!(
+        moved.1,
+        "hello from shop for shop.test to 127.0.0.1 over http"
+    );
+    eprintln!("answers while moving: {answers:?}");
+    assert!(answers.contains_key(&503), "a moving window: {answers:?}");
+    // Its home came with it, owned by its tenant (the same uid).
+    let there = h2.home_root.join("shop");
+    assert_eq!(
+        std::fs::read_to_string(there.join("data/orders.db")).unwrap(),
+        "order 1\n"
+    );
+    assert_eq!(
+        std::fs::read_link(there.join("data/latest")).unwrap(),
+        PathBuf::from("orders.db")
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(there.join("data/orders.db"))
+            .unwrap()
+            .uid() as u64,
+        uid
+    );
+    assert_eq!(self::uid(&h2, "shop"), uid);
+    // The file says where it runs now; the old home is archived on h1.
+    let text = etcd.ok(&["get", "--print-value-only", "/imperium/vassals/shop"]);
+    assert!(
+        text.contains("host = \"h2\"") && text.contains("# the shop"),
+        "{text}"
+    );
+    wait_gone(&h1, "shop");
+    wait_for(Duration::from_secs(10), "the old home archived", || {
+        (!home.exists()).then_some(())
+    });
+
+    // A move whose new host is gone (here: never was) fails; the site,
+    // frozen meanwhile, is thawed and runs on where it is.
+    etcd.ok(&[
+        "put",
+        "/imperium/moves/shop",
+        r#"{"from":"h2","to":"h9","phase":"freeze"}"#,
+    ]);
+    let failed = wait_for_or(
+        Duration::from_secs(20),
+        "the move failed",
+        || {
+            let v = etcd.ok(&["get", "--print-value-only", "/imperium/moves/shop"]);
+            v.contains("\"failed\"").then_some(v)
+        },
+        || h2.log(),
+    );
+    assert!(failed.contains("host h9 is gone"), "{failed}");
+    // A move that fails after the freeze (a file where h1 would make the
+    // home): the site is thawed and serves again.
+    let in_way = h1.home_root.join("shop");
+    std::fs::write(&in_way, "in the way").unwrap();
+    etcd.ok(&[
+        "put",
+        "/imperium/moves/shop",
+        r#"{"from":"h2","to":"h1","phase":"freeze"}"#,
+    ]);
+    let failed = wait_for_or(
+        Duration::from_secs(20),
+        "the move failed in its last copy",
+        || {
+            let v = etcd.ok(&["get", "--print-value-only", "/imperium/moves/shop"]);
+            v.contains("\"failed\"").then_some(v)
+        },
+        || h1.log(),
+    );
+    assert!(failed.contains("final: preparing its home"), "{failed}");
+    std::fs::remove_file(&in_way).unwrap();
+    wait_for_or(
+        Duration::from_secs(20),
+        "the site thawed and answering",
+        || {
+            (h2.row("shop").is_some_and(|r| r["state"] == "running")
+                && plain(&h1, &r1, "shop.test").0 == 200)
+                .then_some(())
+        },
+        || h2.log(),
+    );
+    let view: serde_json::Value =
+        serde_json::from_slice(&h1.cli(&["cluster"]).stdout).expect("cluster view");
+    let shop = view["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "shop")
+        .unwrap()
+        .clone();
+    assert_eq!(shop["move"]["phase"], "failed", "{shop}");
     drop((r1, r2));
 }

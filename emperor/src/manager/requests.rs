@@ -9,6 +9,7 @@ impl Manager {
             Request::Status => return self.answer_status(reply),
             Request::Metrics => Response::ok(serde_json::Value::String(self.metrics())),
             Request::Cluster => return self.cluster_view(reply),
+            Request::Move { name, host } => return self.move_site(&name, &host, reply),
             Request::Put {
                 name,
                 text,
@@ -307,6 +308,52 @@ impl Manager {
             }
             Err(why) => Response::err(why),
         });
+    }
+
+    /// Starts a site's move to another host (`emperor move`).
+    fn move_site(&mut self, name: &str, host: &str, reply: oneshot::Sender<Response>) {
+        let Some(writes) = self.cluster_writes.clone() else {
+            let _ = reply.send(Response::err(
+                "not in cluster mode (serve --etcd URLS --host NAME)".to_owned(),
+            ));
+            return;
+        };
+        let (name, to) = match (name.parse::<Name>(), host.parse::<Name>()) {
+            (Ok(n), Ok(h)) => (n, h),
+            _ => {
+                let _ = reply.send(Response::err(format!(
+                    "no such site or host: {name} {host}"
+                )));
+                return;
+            }
+        };
+        let ask = |tx| crate::cluster::Ask::Move(name, to, tx);
+        ask_agent(&writes, ask, reply, |r| match r {
+            Ok(m) => Response::ok(serde_json::json!(m)),
+            Err(why) => Response::err(why),
+        });
+    }
+
+    /// A site moving here gets its home made as a start would make it
+    /// (a subvolume or a project directory with quotas), empty, for the
+    /// copy; its path.
+    pub(super) fn prepare_home(&mut self, name: &Name, text: &str) -> Result<PathBuf, String> {
+        if self.vassals.contains_key(name) {
+            return Err(format!("{name} is already on this host"));
+        }
+        let file = VassalFile::parse(name, text).map_err(|e| e.to_string())?;
+        let login = model::cluster::login_of(name, text)
+            .ok_or_else(|| "the file names no login".to_owned())?;
+        let uid = *self
+            .uids
+            .users
+            .get(login.as_str())
+            .ok_or_else(|| format!("no uid for {login} here yet"))?;
+        let inp = self.input(name, &file, uid);
+        self.spawner
+            .prepare_host(&inp)
+            .map_err(|e| format!("preparing its home: {e}"))?;
+        Ok(inp.home())
     }
 
     /// The cluster as this host's agent sees it (`emperor cluster`).

@@ -23,6 +23,9 @@ impl Manager {
         let group_cg =
             matches!(v.file, VassalFile::Group(_)).then(|| self.cfg.layout.group_cgroup(name));
         let init = v.init.as_ref().map(|i| i.pidfd.clone());
+        // Moved to another host: killed while still frozen (a signal waits
+        // for the thaw, and a killed task runs no more of its own code).
+        let hard = self.moved_away.remove(name);
         let (tree, tx, name, grace) = (
             self.tree.clone(),
             self.tx.clone(),
@@ -34,6 +37,9 @@ impl Manager {
             // within up to 5 s): on the blocking pool, never on a runtime thread.
             let (g, c) = (group_cg.clone(), cgroup.clone());
             off_loop(&tree, move |tree| {
+                if hard {
+                    let _ = tree.kill_all(&c);
+                }
                 for cg in g.iter().chain(std::iter::once(&c)) {
                     if tree.is_frozen(cg).unwrap_or(false) {
                         let _ = tree.freeze(cg, false);

@@ -59,6 +59,62 @@ pub fn dropped_of(prefix: &str, key: &[u8]) -> Option<Name> {
 /// Which host owns each vassal: `owners/<name>` = the host.
 pub const OWNERS: &str = "owners/";
 
+/// `moves/<name>`: a vassal on its way to another host ([`Move`]).
+pub const MOVES: &str = "moves/";
+
+/// The key of a vassal's move.
+pub fn move_key(prefix: &str, name: &Name) -> String {
+    format!("{prefix}{MOVES}{name}")
+}
+
+/// The vassal a move key is for.
+pub fn move_of(prefix: &str, key: &[u8]) -> Option<Name> {
+    let key = std::str::from_utf8(key).ok()?;
+    key.strip_prefix(prefix)?.strip_prefix(MOVES)?.parse().ok()
+}
+
+/// A site moving with its home from one host to another (`emperor move`).
+/// Each host does its part as the phase says, and moves it on in a
+/// transaction that holds only if the move is still as it read it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Move {
+    /// The host that runs it (its owner when the move began).
+    pub from: Name,
+    /// The host it goes to.
+    pub to: Name,
+    /// Where the move is.
+    pub phase: Phase,
+    /// Why it failed (phase `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// The phases of a [`Move`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// `to` copies the home while the site serves on `from`.
+    Copy,
+    /// `from` freezes the site (its domains answer 503 everywhere).
+    Freeze,
+    /// `to` copies what changed; then one transaction puts the site's
+    /// file on `to` and ends the move.
+    Final,
+    /// Given up (`why` says where); `from` thaws the site, which runs on
+    /// there. The admin deletes the key (or moves again).
+    Failed,
+}
+
+/// `text` with its `host` set to `to` (the rest of the file as written);
+/// `None` if it is not TOML.
+pub fn with_host(text: &str, to: &Name) -> Option<String> {
+    let mut doc = text.parse::<toml_edit::DocumentMut>().ok()?;
+    doc["host"] = toml_edit::value(to.as_str());
+    Some(doc.to_string())
+}
+
 /// The scheduler's election.
 pub const LEADER: &str = "leader/scheduler";
 
@@ -441,6 +497,10 @@ pub fn schedule(
 pub struct Peers {
     /// Schema version (1).
     pub schema_version: u32,
+    /// Which writing this is: the router says it has taken it by writing
+    /// the number into `peers.applied` beside it.
+    #[serde(default)]
+    pub generation: u64,
     /// The routers of the other hosts alive (their lease held): the address
     /// their peer listener is reached at, by host.
     pub routers: BTreeMap<String, std::net::SocketAddr>,
@@ -448,6 +508,47 @@ pub struct Peers {
     /// `*.` included), and that host. A host missing from `routers` is
     /// down: its domains answer 503.
     pub domains: BTreeMap<String, String>,
+    /// Domains of sites being moved: 503 (`Retry-After`) here, whatever
+    /// the routes say (the site is frozen, or stopping on the host it left).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub moving: BTreeSet<String>,
+    /// Domains of sites just moved here: served once the site subscribes
+    /// them, 503 until then (not 404).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub arriving: BTreeSet<String>,
+}
+
+impl Files {
+    /// The domains `name`'s file claims (lower case, as written).
+    pub fn domains(&self, name: &Name) -> Vec<String> {
+        self.entries
+            .get(name)
+            .and_then(|e| e.head.as_ref())
+            .map(|h| {
+                h.claims
+                    .iter()
+                    .filter_map(|c| c.strip_prefix("domain ").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether `name` is an admin site (no group): what moves on its own.
+    pub fn is_admin_site(&self, name: &Name) -> bool {
+        self.entries
+            .get(name)
+            .and_then(|e| e.head.as_ref())
+            .is_some_and(|h| !h.group_kind && h.group.is_none() && !h.claims.is_empty())
+            && !self.is_dropped(name)
+    }
+
+    /// Whether `name`'s file names its host itself.
+    pub fn names_host(&self, name: &Name) -> bool {
+        self.entries
+            .get(name)
+            .and_then(|e| e.head.as_ref())
+            .is_some_and(|h| h.host.is_some())
+    }
 }
 
 /// The routes to the other hosts as `me` sees the cluster: each domain of a
@@ -485,12 +586,15 @@ pub fn peers(
     }
     Peers {
         schema_version: 1,
+        generation: 0,
         routers: routers
             .iter()
             .filter(|(h, _)| *h != me)
             .filter_map(|(h, a)| Some((h.to_string(), (*a)?)))
             .collect(),
         domains,
+        moving: BTreeSet::new(),
+        arriving: BTreeSet::new(),
     }
 }
 

@@ -250,6 +250,8 @@ pub mod names {
     /// What the emperor tells the router of the other hosts (cluster
     /// mode), in the router's directory.
     pub const PEERS: &str = "peers.json";
+    /// The generation of `peers.json` the router has taken, beside it.
+    pub const PEERS_APPLIED: &str = "peers.applied";
     /// The router's subscription socket, in the router's directory.
     pub const SUBSCRIBE_SOCKET: &str = "subscribe.sock";
     /// The addresses the router listens on, in the router's directory.
