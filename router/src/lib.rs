@@ -538,6 +538,9 @@ async fn serve_peers(
     public: TlsAcceptor,
 ) {
     let mut backoff = conn::Backoff::default();
+    // Links in all, before their certificate is checked: bounded as the
+    // clients are (not per address: one host passes many clients).
+    let links = conn::Limits::new(cfg.max_connections, cfg.max_connections);
     loop {
         let (tcp, from) = match listener.accept().await {
             Ok(c) => c,
@@ -547,6 +550,9 @@ async fn serve_peers(
             }
         };
         backoff.reset();
+        let Some(link_permit) = links.admit(from.ip()) else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (state, cfg, limits, public, acceptor) = (
             state.clone(),
@@ -556,6 +562,7 @@ async fn serve_peers(
             peering.acceptor.clone(),
         );
         tokio::spawn(async move {
+            let _link = link_permit;
             let opened = async {
                 let mut link = acceptor.accept(tcp).await?;
                 let client = peer::read_proxy(&mut link).await?;

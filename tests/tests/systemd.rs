@@ -360,3 +360,150 @@ fn systemd_install_lets_a_tenant_ssh_into_its_site_and_uninstall_leaves_the_host
     assert!(out.status.success(), "{out:?}");
     assert_eq!(host_files(), before, "the host is as it was");
 }
+
+/// Puts back /etc/default/etcd and etcd as they were, even when the test
+/// fails.
+struct EtcdMember {
+    before: String,
+}
+
+impl Drop for EtcdMember {
+    fn drop(&mut self) {
+        let _ = script("uninstall", &[]);
+        let _ = std::fs::write("/etc/default/etcd", &self.before);
+        let _ = std::fs::remove_dir_all("/etc/imperium");
+        let _ = std::fs::remove_dir_all("/var/lib/etcd/imperium");
+        let _ = Command::new("systemctl").args(["restart", "etcd"]).output();
+    }
+}
+
+#[test]
+fn systemd_install_sets_up_an_etcd_member_that_asks_clients_for_certificates() {
+    require_root();
+    require_systemd();
+    let pki = tempfile::tempdir().unwrap();
+    let p = |f: &str| pki.path().join(f);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let s = |x: &Path| x.display().to_string();
+    let (ca_key, ca) = (s(&p("ca-key.pem")), s(&p("ca.pem")));
+    let ca_req = [
+        "req", "-x509", "-subj", "/CN=ca", "-days", "2", "-keyout", &ca_key, "-out", &ca,
+    ];
+    openssl(&[&ca_req[..], &ec].concat());
+    for (name, alt) in [("m1", "IP:127.0.0.1"), ("admin", "DNS:admin")] {
+        std::fs::write(
+            p(&format!("{name}.ext")),
+            format!("subjectAltName={alt}\nextendedKeyUsage=serverAuth,clientAuth\n"),
+        )
+        .unwrap();
+        let (key, csr, crt) = (
+            s(&p(&format!("{name}-key.pem"))),
+            s(&p(&format!("{name}.csr"))),
+            s(&p(&format!("{name}.pem"))),
+        );
+        let subj = format!("/CN={name}");
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-subj", &subj, "-keyout", &key, "-out", &csr],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-CAcreateserial",
+            "-in",
+            &csr,
+            "-CA",
+            &s(&p("ca.pem")),
+            "-CAkey",
+            &s(&p("ca-key.pem")),
+            "-extfile",
+            &s(&p(&format!("{name}.ext"))),
+            "-out",
+            &crt,
+        ]);
+    }
+    let before = std::fs::read_to_string("/etc/default/etcd").unwrap_or_default();
+    let _undo = EtcdMember {
+        before: before.clone(),
+    };
+    let args = [
+        "--etcd-member",
+        "m1",
+        "--etcd-cluster",
+        "m1=https://127.0.0.1:2380",
+        "--etcd-tls",
+        &s(pki.path()),
+    ];
+    let dry = script("install", &[&["--dry-run"][..], &args].concat());
+    assert!(dry.status.success(), "{dry:?}");
+    assert!(
+        String::from_utf8_lossy(&dry.stdout).contains("would: install /etc/default/etcd"),
+        "{dry:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/etc/default/etcd").unwrap_or_default(),
+        before,
+        "a dry run changes nothing"
+    );
+    let out = script("install", &args);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(systemctl(&["is-active", "etcd"]), "active");
+    let ctl = |with_cert: bool, more: &[&str]| {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                "https://127.0.0.1:2379",
+                "--dial-timeout",
+                "10s",
+            ])
+            .args(["--command-timeout", "20s", "--cacert", &s(&p("ca.pem"))]);
+        if with_cert {
+            c.args([
+                "--cert",
+                &s(&p("admin.pem")),
+                "--key",
+                &s(&p("admin-key.pem")),
+            ]);
+        }
+        c.args(more).output().unwrap()
+    };
+    let put = wait_for(Duration::from_secs(60), "the member answering", || {
+        let o = ctl(true, &["put", "/imperium/ready", "1"]);
+        o.status.success().then_some(o)
+    });
+    assert!(String::from_utf8_lossy(&put.stdout).contains("OK"));
+    let get = ctl(true, &["get", "--print-value-only", "/imperium/ready"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "1");
+    // A client without a certificate of the CA gets nothing.
+    let anon = ctl(false, &["get", "/imperium/ready"]);
+    assert!(!anon.status.success(), "{anon:?}");
+    let again = script("install", &args);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to do"),
+        "{again:?}"
+    );
+    let out = script("uninstall", &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string("/etc/default/etcd").unwrap_or_default(),
+        before
+    );
+    assert!(!Path::new("/etc/imperium/etcd").exists());
+}
