@@ -264,6 +264,74 @@ where
 mod tests {
     use super::*;
 
+    /// A CA and two hosts' certificates from it, in `dir`.
+    fn pki(dir: &Path) -> (Settings, Settings) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let host = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            Settings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ca: dir.join("ca.pem"),
+                cert: dir.join(format!("{name}.pem")),
+                key: dir.join(format!("{name}.key")),
+            }
+        };
+        (host("a"), host("b"))
+    }
+
+    #[tokio::test]
+    async fn a_link_names_the_client_and_later_links_resume_their_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = pki(dir.path());
+        let (a, b) = (Peering::load(&a).unwrap(), Peering::load(&b).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut kinds = Vec::new();
+            for _ in 0..3 {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut link = b.acceptor.accept(tcp).await.unwrap();
+                let client = read_proxy(&mut link).await.unwrap();
+                kinds.push((client, link.get_ref().1.handshake_kind()));
+            }
+            // A fourth, asked for as another host: refused by the client.
+            let (tcp, _) = listener.accept().await.unwrap();
+            assert!(b.acceptor.accept(tcp).await.is_err());
+            kinds
+        });
+        let client: SocketAddr = "203.0.113.9:4242".parse().unwrap();
+        for _ in 0..3 {
+            let mut link = a.connect("b", at, client, at).await.unwrap();
+            link.flush().await.unwrap();
+            // Read until the server closes: its tickets arrive meanwhile.
+            let mut rest = Vec::new();
+            let _ = link.read_to_end(&mut rest).await;
+        }
+        // A host's certificate must name the host it is asked for.
+        assert!(a.connect("c", at, client, at).await.is_err());
+        let kinds = server.await.unwrap();
+        assert!(kinds.iter().all(|(c, _)| *c == client), "{kinds:?}");
+        assert_eq!(
+            kinds.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn a_proxy_header_says_who_the_client_is_and_a_bad_one_is_refused() {
         for (client, local) in [
