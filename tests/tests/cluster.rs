@@ -179,41 +179,7 @@ impl Etcd {
         };
         for i in 1..=3u8 {
             let ns = lan.node(10 + i);
-            let log = std::fs::File::create(etcd.dir.path().join(format!("e{i}.log"))).unwrap();
-            let client = format!("{scheme}://{LAN}.1{i}:2379");
-            let peer = format!("http://{LAN}.1{i}:2380");
-            let child = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{ns}"))
-                .arg("--")
-                .arg("etcd")
-                .args(["--name", &format!("e{i}")])
-                .arg("--data-dir")
-                .arg(etcd.dir.path().join(format!("e{i}")))
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &peers.join(",")])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", &lan.switch])
-                // Tests only: no fsync, and the settings a real cluster wants.
-                .args(["--unsafe-no-fsync", "--pre-vote"])
-                .args(if tls {
-                    let f = |n: &str| etcd.dir.path().join(n).display().to_string();
-                    vec![
-                        "--client-cert-auth".to_owned(),
-                        format!("--trusted-ca-file={}", f("ca.crt")),
-                        format!("--cert-file={}", f("server.crt")),
-                        format!("--key-file={}", f("server.key")),
-                    ]
-                } else {
-                    Vec::new()
-                })
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start etcd (Debian's etcd-server)");
+            let child = etcd.member(i, &ns, &peers.join(","), &lan.switch);
             etcd.members.push((ns, child));
         }
         wait_for_or(
@@ -228,6 +194,62 @@ impl Etcd {
             || format!("{:?}\n{}", etcd.ctl(&["endpoint", "health"]), etcd.log()),
         );
         etcd
+    }
+
+    /// Starts member `i` in namespace `ns` (again: with the data it had).
+    fn member(&self, i: u8, ns: &str, peers: &str, token: &str) -> Child {
+        let scheme = if self.tls { "https" } else { "http" };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("e{i}.log")))
+            .unwrap();
+        let client = format!("{scheme}://{LAN}.1{i}:2379");
+        let peer = format!("http://{LAN}.1{i}:2380");
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg("etcd")
+            .args(["--name", &format!("e{i}")])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("e{i}")))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", peers])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", token])
+            // Tests only: no fsync, and the settings a real cluster wants.
+            .args(["--unsafe-no-fsync", "--pre-vote"])
+            .args(if self.tls {
+                let f = |n: &str| self.dir.path().join(n).display().to_string();
+                vec![
+                    "--client-cert-auth".to_owned(),
+                    format!("--trusted-ca-file={}", f("ca.crt")),
+                    format!("--cert-file={}", f("server.crt")),
+                    format!("--key-file={}", f("server.key")),
+                ]
+            } else {
+                Vec::new()
+            })
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (Debian's etcd-server)")
+    }
+
+    /// Kills member `at` (0-based; SIGKILL) and starts it again on its data.
+    fn restart(&mut self, at: usize, token: &str) {
+        let _ = self.members[at].1.kill();
+        let _ = self.members[at].1.wait();
+        let peers: Vec<String> = (1..=3)
+            .map(|i| format!("e{i}=http://{LAN}.1{i}:2380"))
+            .collect();
+        let ns = self.members[at].0.clone();
+        let child = self.member(at as u8 + 1, &ns, &peers.join(","), token);
+        self.members[at].1 = child;
     }
 
     /// etcdctl against every member, from the first member's namespace.
@@ -831,8 +853,9 @@ fn root_a_resellers_dropped_site_runs_with_the_clusters_uid_and_its_claims_are_t
 
 #[test]
 #[ignore = "root: run the README's test command"]
-fn root_the_hosts_follow_the_cluster_while_its_leader_is_stopped() {
-    let (_lan, mut etcd, h1, h2) = two_hosts();
+fn root_the_hosts_follow_the_cluster_while_its_leader_is_stopped_and_a_member_restarts() {
+    let (lan, mut etcd, h1, h2) = two_hosts();
+    let all = etcd.endpoints.clone();
     etcd.put("a1", &site("h1"));
     running(&h1, "a1");
     // The leader, by etcd's own account, is stopped (SIGSTOP): the other
@@ -883,6 +906,51 @@ fn root_the_hosts_follow_the_cluster_while_its_leader_is_stopped() {
     converged(&h2, "a2");
     converged(&h1, "b1");
     nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+
+    // Another member killed: the hosts follow a file put meanwhile; started
+    // again on its data, the member catches up with what it missed.
+    let victim = (leader + 1) % 3;
+    let _ = etcd.members[victim].1.kill();
+    let _ = etcd.members[victim].1.wait();
+    let endpoints: Vec<&str> = all.split(',').collect();
+    etcd.endpoints = endpoints
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, e)| *e)
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_for(
+        Duration::from_secs(30),
+        "a write with a member down",
+        || {
+            etcd.ctl(&["put", "/imperium/vassals/c1", &site("h2")])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    converged(&h2, "c1");
+    etcd.restart(victim, &lan.switch);
+    etcd.endpoints = endpoints[victim].to_owned();
+    wait_for_or(
+        Duration::from_secs(30),
+        "the restarted member to catch up",
+        || {
+            let got = etcd.ctl(&[
+                "get",
+                "--consistency=s",
+                "--print-value-only",
+                "/imperium/vassals/c1",
+            ]);
+            String::from_utf8_lossy(&got.stdout)
+                .contains("host = \"h2\"")
+                .then_some(())
+        },
+        || etcd.log(),
+    );
+    etcd.endpoints = all;
+    assert!(etcd.ctl(&["endpoint", "health"]).status.success());
 }
 
 /// One request from inside `e`'s namespace: (status, body); `how` are
