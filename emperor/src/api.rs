@@ -543,6 +543,11 @@ async fn answer(
             Some((own, false)) if *name == own => mark_read(&tx, name, req.into_body()).await,
             Some(_) => Ok(not_here()),
         },
+        // Only the admin moves a site between hosts.
+        (M::POST, ["v1", "vassals", name, "move"]) => match scope {
+            None => move_to(&tx, name, req.into_body()).await,
+            Some(_) => Ok(not_here()),
+        },
         (M::POST, ["v1", "vassals", name, action]) => match scope {
             // A tenant may restart its site; a reseller may act on its
             // sites and restart its own container (freezing it would
@@ -553,7 +558,7 @@ async fn answer(
         },
         (_, ["v1", "vassals", ..]) => Ok(plain(
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET, PUT or DELETE /v1/vassals/NAME; POST /v1/vassals/NAME/{restart,suspend,resume}; \
+            "GET, PUT or DELETE /v1/vassals/NAME; POST /v1/vassals/NAME/{restart,suspend,resume,move}; \
              GET or POST /v1/vassals/NAME/notifications; POST /v1/vassals/NAME/notifications/read"
                 .into(),
         )),
@@ -670,6 +675,7 @@ async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) 
         put,
         delete,
         act,
+        move_to,
         notifications,
         notify,
         mark_read,
@@ -683,6 +689,7 @@ async fn exists_outside(tx: &mpsc::UnboundedSender<Event>, g: &str, name: &str) 
         Written,
         model::notification::Notification,
         Message,
+        MoveTo,
         ReadMark,
         model::subscription::RouteReport,
         model::subscription::BackendReport
@@ -974,6 +981,53 @@ async fn subscriptions(tx: &mpsc::UnboundedSender<Event>, name: &str) -> Answer 
     Ok(match ask(tx, req).await {
         Some(r) if r.ok => json(StatusCode::OK, &r.data),
         Some(r) => refused(r.error.unwrap_or_default(), StatusCode::BAD_GATEWAY),
+        None => gone(),
+    })
+}
+
+/// Where a site goes.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct MoveTo {
+    /// The host (as its emperor's `--host` names it).
+    pub host: String,
+}
+
+/// Moves an admin site with its home to another host of the cluster
+/// (`emperor move`): the move begins, and `emperor cluster` follows it.
+#[utoipa::path(post, path = "/v1/vassals/{name}/move",
+    params(("name" = String, Path, description = "The site")),
+    request_body(content = MoveTo, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The move has begun"),
+        (status = 409, description = "Refused (not in cluster mode, no such site or host, a move under way...)", body = Failure),
+        (status = 422, description = "Not a host to move to", body = Failure),
+    ))]
+async fn move_to(
+    tx: &mpsc::UnboundedSender<Event>,
+    name: &str,
+    body: hyper::body::Incoming,
+) -> Answer {
+    let body = match body_of(body).await {
+        Ok(b) => b,
+        Err(r) => return Ok(r),
+    };
+    let host = match serde_json::from_slice::<MoveTo>(&body) {
+        Ok(m) => m.host,
+        Err(e) => {
+            let why = format!("the body: {e} (want {{\"host\": \"NAME\"}})");
+            return Ok(json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "error": why }),
+            ));
+        }
+    };
+    let req = control::Request::Move {
+        name: name.to_owned(),
+        host,
+    };
+    Ok(match ask(tx, req).await {
+        Some(r) if r.ok => json(StatusCode::ACCEPTED, &r.data),
+        Some(r) => refused(r.error.unwrap_or_default(), StatusCode::CONFLICT),
         None => gone(),
     })
 }

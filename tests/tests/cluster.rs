@@ -1255,8 +1255,19 @@ fn root_a_site_moves_to_another_host_with_its_home_and_answers_before_and_after(
         "{out:?}"
     );
 
-    let out = h2.cli(&["move", "shop", "h2"]);
-    assert!(out.status.success(), "{out:?}");
+    // Through the admin's API of the host it leaves.
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "10", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["--data-binary", r#"{"host": "h2"}"#, "--unix-socket"])
+        .arg(h1.run_dir.join("api.sock"))
+        .arg("http://localhost/v1/vassals/shop/move")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.ends_with("\n202") && said.contains("\"copy\""),
+        "{said}"
+    );
     // Sampled all along: never running on both hosts; every answer
     // through either router a 200 or a 503 (never a 404 or 502).
     let mut answers = std::collections::BTreeMap::new();
