@@ -1538,7 +1538,14 @@ async fn moves(
                     result,
                 });
             }
-            Phase::Failed if m.from == *me && known.work.frozen.contains(&name) => {
+            // Frozen by this move (by this emperor, or by one before its
+            // restart: the move failed in its last copy), thawed once.
+            Phase::Failed
+                if m.from == *me
+                    && (known.work.frozen.contains(&name)
+                        || m.why.as_deref().is_some_and(|w| w.starts_with("final"))) =>
+            {
+                known.work.busy.insert((name.clone(), m.phase));
                 let (tx, rx) = oneshot::channel();
                 let ask = crate::control::Request::Resume {
                     name: name.to_string(),
