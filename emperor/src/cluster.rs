@@ -530,9 +530,12 @@ fn tell_router(s: &Settings, host: &Host, known: &mut Known) {
     let frozen = known
         .moves
         .iter()
-        .filter(|(_, (m, _))| matches!(m.phase, cluster::Phase::Freeze | cluster::Phase::Final))
+        .filter(|(_, (m, _))| {
+            use cluster::Phase::*;
+            matches!(m.phase, Freeze | Final | Switched)
+        })
         .map(|(n, _)| n);
-    for name in frozen.chain(&known.work.left) {
+    for name in frozen {
         peers.moving.extend(known.files.domains(name));
     }
     let now = crate::clock::now();
@@ -1326,9 +1329,6 @@ struct Work {
     busy: BTreeSet<(Name, cluster::Phase)>,
     /// Sites this host froze for a move (thawed if the move fails).
     frozen: BTreeSet<Name>,
-    /// Sites moved away that this host still owns (stopping): their
-    /// domains answer 503 here, never their old routes.
-    left: BTreeSet<Name>,
     /// Sites moved here, and when.
     arrived: BTreeMap<Name, std::time::Instant>,
 }
@@ -1428,19 +1428,7 @@ async fn moves(
     let work = &mut known.work;
     work.busy
         .retain(|(n, p)| now_moves.get(n).is_some_and(|(m, _)| m.phase == *p));
-    // A site frozen for a move that is over: placed elsewhere now (the
-    // move switched it), it answers 503 here until this host lets go.
-    let frozen: Vec<Name> = work.frozen.iter().cloned().collect();
-    for name in frozen {
-        if !now_moves.contains_key(&name) {
-            // Before its file goes: the engine kills it frozen, so that
-            // it never serves again after the last copy.
-            let _ = host.events.send(Event::MovedAway(name.clone()));
-            work.frozen.remove(&name);
-            work.left.insert(name);
-        }
-    }
-    work.left.retain(|n| known.owners.get(n) == Some(me));
+    work.frozen.retain(|n| now_moves.contains_key(n));
     for (name, (m, seen)) in now_moves {
         // The host it goes to died on the way: the site runs on here.
         let frozen_here = matches!(m.phase, Phase::Freeze | Phase::Final) && m.from == *me;
@@ -1537,6 +1525,25 @@ async fn moves(
                     seen,
                     result,
                 });
+            }
+            // Moved away: before its file goes (moves come first in a pass),
+            // the engine is told to kill it still frozen, so that it never
+            // runs again after the last copy; told again after a restart.
+            Phase::Switched if m.from == *me => {
+                known.work.busy.insert((name.clone(), m.phase));
+                known.work.frozen.remove(&name);
+                let _ = host.events.send(Event::MovedAway(name));
+            }
+            // Here, and this host owns it: the move is over.
+            Phase::Switched if m.to == *me && known.owners.get(&name) == Some(me) => {
+                known.work.busy.insert((name.clone(), m.phase));
+                let key = cluster::move_key(&s.prefix, &name);
+                let txn = Txn::new()
+                    .when(vec![Compare::value(key.as_str(), CompareOp::Equal, seen)])
+                    .and_then(vec![TxnOp::delete(key.as_str(), None)]);
+                timed(client.txn(txn)).await?;
+                known.work.arrived.insert(name.clone(), crate::clock::now());
+                tracing::info!(vassal = %name, from = %m.from, "cluster: moved here");
             }
             // Frozen by this move (by this emperor, or by one before its
             // restart: the move failed in its last copy), thawed once.
@@ -1702,7 +1709,13 @@ async fn copied(
                     None,
                 ));
             }
-            then.push(TxnOp::delete(key.as_str(), None));
+            m.phase = Phase::Switched;
+            // Names and a phase: it always serializes.
+            then.push(TxnOp::put(
+                key.as_str(),
+                serde_json::to_vec(&m).unwrap_or_default(),
+                None,
+            ));
             let txn = Txn::new()
                 .when(vec![
                     still,
@@ -1715,14 +1728,10 @@ async fn copied(
                 .and_then(then);
             if timed(client.txn(txn)).await?.succeeded() {
                 tracing::info!(vassal = %c.name, from = %m.from, to = %m.to, "cluster: moved");
-                known
-                    .work
-                    .arrived
-                    .insert(c.name.clone(), crate::clock::now());
             }
             return Ok(());
         }
-        (Ok(()), Phase::Failed) => return Ok(()),
+        (Ok(()), Phase::Failed | Phase::Switched) => return Ok(()),
     }
     // Names and a phase: it always serializes.
     let value = serde_json::to_vec(&m).unwrap_or_default();

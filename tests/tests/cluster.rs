@@ -1056,6 +1056,8 @@ if os.path.exists(path):
 class Hello(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         h = self.headers
+        with open("/home/%s/hits" % os.uname().nodename, "a") as f:
+            f.write(h["X-Forwarded-For"] + "\n")
         body = ("hello from %s for %s to %s over %s" % (os.uname().nodename, h["Host"], h["X-Forwarded-For"], h["X-Forwarded-Proto"])).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -1323,6 +1325,21 @@ fn root_a_site_moves_to_another_host_with_its_home_and_answers_before_and_after(
         uid
     );
     assert_eq!(self::uid(&h2, "shop"), uid);
+    // Every request the site answered on h1 was written before the last
+    // copy: its log on h2 (and more lines since) starts with all of h1's.
+    let archive = wait_for(Duration::from_secs(10), "h1's archived home", || {
+        std::fs::read_dir(h1.state_dir.join("archive"))
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("shop-"))
+            .map(|e| e.path())
+    });
+    let old_hits = std::fs::read_to_string(archive.join("hits")).unwrap();
+    let new_hits = std::fs::read_to_string(there.join("hits")).unwrap();
+    assert!(
+        !old_hits.is_empty() && new_hits.starts_with(&old_hits),
+        "h1: {old_hits:?}\nh2: {new_hits:?}"
+    );
     // The file says where it runs now; the old home is archived on h1.
     let text = etcd.ok(&["get", "--print-value-only", "/imperium/vassals/shop"]);
     assert!(

@@ -100,8 +100,12 @@ pub enum Phase {
     /// `from` freezes the site (its domains answer 503 everywhere).
     Freeze,
     /// `to` copies what changed; then one transaction puts the site's
-    /// file on `to` and ends the move.
+    /// file on `to` and the move in `switched`.
     Final,
+    /// The site is `to`'s: `from` kills it still frozen and lets go of it
+    /// (its domains answer 503 meanwhile); `to` ends the move once it owns
+    /// the site.
+    Switched,
     /// Given up (`why` says where); `from` thaws the site, which runs on
     /// there. The admin deletes the key (or moves again).
     Failed,
