@@ -1431,8 +1431,8 @@ async fn moves(
     work.frozen.retain(|n| now_moves.contains_key(n));
     for (name, (m, seen)) in now_moves {
         // The host it goes to died on the way: the site runs on here.
-        let frozen_here = matches!(m.phase, Phase::Freeze | Phase::Final) && m.from == *me;
-        if frozen_here && !known.alive.contains_key(&m.to) {
+        let under_way = matches!(m.phase, Phase::Copy | Phase::Freeze | Phase::Final);
+        if under_way && m.from == *me && !known.alive.contains_key(&m.to) {
             let _ = done.send(Copied {
                 name,
                 phase: m.phase,
@@ -1641,23 +1641,38 @@ async fn copy_home(argv: Vec<String>) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
         return Err("no --home-copy command".to_owned());
     };
-    let out = tokio::process::Command::new(program)
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
+    // Its last words are kept, bounded; the rest is read and dropped.
+    let mut said = Vec::new();
+    if let Some(mut err) = child.stderr.take() {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = err.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            said.extend_from_slice(&chunk[..n]);
+            if said.len() > 8192 {
+                said.drain(..said.len() - 4096);
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|e| format!("{program}: {e}"))?;
+    if status.success() {
         return Ok(());
     }
-    let said = String::from_utf8_lossy(&out.stderr);
+    let said = String::from_utf8_lossy(&said);
     let last = said.lines().last().unwrap_or_default();
     Err(format!(
         "{program} failed ({}): {}",
-        out.status,
+        status,
         last.chars().take(300).collect::<String>()
     ))
 }
@@ -1838,6 +1853,30 @@ async fn schedule(
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn a_failed_copy_says_its_last_words_and_no_more() {
+        let why = super::copy_home(
+            [
+                "sh",
+                "-c",
+                "yes noise | head -c 6000000 >&2; echo the reason >&2; exit 3",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            why.starts_with("sh failed (exit status: 3): the reason"),
+            "{why}"
+        );
+        assert!(super::copy_home(vec!["true".into()]).await.is_ok());
+        let none = super::copy_home(vec!["/nonexistent/rsync".into()])
+            .await
+            .unwrap_err();
+        assert!(none.starts_with("/nonexistent/rsync: "), "{none}");
+    }
+
     #[test]
     fn a_prefixs_range_ends_after_its_last_key() {
         assert_eq!(
