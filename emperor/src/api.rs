@@ -890,6 +890,30 @@ async fn act(tx: &mpsc::UnboundedSender<Event>, name: &str, action: &str) -> Ans
     })
 }
 
+/// A request's JSON body as `T` (`None`: empty), or the answer saying it
+/// is not what was wanted (`want`: its shape).
+async fn json_of<T: serde::de::DeserializeOwned>(
+    body: hyper::body::Incoming,
+    want: &str,
+) -> Result<Option<T>, Response<Body>> {
+    let body = body_of(body).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| unreadable(want, &e.to_string()))
+}
+
+/// 422: the body is not `want`, because `why`.
+fn unreadable(want: &str, why: &str) -> Response<Body> {
+    let why = format!("the body: {why} (want {want})");
+    json(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &serde_json::json!({ "error": why }),
+    )
+}
+
 /// A request's body, within its time and size.
 async fn body_of(body: hyper::body::Incoming) -> Result<Bytes, Response<Body>> {
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, BODY_MAX).collect()).await {
@@ -1007,19 +1031,10 @@ async fn move_to(
     name: &str,
     body: hyper::body::Incoming,
 ) -> Answer {
-    let body = match body_of(body).await {
-        Ok(b) => b,
+    let host = match json_of::<MoveTo>(body, r#"{"host": "NAME"}"#).await {
+        Ok(Some(m)) => m.host,
+        Ok(None) => return Ok(unreadable(r#"{"host": "NAME"}"#, "empty")),
         Err(r) => return Ok(r),
-    };
-    let host = match serde_json::from_slice::<MoveTo>(&body) {
-        Ok(m) => m.host,
-        Err(e) => {
-            let why = format!("the body: {e} (want {{\"host\": \"NAME\"}})");
-            return Ok(json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({ "error": why }),
-            ));
-        }
     };
     let req = control::Request::Move {
         name: name.to_owned(),
@@ -1055,19 +1070,11 @@ async fn notify(
     from: &str,
     body: hyper::body::Incoming,
 ) -> Answer {
-    let body = match body_of(body).await {
-        Ok(b) => b,
+    let want = r#"{"message": "..."}"#;
+    let message = match json_of::<Message>(body, want).await {
+        Ok(Some(m)) => m.message,
+        Ok(None) => return Ok(unreadable(want, "empty")),
         Err(r) => return Ok(r),
-    };
-    let message = match serde_json::from_slice::<Message>(&body) {
-        Ok(m) => m.message,
-        Err(e) => {
-            let why = format!("the body: {e} (want {{\"message\": \"...\"}})");
-            return Ok(json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &serde_json::json!({ "error": why }),
-            ));
-        }
     };
     let req = control::Request::Notify {
         name: name.to_owned(),
@@ -1108,23 +1115,9 @@ async fn mark_read(
     name: &str,
     body: hyper::body::Incoming,
 ) -> Answer {
-    let body = match body_of(body).await {
-        Ok(b) => b,
+    let mark = match json_of::<ReadMark>(body, r#"{"upto": N} or nothing"#).await {
+        Ok(m) => m.unwrap_or(ReadMark { upto: None }),
         Err(r) => return Ok(r),
-    };
-    let mark = if body.iter().all(u8::is_ascii_whitespace) {
-        ReadMark { upto: None }
-    } else {
-        match serde_json::from_slice::<ReadMark>(&body) {
-            Ok(m) => m,
-            Err(e) => {
-                let why = format!("the body: {e} (want {{\"upto\": N}} or nothing)");
-                return Ok(json(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &serde_json::json!({ "error": why }),
-                ));
-            }
-        }
     };
     let req = control::Request::NotificationsRead {
         name: name.to_owned(),

@@ -1411,6 +1411,22 @@ async fn begin_move(
     Ok(Ok(m))
 }
 
+/// Tells the agent's loop how a step of a move ended.
+fn report(
+    done: &mpsc::UnboundedSender<Copied>,
+    name: Name,
+    phase: cluster::Phase,
+    seen: Vec<u8>,
+    result: Result<(), String>,
+) {
+    let _ = done.send(Copied {
+        name,
+        phase,
+        seen,
+        result,
+    });
+}
+
 /// Does this host's part of each move, as its phase says: the host a site
 /// goes to makes its home and copies it (while it serves, then once more
 /// while it is frozen); the host it leaves freezes it, and thaws it if the
@@ -1433,12 +1449,13 @@ async fn moves(
         // The host it goes to died on the way: the site runs on here.
         let under_way = matches!(m.phase, Phase::Copy | Phase::Freeze | Phase::Final);
         if under_way && m.from == *me && !known.alive.contains_key(&m.to) {
-            let _ = done.send(Copied {
+            report(
+                done,
                 name,
-                phase: m.phase,
+                m.phase,
                 seen,
-                result: Err(format!("host {} is gone", m.to)),
-            });
+                Err(format!("host {} is gone", m.to)),
+            );
             continue;
         }
         if known.work.busy.contains(&(name.clone(), m.phase)) {
@@ -1450,22 +1467,18 @@ async fn moves(
                 let dest = match arrive(s, host, client, known, &name).await? {
                     Ok(dest) => dest,
                     Err(why) => {
-                        let _ = done.send(Copied {
-                            name,
-                            phase: m.phase,
-                            seen,
-                            result: Err(why),
-                        });
+                        report(done, name, m.phase, seen, Err(why));
                         continue;
                     }
                 };
                 let Some(home) = known.homes.get(&m.from).map(|r| r.join(name.as_str())) else {
-                    let _ = done.send(Copied {
+                    report(
+                        done,
                         name,
-                        phase: m.phase,
+                        m.phase,
                         seen,
-                        result: Err(format!("host {} says not where its homes are", m.from)),
-                    });
+                        Err(format!("host {} says not where its homes are", m.from)),
+                    );
                     continue;
                 };
                 let argv: Vec<String> = s
@@ -1481,12 +1494,7 @@ async fn moves(
                 tracing::info!(vassal = %name, phase = ?m.phase, from = %m.from, "cluster: copying the home here");
                 tokio::spawn(async move {
                     let result = copy_home(argv).await;
-                    let _ = done.send(Copied {
-                        name,
-                        phase: m.phase,
-                        seen,
-                        result,
-                    });
+                    report(&done, name, m.phase, seen, result);
                 });
             }
             Phase::Freeze if m.from == *me => {
@@ -1495,14 +1503,15 @@ async fn moves(
                 // no request reaches it frozen, or after the last copy.
                 tell_router(s, host, known);
                 if !router_took(host, known).await {
-                    let _ = done.send(Copied {
+                    report(
+                        done,
                         name,
-                        phase: m.phase,
+                        m.phase,
                         seen,
-                        result: Err(format!(
+                        Err(format!(
                             "the router did not take the site's 503s within {ROUTER_TAKES:?}"
                         )),
-                    });
+                    );
                     continue;
                 }
                 let (tx, rx) = oneshot::channel();
@@ -1519,12 +1528,7 @@ async fn moves(
                     known.work.frozen.insert(name.clone());
                 }
                 // The next step is the other host's: told by the phase.
-                let _ = done.send(Copied {
-                    name,
-                    phase: m.phase,
-                    seen,
-                    result,
-                });
+                report(done, name, m.phase, seen, result);
             }
             // Moved away: before its file goes (moves come first in a pass),
             // the engine is told to kill it still frozen, so that it never

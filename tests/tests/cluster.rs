@@ -1353,39 +1353,25 @@ fn root_a_site_moves_to_another_host_with_its_home_and_answers_before_and_after(
 
     // A move whose new host is gone (here: never was) fails; the site,
     // frozen meanwhile, is thawed and runs on where it is.
-    etcd.ok(&[
-        "put",
-        "/imperium/moves/shop",
-        r#"{"from":"h2","to":"h9","phase":"freeze"}"#,
-    ]);
-    let failed = wait_for_or(
-        Duration::from_secs(20),
-        "the move failed",
-        || {
-            let v = etcd.ok(&["get", "--print-value-only", "/imperium/moves/shop"]);
-            v.contains("\"failed\"").then_some(v)
-        },
-        || h2.log(),
-    );
+    let fails = |mv: &str, log: &Emperor| {
+        etcd.ok(&["put", "/imperium/moves/shop", mv]);
+        wait_for_or(
+            Duration::from_secs(20),
+            "the move failed",
+            || {
+                let v = etcd.ok(&["get", "--print-value-only", "/imperium/moves/shop"]);
+                v.contains("\"failed\"").then_some(v)
+            },
+            || log.log(),
+        )
+    };
+    let failed = fails(r#"{"from":"h2","to":"h9","phase":"freeze"}"#, &h2);
     assert!(failed.contains("host h9 is gone"), "{failed}");
     // A move that fails after the freeze (a file where h1 would make the
     // home): the site is thawed and serves again.
     let in_way = h1.home_root.join("shop");
     std::fs::write(&in_way, "in the way").unwrap();
-    etcd.ok(&[
-        "put",
-        "/imperium/moves/shop",
-        r#"{"from":"h2","to":"h1","phase":"freeze"}"#,
-    ]);
-    let failed = wait_for_or(
-        Duration::from_secs(20),
-        "the move failed in its last copy",
-        || {
-            let v = etcd.ok(&["get", "--print-value-only", "/imperium/moves/shop"]);
-            v.contains("\"failed\"").then_some(v)
-        },
-        || h1.log(),
-    );
+    let failed = fails(r#"{"from":"h2","to":"h1","phase":"freeze"}"#, &h1);
     assert!(failed.contains("final: preparing its home"), "{failed}");
     std::fs::remove_file(&in_way).unwrap();
     wait_for_or(
