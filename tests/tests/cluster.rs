@@ -319,6 +319,11 @@ impl Drop for Etcd {
 
 /// An emperor as host `h<i>` of the cluster, in its own namespace on the LAN.
 fn host(lan: &mut Lan, etcd: &Etcd, i: u8) -> Emperor {
+    host_with(lan, etcd, i, &[])
+}
+
+/// [`host`] with more arguments of `emperor serve`.
+fn host_with(lan: &mut Lan, etcd: &Etcd, i: u8, more: &[String]) -> Emperor {
     let ns = lan.node(20 + i);
     let mut e = Emperor::new();
     e.netns = Some(PathBuf::from("/run/netns").join(ns));
@@ -326,6 +331,7 @@ fn host(lan: &mut Lan, etcd: &Etcd, i: u8) -> Emperor {
         .into_iter()
         .map(str::to_owned)
         .chain([etcd.endpoints.clone(), "--host".into(), format!("h{i}")])
+        .chain(more.iter().cloned())
         .collect();
     e.start();
     e
@@ -1000,20 +1006,17 @@ fn routed() -> Routed {
     let pem = |f: &str| pki.path().join(f).display().to_string();
     let peer = |i: u8| format!("{LAN}.2{i}:8444");
     let mut start = |i: u8| {
-        let ns = lan.node(20 + i);
-        let mut e = Emperor::new();
-        e.netns = Some(PathBuf::from("/run/netns").join(ns));
-        e.extra = ["--network", "off", "--rescan", "1", "--etcd"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain([etcd.endpoints.clone(), "--host".into(), format!("h{i}")])
-            .chain(["--router-peer".into(), peer(i)])
-            .chain([
+        let e = host_with(
+            &mut lan,
+            &etcd,
+            i,
+            &[
+                "--router-peer".into(),
+                peer(i),
                 "--home-copy".into(),
                 "rsync -aHAX --numeric-ids --delete {home}/ {dest}/".into(),
-            ])
-            .collect();
-        e.start();
+            ],
+        );
         let router = RouterProc::start_with(
             &e,
             &[
