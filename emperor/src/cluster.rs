@@ -445,7 +445,10 @@ async fn session(
                 Some(ask) = host.writes.recv() => {
                     match ask {
                         Ask::Write(w) => {
-                            let done = match w.text.as_deref().and_then(|t| known.files.conflict_with(&w.name, t)) {
+                            let refused = w.text.as_deref().and_then(|t| {
+                                known.files.conflict_with(&w.name, t).or_else(|| homeless(known, &w.name, t))
+                            });
+                            let done = match refused {
                                 Some(why) => Err(why),
                                 None => write(&mut client, s, &w.name, w.text.as_deref()).await,
                             };
@@ -511,6 +514,21 @@ async fn session(
         Ok(()) => Ended::Watch("ended".into()),
         Err(e) => e,
     }
+}
+
+/// Why `text`, as `name`'s new file, is refused: it names another host
+/// than the one running the vassal, which would start it there afresh,
+/// without its home.
+fn homeless(known: &Known, name: &Name, text: &str) -> Option<String> {
+    let owner = known.owners.get(name)?;
+    let to = cluster::host_in(text)?;
+    if &to == owner {
+        return None;
+    }
+    Some(format!(
+        "{name} runs on {owner}: `emperor move {name} {to}` moves an admin site there with its \
+         home (a group: not yet); to start it afresh on {to}, delete it first"
+    ))
 }
 
 /// Tells the router where the other hosts' domains are served, when that

@@ -1354,6 +1354,17 @@ fn root_a_site_moves_to_another_host_with_its_home_and_answers_before_and_after(
         (!home.exists()).then_some(())
     });
 
+    // Its file put back through the API with the old host is refused: the
+    // site would start afresh there, without its home.
+    let (code, body) = api(
+        &h1,
+        "PUT",
+        "shop",
+        Some("kind = \"site\"\nhost = \"h1\"\ndomains = [\"shop.test\"]\n"),
+    );
+    assert_eq!(code, "422", "{body}");
+    assert!(body.contains("emperor move shop h1"), "{body}");
+
     // A move whose new host is gone (here: never was) fails; the site,
     // frozen meanwhile, is thawed and runs on where it is.
     let fails = |mv: &str, log: &Emperor| {

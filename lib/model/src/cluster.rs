@@ -111,6 +111,12 @@ pub enum Phase {
     Failed,
 }
 
+/// The host a file's text names (`host = "..."`), if it is TOML and does.
+pub fn host_in(text: &str) -> Option<Name> {
+    let t = toml::from_str::<toml::Table>(text).ok()?;
+    t.get("host")?.as_str()?.parse().ok()
+}
+
 /// `text` with its `host` set to `to` (the rest of the file as written);
 /// `None` if it is not TOML.
 pub fn with_host(text: &str, to: &Name) -> Option<String> {
