@@ -248,8 +248,11 @@ pub async fn first_name<T: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Copies both ways between a client and another host's router, starting
-/// with the client's bytes already read, until either side closes.
-pub async fn splice<C, U>(mut client: C, first: &[u8], mut up: U)
+/// with the client's bytes already read, until the other router is done:
+/// it keeps every timeout of the connection (headers, idle, body), and a
+/// client that stops reading and writing is let go when it closes, not
+/// held here.
+pub async fn splice<C, U>(client: C, first: &[u8], mut up: U)
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -257,7 +260,23 @@ where
     if up.write_all(first).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_up, mut to_up) = tokio::io::split(up);
+    let upward = async {
+        let _ = tokio::io::copy(&mut from_client, &mut to_up).await;
+        // The client is done sending: the other router hears it, answers
+        // what it has, and closes.
+        let _ = to_up.shutdown().await;
+        std::future::pending::<()>().await
+    };
+    let downward = async {
+        let _ = tokio::io::copy(&mut from_up, &mut to_client).await;
+        let _ = to_client.shutdown().await;
+    };
+    tokio::select! {
+        _ = upward => {}
+        _ = downward => {}
+    }
 }
 
 #[cfg(test)]

@@ -1028,6 +1028,10 @@ fn routed() -> Routed {
                 pem(&format!("h{i}.crt")),
                 "--peer-key".into(),
                 pem(&format!("h{i}.key")),
+                "--idle-timeout".into(),
+                "2".into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:9106".into(),
             ],
         );
         (e, router)
@@ -1164,6 +1168,45 @@ fn root_every_hosts_router_serves_a_domain_of_another_host_and_503_once_its_leas
         "{}",
         tls.2
     );
+    // A client passed to h2 that holds its connection open once answered:
+    // h2's router closes its side (after the answer to `Connection:
+    // close`, or its idle timeout), and h1's lets the client go too (its
+    // connections back to none), never holding it for the client.
+    let connections = || {
+        let (_, text, _) = curl_from(&h1, &["http://127.0.0.1:9106/metrics"]);
+        text.lines()
+            .find_map(|l| l.strip_prefix("imperium_router_connections "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let hold = format!(
+        "import socket, time\ns = socket.create_connection(({:?}, {}))\n\
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: shop.test\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         print(s.recv(65536)[:12].decode(), flush=True)\ntime.sleep(30)\n",
+        "127.0.0.1",
+        r1.http.rsplit_once(':').unwrap().1
+    );
+    let mut holder = Command::new("nsenter")
+        .arg(format!("--net={}", h1.netns.as_ref().unwrap().display()))
+        .args(["--", "python3", "-c", &hold])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    {
+        use std::io::BufRead;
+        let out = holder.stdout.as_mut().unwrap();
+        std::io::BufReader::new(out).read_line(&mut said).unwrap();
+    }
+    assert_eq!(said.trim(), "HTTP/1.1 200");
+    // (It sleeps 30 s at most: gone by itself if this fails.)
+    wait_for_or(
+        Duration::from_secs(10),
+        "h1 letting go of a client h2 closed",
+        || (connections() == Some(0)).then_some(()),
+        || format!("{:?}", connections()),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
     let peers = std::fs::read_to_string(h1.run_dir.join("router/peers.json")).unwrap();
     assert!(peers.contains("\"shop.test\":\"h2\""), "{peers}");
 
