@@ -439,7 +439,9 @@ async fn session(
                 renewed = alive.renew() => {
                     renewed?;
                     // A site that arrived here a while ago is no longer new.
-                    tell_router(s, host, known);
+                    if !known.work.arrived.is_empty() {
+                        tell_router(s, host, known);
+                    }
                     continue;
                 }
                 Some(ask) = host.writes.recv() => {
